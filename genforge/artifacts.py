@@ -1,0 +1,156 @@
+"""Output folders, manifests and atomic writes: the contract that lets stages compose.
+
+Every stage writes one folder. Its payload files are written atomically (temp file + rename), its
+resolved config goes to `config.yaml`, and `manifest.json` is written last: a folder without a
+manifest is an unfinished run, so Ctrl-C or a kill never leaves output that looks complete.
+Lineage is a chain of manifests (`parent`), from a served model back to the hashes of raw files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from genforge import __version__
+from genforge.config import dump_yaml, to_dict
+from genforge.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temp file next to `path`; on success it replaces `path` in one rename, on error it vanishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(paths: Iterable[Path]) -> str:
+    """One hash over several files (e.g. a tokenizer folder), independent of their order."""
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def now_iso(ts: float | None = None) -> str:
+    return dt.datetime.fromtimestamp(ts if ts is not None else time.time(), dt.UTC).isoformat(timespec="seconds")
+
+
+def read_manifest(folder: Path, stage: str | tuple[str, ...] | None = None,
+                  filename: str = MANIFEST) -> dict[str, Any]:
+    """The manifest of a finished artifact; refuses a missing/unfinished folder or the wrong kind."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ArtifactError(f"{folder} does not exist")
+    path = folder / filename
+    if not path.is_file():
+        raise ArtifactError(f"{folder} has no {filename}: not a genforge artifact, or its run did not finish")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is corrupt: {e}") from None
+    wanted = (stage,) if isinstance(stage, str) else stage
+    if wanted and manifest.get("stage") not in wanted:
+        raise ArtifactError(f"{folder} is a '{manifest.get('stage')}' artifact; expected {' or '.join(wanted)}")
+    return manifest
+
+
+def write_manifest(folder: Path, stage: str, config: Any, *, inputs: Iterable[Path] = (),
+                   parent: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   started: float | None = None, extra: dict[str, Any] | None = None,
+                   filename: str = MANIFEST) -> dict[str, Any]:
+    """Write the resolved config, then the manifest (last: it marks the folder complete). Returns the manifest.
+
+    A stage that adds to another stage's folder (e.g. `data pack` into a prepared data folder) passes its
+    own `filename` ("pack.json"); its config then goes to "pack.config.yaml" beside it.
+    """
+    folder = Path(folder)
+    if config is not None:
+        config_name = CONFIG if filename == MANIFEST else f"{Path(filename).stem}.{CONFIG}"
+        atomic_write_text(folder / config_name, dump_yaml(config))
+    finished = time.time()
+    manifest = {
+        "genforge_version": __version__,
+        "stage": stage,
+        "created": now_iso(finished),
+        "started": now_iso(started) if started else None,
+        "finished": now_iso(finished),
+        "seconds": round(finished - started, 3) if started else None,
+        "config": to_dict(config) if config is not None else None,
+        "inputs": [{"path": str(p), "sha256": sha256_file(p)} for p in inputs],
+        "parent": parent,
+        "metrics": metrics or {},
+        **(extra or {}),
+    }
+    write_json(folder / filename, manifest)
+    return manifest
+
+
+def begin_output(folder: Path, overwrite: bool = True) -> float:
+    """Prepare an output folder for a new run and return the start time.
+
+    An old manifest is removed first, so that if this run dies the folder no longer claims to be complete.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"output {folder} exists and is not a folder")
+    if (folder / MANIFEST).exists() and not overwrite:
+        raise ArtifactError(f"output {folder} already holds a finished artifact; choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (folder / MANIFEST).unlink()
+    return time.time()
+
+
+def lineage(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chain of manifests from this artifact back to the raw inputs, newest first."""
+    chain = []
+    while manifest:
+        chain.append(manifest)
+        manifest = manifest.get("parent")
+    return chain

@@ -1,0 +1,170 @@
+"""Stage configurations: plain dataclasses, read from YAML, overridden from the CLI, saved with outputs.
+
+Every stage declares one dataclass. Each field may carry `metadata={"help": ..., "choices": (...)}`
+(and `"argument": True` for a positional CLI argument). The same dataclass drives the YAML file, the
+CLI flags (see `genforge.cli.add_stage_command`) and validation, so the three never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from genforge.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str = "", choices: tuple | None = None,
+          argument: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with the CLI/YAML metadata genforge uses (help text, allowed values)."""
+    metadata = {"help": help, "choices": choices, "argument": argument}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    """`X | None` -> (X, True); anything else -> (tp, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise a ConfigError naming the key."""
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{name}' must be set (got null)")
+    origin = typing.get_origin(tp)
+    try:
+        if origin in (list, tuple):
+            (item_tp, *_) = typing.get_args(tp) or (str,)
+            items = value if isinstance(value, list | tuple) else [value]
+            return [_coerce(name, v, item_tp) for v in items]
+        if origin is dict or tp is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is Path:
+            return Path(value).expanduser()
+        if tp is str:
+            if isinstance(value, dict | list):
+                raise ValueError
+            return str(value)
+        if tp is Any:
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            return from_dict(tp, value, prefix=f"{name}.")
+        if dataclasses.is_dataclass(tp) and isinstance(value, tp):
+            return value
+    type_name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"config key '{name}' must be {type_name}, got {value!r}")
+
+
+def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
+    """Build a config dataclass from a plain dict: unknown keys and bad values raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {prefix.rstrip('.') or 'file'} must be a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k.replace("-", "_") not in fields]
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        kwargs[name] = _coerce(prefix + name, value, hints[name])
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"config key '{prefix}{missing[0]}' is required")
+    cfg = cls(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    """Check `choices` metadata and let the dataclass check itself (a `check()` method, if any)."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value is not None:
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                if v not in choices:
+                    raise ConfigError(f"config key '{f.name}' must be one of {', '.join(map(str, choices))}; got {v!r}")
+    check = getattr(cfg, "check", None)
+    if callable(check):
+        check()
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def load_config(cls: type[C], path: Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """The resolved config of a stage: dataclass defaults < YAML file < CLI overrides (None = not given)."""
+    values = read_yaml(path) if path else {}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(cls, values)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A YAML/JSON-safe dict of a config (Paths as strings, nested dataclasses as dicts)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from genforge.cli import add_stage_command
+from genforge.config import field
+from genforge.errors import DataError
+
+CALLS = []
+
+
+@dataclass
+class EchoConfig:
+    inputs: list[Path] = field(default_factory=list, help="input files", argument=True)
+    out: Path = field(Path("out"), help="output folder")
+    mode: str = field("a", help="mode", choices=("a", "b"))
+    fail: bool = field(False, help="raise a user error")
+
+
+def echo_stage(cfg: EchoConfig):
+    if cfg.fail:
+        raise DataError(f"no usable documents in {cfg.inputs[0]}")
+    CALLS.append(cfg)
+
+
+def make_app():
+    app = typer.Typer()
+    add_stage_command(app, "echo", EchoConfig, run=f"{__name__}:echo_stage", help="Echo.", examples=["genforge echo x"])
+    app.command("noop")(lambda: None)  # a second command keeps typer in group mode
+    return app
+
+
+def test_flags_override_config_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mode: b\nout: from_file\n")
+    result = CliRunner().invoke(make_app(), ["echo", "x.txt", "y.txt", "--config", str(cfg), "--out", "flag"])
+    assert result.exit_code == 0, result.output
+    assert CALLS[-1] == EchoConfig(inputs=[Path("x.txt"), Path("y.txt")], out=Path("flag"), mode="b")
+
+
+def test_user_errors_are_one_line_and_nonzero(tmp_path):
+    result = CliRunner().invoke(make_app(), ["echo", "x.txt", "--fail"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: no usable documents in x.txt"
+    bad = CliRunner().invoke(make_app(), ["echo", "--mode", "z"])
+    assert bad.exit_code == 2 and "must be one of a, b" in bad.output
+
+
+def test_help_shows_defaults_and_examples():
+    result = CliRunner().invoke(make_app(), ["echo", "--help"])
+    assert result.exit_code == 0
+    assert "(default: a)" in result.output and "genforge echo x" in result.output
+
+
+def test_genforge_help_lists_stages():
+    out = subprocess.run([sys.executable, "-m", "genforge.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "data" in out.stdout
