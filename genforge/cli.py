@@ -28,6 +28,7 @@ from genforge.errors import GenforgeError
 # Each module registers its commands with `register(app)`.
 STAGE_MODULES = [
     "genforge.data.cli",
+    "genforge.recipes",
 ]
 
 app = typer.Typer(
@@ -135,6 +136,9 @@ def add_stage_command(group: typer.Typer, name: str, config_cls: type, run: str,
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = annotations
     command.__name__ = name.replace("-", "_")
+    # typer (0.20 with click 8.3) drops argument help from the panels, so name arguments in the text.
+    arguments = [f for f in dataclasses.fields(config_cls) if f.metadata.get("argument")]
+    help += "".join(f"\n\n{f.name.upper()}: {_option_help(f)}" for f in arguments)
     epilog = "Examples:\n\n" + "\n\n".join(f"  $ {e}" for e in examples) if examples else None
     group.command(name, help=help, epilog=epilog)(command)
 

@@ -1,0 +1,158 @@
+"""`genforge run RECIPE.yaml`: a chain of stages in one run folder, wired by artifact kind.
+
+A recipe is a list of steps; each step names a stage and gives that stage's config keys. Inputs the
+step does not set are wired from the latest artifact of the right kind (the prepared data, the
+tokenizer, the model), and each step writes to `RUN/<step name>`. Lineage therefore chains by itself.
+A step whose folder already holds a finished manifest with the same config is skipped, and an
+unfinished training step is resumed, so rerunning an interrupted recipe continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from genforge.artifacts import MANIFEST, begin_output, write_manifest
+from genforge.config import field, from_dict, read_yaml, to_dict
+from genforge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How a recipe runs one stage: its config class, its API function and how it is wired."""
+
+    config: str  # "module:Class"
+    run: str  # "module:function"
+    consumes: dict[str, str]  # config field -> artifact kind it is wired from
+    produces: str | None = None  # artifact kind its `out` folder becomes (None: writes no folder)
+    out_into: str | None = None  # writes into the folder of this kind instead of its own (data.pack)
+
+
+STAGES: dict[str, Stage] = {
+    "data.prepare": Stage("genforge.data.config:PrepareConfig", "genforge.data.prepare:prepare", {}, "data"),
+    "tokenizer.train": Stage("genforge.data.config:TokenizerConfig", "genforge.data.tokenizer:train_tokenizer",
+                             {"data": "data"}, "tokenizer"),
+    "data.pack": Stage("genforge.data.config:PackConfig", "genforge.data.pack:pack",
+                       {"data": "data", "tokenizer": "tokenizer"}, out_into="data"),
+    "pretrain": Stage("genforge.train.config:PretrainConfig", "genforge.train.pretrain:pretrain",
+                      {"data": "data"}, "model"),
+    "eval": Stage("genforge.train.config:EvalConfig", "genforge.train.evaluate:evaluate",
+                  {"model": "model", "data": "data"}),
+    "generate": Stage("genforge.generate.config:GenerateConfig", "genforge.generate.api:generate_from_config",
+                      {"model": "model"}),
+}
+
+
+@dataclass
+class RunConfig:
+    recipe: Path = field(None, help="Recipe YAML: a list of `steps`, each with a `stage` and its config keys",
+                         argument=True)
+    out: Path | None = field(None, help="Run folder (default: runs/<recipe name>)")
+    only: list[str] = field(default_factory=list, help="Run only these step names (repeatable)")
+
+    def check(self) -> None:
+        if self.recipe is None:
+            raise ConfigError("give a recipe file: genforge run RECIPE.yaml")
+
+
+def _load(ref: str) -> Any:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _parse_steps(recipe: dict[str, Any], path: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    steps = recipe.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError(f"recipe {path} needs a non-empty list `steps`")
+    unknown = set(recipe) - {"name", "description", "steps"}
+    if unknown:
+        raise ConfigError(f"unknown recipe key '{sorted(unknown)[0]}' in {path} (known: name, description, steps)")
+    parsed, names = [], set()
+    for i, step in enumerate(steps, 1):
+        if not isinstance(step, dict) or "stage" not in step:
+            raise ConfigError(f"step {i} of {path} needs a `stage` (one of {', '.join(STAGES)})")
+        step = dict(step)
+        stage = step.pop("stage")
+        if stage not in STAGES:
+            raise ConfigError(f"step {i} of {path}: unknown stage '{stage}' (one of {', '.join(STAGES)})")
+        name = str(step.pop("name", stage.split(".")[-1] if stage != "data.prepare" else "data"))
+        if name in names:
+            raise ConfigError(f"step {i} of {path}: duplicate step name '{name}' (give each a `name`)")
+        names.add(name)
+        parsed.append((name, stage, step))
+    return parsed
+
+
+def _finished_with_same_config(out: Path, manifest_name: str, config: Any) -> bool:
+    path = out / manifest_name
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("config") == to_dict(config)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def run_recipe(cfg: RunConfig) -> dict[str, Path]:
+    """Run every step of a recipe; returns the artifact folder of each kind it produced."""
+    recipe = read_yaml(cfg.recipe)
+    steps = _parse_steps(recipe, cfg.recipe)
+    run_dir = cfg.out or Path("runs") / str(recipe.get("name") or cfg.recipe.stem)
+    started = begin_output(run_dir)
+    artifacts: dict[str, Path] = {}
+    results: dict[str, Any] = {}
+    for name, stage_name, values in steps:
+        stage = STAGES[stage_name]
+        config_cls = _load(stage.config)
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        for key, kind in stage.consumes.items():
+            if key not in values and kind in artifacts:
+                values[key] = str(artifacts[kind])
+        out = artifacts[stage.out_into] if stage.out_into else run_dir / name
+        if "out" in fields and not stage.out_into:
+            values.setdefault("out", str(out))
+        if cfg.only and name not in cfg.only:
+            if stage.produces:
+                artifacts[stage.produces] = Path(values.get("out", out))
+            continue
+        try:
+            config = from_dict(config_cls, values)
+        except ConfigError as e:
+            raise ConfigError(f"step '{name}': {e}") from None
+        out = Path(getattr(config, "out", None) or out)
+        manifest_name = "pack.json" if stage_name == "data.pack" else MANIFEST
+        typer.secho(f"\n== step {name} ({stage_name}) ==", bold=True)
+        if stage.produces and _finished_with_same_config(out, manifest_name, config):
+            typer.echo(f"already done: {out} (delete it to redo)")
+        else:
+            if "resume" in fields and out.is_dir() and not (out / MANIFEST).exists() and (out / "checkpoints").is_dir():
+                config = dataclasses.replace(config, resume=True)
+                typer.echo(f"resuming the unfinished run in {out}")
+            step_start = time.time()
+            results[name] = _load(stage.run)(config)
+            typer.echo(f"step {name} took {time.time() - step_start:.1f}s")
+        if stage.produces:
+            artifacts[stage.produces] = out
+    write_manifest(run_dir, "run", cfg, started=started,
+                   extra={"recipe": to_dict(recipe), "artifacts": {k: str(v) for k, v in artifacts.items()}})
+    typer.secho(f"\nrun finished: {run_dir}", fg="green")
+    for kind, path in artifacts.items():
+        typer.echo(f"  {kind:<10} {path}")
+    return artifacts
+
+
+def register(app: typer.Typer) -> None:
+    from genforge.cli import add_stage_command
+
+    add_stage_command(app, "run", RunConfig, run="genforge.recipes:run_recipe",
+                      help="Run a recipe: a chain of stages (prepare -> tokenizer -> pack -> pretrain -> eval ...) "
+                           "in one run folder with lineage; rerunning skips finished steps and resumes training.",
+                      examples=["genforge run recipes/quickstart.yaml --out runs/quickstart"])

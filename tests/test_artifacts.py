@@ -1,0 +1,76 @@
+from dataclasses import dataclass
+
+import pytest
+
+from genforge.artifacts import (
+    atomic_open,
+    atomic_write_text,
+    begin_output,
+    lineage,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from genforge.config import field
+from genforge.errors import ArtifactError
+
+
+@dataclass
+class Cfg:
+    size: int = field(3, help="size")
+
+
+def test_atomic_open_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write("half-written")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temp file left behind
+
+
+def test_manifest_records_inputs_parent_and_config(tmp_path):
+    raw = tmp_path / "raw.txt"
+    raw.write_text("hello")
+    first = tmp_path / "a"
+    started = begin_output(first)
+    parent = write_manifest(first, "data.prepare", Cfg(), inputs=[raw], metrics={"docs": 1}, started=started)
+    second = tmp_path / "b"
+    begin_output(second)
+    child = write_manifest(second, "tokenizer", Cfg(size=5), parent=parent)
+    assert parent["inputs"] == [{"path": str(raw), "sha256": sha256_file(raw)}]
+    assert read_manifest(second, "tokenizer")["config"] == {"size": 5}
+    assert (second / "config.yaml").read_text() == "size: 5\n"
+    assert [m["stage"] for m in lineage(child)] == ["tokenizer", "data.prepare"]
+
+
+def test_second_manifest_in_same_folder_keeps_the_first(tmp_path):
+    begin_output(tmp_path)
+    write_manifest(tmp_path, "data.prepare", Cfg())
+    write_manifest(tmp_path, "data.pack", Cfg(size=9), filename="pack.json")
+    assert read_manifest(tmp_path, "data.prepare")["config"] == {"size": 3}
+    assert read_manifest(tmp_path, "data.pack", filename="pack.json")["config"] == {"size": 9}
+    assert (tmp_path / "pack.config.yaml").is_file()
+
+
+def test_read_manifest_refuses_missing_unfinished_corrupt_and_wrong_kind(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(ArtifactError, match="did not finish"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, "tokenizer", None)
+    with pytest.raises(ArtifactError, match="is a 'tokenizer' artifact; expected data.prepare"):
+        read_manifest(tmp_path, "data.prepare")
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        read_manifest(tmp_path)
+
+
+def test_begin_output_unmarks_a_previous_run(tmp_path):
+    write_manifest(tmp_path, "tokenizer", None)
+    begin_output(tmp_path)
+    assert not (tmp_path / "manifest.json").exists()
+    with pytest.raises(ArtifactError, match="not a folder"):
+        (tmp_path / "file").write_text("x")
+        begin_output(tmp_path / "file")
