@@ -28,6 +28,9 @@ from genforge.errors import GenforgeError
 # Each module registers its commands with `register(app)`.
 STAGE_MODULES = [
     "genforge.data.cli",
+    "genforge.train.cli",
+    "genforge.generate.cli",
+    "genforge.finetune.cli",
     "genforge.recipes",
 ]
 

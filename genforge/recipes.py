@@ -82,7 +82,7 @@ def _parse_steps(recipe: dict[str, Any], path: Path) -> list[tuple[str, str, dic
         stage = step.pop("stage")
         if stage not in STAGES:
             raise ConfigError(f"step {i} of {path}: unknown stage '{stage}' (one of {', '.join(STAGES)})")
-        name = str(step.pop("name", stage.split(".")[-1] if stage != "data.prepare" else "data"))
+        name = str(step.pop("name", STAGES[stage].produces or stage.split(".")[-1]))
         if name in names:
             raise ConfigError(f"step {i} of {path}: duplicate step name '{name}' (give each a `name`)")
         names.add(name)

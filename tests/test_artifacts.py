@@ -1,3 +1,5 @@
+import os
+import stat
 from dataclasses import dataclass
 
 import pytest
@@ -74,3 +76,11 @@ def test_begin_output_unmarks_a_previous_run(tmp_path):
     with pytest.raises(ArtifactError, match="not a folder"):
         (tmp_path / "file").write_text("x")
         begin_output(tmp_path / "file")
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    atomic_write_text(tmp_path / "shared.txt", "x")
+    mode = stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

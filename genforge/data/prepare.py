@@ -1,0 +1,204 @@
+"""`genforge data prepare`: raw files -> clean, PII-scrubbed, deduplicated train.jsonl / val.jsonl.
+
+The pipeline, and who does what:
+  main process   read + decode files (readers.py) -> chunks of ~1 MB of documents
+  worker pool    per document: clean_text -> quality filters -> scrub_pii -> doc_signature -> split hash
+  main process   DedupIndex.add in input order (the first copy wins) -> append to train/val JSONL
+
+Why memory stays bounded: the readers stream; at most `2 * workers + 2` chunks are in flight (an
+apply_async window, because `Pool.imap` would read the whole input ahead); output is appended as it
+comes. What grows is the dedup index, ~1.3 KB per *kept* document (see dedup.py), so about 1.3 GB per
+million kept documents; `--no-dedup` removes it.
+
+The train/val split hashes seed + final text, so it does not depend on input order or worker count,
+and a document lands in the same split whenever it reappears. Outputs are written atomically and the
+manifest last: an interrupted run leaves no manifest, and later stages refuse the folder.
+
+Larger than one machine: run `prepare` per shard of the input on each machine (same seed, local dedup),
+then one global dedup pass over the shards' outputs: the pure functions here (`clean_text`,
+`scrub_pii`, `doc_signature`) map unchanged onto a distributed engine (Ray Data `map_batches`, Spark,
+or datatrove's MinHash stages) when one machine cannot hold the index. See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from genforge.artifacts import atomic_open, begin_output, write_json, write_manifest
+from genforge.data.clean import clean_text, quality_reason
+from genforge.data.config import PrepareConfig
+from genforge.data.dedup import DedupIndex, doc_signature
+from genforge.data.pii import KINDS, scrub_pii
+from genforge.data.readers import find_files, iter_documents
+from genforge.errors import DataError
+
+NUM_PERM = 128
+CHUNK_CHARS = 1 << 20  # ~1 MB of text per task: large enough to amortise pickling, small enough to stream
+CHUNK_DOCS = 2048
+REASONS = ("binary", "decode_error", "bad_record", "empty", "too_short", "too_long", "symbol_ratio",
+           "repetition", "exact_dup", "near_dup")
+
+
+def in_val(text: str, seed: int, val_fraction: float) -> bool:
+    """Deterministic split: a document is in val iff hash(seed, text) falls below val_fraction."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "big") < val_fraction * 2**64
+
+
+def process_chunk(texts: list[str], cfg: PrepareConfig) -> tuple[list[tuple], np.ndarray, dict[str, int]]:
+    """Worker task: clean, filter, scrub and sign a chunk of documents.
+
+    Returns one entry per document, either (None, reason) or (json_text, utf8_bytes, exact_key, in_val);
+    the MinHash signatures of the kept entries as one (kept, NUM_PERM) array; and PII counts by kind.
+    The text comes back already JSON-escaped so the main process only has to concatenate.
+    """
+    out: list[tuple] = []
+    signatures: list[np.ndarray] = []
+    pii: Counter = Counter()
+    for raw in texts:
+        text = clean_text(raw)
+        reason = quality_reason(text, cfg.min_chars, cfg.max_chars, cfg.max_symbol_ratio, cfg.max_line_repeat,
+                                cfg.max_ngram_repeat)
+        if reason:
+            out.append((None, reason))
+            continue
+        if cfg.pii:
+            text, hits = scrub_pii(text)
+            pii.update(hits)
+        key = None
+        if cfg.dedup:
+            key, signature = doc_signature(text, num_perm=NUM_PERM)
+            signatures.append(signature)
+        out.append((json.dumps(text, ensure_ascii=False), len(text.encode("utf-8")), key,
+                    in_val(text, cfg.seed, cfg.val_fraction)))
+    sigs = np.stack(signatures) if signatures else np.empty((0, NUM_PERM), dtype=np.uint32)
+    return out, sigs, dict(pii)
+
+
+def _chunks(docs: Iterable[tuple[int, str]]) -> Iterator[tuple[list[int], list[str]]]:
+    sources: list[int] = []
+    texts: list[str] = []
+    size = 0
+    for source, text in docs:
+        sources.append(source)
+        texts.append(text)
+        size += len(text)
+        if size >= CHUNK_CHARS or len(texts) >= CHUNK_DOCS:
+            yield sources, texts
+            sources, texts, size = [], [], 0
+    if texts:
+        yield sources, texts
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the main process, which stops the pool (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _processed(chunks: Iterator[tuple[list[int], list[str]]], cfg: PrepareConfig,
+               workers: int) -> Iterator[tuple[list[int], tuple]]:
+    """(sources, process_chunk result) per chunk, in input order; a bounded window of chunks in flight."""
+    if workers == 1:
+        for sources, texts in chunks:
+            yield sources, process_chunk(texts, cfg)
+        return
+    # spawn, not fork: the parent may hold threads (tqdm's monitor) and fork would copy their locks.
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
+        pending: collections.deque = collections.deque()
+        for sources, texts in chunks:
+            pending.append((sources, pool.apply_async(process_chunk, (texts, cfg))))
+            if len(pending) > 2 * workers + 1:
+                sources, result = pending.popleft()
+                yield sources, result.get()
+        while pending:
+            sources, result = pending.popleft()
+            yield sources, result.get()
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Run the pipeline over `cfg.inputs` into `cfg.out`; returns the stats written to stats.json."""
+    out = Path(cfg.out)
+    files = find_files(cfg.inputs, exclude=out)
+    if not files:
+        raise DataError(f"no files found in {', '.join(map(str, cfg.inputs))}")
+    started = begin_output(out)
+    bytes_in = sum(f.stat().st_size for f in files)
+    # A pool costs ~1 s to start: small inputs are faster in-process unless --workers says otherwise.
+    workers = cfg.workers or max(1, min(os.cpu_count() or 1, bytes_in // (4 * CHUNK_CHARS)))
+    removed: Counter = Counter()
+    pii: Counter = Counter()
+    counts: Counter = Counter()
+    sources = [json.dumps(str(f), ensure_ascii=False) for f in files]
+    index = DedupIndex(threshold=cfg.near_dup_threshold, num_perm=NUM_PERM) if cfg.dedup else None
+
+    from tqdm.auto import tqdm
+
+    with (atomic_open(out / "train.jsonl") as train, atomic_open(out / "val.jsonl") as val,
+          tqdm(total=bytes_in, unit="B", unit_scale=True, desc="prepare", disable=None) as bar):
+        docs = iter_documents(files, split_by=cfg.split_by, text_field=cfg.text_field, progress=bar.update,
+                              skipped=removed)
+        for chunk_sources, (results, sigs, hits) in _processed(_chunks(docs), cfg, workers):
+            pii.update(hits)
+            counts["docs_in"] += len(results)
+            row = 0  # sigs has one row per document that passed the filters
+            for source, entry in zip(chunk_sources, results, strict=True):
+                if entry[0] is None:
+                    removed[entry[1]] += 1
+                    continue
+                json_text, nbytes, key, is_val = entry
+                if index is not None:
+                    row += 1
+                    if dup := index.add(key, sigs[row - 1]):
+                        removed[dup] += 1
+                        continue
+                (val if is_val else train).write(f'{{"text": {json_text}, "source": {sources[source]}}}\n')
+                counts["val_docs" if is_val else "train_docs"] += 1
+                counts["bytes_out"] += nbytes
+        docs_out = counts["train_docs"] + counts["val_docs"]
+        if counts["train_docs"] == 0:  # raised inside the `with`: the half-written files vanish
+            why = ", ".join(f"{k}: {v}" for k, v in removed.most_common(3)) or "no documents read"
+            if docs_out:
+                raise DataError(f"all {docs_out} documents fell in the validation split; lower --val-fraction")
+            raise DataError(f"no documents left after filtering {counts['docs_in']} read ({why}); "
+                            "check --split-by, --text-field and --min-chars")
+
+    seconds = time.time() - started
+    stats = {
+        "files": len(files), "docs_in": counts["docs_in"], "docs_out": docs_out,
+        "train_docs": counts["train_docs"], "val_docs": counts["val_docs"],
+        "removed": {r: removed[r] for r in REASONS} | {r: n for r, n in removed.items() if r not in REASONS},
+        "pii": {k: pii[k] for k in KINDS},
+        "bytes_in": bytes_in, "bytes_out": counts["bytes_out"], "seconds": round(seconds, 3),
+        "mb_per_s": round(bytes_in / 1e6 / max(seconds, 1e-9), 3), "workers": workers,
+    }
+    write_json(out / "stats.json", stats)
+    write_manifest(out, "data.prepare", cfg, inputs=files, started=started, metrics=stats)
+    _print_summary(stats, out)
+    return stats
+
+
+def _print_summary(stats: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"data prepare -> {out}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("documents in / out", f"{stats['docs_in']:,} / {stats['docs_out']:,}")
+    table.add_row("train / val", f"{stats['train_docs']:,} / {stats['val_docs']:,}")
+    table.add_row("removed", ", ".join(f"{k} {v:,}" for k, v in stats["removed"].items() if v) or "none")
+    table.add_row("PII replaced", ", ".join(f"{k} {v:,}" for k, v in stats["pii"].items() if v) or "none")
+    table.add_row("MB in / out", f"{stats['bytes_in'] / 1e6:,.2f} / {stats['bytes_out'] / 1e6:,.2f}")
+    table.add_row("time", f"{stats['seconds']:.1f} s ({stats['mb_per_s']:.2f} MB/s, {stats['workers']} workers)")
+    Console().print(table)

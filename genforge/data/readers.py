@@ -1,0 +1,318 @@
+"""Readers: input paths -> a stream of raw document strings, whatever the file format and encoding.
+
+Formats, by extension: .jsonl/.ndjson, .json (an array of records), .csv, .tsv and .parquet hold one
+document per record (`text_field`); .html/.htm give their visible text; anything else is plain text.
+Plain text and HTML are cut into documents by `split_by`: "paragraph" (at blank lines), "line", "file".
+
+Everything streams: text files line by line, CSV/JSONL record by record, Parquet in row batches, so
+memory is bounded by the largest single document, not by the file. The exceptions are HTML and .json
+files, which are parsed whole (they are pages and small exports, not corpora).
+
+Encodings: a file is UTF-8 if all of it decodes as UTF-8 (a cheap C-speed pass; a BOM decides first).
+Otherwise charset-normalizer guesses from the first MiB; among equally good guesses the common
+encodings win (cp1252 over cp1250, gb18030 over gbk), which is what real Latin-1 and GBK files need.
+A file with NUL bytes (and no UTF-16/32 BOM) is binary and skipped; one no encoding fits is counted
+as a decode error. Neither stops the run; a text field missing from a file's records does (DataError).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from genforge.errors import DataError
+
+SNIFF_BYTES = 1 << 20
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+# When charset-normalizer scores several encodings the same, the first of these that fits wins.
+_PREFERRED = ("utf_8", "cp1252", "gb18030", "big5", "shift_jis", "euc_kr", "cp1251", "latin_1")
+_SUPERSET = {"ascii": "utf_8", "gb2312": "gb18030", "gbk": "gb18030"}
+_RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+                   ".parquet": "parquet"}
+_HTML = {".html", ".htm", ".xhtml"}
+_BLOCK_TAGS = ["address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "figcaption", "figure",
+               "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol",
+               "p", "pre", "section", "table", "tr", "ul", "caption"]
+_WHITESPACE = re.compile(r"[ \t\n\r\f]+")  # HTML whitespace; &nbsp; is not collapsed
+
+Progress = Callable[[int], None]
+
+
+class SkipFile(Exception):
+    """A file that cannot be read as text; `reason` ("binary" or "decode_error") is counted, not fatal."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def find_files(inputs: Iterable[Path], exclude: Path | None = None) -> list[Path]:
+    """Every file under `inputs` in a stable order, each once (folders recursively; hidden names and
+    the folder `exclude`, normally the output folder, skipped)."""
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: dict[Path, Path] = {}  # resolved -> as given: a file named twice is read once
+    for root in map(Path, inputs):
+        if not root.exists():
+            raise DataError(f"input not found: {root}")
+        if root.is_file():
+            found.setdefault(root.resolve(), root)
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() != skip)
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    found.setdefault((here / name).resolve(), here / name)
+    return list(found.values())
+
+
+def _is_utf8(path: Path) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(SNIFF_BYTES):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def detect_encoding(path: Path) -> str:
+    """The codec to read a text file with; raises SkipFile for binary or undecodable files."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding
+    if b"\x00" in head[:8192]:
+        raise SkipFile("binary")
+    if _is_utf8(path):
+        return "utf_8"
+    from charset_normalizer import from_bytes
+
+    results = from_bytes(head)
+    best = results.best()
+    if best is None:
+        raise SkipFile("decode_error")
+    tied = {_SUPERSET.get(e, e) for m in results if (m.chaos, m.coherence) == (best.chaos, best.coherence)
+            for e in m.could_be_from_charset}
+    return next((e for e in _PREFERRED if e in tied), _SUPERSET.get(best.encoding, best.encoding))
+
+
+def _open_text(path: Path, newline: str | None = None) -> tuple[IO[bytes], IO[str]]:
+    """(raw byte stream, decoded text stream) of a text file; the raw one tells how far reading got."""
+    encoding = detect_encoding(path)
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the text wrapper
+    errors = "strict" if encoding == "utf_8" else "replace"  # a guessed encoding may meet a stray byte
+    return raw, io.TextIOWrapper(raw, encoding=encoding, errors=errors, newline=newline)
+
+
+def _as_text(value: Any) -> str:
+    """A record's field as text: lists (e.g. a poem's lines) are joined by newlines; null is empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return "\n".join(_as_text(v) for v in value)
+    return str(value)
+
+
+def _missing_field(path: Path, field: str, have: Iterable[str]) -> DataError:
+    fields = ", ".join(map(str, have)) or "none"
+    return DataError(f"{path}: no field '{field}' (it has: {fields}); choose one with --text-field")
+
+
+def split_text(lines: Iterable[str], split_by: str) -> Iterator[str]:
+    """Cut a stream of lines (with their newlines) into documents: per paragraph, line or whole file."""
+    if split_by == "file":
+        yield "".join(lines)
+    elif split_by == "line":
+        yield from (line for line in lines if line.strip())
+    else:
+        paragraph: list[str] = []
+        for line in lines:
+            if line.strip():
+                paragraph.append(line)
+            elif paragraph:
+                yield "".join(paragraph)
+                paragraph = []
+        if paragraph:
+            yield "".join(paragraph)
+
+
+def html_text(markup: str) -> str:
+    """The visible text of an HTML page: no tags, scripts or styles; entities decoded; blocks on their own lines."""
+    from bs4 import BeautifulSoup, NavigableString
+
+    soup = BeautifulSoup(markup, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "head", "svg", "iframe", "object"]):
+        tag.decompose()
+    for s in soup.find_all(string=True):  # collapse source whitespace as a browser does (except in <pre>)
+        if type(s) is NavigableString and s.find_parent("pre") is None:
+            s.replace_with(_WHITESPACE.sub(" ", s))
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    for cell in soup.find_all(["td", "th"]):
+        cell.insert_after("\t")
+    for tag in soup.find_all(_BLOCK_TAGS):
+        tag.insert_before("\n\n")
+        tag.insert_after("\n\n")
+    lines = (line.strip() for line in soup.get_text().split("\n"))
+    return "\n".join(lines)
+
+
+def _read_text(path: Path, split_by: str, progress: Progress) -> Iterator[str]:
+    raw, text = _open_text(path)
+    done = 0
+    with text:
+        for doc in split_text(text, split_by):
+            yield doc
+            progress(raw.tell() - done)
+            done = raw.tell()
+
+
+def _read_html(path: Path, split_by: str) -> Iterator[str]:
+    _, text = _open_text(path)
+    with text:
+        markup = text.read()
+    yield from split_text(html_text(markup).splitlines(keepends=True), split_by)
+
+
+def _read_jsonl(path: Path, field: str, progress: Progress, skipped: Counter) -> Iterator[str]:
+    raw, text = _open_text(path)
+    first, done = True, 0
+    with text:
+        for line in text:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                skipped["bad_record"] += 1
+                continue
+            if not isinstance(record, dict) or field not in record:
+                if first:
+                    raise _missing_field(path, field, record if isinstance(record, dict) else ())
+                skipped["bad_record"] += 1
+                continue
+            first = False
+            yield _as_text(record[field])
+            progress(raw.tell() - done)
+            done = raw.tell()
+
+
+def _read_json(path: Path, field: str, skipped: Counter) -> Iterator[str]:
+    _, text = _open_text(path)
+    with text:
+        try:
+            data = json.load(text)
+        except json.JSONDecodeError:
+            raise SkipFile("decode_error") from None
+    records = data if isinstance(data, list) else [data]
+    for i, record in enumerate(records):
+        if isinstance(record, str):
+            yield record
+        elif isinstance(record, dict) and field in record:
+            yield _as_text(record[field])
+        elif i == 0:
+            raise _missing_field(path, field, record if isinstance(record, dict) else ())
+        else:
+            skipped["bad_record"] += 1
+
+
+def _read_csv(path: Path, field: str, delimiter: str, progress: Progress, skipped: Counter) -> Iterator[str]:
+    csv.field_size_limit(2**31 - 1)  # long documents are fields too; the default 128 KiB limit is for safety
+    raw, text = _open_text(path, newline="")
+    done = 0
+    with text:
+        reader = csv.DictReader(text, delimiter=delimiter)
+        if reader.fieldnames is None:
+            return
+        if field not in reader.fieldnames:
+            raise _missing_field(path, field, reader.fieldnames)
+        for row in reader:
+            value = row.get(field)
+            if value is None:  # a short row
+                skipped["bad_record"] += 1
+                continue
+            yield value
+            progress(raw.tell() - done)
+            done = raw.tell()
+
+
+def _read_parquet(path: Path, field: str, progress: Progress) -> Iterator[str]:
+    import pyarrow.parquet as pq
+    from pyarrow import ArrowException
+
+    try:
+        pf = pq.ParquetFile(path)
+    except ArrowException:
+        raise SkipFile("decode_error") from None
+    names = pf.schema_arrow.names
+    if field not in names:
+        raise _missing_field(path, field, names)
+    size, rows = path.stat().st_size, max(pf.metadata.num_rows, 1)
+    for batch in pf.iter_batches(batch_size=4096, columns=[field]):
+        yield from map(_as_text, batch.column(0).to_pylist())
+        progress(size * batch.num_rows // rows)
+
+
+def read_documents(path: Path, *, split_by: str = "paragraph", text_field: str = "text",
+                   progress: Progress | None = None, skipped: Counter | None = None) -> Iterator[str]:
+    """The raw documents of one file. Raises SkipFile (binary/undecodable) or DataError (missing field).
+
+    `progress` receives the bytes read since its last call; `skipped` counts malformed records.
+    """
+    progress = progress or (lambda n: None)
+    skipped = skipped if skipped is not None else Counter()
+    kind = _RECORD_FORMATS.get(path.suffix.lower())
+    if kind == "parquet":
+        return _read_parquet(path, text_field, progress)
+    if kind == "jsonl":
+        return _read_jsonl(path, text_field, progress, skipped)
+    if kind == "json":
+        return _read_json(path, text_field, skipped)
+    if kind in ("csv", "tsv"):
+        return _read_csv(path, text_field, "," if kind == "csv" else "\t", progress, skipped)
+    if path.suffix.lower() in _HTML:
+        return _read_html(path, split_by)
+    return _read_text(path, split_by, progress)
+
+
+def iter_documents(files: list[Path], *, split_by: str = "paragraph", text_field: str = "text",
+                   progress: Progress | None = None, skipped: Counter | None = None) -> Iterator[tuple[int, str]]:
+    """(file index, raw document) over all files; unreadable files are counted in `skipped`, not raised.
+
+    A file that turns out to be unreadable part-way keeps the documents read before the failure.
+    """
+    skipped = skipped if skipped is not None else Counter()
+    for i, path in enumerate(files):
+        reported = 0
+
+        def report(n: int) -> None:
+            nonlocal reported
+            reported += n
+            if progress:
+                progress(n)
+
+        try:
+            for doc in read_documents(path, split_by=split_by, text_field=text_field, progress=report,
+                                      skipped=skipped):
+                yield i, doc
+        except SkipFile as e:
+            skipped[e.reason] += 1
+        except (UnicodeDecodeError, csv.Error):
+            skipped["decode_error"] += 1
+        if progress and (rest := path.stat().st_size - reported) > 0:
+            progress(rest)

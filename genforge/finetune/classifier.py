@@ -1,0 +1,126 @@
+"""Building a classifier on a base model, saving it, and loading it back (the saved format).
+
+A classifier run folder holds, beside the usual manifest/card/logs:
+- `classifier.json`: genforge's description (labels, head, multi_label, decoder, seq_len, lora, base_model);
+- full fine-tuning or `--merge`, linear head: a standard `*ForSequenceClassification` HF folder
+  (config.json with id2label/label2id, model.safetensors): plain `AutoModelForSequenceClassification` loads it;
+- full or merged, lstm/transformer head: the HF folder of the body (`AutoModel` loads it) + `head.safetensors`;
+- LoRA adapter: `adapter_config.json` + `adapter_model.safetensors` (peft's own files; with a linear head
+  the classification layer is in the adapter too) + `head.safetensors` for the custom heads;
+- the tokenizer files.
+`load_classifier(folder)` reads every variant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genforge.errors import ArtifactError
+from genforge.finetune.heads import Classifier, build_head
+from genforge.finetune.lora import adapter_base, load_adapted
+from genforge.finetune.model import hf_config, load_pretrained, load_tokenizer
+
+CLASSIFIER_JSON = "classifier.json"
+HEAD_WEIGHTS = "head.safetensors"
+
+
+def classification_config(path: Path, labels: list[str], multi_label: bool, pad_id: int | None,
+                          dropout: float = -1.0) -> Any:
+    """The base model's HF config turned into a classification config (labels, problem type, pad id)."""
+    config = hf_config(path, dropout=dropout, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                       label2id={lab: i for i, lab in enumerate(labels)},
+                       problem_type="multi_label_classification" if multi_label else "single_label_classification")
+    if getattr(config, "pad_token_id", None) is None:  # decoders find their last token by the pad id
+        config.pad_token_id = pad_id
+    return config
+
+
+def _auto(head: str) -> Any:
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if head == "linear" else AutoModel
+
+
+def build_classifier(path: Path, *, head: str, labels: list[str], multi_label: bool, pad_id: int | None,
+                     dropout: float = -1.0) -> tuple[Classifier, list[str]]:
+    """(a fresh classifier on the pretrained body at `path`, the body's newly initialised modules)."""
+    config = classification_config(path, labels, multi_label, pad_id, dropout)
+    body, new_modules = load_pretrained(_auto(head), path, config)
+    if head == "linear":
+        return Classifier(body), new_modules
+    head_module = build_head(head, config.hidden_size, len(labels), dropout if dropout >= 0 else 0.1)
+    return Classifier(body, head_module), new_modules
+
+
+def read_info(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / CLASSIFIER_JSON
+    if not path.is_file():
+        raise ArtifactError(f"{folder} has no {CLASSIFIER_JSON}: not a classifier "
+                            "(make one with `genforge finetune classify`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is corrupt: {e}") from None
+
+
+def load_classifier(folder: Path) -> tuple[Classifier, Any, dict[str, Any]]:
+    """(classifier in eval mode, tokenizer, classifier.json) from a classifier run folder (any variant)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    info = read_info(folder)
+    tokenizer = load_tokenizer(folder)
+    base = adapter_base(folder)
+    config = classification_config(base or folder, info["labels"], info["multi_label"], tokenizer.pad_token_id)
+    auto = _auto(info["head"])
+    if base is None:
+        body, _ = load_pretrained(auto, folder, config)
+    else:
+        body = load_adapted(folder, lambda p: load_pretrained(auto, p, config)[0])
+    head = None
+    if info["head"] != "linear":
+        if not (folder / HEAD_WEIGHTS).is_file():
+            raise ArtifactError(f"{folder} lacks {HEAD_WEIGHTS} for its '{info['head']}' head")
+        head = build_head(info["head"], config.hidden_size, len(info["labels"]))
+        head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+    return Classifier(body, head).eval(), tokenizer, info
+
+
+@torch.no_grad()
+def predict_probs(model: Classifier, tokenizer: Any, texts: list[str], *, seq_len: int, multi_label: bool,
+                  batch_size: int = 32, progress: Any = None) -> np.ndarray:
+    """Class probabilities [len(texts), labels]: softmax (single-label) or per-label sigmoid (multi-label).
+
+    Texts are batched by token length (less padding); rows come back in the input order.
+    """
+    from genforge.finetune.batches import pad
+
+    was_training = model.training
+    model.eval()
+    ids = tokenizer(list(texts), truncation=True, max_length=seq_len)["input_ids"]
+    ids = [row or [tokenizer.pad_token_id] for row in ids]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    device = next(model.parameters()).device
+    out = np.zeros((len(texts), model_labels(model)), dtype=np.float32)
+    for first in range(0, len(order), batch_size):
+        rows = order[first:first + batch_size]
+        input_ids = pad([ids[i] for i in rows], tokenizer.pad_token_id)
+        mask = pad([[1] * len(ids[i]) for i in rows], 0)
+        logits = model(input_ids.to(device), mask.to(device)).float()
+        probs = torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)
+        out[rows] = probs.cpu().numpy()
+        if progress:
+            progress(len(rows))
+    model.train(was_training)
+    return out
+
+
+def model_labels(model: Classifier) -> int:
+    if model.head is not None:
+        return model.head.out.out_features
+    return model.body.config.num_labels

@@ -1,0 +1,224 @@
+"""`genforge finetune classify`: labelled texts + a pretrained model -> a classifier run folder.
+
+The loop is the engine's (`genforge.train.engine.train`); this module brings the objective
+(cross-entropy, or per-label BCE for multi-label, with optional label smoothing), the batches
+(tokenised once, shuffled per epoch as a pure function of the step) and the export (see
+`genforge.finetune.classifier` for the saved format). The engine keeps the checkpoint with the best
+validation loss; the final accuracy/F1 report is computed on that checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from genforge.artifacts import MANIFEST, begin_output, read_manifest, write_json, write_manifest
+from genforge.errors import ArtifactError, DataError
+from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
+from genforge.finetune.classifier import CLASSIFIER_JSON, HEAD_WEIGHTS, build_classifier, predict_probs
+from genforge.finetune.config import ClassifyConfig
+from genforge.finetune.data import hash_split, label_set, read_labelled
+from genforge.finetune.lora import apply_lora, save_model
+from genforge.finetune.metrics import plot_confusion, report
+from genforge.finetune.model import freeze, is_decoder, load_tokenizer, load_weights, trainable_params
+from genforge.models.load import read_model_config
+from genforge.train.distributed import Dist
+from genforge.train.engine import checkpoint_exists, train
+from genforge.train.logs import plot_loss
+
+
+@dataclass
+class ClassifyObjective:
+    """Cross-entropy over classes (single-label) or mean BCE over labels (multi-label)."""
+
+    multi_label: bool
+    label_smoothing: float = 0.0
+    name: str = "classify"
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(batch["input_ids"], batch["attention_mask"]).float()
+        labels = batch["labels"]
+        if self.multi_label:  # smoothing pulls 0/1 targets towards 1/2 by eps/2
+            target = labels * (1 - self.label_smoothing) + self.label_smoothing / 2
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+        else:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return loss, {"tokens": torch.tensor(labels.shape[0])}
+
+
+def encode_targets(examples: list[tuple[str, list[str]]], labels: list[str], multi_label: bool) -> torch.Tensor:
+    index = {lab: i for i, lab in enumerate(labels)}
+    if not multi_label:
+        return torch.tensor([index[labs[0]] for _, labs in examples], dtype=torch.long)
+    target = torch.zeros(len(examples), len(labels))
+    for row, (_, labs) in enumerate(examples):
+        target[row, [index[lab] for lab in labs]] = 1.0
+    return target
+
+
+def make_collate(ids: list[list[int]], targets: torch.Tensor, pad_id: int) -> Any:
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        return {"input_ids": pad([ids[i] for i in rows], pad_id),
+                "attention_mask": pad([[1] * len(ids[i]) for i in rows], 0), "labels": targets[rows]}
+
+    return collate
+
+
+def load_data(cfg: ClassifyConfig) -> tuple[list, list, list[str]]:
+    """(train examples, validation examples, sorted label set); validation from the hash split if not given."""
+    examples = read_labelled(cfg.data, cfg.text_field, cfg.label_field, cfg.multi_label, cfg.label_sep)
+    if cfg.val_data is not None:
+        train_set = examples
+        val_set = read_labelled(cfg.val_data, cfg.text_field, cfg.label_field, cfg.multi_label, cfg.label_sep)
+    else:
+        train_set, val_set = hash_split(examples)
+    labels = label_set(train_set + val_set)
+    if len(labels) < 2 and not cfg.multi_label:
+        raise DataError(f"{cfg.data}: only one label ({labels[0]!r}) in '{cfg.label_field}'; "
+                        "a classifier needs at least two")
+    unseen = set(label_set(val_set)) - set(label_set(train_set))
+    if unseen:
+        raise DataError(f"validation labels never seen in training: {sorted(unseen)[:5]}")
+    return train_set, val_set, labels
+
+
+def prepare_output(cfg: ClassifyConfig | Any) -> float:
+    """Start (or resume) the run folder; refuse to silently mix with an unfinished run."""
+    if cfg.resume and not checkpoint_exists(cfg.out):
+        raise ArtifactError(f"nothing to resume: {cfg.out}/checkpoints/latest does not exist; drop --resume")
+    redo = not cfg.resume and checkpoint_exists(cfg.out)
+    if redo and not (cfg.out / MANIFEST).is_file():
+        raise ArtifactError(f"{cfg.out} holds an unfinished run: add --resume to continue it, or choose another --out")
+    started = begin_output(cfg.out)
+    if redo:
+        shutil.rmtree(cfg.out / "checkpoints")
+        shutil.rmtree(cfg.out / "logs", ignore_errors=True)
+    return started
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def classify(cfg: ClassifyConfig) -> Path:
+    """Fine-tune a classifier; return the run folder. Metrics go to the manifest and logs/val_report.json."""
+    base_config = read_model_config(cfg.model)
+    decoder = is_decoder(base_config)
+    train_set, val_set, labels = load_data(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    started = prepare_output(cfg)
+    if cfg.epochs:
+        cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_set), cfg.batch_size, cfg.grad_accum))
+
+    torch.manual_seed(cfg.seed)
+    model, new_modules = build_classifier(cfg.model, head=cfg.head, labels=labels, multi_label=cfg.multi_label,
+                             pad_id=tokenizer.pad_token_id, dropout=cfg.dropout)
+    freeze(model.body, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
+    if cfg.lora_r:
+        model.body = apply_lora(model.body, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                targets=cfg.lora_targets, task_type="SEQ_CLS" if cfg.head == "linear" else None,
+                                new_modules=new_modules)
+    params = trainable_params(model)
+
+    def tokenize(examples: list) -> list[list[int]]:
+        ids = tokenizer([t for t, _ in examples], truncation=True, max_length=cfg.seq_len)["input_ids"]
+        return [row or [tokenizer.pad_token_id] for row in ids]
+
+    train_ids, val_ids = tokenize(train_set), tokenize(val_set)
+    train_targets = encode_targets(train_set, labels, cfg.multi_label)
+    val_targets = encode_targets(val_set, labels, cfg.multi_label)
+    batches = ShuffledBatches(len(train_set), cfg.batch_size, cfg.grad_accum, cfg.seed,
+                              make_collate(train_ids, train_targets, tokenizer.pad_token_id))
+    val_collate = make_collate(val_ids, val_targets, tokenizer.pad_token_id)
+    objective = ClassifyObjective(cfg.multi_label, cfg.label_smoothing)
+    result = train(model, objective, batches, cfg, cfg.out, dist=Dist(device=device()),
+                   eval_data=lambda: in_order(len(val_set), cfg.batch_size, val_collate, cfg.eval_batches))
+
+    best = cfg.out / "checkpoints" / "best"
+    load_weights(model, best if (best / "model.safetensors").is_file() else cfg.out / "checkpoints" / "latest")
+    probs = predict_probs(model, tokenizer, [t for t, _ in val_set], seq_len=cfg.seq_len,
+                          multi_label=cfg.multi_label, batch_size=cfg.batch_size)
+    y_true = val_targets.numpy().astype(int)
+    y_pred = (probs > 0.5).astype(int) if cfg.multi_label else probs.argmax(1)
+    val = report(y_true, y_pred, labels, cfg.multi_label)
+    plot_confusion(y_true, y_pred, labels, cfg.multi_label, cfg.out / "logs" / "confusion.png")
+    plot_loss(cfg.out / "logs")
+    write_json(cfg.out / "logs" / "val_report.json", val)
+
+    export(cfg, model, tokenizer, labels, decoder)
+    best_val = result.best or result.last or {}
+    metrics = {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "val_loss": best_val.get("loss"),
+               "best_step": result.best_step, "steps": result.steps, "train_seconds": round(result.seconds, 2),
+               "stop_reason": result.stop_reason, "train_examples": len(train_set), "val_examples": len(val_set),
+               "labels": len(labels), "params": params["total"], "trainable_params": params["trainable"]}
+    parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
+    extra = {"task": "classify", "labels": labels, "model": {"architecture": type(model.body).__name__,
+                                                             "params": params["total"], "base_model": str(cfg.model)}}
+    from genforge.finetune.card import write_card
+
+    write_card(cfg.out, "classify", cfg, metrics, parent, val)
+    inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
+    write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
+                   extra=extra)
+    print_summary(cfg.out, metrics, val)
+    return cfg.out
+
+
+def export(cfg: ClassifyConfig, model: Any, tokenizer: Any, labels: list[str], decoder: bool) -> None:
+    """The best weights as the run folder's payload (see genforge.finetune.classifier for the format)."""
+    from safetensors.torch import save_file
+
+    adapter = bool(cfg.lora_r) and not cfg.merge
+    save_model(model.body, cfg.out, merge=cfg.merge)
+    if model.head is not None:
+        save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(cfg.out / HEAD_WEIGHTS))
+    tokenizer.save_pretrained(cfg.out)
+    lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets or "all-linear",
+            "merged": cfg.merge} if cfg.lora_r else None
+    write_json(cfg.out / CLASSIFIER_JSON, {
+        "format": 1, "head": cfg.head, "labels": labels, "multi_label": cfg.multi_label, "decoder": decoder,
+        "seq_len": cfg.seq_len, "text_field": cfg.text_field, "lora": lora, "adapter": adapter,
+        "base_model": str(Path(cfg.model).resolve())})
+
+
+def print_summary(out: Path, metrics: dict[str, Any], val: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table(title=f"finetune classify -> {out}", show_header=False)
+    for key in ("val_accuracy", "val_macro_f1", "val_loss", "best_step", "steps", "train_seconds",
+                "stop_reason", "trainable_params"):
+        value = metrics.get(key)
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value))
+    console.print(table)
+    per_class = Table(title="validation, per class")
+    for col in ("label", "precision", "recall", "f1", "support"):
+        per_class.add_column(col)
+    for label, row in val["per_class"].items():
+        per_class.add_row(label, *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1")), str(row["support"]))
+    console.print(per_class)
+
+
+def evaluate_folder(folder: Path, examples: list[tuple[str, list[str]]], batch_size: int = 64) -> dict[str, Any]:
+    """Accuracy/F1 report of a saved classifier on labelled examples (used by benchmarks and tune)."""
+    from genforge.finetune.classifier import load_classifier
+
+    model, tokenizer, info = load_classifier(folder)
+    model.to(device())
+    unknown = {lab for _, labs in examples for lab in labs} - set(info["labels"])
+    if unknown:
+        raise DataError(f"labels the classifier does not know: {sorted(unknown)[:5]}")
+    probs = predict_probs(model, tokenizer, [t for t, _ in examples], seq_len=info["seq_len"],
+                          multi_label=info["multi_label"], batch_size=batch_size)
+    y_true = encode_targets(examples, info["labels"], info["multi_label"]).numpy().astype(int)
+    y_pred = (probs > 0.5).astype(int) if info["multi_label"] else probs.argmax(1)
+    return report(y_true, y_pred, info["labels"], info["multi_label"]) | {"n": len(examples)}
+

@@ -1,0 +1,164 @@
+"""Configs of the fine-tuning commands: classify, sft, predict, chat, tune.
+
+Light on purpose (no torch import): the CLI builds its flags from these dataclasses. Both training
+commands extend the engine's `TrainConfig` (so `--lr`, `--max-steps`, `--patience`, `--weight-decay`
+mean what they mean in `pretrain`) with fine-tuning defaults (small LR, frequent evaluation) and the
+adaptation knobs they share: LoRA, freezing, dropout override.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from genforge.config import field
+from genforge.errors import ConfigError
+from genforge.train.config import TrainConfig
+
+HEADS = ("linear", "lstm", "transformer")
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainConfig):
+    """What every fine-tuning run shares: a base model, data, LoRA and regularisation."""
+
+    model: Path = field(None, help="base model: a local Hugging Face folder (genforge run or any checkpoint)")
+    data: Path = field(None, help="training data file (CSV, TSV, JSONL or JSON)")
+    val_data: Path | None = field(None, help="validation file; default: hash bucket 8 of 10 of --data "
+                                             "(sha256 of the text, as in shared/data/README.md)")
+    epochs: float = field(0.0, help="train this many passes over the data (overrides --max-steps; 0 = use --max-steps)")
+    lr: float = field(5e-5, help="peak learning rate (LoRA usually wants ~10x more than full fine-tuning)")
+    min_lr: float = field(0.0, help="learning rate at the end of the cosine decay")
+    warmup_steps: int = field(20, help="linear warm-up steps")
+    weight_decay: float = field(0.01, help="decoupled weight decay of AdamW (matrices only)")
+    max_steps: int = field(300, help="stop after this many optimizer steps (unless --epochs is given)")
+    eval_every: int = field(50, help="evaluate on the validation set every N steps (0 = only at the end)")
+    eval_batches: int = field(0, help="validation batches per evaluation (0 = the whole validation set)")
+    save_every: int = field(0, help="write checkpoints/latest every N steps (0 = only at the end)")
+    dropout: float = field(-1.0, help="override every dropout probability of the model (-1 = keep the model's)")
+    label_smoothing: float = field(0.0, help="label smoothing of the cross-entropy (0 = off)")
+    freeze_layers: int = field(0, help="freeze the first N transformer layers")
+    freeze_embeddings: bool = field(False, help="freeze the token/position embeddings")
+    lora_r: int = field(0, help="LoRA rank (0 = full fine-tuning)")
+    lora_alpha: float = field(16.0, help="LoRA scaling alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = field(0.05, help="dropout on the LoRA branch")
+    lora_targets: list[str] = field(default_factory=list, help="module names to adapt (repeatable, e.g. "
+                                                               "q_proj); default: every linear layer")
+    merge: bool = field(False, help="LoRA: save the merged full model instead of the adapter")
+
+    def check(self) -> None:
+        super().check()
+        if self.model is None:
+            raise ConfigError("give the base model folder: --model DIR")
+        if self.data is None:
+            raise ConfigError("give the training data: --data FILE")
+        if self.epochs < 0:
+            raise ConfigError(f"--epochs must be >= 0, got {self.epochs}")
+        if not (self.dropout == -1 or 0 <= self.dropout < 1):
+            raise ConfigError(f"--dropout must be in [0, 1) or -1 (keep), got {self.dropout}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.freeze_layers < 0:
+            raise ConfigError(f"--freeze-layers must be >= 0, got {self.freeze_layers}")
+        if self.lora_r < 0:
+            raise ConfigError(f"--lora-r must be >= 0, got {self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.merge and not self.lora_r:
+            raise ConfigError("--merge only applies to LoRA runs: add --lora-r N or drop --merge")
+        if self.lora_r and self.freeze_layers:
+            raise ConfigError("--freeze-layers is for full fine-tuning; LoRA already freezes the base model")
+
+
+@dataclass(kw_only=True)
+class ClassifyConfig(FinetuneConfig):
+    """Text classification (single- or multi-label) with a task head on an encoder or a decoder."""
+
+    text_field: str = field("text", help="column/key holding the text")
+    label_field: str = field("label", help="column/key holding the label(s)")
+    multi_label: bool = field(False, help="several labels per text (a list, or a string cut at --label-sep)")
+    label_sep: str = field(",", help="multi-label: separator of labels given as one string")
+    head: str = field("linear", help="task head: linear on the pooled state (saved as a standard HF "
+                                     "*ForSequenceClassification), or a BiLSTM / 1-layer transformer over "
+                                     "the token states", choices=HEADS)
+    seq_len: int = field(128, help="longest text in tokens (longer texts are truncated)")
+    batch_size: int = field(16, help="texts per micro-batch")
+
+    def check(self) -> None:
+        super().check()
+        if self.multi_label and not self.label_sep:
+            raise ConfigError("--label-sep must not be empty")
+
+
+@dataclass(kw_only=True)
+class SftConfig(FinetuneConfig):
+    """Supervised fine-tuning of a causal LM on chat dialogues (OpenAI `messages` or ShareGPT JSONL)."""
+
+    seq_len: int = field(512, help="longest training sequence in tokens; longer dialogues lose their oldest turns")
+    batch_size: int = field(8, help="sequences per micro-batch")
+    lr: float = field(1e-4, help="peak learning rate")
+    train_on_prompt: bool = field(False, help="also learn the system/user tokens (default: assistant tokens only)")
+    pack: bool = field(False, help="pack several short dialogues into one sequence (fewer pad tokens)")
+    system: str | None = field(None, help="system message added to dialogues that have none")
+
+
+@dataclass(kw_only=True)
+class PredictConfig:
+    """Label texts with a fine-tuned classifier."""
+
+    model: Path = field(None, help="a `genforge finetune classify` run folder")
+    text: list[str] = field(default_factory=list, help="a text to classify (repeatable)")
+    data: Path | None = field(None, help="file of texts (CSV, TSV, JSONL, JSON or plain text, one per line)")
+    text_field: str = field("text", help="column/key holding the text in --data")
+    out: Path | None = field(None, help="write {text, label, probs} per line here (JSONL)")
+    batch_size: int = field(32, help="texts per forward pass")
+    threshold: float = field(0.5, help="multi-label: probability above which a label is predicted")
+
+    def check(self) -> None:
+        if self.model is None:
+            raise ConfigError("give the classifier folder: --model DIR")
+        if not self.text and self.data is None:
+            raise ConfigError("give --text TEXT (repeatable) or --data FILE")
+        if self.text and self.data is not None:
+            raise ConfigError("give either --text or --data, not both")
+        if self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"--threshold must be in (0, 1), got {self.threshold}")
+
+
+@dataclass(kw_only=True)
+class ChatConfig:
+    """Interactive multi-turn chat with a (fine-tuned) causal LM in the terminal, streaming."""
+
+    model: Path = field(None, help="causal LM folder (full model, merged LoRA, or a LoRA adapter run)")
+    system: str | None = field(None, help="system message that opens the conversation")
+    max_new_tokens: int = field(256, help="most tokens per reply")
+    temperature: float = field(0.7, help="sampling temperature; 0 = greedy")
+    top_p: float = field(0.9, help="nucleus sampling mass; 1 = off")
+    seed: int | None = field(None, help="random seed for reproducible replies")
+
+    def check(self) -> None:
+        if self.model is None:
+            raise ConfigError("give the model folder: --model DIR")
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+
+
+@dataclass(kw_only=True)
+class TuneConfig:
+    """Hyper-parameter search with Optuna over a fine-tuning config (search space in YAML)."""
+
+    space: Path = field(None, help="YAML: `task` (classify|sft), `base` (the fixed config keys) and "
+                                    "`search` (key -> {low, high, log} or {choices})", argument=True)
+    trials: int = field(10, help="trials to run now (added to those already in the study)")
+    out: Path | None = field(None, help="study folder (study.db, trials, best.yaml, trials.png); "
+                                        "default: the YAML's `out`")
+    study_name: str = field("genforge", help="study name inside the SQLite file")
+    seed: int = field(0, help="sampler seed")
+
+    def check(self) -> None:
+        if self.space is None:
+            raise ConfigError("give the search-space YAML: genforge tune CONFIG.yaml")
+        if self.trials <= 0:
+            raise ConfigError(f"--trials must be positive, got {self.trials}")

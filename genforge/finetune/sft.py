@@ -1,0 +1,267 @@
+"""`genforge finetune sft`: chat dialogues + a causal LM -> a chat model (full, merged LoRA, or adapter).
+
+Dialogues are rendered with the tokenizer's own chat template (ChatML for genforge tokenizers), the
+same one `genforge chat` and `generate --chat` use, so training and generation see identical text.
+Which tokens are learned is decided per message: the template is applied to growing prefixes of the
+dialogue, and the text each message adds is its segment; an assistant segment is split into its
+header (`<|im_start|>assistant\\n`, the generation prompt: not learned) and its content with the
+closing `<|im_end|>` (learned, so the model learns to stop). The loop, objective (causal LM with
+labels -100 on unlearned tokens) and checkpoints are the engine's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genforge.artifacts import MANIFEST, read_manifest, write_manifest
+from genforge.errors import ConfigError, DataError
+from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
+from genforge.finetune.classify import device, prepare_output
+from genforge.finetune.config import SftConfig
+from genforge.finetune.data import hash_split, read_records
+from genforge.finetune.lora import apply_lora, save_model
+from genforge.finetune.model import (Wrapped, freeze, hf_config, is_decoder, load_pretrained, load_tokenizer,
+                                     load_weights, trainable_params)
+from genforge.models.load import read_model_config
+from genforge.train.distributed import Dist
+from genforge.train.engine import train
+from genforge.train.evaluate import evaluate_loss
+from genforge.train.logs import plot_loss
+from genforge.train.objectives import IGNORE, ClmObjective
+
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+         "model": "assistant", "bot": "assistant", "chatgpt": "assistant"}
+
+Message = dict[str, str]
+
+
+def parse_dialogue(record: dict[str, Any], where: str) -> list[Message]:
+    """The messages of one record: OpenAI `messages` (role/content) or ShareGPT `conversations` (from/value)."""
+    if "messages" in record:
+        turns, role_key, text_key = record["messages"], "role", "content"
+    elif "conversations" in record:
+        turns, role_key, text_key = record["conversations"], "from", "value"
+    else:
+        raise DataError(f"{where}: expected a \"messages\" (OpenAI) or \"conversations\" (ShareGPT) list; "
+                        f"found keys {', '.join(record) or 'none'}")
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: the dialogue must be a non-empty list of turns")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+            raise DataError(f"{where}: turn {i} must be an object with \"{role_key}\" and \"{text_key}\"")
+        role = ROLES.get(str(turn[role_key]).lower())
+        if role is None:
+            raise DataError(f"{where}: turn {i} has unknown role {turn[role_key]!r} "
+                            f"(known: {', '.join(sorted(ROLES))})")
+        if not isinstance(turn[text_key], str):
+            raise DataError(f"{where}: turn {i} {text_key} must be a string")
+        messages.append({"role": role, "content": turn[text_key]})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: the dialogue has no assistant turn to learn from")
+    return messages
+
+
+def read_dialogues(path: Path, system: str | None = None) -> list[list[Message]]:
+    dialogues = []
+    for lineno, record in read_records(path):
+        messages = parse_dialogue(record, f"{path}:{lineno}")
+        if system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system}, *messages]
+        dialogues.append(messages)
+    if not dialogues:
+        raise DataError(f"{path} holds no dialogues")
+    return dialogues
+
+
+def ensure_chat_template(tokenizer: Any, where: Path) -> None:
+    """Give a genforge tokenizer without a template the ChatML one; refuse a tokenizer that cannot chat."""
+    from genforge.data.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
+
+    if getattr(tokenizer, "chat_template", None):
+        return
+    vocab = tokenizer.get_vocab()
+    if IM_START in vocab and IM_END in vocab:
+        tokenizer.chat_template = CHAT_TEMPLATE
+        return
+    raise ConfigError(f"the tokenizer of {where} has no chat template and no {IM_START}/{IM_END} tokens; "
+                      "SFT needs a chat model tokenizer (e.g. one made by `genforge tokenizer train`)")
+
+
+def segments(tokenizer: Any, messages: list[Message]) -> list[tuple[str, bool]]:
+    """(text, learned) pieces whose concatenation is the templated dialogue; learned = assistant content."""
+
+    def render(msgs: list[Message], prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt)
+
+    out, done = [], ""
+    for i, message in enumerate(messages):
+        full = render(messages[:i + 1])
+        if message["role"] == "assistant":
+            head = render(messages[:i], prompt=True)
+            if not (head.startswith(done) and full.startswith(head)):
+                raise ConfigError("the tokenizer's chat template does not render dialogues incrementally; "
+                                  "SFT needs a template like ChatML")
+            out += [(head[len(done):], False), (full[len(head):], True)]
+        else:
+            if not full.startswith(done):
+                raise ConfigError("the tokenizer's chat template does not render dialogues incrementally; "
+                                  "SFT needs a template like ChatML")
+            out.append((full[len(done):], False))
+        done = full
+    return out
+
+
+def encode_dialogue(tokenizer: Any, messages: list[Message], *, max_tokens: int,
+                    train_on_prompt: bool = False) -> tuple[list[int], list[int]] | None:
+    """(token ids, labels) of a dialogue, at most `max_tokens` long; labels are IGNORE on unlearned tokens.
+
+    Too long: the oldest turns after the system message go first (a dialogue is cut at a user turn);
+    if the latest exchange alone is still too long its end is cut. None if nothing learnable remains.
+    """
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    while True:
+        ids, labels = [], []
+        for text, learned in segments(tokenizer, system + rest):
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if (learned or train_on_prompt) else [IGNORE] * len(piece)
+        later = [i for i, m in enumerate(rest) if i > 0 and m["role"] == "user"]
+        if len(ids) <= max_tokens or not later or not any(m["role"] == "assistant" for m in rest[later[0]:]):
+            break
+        rest = rest[later[0]:]
+    ids, labels = ids[:max_tokens], labels[:max_tokens]
+    return (ids, labels) if any(lab != IGNORE for lab in labels[1:]) else None
+
+
+def pack_examples(examples: list[tuple[list[int], list[int]]], max_tokens: int) -> list[tuple[list[int], list[int]]]:
+    """Greedy packing, in order: consecutive dialogues share a sequence while they fit in `max_tokens`.
+
+    Attention is not blocked between packed dialogues (the common, cheap form of packing); the chat
+    template's <|im_start|>/<|im_end|> markers separate them.
+    """
+    packed: list[tuple[list[int], list[int]]] = []
+    for ids, labels in examples:
+        if packed and len(packed[-1][0]) + len(ids) <= max_tokens:
+            packed[-1] = (packed[-1][0] + ids, packed[-1][1] + labels)
+        else:
+            packed.append((list(ids), list(labels)))
+    return packed
+
+
+def make_collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> Any:
+    """Shifted causal-LM batches: inputs = ids[:-1], labels = labels[1:], padding masked and unlearned."""
+
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        ids = pad([examples[i][0] for i in rows], pad_id)
+        labels = pad([examples[i][1] for i in rows], IGNORE)
+        mask = pad([[1] * len(examples[i][0]) for i in rows], 0)
+        return {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "labels": labels[:, 1:]}
+
+    return collate
+
+
+def encode_all(tokenizer: Any, dialogues: list[list[Message]], cfg: SftConfig) -> list[tuple[list[int], list[int]]]:
+    out = [encode_dialogue(tokenizer, d, max_tokens=cfg.seq_len + 1, train_on_prompt=cfg.train_on_prompt)
+           for d in dialogues]
+    out = [e for e in out if e is not None]
+    if not out:
+        raise DataError(f"no dialogue of {cfg.data} keeps an assistant token within --seq-len {cfg.seq_len}")
+    return pack_examples(out, cfg.seq_len + 1) if cfg.pack else out
+
+
+def load_causal_lm(path: Path, dropout: float = -1.0) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return load_pretrained(AutoModelForCausalLM, path, hf_config(path, dropout=dropout))[0]
+
+
+def sft(cfg: SftConfig) -> Path:
+    """Fine-tune a causal LM on dialogues; return the run folder (a chat model or a LoRA adapter)."""
+    from genforge.finetune.card import write_card
+
+    if not is_decoder(read_model_config(cfg.model)):
+        raise ConfigError(f"model {cfg.model} is an encoder; SFT needs a causal LM (decoder)")
+    tokenizer = load_tokenizer(cfg.model)
+    ensure_chat_template(tokenizer, cfg.model)
+    dialogues = read_dialogues(cfg.data, cfg.system)
+    if cfg.val_data is not None:
+        train_set, val_set = dialogues, read_dialogues(cfg.val_data, cfg.system)
+    else:
+        train_set, val_set = hash_split(dialogues, text_of=lambda d: "\n".join(m["content"] for m in d))
+    train_ex, val_ex = encode_all(tokenizer, train_set, cfg), encode_all(tokenizer, val_set, cfg)
+    started = prepare_output(cfg)
+    if cfg.epochs:
+        cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_ex), cfg.batch_size, cfg.grad_accum))
+
+    torch.manual_seed(cfg.seed)
+    lm = load_causal_lm(cfg.model, cfg.dropout)
+    freeze(lm, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
+    if cfg.lora_r:
+        lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets,
+                        task_type="CAUSAL_LM")
+    model = Wrapped(lm)
+    params = trainable_params(model)
+    objective = ClmObjective()
+    val_collate = make_collate(val_ex, tokenizer.pad_token_id)
+
+    def eval_data():
+        return in_order(len(val_ex), cfg.batch_size, val_collate, cfg.eval_batches)
+
+    before = evaluate_loss(model.to(device()), objective, eval_data(), device=device())["loss"]
+    batches = ShuffledBatches(len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.seed,
+                              make_collate(train_ex, tokenizer.pad_token_id))
+    result = train(model, objective, batches, cfg, cfg.out, eval_data=eval_data, dist=Dist(device=device()))
+
+    best = cfg.out / "checkpoints" / "best"
+    load_weights(model, best if (best / "model.safetensors").is_file() else cfg.out / "checkpoints" / "latest")
+    export(cfg, model.model, tokenizer)
+    plot_loss(cfg.out / "logs")
+    best_val = result.best or result.last or {}
+    metrics = {"val_loss_before": before, "val_loss": best_val.get("loss"), "best_step": result.best_step,
+               "steps": result.steps, "train_seconds": round(result.seconds, 2), "stop_reason": result.stop_reason,
+               "train_sequences": len(train_ex), "val_sequences": len(val_ex), "params": params["total"],
+               "trainable_params": params["trainable"]}
+    parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
+    write_card(cfg.out, "sft", cfg, metrics, parent)
+    inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
+    write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
+                   extra={"task": "sft", "objective": "clm", "model": {"params": params["total"],
+                                                                       "base_model": str(cfg.model)}})
+    _summary(cfg.out, metrics)
+    return cfg.out
+
+
+def export(cfg: SftConfig, lm: Any, tokenizer: Any) -> None:
+    """The run folder: a causal-LM HF folder that stops at <|im_end|> (or the adapter) + the chat tokenizer."""
+    from genforge.data.tokenizer import IM_END
+
+    if cfg.lora_r and not cfg.merge:
+        save_model(lm, cfg.out, merge=False)
+    else:
+        if cfg.lora_r:
+            lm = lm.merge_and_unload()
+        end = tokenizer.convert_tokens_to_ids(IM_END) if IM_END in tokenizer.get_vocab() else None
+        gen = lm.generation_config
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        if end is not None and end not in eos:  # plain `model.generate` then ends a reply where chat does
+            gen.eos_token_id = [e for e in eos if e is not None] + [end]
+        save_model(lm, cfg.out, merge=False)
+    tokenizer.save_pretrained(cfg.out)
+
+
+def _summary(out: Path, metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"finetune sft -> {out}", show_header=False)
+    for key in ("val_loss_before", "val_loss", "best_step", "steps", "train_seconds", "stop_reason",
+                "train_sequences", "trainable_params"):
+        value = metrics.get(key)
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console(stderr=True).print(table)

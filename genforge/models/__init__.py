@@ -1,0 +1,1 @@
+"""Models: presets (decoder/encoder sizes), loading local HF checkpoints, model cards."""

@@ -1,0 +1,76 @@
+"""Loading local Hugging Face checkpoints: any folder with config.json + weights, nothing downloaded.
+
+The objective of a model is read from its config (`architectures`), so `genforge eval` and continued
+pretraining need no flag to know whether a folder holds a causal or a masked language model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from genforge.errors import ArtifactError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def read_model_config(path: Path) -> dict[str, Any]:
+    """config.json of a local model folder, or a one-line ArtifactError saying what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"model {path} is not a folder (expected a local Hugging Face model folder)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ArtifactError(f"model {path} has no config.json: not a Hugging Face model folder")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ArtifactError(f"model {path} has no weights (model.safetensors or pytorch_model.bin)")
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{config_file} is not valid JSON: {e}") from None
+
+
+def detect_objective(config: dict[str, Any]) -> str:
+    """'clm' for a causal LM, 'mlm' for a masked LM, from `architectures` in config.json."""
+    archs = config.get("architectures") or []
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        return "clm"
+    if any(a.endswith("ForMaskedLM") for a in archs):
+        return "mlm"
+    if config.get("is_decoder") or config.get("model_type") in ("llama", "gpt2", "mistral", "qwen2", "phi3"):
+        return "clm"
+    raise ArtifactError(f"cannot tell whether the model is a causal or masked LM (architectures: {archs}); "
+                        "expected *ForCausalLM or *ForMaskedLM")
+
+
+def max_positions(config: dict[str, Any] | Any) -> int | None:
+    """The longest sequence the model was built for (None if the config does not say)."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if get(key):
+            return int(get(key))
+    return None
+
+
+def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
+    """(model in fp32 with SDPA attention, objective) from a local HF folder; refuses a mismatch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    config = read_model_config(path)
+    found = detect_objective(config)
+    if objective and objective != found:
+        raise ArtifactError(f"model {path} is a {'causal' if found == 'clm' else 'masked'} LM; "
+                            f"it cannot be trained with --objective {objective}")
+    auto = AutoModelForCausalLM if found == "clm" else AutoModelForMaskedLM
+    try:
+        model = auto.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True)
+    except ValueError as e:
+        if "sdpa" not in str(e).lower():
+            raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+        model = auto.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+    return model, found

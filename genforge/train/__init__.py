@@ -1,0 +1,1 @@
+"""Training: the one loop (engine), objectives, pretraining and evaluation."""

@@ -1,0 +1,115 @@
+"""Checkpoints: model weights as safetensors, the rest of the training state weights-only-loadable.
+
+A checkpoint is a folder written under a temporary name and renamed into place, so a kill mid-write
+never leaves a half checkpoint under the real name. The model part is a standard HF folder
+(config.json + model.safetensors), loadable on its own; trainer_state.pt holds the optimizer, RNG
+states (as tensors), step, data position and early-stopping state: only tensors, numbers, strings,
+lists and dicts, so `torch.load(..., weights_only=True)` reads it without trusting pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file, save_model
+
+from genforge.errors import ArtifactError
+
+STATE = "trainer_state.pt"
+WEIGHTS = "model.safetensors"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_weights(model: Any, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """An HF model as an HF folder; any other module as a bare model.safetensors.
+
+    `state_dict` replaces the model's own tensors (the gathered full weights of an FSDP-sharded model).
+    """
+    if hasattr(model, "save_pretrained"):
+        from transformers.utils import logging as hf_logging
+
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Writing model shards" bar per checkpoint is noise
+        try:
+            model.save_pretrained(folder, state_dict=state_dict)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
+    elif state_dict is not None:
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS))
+    else:
+        save_model(model, str(folder / WEIGHTS))
+
+
+def save_checkpoint(folder: Path, model: Any, state: dict[str, Any] | None = None,
+                    model_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write weights (+ trainer state) into `folder` atomically: temp folder, then rename over the old one."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_weights(model, tmp, model_state)
+        if state is not None:
+            torch.save(state, tmp / STATE)
+            summary = {k: v for k, v in state.items() if isinstance(v, int | float | str)}
+            (tmp / "checkpoint.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(folder: Path) -> Path | None:
+    """`folder` if it holds a complete checkpoint; else the previous one a crash left mid-rename."""
+    folder = Path(folder)
+    if (folder / STATE).is_file():
+        return folder
+    with contextlib.suppress(FileNotFoundError):
+        for old in sorted(folder.parent.glob(f".{folder.name}.old-*")):
+            if (old / STATE).is_file():
+                return old
+    return None
+
+
+def load_checkpoint(folder: Path, model: Any) -> dict[str, Any]:
+    """Load weights into `model` (tied weights handled); return the trainer state (optimizer state inside)."""
+    found = find_checkpoint(folder)
+    if found is None:
+        raise ArtifactError(f"no checkpoint to resume in {folder}: run without --resume to start fresh")
+    try:
+        state = torch.load(found / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+        raise ArtifactError(f"checkpoint {found / STATE} cannot be read: {str(e).splitlines()[0]}") from None
+    tensors = load_file(found / WEIGHTS)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    groups: dict[int, list[str]] = {}  # tied weights are saved under one of their names
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    tied_elsewhere = {n for names in groups.values() for n in names if any(m in tensors for m in names)}
+    missing = [k for k in missing if k not in tied_elsewhere]
+    if missing or unexpected:
+        raise ArtifactError(f"checkpoint {found} does not fit the model (missing {sorted(missing)[:3]}, "
+                            f"unexpected {sorted(unexpected)[:3]})")
+    return state

@@ -1,0 +1,253 @@
+"""The one training loop of genforge. Every training stage calls `train(...)` with its own objective.
+
+The step is visible in one place (`train`): schedule -> micro-batches (forward under autocast, loss,
+backward) -> clip -> AdamW step -> log -> evaluate -> checkpoint. Everything that varies between
+stages comes in as plain objects: the model (an nn.Module, usually HF), the objective
+(`loss(model, batch) -> (loss, metrics)`), the batches (`batch(step, micro) -> dict of tensors`, a pure
+function of the step, which makes resuming exact) and an optional `eval_data()` returning validation
+batches. The loop never asks which objective it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from genforge.errors import ConfigError, GenforgeError
+from genforge.train.checkpoint import STATE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from genforge.train.config import TrainConfig
+from genforge.train.distributed import (
+    Dist,
+    all_reduce,
+    barrier,
+    full_state,
+    grad_sync,
+    load_optimizer_state,
+    parallelize,
+)
+from genforge.train.evaluate import evaluate_loss, to_device
+from genforge.train.logs import MetricsLog
+from genforge.train.schedule import lr_at
+
+
+class Interrupted(GenforgeError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
+
+
+class Batches(Protocol):
+    def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]: ...
+    def state_dict(self, step: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    seconds: float
+    stop_reason: str  # max_steps | max_minutes | patience
+    train_loss: float
+    best_step: int
+    best: dict[str, float] = field(default_factory=dict)  # validation metrics of checkpoints/best
+    last: dict[str, float] = field(default_factory=dict)  # validation metrics at the last step
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay the weight matrices; not norms, biases (dim < 2) or embeddings (by module type)."""
+    embedding = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():  # de-duplicated: a tied head appears once, as the embedding
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and id(p) not in embedding else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay; the fused kernel (one pass over all params) where available."""
+    groups = decay_groups(model, cfg.weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8, fused=True)
+    except (RuntimeError, TypeError):  # a device/dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8, foreach=True)
+
+
+def bf16_available(device: torch.device) -> bool:
+    """True where bf16 autocast is native (CUDA with bf16, CPUs with AVX512-BF16 or AMX); else emulation is slow."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it at the next step boundary. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def catch_signals(flag: StopFlag) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainConfig, run_dir: Path, *,
+          eval_data: Callable[[], Iterable[dict[str, torch.Tensor]]] | None = None,
+          tokens_per_byte: float | None = None, dist: Dist | None = None) -> TrainResult:
+    """Train `model` in place; write checkpoints/{latest,best} and logs/ under `run_dir` (main process only).
+
+    `cfg.grad_accum` micro-batches make one optimizer step whatever the process count: each of the
+    `dist.world` processes runs `grad_accum / world` of them (their union is the single-process batch).
+    `tokens_per_byte` (tokens / UTF-8 bytes of the validation text) turns val loss into bits per byte.
+    Raises `Interrupted` after saving checkpoints/latest when stopped by SIGINT/SIGTERM.
+    """
+    dist = dist or Dist()
+    device = dist.device
+    if cfg.grad_accum % dist.world:
+        raise ConfigError(f"--grad-accum {cfg.grad_accum} must be a multiple of the {dist.world} processes "
+                          f"(the global batch is batch-size x grad-accum); use --grad-accum {dist.world}")
+    local_accum = cfg.grad_accum // dist.world
+    run_dir = Path(run_dir)
+    latest, best_dir = run_dir / "checkpoints" / "latest", run_dir / "checkpoints" / "best"
+
+    model.to(device)
+    model.train()
+    if cfg.activation_checkpointing:  # HF's own per-layer checkpointing (transformers >= 5 name)
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best_val": math.inf, "best_step": -1,
+                             "bad_evals": 0, "train_loss": math.nan, "best": {}}
+    saved = load_checkpoint(latest, model) if cfg.resume else None  # weights before sharding
+    fsdp = cfg.fsdp and dist.world > 1
+    parallel = parallelize(model, dist, fsdp)
+    optimizer = make_optimizer(model, cfg)
+    if saved is not None:
+        load_optimizer_state(model, optimizer, saved["optimizer"], fsdp)
+        set_rng_state(saved["rng"])
+        state.update({k: saved[k] for k in state})
+    use_bf16 = cfg.bf16 and bf16_available(device)
+    forward = torch.compile(parallel) if cfg.compile else parallel
+    log = MetricsLog(run_dir / "logs", enabled=dist.is_main, resume_step=state["step"] if cfg.resume else None)
+
+    def save(folder: Path, with_state: bool) -> None:
+        model_state, optimizer_state = full_state(model, optimizer, fsdp)  # a collective under FSDP
+        if dist.is_main:
+            trainer_state = {**state, "optimizer": optimizer_state, "rng": rng_state(),
+                             "data": batches.state_dict(state["step"]), "world": dist.world} if with_state else None
+            save_checkpoint(folder, model, trainer_state, model_state)
+        barrier()
+
+    def evaluate(step: int) -> dict[str, float]:
+        result = evaluate_loss(model, objective, eval_data(), device=device, bf16=use_bf16)
+        metrics = {"loss": result["loss"], "perplexity": result["perplexity"]}
+        if tokens_per_byte:
+            metrics["bits_per_byte"] = result["loss"] / math.log(2) * tokens_per_byte
+        log.write(step, "val", metrics)
+        if result["loss"] < state["best_val"]:
+            state.update(best_val=result["loss"], best_step=step, bad_evals=0, best=metrics)
+            save(best_dir, with_state=False)
+        else:
+            state["bad_evals"] += 1
+        return metrics
+
+    stop, reason, last_val, last_eval_step = StopFlag(), "max_steps", {}, -1
+    budget = cfg.max_minutes * 60
+    t_start = time.perf_counter() - state["elapsed"]
+    t_log, tokens_log, loss_sum, n_loss = time.perf_counter(), state["tokens"], torch.zeros((), device=device), 0
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not dist.is_main, unit="step",
+               dynamic_ncols=True, desc="train")
+    with catch_signals(stop):
+        for step in range(state["step"], cfg.max_steps):
+            # One tiny collective per step keeps all processes agreeing on signals, time and the LR.
+            flags = all_reduce(torch.tensor([float(stop.signum), time.perf_counter() - t_start]), op="max")
+            if flags[0] > 0:
+                reason = "signal"
+                break
+            if budget and flags[1] >= budget:
+                reason = "max_minutes"
+                break
+            lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                       max_steps=cfg.max_steps, time_fraction=float(flags[1]) / budget if budget else 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            for micro in range(local_accum):
+                batch = to_device(batches.batch(step, dist.rank * local_accum + micro), device)
+                with grad_sync(parallel, enabled=micro == local_accum - 1):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        loss, _ = objective.loss(forward, batch)
+                    (loss / local_accum).backward()
+                loss_sum += loss.detach()
+                n_loss += 1
+                state["tokens"] += batch["input_ids"].numel() * dist.world
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+                grad_norm = grad_norm.full_tensor()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            state["elapsed"] = time.perf_counter() - t_start
+            bar.update(1)
+
+            if state["step"] % cfg.log_every == 0 or state["step"] == cfg.max_steps:
+                stats = torch.stack([loss_sum / n_loss, grad_norm if grad_norm is not None else loss_sum * 0])
+                loss_value, norm_value = (all_reduce(stats.detach().float().cpu()) / dist.world).tolist()
+                now = time.perf_counter()
+                record = {"loss": loss_value, "lr": lr, "grad_norm": norm_value,
+                          "tokens_per_s": (state["tokens"] - tokens_log) / max(now - t_log, 1e-9),
+                          "tokens": state["tokens"],
+                          "elapsed_s": state["elapsed"]}
+                state["train_loss"] = loss_value
+                log.write(state["step"], "train", record)
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{lr:.1e}")
+                t_log, tokens_log, n_loss = now, state["tokens"], 0
+                loss_sum.zero_()
+
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and eval_data is not None:
+                last_val, last_eval_step = evaluate(state["step"]), state["step"]
+                t_log, tokens_log = time.perf_counter(), state["tokens"]
+                if cfg.patience and state["bad_evals"] >= cfg.patience:
+                    reason = "patience"
+                    break
+            if cfg.save_every and state["step"] % cfg.save_every == 0:
+                save(latest, with_state=True)
+                t_log, tokens_log = time.perf_counter(), state["tokens"]
+    bar.close()
+    if reason == "signal":
+        save(latest, with_state=True)
+        log.close()
+        name = signal.Signals(int(flags[0])).name
+        raise Interrupted(f"stopped by {name} at step {state['step']}: checkpoint saved in {latest}; "
+                          "continue with the same command plus --resume")
+    if eval_data is not None and last_eval_step != state["step"]:
+        last_val = evaluate(state["step"])
+    save(latest, with_state=True)
+    log.close()
+    return TrainResult(steps=state["step"], tokens=state["tokens"], seconds=state["elapsed"], stop_reason=reason,
+                       train_loss=state["train_loss"], best_step=state["best_step"], best=state.get("best", {}),
+                       last=last_val)
+
+
+def checkpoint_exists(run_dir: Path) -> bool:
+    return (Path(run_dir) / "checkpoints" / "latest" / STATE).is_file()

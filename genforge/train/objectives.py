@@ -1,0 +1,99 @@
+"""Training objectives: what a stage plugs into the one loop of `genforge.train.engine`.
+
+An objective is a small object with `loss(model, batch) -> (loss, metrics)`: batch is a dict of
+tensors, loss a scalar to minimise, metrics a dict of scalar tensors that must include "tokens" (the
+number of predicted tokens, so evaluation can weight batches correctly). The engine never asks which
+objective it runs. Pretraining objectives also say how to turn raw token windows into a batch
+(`window_len`, `make_batch`); later stages (SFT, classification, distillation, adversarial wrappers)
+bring their own batches and reuse `loss` the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100  # label of positions that are not predicted (the convention of HF and torch)
+
+
+class Objective(Protocol):
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar loss (mean over predicted tokens) and metrics, at least {"tokens": count}."""
+        ...
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean cross-entropy over labels != -100, computed in fp32 even under bf16 autocast."""
+    loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE)
+    return loss, {"tokens": (labels != IGNORE).sum()}
+
+
+@dataclass
+class ClmObjective:
+    """Causal LM: predict token t+1 from tokens <= t. A window of seq_len + 1 gives seq_len targets."""
+
+    name: str = "clm"
+
+    def window_len(self, seq_len: int) -> int:
+        return seq_len + 1
+
+    def make_batch(self, windows: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        return {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # Labels are already shifted, so the model's own (shifting, copying) loss is not used.
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                       use_cache=False).logits
+        return token_cross_entropy(logits, batch["labels"])
+
+
+def mask_tokens(input_ids: torch.Tensor, *, special_ids: torch.Tensor, mask_id: int, vocab_size: int,
+                probability: float = 0.15, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: select `probability` of the non-special tokens; of those 80% -> mask, 10% -> a
+    random non-special token, 10% unchanged. Returns (inputs, labels) with labels -100 where not selected.
+
+    Special tokens (pad, eos between documents, ...) are never selected nor used as random
+    replacements: predicting them teaches nothing and would leak document boundaries.
+    """
+    special = torch.isin(input_ids, special_ids)
+    selected = torch.bernoulli(torch.full(input_ids.shape, probability), generator=generator).bool() & ~special
+    if not selected.any() and (~special).any():  # a loss over zero tokens would be NaN
+        selected.view(-1)[(~special).view(-1).nonzero()[0]] = True
+    labels = torch.where(selected, input_ids, IGNORE)
+    draw = torch.rand(input_ids.shape, generator=generator)
+    to_mask = selected & (draw < 0.8)
+    to_random = selected & (draw >= 0.8) & (draw < 0.9)
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    allowed[special_ids[special_ids < vocab_size]] = False
+    choices = allowed.nonzero().flatten()
+    random_ids = choices[torch.randint(len(choices), input_ids.shape, generator=generator)]
+    inputs = torch.where(to_mask, mask_id, torch.where(to_random, random_ids, input_ids))
+    return inputs, labels
+
+
+@dataclass
+class MlmObjective:
+    """Masked LM: predict the selected tokens of a window from the whole (bidirectional) window."""
+
+    mask_id: int
+    vocab_size: int
+    special_ids: list[int] = field(default_factory=list)
+    probability: float = 0.15
+    name: str = "mlm"
+
+    def window_len(self, seq_len: int) -> int:
+        return seq_len
+
+    def make_batch(self, windows: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        inputs, labels = mask_tokens(windows, special_ids=torch.tensor(self.special_ids, dtype=torch.long),
+                                     mask_id=self.mask_id, vocab_size=self.vocab_size,
+                                     probability=self.probability, generator=generator)
+        return {"input_ids": inputs, "labels": labels}
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+        return token_cross_entropy(logits, batch["labels"])

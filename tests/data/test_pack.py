@@ -1,0 +1,132 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from genforge.artifacts import read_manifest, sha256_tree, write_manifest
+from genforge.data.config import PackConfig, TokenizerConfig
+from genforge.data.pack import encode_file, load_tokenizer, pack, token_dtype
+from genforge.data.tokenizer import train_tokenizer
+from genforge.errors import ArtifactError, DataError
+
+TRAIN = [
+    "Thank you for contacting customer support. Your order is on its way.",
+    "退款将在五个工作日内原路返回到您的付款账户。",
+    "A document that mentions <|eos|> and <|im_start|> literally must stay one document.",
+    "  leading spaces, a tab\tand a blank line\n\nthen more text 👍🏽",
+    "",
+    "مرحبا — שלום — 你好 — hello",
+] * 20
+VAL = ["Refunds are issued within five working days.", "请回复快递单号。"]
+
+
+def make_prepared(folder: Path, train: list[str], val: list[str]) -> Path:
+    """A prepared-data artifact as `data prepare` leaves it: JSONL splits + manifest written last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, texts in (("train", train), ("val", val)):
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for t in texts:
+                f.write(json.dumps({"text": t, "source": "test"}, ensure_ascii=False) + "\n")
+    write_manifest(folder, "data.prepare", None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pack")
+    data = make_prepared(root / "tokdata", TRAIN, VAL)
+    return train_tokenizer(TokenizerConfig(data=data, out=root / "tok", vocab_size=400))
+
+
+def split_docs(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
+    ends = np.flatnonzero(tokens == eos_id)
+    assert ends.size and ends[-1] == tokens.size - 1, "every document must end with EOS"
+    return np.split(tokens, ends + 1)[:-1]
+
+
+def test_round_trip_counts_and_lineage(tmp_path, tokenizer):
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    manifest = pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+    assert read_manifest(data, stage="data.pack", filename="pack.json") == manifest
+    assert manifest["dtype"] == "uint16" and manifest["eos_id"] == 2
+    tok = load_tokenizer(data / "tokenizer" / "tokenizer.json")
+    assert manifest["vocab_size"] == tok.get_vocab_size()
+    for split, texts in (("train", TRAIN), ("val", VAL)):
+        tokens = np.fromfile(data / f"{split}.bin", dtype=np.uint16)
+        docs = split_docs(tokens, manifest["eos_id"])
+        assert [tok.decode(d[:-1].tolist(), skip_special_tokens=False) for d in docs] == texts
+        assert manifest[f"{split}_tokens"] == tokens.size
+        assert manifest[f"{split}_docs"] == len(texts)
+        assert manifest[f"{split}_bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+    # the data folder is self-contained: the copied tokenizer loads and matches the recorded hash
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(data / "tokenizer").eos_token_id == 2
+    copied = [p for p in (data / "tokenizer").iterdir() if p.name not in ("manifest.json", "config.yaml")]
+    assert manifest["tokenizer_sha256"] == sha256_tree(copied)
+    assert manifest["tokenizer_manifest"]["stage"] == "tokenizer"
+    assert manifest["parent"]["stage"] == "data.prepare"
+    assert read_manifest(data, stage="data.prepare")  # the prepare manifest is untouched
+
+
+def test_dtype_choice():
+    assert token_dtype(400) == np.uint16
+    assert token_dtype(65535) == np.uint16
+    assert token_dtype(65536) == np.uint32
+    assert token_dtype(200_000) == np.uint32
+
+
+def test_uint32_files_and_worker_processes_give_the_same_tokens(tmp_path, tokenizer):
+    data = make_prepared(tmp_path / "data", TRAIN * 3, VAL)
+    src, tok_file = data / "train.jsonl", tokenizer / "tokenizer.json"
+    inline = encode_file(src, tmp_path / "a.bin", tok_file, np.dtype(np.uint16), 2, workers=1, batch_docs=7)
+    pooled = encode_file(src, tmp_path / "b.bin", tok_file, np.dtype(np.uint32), 2, workers=2, batch_docs=7,
+                         inline_below=0)
+    assert inline.pop("workers") == 1 and pooled.pop("workers") == 2
+    assert inline == pooled
+    a = np.fromfile(tmp_path / "a.bin", dtype=np.uint16)
+    b = np.fromfile(tmp_path / "b.bin", dtype=np.uint32)
+    assert (tmp_path / "b.bin").stat().st_size == 4 * b.size
+    assert np.array_equal(a.astype(np.uint32), b)
+    assert inline["docs"] == len(TRAIN) * 3
+
+
+def test_failure_midway_leaves_no_pack_json_and_no_partial_files(tmp_path, tokenizer):
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+    with open(data / "val.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"text": 5}\n')
+    with pytest.raises(DataError, match=r"val.jsonl:3: \"text\" must be a string"):
+        pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+    assert not (data / "pack.json").exists()  # the old one is gone: it no longer describes the folder
+    assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    with pytest.raises(ArtifactError, match="no pack.json"):
+        read_manifest(data, stage="data.pack", filename="pack.json")
+
+
+def test_refuses_wrong_folders(tmp_path, tokenizer):
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        pack(PackConfig(data=tmp_path, tokenizer=tokenizer))
+    with pytest.raises(ArtifactError, match="'data.prepare' artifact; expected tokenizer"):
+        pack(PackConfig(data=data, tokenizer=data))
+    broken = tmp_path / "broken_tok"
+    shutil.copytree(tokenizer, broken)
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match="no tokenizer.json"):
+        pack(PackConfig(data=data, tokenizer=broken))
+
+
+def test_cli_packs_and_errors_in_one_line(tmp_path, tokenizer):
+    from genforge.cli import app
+
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    ok = CliRunner().invoke(app, ["data", "pack", "--data", str(data), "--tokenizer", str(tokenizer)])
+    assert ok.exit_code == 0, ok.output
+    assert (data / "pack.json").is_file() and (data / "train.bin").is_file()
+    bad = CliRunner().invoke(app, ["data", "pack", "--data", str(tmp_path / "nope"), "--tokenizer", str(tokenizer)])
+    assert bad.exit_code == 2
+    assert bad.output.strip() == f"error: {tmp_path / 'nope'} does not exist"

@@ -1,0 +1,185 @@
+import codecs
+import json
+import random
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from genforge.data.readers import (
+    SkipFile,
+    detect_encoding,
+    find_files,
+    html_text,
+    iter_documents,
+    read_documents,
+)
+from genforge.errors import DataError
+
+CHINESE = "人工智能正在改变客户服务。我们的系统每天处理大量咨询请求。\n\n第二段：数据隐私非常重要，不能泄露用户的个人信息。"
+FRENCH = "Le café était très bon, une vraie pièce de résistance — à refaire.\n\nÇa coûte 5 €, naïf mais sûr.\n"
+
+
+def docs(path, **kw):
+    return [d.strip() for d in read_documents(path, **kw)]
+
+
+def test_text_split_modes(tmp_path):
+    path = tmp_path / "notes.md"
+    path.write_text("# Title\nline two\n\n\n   \nSecond para\n\nthird\n", encoding="utf-8")
+    assert docs(path) == ["# Title\nline two", "Second para", "third"]
+    assert docs(path, split_by="line") == ["# Title", "line two", "Second para", "third"]
+    assert docs(path, split_by="file") == ["# Title\nline two\n\n\n   \nSecond para\n\nthird"]
+
+
+def test_gb18030_chinese_is_detected(tmp_path):
+    path = tmp_path / "gbk.txt"
+    path.write_bytes(CHINESE.encode("gb18030"))
+    assert detect_encoding(path) == "gb18030"
+    assert docs(path) == CHINESE.split("\n\n")
+
+
+def test_latin1_is_detected(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(FRENCH.replace("€", "E").replace("—", "-").encode("latin-1"))
+    assert docs(path)[0] == "Le café était très bon, une vraie pièce de résistance - à refaire."
+    cp1252 = tmp_path / "cp1252.txt"  # Windows "ANSI": curly dashes and the euro sign in 0x80-0x9F
+    cp1252.write_bytes(FRENCH.encode("cp1252"))
+    assert docs(cp1252) == [p.strip() for p in FRENCH.split("\n\n")]
+
+
+@pytest.mark.parametrize("codec", ["utf-8-sig", "utf-16", "utf-32"])
+def test_byte_order_marks(tmp_path, codec):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(FRENCH.encode(codec))  # utf-16/32 carry NUL bytes, yet are text
+    assert docs(path) == [p.strip() for p in FRENCH.split("\n\n")]
+
+
+def test_real_latin1_file(shared_data):
+    path = shared_data / "mr_polarity" / "rt-polarity.all"
+    lines = docs(path, split_by="line")
+    assert len(lines) == 10662
+    assert not any("\ufffd" in line for line in lines)
+    assert any("clichés" in line for line in lines)
+
+
+def test_binary_and_undecodable_files_are_counted(tmp_path):
+    (tmp_path / "a.txt").write_text("good text here\n", encoding="utf-8")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    rng = random.Random(0)
+    (tmp_path / "noise.dat").write_bytes(bytes(rng.randrange(1, 256) for _ in range(20000)))
+    with pytest.raises(SkipFile, match="binary"):
+        detect_encoding(tmp_path / "image.png")
+    skipped = Counter()
+    seen = list(iter_documents(find_files([tmp_path]), skipped=skipped))
+    assert [d for _, d in seen] == ["good text here\n"]
+    assert skipped == {"binary": 1, "decode_error": 1}
+
+
+def test_jsonl_records(tmp_path):
+    path = tmp_path / "data.jsonl"
+    rows = [{"text": "first", "id": 1}, {"text": ["line a", "line b"]}, {"id": 3}, "not a record",
+            {"text": None}, {"text": 42}]
+    path.write_text("\n".join(map(json.dumps, rows)) + "\n{broken json\n\n", encoding="utf-8")
+    skipped = Counter()
+    assert list(read_documents(path, skipped=skipped)) == ["first", "line a\nline b", "", "42"]
+    assert skipped == {"bad_record": 3}
+
+
+def test_json_array(shared_data):
+    poems = list(read_documents(shared_data / "chinese_poetry" / "misc" / "lunyu.json", text_field="paragraphs"))
+    assert len(poems) > 10 and poems[0].startswith("子曰：“学而时习之")
+
+
+def test_csv_and_tsv(tmp_path):
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text('id,body\n1,"plain, with comma"\n2,"multi\nline ""quoted"""\n3\n', encoding="utf-8")
+    skipped = Counter()
+    assert list(read_documents(csv_path, text_field="body", skipped=skipped)) == [
+        "plain, with comma", 'multi\nline "quoted"']
+    assert skipped == {"bad_record": 1}
+    tsv_path = tmp_path / "t.tsv"
+    tsv_path.write_text("text\tlabel\nhello, world\t1\nsecond row\t0\n", encoding="utf-8")
+    assert list(read_documents(tsv_path)) == ["hello, world", "second row"]
+
+
+def test_real_csv(shared_data):
+    reviews = list(read_documents(shared_data / "waimai_10k" / "waimai_10k.csv", text_field="review"))
+    assert len(reviews) == 11987 and all(reviews)
+
+
+def test_parquet_in_batches(tmp_path):
+    path = tmp_path / "t.parquet"
+    texts = [f"document number {i}" for i in range(10_000)]
+    pq.write_table(pa.table({"text": texts, "n": list(range(10_000))}), path, row_group_size=3000)
+    progress = []
+    assert list(read_documents(path, progress=progress.append)) == texts
+    assert len(progress) > 1 and sum(progress) <= path.stat().st_size
+
+
+def test_missing_text_field_names_file_and_fields(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"body": "x", "id": 1}\n', encoding="utf-8")
+    (tmp_path / "b.csv").write_text("body,label\nx,1\n", encoding="utf-8")
+    pq.write_table(pa.table({"content": ["x"]}), tmp_path / "c.parquet")
+    for name, fields in [("a.jsonl", "body, id"), ("b.csv", "body, label"), ("c.parquet", "content")]:
+        with pytest.raises(DataError, match=rf"{name}: no field 'text' \(it has: {fields}\)"):
+            list(read_documents(tmp_path / name))
+
+
+def test_html_visible_text(tmp_path):
+    page = """<!DOCTYPE html><html><head><title>Ignored title</title><style>p {color: red}</style>
+    <script>var secret = "do not keep";</script></head>
+    <body><nav><a href="/">Home</a></nav>
+      <h1>Caf&eacute; &amp; Bar</h1>
+      <p>This is <b>bold</b> and
+         <i>italic</i>&nbsp;text.<br>New line in the same paragraph.</p>
+      <!-- a comment -->
+      <noscript>enable js</noscript>
+      <table><tr><td>cell 1</td><td>cell 2</td></tr></table>
+      <pre>keep   this
+  spacing</pre>
+    </body></html>"""
+    text = html_text(page)
+    assert "Café & Bar" in text
+    assert "This is bold and italic\xa0text.\nNew line in the same paragraph." in text
+    assert "keep   this\n  spacing" not in text  # lines are stripped, but inner spacing stays
+    assert "keep   this" in text
+    for hidden in ("Ignored title", "color: red", "do not keep", "a comment", "enable js", "<"):
+        assert hidden not in text
+    path = tmp_path / "page.html"
+    path.write_text(page, encoding="utf-8")
+    paragraphs = docs(path)
+    assert paragraphs[:2] == ["Home", "Café & Bar"]
+    assert "cell 1\tcell 2" in paragraphs
+
+
+def test_find_files(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z.txt").write_text("z")
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("hidden")
+    (tmp_path / ".hidden.txt").write_text("hidden")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train.jsonl").write_text("{}")
+    found = find_files([tmp_path, tmp_path / "a.txt"], exclude=tmp_path / "out")
+    assert found == [tmp_path / "a.txt", tmp_path / "b" / "z.txt"]  # a.txt named twice, read once
+    with pytest.raises(DataError, match="input not found: .*missing.txt"):
+        find_files([tmp_path / "missing.txt"])
+
+
+def test_progress_covers_every_byte(tmp_path):
+    (tmp_path / "a.txt").write_text("para one\n\npara two\n\n" * 2000, encoding="utf-8")
+    (tmp_path / "b.bin").write_bytes(b"\x00" * 100)
+    seen = []
+    files = find_files([tmp_path])
+    assert len(list(iter_documents(files, progress=seen.append))) == 4000
+    assert sum(seen) == sum(f.stat().st_size for f in files)
+
+
+def test_utf8_file_with_one_bad_byte_is_not_utf8(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(("ok " * 1000).encode() + "café".encode("latin-1"))
+    assert codecs.lookup(detect_encoding(path)).name != "utf-8"
+    assert docs(path)[0].endswith("café")

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+from conftest import write_jsonl
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from genforge.artifacts import read_manifest
+from genforge.errors import DataError
+from genforge.finetune.classifier import CLASSIFIER_JSON, load_classifier, predict_probs
+from genforge.finetune.classify import ClassifyObjective, classify, encode_targets, evaluate_folder
+from genforge.finetune.config import ClassifyConfig
+
+
+def tiny_cfg(**overrides) -> ClassifyConfig:
+    values = dict(max_steps=6, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=1, eval_every=3, log_every=1,
+                  bf16=False)
+    values.update(overrides)
+    return ClassifyConfig(**values)
+
+
+def test_encoder_linear_head_is_a_standard_hf_classifier(tmp_path, bert_dir, sentiment_csv):
+    out = classify(tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path / "run"))
+    manifest = read_manifest(out, "finetune")
+    assert manifest["task"] == "classify" and manifest["labels"] == ["negative", "positive"]
+    metrics = manifest["metrics"]
+    assert 0 <= metrics["val_accuracy"] <= 1 and metrics["train_examples"] + metrics["val_examples"] == 60
+    assert (out / "logs" / "confusion.png").stat().st_size > 0 and (out / "README.md").is_file()
+    report = json.loads((out / "logs" / "val_report.json").read_text())
+    assert set(report["per_class"]) == {"negative", "positive"}
+
+    # Plain transformers loads it, labels included, and agrees with genforge's loader.
+    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert hf.config.id2label == {0: "negative", 1: "positive"} and hf.config.label2id["positive"] == 1
+    tok = AutoTokenizer.from_pretrained(out)
+    texts = ["profits rose sharply", "weak demand hit the stock"]
+    model, tokenizer, info = load_classifier(out)
+    ours = predict_probs(model, tokenizer, texts, seq_len=32, multi_label=False)
+    with torch.no_grad():
+        theirs = torch.softmax(hf(**tok(texts, return_tensors="pt", padding=True)).logits, -1).numpy()
+    assert ours == pytest.approx(theirs, abs=1e-5)
+    assert evaluate_folder(out, [(t, ["positive"]) for t in texts])["n"] == 2
+
+
+@pytest.mark.parametrize("head", ["lstm", "transformer"])
+def test_decoder_multi_label_with_custom_heads(tmp_path, llama_dir, head):
+    records = [{"text": f"card {i} blocked and refund late", "tags": "card|refund"} for i in range(20)]
+    records += [{"text": f"refund {i} please", "tags": ["refund"]} for i in range(20)]
+    records += [{"text": f"lost card {i}", "tags": "card"} for i in range(20)]
+    data = write_jsonl(tmp_path / "tags.jsonl", records)
+    out = classify(tiny_cfg(model=llama_dir, data=data, out=tmp_path / head, head=head, multi_label=True,
+                            label_field="tags", label_sep="|", label_smoothing=0.1, dropout=0.0))
+    info = json.loads((out / CLASSIFIER_JSON).read_text())
+    assert info["labels"] == ["card", "refund"] and info["multi_label"] and info["decoder"]
+    assert (out / "head.safetensors").is_file() and (out / "model.safetensors").is_file()
+    model, tokenizer, _ = load_classifier(out)
+    probs = predict_probs(model, tokenizer, ["lost card 3", "refund 2 please"], seq_len=32, multi_label=True)
+    assert probs.shape == (2, 2) and ((probs > 0) & (probs < 1)).all()
+    assert not torch.allclose(torch.from_numpy(probs.sum(1)), torch.ones(2))  # sigmoids, not a softmax
+
+
+def test_objective_losses():
+    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
+    model = lambda ids, mask: logits  # noqa: E731 - the objective only needs logits from (ids, mask)
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3)}
+    single = encode_targets([("a", ["x"]), ("b", ["y"])], ["x", "y"], False)
+    loss, metrics = ClassifyObjective(False).loss(model, {**batch, "labels": single})
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).item())
+    assert metrics["tokens"] == 2
+    smooth, _ = ClassifyObjective(False, 0.2).loss(model, {**batch, "labels": single})
+    assert smooth > loss
+    multi = encode_targets([("a", ["x", "y"]), ("b", [])], ["x", "y"], True)
+    assert multi.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    bce, _ = ClassifyObjective(True).loss(model, {**batch, "labels": multi})
+    assert bce == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, multi).item())
+
+
+def test_bad_labels(tmp_path, bert_dir):
+    one = write_jsonl(tmp_path / "one.jsonl", [{"text": f"t{i}", "label": "same"} for i in range(30)])
+    with pytest.raises(DataError, match="only one label"):
+        classify(tiny_cfg(model=bert_dir, data=one, out=tmp_path / "x"))
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(10)])
+    val = write_jsonl(tmp_path / "val.jsonl", [{"text": "v", "label": 7}])
+    with pytest.raises(DataError, match=r"validation labels never seen in training: \['7'\]"):
+        classify(tiny_cfg(model=bert_dir, data=train, val_data=val, out=tmp_path / "y"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

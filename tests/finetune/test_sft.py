@@ -1,0 +1,124 @@
+import json
+
+import pytest
+import torch
+from conftest import write_jsonl
+
+from genforge.artifacts import read_manifest
+from genforge.errors import ConfigError, DataError
+from genforge.finetune.chat import chat_loop, load_chat_decoder
+from genforge.finetune.config import ChatConfig, SftConfig
+from genforge.finetune.sft import (encode_dialogue, make_collate, pack_examples, parse_dialogue, read_dialogues,
+                                   segments, sft)
+from genforge.train.objectives import IGNORE
+
+DIALOGUE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Where is my card?"},
+            {"role": "assistant", "content": "It ships tomorrow."}]
+
+
+def learned_text(tokenizer, ids, labels):
+    return tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+
+
+def test_only_assistant_tokens_are_learned(tokenizer):
+    ids, labels = encode_dialogue(tokenizer, DIALOGUE, max_tokens=1000)
+    full = tokenizer.apply_chat_template(DIALOGUE, tokenize=False)
+    assert tokenizer.decode(ids) == full  # segment-wise tokenisation renders the same dialogue
+    assert learned_text(tokenizer, ids, labels) == "Hello!<|im_end|>\nIt ships tomorrow.<|im_end|>\n"
+    assert all(lab in (IGNORE, i) for i, lab in zip(ids, labels, strict=True))
+    ids2, labels2 = encode_dialogue(tokenizer, DIALOGUE, max_tokens=1000, train_on_prompt=True)
+    assert ids2 == ids and labels2 == ids
+
+
+def test_segments_split_the_assistant_header_from_its_content(tokenizer):
+    parts = segments(tokenizer, DIALOGUE[1:3])
+    assert parts == [("<|im_start|>user\nHi there<|im_end|>\n", False), ("<|im_start|>assistant\n", False),
+                     ("Hello!<|im_end|>\n", True)]
+
+
+def test_truncation_keeps_the_latest_turns(tokenizer):
+    long = [DIALOGUE[0]] + [{"role": r, "content": f"turn {i} " + "words " * 20}
+                            for i in range(6) for r in ("user", "assistant")]
+    full_ids, _ = encode_dialogue(tokenizer, long, max_tokens=10_000)
+    ids, labels = encode_dialogue(tokenizer, long, max_tokens=len(full_ids) // 2)
+    text = tokenizer.decode(ids)
+    assert len(ids) <= len(full_ids) // 2
+    assert text.startswith("<|im_start|>system\nBe brief.")  # the system message stays
+    assert "turn 5" in text and "turn 0" not in text  # the oldest turns went first
+    assert text.split("<|im_end|>\n")[1].startswith("<|im_start|>user")  # cut at a user turn
+    assert encode_dialogue(tokenizer, DIALOGUE, max_tokens=3) is None  # nothing learnable fits
+
+
+def test_sharegpt_and_errors_name_the_line(tmp_path):
+    share = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    assert parse_dialogue(share, "x") == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": DIALOGUE}, share])
+    assert len(read_dialogues(path, system="sys")) == 2
+    assert read_dialogues(path, system="sys")[1][0] == {"role": "system", "content": "sys"}
+    bad = [({"messages": [{"role": "user", "content": "only a question"}]}, "the dialogue has no assistant turn"),
+           ({"messages": [{"role": "robot", "content": "x"}]}, "turn 0 has unknown role 'robot'"),
+           ({"messages": [{"role": "user"}]}, 'turn 0 must be an object with "role" and "content"'),
+           ({"text": "hello"}, 'expected a "messages"')]
+    for record, message in bad:
+        write_jsonl(tmp_path / "bad.jsonl", [{"messages": DIALOGUE}, record])
+        with pytest.raises(DataError, match=r"bad\.jsonl:2: " + message.replace("(", r"\(")):
+            read_dialogues(tmp_path / "bad.jsonl")
+
+
+def test_packing_and_collate_shift(tokenizer):
+    a = encode_dialogue(tokenizer, DIALOGUE[1:3], max_tokens=100)
+    packed = pack_examples([a, a, a], max_tokens=2 * len(a[0]))
+    assert [len(p[0]) for p in packed] == [2 * len(a[0]), len(a[0])]
+    batch = make_collate(packed, tokenizer.pad_token_id)([0, 1])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    ids, labels = packed[0]
+    assert batch["input_ids"][0].tolist() == ids[:-1] and batch["labels"][0].tolist() == labels[1:]
+    assert (batch["labels"][1, len(a[0]) - 1:] == IGNORE).all()  # padding is never learned
+    assert batch["attention_mask"][1].sum() == len(a[0])  # its real tokens, as inputs
+
+
+@pytest.fixture
+def dialogues(tmp_path):
+    records = [{"messages": [{"role": "user", "content": f"question {i}?"},
+                             {"role": "assistant", "content": f"answer {i}."}]} for i in range(40)]
+    return write_jsonl(tmp_path / "dialogues.jsonl", records)
+
+
+def test_sft_full_and_lora_adapter(tmp_path, llama_dir, dialogues, tokenizer):
+    common = dict(model=llama_dir, data=dialogues, max_steps=6, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1,
+                  eval_every=3, log_every=1, bf16=False)
+    full = sft(SftConfig(out=tmp_path / "full", pack=True, **common))
+    metrics = read_manifest(full, "finetune")["metrics"]
+    assert metrics["val_loss"] < metrics["val_loss_before"]
+    config = json.loads((full / "generation_config.json").read_text())
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in config["eos_token_id"]
+
+    lora = sft(SftConfig(out=tmp_path / "lora", lora_r=4, lora_alpha=8, **common))
+    assert (lora / "adapter_model.safetensors").is_file() and not (lora / "model.safetensors").exists()
+    decoder = load_chat_decoder(lora)
+    cfg = ChatConfig(model=lora, system="Be brief.", max_new_tokens=5, temperature=0, seed=0)
+    shown = []
+    transcript = chat_loop(decoder, cfg, ["hello", "/reset", "question 1?", "/exit", "never read"], shown.append)
+    assert [m["role"] for m in transcript] == ["system", "user", "assistant"]
+    assert "".join(shown).endswith("assistant> " + transcript[2]["content"] + "\n")  # the reply was streamed
+    assert "(conversation reset)\n" in shown
+
+
+def test_sft_refuses_an_encoder(tmp_path, bert_dir, dialogues):
+    with pytest.raises(ConfigError, match="encoder; SFT needs a causal LM"):
+        sft(SftConfig(model=bert_dir, data=dialogues, out=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_lora_resume_continues_exactly(tmp_path, llama_dir, dialogues):
+    common = dict(model=llama_dir, data=dialogues, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1, eval_every=0,
+                  log_every=1, bf16=False, lora_r=4, save_every=2)
+    straight = sft(SftConfig(out=tmp_path / "a", max_steps=4, **common))
+    sft(SftConfig(out=tmp_path / "b", max_steps=2, **common))
+    (tmp_path / "b" / "manifest.json").unlink()  # as if the first run had been killed after its checkpoint
+    resumed = sft(SftConfig(out=tmp_path / "b", max_steps=4, resume=True, **common))
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

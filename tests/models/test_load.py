@@ -1,0 +1,39 @@
+import pytest
+
+from genforge.errors import ArtifactError
+from genforge.models.load import detect_objective, load_model, max_positions, read_model_config
+from genforge.models.presets import build_model, model_config
+
+
+def test_load_a_saved_model_and_detect_its_objective(tmp_path):
+    for objective in ("clm", "mlm"):
+        cfg = model_config(objective, "tiny", vocab_size=300, max_positions=64, special_ids={"pad": 0})
+        build_model(cfg, objective).save_pretrained(tmp_path / objective)
+        model, found = load_model(tmp_path / objective)
+        assert found == objective and max_positions(model.config) == 64
+        assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ArtifactError, match="masked LM; it cannot be trained with --objective clm"):
+        load_model(tmp_path / "mlm", "clm")
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(ArtifactError, match="is not a folder"):
+        read_model_config(tmp_path / "missing")
+    with pytest.raises(ArtifactError, match="no config.json"):
+        read_model_config(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="no weights"):
+        read_model_config(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        read_model_config(tmp_path)
+
+
+def test_detect_objective():
+    assert detect_objective({"architectures": ["Qwen2ForCausalLM"]}) == "clm"
+    assert detect_objective({"architectures": ["GPT2LMHeadModel"]}) == "clm"
+    assert detect_objective({"architectures": ["RobertaForMaskedLM"]}) == "mlm"
+    with pytest.raises(ArtifactError, match="cannot tell"):
+        detect_objective({"architectures": ["BertForSequenceClassification"], "model_type": "bert"})
+    assert detect_objective({"model_type": "llama"}) == "clm"

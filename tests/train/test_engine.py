@@ -1,0 +1,108 @@
+import json
+import os
+import signal
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+from genforge.models.presets import build_model, model_config
+from genforge.train.checkpoint import STATE
+from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
+from genforge.train.engine import Interrupted, decay_groups, train
+from genforge.train.objectives import ClmObjective
+
+SPECIAL = {"pad": 0, "bos": 1, "eos": 2}
+
+
+def fresh_model(objective="clm", seed=0):
+    torch.manual_seed(seed)
+    cfg = model_config(objective, "tiny", vocab_size=320, max_positions=32, special_ids=SPECIAL)
+    return build_model(cfg, objective)
+
+
+@dataclass
+class SignalAt:
+    """The real batches, plus a SIGTERM sent to this process while step `step` is being computed."""
+
+    inner: WindowBatches
+    step: int
+
+    def batch(self, step, micro):
+        if step == self.step and micro == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.inner.batch(step, micro)
+
+    def state_dict(self, step):
+        return self.inner.state_dict(step)
+
+
+def setup(packed, tiny, out, **overrides):
+    cfg = tiny(out, **overrides)
+    pack = read_pack(packed)
+    objective = ClmObjective()
+    tokens = open_tokens(packed / "train.bin", pack["dtype"], 33)
+    val = open_tokens(packed / "val.bin", pack["dtype"], 33)
+    batches = WindowBatches(tokens, 33, cfg.batch_size, cfg.grad_accum, cfg.seed, objective.make_batch)
+    return cfg, objective, batches, lambda: eval_batches(val, 33, 32, 4, objective.make_batch, max_batches=2)
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings():
+    for objective in ("clm", "mlm"):
+        model = fresh_model(objective)
+        decay, no_decay = decay_groups(model, 0.1)
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+        assert all(p.dim() == 2 and "embed" not in names[id(p)] for p in decay["params"])
+        no_decay_names = [names[id(p)] for p in no_decay["params"]]
+        assert any("embed" in n for n in no_decay_names) and any("norm" in n.lower() for n in no_decay_names)
+        assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, packed, tiny):
+    cfg, objective, batches, val = setup(packed, tiny, tmp_path / "straight", max_steps=8, eval_every=0)
+    straight = fresh_model()
+    train(straight, objective, batches, cfg, cfg.out, eval_data=val)
+
+    cfg_b = replace(cfg, out=tmp_path / "resumed")
+    with pytest.raises(Interrupted, match="SIGTERM at step 4.*--resume"):
+        train(fresh_model(), objective, SignalAt(batches, step=3), cfg_b, cfg_b.out, eval_data=val)
+    state = torch.load(cfg_b.out / "checkpoints" / "latest" / STATE, weights_only=True)
+    assert state["step"] == 4 and state["data"]["next_step"] == 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler must be restored"
+
+    resumed = fresh_model(seed=123)  # a different init: everything must come from the checkpoint
+    result = train(resumed, objective, batches, replace(cfg_b, resume=True), cfg_b.out, eval_data=val)
+    assert result.steps == 8
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), f"{name} differs by {(a - b).abs().max()}"
+    rows = [json.loads(line) for line in (cfg_b.out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 9)), "resumed log has gaps/repeats"
+
+
+def test_checkpoint_state_loads_weights_only(tmp_path, packed, tiny):
+    cfg, objective, batches, val = setup(packed, tiny, tmp_path / "run", max_steps=2)
+    train(fresh_model(), objective, batches, cfg, cfg.out, eval_data=val)
+    state = torch.load(cfg.out / "checkpoints" / "latest" / STATE, weights_only=True)
+    assert state["step"] == 2 and isinstance(state["rng"]["torch"], torch.Tensor)
+    assert state["optimizer"]["state"] and state["data"]["sequences_seen"] == 2 * cfg.batch_size
+    assert (cfg.out / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+def test_activation_checkpointing_gives_the_same_training(tmp_path, packed, tiny):
+    cfg, objective, batches, val = setup(packed, tiny, tmp_path / "a", max_steps=2, eval_every=0)
+    plain, recomputed = fresh_model(), fresh_model()
+    train(plain, objective, batches, cfg, cfg.out)
+    train(recomputed, objective, batches, replace(cfg, out=tmp_path / "b", activation_checkpointing=True),
+          tmp_path / "b")
+    for a, b in zip(plain.parameters(), recomputed.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_grad_accum_must_split_over_processes(tmp_path, packed, tiny):
+    from genforge.errors import ConfigError
+    from genforge.train.distributed import Dist
+
+    cfg, objective, batches, _ = setup(packed, tiny, tmp_path / "x", grad_accum=3)
+    with pytest.raises(ConfigError, match="multiple of the 2 processes"):
+        train(fresh_model(), objective, batches, cfg, cfg.out, dist=Dist(world=2))

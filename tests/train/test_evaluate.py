@@ -1,0 +1,60 @@
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from genforge.train.data import eval_batches, open_tokens, read_pack
+from genforge.train.evaluate import bits_per_byte, evaluate_loss
+from genforge.train.objectives import ClmObjective
+
+
+def test_bits_per_byte_by_hand():
+    # 1000 tokens at NLL ln(4) nats each = 2 bits each = 2000 bits, over 500 bytes -> 4 bits per byte
+    assert bits_per_byte(math.log(4), tokens=1000, n_bytes=500) == pytest.approx(4.0)
+    # one bit per token, 4 bytes per token -> a quarter bit per byte
+    assert bits_per_byte(math.log(2), tokens=10, n_bytes=40) == pytest.approx(0.25)
+
+
+class Uniform(torch.nn.Module):
+    """Predicts every token with probability 1/vocab: its NLL is exactly ln(vocab)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, input_ids, **_):
+        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab))
+
+
+def test_evaluation_covers_the_split_and_weights_by_tokens(packed):
+    pack = read_pack(packed)
+    tokens = open_tokens(packed / "val.bin", pack["dtype"], 33)
+    objective = ClmObjective()
+    batches = list(eval_batches(tokens, 33, 32, 5, objective.make_batch))
+    predicted = sum(b["labels"].numel() for b in batches)
+    assert len(tokens) - 32 <= predicted < len(tokens)  # every token but the first (and a ragged tail)
+    starts = torch.cat([b["input_ids"][:, 0] for b in batches])
+    assert torch.equal(starts, torch.from_numpy(tokens[0:len(tokens) - 32:32].astype("int64")))
+    result = evaluate_loss(Uniform(pack["vocab_size"]), objective, batches, device=torch.device("cpu"))
+    assert result["loss"] == pytest.approx(math.log(pack["vocab_size"]))
+    assert result["tokens"] == predicted
+    sampled = list(eval_batches(tokens, 33, 32, 2, objective.make_batch, max_batches=3))
+    assert len(sampled) == 3 and sampled[-1]["input_ids"][-1, 0] == tokens[(len(tokens) - 33) // 32 * 32]
+
+
+def test_eval_command_prints_json(tmp_path, packed, tiny, capsys):
+    from genforge.train.config import EvalConfig
+    from genforge.train.evaluate import evaluate
+    from genforge.train.pretrain import pretrain
+
+    run = pretrain(tiny(tmp_path / "run", max_steps=2))
+    capsys.readouterr()
+    result = evaluate(EvalConfig(model=run, data=packed, seq_len=32, batch_size=8))
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(printed) == {"loss", "perplexity", "bits_per_byte"}
+    pack = read_pack(packed)
+    assert printed["bits_per_byte"] == pytest.approx(
+        bits_per_byte(result["loss"], pack["val_tokens"], pack["val_bytes"]), abs=1e-5)
+    assert printed["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-5)
