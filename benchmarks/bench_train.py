@@ -1,10 +1,12 @@
 """Training throughput: genforge's engine vs transformers.Trainer, same model, data, batch, threads.
 
 Both train the `small` Llama preset on the same random-token windows with their best options (bf16
-autocast, fused AdamW, optionally torch.compile), in this process, one after the other (best of
-`--rounds` alternating runs, since the cores may be shared). Reports tokens/s, the ratio, and MFU:
-training FLOPs (nanoGPT's 6N + 12LHQT per token, N including the output head) against a bf16 matmul
-peak measured in the same run.
+autocast, fused AdamW, torch.compile), in this process, one after the other (best of `--rounds`
+alternating runs, since the cores may be shared). Reports tokens/s, the ratio, and MFU: training
+FLOPs (nanoGPT's 6N + 12LHQT per token, N including the output head) against a bf16 matmul peak
+measured in the same run. Where genforge's edge comes from: on CPU at short sequences it trains with
+plain attention instead of SDPA's flash kernel, and `--compile` puts the forward and the loss in one
+graph; the Trainer's model gets HF's default SDPA (`--trainer-attention eager` to compare kernels).
 
     .venv/bin/python benchmarks/bench_train.py            # full: 30 timed steps, torch.compile on
     .venv/bin/python benchmarks/bench_train.py --quick    # smoke: a few steps, eager
@@ -45,11 +47,13 @@ def bf16_peak(n: int = 2048, seconds: float = 2.0) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def make_model(args):
+def make_model(args, attention: str = "sdpa"):
     torch.manual_seed(0)
     cfg = model_config("clm", args.preset, vocab_size=args.vocab, max_positions=args.seq_len,
                        special_ids={"pad": 0, "bos": 1, "eos": 2})
-    return build_model(cfg, "clm")
+    model = build_model(cfg, "clm")
+    model.set_attn_implementation(attention)
+    return model
 
 
 def run_genforge(tokens: np.ndarray, args) -> float:
@@ -95,7 +99,8 @@ def run_trainer(tokens: np.ndarray, args) -> float:
             adam_beta2=0.95, bf16=True, use_cpu=True, torch_compile=args.compile, optim="adamw_torch_fused",
             logging_steps=10**6, save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
             seed=0)
-        Trainer(model=make_model(args), args=targs, train_dataset=Windows(), callbacks=[clock]).train()
+        model = make_model(args, args.trainer_attention)
+        Trainer(model=model, args=targs, train_dataset=Windows(), callbacks=[clock]).train()
     seconds = clock.times[args.warmup + args.steps - 1] - clock.times[args.warmup - 1]
     return args.steps * args.batch_size * args.seq_len / seconds
 
@@ -112,6 +117,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each; the best counts")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all usable cores)")
+    parser.add_argument("--trainer-attention", default="sdpa", choices=("sdpa", "eager"),
+                        help="attention kernel of the Trainer's model (HF's default: sdpa); genforge picks its own")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup, args.rounds, args.compile = 4, 2, 1, False
@@ -126,7 +133,8 @@ def main() -> None:
     peak = bf16_peak()
     print(f"{args.preset}: {params['total'] / 1e6:.2f} M params ({params['non_embedding'] / 1e6:.2f} M non-embedding), "
           f"vocab {args.vocab}, batch {args.batch_size} x {args.seq_len}, {threads} threads, "
-          f"compile={args.compile}; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"compile={args.compile}, Trainer attention {args.trainer_attention}; "
+          f"bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
     best = {"trainer": 0.0, "genforge": 0.0}
     for r in range(args.rounds):
         for name, fn in (("trainer", run_trainer), ("genforge", run_genforge)):

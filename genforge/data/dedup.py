@@ -1,11 +1,15 @@
 """Exact and near-duplicate detection: vectorised MinHash signatures + a compact LSH index.
 
-Why not datasketch: its `MinHash.update` hashes one shingle at a time in Python (SHA-1 + a numpy op per
-shingle), which dominates a data-prep run. Here a document's character shingles are hashed in one numpy
-pass (a polynomial hash over code points, then a 64-bit mixer) and all `num_perm` hash functions are one
-matrix op followed by a min over shingles. `benchmarks/bench_dedup.py --quick` (3,000 real documents,
-~330 characters, one core): 9-13k signatures/s, 20-26x datasketch's per-shingle `update` and ~3.5x its
-vectorised `update_batch`; the index adds 35k docs/s in memory (MinHashLSH: 27k), 18k on SQLite.
+Why not datasketch: its `MinHash.update_batch` still hashes each shingle with a Python call (SHA-1),
+and each document costs a dozen numpy calls, which for short documents cost more than the arithmetic.
+Here the character shingles of a whole chunk of documents (`chunk_signatures`, ~1 MB in a prepare
+worker) are hashed in one numpy pass (a polynomial hash over code points, then a 64-bit mixer), and all
+`num_perm` hash functions are one (num_perm x shingles) matrix op per block, with the per-document minima
+taken by `np.minimum.reduceat`; the result is bit-identical to `doc_signature` per document. The band
+keys of the chunk (`chunk_band_keys`) are computed there too, so the main process only looks them up.
+`benchmarks/bench_data.py --dedup --quick` (3,000 real documents, one core, other jobs on the machine):
+`chunk_signatures` ~15k docs/s, 5x datasketch's `MinHash.bulk`; `DedupIndex.add` with bulk band keys
+~140k docs/s, 5x `MinHashLSH` query + insert (16k on SQLite).
 
 Shingles are over *characters* of the normalised text, so the same code works for Chinese (no spaces)
 and English. Documents are compared only with documents already kept: `DedupIndex.add` answers
@@ -35,7 +39,9 @@ from genforge.errors import ConfigError
 # Anything that is not a letter or digit in any script: punctuation, whitespace, symbols, emoji.
 _NON_WORD = re.compile(r"[\W_]+")
 _POLY = np.uint64(0x100000001B3)  # odd 64-bit multiplier of the shingle polynomial hash (FNV prime)
-_CHUNK = 4096  # shingles per matrix op: bounds the temporary to _CHUNK * num_perm * 8 bytes
+# Shingles per matrix op: bounds the temporary to _BLOCK * num_perm * 8 bytes. The matrix is laid out
+# (num_perm, shingles) so every numpy loop runs along a long contiguous row (~3x faster than transposed).
+_BLOCK = 2048
 
 
 def normalize_for_dedup(text: str) -> str:
@@ -55,17 +61,31 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def shingle_hashes(normalized: str, shingle_size: int = 5) -> np.ndarray:
-    """64-bit hashes of every `shingle_size`-character window (the whole text if it is shorter)."""
-    cps = np.frombuffer(normalized.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if cps.size == 0:
-        return cps
-    k = min(shingle_size, cps.size)
+def code_points(text: str) -> np.ndarray:
+    """The Unicode code points of `text` as uint64 (the input of `window_hashes`)."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+
+
+def window_hashes(cps: np.ndarray, k: int) -> np.ndarray:
+    """64-bit hashes of every k-code-point window of `cps` (cps.size - k + 1 of them; k <= cps.size).
+
+    The window length is hashed in, so a short text differs from the prefix of a longer one; the mixer
+    makes every output bit depend on every character (the top bits of the bare polynomial barely see the
+    last characters).
+    """
     n = cps.size - k + 1
-    h = np.full(n, np.uint64(k), dtype=np.uint64)  # the length is hashed in, so short texts differ from prefixes
+    h = np.full(n, np.uint64(k), dtype=np.uint64)
     for j in range(k):
         h = h * _POLY + cps[j : j + n]
     return _mix64(h)
+
+
+def shingle_hashes(normalized: str, shingle_size: int = 5) -> np.ndarray:
+    """64-bit hashes of every `shingle_size`-character window (the whole text if it is shorter)."""
+    cps = code_points(normalized)
+    if cps.size == 0:
+        return cps
+    return window_hashes(cps, min(shingle_size, cps.size))
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,16 +97,20 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _minhash64(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """min over shingles of ((a_i * x + b_i) mod 2^64) for each permutation i (all-ones for no shingles)."""
+    sig = np.full(a.size, np.uint64(2**64 - 1), dtype=np.uint64)
+    for start in range(0, hashes.size, _BLOCK):
+        t = np.multiply(a[:, None], hashes[None, start : start + _BLOCK])
+        t += b[:, None]
+        np.minimum(sig, t.min(axis=1), out=sig)
+    return sig
+
+
 def minhash(hashes: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
     """MinHash signature (uint32[num_perm]) of a set of 64-bit shingle hashes; all-ones for an empty set."""
-    a, b = _permutations(num_perm, seed)
-    sig = np.full(num_perm, np.uint64(2**64 - 1), dtype=np.uint64)
-    for start in range(0, hashes.size, _CHUNK):
-        t = np.multiply(hashes[start : start + _CHUNK, None], a)
-        t += b
-        np.minimum(sig, t.min(axis=0), out=sig)
     # The shift is monotone, so it can follow the min: one pass less over the (shingles x num_perm) matrix.
-    return (sig >> np.uint64(32)).astype(np.uint32)
+    return (_minhash64(hashes, *_permutations(num_perm, seed)) >> np.uint64(32)).astype(np.uint32)
 
 
 def doc_signature(text: str, num_perm: int = 128, shingle_size: int = 5, seed: int = 1) -> tuple[bytes, np.ndarray]:
@@ -94,6 +118,56 @@ def doc_signature(text: str, num_perm: int = 128, shingle_size: int = 5, seed: i
     norm = normalize_for_dedup(text)
     key = hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest()
     return key, minhash(shingle_hashes(norm, shingle_size), num_perm, seed)
+
+
+def chunk_signatures(texts: list[str], num_perm: int = 128, shingle_size: int = 5,
+                     seed: int = 1) -> tuple[list[bytes], np.ndarray]:
+    """`doc_signature` of many documents at once: (exact keys, uint32 signatures of shape (len(texts), num_perm)).
+
+    Bit-identical to calling `doc_signature` per text, but the numpy work is a few calls per ~1 MB chunk
+    instead of ~15 per document, which is what a corpus of short documents (sentences, reviews) pays most
+    for. The code points of all documents are laid end to end and hashed in one pass; windows that cross a
+    document boundary are dropped; each block of `_BLOCK` shingles goes through the permutations as one
+    matrix op, and `np.minimum.reduceat` takes the per-document minima within the block. Texts shorter
+    than a shingle, whose single shingle is hashed differently, take the per-document path.
+    """
+    a, b = _permutations(num_perm, seed)
+    norms = [normalize_for_dedup(t) for t in texts]
+    keys = [hashlib.blake2b(n.encode("utf-8"), digest_size=16).digest() for n in norms]
+    mins = np.full((len(texts), num_perm), np.uint64(2**64 - 1), dtype=np.uint64)
+    lengths = np.fromiter(map(len, norms), dtype=np.int64, count=len(norms))
+    full = np.flatnonzero(lengths >= shingle_size)
+    for i in np.flatnonzero((lengths > 0) & (lengths < shingle_size)):
+        mins[i] = _minhash64(shingle_hashes(norms[i], shingle_size), a, b)
+    if full.size:
+        joined = "".join(norms) if full.size == len(norms) else "".join(norms[i] for i in full)
+        hashes = window_hashes(code_points(joined), shingle_size)
+        # Drop the windows that start in the last shingle_size-1 characters of each document but the last.
+        ends = np.cumsum(lengths[full])
+        keep = np.ones(hashes.size, dtype=bool)
+        keep[(ends[:-1, None] - np.arange(shingle_size - 1, 0, -1)[None, :]).ravel()] = False
+        hashes = hashes[keep]
+        counts = lengths[full] - shingle_size + 1
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        for lo in range(0, hashes.size, _BLOCK):
+            hi = min(lo + _BLOCK, hashes.size)
+            # Documents with shingles in [lo, hi): the one straddling lo, then those starting inside.
+            first, last = np.searchsorted(starts, lo, "right") - 1, np.searchsorted(starts, hi, "left")
+            cuts = starts[first:last] - lo
+            cuts[0] = 0
+            t = np.multiply(a[:, None], hashes[None, lo:hi])
+            t += b[:, None]
+            rows = full[first:last]
+            mins[rows] = np.minimum(mins[rows], np.minimum.reduceat(t, cuts, axis=1).T)
+    # The shift is monotone, so it can follow the min: one pass less over the (shingles x num_perm) matrix.
+    return keys, (mins >> np.uint64(32)).astype(np.uint32)
+
+
+def chunk_band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """`band_keys` of many signatures at once: an int64 array (len(signatures), bands)."""
+    mult, offset = _band_multipliers(bands, rows)
+    sig = signatures[:, : bands * rows].reshape(len(signatures), bands, rows)
+    return ((sig * mult).sum(axis=2, dtype=np.uint64) + offset).view(np.int64)
 
 
 def jaccard_estimate(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
@@ -152,6 +226,8 @@ class _MemoryStore:
         return key in self.exact
 
     def candidates(self, keys: list[int]) -> list[int]:
+        if self.buckets.keys().isdisjoint(keys):  # the common case, answered in C
+            return []
         out: list[int] = []
         for k in keys:
             hit = self.buckets.get(k)
@@ -263,12 +339,17 @@ class DedupIndex:
         """Number of kept (indexed) documents."""
         return self._store.count
 
-    def add(self, exact_key: bytes, signature: np.ndarray) -> str | None:
+    def add(self, exact_key: bytes, signature: np.ndarray, keys: list[int] | None = None) -> str | None:
+        """Check one document against the kept ones and keep it if it is new.
+
+        `keys` are its band keys when already computed in bulk (`chunk_band_keys` in a worker process).
+        """
         if signature.shape != (self.num_perm,):
             raise ConfigError(f"signature has shape {signature.shape}; index expects ({self.num_perm},)")
         if self._store.has_exact(exact_key):
             return "exact_dup"
-        keys = band_keys(signature, self.bands, self.rows)
+        if keys is None:
+            keys = band_keys(signature, self.bands, self.rows)
         cands = self._store.candidates(keys)
         if cands:
             sims = np.mean(self._store.signatures(cands) == signature[None, :], axis=1)

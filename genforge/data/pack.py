@@ -6,13 +6,11 @@ self-contained: the tokenizer is copied into DIR/tokenizer/ and `pack.json` (wri
 dtype, counts, UTF-8 bytes (for bits-per-byte) and the tokenizer's hash and manifest.
 
 Parallelism: a pool of worker processes, each parsing JSON, encoding with a single-threaded `tokenizers`
-instance and building the array; the main process only reads raw lines and appends arrays in order.
-Measured on the 2-core dev machine (18 MB of mixed English/Chinese JSONL; other jobs shared the cores, so
-ranges): one process 2.9-3.4 MB/s, one process + `encode_batch` on Rust threads 2.9-4.8 MB/s (its CPU time
-barely exceeded wall time: the Python side serialises it), 2 worker processes 2.7-5.9 MB/s for ~10% more
-CPU in total. Processes also parallelise the Python work (JSON, byte counts, arrays), so they scale with
-cores; small inputs run inline, where starting workers would cost more than it saves.
-`benchmarks/bench_pack.py` compares against `datasets.map` with the HF tokenizer.
+instance (`encode_batch_fast`: no offsets, which packing does not need) and building the array; the main
+process only reads raw lines and appends arrays in order. Processes also parallelise the Python work
+(JSON, byte counts, arrays), so they scale with cores; small inputs run inline, where starting workers
+would cost more than it saves. The Rust encoder is ~80% of the time (profiled), so there is little left
+to win here. `benchmarks/bench_data.py` measures prepare + pack against `datasets.map` with the HF tokenizer.
 """
 
 from __future__ import annotations

@@ -2,8 +2,15 @@
 
 The pipeline, and who does what:
   main process   read + decode files (readers.py) -> chunks of ~1 MB of documents
-  worker pool    per document: clean_text -> quality filters -> scrub_pii -> doc_signature -> split hash
-  main process   DedupIndex.add in input order (the first copy wins) -> append to train/val JSONL
+  worker pool    per document: clean_text -> quality filters -> scrub_pii -> split hash; per chunk, in
+                 a few numpy passes: the n-gram repetition bound, MinHash signatures, LSH band keys
+  main process   DedupIndex.add in input order (the first copy wins: dict lookups only) -> append to
+                 train/val JSONL, one write per chunk
+
+Speed: work that numpy can do is done once per chunk, not per document (`chunk_signatures`,
+`chunk_band_keys`, `ngram_repeat_bounds`): on corpora of short documents the ~15 numpy calls per
+document cost more than the arithmetic. The main process is the serial part, so it does only what
+must be in input order. `benchmarks/bench_data.py` compares prepare + pack with `datasets` + datasketch.
 
 Why memory stays bounded: the readers stream; at most `2 * workers + 2` chunks are in flight (an
 apply_async window, because `Pool.imap` would read the whole input ahead); output is appended as it
@@ -36,9 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from genforge.artifacts import atomic_open, begin_output, write_json, write_manifest
-from genforge.data.clean import clean_text, quality_reason
+from genforge.data.clean import clean_text, ngram_repeat_bounds, quality_reason
 from genforge.data.config import PrepareConfig
-from genforge.data.dedup import DedupIndex, doc_signature
+from genforge.data.dedup import DedupIndex, chunk_band_keys, chunk_signatures
 from genforge.data.pii import KINDS, scrub_pii
 from genforge.data.readers import find_files, iter_documents
 from genforge.errors import DataError
@@ -56,34 +63,50 @@ def in_val(text: str, seed: int, val_fraction: float) -> bool:
     return int.from_bytes(digest, "big") < val_fraction * 2**64
 
 
-def process_chunk(texts: list[str], cfg: PrepareConfig) -> tuple[list[tuple], np.ndarray, dict[str, int]]:
+def process_chunk(texts: list[str], cfg: PrepareConfig, bands_rows: tuple[int, int] | None = None
+                  ) -> tuple[list[tuple], np.ndarray, np.ndarray | None, dict[str, int]]:
     """Worker task: clean, filter, scrub and sign a chunk of documents.
 
     Returns one entry per document, either (None, reason) or (json_text, utf8_bytes, exact_key, in_val);
-    the MinHash signatures of the kept entries as one (kept, NUM_PERM) array; and PII counts by kind.
-    The text comes back already JSON-escaped so the main process only has to concatenate.
+    the MinHash signatures of the kept entries as one (kept, NUM_PERM) array and, given `bands_rows`, their
+    LSH band keys as one (kept, bands) array, so the main process only looks keys up; and PII counts by
+    kind. The text comes back already JSON-escaped so the main process only has to concatenate.
     """
-    out: list[tuple] = []
-    signatures: list[np.ndarray] = []
+    kept: list[str] = []
+    reasons: list[str | None] = []
     pii: Counter = Counter()
-    for raw in texts:
-        text = clean_text(raw)
+    cleaned = [clean_text(raw) for raw in texts]
+    # The exact n-gram test (a Python set per document) runs only where the chunk-wide upper bound exceeds
+    # the limit: a handful of documents per corpus. Elsewhere its answer is known to be "pass".
+    suspects = ([False] * len(cleaned) if cfg.max_ngram_repeat >= 1.0
+                else (ngram_repeat_bounds(cleaned) > cfg.max_ngram_repeat).tolist())
+    for text, suspect in zip(cleaned, suspects, strict=True):
         reason = quality_reason(text, cfg.min_chars, cfg.max_chars, cfg.max_symbol_ratio, cfg.max_line_repeat,
-                                cfg.max_ngram_repeat)
+                                cfg.max_ngram_repeat if suspect else 1.0)
+        reasons.append(reason)
         if reason:
-            out.append((None, reason))
             continue
         if cfg.pii:
             text, hits = scrub_pii(text)
             pii.update(hits)
-        key = None
-        if cfg.dedup:
-            key, signature = doc_signature(text, num_perm=NUM_PERM)
-            signatures.append(signature)
+        kept.append(text)
+    bands = None
+    if cfg.dedup:  # one batched computation for the whole chunk: per-document numpy calls would dominate
+        keys, sigs = chunk_signatures(kept, num_perm=NUM_PERM)
+        if bands_rows:
+            bands = chunk_band_keys(sigs, *bands_rows)
+    else:
+        keys, sigs = [None] * len(kept), np.empty((0, NUM_PERM), dtype=np.uint32)
+    out: list[tuple] = []
+    done = zip(kept, keys, strict=True)
+    for reason in reasons:
+        if reason:
+            out.append((None, reason))
+            continue
+        text, key = next(done)
         out.append((json.dumps(text, ensure_ascii=False), len(text.encode("utf-8")), key,
                     in_val(text, cfg.seed, cfg.val_fraction)))
-    sigs = np.stack(signatures) if signatures else np.empty((0, NUM_PERM), dtype=np.uint32)
-    return out, sigs, dict(pii)
+    return out, sigs, bands, dict(pii)
 
 
 def _chunks(docs: Iterable[tuple[int, str]]) -> Iterator[tuple[list[int], list[str]]]:
@@ -106,18 +129,18 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _processed(chunks: Iterator[tuple[list[int], list[str]]], cfg: PrepareConfig,
-               workers: int) -> Iterator[tuple[list[int], tuple]]:
+def _processed(chunks: Iterator[tuple[list[int], list[str]]], cfg: PrepareConfig, workers: int,
+               bands_rows: tuple[int, int] | None) -> Iterator[tuple[list[int], tuple]]:
     """(sources, process_chunk result) per chunk, in input order; a bounded window of chunks in flight."""
     if workers == 1:
         for sources, texts in chunks:
-            yield sources, process_chunk(texts, cfg)
+            yield sources, process_chunk(texts, cfg, bands_rows)
         return
     # spawn, not fork: the parent may hold threads (tqdm's monitor) and fork would copy their locks.
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
         pending: collections.deque = collections.deque()
         for sources, texts in chunks:
-            pending.append((sources, pool.apply_async(process_chunk, (texts, cfg))))
+            pending.append((sources, pool.apply_async(process_chunk, (texts, cfg, bands_rows))))
             if len(pending) > 2 * workers + 1:
                 sources, result = pending.popleft()
                 yield sources, result.get()
@@ -148,23 +171,31 @@ def prepare(cfg: PrepareConfig) -> dict:
           tqdm(total=bytes_in, unit="B", unit_scale=True, desc="prepare", disable=None) as bar):
         docs = iter_documents(files, split_by=cfg.split_by, text_field=cfg.text_field, progress=bar.update,
                               skipped=removed)
-        for chunk_sources, (results, sigs, hits) in _processed(_chunks(docs), cfg, workers):
+        bands_rows = (index.bands, index.rows) if index is not None else None
+        for chunk_sources, (results, sigs, bands, hits) in _processed(_chunks(docs), cfg, workers, bands_rows):
             pii.update(hits)
             counts["docs_in"] += len(results)
-            row = 0  # sigs has one row per document that passed the filters
+            lines: dict[bool, list[str]] = {False: [], True: []}  # by is_val; written once per chunk
+            # sigs (and bands) have one row per document that passed the filters
+            band_rows = bands.tolist() if bands is not None else [None] * len(sigs)
+            row = 0
             for source, entry in zip(chunk_sources, results, strict=True):
                 if entry[0] is None:
                     removed[entry[1]] += 1
                     continue
                 json_text, nbytes, key, is_val = entry
                 if index is not None:
+                    dup = index.add(key, sigs[row], band_rows[row])
                     row += 1
-                    if dup := index.add(key, sigs[row - 1]):
+                    if dup:
                         removed[dup] += 1
                         continue
-                (val if is_val else train).write(f'{{"text": {json_text}, "source": {sources[source]}}}\n')
-                counts["val_docs" if is_val else "train_docs"] += 1
+                lines[is_val].append(f'{{"text": {json_text}, "source": {sources[source]}}}\n')
                 counts["bytes_out"] += nbytes
+            train.write("".join(lines[False]))
+            val.write("".join(lines[True]))
+            counts["train_docs"] += len(lines[False])
+            counts["val_docs"] += len(lines[True])
         docs_out = counts["train_docs"] + counts["val_docs"]
         if counts["train_docs"] == 0:  # raised inside the `with`: the half-written files vanish
             why = ", ".join(f"{k}: {v}" for k, v in removed.most_common(3)) or "no documents read"

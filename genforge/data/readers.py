@@ -31,6 +31,8 @@ from typing import IO, Any
 from genforge.errors import DataError
 
 SNIFF_BYTES = 1 << 20
+# Characters read between progress reports: one report per document cost as much as parsing a short record.
+_REPORT_EVERY = 1 << 16
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 # When charset-normalizer scores several encodings the same, the first of these that fits wins.
@@ -176,10 +178,12 @@ def _read_text(path: Path, split_by: str, progress: Progress) -> Iterator[str]:
     raw, text = _open_text(path)
     done = 0
     with text:
+        pending = 0
         for doc in split_text(text, split_by):
             yield doc
-            progress(raw.tell() - done)
-            done = raw.tell()
+            if (pending := pending + len(doc)) >= _REPORT_EVERY:
+                progress(raw.tell() - done)
+                done, pending = raw.tell(), 0
 
 
 def _read_html(path: Path, split_by: str) -> Iterator[str]:
@@ -191,7 +195,7 @@ def _read_html(path: Path, split_by: str) -> Iterator[str]:
 
 def _read_jsonl(path: Path, field: str, progress: Progress, skipped: Counter) -> Iterator[str]:
     raw, text = _open_text(path)
-    first, done = True, 0
+    first, done, pending = True, 0, 0
     with text:
         for line in text:
             if not line.strip():
@@ -208,8 +212,9 @@ def _read_jsonl(path: Path, field: str, progress: Progress, skipped: Counter) ->
                 continue
             first = False
             yield _as_text(record[field])
-            progress(raw.tell() - done)
-            done = raw.tell()
+            if (pending := pending + len(line)) >= _REPORT_EVERY:
+                progress(raw.tell() - done)
+                done, pending = raw.tell(), 0
 
 
 def _read_json(path: Path, field: str, skipped: Counter) -> Iterator[str]:
@@ -234,7 +239,7 @@ def _read_json(path: Path, field: str, skipped: Counter) -> Iterator[str]:
 def _read_csv(path: Path, field: str, delimiter: str, progress: Progress, skipped: Counter) -> Iterator[str]:
     csv.field_size_limit(2**31 - 1)  # long documents are fields too; the default 128 KiB limit is for safety
     raw, text = _open_text(path, newline="")
-    done = 0
+    done = pending = 0
     with text:
         reader = csv.DictReader(text, delimiter=delimiter)
         if reader.fieldnames is None:
@@ -247,8 +252,9 @@ def _read_csv(path: Path, field: str, delimiter: str, progress: Progress, skippe
                 skipped["bad_record"] += 1
                 continue
             yield value
-            progress(raw.tell() - done)
-            done = raw.tell()
+            if (pending := pending + len(value)) >= _REPORT_EVERY:
+                progress(raw.tell() - done)
+                done, pending = raw.tell(), 0
 
 
 def _read_parquet(path: Path, field: str, progress: Progress) -> Iterator[str]:

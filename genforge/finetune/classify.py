@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genforge.artifacts import MANIFEST, begin_output, read_manifest, write_json, write_manifest
-from genforge.errors import ArtifactError, DataError
+from genforge.artifacts import MANIFEST, read_manifest, write_json, write_manifest
+from genforge.errors import DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
+from genforge.finetune.card import write_card
 from genforge.finetune.classifier import CLASSIFIER_JSON, HEAD_WEIGHTS, build_classifier, predict_probs
 from genforge.finetune.config import ClassifyConfig
 from genforge.finetune.data import hash_split, label_set, read_labelled
 from genforge.finetune.lora import apply_lora, save_model
 from genforge.finetune.metrics import plot_confusion, report
 from genforge.finetune.model import freeze, is_decoder, load_tokenizer, load_weights, trainable_params
+from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
 from genforge.models.load import read_model_config
 from genforge.train.distributed import Dist
-from genforge.train.engine import checkpoint_exists, train
+from genforge.train.engine import train
 from genforge.train.logs import plot_loss
 
 
@@ -89,27 +90,10 @@ def load_data(cfg: ClassifyConfig) -> tuple[list, list, list[str]]:
     return train_set, val_set, labels
 
 
-def prepare_output(cfg: ClassifyConfig | Any) -> float:
-    """Start (or resume) the run folder; refuse to silently mix with an unfinished run."""
-    if cfg.resume and not checkpoint_exists(cfg.out):
-        raise ArtifactError(f"nothing to resume: {cfg.out}/checkpoints/latest does not exist; drop --resume")
-    redo = not cfg.resume and checkpoint_exists(cfg.out)
-    if redo and not (cfg.out / MANIFEST).is_file():
-        raise ArtifactError(f"{cfg.out} holds an unfinished run: add --resume to continue it, or choose another --out")
-    started = begin_output(cfg.out)
-    if redo:
-        shutil.rmtree(cfg.out / "checkpoints")
-        shutil.rmtree(cfg.out / "logs", ignore_errors=True)
-    return started
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def classify(cfg: ClassifyConfig) -> Path:
     """Fine-tune a classifier; return the run folder. Metrics go to the manifest and logs/val_report.json."""
     base_config = read_model_config(cfg.model)
+    check_seq_len(cfg, base_config)
     decoder = is_decoder(base_config)
     train_set, val_set, labels = load_data(cfg)
     tokenizer = load_tokenizer(cfg.model)
@@ -119,7 +103,7 @@ def classify(cfg: ClassifyConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     model, new_modules = build_classifier(cfg.model, head=cfg.head, labels=labels, multi_label=cfg.multi_label,
-                             pad_id=tokenizer.pad_token_id, dropout=cfg.dropout)
+                                          pad_id=tokenizer.pad_token_id, dropout=cfg.dropout)
     freeze(model.body, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
     if cfg.lora_r:
         model.body = apply_lora(model.body, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -141,8 +125,7 @@ def classify(cfg: ClassifyConfig) -> Path:
     result = train(model, objective, batches, cfg, cfg.out, dist=Dist(device=device()),
                    eval_data=lambda: in_order(len(val_set), cfg.batch_size, val_collate, cfg.eval_batches))
 
-    best = cfg.out / "checkpoints" / "best"
-    load_weights(model, best if (best / "model.safetensors").is_file() else cfg.out / "checkpoints" / "latest")
+    load_weights(model, best_checkpoint(cfg.out))
     probs = predict_probs(model, tokenizer, [t for t, _ in val_set], seq_len=cfg.seq_len,
                           multi_label=cfg.multi_label, batch_size=cfg.batch_size)
     y_true = val_targets.numpy().astype(int)
@@ -161,8 +144,6 @@ def classify(cfg: ClassifyConfig) -> Path:
     parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
     extra = {"task": "classify", "labels": labels, "model": {"architecture": type(model.body).__name__,
                                                              "params": params["total"], "base_model": str(cfg.model)}}
-    from genforge.finetune.card import write_card
-
     write_card(cfg.out, "classify", cfg, metrics, parent, val)
     inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
     write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,

@@ -2,7 +2,7 @@
 
 import typer
 
-from genforge.finetune.config import ChatConfig, ClassifyConfig, PredictConfig, SftConfig
+from genforge.finetune.config import ChatConfig, ClassifyConfig, PredictConfig, SftConfig, TuneConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -35,3 +35,9 @@ def register(app: typer.Typer) -> None:
         app, "chat", ChatConfig, run="genforge.finetune.chat:chat",
         help="Chat with a causal LM in the terminal (multi-turn, streaming). /reset starts over, /exit leaves.",
         examples=["genforge chat --model runs/chat --system 'You are a helpful support agent.'"])
+    add_stage_command(
+        app, "tune", TuneConfig, run="genforge.finetune.tune:tune",
+        help="Hyper-parameter search with Optuna over `finetune classify|sft` (search space in YAML; SQLite "
+             "study, resumable; pruning on validation loss; best.yaml + trials.png).",
+        examples=["genforge tune search.yaml --trials 20 --out runs/tune",
+                  "genforge finetune classify --config runs/tune/best.yaml --out runs/best"])

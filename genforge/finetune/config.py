@@ -94,7 +94,8 @@ class ClassifyConfig(FinetuneConfig):
 class SftConfig(FinetuneConfig):
     """Supervised fine-tuning of a causal LM on chat dialogues (OpenAI `messages` or ShareGPT JSONL)."""
 
-    seq_len: int = field(512, help="longest training sequence in tokens; longer dialogues lose their oldest turns")
+    seq_len: int = field(256, help="longest training sequence in tokens (at most the model's positions); "
+                                   "longer dialogues lose their oldest turns")
     batch_size: int = field(8, help="sequences per micro-batch")
     lr: float = field(1e-4, help="peak learning rate")
     train_on_prompt: bool = field(False, help="also learn the system/user tokens (default: assistant tokens only)")

@@ -55,8 +55,9 @@ def load_pretrained(auto: Any, path: Path, config: Any) -> tuple[Any, list[str]]
     """
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "some weights were newly initialised": expected for a new head
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise in predict/chat output
     kwargs = {"config": config, "dtype": torch.float32, "local_files_only": True, "output_loading_info": True}
     try:
         try:
@@ -69,6 +70,8 @@ def load_pretrained(auto: Any, path: Path, config: Any) -> tuple[Any, list[str]]
             raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
     return model, sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ())})
 
 

@@ -20,12 +20,21 @@ import torch
 from genforge.artifacts import MANIFEST, read_manifest, write_manifest
 from genforge.errors import ConfigError, DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
-from genforge.finetune.classify import device, prepare_output
+from genforge.finetune.card import write_card
 from genforge.finetune.config import SftConfig
 from genforge.finetune.data import hash_split, read_records
 from genforge.finetune.lora import apply_lora, save_model
-from genforge.finetune.model import (Wrapped, freeze, hf_config, is_decoder, load_pretrained, load_tokenizer,
-                                     load_weights, trainable_params)
+from genforge.finetune.model import (
+    Wrapped,
+    freeze,
+    hf_config,
+    is_decoder,
+    load_pretrained,
+    load_tokenizer,
+    load_weights,
+    trainable_params,
+)
+from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
 from genforge.models.load import read_model_config
 from genforge.train.distributed import Dist
 from genforge.train.engine import train
@@ -183,9 +192,9 @@ def load_causal_lm(path: Path, dropout: float = -1.0) -> Any:
 
 def sft(cfg: SftConfig) -> Path:
     """Fine-tune a causal LM on dialogues; return the run folder (a chat model or a LoRA adapter)."""
-    from genforge.finetune.card import write_card
-
-    if not is_decoder(read_model_config(cfg.model)):
+    base_config = read_model_config(cfg.model)
+    check_seq_len(cfg, base_config)
+    if not is_decoder(base_config):
         raise ConfigError(f"model {cfg.model} is an encoder; SFT needs a causal LM (decoder)")
     tokenizer = load_tokenizer(cfg.model)
     ensure_chat_template(tokenizer, cfg.model)
@@ -218,8 +227,7 @@ def sft(cfg: SftConfig) -> Path:
                               make_collate(train_ex, tokenizer.pad_token_id))
     result = train(model, objective, batches, cfg, cfg.out, eval_data=eval_data, dist=Dist(device=device()))
 
-    best = cfg.out / "checkpoints" / "best"
-    load_weights(model, best if (best / "model.safetensors").is_file() else cfg.out / "checkpoints" / "latest")
+    load_weights(model, best_checkpoint(cfg.out))
     export(cfg, model.model, tokenizer)
     plot_loss(cfg.out / "logs")
     best_val = result.best or result.last or {}

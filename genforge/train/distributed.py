@@ -39,7 +39,7 @@ def cpu_count() -> int:
 
 
 def init_distributed() -> Dist:
-    """Join the process group if launched by torchrun (WORLD_SIZE > 1); pick the device; set threads.
+    """Join the process group if launched by torchrun (WORLD_SIZE > 1); pick the device; set threads and TF32.
 
     Threads: all cores split between the processes of this node, unless OMP_NUM_THREADS says otherwise
     (torch's default of one thread per core is right for one process, oversubscribed for several).
@@ -54,6 +54,7 @@ def init_distributed() -> Dist:
         device = torch.device("cpu")
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, cpu_count() // local_world))
+    torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls where the hardware has it (GPUs)
     if world > 1 and not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     rank = tdist.get_rank() if world > 1 else 0

@@ -88,6 +88,29 @@ def bf16_available(device: torch.device) -> bool:
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+def attention_kernel(device: torch.device, seq_len: int) -> str:
+    """The faster attention for training on this device at this length (HF attn_implementation).
+
+    Measured on a 2-core AVX-512 CPU (small preset, bf16, eager and compiled): plain attention (bf16
+    matmuls + softmax) beats SDPA's CPU flash kernel by 10-25% up to 256 tokens and ties at 512;
+    on GPUs, SDPA's fused kernels win. Only the kernel changes: the saved config keeps "sdpa".
+    """
+    return "eager" if device.type == "cpu" and seq_len <= 384 else "sdpa"
+
+
+def compile_blocks(model: torch.nn.Module) -> bool:
+    """Regional compilation: compile each repeated transformer block (HF's `_no_split_modules`) in place.
+
+    The blocks share code, so one compilation serves them all: about half the compile time of the
+    whole model at the same step time (measured). False when the model has no such blocks.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    for block in blocks:
+        block.compile()
+    return bool(blocks)
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM; the loop checks it at the next step boundary. A second signal stops at once."""
 
@@ -147,7 +170,14 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
         set_rng_state(saved["rng"])
         state.update({k: saved[k] for k in state})
     use_bf16 = cfg.bf16 and bf16_available(device)
-    forward = torch.compile(parallel) if cfg.compile else parallel
+    attention = getattr(model.config, "_attn_implementation", None) if hasattr(model, "config") else None
+    if attention in ("sdpa", "eager"):
+        model.set_attn_implementation(attention_kernel(device, cfg.seq_len))
+    forward, loss_fn = parallel, objective.loss
+    if cfg.compile and dist.world == 1:  # forward + loss in one graph: the most fusion (lm head + CE too)
+        loss_fn = torch.compile(objective.loss)
+    elif cfg.compile and not compile_blocks(model):  # under DDP/FSDP: per-block graphs, robust to wrappers
+        forward = torch.compile(parallel)
     log = MetricsLog(run_dir / "logs", enabled=dist.is_main, resume_step=state["step"] if cfg.resume else None)
 
     def save(folder: Path, with_state: bool) -> None:
@@ -196,7 +226,7 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
                 batch = to_device(batches.batch(step, dist.rank * local_accum + micro), device)
                 with grad_sync(parallel, enabled=micro == local_accum - 1):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        loss, _ = objective.loss(forward, batch)
+                        loss, _ = loss_fn(forward, batch)
                     (loss / local_accum).backward()
                 loss_sum += loss.detach()
                 n_loss += 1
@@ -220,7 +250,11 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
                           "elapsed_s": state["elapsed"]}
                 state["train_loss"] = loss_value
                 log.write(state["step"], "train", record)
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{lr:.1e}")
+                postfix = {"loss": f"{loss_value:.3f}", "tok_s": f"{record['tokens_per_s']:.0f}", "lr": f"{lr:.1e}"}
+                if budget:  # tqdm's ETA counts steps; a time-limited run ends on the clock
+                    left = max(0, int(budget - state["elapsed"]))
+                    postfix["left"] = f"{left // 60}:{left % 60:02d}"
+                bar.set_postfix(postfix)
                 t_log, tokens_log, n_loss = now, state["tokens"], 0
                 loss_sum.zero_()
 
@@ -244,6 +278,8 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
         last_val = evaluate(state["step"])
     save(latest, with_state=True)
     log.close()
+    if attention in ("sdpa", "eager"):
+        model.set_attn_implementation(attention)
     return TrainResult(steps=state["step"], tokens=state["tokens"], seconds=state["elapsed"], stop_reason=reason,
                        train_loss=state["train_loss"], best_step=state["best_step"], best=state.get("best", {}),
                        last=last_val)

@@ -5,6 +5,7 @@ import pytest
 from genforge.data.clean import (
     clean_text,
     length_reason,
+    ngram_repeat_bounds,
     quality_reason,
     repeated_line_ratio,
     repeated_ngram_ratio,
@@ -75,6 +76,18 @@ def test_repeated_ngrams_english_and_chinese():
     assert repeated_ngram_ratio("好好学习，天天向上。" * 10) > 0.8  # no spaces needed
     assert repetition_reason("ha " * 30, 1.0, 0.3) == "repetition"
     assert repetition_reason("ha " * 30, 1.0, 1.0) is None  # 1 disables the filter
+
+
+def test_ngram_bounds_match_the_exact_ratio(shared_data):
+    """The chunk-wide bound is what prepare uses to skip the exact test: it must never be below the exact
+    ratio (or a repetitive document would slip through), and on real text it is equal."""
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:60_000]
+    docs = [clean_text(p) for p in split_text(text.splitlines(keepends=True), "paragraph")]
+    docs += ["", "short", "0123456789", "0123456789a", "buy now! " * 20, "好好学习，天天向上。" * 10, "😀" * 15]
+    bounds = ngram_repeat_bounds(docs)
+    exact = [repeated_ngram_ratio(d) for d in docs]
+    assert bounds.tolist() == exact
+    assert ngram_repeat_bounds([]).shape == (0,)
 
 
 def test_quality_reason_reports_first_failure():

@@ -5,6 +5,9 @@ import pytest
 
 from genforge.data.dedup import (
     DedupIndex,
+    band_keys,
+    chunk_band_keys,
+    chunk_signatures,
     doc_signature,
     jaccard_estimate,
     normalize_for_dedup,
@@ -111,6 +114,30 @@ def test_signatures_are_deterministic_and_seeded():
     assert k1 == k2 and len(k1) == 16 and s1.dtype == np.uint32 and s1.shape == (128,)
     assert np.array_equal(s1, s2)
     assert not np.array_equal(s1, doc_signature(ENGLISH, seed=2)[1])
+
+
+@pytest.mark.parametrize("shingle_size", [5, 1])
+def test_chunk_signatures_equal_per_document_signatures(shingle_size):
+    """prepare signs whole chunks at once; the result must be bit-identical to doc_signature per text,
+    including empty texts, texts shorter than a shingle and texts longer than one matrix block."""
+    texts = [ENGLISH, "", "ab", "a, b!", CHINESE, ENGLISH.upper(), "x" * 9000 + ENGLISH, "abcde", "😀 emoji 😀"]
+    keys, sigs = chunk_signatures(texts, num_perm=64, shingle_size=shingle_size)
+    assert sigs.shape == (len(texts), 64) and sigs.dtype == np.uint32
+    for text, key, sig in zip(texts, keys, sigs, strict=True):
+        want_key, want_sig = doc_signature(text, num_perm=64, shingle_size=shingle_size)
+        assert key == want_key and np.array_equal(sig, want_sig), text[:20]
+    assert chunk_signatures([])[1].shape == (0, 128)
+
+
+def test_precomputed_band_keys_give_the_same_decisions():
+    docs = corpus()
+    keys, sigs = chunk_signatures(docs)
+    index, bulk = DedupIndex(), DedupIndex()
+    bands = chunk_band_keys(sigs, bulk.bands, bulk.rows)
+    assert [band_keys(s, bulk.bands, bulk.rows) for s in sigs] == bands.tolist()
+    expected = [index.add(k, s) for k, s in zip(keys, sigs, strict=True)]
+    assert [bulk.add(k, s, b) for k, s, b in zip(keys, sigs, bands.tolist(), strict=True)] == expected
+    assert "near_dup" in expected and "exact_dup" in expected
 
 
 def test_band_choice_matches_datasketch():

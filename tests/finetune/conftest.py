@@ -49,9 +49,16 @@ def bert_dir(tmp_path_factory, tokenizer) -> Path:
     return _save(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("bert"))
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
+@pytest.fixture
+def jsonl(tmp_path):
+    """jsonl(name, records): a JSONL file of `records` in the test's temporary folder."""
+
+    def write(name: str, records: list[dict]) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        return path
+
+    return write
 
 
 @pytest.fixture

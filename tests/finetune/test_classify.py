@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-from conftest import write_jsonl
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from genforge.artifacts import read_manifest
@@ -43,11 +42,11 @@ def test_encoder_linear_head_is_a_standard_hf_classifier(tmp_path, bert_dir, sen
 
 
 @pytest.mark.parametrize("head", ["lstm", "transformer"])
-def test_decoder_multi_label_with_custom_heads(tmp_path, llama_dir, head):
+def test_decoder_multi_label_with_custom_heads(tmp_path, jsonl, llama_dir, head):
     records = [{"text": f"card {i} blocked and refund late", "tags": "card|refund"} for i in range(20)]
     records += [{"text": f"refund {i} please", "tags": ["refund"]} for i in range(20)]
     records += [{"text": f"lost card {i}", "tags": "card"} for i in range(20)]
-    data = write_jsonl(tmp_path / "tags.jsonl", records)
+    data = jsonl("tags.jsonl", records)
     out = classify(tiny_cfg(model=llama_dir, data=data, out=tmp_path / head, head=head, multi_label=True,
                             label_field="tags", label_sep="|", label_smoothing=0.1, dropout=0.0))
     info = json.loads((out / CLASSIFIER_JSON).read_text())
@@ -75,12 +74,12 @@ def test_objective_losses():
     assert bce == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, multi).item())
 
 
-def test_bad_labels(tmp_path, bert_dir):
-    one = write_jsonl(tmp_path / "one.jsonl", [{"text": f"t{i}", "label": "same"} for i in range(30)])
+def test_bad_labels(tmp_path, jsonl, bert_dir):
+    one = jsonl("one.jsonl", [{"text": f"t{i}", "label": "same"} for i in range(30)])
     with pytest.raises(DataError, match="only one label"):
         classify(tiny_cfg(model=bert_dir, data=one, out=tmp_path / "x"))
-    train = write_jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(10)])
-    val = write_jsonl(tmp_path / "val.jsonl", [{"text": "v", "label": 7}])
+    train = jsonl("train.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(10)])
+    val = jsonl("val.jsonl", [{"text": "v", "label": 7}])
     with pytest.raises(DataError, match=r"validation labels never seen in training: \['7'\]"):
         classify(tiny_cfg(model=bert_dir, data=train, val_data=val, out=tmp_path / "y"))
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

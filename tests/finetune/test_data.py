@@ -1,7 +1,14 @@
 import pytest
 
 from genforge.errors import DataError
-from genforge.finetune.data import hash_bucket, hash_split, label_set, parse_labels, read_labelled, read_records
+from genforge.finetune.data import (
+    hash_bucket,
+    hash_split,
+    label_set,
+    parse_labels,
+    read_labelled,
+    read_records,
+)
 
 
 def test_single_and_multi_label_parsing():

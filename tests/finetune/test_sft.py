@@ -2,14 +2,20 @@ import json
 
 import pytest
 import torch
-from conftest import write_jsonl
 
 from genforge.artifacts import read_manifest
 from genforge.errors import ConfigError, DataError
 from genforge.finetune.chat import chat_loop, load_chat_decoder
 from genforge.finetune.config import ChatConfig, SftConfig
-from genforge.finetune.sft import (encode_dialogue, make_collate, pack_examples, parse_dialogue, read_dialogues,
-                                   segments, sft)
+from genforge.finetune.sft import (
+    encode_dialogue,
+    make_collate,
+    pack_examples,
+    parse_dialogue,
+    read_dialogues,
+    segments,
+    sft,
+)
 from genforge.train.objectives import IGNORE
 
 DIALOGUE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
@@ -50,10 +56,10 @@ def test_truncation_keeps_the_latest_turns(tokenizer):
     assert encode_dialogue(tokenizer, DIALOGUE, max_tokens=3) is None  # nothing learnable fits
 
 
-def test_sharegpt_and_errors_name_the_line(tmp_path):
+def test_sharegpt_and_errors_name_the_line(jsonl):
     share = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
     assert parse_dialogue(share, "x") == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": DIALOGUE}, share])
+    path = jsonl("d.jsonl", [{"messages": DIALOGUE}, share])
     assert len(read_dialogues(path, system="sys")) == 2
     assert read_dialogues(path, system="sys")[1][0] == {"role": "system", "content": "sys"}
     bad = [({"messages": [{"role": "user", "content": "only a question"}]}, "the dialogue has no assistant turn"),
@@ -61,9 +67,9 @@ def test_sharegpt_and_errors_name_the_line(tmp_path):
            ({"messages": [{"role": "user"}]}, 'turn 0 must be an object with "role" and "content"'),
            ({"text": "hello"}, 'expected a "messages"')]
     for record, message in bad:
-        write_jsonl(tmp_path / "bad.jsonl", [{"messages": DIALOGUE}, record])
+        path = jsonl("bad.jsonl", [{"messages": DIALOGUE}, record])
         with pytest.raises(DataError, match=r"bad\.jsonl:2: " + message.replace("(", r"\(")):
-            read_dialogues(tmp_path / "bad.jsonl")
+            read_dialogues(path)
 
 
 def test_packing_and_collate_shift(tokenizer):
@@ -79,10 +85,10 @@ def test_packing_and_collate_shift(tokenizer):
 
 
 @pytest.fixture
-def dialogues(tmp_path):
+def dialogues(jsonl):
     records = [{"messages": [{"role": "user", "content": f"question {i}?"},
                              {"role": "assistant", "content": f"answer {i}."}]} for i in range(40)]
-    return write_jsonl(tmp_path / "dialogues.jsonl", records)
+    return jsonl("dialogues.jsonl", records)
 
 
 def test_sft_full_and_lora_adapter(tmp_path, llama_dir, dialogues, tokenizer):
@@ -107,7 +113,7 @@ def test_sft_full_and_lora_adapter(tmp_path, llama_dir, dialogues, tokenizer):
 
 def test_sft_refuses_an_encoder(tmp_path, bert_dir, dialogues):
     with pytest.raises(ConfigError, match="encoder; SFT needs a causal LM"):
-        sft(SftConfig(model=bert_dir, data=dialogues, out=tmp_path / "x"))
+        sft(SftConfig(model=bert_dir, data=dialogues, out=tmp_path / "x", seq_len=64))
     assert not (tmp_path / "x").exists()
 
 

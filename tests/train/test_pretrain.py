@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from genforge.artifacts import read_manifest
 from genforge.config import load_config
 from genforge.errors import ArtifactError, ConfigError, DataError
-from genforge.train.config import PretrainConfig
+from genforge.train.config import EvalConfig, PretrainConfig
+from genforge.train.evaluate import evaluate
 from genforge.train.pretrain import pretrain
 
 TINY_FLAGS = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "4", "--warmup-steps", "2",
@@ -71,6 +72,8 @@ def test_mlm_end_to_end(tmp_path, packed, tiny):
     manifest = read_manifest(run, "pretrain")
     assert manifest["objective"] == "mlm" and manifest["model"]["architecture"] == "BertForMaskedLM"
     assert "fill-mask" in (run / "README.md").read_text()
+    scored = evaluate(EvalConfig(model=run, data=packed, seq_len=32, batch_size=8))  # mlm found from config.json
+    assert scored["loss"] == pytest.approx(manifest["metrics"]["val_loss"], rel=0.05)
 
 
 def test_continued_pretraining_from_a_local_hf_folder(tmp_path, packed, tiny):

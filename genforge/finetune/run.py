@@ -1,0 +1,49 @@
+"""Run-folder plumbing shared by the fine-tuning commands: start or resume, device, the weights to export."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from genforge.artifacts import MANIFEST, begin_output
+from genforge.errors import ArtifactError, ConfigError
+from genforge.finetune.config import FinetuneConfig
+from genforge.models.load import max_positions
+from genforge.train.engine import checkpoint_exists
+
+
+def prepare_output(cfg: FinetuneConfig) -> float:
+    """Start (or, with --resume, continue) the run folder; refuse to silently mix with an unfinished run.
+
+    A finished run in the folder is redone from scratch: its checkpoints and logs go with it.
+    """
+    if cfg.resume and not checkpoint_exists(cfg.out):
+        raise ArtifactError(f"nothing to resume: {cfg.out}/checkpoints/latest does not exist; drop --resume")
+    redo = not cfg.resume and checkpoint_exists(cfg.out)
+    if redo and not (cfg.out / MANIFEST).is_file():
+        raise ArtifactError(f"{cfg.out} holds an unfinished run: add --resume to continue it, or choose another --out")
+    started = begin_output(cfg.out)
+    if redo:
+        shutil.rmtree(cfg.out / "checkpoints")
+        shutil.rmtree(cfg.out / "logs", ignore_errors=True)
+    return started
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def best_checkpoint(out: Path) -> Path:
+    """checkpoints/best (lowest validation loss) if an evaluation wrote it, else checkpoints/latest."""
+    best = Path(out) / "checkpoints" / "best"
+    return best if (best / "model.safetensors").is_file() else Path(out) / "checkpoints" / "latest"
+
+
+def check_seq_len(cfg: FinetuneConfig, model_config: dict) -> None:
+    """Refuse --seq-len beyond the model's positions (an index error deep in the forward otherwise)."""
+    limit = max_positions(model_config)
+    if limit and cfg.seq_len > limit:
+        raise ConfigError(f"--seq-len {cfg.seq_len} is longer than the {limit} positions of model {cfg.model}; "
+                          f"use --seq-len {limit} or less")
