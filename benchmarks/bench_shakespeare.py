@@ -64,7 +64,8 @@ def packed_data(work: Path, vocab_size: int) -> Path:
 def train(data: Path, out: Path, args, **overrides) -> dict:
     cfg = PretrainConfig(data=data, out=out, objective="clm", preset=args.preset, max_steps=10**9,
                          max_minutes=args.minutes, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                         min_lr=args.lr / 10, warmup_steps=args.warmup_steps, weight_decay=0.1,
+                         min_lr=args.lr / 10, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+                         dropout=args.dropout,
                          eval_every=args.eval_every, eval_batches=0, save_every=0, log_every=25,
                          hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
                          compile=args.compile)
@@ -86,8 +87,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--weight-decay", type=float, default=0.2)
+    parser.add_argument("--dropout", type=float, default=0.1, help="attention dropout: 1 MB of text overfits fast")
     parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--baseline", action="store_true", help="also train a byte-level model in this run")
     parser.add_argument("--work", type=Path, default=None, help="keep the data and runs here (default: temp)")
     args = parser.parse_args()
@@ -100,11 +103,12 @@ def main() -> None:
         results = {}
         if args.baseline:
             byte_data = packed_data(work, MIN_VOCAB_SIZE)
-            results["byte-level"] = train(byte_data, work / "run-bytes", args, seq_len=max(args.seq_len, 256))
+            results["byte-level"] = train(byte_data, work / "run-bytes", args)
         results[f"bpe-{args.vocab}"] = train(packed_data(work, args.vocab), work / "run-bpe", args)
 
-    print(f"\ntiny-shakespeare, {args.minutes:g} min per model, preset {args.preset}, "
-          f"batch {args.batch_size} x {args.seq_len}, lr {args.lr:g}")
+    print(f"\ntiny-shakespeare, {args.minutes:g} min per model, preset {args.preset}, batch {args.batch_size} x "
+          f"{args.seq_len}, lr {args.lr:g}, weight decay {args.weight_decay:g}, dropout {args.dropout:g}, "
+          f"compile {args.compile}")
     for name, bpb in NANOGPT_CPU.items():
         print(f"  nanoGPT char (reference, {name}): {bpb:.3f} bpb")
     for name, m in results.items():

@@ -68,12 +68,12 @@ def _load(ref: str) -> Any:
 
 
 def _parse_steps(recipe: dict[str, Any], path: Path) -> list[tuple[str, str, dict[str, Any]]]:
-    steps = recipe.get("steps")
-    if not isinstance(steps, list) or not steps:
-        raise ConfigError(f"recipe {path} needs a non-empty list `steps`")
     unknown = set(recipe) - {"name", "description", "steps"}
     if unknown:
         raise ConfigError(f"unknown recipe key '{sorted(unknown)[0]}' in {path} (known: name, description, steps)")
+    steps = recipe.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError(f"recipe {path} needs a non-empty list `steps`")
     parsed, names = [], set()
     for i, step in enumerate(steps, 1):
         if not isinstance(step, dict) or "stage" not in step:

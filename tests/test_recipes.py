@@ -1,0 +1,74 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from genforge.cli import app
+from genforge.config import load_config
+from genforge.errors import ConfigError
+from genforge.recipes import RunConfig, run_recipe
+
+RECIPE = """
+name: mini
+steps:
+  - stage: data.prepare
+    inputs: [{corpus}]
+  - stage: tokenizer.train
+    vocab_size: 400
+  - stage: data.pack
+  - stage: pretrain
+    preset: tiny
+    seq_len: 32
+    batch_size: 4
+    max_steps: 6
+    warmup_steps: 2
+    eval_every: 0
+    eval_batches: 2
+    save_every: 3
+  - stage: eval
+    eval_batches: 2
+    seq_len: 32
+  - stage: generate
+    prompt: "Hello"
+    max_new_tokens: 4
+    temperature: 0
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    paragraphs = [f"Paragraph {i} about shipping, returns and order {i * 7} for our customers." for i in range(60)]
+    (corpus / "a.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    path = tmp_path / "mini.yaml"
+    path.write_text(RECIPE.format(corpus=corpus), encoding="utf-8")
+    return path
+
+
+def test_recipe_chains_stages_with_lineage_and_skips_finished_steps(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    artifacts = run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": out}))
+    assert artifacts == {"data": out / "data", "tokenizer": out / "tokenizer", "model": out / "model"}
+    model_manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert model_manifest["parent"]["stage"] == "data.pack"
+    assert model_manifest["parent"]["parent"]["stage"] == "data.prepare"
+    assert (out / "model" / "model.safetensors").is_file()
+    assert json.loads((out / "manifest.json").read_text())["artifacts"]["model"] == str(out / "model")
+
+    capsys.readouterr()
+    run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": out}))
+    assert capsys.readouterr().out.count("already done") == 3  # data, tokenizer, model; pack writes into data
+
+
+def test_bad_recipes_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for text, message in [("steps: []\n", "non-empty list `steps`"),
+                          ("steps:\n  - stage: fly\n", "unknown stage 'fly'"),
+                          ("steps:\n  - stage: eval\n    colour: red\n", "step 'eval': unknown config key 'colour'"),
+                          ("stepz: []\n", "unknown recipe key 'stepz'")]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            run_recipe(load_config(RunConfig, None, {"recipe": bad, "out": tmp_path / "r"}))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "config file not found" in result.output
