@@ -130,7 +130,7 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
         out = Path(getattr(config, "out", None) or out)
         manifest_name = "pack.json" if stage_name == "data.pack" else MANIFEST
         typer.secho(f"\n== step {name} ({stage_name}) ==", bold=True)
-        if stage.produces and _finished_with_same_config(out, manifest_name, config):
+        if (stage.produces or stage.out_into) and _finished_with_same_config(out, manifest_name, config):
             typer.echo(f"already done: {out} (delete it to redo)")
         else:
             if "resume" in fields and out.is_dir() and not (out / MANIFEST).exists() and (out / "checkpoints").is_dir():

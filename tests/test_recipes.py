@@ -58,7 +58,7 @@ def test_recipe_chains_stages_with_lineage_and_skips_finished_steps(recipe, tmp_
 
     capsys.readouterr()
     run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": out}))
-    assert capsys.readouterr().out.count("already done") == 3  # data, tokenizer, model; pack writes into data
+    assert capsys.readouterr().out.count("already done") == 4  # data, tokenizer, pack, model
 
 
 def test_bad_recipes_are_named(tmp_path):

@@ -3,9 +3,12 @@
 Builders are plain functions returning Hugging Face models, so every run folder is a standard HF folder
 that `AutoModelFor*.from_pretrained` loads without genforge. Sizes (non-embedding parameters):
 tiny ~0.4 M (tests, smoke runs), small ~5 M, base ~48 M; with an 8k vocabulary add hidden x 8192.
-The decoder uses SwiGLU (MLP width ~8/3 x hidden, a multiple of 32), RoPE and tied input/output
-embeddings, which is what gives the best loss per CPU-second at these sizes; the encoder is the
-classic BERT block (GELU MLP of 4 x hidden, learned positions, tied decoder).
+The decoder is the Llama block (RMSNorm, RoPE, SwiGLU MLP of ~8/3 x hidden rounded to a multiple of
+32, i.e. the parameters of a 4x GELU MLP) with tied input/output embeddings, which saves vocab x hidden
+parameters that small models cannot afford; heads are 64 wide. The encoder is the classic BERT block
+(GELU MLP of 4 x hidden, learned positions, tied decoder). On tiny-shakespeare (1 MB, BPE 1024),
+`small` with attention dropout 0.2 and weight decay 0.2 reaches 2.11 validation bits per byte after
+1000 steps of 16 x 256 tokens (no dropout: 2.17, overfitting after ~1000 steps).
 """
 
 from __future__ import annotations
