@@ -95,9 +95,13 @@ def _finished_with_same_config(out: Path, manifest_name: str, config: Any) -> bo
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("config") == to_dict(config)
+        saved = json.loads(path.read_text(encoding="utf-8")).get("config") or {}
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    wanted = to_dict(config)
+    for values in (saved, wanted):  # a run finished after a resume is the same run
+        values.pop("resume", None)
+    return saved == wanted
 
 
 def run_recipe(cfg: RunConfig) -> dict[str, Path]:
@@ -117,7 +121,7 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
             if key not in values and kind in artifacts:
                 values[key] = str(artifacts[kind])
         out = artifacts[stage.out_into] if stage.out_into else run_dir / name
-        if "out" in fields and not stage.out_into:
+        if "out" in fields and stage.produces:  # eval/generate print their results instead
             values.setdefault("out", str(out))
         if cfg.only and name not in cfg.only:
             if stage.produces:
