@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--weight-decay", type=float, default=0.2)
-    parser.add_argument("--dropout", type=float, default=0.1, help="attention dropout: 1 MB of text overfits fast")
+    parser.add_argument("--dropout", type=float, default=0.2, help="attention dropout: 1 MB of text overfits fast")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--baseline", action="store_true", help="also train a byte-level model in this run")
