@@ -17,10 +17,14 @@ install: $(BIN)/.installed
 quickstart: install
 	$(BIN)/genforge run recipes/quickstart.yaml --out runs/quickstart
 
-test: install
+# The serving tests need PostgreSQL and headless Chromium: apt-installed when missing.
+system-deps:
+	bash scripts/system-deps.sh
+
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check genforge tests benchmarks
 
-.PHONY: install quickstart test lint
+.PHONY: install system-deps quickstart test lint

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # timings only; no progress bars interleaved
 
 from genforge.models.presets import build_model, count_params, flops_per_token, model_config  # noqa: E402
 from genforge.train.config import TrainConfig  # noqa: E402

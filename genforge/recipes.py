@@ -43,6 +43,12 @@ STAGES: dict[str, Stage] = {
                        {"data": "data", "tokenizer": "tokenizer"}, out_into="data"),
     "pretrain": Stage("genforge.train.config:PretrainConfig", "genforge.train.pretrain:pretrain",
                       {"data": "data"}, "model"),
+    "finetune.sft": Stage("genforge.finetune.config:SftConfig", "genforge.finetune.sft:sft",
+                          {"model": "model"}, "model"),
+    "finetune.classify": Stage("genforge.finetune.config:ClassifyConfig", "genforge.finetune.classify:classify",
+                               {"model": "model"}, "classifier"),
+    "compress": Stage("genforge.compress.config:CompressConfig", "genforge.compress.run:compress",
+                      {"model": "model", "eval_data": "data"}, "model"),
     "eval": Stage("genforge.train.config:EvalConfig", "genforge.train.evaluate:evaluate",
                   {"model": "model", "data": "data"}),
     "generate": Stage("genforge.generate.config:GenerateConfig", "genforge.generate.api:generate_from_config",
@@ -150,6 +156,8 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
     typer.secho(f"\nrun finished: {run_dir}", fg="green")
     for kind, path in artifacts.items():
         typer.echo(f"  {kind:<10} {path}")
+    if "model" in artifacts:
+        typer.secho(f"serve it: genforge serve --model {artifacts['model']}", bold=True)
     return artifacts
 
 

@@ -14,7 +14,11 @@ It exercises every reader and cleaning step of `genforge data prepare`:
 - duplicates: paragraphs repeated with other case/punctuation/whitespace (exact after normalisation)
   and with one word or character changed (near duplicates), inside and across files.
 
-Run from the repository root: `python samples/generate.py` (about 300 KB; the output is committed, so the
+It also writes `dialogues.jsonl`: support chats in the OpenAI `messages` format (a system prompt,
+one or two customer questions from the FAQ, answers composed from the same topic's sentences) for
+the quickstart's SFT step, from a separate seed so the corpus bytes do not depend on it.
+
+Run from the repository root: `python samples/generate.py` (about 500 KB; the output is committed, so the
 quickstart needs no generation step).
 """
 
@@ -207,6 +211,32 @@ def chinese(rng: random.Random) -> dict[str, tuple[str, str]]:
     }
 
 
+SYSTEM = {"en": "You are the Brightwater Home support assistant. Answer briefly and politely.",
+          "zh": "你是明川家居的客服助手，请简洁礼貌地回答。"}
+OPENERS = {"en": ["", "Hi! ", "Hello, ", "Good morning. ", "Quick question: "], "zh": ["", "你好，", "您好！", "请问，"]}
+
+
+def dialogues(rng: random.Random, per_language: int = 300) -> str:
+    """Chats in the OpenAI `messages` format, one JSON object per line (English and Chinese)."""
+    lines = []
+    for code, lang in (("en", EN), ("zh", ZH)):
+        f = Filler(lang, rng)
+        topics = sorted(lang["questions"])
+        for _ in range(per_language):
+            messages = [{"role": "system", "content": SYSTEM[code]}]
+            for _turn in range(rng.choice([1, 1, 2])):
+                topic = rng.choice(topics)
+                opener, question = rng.choice(OPENERS[code]), rng.choice(lang["questions"][topic])
+                if opener.endswith(", ") and code == "en":
+                    question = question[0].lower() + question[1:]
+                question = opener + question
+                messages += [{"role": "user", "content": question},
+                             {"role": "assistant", "content": f.paragraph(topic, (1, 2))}]
+            lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
+    rng.shuffle(lines)
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     assert all(luhn_ok(c) for c in TEST_CARDS)
     rng = random.Random(SEED)
@@ -221,6 +251,9 @@ def main() -> None:
         total += size
         print(f"{size:>8,} B  {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT}/{name}")
     print(f"{total:>8,} B  in {len(files)} files")
+    chats = OUT.parent / "dialogues.jsonl"
+    write_text(chats, dialogues(random.Random(SEED + 1)), "utf-8")
+    print(f"{chats.stat().st_size:>8,} B  {chats.name}")
 
 
 if __name__ == "__main__":

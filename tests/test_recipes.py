@@ -32,6 +32,21 @@ steps:
     prompt: "Hello"
     max_new_tokens: 4
     temperature: 0
+  - stage: finetune.sft
+    name: chat
+    data: {dialogues}
+    seq_len: 32
+    batch_size: 4
+    max_steps: 3
+    warmup_steps: 1
+    eval_every: 0
+    eval_batches: 2
+  - stage: generate
+    name: replies
+    prompt: "order 3?"
+    chat: true
+    max_new_tokens: 4
+    temperature: 0
 """
 
 
@@ -41,24 +56,30 @@ def recipe(tmp_path):
     corpus.mkdir()
     paragraphs = [f"Paragraph {i} about shipping, returns and order {i * 7} for our customers." for i in range(60)]
     (corpus / "a.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    dialogues = tmp_path / "chats.jsonl"
+    chats = [{"messages": [{"role": "user", "content": f"order {i}?"}, {"role": "assistant", "content": "shipped"}]}
+             for i in range(30)]
+    dialogues.write_text("".join(json.dumps(c) + "\n" for c in chats), encoding="utf-8")
     path = tmp_path / "mini.yaml"
-    path.write_text(RECIPE.format(corpus=corpus), encoding="utf-8")
+    path.write_text(RECIPE.format(corpus=corpus, dialogues=dialogues), encoding="utf-8")
     return path
 
 
 def test_recipe_chains_stages_with_lineage_and_skips_finished_steps(recipe, tmp_path, capsys):
     out = tmp_path / "run"
     artifacts = run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": out}))
-    assert artifacts == {"data": out / "data", "tokenizer": out / "tokenizer", "model": out / "model"}
+    assert artifacts == {"data": out / "data", "tokenizer": out / "tokenizer", "model": out / "chat"}
+    chat_manifest = json.loads((out / "chat" / "manifest.json").read_text())
+    assert chat_manifest["parent"]["stage"] == "pretrain"  # the SFT step was wired to the pretrained model
     model_manifest = json.loads((out / "model" / "manifest.json").read_text())
     assert model_manifest["parent"]["stage"] == "data.pack"
     assert model_manifest["parent"]["parent"]["stage"] == "data.prepare"
     assert (out / "model" / "model.safetensors").is_file()
-    assert json.loads((out / "manifest.json").read_text())["artifacts"]["model"] == str(out / "model")
+    assert json.loads((out / "manifest.json").read_text())["artifacts"]["model"] == str(out / "chat")
 
-    capsys.readouterr()
+    assert f"serve it: genforge serve --model {out / 'chat'}" in capsys.readouterr().out
     run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": out}))
-    assert capsys.readouterr().out.count("already done") == 4  # data, tokenizer, pack, model
+    assert capsys.readouterr().out.count("already done") == 5  # data, tokenizer, pack, model, chat
 
 
 def test_bad_recipes_are_named(tmp_path):

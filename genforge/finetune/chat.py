@@ -18,15 +18,10 @@ from genforge.finetune.config import ChatConfig
 
 def load_chat_decoder(path: Path) -> Any:
     """A generation Decoder for a causal-LM folder or an SFT LoRA adapter folder (merged on load)."""
-    from genforge.finetune.lora import adapter_base, load_adapted
-    from genforge.finetune.model import load_tokenizer
-    from genforge.finetune.sft import ensure_chat_template, load_causal_lm
+    from genforge.finetune.sft import ensure_chat_template
     from genforge.generate import load_decoder
 
-    if adapter_base(path) is None:
-        decoder = load_decoder(path)
-    else:
-        decoder = load_decoder(load_adapted(path, load_causal_lm), load_tokenizer(path))
+    decoder = load_decoder(path)
     ensure_chat_template(decoder.tokenizer, path)
     return decoder
 

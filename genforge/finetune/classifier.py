@@ -24,6 +24,7 @@ from genforge.errors import ArtifactError
 from genforge.finetune.heads import Classifier, build_head
 from genforge.finetune.lora import adapter_base, load_adapted
 from genforge.finetune.model import hf_config, load_pretrained, load_tokenizer
+from genforge.models.load import COMPRESSION
 
 CLASSIFIER_JSON = "classifier.json"
 HEAD_WEIGHTS = "head.safetensors"
@@ -78,7 +79,11 @@ def load_classifier(folder: Path) -> tuple[Classifier, Any, dict[str, Any]]:
     base = adapter_base(folder)
     config = classification_config(base or folder, info["labels"], info["multi_label"], tokenizer.pad_token_id)
     auto = _auto(info["head"])
-    if base is None:
+    if (folder / COMPRESSION).is_file():  # quantised, head-pruned or ONNX (genforge compress)
+        from genforge.compress.load import load_compressed
+
+        body = load_compressed(folder, auto, config)
+    elif base is None:
         body, _ = load_pretrained(auto, folder, config)
     else:
         body = load_adapted(folder, lambda p: load_pretrained(auto, p, config)[0])
@@ -105,7 +110,7 @@ def predict_probs(model: Classifier, tokenizer: Any, texts: list[str], *, seq_le
     ids = tokenizer(list(texts), truncation=True, max_length=seq_len)["input_ids"]
     ids = [row or [tokenizer.pad_token_id] for row in ids]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime body has no parameters
     out = np.zeros((len(texts), model_labels(model)), dtype=np.float32)
     for first in range(0, len(order), batch_size):
         rows = order[first:first + batch_size]

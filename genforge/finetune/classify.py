@@ -2,15 +2,18 @@
 
 The loop is the engine's (`genforge.train.engine.train`); this module brings the objective
 (cross-entropy, or per-label BCE for multi-label, with optional label smoothing), the batches
-(tokenised once, shuffled per epoch as a pure function of the step) and the export (see
-`genforge.finetune.classifier` for the saved format). The engine keeps the checkpoint with the best
-validation loss; the final accuracy/F1 report is computed on that checkpoint.
+(tokenised once, shuffled per epoch as a pure function of the step), a validation scorer (loss,
+accuracy and macro-F1 in one pass) and the export (see `genforge.finetune.classifier` for the saved
+format). The engine keeps the checkpoint with the best `--select` metric (macro-F1 by default) and
+stops early on it; the final report is computed on that checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genforge.adversarial.augment import augment_examples
+from genforge.adversarial.perturb import wrap_adversarial
 from genforge.artifacts import MANIFEST, read_manifest, write_json, write_manifest
 from genforge.errors import DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
@@ -51,7 +56,7 @@ class ClassifyObjective:
             loss = F.binary_cross_entropy_with_logits(logits, target)
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        return loss, {"tokens": torch.tensor(labels.shape[0])}
+        return loss, {"tokens": torch.tensor(labels.shape[0]), "logits": logits.detach()}
 
 
 def encode_targets(examples: list[tuple[str, list[str]]], labels: list[str], multi_label: bool) -> torch.Tensor:
@@ -70,6 +75,28 @@ def make_collate(ids: list[list[int]], targets: torch.Tensor, pad_id: int) -> An
                 "attention_mask": pad([[1] * len(ids[i]) for i in rows], 0), "labels": targets[rows]}
 
     return collate
+
+
+def make_scorer(model: Any, objective: ClassifyObjective, batches: Callable[[], Iterable[dict[str, torch.Tensor]]],
+                labels: list[str]) -> Callable[[], dict[str, float]]:
+    """Validation loss, accuracy and macro-F1 of `model` in one pass over `batches()` (the engine's `score`)."""
+
+    def score() -> dict[str, float]:
+        device = next(model.parameters()).device
+        loss_sum, n, truth, predicted = 0.0, 0, [], []
+        for batch in batches():
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, out = objective.loss(model, batch)
+            logits = out["logits"]
+            size = batch["labels"].shape[0]
+            loss_sum, n = loss_sum + loss.item() * size, n + size
+            truth.append(batch["labels"].cpu())
+            predicted.append((logits > 0).long() if objective.multi_label else logits.argmax(-1))
+        y_true, y_pred = torch.cat(truth).long().numpy(), torch.cat(predicted).cpu().numpy()
+        result = report(y_true, y_pred, labels, objective.multi_label)
+        return {"loss": loss_sum / n, "accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+
+    return score
 
 
 def load_data(cfg: ClassifyConfig) -> tuple[list, list, list[str]]:
@@ -96,6 +123,7 @@ def classify(cfg: ClassifyConfig) -> Path:
     check_seq_len(cfg, base_config)
     decoder = is_decoder(base_config)
     train_set, val_set, labels = load_data(cfg)
+    train_set = augment_examples(train_set, cfg)
     tokenizer = load_tokenizer(cfg.model)
     started = prepare_output(cfg)
     if cfg.epochs:
@@ -122,8 +150,9 @@ def classify(cfg: ClassifyConfig) -> Path:
                               make_collate(train_ids, train_targets, tokenizer.pad_token_id))
     val_collate = make_collate(val_ids, val_targets, tokenizer.pad_token_id)
     objective = ClassifyObjective(cfg.multi_label, cfg.label_smoothing)
-    result = train(model, objective, batches, cfg, cfg.out, dist=Dist(device=device()),
-                   eval_data=lambda: in_order(len(val_set), cfg.batch_size, val_collate, cfg.eval_batches))
+    val_batches = functools.partial(in_order, len(val_set), cfg.batch_size, val_collate, cfg.eval_batches)
+    result = train(model, wrap_adversarial(objective, cfg), batches, cfg, cfg.out, dist=Dist(device=device()),
+                   score=make_scorer(model, objective, val_batches, labels), select=cfg.select)
 
     load_weights(model, best_checkpoint(cfg.out))
     probs = predict_probs(model, tokenizer, [t for t, _ in val_set], seq_len=cfg.seq_len,
@@ -138,6 +167,7 @@ def classify(cfg: ClassifyConfig) -> Path:
     export(cfg, model, tokenizer, labels, decoder)
     best_val = result.best or result.last or {}
     metrics = {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "val_loss": best_val.get("loss"),
+               "selected_by": cfg.select,
                "best_step": result.best_step, "steps": result.steps, "train_seconds": round(result.seconds, 2),
                "stop_reason": result.stop_reason, "train_examples": len(train_set), "val_examples": len(val_set),
                "labels": len(labels), "params": params["total"], "trainable_params": params["trainable"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from genforge.adversarial.config import ATTACKS
 from genforge.config import field
 from genforge.errors import ConfigError
 from genforge.train.config import TrainConfig
@@ -83,11 +84,23 @@ class ClassifyConfig(FinetuneConfig):
                                      "the token states", choices=HEADS)
     seq_len: int = field(128, help="longest text in tokens (longer texts are truncated)")
     batch_size: int = field(16, help="texts per micro-batch")
+    select: str = field("macro_f1", help="validation metric that picks the best checkpoint and drives "
+                                         "--patience", choices=("macro_f1", "accuracy", "loss"))
+    augment_attack: list[str] = field(default_factory=list, choices=ATTACKS,
+                                      help="add attacked copies of training texts made by this attack recipe "
+                                           "(repeatable; see `genforge robustness eval`)")
+    augment_ratio: float = field(0.5, help="share of the training texts that get an attacked copy, per recipe")
+    augment_model: Path | None = field(None, help="make the copies by attacking this classifier (e.g. a first "
+                                                  "run on the same data); default: random edits of the recipe")
 
     def check(self) -> None:
         super().check()
         if self.multi_label and not self.label_sep:
             raise ConfigError("--label-sep must not be empty")
+        if not 0 < self.augment_ratio <= 1:
+            raise ConfigError(f"--augment-ratio must be in (0, 1], got {self.augment_ratio}")
+        if self.augment_model is not None and (not self.augment_attack or self.multi_label):
+            raise ConfigError("--augment-model needs --augment-attack RECIPE and a single-label task")
 
 
 @dataclass(kw_only=True)

@@ -8,13 +8,11 @@ update into the weights (W + B A * alpha / r) and saves an ordinary HF model fol
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from genforge.errors import ArtifactError
-
-ADAPTER_CONFIG = "adapter_config.json"
+from genforge.models.load import adapter_base
 
 
 def apply_lora(model: Any, *, r: int, alpha: float, dropout: float, targets: list[str],
@@ -59,25 +57,9 @@ def save_model(model: Any, out: Path, *, merge: bool) -> Any:
     return model
 
 
-def adapter_base(folder: Path) -> Path | None:
-    """The base model folder an adapter folder was trained on (None if `folder` is not an adapter)."""
-    path = Path(folder) / ADAPTER_CONFIG
-    if not path.is_file():
-        return None
-    try:
-        base = json.loads(path.read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ArtifactError(f"{path} is not a valid peft adapter config") from None
-    base = Path(base)
-    if not (base / "config.json").is_file():
-        raise ArtifactError(f"adapter {folder} needs its base model {base}, which is missing")
-    return base
-
-
 def load_adapted(folder: Path, load_base: Any) -> Any:
     """Base (from `load_base(base_path)`) + the adapter in `folder`, merged for fast inference."""
     from peft import PeftModel
 
-    base_path = adapter_base(folder)
-    model = PeftModel.from_pretrained(load_base(base_path), str(folder))
+    model = PeftModel.from_pretrained(load_base(adapter_base(folder)), str(folder))
     return model.merge_and_unload()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from genforge.adversarial.perturb import wrap_adversarial
 from genforge.artifacts import MANIFEST, read_manifest, write_manifest
 from genforge.errors import ConfigError, DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
@@ -225,7 +226,8 @@ def sft(cfg: SftConfig) -> Path:
     before = evaluate_loss(model.to(device()), objective, eval_data(), device=device())["loss"]
     batches = ShuffledBatches(len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.seed,
                               make_collate(train_ex, tokenizer.pad_token_id))
-    result = train(model, objective, batches, cfg, cfg.out, eval_data=eval_data, dist=Dist(device=device()))
+    result = train(model, wrap_adversarial(objective, cfg), batches, cfg, cfg.out, eval_data=eval_data,
+                   dist=Dist(device=device()))
 
     load_weights(model, best_checkpoint(cfg.out))
     export(cfg, model.model, tokenizer)

@@ -6,7 +6,7 @@ The YAML declares the task, the fixed config keys and the search space:
     out: runs/tune                     # study folder (or --out)
     metric: val_macro_f1               # a manifest metric of the trial runs (default: val_loss)
     direction: maximize                # default: minimize for *loss metrics, else maximize
-    pruner: median                     # median | none | {upper: X} / {lower: X} (threshold on val loss)
+    pruner: median                     # median | none | {upper: X} / {lower: X} (on the intermediate score)
     base: {model: ..., data: ..., max_steps: 200, eval_every: 25}
     search:
       lr: {low: 1.0e-5, high: 1.0e-3, log: true}
@@ -17,9 +17,10 @@ The YAML declares the task, the fixed config keys and the search space:
       model: {choices: [runs/lm-small, runs/lm-base]}
 
 Each trial is the real command (`genforge finetune TASK --config trial.yaml`) in its own process and
-folder (trials/NNNN). The tuner follows the trial's logs/metrics.jsonl: every validation loss the
-engine logs is reported to Optuna (negated when the study maximises, so "better" points the same way),
-and a trial the pruner rejects is stopped with SIGTERM, which the engine answers by checkpointing and
+folder (trials/NNNN). The tuner follows the trial's logs/metrics.jsonl: every validation record the
+engine logs is reported to Optuna as the study's metric when the record has it (`val_macro_f1` ->
+`macro_f1`), else as the validation loss (negated when the study maximises, so "better" points the
+same way), and a trial the pruner rejects is stopped with SIGTERM, which the engine answers by checkpointing and
 exiting. The study lives in SQLite (study.db): rerunning the command adds trials to it, and trials a
 killed tuner left "running" are marked failed first. best.yaml is the best trial's full config
 (`genforge finetune TASK --config best.yaml` reproduces it); trials.png plots score per trial.
@@ -93,8 +94,9 @@ def make_pruner(spec: Any) -> Any:
     raise ConfigError(f"pruner must be median, none or {{upper: X}} / {{lower: X}}; got {spec!r}")
 
 
-def new_val_losses(path: Path, seen: int) -> tuple[list[tuple[int, float]], int]:
-    """(step, val loss) records of metrics.jsonl after the first `seen` lines, and the new line count."""
+def new_val_scores(path: Path, seen: int, metric: str, maximize: bool) -> tuple[list[tuple[int, float]], int]:
+    """(step, intermediate score) of the val records of metrics.jsonl after the first `seen` lines, and
+    the new line count. The score is `metric` (without its val_ prefix) if logged, else the signed loss."""
     if not path.is_file():
         return [], seen
     lines = path.read_text().splitlines()
@@ -103,12 +105,14 @@ def new_val_losses(path: Path, seen: int) -> tuple[list[tuple[int, float]], int]
     for line in complete[seen:]:
         record = json.loads(line)
         if record.get("kind") == "val":
-            found.append((record["step"], record["loss"]))
+            key = metric.removeprefix("val_")
+            value = record[key] if key in record else (-record["loss"] if maximize else record["loss"])
+            found.append((record["step"], value))
     return found, len(complete)
 
 
-def run_trial(task: str, cfg: Any, trial: Any, maximize: bool) -> dict[str, Any]:
-    """Run one trial as `genforge finetune TASK --config` in a subprocess; prune it through its val losses."""
+def run_trial(task: str, cfg: Any, trial: Any, metric: str, maximize: bool) -> dict[str, Any]:
+    """Run one trial as `genforge finetune TASK --config` in a subprocess; prune it by its val scores."""
     import optuna
 
     folder = Path(cfg.out)
@@ -121,13 +125,13 @@ def run_trial(task: str, cfg: Any, trial: Any, maximize: bool) -> dict[str, Any]
         try:
             while True:
                 done = proc.poll() is not None
-                records, seen = new_val_losses(metrics_path, seen)
-                for step, loss in records:
-                    trial.report(-loss if maximize else loss, step)
+                records, seen = new_val_scores(metrics_path, seen, metric, maximize)
+                for step, value in records:
+                    trial.report(value, step)
                     if not done and trial.should_prune():
                         proc.send_signal(signal.SIGTERM)  # the engine checkpoints and stops at the next step
                         proc.wait()
-                        raise optuna.TrialPruned(f"pruned at step {step} (val loss {loss:.4f})")
+                        raise optuna.TrialPruned(f"pruned at step {step} (intermediate score {value:.4f})")
                 if done:
                     break
                 time.sleep(0.5)
@@ -163,7 +167,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     def objective(trial: Any) -> float:
         values = {**space["base"], **suggest(trial, space["search"]), "out": out / "trials" / f"{trial.number:04d}"}
         trial_cfg = from_dict(config_cls, values)
-        metrics = run_trial(task, trial_cfg, trial, maximize)
+        metrics = run_trial(task, trial_cfg, trial, space["metric"], maximize)
         if metrics.get(space["metric"]) is None:
             raise ConfigError(f"trial runs report no metric '{space['metric']}' (they have: {', '.join(metrics)})")
         return float(metrics[space["metric"]])

@@ -195,7 +195,9 @@ def load_decoder(model: str | Path | Any, tokenizer: Any = None, dtype: str = "a
     if backend == "fast" and reason:
         raise ConfigError(f"backend 'fast' cannot run this model: {reason}; use backend 'hf' or 'auto'")
     vocab = model.config.vocab_size
-    if backend != "hf" and reason is None:
+    if hasattr(model, "decode_runner"):  # a model with its own step runtime (ONNX Runtime, genforge.compress)
+        runner = model.decode_runner()
+    elif backend != "hf" and reason is None:
         runner: LlamaRunner | HFRunner = LlamaRunner(from_hf(model, torch_dtype), vocab)
     else:
         runner = HFRunner(model.to(torch_dtype), vocab)

@@ -82,7 +82,9 @@ def from_hf(model, dtype: torch.dtype) -> LlamaWeights:
     def t(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.detach().to(dtype).contiguous()
 
-    def linear(*mods: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def linear(*mods: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not isinstance(mods[0], torch.nn.Linear):  # quantised (genforge.compress.qlinear): it fuses itself
+            return type(mods[0]).fuse(mods), None
         weight = t(torch.cat([m.weight.detach() for m in mods]).t())
         bias = None if mods[0].bias is None else t(torch.cat([m.bias.detach() for m in mods]))
         return weight, bias
@@ -135,7 +137,7 @@ def attention_mask(start: torch.Tensor, col: int, length: int) -> torch.Tensor:
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    y = x @ w
+    y = x @ w if isinstance(w, torch.Tensor) else w(x)  # w: a matrix, or a quantised linear module
     return y if b is None else y + b
 
 
@@ -178,7 +180,7 @@ def forward(w: LlamaWeights, cache: KVCache, tokens: torch.Tensor, positions: to
         x = x + _mm(F.silu(gate) * up, lw.w_down, lw.b_down)
     if not all_logits:
         x = x[:, -1]
-    return (F.rms_norm(x, (x.shape[-1],), w.norm, w.eps) @ w.lm_head).float()
+    return _mm(F.rms_norm(x, (x.shape[-1],), w.norm, w.eps), w.lm_head, None).float()
 
 
 @dataclass

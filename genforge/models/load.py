@@ -1,7 +1,11 @@
 """Loading local Hugging Face checkpoints: any folder with config.json + weights, nothing downloaded.
 
 The objective of a model is read from its config (`architectures`), so `genforge eval` and continued
-pretraining need no flag to know whether a folder holds a causal or a masked language model.
+pretraining need no flag to know whether a folder holds a causal or a masked language model. A peft
+LoRA adapter folder (`adapter_config.json` naming its base folder) stands for base + adapter: its
+config is the base's, and `load_model` merges the adapter in, so every command takes either. A folder
+with `compression.json` (quantised, head-pruned or ONNX, from `genforge compress`) is built by
+`genforge.compress.load`, so it too loads wherever a model folder is taken.
 """
 
 from __future__ import annotations
@@ -14,6 +18,22 @@ from genforge.errors import ArtifactError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+ADAPTER_CONFIG = "adapter_config.json"
+COMPRESSION = "compression.json"  # a folder `genforge compress` made that needs its loader (quantised, ...)
+
+
+def adapter_base(folder: Path) -> Path | None:
+    """The base model folder a peft adapter folder was trained on (None if `folder` is not an adapter)."""
+    path = Path(folder) / ADAPTER_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        base = Path(json.loads(path.read_text(encoding="utf-8"))["base_model_name_or_path"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ArtifactError(f"{path} is not a valid peft adapter config") from None
+    if not (base / "config.json").is_file():
+        raise ArtifactError(f"adapter {folder} needs its base model {base}, which is missing")
+    return base
 
 
 def read_model_config(path: Path) -> dict[str, Any]:
@@ -22,9 +42,12 @@ def read_model_config(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise ArtifactError(f"model {path} is not a folder (expected a local Hugging Face model folder)")
     config_file = path / "config.json"
+    base = adapter_base(path)
+    if base is not None and not config_file.is_file():
+        return read_model_config(base)
     if not config_file.is_file():
         raise ArtifactError(f"model {path} has no config.json: not a Hugging Face model folder")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
+    if not any((path / name).is_file() for name in (*WEIGHT_FILES, COMPRESSION)):
         raise ArtifactError(f"model {path} has no weights (model.safetensors or pytorch_model.bin)")
     try:
         return json.loads(config_file.read_text(encoding="utf-8"))
@@ -55,16 +78,31 @@ def max_positions(config: dict[str, Any] | Any) -> int | None:
 
 
 def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
-    """(model in fp32 with SDPA attention, objective) from a local HF folder; refuses a mismatch."""
+    """(model in fp32 with SDPA attention, objective) from a local HF folder; refuses a mismatch.
+
+    An adapter folder gives its base with the adapter merged in (an ordinary model, as fast as the base).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
+    base = adapter_base(path)
+    if base is not None and not (Path(path) / "config.json").is_file():
+        from peft import PeftModel
+
+        model, found = load_model(base, objective)
+        return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), found
     config = read_model_config(path)
     found = detect_objective(config)
     if objective and objective != found:
         raise ArtifactError(f"model {path} is a {'causal' if found == 'clm' else 'masked'} LM; "
                             f"it cannot be trained with --objective {objective}")
     auto = AutoModelForCausalLM if found == "clm" else AutoModelForMaskedLM
+    if (Path(path) / COMPRESSION).is_file():  # quantised, head-pruned or ONNX: built by genforge.compress
+        from transformers import AutoConfig
+
+        from genforge.compress.load import load_compressed
+
+        return load_compressed(path, auto, AutoConfig.from_pretrained(path, local_files_only=True)), found
     try:
         model = auto.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True)
     except ValueError as e:

@@ -16,6 +16,7 @@ from genforge.errors import ConfigError
 
 PRESETS = ("tiny", "small", "base", "custom")
 OBJECTIVES = ("clm", "mlm")
+ADVERSARIAL = ("none", "fgm", "pgd", "freelb", "vat")  # embedding-space training, genforge.adversarial.perturb
 
 
 @dataclass(kw_only=True)
@@ -48,6 +49,14 @@ class TrainConfig:
     activation_checkpointing: bool = field(False, help="recompute activations in backward to save memory")
     fsdp: bool = field(False, help="with several processes: shard parameters, gradients and optimizer state "
                                    "(FSDP2) instead of replicating them (DDP), for models too big for one device")
+    adversarial: str = field("none", help="adversarial training in embedding space: fgm (Miyato 2017), pgd "
+                                          "(Madry 2018), freelb (Zhu 2020) or vat (KL smoothness, no labels "
+                                          "needed)", choices=ADVERSARIAL)
+    adv_epsilon: float = field(1.0, help="radius of the perturbation: L2 norm over each example's token "
+                                         "embeddings")
+    adv_alpha: float = field(0.3, help="pgd/freelb: ascent step size (freelb: also the random start's size); "
+                                       "vat: weight of the smoothness loss")
+    adv_steps: int = field(2, help="pgd/freelb: ascent steps; vat: power iterations")
 
     def check(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "seq_len")
@@ -67,6 +76,9 @@ class TrainConfig:
             raise ConfigError(f"--min-lr {self.min_lr} is larger than --lr {self.lr}")
         if not 0 < self.beta2 < 1:
             raise ConfigError(f"--beta2 must be in (0, 1), got {self.beta2}")
+        for name in ("adv_epsilon", "adv_alpha", "adv_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
 
 @dataclass(kw_only=True)

@@ -39,6 +39,8 @@ from genforge.train.evaluate import evaluate_loss, to_device
 from genforge.train.logs import MetricsLog
 from genforge.train.schedule import lr_at
 
+LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")  # every other selection metric: higher is better
+
 
 class Interrupted(GenforgeError):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
@@ -138,8 +140,14 @@ def catch_signals(flag: StopFlag) -> Iterator[None]:
 
 def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainConfig, run_dir: Path, *,
           eval_data: Callable[[], Iterable[dict[str, torch.Tensor]]] | None = None,
+          score: Callable[[], dict[str, float]] | None = None, select: str = "loss",
           tokens_per_byte: float | None = None, dist: Dist | None = None) -> TrainResult:
     """Train `model` in place; write checkpoints/{latest,best} and logs/ under `run_dir` (main process only).
+
+    Each evaluation measures the objective's loss on `eval_data()` and/or the metrics `score()` returns
+    (called in eval mode without gradients: task metrics such as accuracy, possibly with a loss of its
+    own). The `select` metric picks checkpoints/best and drives `cfg.patience`: lower is better for
+    loss, perplexity and bits_per_byte, higher for anything else.
 
     `cfg.grad_accum` micro-batches make one optimizer step whatever the process count: each of the
     `dist.world` processes runs `grad_accum / world` of them (their union is the single-process batch).
@@ -159,6 +167,7 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     model.train()
     if cfg.activation_checkpointing:  # HF's own per-layer checkpointing (transformers >= 5 name)
         model.activation_checkpointing_enable({"use_reentrant": False})
+    # best_val: the best selection value so far, negated when higher is better (so lower always wins)
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best_val": math.inf, "best_step": -1,
                              "bad_evals": 0, "train_loss": math.nan, "best": {}}
     saved = load_checkpoint(latest, model) if cfg.resume else None  # weights before sharding
@@ -174,6 +183,9 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     if attention in ("sdpa", "eager"):
         model.set_attn_implementation(attention_kernel(device, cfg.seq_len))
     forward, loss_fn = parallel, objective.loss
+    # An objective with `train_step(forward, batch, scale) -> loss` makes several passes per micro-batch
+    # and calls backward itself, each loss scaled by `scale`; the default path is loss_fn + one backward.
+    train_step = getattr(objective, "train_step", None)
     if cfg.compile and dist.world == 1:  # forward + loss in one graph: the most fusion (lm head + CE too)
         loss_fn = torch.compile(objective.loss)
     elif cfg.compile and not compile_blocks(model):  # under DDP/FSDP: per-block graphs, robust to wrappers
@@ -189,19 +201,30 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
         barrier()
 
     def evaluate(step: int) -> dict[str, float]:
-        result = evaluate_loss(model, objective, eval_data(), device=device, bf16=use_bf16)
-        metrics = {"loss": result["loss"], "perplexity": result["perplexity"]}
-        if tokens_per_byte:
-            metrics["bits_per_byte"] = result["loss"] / math.log(2) * tokens_per_byte
+        metrics: dict[str, float] = {}
+        if eval_data is not None:
+            result = evaluate_loss(model, objective, eval_data(), device=device, bf16=use_bf16)
+            metrics = {"loss": result["loss"], "perplexity": result["perplexity"]}
+            if tokens_per_byte:
+                metrics["bits_per_byte"] = result["loss"] / math.log(2) * tokens_per_byte
+        if score is not None:
+            model.eval()
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                metrics.update(score())
+            model.train()
         log.write(step, "val", metrics)
-        if result["loss"] < state["best_val"]:
-            state.update(best_val=result["loss"], best_step=step, bad_evals=0, best=metrics)
+        if select not in metrics:
+            raise ConfigError(f"cannot select checkpoints by '{select}': evaluation measures {sorted(metrics)}")
+        value = metrics[select] if select in LOWER_IS_BETTER else -metrics[select]
+        if value < state["best_val"]:
+            state.update(best_val=value, best_step=step, bad_evals=0, best=metrics)
             save(best_dir, with_state=False)
         else:
             state["bad_evals"] += 1
         return metrics
 
     stop, reason, last_val, last_eval_step = StopFlag(), "max_steps", {}, -1
+    evaluates = eval_data is not None or score is not None
     budget = cfg.max_minutes * 60
     t_start = time.perf_counter() - state["elapsed"]
     t_log, tokens_log, loss_sum, n_loss = time.perf_counter(), state["tokens"], torch.zeros((), device=device), 0
@@ -226,8 +249,12 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
                 batch = to_device(batches.batch(step, dist.rank * local_accum + micro), device)
                 with grad_sync(parallel, enabled=micro == local_accum - 1):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        loss, _ = loss_fn(forward, batch)
-                    (loss / local_accum).backward()
+                        if train_step is not None:  # a wrapper (adversarial) runs its passes and backward(s)
+                            loss = train_step(forward, batch, 1 / local_accum)
+                        else:
+                            loss, _ = loss_fn(forward, batch)
+                    if train_step is None:
+                        (loss / local_accum).backward()
                 loss_sum += loss.detach()
                 n_loss += 1
                 state["tokens"] += batch["input_ids"].numel() * dist.world
@@ -258,7 +285,7 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
                 t_log, tokens_log, n_loss = now, state["tokens"], 0
                 loss_sum.zero_()
 
-            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and eval_data is not None:
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and evaluates:
                 last_val, last_eval_step = evaluate(state["step"]), state["step"]
                 t_log, tokens_log = time.perf_counter(), state["tokens"]
                 if cfg.patience and state["bad_evals"] >= cfg.patience:
@@ -274,7 +301,7 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
         name = signal.Signals(int(flags[0])).name
         raise Interrupted(f"stopped by {name} at step {state['step']}: checkpoint saved in {latest}; "
                           "continue with the same command plus --resume")
-    if eval_data is not None and last_eval_step != state["step"]:
+    if evaluates and last_eval_step != state["step"]:
         last_val = evaluate(state["step"])
     save(latest, with_state=True)
     log.close()

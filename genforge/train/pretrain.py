@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from genforge.adversarial.perturb import wrap_adversarial
 from genforge.artifacts import MANIFEST, begin_output, now_iso, read_manifest, sha256_file, write_manifest
 from genforge.config import to_dict
 from genforge.errors import ArtifactError, ConfigError, DataError
@@ -172,8 +173,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
             return eval_batches(val_tokens, window, cfg.seq_len, cfg.batch_size, objective.make_batch,
                                 max_batches=cfg.eval_batches, seed=cfg.seed, rank=dist.rank, world=dist.world)
 
-        result = train(model, objective, batches, cfg, cfg.out, eval_data=eval_data, dist=dist,
-                       tokens_per_byte=pack["val_tokens"] / max(1, pack["val_bytes"]))
+        result = train(model, wrap_adversarial(objective, cfg), batches, cfg, cfg.out, eval_data=eval_data,
+                       dist=dist, tokens_per_byte=pack["val_tokens"] / max(1, pack["val_bytes"]))
         if not dist.is_main:
             return cfg.out
         export(cfg, model, tokenizer)

@@ -109,6 +109,11 @@ def test_sft_full_and_lora_adapter(tmp_path, llama_dir, dialogues, tokenizer):
     assert [m["role"] for m in transcript] == ["system", "user", "assistant"]
     assert "".join(shown).endswith("assistant> " + transcript[2]["content"] + "\n")  # the reply was streamed
     assert "(conversation reset)\n" in shown
+    # The adapter folder stands for base + adapter wherever a model folder is taken.
+    from genforge.generate import generate
+
+    assert generate(lora, "hello", max_new_tokens=4, temperature=0)[0] == generate(
+        decoder, "hello", max_new_tokens=4, temperature=0)[0]
 
 
 def test_sft_refuses_an_encoder(tmp_path, bert_dir, dialogues):

@@ -106,3 +106,23 @@ def test_grad_accum_must_split_over_processes(tmp_path, packed, tiny):
     cfg, objective, batches, _ = setup(packed, tiny, tmp_path / "x", grad_accum=3)
     with pytest.raises(ConfigError, match="multiple of the 2 processes"):
         train(fresh_model(), objective, batches, cfg, cfg.out, dist=Dist(world=2))
+
+
+def test_score_selects_the_best_checkpoint_and_drives_patience(tmp_path, packed, tiny):
+    cfg, objective, batches, _ = setup(packed, tiny, tmp_path / "run", max_steps=10, eval_every=1, patience=3)
+    scores = iter([0.2, 0.5, 0.4, 0.3, 0.45, 0.1])  # higher is better: best at step 2, 3 worse evals follow
+
+    def accuracy():
+        return {"accuracy": next(scores)}
+
+    result = train(fresh_model(), objective, batches, cfg, cfg.out, score=accuracy, select="accuracy")
+    assert (result.best_step, result.best, result.steps) == (2, {"accuracy": 0.5}, 5)
+    assert result.stop_reason == "patience"
+    rows = [json.loads(line) for line in (cfg.out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["accuracy"] for r in rows if r["kind"] == "val"] == [0.2, 0.5, 0.4, 0.3, 0.45]
+
+    from genforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot select checkpoints by 'macro_f1'"):
+        train(fresh_model(), objective, batches, replace(cfg, out=tmp_path / "b"), tmp_path / "b",
+              score=lambda: {"accuracy": 1.0}, select="macro_f1")

@@ -1,0 +1,69 @@
+"""Adversarial data augmentation for `finetune classify`: attacked copies of training texts, same labels.
+
+Per `--augment-attack` recipe, a seeded `--augment-ratio` share of the training examples gets one copy.
+Without `--augment-model` a copy is model-free: the recipe's edits applied at random to a fifth of the
+text's units (synonym copies whose sentence embedding drifts below the attacks' similarity threshold
+are dropped). With `--augment-model DIR`, a classifier trained on the same task (typically a first run),
+the copies are real adversarial examples, the greedy attack against that model (its best attempt when
+no flip is found), as in the adversarial-training experiments of TextFooler and DeepWordBug. Validation
+data is never augmented.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from genforge.adversarial.attacks import Budget, Recipe, Victim, attack_example, build_recipe, random_edit
+from genforge.adversarial.neighbours import default_encoder
+from genforge.errors import DataError
+
+Example = tuple[str, list[str]]
+
+
+def drop_dissimilar(recipe: Recipe, budget: Budget, pairs: list[tuple[Example, Example]]) -> list[Example]:
+    """The copies of (original, copy) pairs that keep the recipe's meaning constraint."""
+    if recipe.similarity is None or not pairs:
+        return [copy for _, copy in pairs]
+    originals = recipe.similarity.embed([o[0] for o, _ in pairs])
+    copies = recipe.similarity.embed([c[0] for _, c in pairs])
+    sims = (originals * copies).sum(1)
+    return [copy for (_, copy), s in zip(pairs, sims.tolist(), strict=True) if s >= budget.min_similarity]
+
+
+def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
+    """`examples` plus attacked copies as `cfg` (a ClassifyConfig) asks; unchanged without --augment-attack."""
+    if not cfg.augment_attack:
+        return examples
+    from genforge.finetune.classifier import load_classifier
+    from genforge.finetune.model import load_tokenizer
+    from genforge.finetune.run import device
+
+    budget = Budget(seed=cfg.seed)
+    chosen = sorted(random.Random(f"augment:{cfg.seed}").sample(range(len(examples)),
+                                                                  round(cfg.augment_ratio * len(examples))))
+    victim, labels = None, []
+    if cfg.augment_model is not None:
+        model, tokenizer, info = load_classifier(cfg.augment_model)
+        victim, labels = Victim(model.to(device()), tokenizer, info["seq_len"]), info["labels"]
+        unknown = sorted({labs[0] for _, labs in examples} - set(labels))
+        if unknown:
+            raise DataError(f"--augment-model {cfg.augment_model} does not know the labels {unknown[:5]}")
+    tokenizer = load_tokenizer(cfg.model)
+    copies: list[Example] = []
+    for name in dict.fromkeys(cfg.augment_attack):
+        recipe = build_recipe(name, budget, tokenizer=tokenizer, encoder=default_encoder())
+        pairs = []
+        for i in tqdm(chosen, desc=f"augment {name}", unit="text", dynamic_ncols=True):
+            text, labs = examples[i]
+            if victim is not None and (result := attack_example(text, labels.index(labs[0]), victim, recipe,
+                                                                budget)).status != "skipped":
+                new = result.adversarial
+            else:  # no model, or it already gets this text wrong: a random edit
+                new = random_edit(text, recipe, budget)
+            if new != text:
+                pairs.append(((text, labs), (new, labs)))
+        copies += drop_dissimilar(recipe, budget, pairs)
+    return examples + copies

@@ -1,0 +1,56 @@
+"""The README.md model card of a compressed model: what was done, what it cost, how to load it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genforge.artifacts import atomic_write_text, lineage
+from genforge.compress.report import rows
+from genforge.config import to_dict
+from genforge.models.load import COMPRESSION
+
+
+def _usage(out: Path, kind: str, needs_genforge: bool) -> list[str]:
+    if kind == "classifier":
+        lines = ["```bash", f"genforge predict --model {out} --text 'your text'", "```"]
+    elif kind == "clm":
+        lines = ["```bash", f"genforge generate --model {out} --prompt 'Once upon a time'",
+                 f"genforge chat --model {out}   # a chat model", "```"]
+    else:
+        lines = ["```python", "from genforge.models.load import load_model", f'model, _ = load_model("{out}")', "```"]
+    if needs_genforge:
+        lines += ["", f"`{COMPRESSION}` says how genforge rebuilds this model (quantised layers, fewer heads or an "
+                  "ONNX graph): load it through genforge (`genforge.models.load.load_model`, "
+                  "`genforge.finetune.classifier.load_classifier`), not plain `from_pretrained`."]
+    else:
+        lines += ["", "A standard Hugging Face folder: plain `from_pretrained` loads it too."]
+    return lines
+
+
+def write_card(out: Path, cfg: Any, report: dict[str, Any], parent: dict[str, Any] | None) -> Path:
+    out = Path(out)
+    kind = report["settings"]["kind"]
+    front = {"library_name": "transformers", "tags": ["genforge", "compress", cfg.method]}
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {out.resolve().name}", "",
+             f"`{cfg.model}` compressed by `genforge compress --method {cfg.method}`; original and compressed "
+             "measured in the same run (report.json).", "",
+             "| | original | compressed | compressed / original |", "|---|---|---|---|"]
+    lines += [f"| {' | '.join(r)} |" for r in rows(report)]
+    machine = report["machine"]
+    lines += ["", f"Speed measured on {machine['processor']} ({machine['capability']}, VNNI "
+              f"{'yes' if machine['vnni'] else 'no'}, AVX512-BF16 {'yes' if machine['avx512_bf16'] else 'no'}, AMX "
+              f"{'yes' if machine['amx_tile'] else 'no'}) with {machine['threads']} threads: it depends on both.",
+              "", "![report](report.png)", ""]
+    if (out / "logs" / "loss.png").is_file():
+        lines += ["![training loss](logs/loss.png)", ""]
+    lines += ["## How to use", "", *_usage(out, kind, (out / COMPRESSION).is_file()), "",
+              "## Lineage", "", "| # | stage | created |", "|---|---|---|"]
+    lines += [f"| {i} | {m.get('stage', '?')} | {m.get('created', '-')} |"
+              for i, m in enumerate(lineage(parent or {}), 1)] or ["| 1 | (a model from outside genforge) | - |"]
+    lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
+    path = out / "README.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,201 @@
+"""`genforge compress`: a model folder in, a smaller model folder + before/after report out.
+
+`compress(cfg)` loads the model through the normal paths, applies one method, saves the result in
+the layout the other stages read (so `generate`, `chat`, `predict`, `eval` take it unchanged),
+reloads it from disk the same way, and measures the original and the reloaded model in the same run
+on the same data: report.json, report.png, a printed table, the model card and the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genforge.artifacts import MANIFEST, read_manifest, write_manifest
+from genforge.compress.config import CompressConfig
+from genforge.compress.subject import Subject, kind_of, load_subject, save_subject
+from genforge.errors import ConfigError, DataError
+
+# Files a previous run may have left in --out that would change how the new folder loads.
+PAYLOAD = ("model.safetensors", "quantized.safetensors", "compression.json", "head.safetensors", "model.onnx",
+           "model.onnx.data", "report.json", "report.png")
+Result = tuple[Subject, dict[str, Any] | None, dict[str, Any]]  # model, compression.json, details
+
+
+def check_inputs(cfg: CompressConfig, kind: str) -> None:
+    """Refuse data of the wrong kind for the model before any work (one line, naming the flag)."""
+    from genforge.train.data import read_pack
+
+    for flag, path in (("--eval-data", cfg.eval_data), ("--data", cfg.data)):
+        if path is None:
+            continue
+        if kind == "classifier" and not Path(path).is_file():
+            raise DataError(f"{flag} {path}: a classifier needs a labelled file (CSV, TSV, JSONL, JSON)")
+        if kind != "classifier":
+            if not Path(path).is_dir():
+                raise DataError(f"{flag} {path}: a language model needs a packed data folder (`genforge data pack`)")
+            read_pack(Path(path))
+    from genforge.compress.load import read_compression
+
+    done = (read_compression(cfg.model) or {}).get("loader")
+    if done in ("quantized", "onnx"):
+        raise ConfigError(f"model {cfg.model} is already quantised ({done}): compress the float model it came from")
+    if cfg.method == "distill" and cfg.trim_vocab and kind != "classifier":
+        raise ConfigError("--trim-vocab is for classifiers (a language model predicts every vocabulary token)")
+
+
+def quantize(cfg: CompressConfig, subject: Subject) -> Result:
+    from genforge.compress.quantize import quantize_model
+
+    scheme = "int4" if cfg.method == "int4" else ("int8-dynamic" if cfg.int8_scheme == "dynamic" else "int8")
+    model = subject.copy()
+    layout = quantize_model(model.transformer, scheme, cfg.group_size)
+    details = {"scheme": scheme, "group_size": cfg.group_size if scheme == "int4" else None}
+    return model, {"loader": "quantized", "method": cfg.method, **details, **layout}, details
+
+
+def _norms(cfg: CompressConfig, subject: Subject, task: Any) -> dict[str, torch.Tensor] | None:
+    from genforge.compress.prune import block_linears, input_norms
+
+    if cfg.importance != "wanda":
+        return None
+    return input_norms(subject.model, block_linears(subject.model), task.calibration(cfg.calibration_batches),
+                       subject.kind)
+
+
+def prune(cfg: CompressConfig, subject: Subject) -> Result:
+    from genforge.compress.prune import keep_masks, prune_structured, prune_unstructured
+    from genforge.compress.task import task_for
+
+    model = subject.copy()
+    task = task_for(cfg, model, cfg.data) if cfg.data is not None else None
+    norms = _norms(cfg, model, task)
+    compression = None
+    if cfg.method == "prune":
+        details: dict[str, Any] = prune_unstructured(model.model, cfg.sparsity, norms)
+    else:
+        details = prune_structured(model.model, cfg.ffn_fraction, cfg.heads_fraction, norms)
+        loader = details.pop("loader")
+        compression = {"loader": "resized", "method": cfg.method, **loader} if loader else None
+    details["importance"] = cfg.importance
+    if task is not None and cfg.recover:
+        handles = keep_masks(model.model) if cfg.method == "prune" else []
+        try:
+            details["recovery"] = train_model(cfg, model, task.objective, task)
+        finally:
+            for h in handles:
+                h.remove()
+    return model, compression, details
+
+
+def train_model(cfg: CompressConfig, subject: Subject, objective: Any, task: Any,
+                trained: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Run the engine on `trained` (default: the subject's model; an HF LM goes through `Wrapped` so its
+    checkpoints hold the whole state) and load the best checkpoint back."""
+    from genforge.compress.task import run_training
+    from genforge.finetune.model import Wrapped
+
+    if trained is None:
+        trained = subject.model if subject.kind == "classifier" else Wrapped(subject.model)
+    return run_training(trained, objective, task, cfg, cfg.out, score_model=subject.model)
+
+
+def distill(cfg: CompressConfig, teacher: Subject) -> Result:
+    from genforge.compress.distill import DistillObjective, DistillStudent, make_student
+    from genforge.compress.task import read_examples, task_for
+
+    teacher.model.requires_grad_(False)
+    student, layer_map = make_student(cfg, teacher)
+    table = None
+    if cfg.trim_vocab:
+        from genforge.compress.vocab import trim_vocab
+
+        texts = [t for t, _ in read_examples(cfg, teacher.info, cfg.data)]
+        student, table = trim_vocab(student, texts)
+    task = task_for(cfg, student, cfg.data)
+    projections = None
+    t_width, s_width = teacher.transformer.config.hidden_size, student.transformer.config.hidden_size
+    if cfg.hidden_weight and t_width != s_width:
+        projections = torch.nn.ModuleList(torch.nn.Linear(s_width, t_width, bias=False) for _ in layer_map)
+    objective = DistillObjective(teacher.model, teacher.kind, cfg.temperature, cfg.alpha, cfg.hidden_weight,
+                                 layer_map, bool((teacher.info or {}).get("multi_label")), table)
+    details = {"student_layers": student.transformer.config.num_hidden_layers, "layer_map": layer_map,
+               "student_preset": cfg.student_preset, "vocab_size": student.transformer.config.vocab_size}
+    details["training"] = train_model(cfg, student, objective, task, DistillStudent(student.model, projections))
+    return student, None, details
+
+
+def onnx_int8(cfg: CompressConfig, subject: Subject) -> Result:
+    from genforge.compress.onnx import export_int8
+
+    compression = export_int8(subject, cfg.out)
+    return subject, {"method": cfg.method, **compression}, {"format": "onnx", "quantization": "dynamic int8"}
+
+
+METHODS = {"int8": quantize, "int4": quantize, "prune": prune, "prune-structured": prune, "distill": distill,
+           "onnx-int8": onnx_int8}
+
+
+def measure(cfg: CompressConfig, original: Subject, compressed: Subject) -> tuple[dict, dict]:
+    """The same measurements of both models (see measure.py); quality only with --eval-data."""
+    from genforge.compress import measure as m
+    from genforge.compress.task import read_examples
+
+    examples = None
+    results = []
+    if original.kind == "classifier" and cfg.eval_data is not None:
+        examples = read_examples(cfg, original.info, cfg.eval_data)
+    texts = [t for t, _ in examples] if examples else None
+    for subject, folder in ((original, cfg.model), (compressed, cfg.out)):
+        values: dict[str, Any] = {**m.parameters(subject.model), "size_bytes": m.size_on_disk(folder)}
+        if cfg.eval_data is not None:
+            if subject.kind == "classifier":
+                values.update(m.classifier_quality(subject, examples))
+            else:
+                values.update(m.lm_quality(subject, cfg.eval_data, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                                           batches=cfg.eval_batches, seed=cfg.seed))
+        results.append(values)
+    timings = m.speed([original, compressed], m.speed_inputs(original, texts, cfg.eval_data, cfg.seed),
+                      cfg.measure_steps)
+    for values, timing in zip(results, timings, strict=True):
+        values.update(timing)
+    return results[0], results[1]
+
+
+def compress(cfg: CompressConfig) -> Path:
+    """Compress `cfg.model` with `cfg.method` into `cfg.out`; return the folder."""
+    from genforge.compress.card import write_card
+    from genforge.compress.report import build_report, print_report, write_report
+    from genforge.finetune.run import prepare_output
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    kind = kind_of(cfg.model)
+    check_inputs(cfg, kind)
+    if Path(cfg.out).resolve() == Path(cfg.model).resolve():
+        raise ConfigError("--out must not be the --model folder: the original is measured against the result")
+    started = prepare_output(cfg)
+    for name in PAYLOAD:
+        with contextlib.suppress(FileNotFoundError):
+            (cfg.out / name).unlink()
+    original = load_subject(cfg.model)
+    compressed, compression, details = METHODS[cfg.method](cfg, original)
+    save_subject(compressed, cfg.out, compression)
+    reloaded = load_subject(cfg.out)  # what users will get: measured as loaded from disk
+    before, after = measure(cfg, original, reloaded)
+    report = build_report(cfg.method, {"kind": kind, **details}, before, after)
+    write_report(cfg.out, report)
+    parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
+    metrics = {k: v for k, v in after.items() if isinstance(v, int | float)}
+    metrics.update({f"change_{k}": v for k, v in report["change"].items()})
+    extra = {"method": cfg.method, "objective": kind if kind != "classifier" else None, "task": kind,
+             "model": {"architecture": type(reloaded.transformer).__name__, "params": after["params"],
+                       "base_model": str(Path(cfg.model).resolve())}}
+    write_card(cfg.out, cfg, report, parent)
+    write_manifest(cfg.out, "compress", cfg, parent=parent, metrics=metrics, started=started, extra=extra)
+    print_report(report, f"compress --method {cfg.method} -> {cfg.out}")
+    return cfg.out
+

@@ -1,0 +1,29 @@
+"""API errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with a 4xx/5xx status.
+
+Handlers raise `ApiError`; app.py turns it (and FastAPI's validation errors, unknown routes and any
+unexpected exception) into this body, so clients such as the `openai` package raise their usual errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         429: "rate_limit_error", 500: "server_error", 503: "server_error", 504: "timeout_error"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, self.param, self.code)
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    kind = TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

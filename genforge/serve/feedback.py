@@ -1,0 +1,98 @@
+"""`genforge feedback export`: users' feedback on stored chat responses as fine-tuning data.
+
+- sft.jsonl: each corrected answer as an OpenAI `messages` dialogue (the request's messages, then the
+  correction as the assistant turn), the format `genforge finetune sft --data` reads;
+- preference.jsonl: `{"prompt": messages, "chosen": text, "rejected": text}` from a correction against the
+  answer it corrects, and from answers to the same messages that users rated up and down (a response's
+  latest rating counts; at most MAX_PAIRS pairs per prompt);
+- manifest.json (stage "feedback.export") with each file's SHA-256 and counts: the manifest of a model
+  fine-tuned on DIR/sft.jsonl names that file and hash among its inputs, so the model's lineage leads
+  back to this export and its database.
+Only chat responses that completed (status 200) are exported; completions prompts are not dialogues.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from genforge.artifacts import atomic_open, begin_output, sha256_file, write_manifest
+from genforge.serve.config import FeedbackExportConfig, default_db_url
+from genforge.serve.db import Feedback, StoredResponse, connect
+
+MAX_PAIRS = 16
+
+
+def _rows(engine: Any, model: str | None) -> list[tuple[StoredResponse, list[Feedback]]]:
+    with Session(engine) as session:
+        query = (select(StoredResponse, Feedback).join(Feedback, Feedback.response_id == StoredResponse.id)
+                 .where(StoredResponse.route == "chat", StoredResponse.status == 200)
+                 .order_by(StoredResponse.created, Feedback.id))
+        if model is not None:
+            query = query.where(StoredResponse.model == model)
+        grouped: dict[str, tuple[StoredResponse, list[Feedback]]] = {}
+        for response, fb in session.execute(query):
+            grouped.setdefault(response.id, (response, []))[1].append(fb)
+        return list(grouped.values())
+
+
+def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict], list[dict]]:
+    """(SFT dialogues, preference pairs) of responses with their feedback, without duplicates."""
+    sft, prefs, seen = [], [], set()
+    rated: dict[str, dict[bool, list[str]]] = defaultdict(lambda: {True: [], False: []})
+    prompts: dict[str, list[dict]] = {}
+    for response, feedback in rows:
+        messages = json.loads(response.request)["messages"]
+        answer = json.loads(response.response)[0]
+        key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+        prompts[key] = messages
+        for fb in feedback:
+            fix = (fb.correction or "").strip()
+            if fix and (key, fix) not in seen:
+                seen.add((key, fix))
+                sft.append({"messages": [*messages, {"role": "assistant", "content": fix}]})
+                if fix != answer.strip():
+                    prefs.append({"prompt": messages, "chosen": fix, "rejected": answer})
+        verdict = next((fb.positive for fb in reversed(feedback) if fb.positive is not None), None)
+        if verdict is not None and answer not in rated[key][verdict]:
+            rated[key][verdict].append(answer)
+    for key, by in rated.items():
+        pairs = [(up, down) for up, down in itertools.product(by[True], by[False]) if up != down]
+        prefs += [{"prompt": prompts[key], "chosen": up, "rejected": down} for up, down in pairs[:MAX_PAIRS]]
+    return sft, prefs
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
+    """Write DIR/sft.jsonl, DIR/preference.jsonl and the manifest; returns the counts."""
+    import typer
+
+    url = cfg.db or default_db_url()
+    engine = connect(url)
+    started = begin_output(cfg.out)
+    rows = _rows(engine, cfg.model)
+    sft, prefs = build(rows)
+    out = Path(cfg.out)
+    _write_jsonl(out / "sft.jsonl", sft)
+    _write_jsonl(out / "preference.jsonl", prefs)
+    counts = {"responses": len(rows), "feedback": sum(len(f) for _, f in rows), "sft": len(sft),
+              "preference": len(prefs)}
+    write_manifest(out, "feedback.export", cfg, started=started, metrics=counts,
+                   extra={"database": engine.url.render_as_string(hide_password=True),
+                          "outputs": {name: sha256_file(out / name) for name in ("sft.jsonl", "preference.jsonl")}})
+    typer.echo(f"exported {counts['sft']} corrected answers to {out / 'sft.jsonl'} and {counts['preference']} "
+               f"preference pairs to {out / 'preference.jsonl'} (from {counts['responses']} responses with feedback)")
+    if sft:
+        typer.echo(f"fine-tune on them: genforge finetune sft --model MODEL --data {out / 'sft.jsonl'} --out DIR")
+    return counts

@@ -1,0 +1,131 @@
+"""Request bodies of the OpenAI-compatible API, validated by pydantic (FastAPI turns failures into 400s).
+
+Defaults follow OpenAI (temperature 1, top_p 1, completions max_tokens 16). A JSON null means "not
+given". Extensions in the style of vLLM: `top_k`, `repetition_penalty`, `ignore_eos`. OpenAI
+parameters genforge does not implement are refused with a 400 naming them, unless left neutral.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from genforge.serve.errors import ApiError
+
+UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "frequency_penalty", "presence_penalty", "best_of",
+               "suffix", "echo", "tools", "tool_choice", "functions", "function_call", "response_format",
+               "parallel_tool_calls", "dimensions", "audio", "modalities", "prediction")
+NEUTRAL: tuple[Any, ...] = (None, False, 0, {}, [], "none", "auto", {"type": "text"})
+MAX_INPUTS = 2048  # list inputs (prompts, embedding texts), as OpenAI
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")  # other clients' extra fields are ignored, unsupported ones refused
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    def refuse_unsupported(self) -> None:
+        for key, value in (self.model_extra or {}).items():
+            if key in UNSUPPORTED and not (value in NEUTRAL or (key == "best_of" and value == 1)):
+                raise ApiError(400, f"'{key}' is not supported by this server", param=key, code="unsupported_parameter")
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class Sampling(_Body):
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=128)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    user: str | None = Field(None, max_length=256)
+    top_k: int = Field(0, ge=-1)  # -1 (vLLM) or 0: off
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    ignore_eos: bool = False
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 16 or any(not s for s in stops):
+            raise ApiError(400, "stop must be up to 16 non-empty strings", param="stop")
+        return stops
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class EmbeddingRequest(_Body):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = Field(None, max_length=256)
+
+
+class ClassifyRequest(_Body):
+    model: str
+    input: str | list[str]
+    user: str | None = Field(None, max_length=256)
+
+
+def as_list(value: Any, param: str) -> list[Any]:
+    """A str / list[str] / list[int] / list[list[int]] input as a non-empty list of items (str or list[int])."""
+    if isinstance(value, str):
+        items = [value]
+    elif value and all(isinstance(v, int) for v in value):
+        items = [list(value)]
+    else:
+        items = list(value)
+    if not items:
+        raise ApiError(400, f"'{param}' must not be empty", param=param)
+    if len(items) > MAX_INPUTS:
+        raise ApiError(400, f"'{param}' may hold at most {MAX_INPUTS} items; got {len(items)}", param=param)
+    return items
+
+
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback: a rating of a stored response (thumbs or 1-5 stars), a comment, a better answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: str = Field(min_length=1, max_length=64)
+    thumbs: Literal["up", "down"] | None = None
+    rating: int | None = Field(None, ge=1, le=5)
+    comment: str | None = Field(None, max_length=10_000)
+    correction: str | None = Field(None, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _something(self) -> FeedbackRequest:
+        if self.thumbs is None and self.rating is None and not self.comment and not self.correction:
+            raise ValueError("give thumbs, rating, comment or correction")
+        return self

@@ -1,0 +1,139 @@
+"""`genforge serve` and `genforge keys`: load the models, check the exposure, run uvicorn; manage keys.
+
+`build_state(cfg)` does everything but listening (models, keys, safety checks, the A/B experiment) (tests and embedders run the app their own way);
+`serve(cfg)` adds the safety check on the host and runs uvicorn until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from typing import Any
+
+from genforge.errors import ArtifactError, ConfigError
+from genforge.serve.config import (
+    KEY_ENV,
+    KeyCreateConfig,
+    KeyListConfig,
+    KeyRevokeConfig,
+    ServeConfig,
+    default_db_url,
+)
+
+log = logging.getLogger("genforge.serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _keys(cfg: ServeConfig) -> Any:
+    from genforge.serve.db import connect
+    from genforge.serve.keys import Keys
+
+    return Keys(connect(cfg.db or default_db_url()), cfg.api_key or os.environ.get(KEY_ENV), cfg.rate_limit)
+
+
+def check_exposure(cfg: ServeConfig, keys: Any) -> None:
+    """Refuse to listen beyond this machine while anyone could call the API without a key."""
+    if not is_loopback(cfg.host) and not cfg.insecure_open and not keys.required():
+        raise ConfigError(f"refusing to serve on {cfg.host} without an API key: pass --api-key KEY (or set "
+                          f"{KEY_ENV}), create one with `genforge keys create NAME`, or add --insecure-open")
+
+
+def build_state(cfg: ServeConfig, keys: Any = None) -> Any:
+    """Load every served folder and wire the server's parts (engines are started by the app's lifespan)."""
+    import torch
+
+    from genforge.serve.ab import Experiment, arm_weights
+    from genforge.serve.app import ServerState
+    from genforge.serve.metrics import Metrics
+    from genforge.serve.models import load_served
+    from genforge.serve.safety import build_safety
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    metrics = Metrics()
+    models = {}
+    for variant in cfg.variants():
+        log.info("loading model", extra={"model": variant.name, "path": str(variant.path)})
+        models[variant.name] = load_served(variant, cfg, metrics)
+    keys = keys or _keys(cfg)
+    weights = arm_weights(cfg.variants(), {name: m.kind for name, m in models.items()})
+    experiment = Experiment(cfg.variants()[0].name, weights, keys.engine) if weights else None
+    if experiment is not None:
+        experiment.start()
+        log.info("A/B experiment", extra={"model": experiment.name, "weights": weights})
+    return ServerState(cfg=cfg, models=models, keys=keys, metrics=metrics, safety=build_safety(cfg),
+                       experiment=experiment)
+
+
+def serve(cfg: ServeConfig) -> None:
+    """`genforge serve`: the OpenAI-compatible API until interrupted."""
+    import uvicorn
+
+    from genforge.serve.app import create_app
+    from genforge.serve.logs import setup_logging
+
+    keys = _keys(cfg)
+    check_exposure(cfg, keys)
+    for variant in cfg.variants():  # before the JSON logs start, so a typo is the only line printed
+        if not variant.path.is_dir():
+            raise ArtifactError(f"model {variant.path} is not a folder (expected a genforge run folder or an HF "
+                                "model folder)")
+    setup_logging(cfg.log_level)
+    state = build_state(cfg, keys)
+    for m in state.models.values():
+        log.info("serving", extra={"model": m.name, "kind": m.kind, "context": m.context,
+                                   "backend": m.decoder.backend if m.decoder else None,
+                                   "url": f"http://{cfg.host}:{cfg.port}/v1"})
+    uvicorn.run(create_app(state), host=cfg.host, port=cfg.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=5)
+
+
+def keys_create(cfg: KeyCreateConfig) -> dict[str, Any]:
+    import typer
+
+    from genforge.serve.db import connect
+    from genforge.serve.keys import create_key
+
+    row, secret = create_key(connect(cfg.db or default_db_url()), cfg.name, cfg.rate_limit or None)
+    typer.echo(secret)
+    typer.secho(f"created key '{row['name']}' (id {row['id']}); the key above is shown only once: store it now",
+                err=True, dim=True)
+    return {**row, "key": secret}
+
+
+def keys_list(cfg: KeyListConfig) -> list[dict[str, Any]]:
+    from rich.console import Console
+    from rich.table import Table
+
+    from genforge.serve.db import connect
+    from genforge.serve.keys import list_keys
+
+    rows = list_keys(connect(cfg.db or default_db_url()))
+    table = Table(title="API keys")
+    for col in ("id", "name", "prefix", "rate_limit", "created", "revoked"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(row[c] if row[c] is not None else "-") for c in ("id", "name", "prefix", "rate_limit",
+                                                                            "created", "revoked")))
+    Console().print(table)
+    return rows
+
+
+def keys_revoke(cfg: KeyRevokeConfig) -> dict[str, Any]:
+    import typer
+
+    from genforge.serve.db import connect
+    from genforge.serve.keys import revoke_key
+
+    row = revoke_key(connect(cfg.db or default_db_url()), cfg.key)
+    typer.echo(f"revoked key '{row['name']}' (id {row['id']}) at {row['revoked']}")
+    return row

@@ -1,0 +1,82 @@
+"""`genforge compress` end to end through the real app (in-process), the printed report, one-line errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from genforge.cli import app
+from genforge.compress.report import build_report, change, rows
+from genforge.recipes import STAGES
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_compress_cli_then_generate_and_predict(tmp_path, lm_dir, packed, classifier_dir):
+    out = tmp_path / "lm"
+    result = run("compress", "--model", lm_dir, "--method", "int8", "--out", out, "--eval-data", packed,
+                 "--measure-steps", 4, "--eval-batches", 2, "--seq-len", 64, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "perplexity" in result.output and "compressed / original" in result.output
+    result = run("generate", "--model", out, "--prompt", "ROMEO:", "--max-new-tokens", 5, "--temperature", 0)
+    assert result.exit_code == 0, result.output
+
+    out = tmp_path / "cls"
+    result = run("compress", "--model", classifier_dir, "--method", "int4", "--group-size", 32, "--out", out,
+                 "--measure-steps", 4, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert "accuracy" not in report["compressed"]  # no --eval-data: speed and size only
+    result = run("predict", "--model", out, "--text", "profits rose sharply")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1].split("\t")[0] in ("negative", "positive")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "int8"], "is not a folder"),
+    (["--method", "zip"], "must be one of"),
+    (["--method", "distill"], "distill trains the student on --data"),
+    (["--method", "prune", "--importance", "wanda"], "--importance wanda measures activations"),
+    (["--method", "prune", "--sparsity", "1.5"], "--sparsity must be in (0, 1)"),
+    (["--method", "prune-structured", "--ffn-fraction", "0"], "needs --ffn-fraction or --heads-fraction"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    result = run("compress", "--model", tmp_path / "missing", "--out", tmp_path / "out", *args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+
+
+def test_data_of_the_wrong_kind_is_one_line(tmp_path, lm_dir, classifier_dir, packed, sentiment_csv):
+    result = run("compress", "--model", lm_dir, "--method", "int8", "--out", tmp_path / "a", "--eval-data", sentiment_csv)
+    assert result.exit_code == 2 and "needs a packed data folder" in result.output
+    result = run("compress", "--model", classifier_dir, "--method", "int8", "--out", tmp_path / "b", "--eval-data", packed)
+    assert result.exit_code == 2 and "needs a labelled file" in result.output
+    result = run("compress", "--model", lm_dir, "--method", "int8", "--out", lm_dir)
+    assert result.exit_code == 2 and "must not be the --model folder" in result.output
+
+
+def test_a_quantised_model_is_not_quantised_again(tmp_path, lm_dir):
+    first = tmp_path / "int8"
+    assert run("compress", "--model", lm_dir, "--method", "int8", "--out", first, "--measure-steps", 2).exit_code == 0
+    result = run("compress", "--model", first, "--method", "int4", "--out", tmp_path / "again")
+    assert result.exit_code == 2 and "already quantised (quantized)" in result.output
+
+
+def test_report_ratios_and_rows():
+    original = {"params": 100, "size_bytes": 4_000_000, "latency_ms_p50": 10.0, "throughput": 50.0,
+                "throughput_unit": "tokens/s", "perplexity": 20.0}
+    compressed = {**original, "size_bytes": 1_000_000, "latency_ms_p50": 4.0, "throughput": 125.0, "perplexity": 20.2}
+    assert change(original, compressed)["speedup_p50"] == 2.5
+    report = build_report("int8", {"kind": "clm"}, original, compressed)
+    assert report["change"]["size_bytes"] == 0.25 and report["machine"]["threads"] >= 1
+    table = {label: (a, b, note) for label, a, b, note in rows(report)}
+    assert table["size on disk (MB)"] == ("4.00", "1.00", "x0.250")
+    assert "2.50x faster" in table["latency p50, batch 1 (ms)"][2]
+
+
+def test_recipes_know_the_compress_stage():
+    stage = STAGES["compress"]
+    assert stage.consumes == {"model": "model", "eval_data": "data"} and stage.produces == "model"

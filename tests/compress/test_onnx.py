@@ -1,0 +1,44 @@
+import json
+
+import torch
+
+from genforge.compress.config import CompressConfig
+from genforge.compress.run import compress
+from genforge.finetune.classifier import load_classifier, predict_probs
+from genforge.generate import generate
+from genforge.generate.decoder import load_decoder
+from genforge.models.load import load_model
+
+
+def test_onnx_int8_decoder_scores_and_generates_like_the_original(tmp_path, lm_dir, packed, settings):
+    out = compress(CompressConfig(model=lm_dir, method="onnx-int8", eval_data=packed, out=tmp_path / "o", **settings))
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "model.onnx").is_file() and not (out / "model.safetensors").exists()
+    assert report["compressed"]["size_bytes"] < report["original"]["size_bytes"] / 2.5
+    assert abs(report["compressed"]["perplexity"] / report["original"]["perplexity"] - 1) < 0.03
+
+    onnx, _ = load_model(out)
+    original, _ = load_model(lm_dir)
+    ids = torch.randint(6, 320, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = original(input_ids=ids).logits, onnx(input_ids=ids).logits
+    assert (a - b).abs().max() / a.abs().max() < 0.05
+
+    decoder = load_decoder(out)
+    assert decoder.backend == "onnx"
+    prompts = ["ROMEO:", "To be, or not"]  # different lengths: a left-padded batch through the ORT cache
+    texts = generate(decoder, prompts, max_new_tokens=10, temperature=0)
+    alone = [generate(decoder, p, max_new_tokens=10, temperature=0)[0] for p in prompts]
+    assert texts == alone and all(texts)
+
+
+def test_onnx_int8_classifier_predicts_like_the_original(tmp_path, classifier_dir, sentiment_csv, settings):
+    out = compress(CompressConfig(model=classifier_dir, method="onnx-int8", eval_data=sentiment_csv,
+                                  out=tmp_path / "c", **settings))
+    report = json.loads((out / "report.json").read_text())
+    assert report["compressed"]["params"] == report["original"]["params"]
+    texts = ["profits rose sharply 1", "weak demand hit the stock 4"]
+    (m1, t1, info), (m2, t2, _) = load_classifier(classifier_dir), load_classifier(out)
+    p1 = predict_probs(m1, t1, texts, seq_len=info["seq_len"], multi_label=False)
+    p2 = predict_probs(m2, t2, texts, seq_len=info["seq_len"], multi_label=False)
+    assert abs(p1 - p2).max() < 0.05

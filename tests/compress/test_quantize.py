@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+
+from genforge.compress.config import CompressConfig
+from genforge.compress.qlinear import QLinear
+from genforge.compress.run import compress
+from genforge.errors import ArtifactError
+from genforge.finetune.classifier import load_classifier, predict_probs
+from genforge.generate import generate
+from genforge.generate.decoder import load_decoder
+from genforge.models.load import load_model
+
+KEYS = {"params", "nonzero_params", "size_bytes", "linear_bytes", "latency_ms_p50", "latency_ms_p90", "throughput"}
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def int8_lm(tmp_path_factory, lm_dir, packed):
+    out = tmp_path_factory.mktemp("int8") / "lm"
+    compress(CompressConfig(model=lm_dir, method="int8", out=out, eval_data=packed, measure_steps=4, eval_batches=2,
+                            seq_len=64, threads=1))
+    return out
+
+
+def test_int8_lm_is_smaller_reloads_and_stays_close(int8_lm, lm_dir):
+    report = json.loads((int8_lm / "report.json").read_text())
+    original, compressed = report["original"], report["compressed"]
+    assert KEYS | {"perplexity", "bits_per_byte"} <= set(original) and set(original) == set(compressed)
+    assert compressed["linear_bytes"] < original["linear_bytes"] / 3.5  # int8 + a scale per row
+    assert compressed["size_bytes"] < original["size_bytes"] / 3
+    assert compressed["params"] == original["params"]
+    assert abs(compressed["perplexity"] / original["perplexity"] - 1) < 0.02
+    assert (int8_lm / "report.png").stat().st_size > 0 and (int8_lm / "README.md").is_file()
+    manifest = json.loads((int8_lm / "manifest.json").read_text())
+    assert manifest["stage"] == "compress" and manifest["parent"]["stage"] == "pretrain"
+
+    model, objective = load_model(int8_lm)  # the normal loading path
+    assert objective == "clm" and any(isinstance(m, QLinear) for m in model.modules())
+    original_model, _ = load_model(lm_dir)
+    ids = torch.randint(6, 320, (2, 24), generator=torch.Generator().manual_seed(0))
+    a, b = logits(original_model, ids), logits(model, ids)
+    assert (a - b).abs().max() / a.abs().max() < 0.05
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
+
+
+def test_int8_lm_generates_through_the_fast_decoder(int8_lm, lm_dir):
+    decoder = load_decoder(int8_lm)
+    assert decoder.backend == "fast"
+    texts = generate(decoder, ["ROMEO:", "To be"], max_new_tokens=12, temperature=0)
+    reference = generate(lm_dir, ["ROMEO:", "To be"], max_new_tokens=12, temperature=0)
+    assert all(texts) and sum(a == b for a, b in zip(texts, reference, strict=True)) >= 1
+
+
+def test_quantized_folder_is_refused_by_plain_from_pretrained(int8_lm):
+    from transformers import AutoModelForCausalLM
+
+    assert not (int8_lm / "model.safetensors").exists()  # no random weights can be loaded from it
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(int8_lm)
+
+
+def test_int4_lm_is_much_smaller(tmp_path, lm_dir, packed):
+    out = compress(CompressConfig(model=lm_dir, method="int4", group_size=32, out=tmp_path / "int4", eval_data=packed,
+                                  measure_steps=4, eval_batches=2, seq_len=64, threads=1))
+    report = json.loads((out / "report.json").read_text())
+    assert report["compressed"]["size_bytes"] < report["original"]["size_bytes"] / 4
+    assert report["compressed"]["perplexity"] / report["original"]["perplexity"] < 1.1
+    layout = json.loads((out / "compression.json").read_text())
+    schemes = {spec["scheme"] for spec in layout["linears"].values()}
+    assert "int4" in schemes and layout["linears"]["lm_head"]["scheme"] == "int8"  # the head stays int8
+
+
+def test_int8_classifier_predicts_like_the_original(tmp_path, classifier_dir, sentiment_csv):
+    out = compress(CompressConfig(model=classifier_dir, method="int8", int8_scheme="weight-only", out=tmp_path / "c",
+                                  eval_data=sentiment_csv, measure_steps=4, threads=1))
+    report = json.loads((out / "report.json").read_text())
+    assert {"accuracy", "macro_f1"} <= set(report["compressed"])
+    assert report["compressed"]["size_bytes"] < report["original"]["size_bytes"] / 2.5
+    assert abs(report["compressed"]["accuracy"] - report["original"]["accuracy"]) <= 0.05
+    texts = ["profits rose sharply 3", "losses widened this quarter 7"]
+    (m1, t1, info), (m2, t2, _) = load_classifier(classifier_dir), load_classifier(out)
+    p1 = predict_probs(m1, t1, texts, seq_len=info["seq_len"], multi_label=False)
+    p2 = predict_probs(m2, t2, texts, seq_len=info["seq_len"], multi_label=False)
+    assert abs(p1 - p2).max() < 0.05
+
+
+def test_a_corrupt_compression_file_is_one_line(int8_lm, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(int8_lm, broken)
+    (broken / "compression.json").write_text('{"loader": "zip"}')
+    with pytest.raises(ArtifactError, match="names no loader"):
+        load_model(broken)
+
+
+@pytest.mark.parametrize("method", ["int8", "onnx-int8"])
+def test_masked_lm_compresses_and_scores(tmp_path, mlm_dir, packed, method):
+    out = compress(CompressConfig(model=mlm_dir, method=method, out=tmp_path / method, eval_data=packed,
+                                  measure_steps=4, eval_batches=2, seq_len=64, threads=1))
+    report = json.loads((out / "report.json").read_text())
+    assert report["compressed"]["throughput_unit"] == "tokens/s"
+    assert abs(report["compressed"]["perplexity"] / report["original"]["perplexity"] - 1) < 0.05
+    model, objective = load_model(out)
+    assert objective == "mlm"
+    assert model(input_ids=torch.randint(6, 320, (1, 16))).logits.shape == (1, 16, 320)

@@ -1,0 +1,132 @@
+"""A/B testing: weights, sticky assignment (header and stored row), promotion, the report's statistics,
+`genforge ab report|promote` on the command line."""
+
+import json
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from genforge.errors import ConfigError
+from genforge.serve.ab import arm_weights, assign, promote, run_promote
+from genforge.serve.abreport import prob_to_beat, report, run_report, srm, two_proportion
+from genforge.serve.config import AbPromoteConfig, AbReportConfig, Variant
+from genforge.serve.db import StoredResponse, connect
+
+
+def test_arm_weights_give_the_model_the_rest():
+    main, b = Variant("a", "x"), Variant("b", "y", 0.2, weighted=True)
+    assert arm_weights([main, b], {"a": "lm", "b": "lm"}) == {"a": pytest.approx(0.8), "b": 0.2}
+    assert arm_weights([main, Variant("b", "y", 3.0, weighted=True)], {"a": "lm", "b": "lm"}) == {"a": 1.0, "b": 3.0}
+    assert arm_weights([main, Variant("b", "y")], {"a": "lm", "b": "lm"}) is None  # no weight: not an arm
+    assert arm_weights([main, b], {"a": "lm", "b": "classifier"}) is None
+
+
+def test_assignment_is_sticky_and_follows_the_weights():
+    weights = {"a": 0.8, "b": 0.2}
+    users = [f"user-{i}" for i in range(4000)]
+    first = [assign("exp", u, weights) for u in users]
+    assert first == [assign("exp", u, weights) for u in users]
+    assert 0.17 < first.count("b") / len(users) < 0.23
+    assert [assign("other", u, weights) for u in users] != first  # experiments bucket independently
+
+
+def test_statistics_match_known_values():
+    z, p = two_proportion(50, 100, 65, 100)
+    assert z == pytest.approx(0.15 / (0.575 * 0.425 * 0.02) ** 0.5) and p == pytest.approx(0.0319, abs=1e-3)
+    assert two_proportion(0, 0, 3, 5) == (0.0, 1.0)
+    assert prob_to_beat(10, 100, 30, 100) > 0.99 and prob_to_beat(30, 100, 10, 100) < 0.01
+    assert 0.45 < prob_to_beat(10, 20, 10, 20) < 0.55
+
+
+def _chat(url, user, **extra):
+    return httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                                          "max_tokens": 3, "user": user, **extra}, timeout=60)
+
+
+@pytest.fixture
+def ab_cfg(serve_cfg, llama_dir):
+    return serve_cfg(variant=[f"b={llama_dir}:0.5"])
+
+
+def test_server_routes_users_stickily_and_stores_the_variant(ab_cfg, live, tmp_path):
+    with live(ab_cfg) as (url, state):
+        seen = {}
+        for i in range(12):
+            user = f"u{i % 6}"
+            r = _chat(url, user)
+            assert r.status_code == 200 and r.json()["model"] == "tiny"  # the variant stays hidden in the body
+            variant = r.headers["x-genforge-variant"]
+            assert seen.setdefault(user, variant) == variant
+            assert variant == assign("tiny", user, {"tiny": 0.5, "b": 0.5})
+        assert set(seen.values()) == {"tiny", "b"}
+        streamed = httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny", "stream": True, "user": "u1",
+                                                                  "messages": [{"role": "user", "content": "x"}],
+                                                                  "max_tokens": 3}, timeout=60)
+        assert streamed.headers["x-genforge-variant"] == seen["u1"]
+        direct = httpx.post(f"{url}/v1/completions", json={"model": "b", "prompt": "x", "max_tokens": 2}, timeout=60)
+        assert direct.headers["x-genforge-variant"] == "b"
+        with Session(state.keys.engine) as s:
+            rows = list(s.scalars(select(StoredResponse).where(StoredResponse.model == "tiny")))
+        assert len(rows) == 13 and all(r.variant == seen[r.user] for r in rows)
+        assert all(r.weights_id is not None and r.latency > 0 and r.completion_tokens > 0 for r in rows)
+        assert json.loads(rows[0].request)["messages"] == [{"role": "user", "content": "hi"}]
+
+        promote(state.keys.engine, None, "b")
+        assert {_chat(url, f"u{i}").headers["x-genforge-variant"] for i in range(6)} == {"b"}
+        rep = httpx.get(f"{url}/v1/ab/report", timeout=60).json()
+        assert [v["variant"] for v in rep["variants"]] == ["tiny", "b"] and rep["weights"] == {"tiny": 0.0, "b": 1.0}
+        assert not rep["srm"]["alert"]
+    with live(ab_cfg) as (url, _):  # a restart keeps the promotion
+        assert _chat(url, "u0").headers["x-genforge-variant"] == "b"
+
+
+def test_sample_ratio_mismatch_alerts_and_the_report_recommends(ab_cfg, tmp_path, capsys):
+    engine = connect(ab_cfg.db)
+    from genforge.serve.ab import Experiment
+    from genforge.serve.store import Record, add_feedback, save
+
+    Experiment("tiny", {"tiny": 0.5, "b": 0.5}, engine).start()
+    rows = []
+    for i in range(400):  # 90% of users on b although the weights say 50/50
+        variant = "b" if i % 10 else "tiny"
+        rows.append(Record(id=f"r{i}", route="chat", model="tiny", variant=variant, weights_id=1, user=f"u{i}",
+                           caller="t", request={"messages": []}, texts=["x"], finish=["stop"], status=200,
+                           prompt_tokens=1, completion_tokens=1, latency=0.1, ttft=0.01))
+    for rec in rows:
+        save(engine, rec)
+    for i, rec in enumerate(rows):
+        add_feedback(engine, rec.id, "t", thumbs="up" if (rec.variant == "b" or i % 20 == 0) else "down")
+    rep = report(engine, "tiny")
+    assert rep["srm"]["alert"] and rep["srm"]["p"] < 0.001
+    assert rep["recommendation"]["action"] == "stop"
+    b = next(v for v in rep["variants"] if v["variant"] == "b")
+    assert b["impressions"] == 360 and b["feedback_rate"] == 1.0 and b["positive_rate"] == 1.0
+    assert b["prob_beat_control"] > 0.99 and b["p_value"] < 0.001
+    balanced = srm([StoredResponse(id=f"x{i}", user=f"v{i}", variant="ab"[i % 2], weights_id=1) for i in range(100)],
+                   {1: {"a": 1, "b": 1}})
+    assert not balanced["alert"] and balanced["p"] == pytest.approx(1.0)
+
+    out = run_report(AbReportConfig(db=ab_cfg.db, out=tmp_path / "rep"))
+    printed = capsys.readouterr().out
+    assert "sample ratio mismatch" in printed and "recommendation: stop" in printed
+    assert (tmp_path / "rep" / "report.png").stat().st_size > 10_000 and out["experiment"] == "tiny"
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["srm"]["alert"] is True
+
+    weights = run_promote(AbPromoteConfig(variant="b", share=0.75, db=ab_cfg.db))
+    assert weights == {"tiny": pytest.approx(0.25), "b": 0.75}
+    with pytest.raises(ConfigError, match="no variant 'c'"):
+        promote(engine, "tiny", "c")
+    with pytest.raises(ConfigError, match="no A/B experiment named 'nope'"):
+        promote(engine, "nope", "b")
+
+
+def test_ab_cli_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    for args in (["ab", "report", "--db", db], ["ab", "promote", "b", "--share", "2", "--db", db]):
+        r = subprocess.run([sys.executable, "-m", "genforge.cli", *args], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1

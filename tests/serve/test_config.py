@@ -1,0 +1,57 @@
+"""ServeConfig validation and `--variant NAME=DIR[:WEIGHT]` parsing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genforge.config import from_dict
+from genforge.errors import ConfigError
+from genforge.serve.config import ServeConfig, Variant, parse_variant
+
+
+def test_parse_variant():
+    assert parse_variant("b=runs/chat") == Variant("b", Path("runs/chat"), 1.0)
+    assert parse_variant("b=runs/chat:0.25") == Variant("b", Path("runs/chat"), 0.25, weighted=True)
+    assert parse_variant("b=C:/models/x") == Variant("b", Path("C:/models/x"), 1.0)  # not a weight: part of the path
+    for bad in ("runs/chat", "=runs/chat", "b=", "b=runs/chat:0", "b=runs/chat:-1"):
+        with pytest.raises(ConfigError, match="--variant"):
+            parse_variant(bad)
+
+
+def test_variants_and_names():
+    cfg = from_dict(ServeConfig, {"model": "runs/sft", "variant": ["lora=runs/lora:0.2"]})
+    assert [(v.name, v.weight) for v in cfg.variants()] == [("sft", 1.0), ("lora", 0.2)]
+    with pytest.raises(ConfigError, match="unique"):
+        from_dict(ServeConfig, {"model": "runs/a", "name": "x", "variant": ["x=runs/b"]})
+
+
+@pytest.mark.parametrize(("values", "match"), [
+    ({}, "--model"),
+    ({"model": "m", "max_batch": 0}, "max_batch"),
+    ({"model": "m", "port": 70000}, "port"),
+    ({"model": "m", "request_timeout": 0}, "request_timeout"),
+    ({"model": "m", "cache_len": -1}, "cache_len"),
+    ({"model": "m", "dtype": "float16"}, "dtype"),
+])
+def test_bad_values_are_config_errors(values, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(ServeConfig, values)
+
+
+def test_serve_help_does_not_import_the_server():
+    code = "import sys, genforge.cli; print(any(m in sys.modules for m in ('fastapi', 'torch', 'uvicorn')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_missing_model_folder_is_a_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from genforge.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "nope"), "--db",
+                                      f"sqlite:///{tmp_path / 'k.db'}"])
+    assert result.exit_code == 2 and result.output.strip().startswith("error: model ")
+    assert len(result.output.strip().splitlines()) == 1

@@ -1,0 +1,106 @@
+"""POST /v1/feedback, `genforge feedback export` (SFT + preference data, manifest, lineage into
+`genforge finetune sft`), and the Alembic migrations (a database of the serving core is upgraded)."""
+
+import json
+import sqlite3
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import func, inspect, select
+from sqlalchemy.orm import Session
+
+from genforge.artifacts import read_manifest, sha256_file
+from genforge.finetune.sft import read_dialogues
+from genforge.serve.config import FeedbackExportConfig
+from genforge.serve.db import Feedback, connect
+from genforge.serve.feedback import export
+
+
+def _ask(client, text, user="ann"):
+    return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": text}], max_tokens=4,
+                                          temperature=0, user=user)
+
+
+def test_feedback_is_stored_and_exported(serve_cfg, live, oai, tmp_path):
+    cfg = serve_cfg()
+    with live(cfg) as (url, state):
+        client = oai(url)
+        first = _ask(client, "What is 2+2?")
+        streamed = list(client.chat.completions.create(model="tiny", stream=True, max_tokens=4, temperature=0,
+                                                       messages=[{"role": "user", "content": "Name a colour"}]))
+        second = _ask(client, "What is 2+2?", user="bob")
+        post = lambda body: httpx.post(f"{url}/v1/feedback", json=body, timeout=30)  # noqa: E731
+        r = post({"response_id": first.id, "thumbs": "down", "correction": "4", "comment": "wrong"})
+        assert r.status_code == 200 and r.json()["response_id"] == first.id
+        assert post({"response_id": streamed[0].id, "rating": 5}).status_code == 200  # a stream is stored before [DONE]
+        assert post({"response_id": second.id, "thumbs": "up"}).status_code == 200
+        unknown = post({"response_id": "chatcmpl-nope", "thumbs": "up"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "response_not_found"
+        for bad in ({"response_id": first.id}, {"response_id": first.id, "rating": 6},
+                    {"response_id": first.id, "thumbs": "sideways"}, {"thumbs": "up"}):
+            assert post(bad).status_code == 400, bad
+        assert httpx.post(f"{url}/v1/feedback", content=b"{", timeout=30).status_code == 400
+        with Session(state.keys.engine) as s:
+            rows = list(s.scalars(select(Feedback).order_by(Feedback.id)))
+        assert [(f.thumbs, f.rating, f.positive) for f in rows] == [("down", None, False), (None, 5, True),
+                                                                     ("up", None, True)]
+        assert rows[0].correction == "4" and rows[0].comment == "wrong" and rows[0].caller == "anonymous"
+
+    counts = export(FeedbackExportConfig(out=tmp_path / "fb", db=cfg.db))
+    assert counts == {"responses": 3, "feedback": 3, "sft": 1, "preference": counts["preference"]}
+    sft = [json.loads(line) for line in (tmp_path / "fb" / "sft.jsonl").read_text().splitlines()]
+    assert sft == [{"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}]
+    prefs = [json.loads(line) for line in (tmp_path / "fb" / "preference.jsonl").read_text().splitlines()]
+    assert {"prompt": [{"role": "user", "content": "What is 2+2?"}], "chosen": "4",
+            "rejected": first.choices[0].message.content} in prefs
+    if second.choices[0].message.content != first.choices[0].message.content:  # greedy replies can coincide
+        assert {"prompt": [{"role": "user", "content": "What is 2+2?"}], "chosen": second.choices[0].message.content,
+                "rejected": first.choices[0].message.content} in prefs
+    assert read_dialogues(tmp_path / "fb" / "sft.jsonl")  # what `genforge finetune sft --data` reads
+    manifest = read_manifest(tmp_path / "fb", stage="feedback.export")
+    assert manifest["outputs"]["sft.jsonl"] == sha256_file(tmp_path / "fb" / "sft.jsonl")
+
+
+def test_finetuning_on_the_export_records_it_as_input(serve_cfg, live, oai, tmp_path, llama_dir):
+    """The loop closes: a model fine-tuned on DIR/sft.jsonl names that file (and hash) in its manifest."""
+    from genforge.finetune.config import SftConfig
+    from genforge.finetune.sft import sft
+
+    cfg = serve_cfg()
+    with live(cfg) as (url, _):
+        client = oai(url)
+        for i in range(4):
+            reply = _ask(client, f"question {i}")
+            httpx.post(f"{url}/v1/feedback", json={"response_id": reply.id, "correction": f"answer {i}"}, timeout=30)
+    export(FeedbackExportConfig(out=tmp_path / "fb", db=cfg.db))
+    data = tmp_path / "fb" / "sft.jsonl"
+    run = sft(SftConfig(model=llama_dir, data=data, val_data=data, out=tmp_path / "sft", max_steps=1, batch_size=2,
+                        seq_len=32, warmup_steps=0, eval_every=1, log_every=1, bf16=False))
+    inputs = read_manifest(run)["inputs"]
+    assert inputs[0] == {"path": str(data), "sha256": read_manifest(tmp_path / "fb")["outputs"]["sft.jsonl"]}
+
+
+def test_a_database_of_the_serving_core_is_upgraded(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the core's create_all schema, with a key in it
+        db.execute("CREATE TABLE api_keys (id INTEGER PRIMARY KEY, name VARCHAR(200) UNIQUE NOT NULL, prefix "
+                   "VARCHAR(16) NOT NULL, digest VARCHAR(64) NOT NULL, rate_limit INTEGER, created DATETIME NOT "
+                   "NULL, revoked DATETIME)")
+        db.execute("INSERT INTO api_keys VALUES (1, 'alice', 'gf-abc', 'd', NULL, '2026-01-01 00:00:00', NULL)")
+    engine = connect(f"sqlite:///{path}")
+    assert {"responses", "feedback", "ab_weights", "audit", "alembic_version"} <= set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT name FROM api_keys").scalar() == "alice"
+    with Session(connect(f"sqlite:///{path}")) as s:  # connecting again is a no-op
+        assert s.scalar(select(func.count()).select_from(Feedback)) == 0
+
+
+def test_no_store_takes_no_feedback(serve_cfg, live, oai):
+    with live(serve_cfg(store=False)) as (url, _):
+        reply = _ask(oai(url), "hi")
+        r = httpx.post(f"{url}/v1/feedback", json={"response_id": reply.id, "thumbs": "up"}, timeout=30)
+        assert r.status_code == 400 and "--no-store" in r.json()["error"]["message"]
+        with pytest.raises(openai.BadRequestError):
+            oai(url).chat.completions.create(model="tiny", messages=[], max_tokens=2)

@@ -1,0 +1,185 @@
+"""Limits and failure paths of a live server: OpenAI-shaped 4xx for bad input (never a 500), body size,
+429 when the queue is full, request timeouts, cancellation when the client goes away, and concurrent
+requests decoding in one batch exactly as they do alone."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+LONG = {"max_tokens": 30000, "ignore_eos": True, "temperature": 0}  # seconds of decoding: longer than any test step
+
+
+def wait_for(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def long_cfg(serve_cfg):
+    """A server that accepts 30000-token completions."""
+    return lambda **kw: serve_cfg(cache_len=32768, max_tokens=30000, **kw)
+
+
+BAD = [
+    ("not json", 400, None),
+    ([1, 2], 400, None),
+    ({"prompt": "x"}, 400, "model"),
+    ({"model": "nope", "prompt": "x"}, 404, "model"),
+    ({"model": "tiny", "prompt": "x", "temperature": -1}, 400, "temperature"),
+    ({"model": "tiny", "prompt": "x", "temperature": "hot"}, 400, "temperature"),
+    ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "x", "n": 0}, 400, "n"),
+    ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ({"model": "tiny", "prompt": "x", "stop": ["", "a"]}, 400, "stop"),
+    ({"model": "tiny", "prompt": "x", "logprobs": 3}, 400, "logprobs"),
+    ({"model": "tiny", "prompt": []}, 400, "prompt"),
+    ({"model": "tiny", "prompt": [[]]}, 400, "prompt"),
+    ({"model": "tiny", "prompt": [5, 99999]}, 400, "prompt"),
+    ({"model": "tiny", "prompt": [7] * 4096}, 400, "prompt"),
+    ({"model": "tiny", "prompt": {"text": "x"}}, 400, "prompt"),
+    ({"model": "cls", "prompt": "x"}, 400, "model"),
+]
+BAD_CHAT = [
+    ({"model": "tiny", "messages": []}, 400, "messages"),
+    ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, 400, "messages.0.role"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+     400, "messages.0.content"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
+     400, "tools"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [(b, s, p) for b, s, p in BAD])
+def test_bad_completion_requests_are_openai_errors(server, body, status, param):
+    url, _ = server
+    kwargs = {"content": body} if isinstance(body, str) else {"json": body}
+    r = httpx.post(f"{url}/v1/completions", timeout=60, headers={"content-type": "application/json"}, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+    if param:
+        assert error["param"].startswith(param)
+
+
+@pytest.mark.parametrize(("body", "status", "param"), BAD_CHAT)
+def test_bad_chat_requests_are_openai_errors(server, body, status, param):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"].startswith(param)
+
+
+def test_other_routes_and_embedding_errors(server, oai):
+    url, _ = server
+    assert httpx.get(f"{url}/v2/nothing").json()["error"]["type"] == "not_found_error"
+    r = httpx.get(f"{url}/v1/completions")
+    assert r.status_code == 405 and "error" in r.json()
+    too_long = httpx.post(f"{url}/v1/embeddings", json={"model": "gpt2", "input": [5] * 300}, timeout=60)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        oai(url).embeddings.create(model="tiny", input="x", dimensions=8)
+
+
+def test_body_over_the_limit_is_413(serve_cfg, live):
+    with live(serve_cfg(max_body_bytes=2000)) as (url, _):
+        big = {"model": "tiny", "prompt": "x" * 5000}
+        r = httpx.post(f"{url}/v1/completions", json=big, timeout=60)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        chunked = httpx.post(f"{url}/v1/completions", content=iter([b"{" + b" " * 1500, b" " * 1500 + b"}"]),
+                             timeout=60)
+        assert chunked.status_code == 413
+        assert httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2},
+                          timeout=60).status_code == 200
+
+
+def test_full_queue_answers_429_with_retry_after(long_cfg, oai, live):
+    with live(long_cfg(max_batch=1, max_queue=1)) as (url, state):
+        engine = state.models["tiny"].engine
+        body = {"model": "tiny", "prompt": "Hi", "stream": True, **LONG}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as running_stream:
+            lines = running_stream.iter_lines()  # kept: dropping the iterator would close the connection
+            next(lines)  # the stream holds the only batch row now
+            queued = ThreadPoolExecutor(1).submit(httpx.post, f"{url}/v1/completions", timeout=60,
+                                                  json={"model": "tiny", "prompt": "Hi", "max_tokens": 3})
+            wait_for(lambda: len(engine.waiting) == 1)
+            r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 3},
+                           timeout=60)
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "queue_full"
+            with pytest.raises(openai.RateLimitError):
+                oai(url).completions.create(model="tiny", prompt="Hi", max_tokens=3)
+        assert queued.result().status_code == 200  # the stream closed, its row freed, the queued one ran
+
+
+def test_closing_a_stream_cancels_its_sequence(long_cfg, live):
+    with live(long_cfg()) as (url, state):
+        engine = state.models["tiny"].engine
+        body = {"model": "tiny", "prompt": "Hi", "stream": True, **LONG}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines), next(lines)
+            (seq,) = engine.batch.live()
+        wait_for(lambda: seq.finish_reason is not None)
+        assert seq.finish_reason == "cancelled" and len(seq.tokens) < 30000
+        assert state.metrics.registry.get_sample_value("genforge_sequences_total",
+                                                       {"model": "tiny", "reason": "cancelled"}) == 1
+
+
+def test_a_client_that_gives_up_cancels_its_request(long_cfg, live):
+    with live(long_cfg()) as (url, state):
+        engine = state.models["tiny"].engine
+        body = {"model": "tiny", "prompt": "Hi", **LONG}
+        gave_up = threading.Event()
+
+        def impatient():
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+            gave_up.set()
+
+        worker = threading.Thread(target=impatient)
+        worker.start()
+        wait_for(lambda: engine.batch.live())
+        (seq,) = engine.batch.live()
+        worker.join()
+        assert gave_up.is_set()
+        wait_for(lambda: seq.finish_reason is not None)
+        assert seq.finish_reason == "cancelled" and len(seq.tokens) < 30000
+
+
+def test_request_timeout_ends_generation(long_cfg, oai, live):
+    with live(long_cfg(request_timeout=0.3)) as (url, _):
+        r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hi", **LONG}, timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        with pytest.raises(openai.APIError, match="timeout"):
+            for _ in oai(url).completions.create(model="tiny", prompt="Hi", stream=True, max_tokens=30000,
+                                                    extra_body={"ignore_eos": True}):
+                pass
+
+
+def test_concurrent_requests_share_batches_and_decode_as_alone(server, oai):
+    url, state = server
+    c = oai(url)
+    prompts = [f"{word} " * (i % 4 + 1) for i, word in enumerate(["KING", "Queen", "ROMEO", "night", "sweet",
+                                                                 "love", "ho", "what", "fair", "my", "good", "O"])]
+
+    def ask(i):
+        return c.completions.create(model="tiny", prompt=prompts[i], max_tokens=40 + 10 * (i % 3), temperature=0,
+                                    extra_body={"ignore_eos": True}).choices[0].text
+
+    alone = [ask(i) for i in range(len(prompts))]
+    steps_before = state.metrics.registry.get_sample_value("genforge_batch_rows_count", {"model": "tiny"})
+    single_before = state.metrics.registry.get_sample_value("genforge_batch_rows_bucket", {"model": "tiny", "le": "1.0"})
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(ask, range(len(prompts))))
+    assert together == alone
+    steps = state.metrics.registry.get_sample_value("genforge_batch_rows_count", {"model": "tiny"}) - steps_before
+    single = state.metrics.registry.get_sample_value("genforge_batch_rows_bucket", {"model": "tiny", "le": "1.0"})
+    assert steps > single - single_before  # some decode steps ran several requests at once

@@ -1,0 +1,39 @@
+"""Two `genforge serve` replicas on one real PostgreSQL database (a throwaway cluster): migrations,
+A/B assignment, promotion and feedback agree across them."""
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from genforge.serve.ab import promote
+from genforge.serve.abreport import report
+from genforge.serve.db import Feedback, StoredResponse
+
+
+def _chat(url, user):
+    return httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                      json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                            "user": user})
+
+
+def test_two_replicas_share_one_postgres_database(serve_cfg, live, llama_dir, postgres_url):
+    cfg = serve_cfg(db=postgres_url, variant=[f"b={llama_dir}:0.5"])
+    with live(cfg) as (url_a, state), live(cfg) as (url_b, _):
+        assert state.keys.engine.dialect.name == "postgresql"
+        users = [f"user-{i}" for i in range(8)]
+        on_a = {u: _chat(url_a, u) for u in users}
+        on_b = {u: _chat(url_b, u) for u in users}
+        variants = {u: r.headers["x-genforge-variant"] for u, r in on_a.items()}
+        assert variants == {u: r.headers["x-genforge-variant"] for u, r in on_b.items()}
+        assert set(variants.values()) == {"tiny", "b"}
+        for i, u in enumerate(users):  # feedback on a response lands whichever replica takes it
+            r = httpx.post(f"{[url_b, url_a][i % 2]}/v1/feedback", timeout=30,
+                           json={"response_id": on_a[u].json()["id"], "thumbs": "up" if i % 2 else "down"})
+            assert r.status_code == 200, r.text
+        with Session(state.keys.engine) as s:
+            assert s.scalar(select(func.count()).select_from(StoredResponse)) == 16
+            assert s.scalar(select(func.count()).select_from(Feedback)) == 8
+        rep = report(state.keys.engine, "tiny")
+        assert sum(v["feedback"] for v in rep["variants"]) == 8 and not rep["srm"]["alert"]
+        promote(state.keys.engine, "tiny", "b")
+        assert {_chat(url, u).headers["x-genforge-variant"] for url in (url_a, url_b) for u in users} == {"b"}
