@@ -31,6 +31,9 @@ STAGE_MODULES = [
     "genforge.train.cli",
     "genforge.generate.cli",
     "genforge.finetune.cli",
+    "genforge.adversarial.cli",
+    "genforge.serve.cli",
+    "genforge.compress.cli",
     "genforge.recipes",
 ]
 
