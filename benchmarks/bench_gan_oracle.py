@@ -1,0 +1,80 @@
+"""Text GANs on the synthetic oracle of SeqGAN/Texygen (vocabulary 5,000, length 20, LSTM 32/32).
+
+Runs `genforge gan oracle` on the published oracle (../shared/data/seqgan_oracle) and prints NLL-oracle
+(quality: the oracle's NLL of generated samples, lower is better) and NLL-test (diversity: the
+generator's NLL of held-out oracle samples, lower is better) for the baselines measured in the same
+run (random generator, MLE, MLE at the best temperature) and each GAN variant (SeqGAN, Gumbel /
+RelGAN-style), beside the SeqGAN paper's numbers (random 10.310, MLE 9.038, SeqGAN 8.736; LeakGAN
+7.038, RelGAN 6.680). The ratio is the best GAN's NLL-oracle over MLE's. Goal: best GAN NLL-oracle
+<= 8.0 with NLL-test no worse than MLE's, within 30 minutes on a 2-core CPU.
+
+    .venv/bin/python benchmarks/bench_gan_oracle.py           # the real thing (about 30 min)
+    .venv/bin/python benchmarks/bench_gan_oracle.py --quick   # smoke: a few hundred steps, a few epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+ORACLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "seqgan_oracle"
+PAPER = {"random": 10.310, "mle": 9.038, "seqgan": 8.736, "leakgan": 7.038, "relgan": 6.680}
+
+FULL = dict(mle_steps=1500, disc_pretrain_steps=300, adv_epochs=2000, eval_every=50, eval_samples=2000,
+            test_size=10000, max_minutes=10.0)
+QUICK = dict(mle_steps=300, disc_pretrain_steps=20, adv_epochs=6, eval_every=3, eval_samples=300,
+             test_size=500, rollouts=4, max_minutes=1.0)
+SEQGAN_EPOCHS = {"full": 40, "quick": 3}  # a SeqGAN epoch costs 16 rollouts x 19 prefixes: far fewer fit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run (about 3 minutes)")
+    parser.add_argument("--out", type=Path, default=None, help="keep the run folders here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a "
+                                                               "machine shared with other jobs)")
+    args = parser.parse_args()
+    import torch
+
+    from genforge.paradigms.config import OracleConfig
+    from genforge.paradigms.gan_oracle import gan_oracle
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = QUICK if args.quick else FULL
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench_gan_oracle_"))
+    oracle = ORACLE if (ORACLE / "oracle_params.npz").is_file() else None
+    t0 = time.perf_counter()
+    rows, gans = {}, {}
+    # SeqGAN and Gumbel get their own epoch counts (a SeqGAN epoch is ~30x dearer); the MLE phase of the
+    # second run resumes the first's finished checkpoint, so both variants start from the same generator.
+    for i, variant in enumerate(("seqgan", "gumbel")):
+        epochs = SEQGAN_EPOCHS["quick" if args.quick else "full"] if variant == "seqgan" else settings["adv_epochs"]
+        cfg = OracleConfig(out=out, oracle=oracle, variant=[variant], resume=i > 0,
+                           **{**settings, "adv_epochs": epochs})
+        results = gan_oracle(cfg)
+        rows.update(results["rows"])
+        gans[variant] = results["gans"][variant]
+    seconds = time.perf_counter() - t0
+
+    print(f"\noracle: {'published (SeqGAN)' if oracle else 'seeded random N(0,1)'}; "
+          f"{'quick' if args.quick else 'full'} run, {seconds / 60:.1f} min in all; folders in {out}")
+    print(f"{'generator':<14} {'NLL-oracle':>10} {'NLL-test':>9} {'paper':>7} {'adv epochs':>10}")
+    for name, r in rows.items():
+        paper = PAPER.get(name.split(" ")[0]) if name != "gumbel" else PAPER["relgan"]
+        epochs = gans[name]["epochs"] if name in gans else ""
+        print(f"{name:<14} {r['nll_oracle']:>10.3f} {r['nll_test']:>9.3f} "
+              f"{paper if paper and not name.startswith('mle (') else '':>7} {epochs:>10}")
+    best = min(gans, key=lambda v: rows[v]["nll_oracle"])
+    mle = rows["mle"]
+    ratio = rows[best]["nll_oracle"] / mle["nll_oracle"]
+    print(f"best GAN: {best}; NLL-oracle ratio GAN / MLE = {ratio:.3f}; NLL-test {rows[best]['nll_test']:.3f} "
+          f"vs MLE {mle['nll_test']:.3f}")
+    goal = rows[best]["nll_oracle"] <= 8.0 and rows[best]["nll_test"] <= mle["nll_test"]
+    print(f"goal (NLL-oracle <= 8.0 and NLL-test <= MLE's): {'met' if goal else 'not met'}")
+
+
+if __name__ == "__main__":
+    main()

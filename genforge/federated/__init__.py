@@ -1,0 +1,1 @@
+"""Federated training across data silos on Flower: partitions, ClientApp/ServerApp, strategies, privacy."""

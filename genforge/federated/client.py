@@ -1,0 +1,152 @@
+"""The Flower ClientApp: one silo trains the global model on its own data for a round, on the engine.
+
+A round is a call to the one training loop (`genforge.train.engine.train`) with `max_steps` = the
+local steps, starting from the global trainable tensors the server sent; the reply carries the new
+trainable tensors (LoRA adapters + head, or everything for full training) and the silo's metrics.
+The learning rate is constant within a round and follows the cosine over rounds, and each round
+continues the silo's data order where the last one stopped. FedProx adds mu/2 ||w - w_global||^2.
+
+The silo (model, tokenised data) is built once per process and reused across rounds: Flower's
+simulation keeps its workers alive, so only the first round pays for loading. The federation's
+description (`federation.json`: task, resolved config, label set) is found through the run config
+(deployment) or the GENFORGE_FEDERATION environment variable (simulation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from genforge.config import from_dict
+from genforge.errors import ConfigError
+from genforge.federated.config import CONFIGS
+from genforge.federated.partition import split
+from genforge.federated.tasks import Task, build_task, load_trainable, trainable
+
+FEDERATION = "federation.json"
+ENV = "GENFORGE_FEDERATION"
+
+
+def read_federation(path: str | Path) -> tuple[str, Any, dict[str, Any]]:
+    """(task kind, resolved config, the whole description) of a federation file written by the server."""
+    info = json.loads(Path(path).read_text(encoding="utf-8"))
+    return info["task"], from_dict(CONFIGS[info["task"]], info["config"]), info
+
+
+def federation_path(context: Context) -> str:
+    path = context.run_config.get("federation") or os.environ.get(ENV)
+    if not path:
+        raise ConfigError(f"no federation description: set run config 'federation' or ${ENV}")
+    return str(path)
+
+
+@dataclass
+class Silo:
+    task: Task
+    rows: list[int]  # this client's training units
+    work_dir: Path
+
+
+@functools.lru_cache(maxsize=2)
+def silo(path: str, partition: int, data: str) -> Silo:
+    """Client `partition`'s model and data: its own file (`data`, real silo) or its part of the split."""
+    kind, cfg, info = read_federation(path)
+    torch.set_num_threads(max(1, int(cfg.client_cpus)))
+    if cfg.partition == "by-file" or data:
+        own = Path(data) if data else cfg.client_data[partition]
+        task = build_task(kind, cfg, own, info.get("labels"))
+        rows = list(range(task.n))
+    else:
+        task = build_task(kind, cfg, None, info.get("labels"))
+        rows = split(cfg.partition, task.n, cfg.clients, alpha=cfg.alpha, seed=cfg.seed, labels=task.labels)[partition]
+    return Silo(task, rows, Path(info["work_dir"]) / f"client-{partition}")
+
+
+@dataclass
+class Offset:
+    """The silo's batches continued from step `start` (round r starts where round r-1 stopped)."""
+
+    inner: Any
+    start: int
+
+    def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        return self.inner.batch(self.start + step, micro)
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        return self.inner.state_dict(self.start + step)
+
+
+@dataclass
+class Proximal:
+    """FedProx: the objective plus mu/2 times the squared distance of the trainable weights to the global ones."""
+
+    inner: Any
+    anchors: list[tuple[torch.nn.Parameter, torch.Tensor]]
+    mu: float
+    name: str = "fedprox"
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        loss, metrics = self.inner.loss(model, batch)
+        distance = sum(((p - a) ** 2).sum() for p, a in self.anchors)
+        return loss + self.mu / 2 * distance, metrics
+
+
+def round_config(cfg: Any, server_round: int) -> Any:
+    """This round's engine config: --local-steps at the round's LR (cosine over rounds), no evaluation."""
+    from genforge.train.schedule import lr_at
+
+    lr = lr_at(server_round - 1, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=0, max_steps=cfg.rounds)
+    return dataclasses.replace(cfg, max_steps=cfg.local_steps, lr=lr, min_lr=lr, warmup_steps=0, eval_every=0,
+                               save_every=0, log_every=cfg.local_steps, patience=0, resume=False, compile=False,
+                               max_minutes=0.0)
+
+
+def local_round(s: Silo, tensors: dict[str, torch.Tensor], server_round: int, mu: float
+                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Train the silo's copy of the model from the global `tensors`; (new tensors, metrics)."""
+    from genforge.adversarial.perturb import wrap_adversarial
+    from genforge.finetune.run import device
+    from genforge.train.distributed import Dist
+    from genforge.train.engine import train
+
+    task, cfg = s.task, s.task.cfg
+    load_trainable(task.model, tensors)
+    objective = task.objective
+    if mu > 0:
+        params = dict(task.model.named_parameters())
+        objective = Proximal(objective, [(params[k], v.to(params[k].device)) for k, v in tensors.items()], mu)
+    batches = Offset(task.batches_for(s.rows), (server_round - 1) * cfg.local_steps)
+    result = train(task.model, wrap_adversarial(objective, cfg), batches, round_config(cfg, server_round), s.work_dir,
+                   dist=Dist(device=device()))
+    return trainable(task.model), {"train-loss": float(result.train_loss), "steps": float(result.steps),
+                                   "examples": float(len(s.rows)), "seconds": float(result.seconds)}
+
+
+app = ClientApp()
+
+
+@app.train()
+def train_round(msg: Message, context: Context) -> Message:
+    """Flower's train message -> one local round -> the reply (trainable arrays + metrics)."""
+    path = federation_path(context)
+    partition = int(context.node_config.get("partition-id", 0))
+    s = silo(path, partition, str(context.node_config.get("data-path", "")))
+    received = msg.content["arrays"]
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 1))
+    tensors, metrics = local_round(s, received.to_torch_state_dict(), server_round,
+                                   float(config.get("proximal-mu", 0.0)))
+    arrays = ArrayRecord(tensors)
+    dp = s.task.cfg.dp_noise > 0  # DP averages with equal weights (the accounted mechanism)
+    metrics.update({"weight": 1.0 if dp else float(len(s.rows)), "partition-id": float(partition),
+                    "bytes-down": float(received.count_bytes()), "bytes-up": float(arrays.count_bytes())})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)

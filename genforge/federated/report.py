@@ -1,0 +1,124 @@
+"""What a federated run leaves behind: rounds.jsonl, TensorBoard scalars, rounds.png, the model folder.
+
+`rounds.jsonl` holds one line per round (round 0 = the initial model): the global validation
+metrics, every participating client's metrics (loss, examples, bytes each way), how many clients
+were sampled, failed or rejected, the bytes communicated and, with DP, the privacy spent so far.
+The run folder ends as a normal genforge model folder whose manifest lists each client's data hash
+(never the data) and the federation's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from genforge.artifacts import MANIFEST, atomic_write_text, read_manifest, write_manifest
+
+ROUNDS = "rounds.jsonl"
+
+
+class RoundLog:
+    def __init__(self, out: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = Path(out) / ROUNDS
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        self.rows: list[dict[str, Any]] = []
+        self.writer = SummaryWriter(str(Path(out) / "logs"))
+        self.started = time.time()
+
+    def write(self, server_round: int, metrics: dict[str, float], clients: list[dict[str, float]],
+              counts: dict[str, int], privacy: dict[str, float] | None) -> None:
+        row = {"round": server_round, "seconds": round(time.time() - self.started, 2),
+               **{f"val_{k}": v for k, v in metrics.items()}, **counts,
+               "bytes": int(sum(c.get("bytes-up", 0) + c.get("bytes-down", 0) for c in clients)),
+               "clients": [{k.replace("-", "_"): (int(v) if k in ("partition-id", "examples") else v)
+                            for k, v in c.items()} for c in clients]}
+        if privacy:
+            row["privacy"] = privacy
+        self.rows.append(row)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in metrics.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(f"global/{key}", value, server_round)
+        for c in clients:
+            if math.isfinite(c.get("train-loss", math.nan)):
+                self.writer.add_scalar(f"client{int(c['partition-id'])}/train_loss", c["train-loss"], server_round)
+        self.writer.add_scalar("comms/bytes", row["bytes"], server_round)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def plot_rounds(rows: list[dict[str, Any]], metric: str, out: Path,
+                baselines: dict[str, list[tuple[int, float]]] | None = None) -> Path | None:
+    """rounds.png: the global validation `metric` per round, with centralized/local-only curves if given."""
+    points = [(r["round"], r[f"val_{metric}"]) for r in rows if f"val_{metric}" in r]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(*zip(*points, strict=True), "o-", label="federated (global model)")
+    for name, curve in (baselines or {}).items():
+        if curve:
+            ax.plot(*zip(*curve, strict=True), "--", label=name)
+    ax.set_xlabel("round (or the same number of local-step blocks)")
+    ax.set_ylabel(f"validation {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def card(cfg: Any, metrics: dict[str, Any], clients: list[dict[str, Any]]) -> str:
+    lines = [f"# Federated {metrics['task']} model", "",
+             f"Trained with Flower over {cfg.clients} clients ({cfg.partition} partition"
+             + (f", alpha {cfg.alpha}" if cfg.partition in ("dirichlet", "quantity") else "") + f"), strategy "
+             f"{cfg.strategy}, {cfg.rounds} rounds of {cfg.local_steps} local steps. The data never left the clients;"
+             " the lineage lists only their hashes.", "", "## Metrics", ""]
+    lines += [f"- {k}: {v}" for k, v in metrics.items() if not isinstance(v, list | dict)]
+    lines += ["", "## Clients", "", "| client | examples | data sha256 |", "|---|---|---|"]
+    lines += [f"| {c['client']} | {c['examples']} | `{c['data_sha256']}` |" for c in clients]
+    lines += ["", "Figures: `logs/rounds.png` (validation per round), `logs/partition.png` (data per client).", ""]
+    return "\n".join(lines)
+
+
+def finish(task: Any, info: dict[str, Any], rows: list[dict[str, Any]], privacy: dict[str, float] | None) -> Path:
+    """Export the global model and write rounds.png, the card and the manifest (last)."""
+    cfg = task.cfg
+    out = Path(cfg.out)
+    shutil.rmtree(Path(info["work_dir"]), ignore_errors=True)  # the clients' scratch checkpoints
+    final = rows[-1] if rows else {}
+    metrics: dict[str, Any] = {"task": task.kind, "rounds": cfg.rounds,
+                               **{k: v for k, v in final.items() if k.startswith("val_")}}
+    metrics.update(task.export(metrics))
+    metrics["bytes_total"] = sum(r["bytes"] for r in rows)
+    metrics["bytes_per_round"] = round(metrics["bytes_total"] / max(1, len(rows) - 1))
+    metrics["failed_replies"] = sum(r.get("failed", 0) for r in rows)
+    metrics["rejected_updates"] = sum(r.get("rejected", 0) for r in rows)
+    metrics["seconds"] = final.get("seconds")
+    if privacy:
+        metrics.update({"dp_epsilon": privacy["epsilon"], "dp_delta": privacy["delta"]})
+    select = "accuracy" if task.kind == "classify" else "loss"
+    plot_rounds(rows, select, out / "logs" / "rounds.png", info.get("baselines"))
+    atomic_write_text(out / "README.md", card(cfg, metrics, info["clients"]))
+    parent = read_manifest(cfg.model) if getattr(cfg, "model", None) and (Path(cfg.model) / MANIFEST).is_file() \
+        else None
+    write_manifest(out, "finetune" if task.kind != "pretrain" else "pretrain", cfg, parent=parent, metrics=metrics,
+                   started=info.get("started"),
+                   extra={"task": task.kind, "federated": {"engine": cfg.engine, "strategy": cfg.strategy,
+                                                           "clients": info["clients"], "privacy": privacy},
+                          **({"labels": info["labels"]} if info.get("labels") else {})})
+    return out

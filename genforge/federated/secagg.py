@@ -1,0 +1,86 @@
+"""Secure aggregation with Flower's SecAgg+ (Bell et al. 2020): the server learns only the weighted sum.
+
+Flower 1.42 runs SecAgg+ as a workflow of its legacy server API (`DefaultWorkflow` with a
+`SecAggPlusWorkflow` fit stage and a legacy `FedAvg`) and, on the client, as `secaggplus_mod`
+around a ClientApp that speaks the legacy fit format (arrays as an ordered list). So this module has
+the two halves of that path; the local round itself is the same `client.local_round` as always.
+Each client quantises its weighted trainable tensors into [-clip, clip] (`--secagg-clip`) and masks
+them with pairwise and private masks; any `--secagg-threshold` share of the sampled clients suffices
+to unmask the sum, so a client that drops out after sharing its keys does not stop the round.
+The server cannot see (so cannot reject) a single update: a robust aggregator or DP clipping needs
+the individual updates and is refused with --secagg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+
+secure_app = ClientApp(mods=[secaggplus_mod])
+
+
+@secure_app.train()
+def secure_round(msg: Message, context: Context) -> Message:
+    """A legacy fit message -> one local round -> a legacy fit result (masked by `secaggplus_mod`)."""
+    from genforge.federated.client import federation_path, local_round, silo
+    from genforge.federated.tasks import trainable
+
+    s = silo(federation_path(context), int(context.node_config.get("partition-id", 0)),
+             str(context.node_config.get("data-path", "")))
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    names = list(trainable(s.task.model))
+    received = dict(zip(names, (torch.from_numpy(np.array(a)) for a in parameters_to_ndarrays(fitins.parameters)),
+                        strict=True))
+    tensors, metrics = local_round(s, received, int(fitins.config.get("server-round", 1)), 0.0)
+    arrays = [tensors[n].numpy() for n in names]
+    metrics.update({"partition-id": float(context.node_config.get("partition-id", 0)),
+                    "bytes-down": float(sum(a.nbytes for a in parameters_to_ndarrays(fitins.parameters))),
+                    "bytes-up": float(sum(a.nbytes for a in arrays))})
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), len(s.rows), metrics)
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+def run_secure(grid: Any, context: Context, cfg: Any, task: Any, evaluate: Callable[[int, dict], None],
+               sink: list, max_weight: float) -> dict[str, torch.Tensor]:
+    """Run the rounds with SecAgg+; returns the final global trainable tensors."""
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    from genforge.federated.server import sampled_clients
+    from genforge.federated.tasks import trainable
+
+    names = list(trainable(task.model))
+    latest: dict[str, torch.Tensor] = trainable(task.model)
+
+    def evaluate_fn(server_round: int, ndarrays: list, config: dict) -> tuple[float, dict]:
+        tensors = dict(zip(names, (torch.from_numpy(np.array(a)) for a in ndarrays), strict=True))
+        latest.update(tensors)
+        metrics = evaluate(server_round, tensors)
+        return float(metrics.get("loss", 0.0)), metrics
+
+    def fit_metrics(results: list[tuple[int, dict]]) -> dict:
+        sink.append([dict(m) for _, m in results])
+        return {"clients": len(results)}
+
+    sampled = sampled_clients(cfg)
+    strategy = FedAvg(fraction_fit=cfg.fraction_fit, fraction_evaluate=0.0, min_fit_clients=sampled,
+                      min_available_clients=cfg.clients, evaluate_fn=evaluate_fn,
+                      initial_parameters=ndarrays_to_parameters([latest[n].numpy() for n in names]),
+                      fit_metrics_aggregation_fn=fit_metrics,
+                      on_fit_config_fn=lambda server_round: {"server-round": server_round})
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout),
+                           strategy=strategy)
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        num_shares=sampled, reconstruction_threshold=max(2, int(np.ceil(cfg.secagg_threshold * sampled))),
+        clipping_range=cfg.secagg_clip, max_weight=max_weight, timeout=cfg.round_timeout))
+    workflow(grid, legacy)
+    return latest

@@ -1,0 +1,187 @@
+"""The Flower ServerApp: strategies, the guard against broken or poisoned replies, global evaluation.
+
+The server builds the same model as the clients (same config, same seed), sends its trainable
+tensors, and lets a Flower strategy run the rounds: FedAvg, FedProx, FedAdam/FedYogi (server-side
+Adam/Yogi on the averaged update, Reddi et al. 2021), or a robust coordinate-wise median / trimmed
+mean (Yin et al. 2018) that a few scaled updates cannot drag away. Every strategy sits inside
+`Guarded`, which drops replies carrying NaN/inf (they would poison any mean and even a median) and
+skips, rather than aborts, a round with fewer usable replies than `--min-fit-clients`: a client that
+crashes or times out only shrinks its round. After each round the global model is scored on the
+validation data and the round is logged (`report.RoundLog`); the last global model is exported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from logging import WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
+from flwr.supercore import log
+
+
+def sampled_clients(cfg: Any) -> int:
+    """How many clients Flower samples per round: max(int(clients * fraction), 1)."""
+    return max(1, int(cfg.clients * cfg.fraction_fit))
+
+
+def finite(msg: Message) -> bool:
+    """True if every array of a reply is finite (no NaN/inf)."""
+    return all(np.isfinite(a.numpy()).all() for record in msg.content.array_records.values()
+               for a in record.values())
+
+
+class Guarded(Strategy):
+    """A strategy that first drops failed and non-finite replies, and skips under-populated rounds."""
+
+    def __init__(self, strategy: Strategy, min_replies: int) -> None:
+        self.strategy = strategy
+        self.min_replies = min_replies
+        self.rounds: dict[int, dict[str, int]] = {}  # per round: sampled, replied, failed, rejected
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                        ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.rounds[server_round] = {"sampled": len(messages), "failed": 0, "rejected": 0, "used": 0}
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        ok = [m for m in replies if not m.has_error()]
+        good = [m for m in ok if finite(m)]
+        counts = self.rounds.setdefault(server_round, {"sampled": len(replies)})
+        counts.update(failed=counts["sampled"] - len(ok), rejected=len(ok) - len(good), used=len(good))
+        if counts["rejected"]:
+            log(WARNING, "round %d: rejected %d update(s) with NaN/inf", server_round, counts["rejected"])
+        if len(good) < max(1, self.min_replies):
+            log(WARNING, "round %d: %d usable replies < %d: round skipped, the global model is kept",
+                server_round, len(good), self.min_replies)
+            counts["used"] = 0
+            return None, None
+        return self.strategy.aggregate_train(server_round, good)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                           ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+
+def client_rows(contents: list[RecordDict]) -> list[dict[str, float]]:
+    return [dict(content["metrics"]) for content in contents]
+
+
+def aggregate_metrics(sink: list[list[dict[str, float]]]) -> Any:
+    """A train-metrics aggregator that keeps every client's row (for rounds.jsonl) and returns totals."""
+
+    def aggregate(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+        rows = client_rows(contents)
+        sink.append(rows)
+        weights = [r.get("examples", 1.0) for r in rows]
+        total = sum(weights) or 1.0
+        loss = sum(w * r["train-loss"] for w, r in zip(weights, rows, strict=True)
+                   if math.isfinite(r["train-loss"])) / total
+        return MetricRecord({"train-loss": loss, "clients": float(len(rows)),
+                             "bytes-up": sum(r["bytes-up"] for r in rows),
+                             "bytes-down": sum(r["bytes-down"] for r in rows)})
+
+    return aggregate
+
+
+def build_strategy(cfg: Any, sink: list | None = None) -> Strategy:
+    """The configured Flower strategy, DP-wrapped if asked, inside `Guarded`."""
+    from genforge.federated.privacy import with_dp
+
+    sampled = sampled_clients(cfg)
+    common = {"fraction_train": cfg.fraction_fit, "fraction_evaluate": 0.0, "min_train_nodes": sampled,
+              "min_available_nodes": cfg.clients, "weighted_by_key": "weight",
+              "train_metrics_aggr_fn": aggregate_metrics(sink if sink is not None else [])}
+    if cfg.strategy == "fedprox":
+        strategy: Strategy = FedProx(proximal_mu=cfg.mu, **common)
+    elif cfg.strategy in ("fedadam", "fedyogi"):
+        cls = FedAdam if cfg.strategy == "fedadam" else FedYogi
+        strategy = cls(eta=cfg.server_lr, eta_l=cfg.lr, **common)
+    elif cfg.strategy == "median":
+        strategy = FedMedian(**common)
+    elif cfg.strategy == "trimmed-mean":
+        strategy = FedTrimmedAvg(beta=cfg.trim, **common)
+    else:
+        strategy = FedAvg(**common)
+    if cfg.dp_noise > 0:
+        strategy = with_dp(strategy, noise=cfg.dp_noise, clip=cfg.dp_clip, sampled=sampled,
+                           population=cfg.clients, delta=cfg.dp_delta)
+    return Guarded(strategy, cfg.min_fit_clients or 1)
+
+
+def privacy_spent(strategy: Guarded) -> dict[str, float] | None:
+    spent = getattr(strategy.strategy, "privacy_spent", lambda: None)()
+    if spent is None:
+        return None
+    return {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
+
+
+def run_server(grid: Grid, path: str, context: Context) -> None:
+    """Run the configured rounds on `grid`, then export the global model into the run folder."""
+    import torch
+
+    from genforge.federated.client import read_federation
+    from genforge.federated.report import RoundLog, finish
+    from genforge.federated.tasks import build_task, load_trainable, trainable
+    from genforge.finetune.run import device
+
+    kind, cfg, info = read_federation(path)
+    torch.set_num_threads(max(1, int(cfg.client_cpus)))
+    task = build_task(kind, cfg, None, info.get("labels"))
+    sink: list[list[dict[str, float]]] = []
+    strategy = build_strategy(cfg, sink)
+    rounds = RoundLog(cfg.out)
+
+    def score(server_round: int, tensors: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+        load_trainable(task.model, tensors)
+        task.model.to(device()).eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in task.score().items()}
+        clients = sink[-1] if server_round and sink else []
+        rounds.write(server_round, metrics, clients, counts, privacy_spent(strategy))
+        return metrics
+
+    if cfg.secagg:
+        from genforge.federated.secagg import run_secure
+
+        def secure_score(server_round: int, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+            used = len(sink[-1]) if server_round and sink else 0
+            counts = {"sampled": sampled_clients(cfg), "used": used} if server_round else {}
+            return score(server_round, tensors, counts)
+
+        weight = max([c.get("examples") or 0 for c in info["clients"]] + [1])
+        final = run_secure(grid, context, cfg, task, secure_score, sink, max_weight=float(weight))
+    else:
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            counts = strategy.rounds.get(server_round, {})
+            return MetricRecord(score(server_round, arrays.to_torch_state_dict(), counts))
+
+        result = strategy.start(grid, ArrayRecord(trainable(task.model)), num_rounds=cfg.rounds,
+                                timeout=cfg.round_timeout, evaluate_fn=evaluate)
+        final = result.arrays.to_torch_state_dict() if len(result.arrays) else trainable(task.model)
+    load_trainable(task.model, final)
+    rounds.close()
+    finish(task, info, rounds.rows, privacy_spent(strategy))
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from genforge.federated.client import federation_path
+
+    run_server(grid, federation_path(context), context)

@@ -1,0 +1,88 @@
+"""Aggregation on real Flower strategies with reply messages as a ServerApp receives them."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from genforge.federated.config import FederatedClassifyConfig
+from genforge.federated.privacy import epsilon, noise_for
+from genforge.federated.server import build_strategy
+
+
+@pytest.fixture(autouse=True)
+def run_identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # set in a ServerApp process
+
+
+def cfg(**kw):
+    return FederatedClassifyConfig(model="m", data="d.csv", out="o", **{"clients": 5, **kw})
+
+
+def reply(values, examples=10.0):
+    metrics = MetricRecord({"weight": examples, "examples": examples, "train-loss": 0.5, "bytes-up": 1.0,
+                            "bytes-down": 1.0, "partition-id": 0.0})
+    return Message(RecordDict({"arrays": ArrayRecord({"w": torch.tensor(values, dtype=torch.float32)}),
+                               "metrics": metrics}), dst_node_id=1, message_type="train")
+
+
+def aggregate(strategy, replies):
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    return None if arrays is None else arrays["w"].numpy(), metrics
+
+
+HONEST = [[1.0, 2.0], [1.1, 2.1], [0.9, 1.9], [1.0, 2.0]]
+
+
+def test_fedavg_is_the_weighted_mean():
+    w, metrics = aggregate(build_strategy(cfg()), [reply([0, 0], 1), reply([4, 8], 3)])
+    assert w == pytest.approx([3, 6]) and metrics["clients"] == 2
+
+
+def test_a_scaled_update_drags_fedavg_but_not_the_robust_aggregators():
+    poisoned = [reply(v) for v in HONEST] + [reply([1000.0, -1000.0])]
+    mean, _ = aggregate(build_strategy(cfg(strategy="fedavg")), poisoned)
+    assert abs(mean[0] - 1) > 100
+    for name in ("median", "trimmed-mean"):
+        w, _ = aggregate(build_strategy(cfg(strategy=name)), [reply(v) for v in HONEST] + [reply([1e3, -1e3])])
+        assert w == pytest.approx([1.0, 2.0], abs=0.11), name
+
+
+@pytest.mark.parametrize("name", ["fedavg", "median", "trimmed-mean"])
+def test_nan_updates_are_rejected_before_aggregation(name):
+    strategy = build_strategy(cfg(strategy=name))
+    w, _ = aggregate(strategy, [reply(v) for v in HONEST] + [reply([math.nan, math.inf])])
+    assert np.isfinite(w).all() and strategy.rounds[1]["rejected"] == 1 and strategy.rounds[1]["used"] == 4
+
+
+def test_a_round_short_of_min_fit_clients_is_skipped_not_fatal():
+    strategy = build_strategy(cfg(min_fit_clients=3))
+    assert aggregate(strategy, [reply([1, 1]), reply([math.nan, 0])]) == (None, None)
+
+
+def test_dp_accounting_matches_the_gaussian_rdp_bound():
+    def classic(z, rounds, delta):  # RDP of the Gaussian mechanism, composed, converted (Mironov 2017)
+        return min(rounds * a / (2 * z * z) + math.log(1 / delta) / (a - 1) for a in np.arange(1.01, 200, 0.01))
+
+    for z, rounds in ((1.0, 10), (2.0, 20), (4.0, 5)):
+        eps = epsilon(z, rounds, sampled=5, population=5, delta=1e-5)
+        assert 0.8 * classic(z, rounds, 1e-5) < eps <= classic(z, rounds, 1e-5) + 1e-6
+    assert epsilon(1.0, 20, sampled=5, population=5, delta=1e-5) > epsilon(1.0, 10, sampled=5, population=5,
+                                                                             delta=1e-5)
+    z = noise_for(8.0, 10, sampled=5, population=5, delta=1e-5)
+    assert epsilon(z, 10, sampled=5, population=5, delta=1e-5) <= 8.0 < epsilon(0.95 * z, 10, sampled=5,
+                                                                                  population=5, delta=1e-5)
+
+
+def test_dp_wrapper_clips_noises_and_accounts_a_round():
+    strategy = build_strategy(cfg(dp_noise=1.0, dp_clip=0.5, clients=2))
+    dp = strategy.strategy
+    dp.current_arrays = ArrayRecord({"w": torch.zeros(2)})
+    dp._prepare_accounting(1, [None, None])  # what configure_train records for the 2 sampled clients
+    w, _ = aggregate(strategy, [reply([100.0, 0.0], 1), reply([0.0, 100.0], 1)])
+    # each update is clipped to norm 0.5 before averaging: the mean is ~0.25 per coordinate + noise (std 0.25)
+    assert np.abs(w).max() < 2.0
+    assert dp.privacy_spent().epsilon == pytest.approx(epsilon(1.0, 1, sampled=2, population=2, delta=1e-5))

@@ -1,0 +1,48 @@
+"""Fixtures of the paradigm tests: one torch thread, a tiny packed text folder, a small digits image folder."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genforge.data.config import PackConfig, PrepareConfig, TokenizerConfig
+from genforge.data.pack import pack
+from genforge.data.prepare import prepare
+from genforge.data.tokenizer import train_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CPU is shared: tests use one torch thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory, shared_data) -> Path:
+    """40 KB of tiny-shakespeare through the real data chain (prepare -> 320-token BPE -> pack)."""
+    root = tmp_path_factory.mktemp("packed")
+    (root / "shakespeare.txt").write_bytes((shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:40_000])
+    data, tok = root / "data", root / "tok"
+    prepare(PrepareConfig(inputs=[root / "shakespeare.txt"], out=data, val_fraction=0.1, workers=1))
+    train_tokenizer(TokenizerConfig(data=data, out=tok, vocab_size=320))
+    pack(PackConfig(data=data, tokenizer=tok, workers=1))
+    return data
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """scikit-learn's 8x8 digits 0-2 as grey PNGs, one sub-folder per class (about 540 images)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    d = load_digits(n_class=3)
+    for i, (image, label) in enumerate(zip(d.images, d.target, strict=True)):
+        folder = root / str(label)
+        folder.mkdir(exist_ok=True)
+        Image.fromarray((image * 255 / 16).astype(np.uint8)).save(folder / f"{i}.png")
+    return root

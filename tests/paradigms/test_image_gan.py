@@ -1,0 +1,86 @@
+"""Image GAN: DCGAN shapes and losses (signs, gradients only where they belong), evaluation, image folder, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genforge.errors import DataError
+from genforge.paradigms.config import ImageGanConfig
+from genforge.paradigms.frechet import coverage, frechet_distance
+from genforge.paradigms.image_gan import (
+    discriminate,
+    discriminator_loss,
+    discriminator_net,
+    gan_image,
+    generate,
+    generator_loss,
+    generator_net,
+)
+from genforge.paradigms.images import load_image_folder, save_grid
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_dcgan_shapes(size):
+    g, d = generator_net(10, 3, size, 8, classes=4), discriminator_net(3, size, 8, classes=4)
+    labels = torch.tensor([0, 3])
+    x = generate(g, torch.randn(2, 10), labels, 4)
+    assert x.shape == (2, 3, size, size) and x.abs().max() <= 1
+    assert discriminate(d, x, labels, 4).shape == (2,)
+
+
+def test_losses_signs_and_gradients_flow_only_where_they_should():
+    torch.manual_seed(0)
+    g, d = generator_net(8, 1, 16, 8), discriminator_net(1, 16, 8)
+    fake = generate(g, torch.randn(4, 8), None, 0)
+    d_loss = discriminator_loss(discriminate(d, torch.rand(4, 1, 16, 16), None, 0), discriminate(d, fake.detach(), None, 0))
+    d_loss.backward()
+    assert all(p.grad is None for p in g.parameters())  # the discriminator step does not train G
+    d.zero_grad()
+    g_opt = torch.optim.Adam(g.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in d.parameters()]
+    generator_loss(discriminate(d, fake, None, 0)).backward()
+    g_opt.step()  # the generator step updates G only
+    assert all(torch.equal(a, b) for a, b in zip(before, d.parameters(), strict=True))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+    high, low = torch.full((4,), 6.0), torch.full((4,), -6.0)
+    assert discriminator_loss(high, low) < 0.01 < 10 < discriminator_loss(low, high)
+    assert generator_loss(high) < 0.01 < 5 < generator_loss(low)  # non-saturating: large where D wins
+
+
+def test_frechet_distance_and_coverage():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2000, 4))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 3.0) == pytest.approx(4 * 9.0, rel=1e-3)  # ||shift||^2 with equal covariances
+    assert frechet_distance(a, 2 * a) == pytest.approx(4 * (1 - 2) ** 2, rel=0.1)  # Tr(S + 4S - 2*2S) = Tr(S)
+    assert coverage(np.array([0, 1, 2, 3] * 10), 4) == 1.0
+    assert coverage(np.array([0] * 40), 4) == 0.25
+
+
+def test_image_folder(tmp_path, digits):
+    x, y, classes = load_image_folder(digits, 16)
+    assert x.shape[1:] == (1, 16, 16) and classes == ["0", "1", "2"] and len(x) == len(y)
+    assert x.min() >= -1 and x.max() <= 1
+    assert save_grid(x[:10], tmp_path / "grid.png").stat().st_size > 0
+    (tmp_path / "bad" / "a").mkdir(parents=True)
+    (tmp_path / "bad" / "a" / "x.png").write_text("not an image")
+    with pytest.raises(DataError, match="not a readable image"):
+        load_image_folder(tmp_path / "bad", 16)
+    with pytest.raises(DataError, match="no PNG/JPEG"):
+        load_image_folder(tmp_path / "bad" / "a", 16)
+
+
+def test_gan_image_trains_evaluates_and_resumes(tmp_path, digits):
+    cfg = dict(images=digits, out=tmp_path / "run", image_size=16, width=8, latent_size=16, epochs=1,
+               batch_size=64, log_every=2, classifier_epochs=2, eval_samples=100, conditional=True)
+    gan_image(ImageGanConfig(**cfg))
+    metrics = gan_image(ImageGanConfig(**{**cfg, "epochs": 2, "resume": True}))
+    assert metrics["epochs"] == 2 and metrics["fid_classifier"] > 0 and metrics["fid_real_floor"] >= 0
+    assert 0 <= metrics["coverage"] <= 1 and 0 <= metrics["conditional_accuracy"] <= 1
+    out = cfg["out"]
+    assert {"epoch_001.png", "epoch_002.png"} <= {p.name for p in (out / "logs").iterdir()}
+    steps = [json.loads(line)["step"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    assert json.loads((out / "manifest.json").read_text())["stage"] == "gan.image"
