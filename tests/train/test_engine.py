@@ -65,11 +65,12 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, packed
     train(straight, objective, batches, cfg, cfg.out, eval_data=val)
 
     cfg_b = replace(cfg, out=tmp_path / "resumed")
+    before = signal.getsignal(signal.SIGTERM)  # not always SIG_DFL: other libraries (Ray) install their own
     with pytest.raises(Interrupted, match="SIGTERM at step 4.*--resume"):
         train(fresh_model(), objective, SignalAt(batches, step=3), cfg_b, cfg_b.out, eval_data=val)
     state = torch.load(cfg_b.out / "checkpoints" / "latest" / STATE, weights_only=True)
     assert state["step"] == 4 and state["data"]["next_step"] == 4
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler must be restored"
+    assert signal.getsignal(signal.SIGTERM) is before, "the previous handler must be restored"
 
     resumed = fresh_model(seed=123)  # a different init: everything must come from the checkpoint
     result = train(resumed, objective, batches, replace(cfg_b, resume=True), cfg_b.out, eval_data=val)
