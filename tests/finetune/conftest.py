@@ -11,9 +11,6 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
-from genforge.data.tokenizer import build_bpe, wrap_for_transformers
-
-VOCAB = 384
 POSITIVE = ["profits rose sharply", "shares jumped after strong results", "record revenue this quarter",
             "the company beat expectations", "sales grew and margins improved", "strong demand lifted the stock"]
 NEGATIVE = ["profits fell sharply", "shares dropped after weak results", "the company missed expectations",
@@ -21,32 +18,20 @@ NEGATIVE = ["profits fell sharply", "shares dropped after weak results", "the co
 
 
 @pytest.fixture(scope="session")
-def tokenizer(shared_data):
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:50_000]
-    return wrap_for_transformers(build_bpe(iter(text.split("\n\n")), VOCAB, show_progress=False))
-
-
-def _save(model, tokenizer, folder: Path) -> Path:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory, tokenizer) -> Path:
+def llama_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
                       pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
-    return _save(LlamaForCausalLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("llama"))
+    return save_folder(LlamaForCausalLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="session")
-def bert_dir(tmp_path_factory, tokenizer) -> Path:
+def bert_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=256, type_vocab_size=1, pad_token_id=0)
-    return _save(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("bert"))
+    return save_folder(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture

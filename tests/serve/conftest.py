@@ -22,53 +22,38 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from genforge.data.tokenizer import build_bpe, wrap_for_transformers
 from genforge.serve.app import create_app
 from genforge.serve.config import ServeConfig
 from genforge.serve.server import build_state
 
-VOCAB = 384
-
 
 @pytest.fixture(scope="session")
-def tokenizer(shared_data):
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:50_000]
-    return wrap_for_transformers(build_bpe(iter(text.split("\n\n")), VOCAB, show_progress=False))
-
-
-def _save(model, tokenizer, folder: Path) -> Path:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory, tokenizer) -> Path:
+def llama_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=32768,
                       initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return _save(LlamaForCausalLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("llama"))
+    return save_folder(LlamaForCausalLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="session")
-def gpt2_dir(tmp_path_factory, tokenizer) -> Path:
+def gpt2_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256, initializer_range=0.1,
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256, initializer_range=0.1,
                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return _save(GPT2LMHeadModel(cfg).eval(), tokenizer, tmp_path_factory.mktemp("gpt2"))
+    return save_folder(GPT2LMHeadModel(cfg).eval(), tokenizer, tmp_path_factory.mktemp("gpt2"))
 
 
 @pytest.fixture(scope="session")
-def classifier_dir(tmp_path_factory, tokenizer) -> Path:
+def classifier_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
     from genforge.finetune.classify import classify
     from genforge.finetune.config import ClassifyConfig
 
     root = tmp_path_factory.mktemp("classifier")
     torch.manual_seed(0)
-    bert = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    bert = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       intermediate_size=64, max_position_embeddings=256, type_vocab_size=1, pad_token_id=0)
-    base = _save(BertForMaskedLM(bert).eval(), tokenizer, root / "bert")
+    base = save_folder(BertForMaskedLM(bert).eval(), tokenizer, root / "bert")
     rows = ["text,label"] + [f"good news {i},positive" for i in range(12)] + [f"bad news {i},negative"
                                                                             for i in range(12)]
     (root / "data.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
