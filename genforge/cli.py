@@ -36,6 +36,7 @@ STAGE_MODULES = [
     "genforge.compress.cli",
     "genforge.paradigms.cli",
     "genforge.federated.cli",
+    "genforge.apps.cli",
     "genforge.recipes",
 ]
 

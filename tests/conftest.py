@@ -1,4 +1,13 @@
+import glob
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,3 +45,134 @@ def save_folder():
         return folder
 
     return save
+
+
+# ---- tiny saved models and live servers, shared by the serving and application tests -------------------
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
+    """A random Llama (vocab 384, 2 layers, GQA) with a long context, so a request with `ignore_eos` can keep
+    a batch slot busy for as long as a test needs."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=32768,
+                      initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return save_folder(LlamaForCausalLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
+    """A genforge classify run of two steps (positive/negative) over a tiny BERT."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from genforge.finetune.classify import classify
+    from genforge.finetune.config import ClassifyConfig
+
+    root = tmp_path_factory.mktemp("classifier")
+    torch.manual_seed(0)
+    bert = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=256, type_vocab_size=1, pad_token_id=0)
+    base = save_folder(BertForMaskedLM(bert).eval(), tokenizer, root / "bert")
+    rows = ["text,label"] + [f"good news {i},positive" for i in range(12)] + [f"bad news {i},negative"
+                                                                            for i in range(12)]
+    (root / "data.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return classify(ClassifyConfig(model=base, data=root / "data.csv", out=root / "run", max_steps=2, batch_size=8,
+                                   seq_len=32, warmup_steps=1, eval_every=2, log_every=1, bf16=False))
+
+
+@contextmanager
+def running(app_or_cfg) -> Iterator[tuple[str, object]]:
+    """(base URL, state) of a live uvicorn server on a free port, in a thread, until the block ends.
+
+    Takes a `ServeConfig` (state = its ServerState) or an already built ASGI app (state = None)."""
+    import uvicorn
+
+    from genforge.serve.app import create_app
+    from genforge.serve.config import ServeConfig
+    from genforge.serve.server import build_state
+
+    state = build_state(app_or_cfg) if isinstance(app_or_cfg, ServeConfig) else None
+    app = create_app(state) if state is not None else app_or_cfg
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", state
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def live():
+    """live(cfg_or_app) -> context manager of (base URL, ServerState or None) of a live server."""
+    return running
+
+
+@pytest.fixture(scope="session")
+def oai():
+    """oai(url, key="none") -> the official OpenAI client on a genforge server (no retries)."""
+    import openai
+
+    return lambda url, key="none": openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium driven by Selenium (Debian's chromium + chromium-driver)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    assert driver_path and shutil.which("chromium"), "apt-get install -y chromium chromium-driver (.ci/run does)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _pg_bin() -> Path:
+    found = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)),
+                                           None)
+    assert found, "PostgreSQL is not installed: apt-get install -y postgresql (.ci/run does)"
+    return Path(found).parent
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL cluster on a free port (run as `nobody` when the tests run as root, since
+    PostgreSQL refuses root), as a SQLAlchemy URL with the psycopg 3 driver; removed afterwards."""
+    bin_dir = _pg_bin()
+    root = Path(tempfile.mkdtemp(prefix="genforge-pg-", dir="/tmp"))
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "nobody")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], check=True,
+                   capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -133,7 +133,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def migrate(engine: Engine) -> None:
-    """`alembic upgrade head` on `engine`; a database made by the core before Alembic is stamped first."""
+    """`alembic upgrade heads` on `engine`; a database made by the core before Alembic is stamped first.
+
+    "heads", not "head": each application (genforge/apps/*) adds its tables as its own migration branch
+    off the serving schema, so the apps never have to agree on one linear revision order.
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -146,7 +150,7 @@ def migrate(engine: Engine) -> None:
         tables = set(inspect(conn).get_table_names())
         if "api_keys" in tables and "alembic_version" not in tables:
             command.stamp(cfg, FIRST_REVISION)
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")
 
 
 def connect(url: str) -> Engine:

@@ -2,11 +2,8 @@
 driven by Selenium): a streamed reply, thumbs, a suggested answer, and the per-variant charts."""
 
 import json
-import shutil
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
@@ -15,21 +12,6 @@ from sqlalchemy.orm import Session
 from genforge.serve.db import Feedback, StoredResponse
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def browser():
-    driver_path = shutil.which("chromedriver")
-    assert driver_path and shutil.which("chromium"), "apt-get install -y chromium chromium-driver (.ci/run does)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_chat_page_streams_and_takes_feedback_and_the_dashboard_charts(serve_cfg, live, llama_dir, browser):

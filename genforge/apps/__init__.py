@@ -1,0 +1,1 @@
+"""Reference applications built only from genforge's stages: support assistant, news monitor, recommender."""
