@@ -2,8 +2,11 @@
 
 With byte-level BPE one Chinese character or emoji is often split over several tokens, and decoding a
 token on its own yields U+FFFD. So each new token decodes a small window starting at the last point
-where the text was known to be whole (`prefix`), and the new text is released only when it does not
-end in an incomplete character. Pieces concatenate to exactly `decode(all ids)`; the window keeps the
+where the text was known to be whole (`prefix`). Only a trailing U+FFFD is uncertain: UTF-8 decoding
+with replacement turns an incomplete final character into exactly one U+FFFD, while every earlier
+U+FFFD stands for bytes that no later byte can repair. So the window's text is released up to that
+last character, and a model emitting invalid bytes (an untrained one often does) still streams instead
+of holding its whole answer back. Pieces concatenate to exactly `decode(all ids)`; the window keeps the
 cost per token constant instead of re-decoding the whole sequence. Stop strings are applied on the
 released text (see stopping.py).
 """
@@ -34,6 +37,7 @@ class TextStream:
     prefix: int = 0  # ids[:prefix] are already part of `text`
     read: int = 0  # ids[prefix:read] decode to the tail of `text` (the context of the next window)
     text: str = ""  # whole characters decoded so far
+    partial: int = 0  # characters of the open window (ids[read:]) already added to `text`
     emitted: int = 0  # characters of `text` already released
     stopped: bool = False
 
@@ -43,18 +47,21 @@ class TextStream:
             return ""
         self.ids.append(token_id)
         before = decode(self.tokenizer, self.ids[self.prefix:self.read])
-        after = decode(self.tokenizer, self.ids[self.prefix:])
-        if len(after) > len(before) and not after.endswith(REPLACEMENT):
-            self.text += after[len(before):]
-            self.prefix, self.read = self.read, len(self.ids)
+        new = decode(self.tokenizer, self.ids[self.prefix:])[len(before):]
+        if new and not new.endswith(REPLACEMENT):
+            self.text += new[self.partial:]
+            self.prefix, self.read, self.partial = self.read, len(self.ids), 0
+        elif len(new) - 1 > self.partial:  # all but the trailing U+FFFD is final
+            self.text += new[self.partial:-1]
+            self.partial = len(new) - 1
         return self._release(final=False)
 
     def flush(self) -> str:
         """The sequence ended: release what is left (an incomplete final character decodes as U+FFFD)."""
         if not self.stopped:
             before = decode(self.tokenizer, self.ids[self.prefix:self.read])
-            self.text += decode(self.tokenizer, self.ids[self.prefix:])[len(before):]
-            self.prefix = self.read = len(self.ids)
+            self.text += decode(self.tokenizer, self.ids[self.prefix:])[len(before) + self.partial:]
+            self.prefix, self.read, self.partial = len(self.ids), len(self.ids), 0
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:

@@ -37,6 +37,7 @@ _SEP = r"[\W_]*"
 _IS_CJK = re.compile(rf"[{CJK}]")
 _PII_START = re.compile(r"[\d@:]")
 PII_WINDOW = 64  # characters a PII match may span back from the end of a growing stream
+_WORD_TAIL = re.compile(r"[A-Za-z0-9._%+\-@:/]*\Z")  # an unfinished word, e-mail, URL or number
 
 
 def normalise(text: str) -> tuple[str, list[int]]:
@@ -177,14 +178,21 @@ class Safety:
         return Decision(stage, action, reasons, self.refusal if action == "block" else text)
 
     def ready(self, text: str) -> int:
-        """How much of a growing output may be released: never a part that a hit could still grow over."""
-        cut = len(text) - len(re.split(r"\s", text)[-1])  # the last, unfinished word waits
+        """How much of a growing output may be released: never a part that a hit could still grow over.
+
+        The last, unfinished ASCII word waits (a word-bounded term or an e-mail address may still complete
+        it), but never more than the window a hit can span: text without spaces (Chinese, a model repeating
+        itself) would otherwise be held back whole and stream only at its end.
+        """
+        window = max(PII_WINDOW if self.redact_pii else 0, 2 * self.longest)
+        cut = len(text) - len(_WORD_TAIL.search(text).group())
         if self.redact_pii:
             tail = max(0, len(text) - PII_WINDOW)
             m = _PII_START.search(text, tail)
             if m:  # from the start of the word holding the first digit/@/: of the window
                 word = max(text.rfind(c, 0, m.start()) for c in " \t\n") + 1
                 cut = min(cut, word)
+        cut = max(cut, len(text) - window)
         if self.blocklist is not None:
             cut = min(cut, len(text) - 2 * self.longest)
         return max(cut, 0)

@@ -58,3 +58,17 @@ def test_find_stop_and_partial_stop():
     assert partial_stop("text <en", ["<end>", "<e"]) == 3
     assert partial_stop("text", ["<end>"]) == 0
     assert partial_stop("x<end", ["<end>"]) == 4
+
+
+def test_invalid_bytes_stream_at_once_and_only_the_trailing_one_waits(tokenizer):
+    """An untrained model may emit bytes that never form a character: the stream must not hold its whole
+    answer back (it did, and one request's first text came only with its last token)."""
+    lone = [i for i in range(len(tokenizer)) if tokenizer.decode([i]) == REPLACEMENT][:2]
+    word = tokenizer("hello")["input_ids"]
+    ids = [lone[0]] * 5 + word + [lone[1]] * 2
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(i) for i in ids]
+    assert pieces[0] == "" and pieces[1] != ""  # the first U+FFFD is final once a second byte follows
+    pieces.append(stream.flush())
+    assert "".join(pieces) == decode(tokenizer, ids)
+    assert sum(p.count(REPLACEMENT) for p in pieces[:5]) == 4

@@ -136,3 +136,17 @@ def test_a_blocked_output_is_refused_and_never_streamed(serve_cfg, live, oai, tm
     outputs = [a[:2] for a in audit if a[0] == "output"]
     assert outputs == [("output", "block")] * 2
     assert all(len(a[2]) == 1 and a[2][0].lower() == f"blocklist:{word}" for a in audit if a[0] == "output")
+
+
+def test_text_without_spaces_streams_before_it_ends():
+    """Chinese (or any unspaced text) must not wait for a space that never comes; a blocked term is still
+    never released, however it is split."""
+    safety = Safety(["炸弹"])
+    text = "这是一个很长的回答没有任何空格" * 12 + "炸弹" + "后面还有很多文字" * 3
+    guard, sent = OutputGuard(safety, "chat"), []
+    for i in range(0, len(text), 2):
+        sent.append(guard.push(text[i:i + 2]))
+        if i == 150:
+            assert len("".join(sent)) >= 150 - 64  # released while the text is still growing
+    final = guard.finish()
+    assert final.action == "block" and "炸弹" not in "".join(sent)
