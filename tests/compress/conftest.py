@@ -12,10 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from genforge.data.config import PackConfig, PrepareConfig, TokenizerConfig
-from genforge.data.pack import pack
-from genforge.data.prepare import prepare
-from genforge.data.tokenizer import train_tokenizer
 from genforge.finetune.classify import classify
 from genforge.finetune.config import ClassifyConfig
 from genforge.train.config import PretrainConfig
@@ -28,14 +24,8 @@ NEGATIVE = ["profits fell sharply", "shares dropped after weak results", "the co
 
 
 @pytest.fixture(scope="session")
-def packed(tmp_path_factory, shared_data) -> Path:
-    root = tmp_path_factory.mktemp("packed")
-    (root / "shakespeare.txt").write_bytes((shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:100_000])
-    data, tok = root / "data", root / "tok"
-    prepare(PrepareConfig(inputs=[root / "shakespeare.txt"], out=data, val_fraction=0.1, workers=1))
-    train_tokenizer(TokenizerConfig(data=data, out=tok, vocab_size=320))
-    pack(PackConfig(data=data, tokenizer=tok, workers=1))
-    return data
+def packed(pack_shakespeare) -> Path:
+    return pack_shakespeare(100_000)
 
 
 @pytest.fixture(scope="session")

@@ -52,20 +52,9 @@ def sentiment_csv(csv_file, sentiment_rows) -> Path:
 
 
 @pytest.fixture(scope="session")
-def packed(tmp_path_factory, shared_data) -> Path:
+def packed(pack_shakespeare) -> Path:
     """A packed folder made by the real data chain (prepare -> tokenizer -> pack) on 60 KB of Shakespeare."""
-    from genforge.data.config import PackConfig, PrepareConfig, TokenizerConfig
-    from genforge.data.pack import pack
-    from genforge.data.prepare import prepare
-    from genforge.data.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("packed")
-    (root / "shakespeare.txt").write_bytes((shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:60_000])
-    data, tok = root / "data", root / "tok"
-    prepare(PrepareConfig(inputs=[root / "shakespeare.txt"], out=data, val_fraction=0.1, workers=1))
-    train_tokenizer(TokenizerConfig(data=data, out=tok, vocab_size=320))
-    pack(PackConfig(data=data, tokenizer=tok, workers=1))
-    return data
+    return pack_shakespeare(60_000)
 
 
 @pytest.fixture(scope="session")

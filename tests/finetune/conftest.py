@@ -8,30 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 POSITIVE = ["profits rose sharply", "shares jumped after strong results", "record revenue this quarter",
             "the company beat expectations", "sales grew and margins improved", "strong demand lifted the stock"]
 NEGATIVE = ["profits fell sharply", "shares dropped after weak results", "the company missed expectations",
             "sales shrank and margins fell", "losses widened this quarter", "weak demand hit the stock"]
-
-
-@pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
-    return save_folder(LlamaForCausalLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="session")
-def bert_dir(tmp_path_factory, tokenizer, save_folder) -> Path:
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=256, type_vocab_size=1, pad_token_id=0)
-    return save_folder(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture

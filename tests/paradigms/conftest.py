@@ -6,11 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from genforge.data.config import PackConfig, PrepareConfig, TokenizerConfig
-from genforge.data.pack import pack
-from genforge.data.prepare import prepare
-from genforge.data.tokenizer import train_tokenizer
-
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -22,15 +17,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def packed(tmp_path_factory, shared_data) -> Path:
+def packed(pack_shakespeare) -> Path:
     """40 KB of tiny-shakespeare through the real data chain (prepare -> 320-token BPE -> pack)."""
-    root = tmp_path_factory.mktemp("packed")
-    (root / "shakespeare.txt").write_bytes((shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:40_000])
-    data, tok = root / "data", root / "tok"
-    prepare(PrepareConfig(inputs=[root / "shakespeare.txt"], out=data, val_fraction=0.1, workers=1))
-    train_tokenizer(TokenizerConfig(data=data, out=tok, vocab_size=320))
-    pack(PackConfig(data=data, tokenizer=tok, workers=1))
-    return data
+    return pack_shakespeare(40_000)
 
 
 @pytest.fixture(scope="session")
