@@ -53,6 +53,29 @@ STAGES: dict[str, Stage] = {
                   {"model": "model", "data": "data"}),
     "generate": Stage("genforge.generate.config:GenerateConfig", "genforge.generate.api:generate_from_config",
                       {"model": "model"}),
+    "app.monitor.train": Stage("genforge.apps.monitor.config:MonitorTrainConfig", "genforge.apps.monitor.train:train",
+                               {}, "monitor"),
+    "app.monitor.replay": Stage("genforge.apps.monitor.config:MonitorReplayConfig",
+                                "genforge.apps.monitor.replay:replay", {}, "monitor-stream"),
+    "app.monitor.run": Stage("genforge.apps.monitor.config:MonitorRunConfig", "genforge.apps.monitor.run:run",
+                             {"model": "monitor"}),  # blocking: serves until Ctrl-C (or --once)
+    "app.recommend.build": Stage("genforge.apps.recommend.config:BuildConfig", "genforge.apps.recommend.build:build",
+                                 {}, "recommender"),
+    "app.recommend.eval": Stage("genforge.apps.recommend.config:EvalConfig",
+                                "genforge.apps.recommend.evaluate:evaluate", {"model": "recommender"},
+                                "recommend-eval"),
+    "app.recommend.serve": Stage("genforge.apps.recommend.config:RecServeConfig",
+                                 "genforge.apps.recommend.serve:serve",
+                                 {"model": "recommender"}),  # blocking: serves until Ctrl-C
+    "app.support.from_bitext": Stage("genforge.apps.support.config:FromBitextConfig",
+                                     "genforge.apps.support.bitext:from_bitext", {}, "support-data"),
+    "app.support.build": Stage("genforge.apps.support.config:BuildConfig", "genforge.apps.support.build:build",
+                               {}, "assistant"),
+    "app.support.eval": Stage("genforge.apps.support.config:SupportEvalConfig",
+                              "genforge.apps.support.evaluate:evaluate", {"assistant": "assistant"}),
+    "app.support.serve": Stage("genforge.apps.support.config:SupportServeConfig",
+                               "genforge.apps.support.server:serve",
+                               {"assistant": "assistant"}),  # blocking: serves until Ctrl-C
 }
 
 

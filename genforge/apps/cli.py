@@ -8,7 +8,11 @@ import importlib
 
 import typer
 
-APP_MODULES: list[str] = []
+APP_MODULES: list[str] = [
+    "genforge.apps.monitor.cli",
+    "genforge.apps.recommend.cli",
+    "genforge.apps.support.cli",
+]
 
 
 def register(app: typer.Typer) -> None:

@@ -180,7 +180,10 @@ def _models_list(state: ServerState) -> list[dict[str, Any]]:
                           "chat": m.chat}} for m in state.models.values()]
 
 
-def create_app(state: ServerState) -> FastAPI:
+def create_app(state: ServerState, routers: tuple = ()) -> FastAPI:
+    """The app over `state`; `routers` (an application's, e.g. genforge.apps.support) come before the built-in
+    routes, so an application may answer a built-in path for its own model name and pass the rest on."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for m in state.models.values():
@@ -212,6 +215,8 @@ def create_app(state: ServerState) -> FastAPI:
                             status_code=500)
 
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

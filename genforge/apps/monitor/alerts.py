@@ -1,0 +1,150 @@
+"""Alert evaluation: run each rule over the windows that completed since its last run, store new alerts
+(deduplicated and cooled down), then deliver them.
+
+Time is the items' own time: a window is complete once an item later than its end has arrived, so a
+replay of last month alerts exactly as the live stream would have. Each rule's "evaluated up to" mark
+lives in monitor_offsets and is committed with the alerts it produced: a restart neither repeats nor
+skips alerts. Alerts are unique per (rule, key, window) in the table (deduplication), and a rule stays
+quiet for `cooldown` windows on a key after alerting on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from genforge.apps.monitor.analytics import windows
+from genforge.apps.monitor.channels import deliver
+from genforge.apps.monitor.rules import Rule, RuleSet, detect
+from genforge.apps.monitor.tables import MonitorAlert, MonitorItem, MonitorOffset, MonitorText
+
+log = logging.getLogger("genforge.monitor")
+EXAMPLES = 5
+
+
+def latest_time(engine: Engine) -> int | None:
+    with Session(engine) as session:
+        return session.scalar(select(func.max(MonitorItem.t)))
+
+
+def examples(session: Session, rule: Rule, key: str, start: int) -> list[dict[str, Any]]:
+    """The items behind an alert: the window's most confident negative items (volume: any sentiment)."""
+    query = select(MonitorItem.id, MonitorText.text, MonitorItem.sentiment, MonitorItem.confidence,
+                   MonitorItem.source, MonitorItem.t.label("time")).join(MonitorText, MonitorText.digest == MonitorItem.digest).where(
+        MonitorItem.t >= start, MonitorItem.t < start + rule.width, MonitorItem.duplicate.is_(False))
+    if rule.by == "topic":
+        query = query.where(MonitorItem.topic == key)
+    elif rule.by == "entity":
+        query = query.where(MonitorItem.entity == key)
+    if rule.kind != "volume":
+        query = query.where(MonitorItem.sentiment == "negative")
+    rows = session.execute(query.order_by(MonitorItem.confidence.desc(), MonitorItem.id).limit(EXAMPLES))
+    return [{"id": r.id, "text": r.text, "sentiment": r.sentiment, "confidence": round(r.confidence, 3),
+             "source": r.source, "t": r.time} for r in rows]
+
+
+def describe(rule: Rule, key: str, start: int, value: float, baseline: float, score: float, n: int) -> str:
+    when = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M")
+    what = f"{rule.by} '{key}'" if rule.by != "all" else "all items"
+    if rule.kind == "volume":
+        return f"{rule.name}: {n} items on {what} in the {rule.window} from {when} UTC (baseline {baseline:.1f}, z={score:.1f})"
+    stat = {"ewma_z": f"z={score:.1f}", "cusum": f"CUSUM={score:.1f}", "entity_negative": "turned negative"}[rule.kind]
+    return (f"{rule.name}: negative share of {what} {value:.0%} in the {rule.window} from {when} UTC "
+            f"(baseline {baseline:.0%}, {stat}, n={n})")
+
+
+def evaluate_rule(session: Session, rule: Rule, now: int) -> list[MonitorAlert]:
+    """New alerts of one rule over the windows completed by time `now` (added to `session`, not committed)."""
+    width = rule.width
+    complete = now - now % width  # windows starting before this have ended
+    mark = session.get(MonitorOffset, f"alerts:{rule.name}")
+    done = mark.position if mark else None
+    if done is not None and done >= complete:
+        return []
+    lookback = (rule.warmup + int(6 * rule.halflife)) * width
+    since = None if done is None else done - lookback
+    series = windows(session.get_bind(), by=rule.by, width=width, since=since, until=complete,
+                     keys=rule.keys or None)
+    new = []
+    for key, ws in series.items():
+        last = session.scalar(select(func.max(MonitorAlert.window)).where(MonitorAlert.rule == rule.name,
+                                                                           MonitorAlert.key == key))
+        for hit in detect(rule, ws):
+            w = ws[hit.index]
+            if done is not None and w.start < done:
+                continue
+            if last is not None and w.start - last <= rule.cooldown * width:
+                continue
+            last = w.start
+            alert = MonitorAlert(rule=rule.name, kind=rule.kind, by=rule.by, key=key, window=w.start, width=width,
+                                 value=hit.value, baseline=hit.baseline, score=hit.score, count=w.n,
+                                 message=describe(rule, key, w.start, hit.value, hit.baseline, hit.score, w.n),
+                                 examples=json.dumps(examples(session, rule, key, w.start), ensure_ascii=False),
+                                 delivered="{}")
+            session.add(alert)
+            new.append(alert)
+    session.merge(MonitorOffset(stream=f"alerts:{rule.name}", position=complete))
+    return new
+
+
+def evaluate(engine: Engine, rules: RuleSet, now: int | None = None, send: bool = True) -> list[dict[str, Any]]:
+    """Evaluate every rule up to `now` (default: the latest item's time); store, deliver (unless `send` is
+    off: then call `send_alerts` yourself, e.g. outside a lock) and return the new alerts."""
+    now = latest_time(engine) if now is None else now
+    if now is None:
+        return []
+    with Session(engine) as session, session.begin():
+        fired = [a for rule in rules.rules for a in evaluate_rule(session, rule, now)]
+        session.flush()
+        alerts = [alert_dict(a) for a in fired]
+    if send:
+        send_alerts(engine, rules, alerts)
+    return alerts
+
+
+def send_alerts(engine: Engine, rules: RuleSet, alerts: list[dict[str, Any]]) -> None:
+    """Deliver stored alerts on their rules' channels and record the outcome per channel."""
+    channels = {r.name: r.channels for r in rules.rules}
+    for alert in alerts:
+        alert["delivered"] = deliver(alert, channels.get(alert["rule"], ["log"]), rules.channels)
+        with Session(engine) as session, session.begin():
+            session.get(MonitorAlert, alert["id"]).delivered = json.dumps(alert["delivered"])
+
+
+def alert_dict(a: MonitorAlert) -> dict[str, Any]:
+    return {"id": a.id, "rule": a.rule, "kind": a.kind, "by": a.by, "key": a.key, "window": a.window,
+            "width": a.width, "value": round(a.value, 4), "baseline": round(a.baseline, 4),
+            "score": round(a.score, 3), "count": a.count, "message": a.message,
+            "examples": json.loads(a.examples), "delivered": json.loads(a.delivered or "{}"),
+            "created": a.created.isoformat() if a.created else None,
+            "acknowledged": a.acknowledged.isoformat() if a.acknowledged else None,
+            "acknowledged_by": a.acknowledged_by}
+
+
+def list_alerts(engine: Engine, *, since: int | None = None, until: int | None = None,
+                limit: int = 200) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        query = select(MonitorAlert)
+        if since is not None:
+            query = query.where(MonitorAlert.window >= since)
+        if until is not None:
+            query = query.where(MonitorAlert.window < until)
+        rows = session.scalars(query.order_by(MonitorAlert.window.desc(), MonitorAlert.id.desc()).limit(limit))
+        return [alert_dict(a) for a in rows]
+
+
+def acknowledge(engine: Engine, alert_id: int, by: str) -> dict[str, Any] | None:
+    """Mark an alert seen (the first acknowledgement stays); the alert, or None if there is no such id."""
+    with Session(engine) as session, session.begin():
+        alert = session.get(MonitorAlert, alert_id)
+        if alert is None:
+            return None
+        if alert.acknowledged is None:
+            alert.acknowledged, alert.acknowledged_by = datetime.now(UTC), by
+        session.flush()
+        return alert_dict(alert)

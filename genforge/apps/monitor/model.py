@@ -1,0 +1,91 @@
+"""The monitor's model at run time: sentiment and topic of a batch of texts.
+
+Loads what `genforge app monitor train` wrote: the sentiment classifier through
+`genforge.finetune.classifier.load_classifier` (any saved variant, compressed ones included), and either
+the topic classifier or the discovered topics' router (see topics.py).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genforge.artifacts import read_manifest
+from genforge.errors import ArtifactError
+
+
+@dataclass
+class MonitorModel:
+    folder: Path
+    sentiment: tuple[Any, Any, dict[str, Any]]  # (classifier, tokenizer, classifier.json)
+    topic: tuple[Any, Any, dict[str, Any]] | None = None  # a topic classifier, or
+    router: Any = None  # the discovered topics' router: texts -> (topic index, probability), or
+    encoder: tuple[Any, Any] | None = None  # (encoder, tokenizer) with
+    centroids: Any = None  # [topics, hidden]: nearest centroid
+    topic_seq_len: int = 64
+    topic_names: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time
+
+    def classify(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """One {sentiment, confidence, probs, topic, topic_score} per text, in order."""
+        from genforge.apps.monitor import topics
+        from genforge.finetune.classifier import predict_probs
+
+        if not texts:
+            return []
+        model, tok, info = self.sentiment
+        with self.lock:
+            probs = predict_probs(model, tok, texts, seq_len=info["seq_len"], multi_label=False,
+                                  batch_size=batch_size)
+            if self.topic is not None:
+                tmodel, ttok, tinfo = self.topic
+                tprobs = predict_probs(tmodel, ttok, texts, seq_len=tinfo["seq_len"], multi_label=False,
+                                       batch_size=batch_size)
+                best, score = tprobs.argmax(1), tprobs.max(1)
+                names = tinfo["labels"]
+            elif self.router is not None:
+                best, score = self.router(texts)
+                names = self.topic_names
+            else:
+                vectors = topics.embed(*self.encoder, texts, seq_len=self.topic_seq_len, batch_size=batch_size)
+                best, score = topics.assign(vectors, self.centroids)
+                names = self.topic_names
+        labels = info["labels"]
+        out = []
+        for row, b, s in zip(probs, best, score, strict=True):
+            i = int(row.argmax())
+            out.append({"sentiment": labels[i], "confidence": float(row[i]),
+                        "probs": {lab: round(float(p), 4) for lab, p in zip(labels, row, strict=True)},
+                        "topic": names[int(b)], "topic_score": float(s)})
+        return out
+
+
+def load_monitor_model(folder: Path) -> MonitorModel:
+    """The model folder of `genforge app monitor train` (refuses anything else with a one-line error)."""
+    import numpy as np
+
+    from genforge.apps.monitor import topics
+    from genforge.apps.monitor.train import MONITOR_STAGE
+    from genforge.finetune.classifier import load_classifier
+
+    folder = Path(folder)
+    manifest = read_manifest(folder, stage=MONITOR_STAGE)
+    sentiment = load_classifier(folder / manifest["sentiment"])
+    if set(sentiment[2]["labels"]) - {"negative", "neutral", "positive"} or "negative" not in sentiment[2]["labels"]:
+        raise ArtifactError(f"{folder / manifest['sentiment']}: labels {sentiment[2]['labels']} are not "
+                            "negative/neutral/positive")
+    tm = manifest["topic_model"]
+    if tm["kind"] == "classifier":
+        return MonitorModel(folder, sentiment, topic=load_classifier(folder / tm["path"]))
+    info = json.loads((folder / tm["path"]).read_text(encoding="utf-8"))
+    if info.get("assign") == "encoder":
+        return MonitorModel(folder, sentiment, encoder=topics.load_encoder(Path(info["embedder"])),
+                            centroids=np.load(folder / "centroids.npy"), topic_names=info["names"],
+                            topic_seq_len=info["seq_len"])
+    vocabulary = json.loads((folder / "topic_vocabulary.json").read_text(encoding="utf-8"))
+    with np.load(folder / "topic_router.npz") as z:
+        router = topics.load_router(vocabulary, z["idf"], z["coef"], z["intercept"])
+    return MonitorModel(folder, sentiment, router=router, topic_names=info["names"])

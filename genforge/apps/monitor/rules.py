@@ -1,0 +1,203 @@
+"""Alert rules (YAML) and the detectors behind them, as pure functions over window series.
+
+    rules:
+      - {name: negative-surge, kind: ewma_z, by: topic, threshold: 3.5, channels: [log, webhook]}
+      - {name: negative-cusum, kind: cusum, by: topic, threshold: 4, k: 0.75}
+      - {name: volume-spike, kind: volume, by: topic, threshold: 5, min_ratio: 2}
+      - {name: watched-negative, kind: entity_negative, by: entity, keys: [AAPL, TSLA], threshold: 0.5}
+    channels:
+      webhook: {url: "https://hooks.example.com/monitor"}
+      email: {host: smtp.example.com, port: 587, sender: monitor@example.com, to: [risk@example.com],
+              username: monitor, password_env: MONITOR_SMTP_PASSWORD, starttls: true}
+
+The surge detectors compare each window with the EWMA baseline of the windows before it, and measure
+the difference in standard errors that allow for both the window's binomial noise (small windows are
+noisy) and the baseline's own excess variance (over-dispersion beyond binomial noise):
+- ewma_z: z = (p - baseline) / se, alert when z >= threshold and p >= min_ratio * baseline;
+- cusum: S = max(0, S + z - k), alert when S >= threshold, then S restarts at 0 (catches smaller,
+  longer surges that no single window shows);
+- volume: the same z on counts with Poisson noise (variance = baseline count);
+- entity_negative: a watched entity's negative share reaches `threshold` while its baseline is below it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genforge.apps.monitor.analytics import Window, ewma
+from genforge.apps.monitor.config import WINDOWS
+from genforge.config import from_dict, read_yaml
+from genforge.errors import ConfigError
+
+KINDS = ("ewma_z", "cusum", "volume", "entity_negative")
+CHANNELS = ("log", "webhook", "email")
+
+
+@dataclass
+class Rule:
+    name: str
+    kind: str
+    by: str = "topic"
+    window: str = "hour"
+    threshold: float = 3.5  # z (ewma_z, volume), decision interval h (cusum), negative share (entity_negative)
+    k: float = 0.5  # cusum: slack in standard errors
+    min_count: int = 10  # windows with fewer items neither alert nor (for shares) feed the baseline
+    min_ratio: float = 1.3  # ewma_z/volume: the value must also be this many times the baseline
+    halflife: float = 48.0  # EWMA half-life in windows
+    warmup: int = 24  # windows with data before a key may alert
+    cooldown: int = 6  # windows after an alert in which the same rule and key stay quiet
+    keys: list[str] = field(default_factory=list)  # only these topics/entities (entity_negative: the watch list)
+    channels: list[str] = field(default_factory=lambda: ["log"])
+
+    @property
+    def width(self) -> int:
+        return WINDOWS[self.window]
+
+    def check(self) -> None:
+        where = f"alert rule '{self.name}'"
+        if self.kind not in KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        if self.by not in ("topic", "entity", "all"):
+            raise ConfigError(f"{where}: by must be topic, entity or all; got {self.by!r}")
+        if self.window not in WINDOWS:
+            raise ConfigError(f"{where}: window must be one of {', '.join(WINDOWS)}; got {self.window!r}")
+        if self.kind == "entity_negative" and (self.by != "entity" or not self.keys):
+            raise ConfigError(f"{where}: entity_negative needs by: entity and the watched entities in keys")
+        if not self.threshold > 0 or self.halflife <= 0 or self.min_count < 1 or self.cooldown < 0:
+            raise ConfigError(f"{where}: threshold and halflife must be > 0, min_count >= 1, cooldown >= 0")
+        bad = [c for c in self.channels if c not in CHANNELS]
+        if bad:
+            raise ConfigError(f"{where}: unknown channel {bad[0]!r} (channels: {', '.join(CHANNELS)})")
+
+
+@dataclass
+class WebhookChannel:
+    url: str
+    timeout: float = 10.0
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class EmailChannel:
+    host: str
+    to: list[str]
+    sender: str = "genforge-monitor@localhost"
+    port: int = 25
+    username: str | None = None
+    password_env: str | None = None  # the password is read from this environment variable, never from YAML
+    starttls: bool = False
+    ssl: bool = False
+    timeout: float = 10.0
+
+
+@dataclass
+class Channels:
+    webhook: WebhookChannel | None = None
+    email: EmailChannel | None = None
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule] = field(default_factory=list)
+    channels: Channels = field(default_factory=Channels)
+
+    def check(self) -> None:
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"alert rule names must be unique; got {', '.join(names)}")
+        for r in self.rules:
+            r.check()
+            if "webhook" in r.channels and self.channels.webhook is None:
+                raise ConfigError(f"alert rule '{r.name}' uses the webhook channel: set channels.webhook.url")
+            if "email" in r.channels and self.channels.email is None:
+                raise ConfigError(f"alert rule '{r.name}' uses the email channel: set channels.email")
+
+
+DEFAULT_RULES = [
+    Rule("negative-surge", "ewma_z"),
+    Rule("negative-cusum", "cusum", threshold=4.0, k=0.75),
+    Rule("volume-spike", "volume", threshold=6.0, min_ratio=2.0),
+]
+
+
+def load_rules(path: Path | None) -> RuleSet:
+    if path is None:
+        return RuleSet(rules=list(DEFAULT_RULES))
+    rules = from_dict(RuleSet, read_yaml(path))
+    if not rules.rules:
+        raise ConfigError(f"{path}: no rules (give a list `rules`)")
+    return rules
+
+
+@dataclass
+class Hit:
+    index: int  # position of the window in the series
+    value: float
+    baseline: float
+    score: float
+
+
+def _share_z(rule: Rule, ws: list[Window], clip: float = 2.0) -> list[tuple[int, float, float, float]]:
+    """(index, p, baseline, z) of every window with enough items, after the warm-up.
+
+    The baseline is an EWMA of the negative share whose updates are clipped to `clip` standard errors, so
+    a surge barely moves it (it is still detected while it lasts, and it does not inflate the variance
+    against which the next surge is measured), while a lasting change is followed within a few half-lives.
+    """
+    alpha = 1 - 0.5 ** (1 / rule.halflife)
+    mean: float | None = None
+    var = binvar = 0.0  # EWMA of the squared deviations, and of the binomial variance p(1-p)/n
+    out, seen = [], 0
+    for i, w in enumerate(ws):
+        if w.n < rule.min_count:
+            continue
+        p = w.neg_share
+        seen += 1
+        if mean is None:
+            mean, binvar = p, p * (1 - p) / w.n
+            continue
+        excess = max(0.0, var - binvar)
+        floor = 0.5 / w.n  # a baseline of exactly 0 still has some uncertainty
+        # the baseline is itself an estimate from about min(seen, (2 - alpha) / alpha) windows
+        estimate = binvar / min(seen - 1, (2 - alpha) / alpha)
+        se = math.sqrt(max(mean * (1 - mean), floor) / w.n + excess + estimate)
+        z = (p - mean) / se
+        if seen > rule.warmup:
+            out.append((i, p, mean, z))
+        diff = max(-clip * se, min(clip * se, p - mean))
+        mean += alpha * diff
+        var = (1 - alpha) * (var + alpha * diff * diff)
+        binvar += alpha * (p * (1 - p) / w.n - binvar)
+    return out
+
+
+def detect(rule: Rule, ws: list[Window]) -> list[Hit]:
+    """The windows of one key's series where `rule` fires (before cooldown)."""
+    hits = []
+    if rule.kind == "ewma_z":
+        for i, p, mean, z in _share_z(rule, ws):
+            if z >= rule.threshold and p >= rule.min_ratio * mean:
+                hits.append(Hit(i, p, mean, z))
+    elif rule.kind == "cusum":
+        s = 0.0
+        for i, p, mean, z in _share_z(rule, ws):
+            s = max(0.0, s + z - rule.k)
+            if s >= rule.threshold:
+                hits.append(Hit(i, p, mean, s))
+                s = 0.0
+    elif rule.kind == "volume":
+        base = ewma([float(w.n) for w in ws], rule.halflife)
+        for i, (w, (mean, var)) in enumerate(zip(ws, base, strict=True)):
+            if i < rule.warmup or w.n < rule.min_count:
+                continue
+            z = (w.n - mean) / math.sqrt(max(mean, 1.0) + max(0.0, var - mean))
+            if z >= rule.threshold and w.n >= rule.min_ratio * mean:
+                hits.append(Hit(i, float(w.n), mean, z))
+    else:  # entity_negative
+        base = ewma([w.neg_share if w.n >= rule.min_count else None for w in ws], rule.halflife, prior=0.0)
+        for i, (w, (mean, _)) in enumerate(zip(ws, base, strict=True)):
+            if w.n >= rule.min_count and w.neg_share >= rule.threshold and mean < rule.threshold:
+                hits.append(Hit(i, w.neg_share, mean, w.neg_share))
+    return hits

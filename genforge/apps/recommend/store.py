@@ -1,0 +1,91 @@
+"""The build folder's payload on disk and back: items, embeddings, ANN index, behaviour matrices.
+
+Files (all written atomically; manifest.json, stage "app.recommend.build", comes last):
+items.jsonl (id, title, text, genres), embeddings.npy (float32, unit rows), index.faiss (inner product),
+behaviour.npz (users x items weights, popularity, item-item neighbours, ALS factors), users.json, recommend.json
+(what `load` needs: encoder path, sizes, the fields used), ranker_fast.txt / ranker.txt (LightGBM),
+scorer/ (the interest scorer, a genforge classifier run folder).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from genforge.apps.recommend.behaviour import Behaviour
+from genforge.apps.recommend.data import Items
+from genforge.artifacts import atomic_open, atomic_write_bytes, read_manifest, write_json
+
+STAGE = "app.recommend.build"
+FLAT_LIMIT = 200_000  # exact search up to this many items (a few ms); HNSW beyond
+
+
+def build_index(embeddings: np.ndarray) -> Any:
+    import faiss
+
+    dim = embeddings.shape[1]
+    if len(embeddings) <= FLAT_LIMIT:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    return index
+
+
+def genre_matrix(items: Items) -> tuple[sp.csr_matrix, list[str]]:
+    genres = sorted({g for gs in items.genres for g in gs})
+    index = {g: i for i, g in enumerate(genres)}
+    rows = [r for r, gs in enumerate(items.genres) for _ in gs]
+    cols = [index[g] for gs in items.genres for g in gs]
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(items.ids), len(genres)))
+    return m, genres
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def write_payload(folder: Path, items: Items, embeddings: np.ndarray, index: Any, behaviour: Behaviour,
+                  info: dict[str, Any]) -> None:
+    import faiss
+
+    with atomic_open(folder / "items.jsonl") as f:
+        for i, item in enumerate(items.ids):
+            f.write(json.dumps({"id": item, "title": items.titles[i], "text": items.texts[i],
+                                "genres": items.genres[i]}, ensure_ascii=False) + "\n")
+    atomic_write_bytes(folder / "embeddings.npy", _npy(embeddings.astype(np.float32)))
+    atomic_write_bytes(folder / "index.faiss", faiss.serialize_index(index).tobytes())
+    buf = io.BytesIO()
+    w, nb = behaviour.weights, behaviour.neighbours
+    np.savez(buf, w_data=w.data, w_indices=w.indices, w_indptr=w.indptr, w_shape=np.array(w.shape),
+             n_data=nb.data, n_indices=nb.indices, n_indptr=nb.indptr, popularity=behaviour.popularity,
+             user_factors=behaviour.user_factors, item_factors=behaviour.item_factors)
+    atomic_write_bytes(folder / "behaviour.npz", buf.getvalue())
+    write_json(folder / "users.json", behaviour.users)
+    write_json(folder / "recommend.json", info)
+
+
+def read_build(folder: Path) -> tuple[dict, Items, np.ndarray, Behaviour, sp.csr_matrix, list[str]]:
+    folder = Path(folder)
+    read_manifest(folder, stage=STAGE)
+    info = json.loads((folder / "recommend.json").read_text(encoding="utf-8"))
+    rows = [json.loads(line) for line in (folder / "items.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    items = Items([r["id"] for r in rows], [r["title"] for r in rows], [r["text"] for r in rows],
+                  [r["genres"] for r in rows])
+    embeddings = np.load(folder / "embeddings.npy")
+    z = np.load(folder / "behaviour.npz")
+    shape = tuple(z["w_shape"])
+    weights = sp.csr_matrix((z["w_data"], z["w_indices"], z["w_indptr"]), shape=shape)
+    neighbours = sp.csr_matrix((z["n_data"], z["n_indices"], z["n_indptr"]), shape=(shape[1], shape[1]))
+    users = json.loads((folder / "users.json").read_text(encoding="utf-8"))
+    behaviour = Behaviour(users, {u: i for i, u in enumerate(users)}, weights, z["popularity"], neighbours,
+                          z["user_factors"], z["item_factors"])
+    gm, genres = genre_matrix(items)
+    return info, items, embeddings, behaviour, gm, genres

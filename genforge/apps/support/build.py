@@ -1,0 +1,134 @@
+"""`genforge app support build`: knowledge base + history -> an assistant folder.
+
+OUT/index (passages, FAISS vectors), OUT/intent (a `finetune classify` run, when the FAQ has ids),
+OUT/chat (a `finetune sft` run, when a history is given), OUT/support.json (encoder, prompt settings and
+the calibrated thresholds), OUT/calibration.json, then the manifest (stage "app.support.build").
+Calibration questions are --val, or else held out of the index: hash bucket 8 of the question variants
+of FAQ entries that keep another variant, and bucket 8 of --oos (the rest of --oos trains the classifier).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from genforge.apps.support.assistant import META, load_assistant
+from genforge.apps.support.config import BuildConfig
+from genforge.apps.support.index import build_index, load_encoder
+from genforge.apps.support.ingest import Passage, ingest, kb_files
+from genforge.apps.support.policy import OOS, calibrate
+from genforge.artifacts import begin_output, write_json, write_manifest
+from genforge.errors import DataError
+from genforge.finetune.data import hash_bucket, read_records
+
+VAL_BUCKET = 8
+
+
+def read_questions(path: Path, labelled: bool = True) -> list[tuple[str, str]]:
+    """(text, label) rows of a CSV/JSONL/JSON (text or question; label, intent or id) or a plain text file."""
+    rows = []
+    for lineno, row in read_records(path, plain_field="text"):
+        text = str(row.get("text") or row.get("question") or "").strip()
+        label = str(row.get("label") or row.get("intent") or row.get("id") or "").strip()
+        if labelled and not label:
+            raise DataError(f"{path}:{lineno}: needs a 'label' (the FAQ id, or '{OOS}')")
+        if text:
+            rows.append((text, label or OOS))
+    if not rows:
+        raise DataError(f"{path} holds no questions")
+    return rows
+
+
+def split_calibration(passages: list[Passage], oos: list[str]) -> tuple[list[Passage], list[tuple[str, str]], list[str]]:
+    """(indexed passages, calibration rows, oos rows for training) without a --val file."""
+    variants: dict[str, int] = {}
+    for p in passages:
+        variants[p.entry] = variants.get(p.entry, 0) + (p.kind == "faq")
+    held = {p.id for p in passages if p.kind == "faq" and variants[p.entry] > 1 and hash_bucket(p.text) == VAL_BUCKET}
+    val = [(p.text, p.entry) for p in passages if p.id in held]
+    kept = [p for p in passages if p.id not in held]
+    val += [(t, OOS) for t in oos if hash_bucket(t) == VAL_BUCKET]
+    return kept, val, [t for t in oos if hash_bucket(t) != VAL_BUCKET]
+
+
+def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], encoder: Path) -> Path | None:
+    """An intent (+ 'oos') classifier on the FAQ question variants, when the FAQ names its entries."""
+    from genforge.finetune.classify import classify
+    from genforge.finetune.config import ClassifyConfig
+
+    faq = [p for p in passages if p.kind == "faq" and not p.entry.startswith("faq-")]
+    if not cfg.classify or len({p.entry for p in faq}) < 2:
+        return None
+    data = Path(cfg.out) / "work" / "intents.csv"
+    with open(data, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([(p.text, p.entry) for p in faq] + [(t, OOS) for t in oos])
+    return classify(ClassifyConfig(model=encoder, data=data, out=Path(cfg.out) / "intent", seq_len=64,
+                                   batch_size=cfg.classify_batch, max_steps=cfg.classify_steps, lr=1e-4,
+                                   warmup_steps=min(30, cfg.classify_steps // 5), eval_every=0, log_every=25,
+                                   seed=cfg.seed, bf16=False))
+
+
+def build(cfg: BuildConfig) -> Path:
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    started = begin_output(out)
+    (out / "work").mkdir(exist_ok=True)
+    passages = ingest(cfg.kb, cfg.chunk_chars, cfg.overlap)
+    oos = [t for t, _ in read_questions(cfg.oos, labelled=False)] if cfg.oos else []
+    if cfg.val:
+        indexed, val, oos_train = passages, read_questions(cfg.val), oos
+    else:
+        indexed, val, oos_train = split_calibration(passages, oos)
+    if not val:
+        raise DataError("no calibration questions: give --val FILE (text, label) or FAQ entries with several "
+                        "question variants")
+    encoder = load_encoder(cfg.encoder)
+    index = build_index([Passage(**{**p.to_dict(), "id": i}) for i, p in enumerate(indexed)], encoder)
+    index.save(out / "index")
+    intent = train_intents(cfg, indexed, oos_train, cfg.intent_base or encoder.path)
+    chat = None
+    if cfg.history:
+        from genforge.apps.support.chatmodel import chat_model
+
+        chat = chat_model(cfg, index, indexed, out / "work")
+    meta = {"encoder": str(encoder.path), "system": cfg.system, "prompt_passages": cfg.prompt_passages,
+            "passage_chars": cfg.passage_chars, "thresholds": {}, "chat": chat is not None,
+            "intent": intent is not None}
+    write_json(out / META, meta)
+    assistant = load_assistant(out, generate=False, finished=False)
+    hits, oos_scores = assistant.signals([t for t, _ in val])
+    labels = np.array([label for _, label in val])
+    top = [h[0] if h else None for h in hits]
+    confidence = np.array([h.cosine if h else -1.0 for h in top])
+    correct = np.array([h is not None and h.passage.entry == y for h, y in zip(top, labels, strict=True)])
+    is_faq = np.array([h is not None and h.passage.kind == "faq" for h in top])
+    thresholds, report = calibrate(confidence, oos_scores, correct, labels == OOS, cfg.min_inscope_accuracy,
+                                   cfg.faq_precision, is_faq)
+    write_json(out / "calibration.json", report)
+    write_json(out / META, {**meta, "thresholds": thresholds.to_dict()})
+    counts = {"passages": len(indexed), "faq_entries": len({p.entry for p in indexed if p.kind == "faq"}),
+              "doc_chunks": sum(p.kind == "doc" for p in indexed), "val_questions": len(val)}
+    write_manifest(out, "app.support.build", cfg, started=started, inputs=kb_files(cfg.kb),
+                   metrics={**counts, **{k: v for k, v in report.items() if k != "thresholds"}},
+                   extra={"thresholds": thresholds.to_dict()})
+    _summary(out, counts, report)
+    return out
+
+
+def _summary(out: Path, counts: dict, report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"support assistant: {out}")
+    table.add_column("what")
+    table.add_column("value")
+    for key, value in {**counts, **{k: v for k, v in report.items() if k != "thresholds"},
+                       **{f"threshold {k}": v for k, v in report["thresholds"].items()}}.items():
+        table.add_row(key, str(value))
+    Console().print(table)

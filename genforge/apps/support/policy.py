@@ -1,0 +1,103 @@
+"""When to answer from the FAQ, when to generate, when to hand off, and how those thresholds are chosen.
+
+Two signals per question: the dense cosine of the best fused hit (how close the knowledge base comes)
+and, when an intent classifier exists, its out-of-scope score (P(oos) when it was trained with hand-off
+examples, else 1 - the top intent's probability). The thresholds are calibrated on validation questions
+(in-scope ones labelled with their FAQ id, out-of-scope ones 'oos'): the hand-off pair maximises the
+hand-off F1 among the pairs that keep the in-scope accuracy (answered and right) at the target, and the
+FAQ threshold is the lowest confidence from which the top FAQ answer is right often enough to be
+returned verbatim. Nothing is a guessed constant; calibration.json records what was chosen and why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+OOS = "oos"
+GRID = 501  # most confidence thresholds tried (quantiles beyond); the classifier score gets a fifth
+
+
+@dataclass
+class Thresholds:
+    handoff_confidence: float = -math.inf  # below it: hand off
+    oos: float = math.inf  # classifier out-of-scope score from which to hand off
+    faq: float = math.inf  # from it: the FAQ answer verbatim
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {k: (None if math.isinf(v) else round(v, 6)) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Thresholds:
+        default = cls()
+        return cls(**{k: getattr(default, k) if d.get(k) is None else float(d[k]) for k in asdict(default)})
+
+
+def decide(confidence: float, oos_score: float | None, top_kind: str | None, th: Thresholds,
+           can_generate: bool) -> str:
+    """'handoff', 'faq' (the FAQ answer or document passage verbatim) or 'generate'."""
+    if top_kind is None or confidence < th.handoff_confidence or (oos_score is not None and oos_score >= th.oos):
+        return "handoff"
+    if not can_generate or (top_kind == "faq" and confidence >= th.faq):
+        return "faq"
+    return "generate"
+
+
+def _candidates(values: np.ndarray, never: float, grid: int) -> np.ndarray:
+    """Every observed value (a threshold just at it is exact), or `grid` quantiles of many; plus `never`."""
+    values = np.unique(values)
+    if len(values) > grid:
+        values = np.quantile(values, np.linspace(0, 1, grid))
+    return np.concatenate([values, [never]])
+
+
+def f1(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    tp = float((pred & truth).sum())
+    precision = tp / pred.sum() if pred.sum() else 0.0
+    recall = tp / truth.sum() if truth.sum() else 0.0
+    return precision, recall, (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+
+
+def calibrate(confidence: np.ndarray, oos_score: np.ndarray | None, correct: np.ndarray, is_oos: np.ndarray,
+              min_accuracy: float, faq_precision: float, is_faq: np.ndarray | None = None) -> tuple[Thresholds, dict]:
+    """Thresholds from validation signals; `correct`: the top hit is the right entry (in-scope rows)."""
+    confidence, correct, is_oos = np.asarray(confidence), np.asarray(correct, bool), np.asarray(is_oos, bool)
+    inscope = ~is_oos
+    ceiling = float(correct[inscope].mean()) if inscope.any() else 0.0
+    target = min(min_accuracy, ceiling - 0.01)  # a target above what retrieval reaches cannot be kept
+    conf_grid = _candidates(confidence, -math.inf, GRID)
+    oos_grid = _candidates(np.asarray(oos_score), math.inf, GRID // 5) if oos_score is not None \
+        else np.array([math.inf])
+    best: tuple | None = None
+    for t_oos in oos_grid:
+        flagged = np.asarray(oos_score) >= t_oos if oos_score is not None else np.zeros(len(confidence), bool)
+        for t_conf in conf_grid:
+            handoff = flagged | (confidence < t_conf)
+            accuracy = float((correct & ~handoff)[inscope].mean()) if inscope.any() else 0.0
+            if accuracy < target:
+                continue
+            p, r, f = f1(handoff, is_oos)
+            # most F1; without hand-off examples, the most cautious pair that keeps the accuracy
+            key = (f, accuracy) if is_oos.any() else (float(handoff.mean()), accuracy)
+            if best is None or key > best[0]:
+                best = (key, t_conf, t_oos, accuracy, p, r, f)
+    if best is None:  # nothing keeps the target: never hand off on these signals
+        best = ((0.0, ceiling), -math.inf, math.inf, ceiling, 0.0, 0.0, 0.0)
+    _, t_conf, t_oos, accuracy, p, r, f = best
+    faq_ok = inscope & (confidence >= t_conf) & (is_faq if is_faq is not None else True)
+    t_faq = math.inf
+    for t in np.sort(np.unique(confidence[faq_ok])) if faq_ok.any() else []:
+        above = faq_ok & (confidence >= t)
+        if correct[above].mean() >= faq_precision:
+            t_faq = float(t)
+            break
+    th = Thresholds(float(t_conf), float(t_oos), t_faq)
+    report = {"thresholds": th.to_dict(), "val_inscope": int(inscope.sum()), "val_oos": int(is_oos.sum()),
+              "retrieval_accuracy": round(ceiling, 4), "target_inscope_accuracy": round(target, 4),
+              "inscope_accuracy": round(accuracy, 4), "handoff_precision": round(p, 4), "handoff_recall": round(r, 4),
+              "handoff_f1": round(f, 4),
+              "faq_share": round(float((faq_ok & (confidence >= t_faq)).sum() / max(inscope.sum(), 1)), 4)}
+    return th, report

@@ -1,0 +1,140 @@
+"""The assistant on the serving stack: POST /v1/support/chat, the OpenAI model name, tickets, the widget.
+
+`router(desk)` is an APIRouter for `genforge.serve.app.create_app(state, routers=(...))`. Its routes use
+the serving stage's `authorize` (keys, rate limits). /v1/chat/completions answers for the assistant's
+model name (so any OpenAI client talks to the assistant; the conversation comes in `messages`, `user`
+names the session) and hands every other model name on to the serving stage's own handler.
+Streams are server-sent events; the widget (ui/widget.html) reads /v1/support/chat's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from genforge.apps.support.service import Desk, Reply, converse
+from genforge.apps.support.tables import list_tickets
+from genforge.serve import completions
+from genforge.serve.app import Authorized
+from genforge.serve.errors import ApiError
+from genforge.serve.schemas import ChatRequest
+
+WIDGET = Path(__file__).parent / "ui" / "widget.html"
+
+
+class SupportChat(BaseModel):
+    message: str = Field(min_length=1, max_length=8000)
+    session_id: str | None = Field(None, max_length=64)
+    stream: bool = False
+
+
+def _event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
+
+
+def summary(r: Reply) -> dict[str, Any]:
+    a = r.answer
+    return {"object": "support.answer", "session_id": r.session_id, "response_id": r.response_id, "action": a.action,
+            "answer": a.text, "confidence": round(a.confidence, 4), "sources": a.sources, "ticket": a.ticket}
+
+
+def _stream(run: Iterator[str], frame: Any, end: Any) -> Iterator[str]:
+    """SSE of a converse() run (a sync generator: Starlette iterates it in its thread pool)."""
+    while True:
+        try:
+            piece = next(run)
+        except StopIteration as done:
+            yield from end(done.value)
+            yield "data: [DONE]\n\n"
+            return
+        if piece:
+            yield frame(piece)
+
+
+def router(desk: Desk) -> APIRouter:
+    api = APIRouter()
+    started = time.time()
+
+    @api.post("/v1/support/chat")
+    def support_chat(body: SupportChat, caller: Authorized) -> Any:
+        run = converse(desk, body.message, session_id=body.session_id, caller=caller.name)
+        if not body.stream:
+            return summary(_drain(run))
+        return StreamingResponse(_stream(run, lambda p: _event({"delta": p}), lambda r: [_event(summary(r))]),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.get("/v1/support/tickets")
+    def tickets(_: Authorized, status: str = "open", limit: int = 50) -> dict[str, Any]:
+        if status not in ("open", "closed", "all"):
+            raise ApiError(400, f"status must be open, closed or all; got {status!r}", param="status")
+        return {"object": "list", "data": list_tickets(desk.engine, status, min(max(limit, 1), 500))}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatRequest, caller: Authorized) -> Any:
+        if body.model != desk.name:
+            return await completions.create(request, body, chat=True)
+        if body.user and len(body.user) > 64:
+            raise ApiError(400, "user names the support session: at most 64 characters", param="user")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        if messages[-1]["role"] != "user":
+            raise ApiError(400, "the last message must be the customer's (role 'user')", param="messages")
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        run = converse(desk, messages[-1]["content"], session_id=body.user, caller=caller.name,
+                       conversation=messages[:-1], response_id=rid)
+        meta = {"id": rid, "created": int(time.time()), "model": desk.name}
+        if not body.stream:
+            r = await run_in_threadpool(_drain, run)
+            return JSONResponse({"object": "chat.completion", **meta,
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": r.answer.text},
+                                              "logprobs": None, "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                                 "genforge": summary(r)})
+        chunk = {"object": "chat.completion.chunk", **meta}
+
+        def frame(piece: str) -> str:
+            return _event({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+
+        def end(r: Reply) -> list[str]:
+            return [_event({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                            "genforge": summary(r)})]
+
+        return StreamingResponse(_stream(run, frame, end), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @api.get("/v1/models")
+    def models(request: Request, _: Authorized) -> dict[str, Any]:
+        """The served models and the assistant, so clients that list models first find it."""
+        state = request.app.state.genforge
+        served = [{"id": m.name, "object": "model", "created": m.created, "owned_by": "genforge"}
+                  for m in state.models.values()]
+        return {"object": "list", "data": [{"id": desk.name, "object": "model", "created": int(started),
+                                            "owned_by": "genforge", "genforge": {"kind": "support"}}, *served]}
+
+    @api.get("/support", include_in_schema=False)
+    def widget() -> FileResponse:
+        return FileResponse(WIDGET, media_type="text/html")
+
+    @api.get("/support/config", include_in_schema=False)
+    def widget_config(request: Request) -> dict[str, Any]:
+        keys = request.app.state.genforge.keys
+        return {"name": desk.name, "key_required": keys.static_key is not None or keys.required()}
+
+    return api
+
+
+def _drain(run: Iterator[str]) -> Reply:
+    while True:
+        try:
+            next(run)
+        except StopIteration as done:
+            return done.value
+

@@ -1,0 +1,187 @@
+"""Trend analytics and every alert rule and channel: EWMA z-score, CUSUM, volume spike, watched entity;
+cooldown, deduplication and restarts; delivery to the log, a local webhook receiver and a local SMTP server."""
+
+import json
+import logging
+import math
+import random
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from genforge.apps.monitor.alerts import acknowledge, evaluate, list_alerts
+from genforge.apps.monitor.analytics import Window, ewma, sentiment_index, trend_rows, wilson, windows
+from genforge.apps.monitor.rules import (
+    DEFAULT_RULES,
+    Channels,
+    EmailChannel,
+    Rule,
+    RuleSet,
+    WebhookChannel,
+    detect,
+    load_rules,
+)
+from genforge.errors import ConfigError
+
+H = 3600
+
+
+def stream(hours, share, per_hour=60, topic="rates", surge=None, seed=0, entity=None):
+    """Items of `hours` hours: `per_hour` a hour, each negative with probability `share` (or surge[h])."""
+    rng = random.Random(seed)
+    rows = []
+    for h in range(hours):
+        p = (surge or {}).get(h, share)
+        for i in range(per_hour):
+            sentiment = "negative" if rng.random() < p else rng.choice(["neutral", "positive"])
+            rows.append((h * H + i * (H // per_hour), topic, sentiment, entity))
+    return rows
+
+
+def test_intervals_and_ewma():
+    lo, hi = wilson(10, 100)
+    assert lo < 0.1 < hi and math.isclose(lo, 0.0552, abs_tol=1e-3) and math.isclose(hi, 0.1744, abs_tol=1e-3)
+    assert wilson(0, 0) == (0.0, 1.0)
+    idx, ilo, ihi = sentiment_index(30, 10, 100)
+    assert idx == 0.2 and ilo < 0.2 < ihi and math.isclose(ihi - idx, 1.96 * math.sqrt((0.4 - 0.04) / 99), rel_tol=1e-3)
+    out = ewma([1.0, None, 1.0, 3.0], halflife=1)
+    assert out[0] == (1.0, 0.0) and out[2] == (1.0, 0.0) and out[3][0] == 1.0 and ewma([5.0], 1, prior=0)[0] == (0, 0)
+
+
+def test_windows_count_per_topic_and_fill_gaps(engine, add_items):
+    add_items(engine, [(10, "a", "negative", None), (20, "a", "positive", "X"), (7300, "a", "neutral", None),
+                       (30, "b", "negative", "X")])
+    series = windows(engine, by="topic", width=H)
+    assert list(series) == ["a", "b"] and [w.n for w in series["a"]] == [2, 0, 1] and len(series["b"]) == 3
+    assert (series["a"][0].negative, series["a"][0].positive) == (1, 1)
+    assert [w.n for w in windows(engine, by="entity", width=H)["X"]] == [2]
+    assert [w.n for w in windows(engine, by="all", width=86400)["all"]] == [4]
+    rows = trend_rows(series)
+    assert rows[0]["neg_share"] == 0.5 and rows[0]["index"] == 0 and rows[0]["neg_lo"] < 0.5 < rows[0]["neg_hi"]
+    assert windows(engine, by="topic", width=H, since=3600)["a"][0].start == 3600
+
+
+@pytest.mark.parametrize("kind", ["ewma_z", "cusum"])
+def test_surge_rules_fire_on_a_doubling_and_not_on_noise(kind):
+    rule = next(r for r in DEFAULT_RULES if r.kind == kind)  # the defaults
+    quiet = stream(24 * 7, 0.15, seed=1)
+    hours = {}
+    for t, _, s, _ in quiet:
+        hours.setdefault(t // H, []).append(s)
+
+    def series(rows):
+        by = {}
+        for t, _, s, _ in rows:
+            w = by.setdefault(t // H, Window("rates", t // H * H))
+            w.n += 1
+            w.negative += s == "negative"
+        return [by[h] for h in sorted(by)]
+
+    assert len(detect(rule, series(quiet))) <= 1  # the goal: at most one false alert a day, here over a week
+    surged = series(stream(24 * 4, 0.15, seed=2, surge={h: 0.30 for h in range(72, 78)}))
+    hits = [h.index for h in detect(rule, surged)]
+    assert any(72 <= i <= 76 for i in hits)  # found within the surge's first hours
+    assert len([i for i in hits if not 72 <= i < 80]) <= 4  # at most one false alert a day
+
+
+def test_volume_and_watched_entity_rules():
+    ws = [Window("x", h * H, n=50, negative=5) for h in range(48)] + [Window("x", 48 * H, n=200, negative=20)]
+    hit = detect(Rule("v", "volume", threshold=5, min_ratio=2), ws)
+    assert [h.index for h in hit] == [48] and hit[0].value == 200
+    ws = [Window("ACME", h * H, n=20, negative=2) for h in range(5)] + [Window("ACME", 5 * H, n=20, negative=12)]
+    rule = Rule("w", "entity_negative", by="entity", keys=["ACME"], threshold=0.5)
+    assert [h.index for h in detect(rule, ws)] == [5]
+    with pytest.raises(ConfigError, match="keys"):
+        Rule("w", "entity_negative", by="entity").check()
+
+
+def test_alerts_are_stored_once_with_cooldown_examples_and_ack(engine, add_items):
+    rules = RuleSet([Rule("surge", "ewma_z", cooldown=6, channels=["log"])])
+    add_items(engine, stream(60, 0.1, seed=3, surge={h: 0.5 for h in range(40, 46)}))
+    first = evaluate(engine, rules)
+    assert len(first) == 1 and first[0]["window"] == 40 * H and first[0]["key"] == "rates"
+    assert first[0]["delivered"] == {"log": "ok"} and len(first[0]["examples"]) == 5
+    assert all(e["sentiment"] == "negative" for e in first[0]["examples"])
+    assert evaluate(engine, rules) == []  # already evaluated: no repeat
+    add_items(engine, stream(72, 0.1, seed=4, surge={h: 0.5 for h in range(66, 70)})[60 * 60:])
+    second = evaluate(engine, RuleSet([Rule("surge", "ewma_z", cooldown=6, channels=["log"])]))  # a restart
+    assert [a["window"] for a in second] == [66 * H]
+    assert [a["id"] for a in list_alerts(engine)] == [second[0]["id"], first[0]["id"]]
+    assert acknowledge(engine, first[0]["id"], "alice")["acknowledged_by"] == "alice"
+    assert acknowledge(engine, first[0]["id"], "bob")["acknowledged_by"] == "alice"
+    assert acknowledge(engine, 999, "bob") is None
+
+
+def test_watched_entity_alert_through_the_database(engine, add_items):
+    rows = stream(30, 0.1, per_hour=20, entity="ACME", seed=5, surge={25: 0.9})
+    add_items(engine, rows)
+    rules = RuleSet([Rule("watch", "entity_negative", by="entity", keys=["ACME"], threshold=0.6, min_count=10)])
+    assert [(a["key"], a["window"]) for a in evaluate(engine, rules)] == [("ACME", 25 * H)]
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - the http.server API
+        Receiver.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhook_email_and_log_channels(engine, add_items, caplog):
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    mails = []
+
+    class Inbox(Message):
+        def handle_message(self, message):
+            mails.append(message)
+
+    http = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    with socket.socket() as sock:  # aiosmtpd cannot take port 0: find a free one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    smtp.start()
+    try:
+        channels = Channels(webhook=WebhookChannel(url=f"http://127.0.0.1:{http.server_port}/hook"),
+                            email=EmailChannel(host="127.0.0.1", port=port,
+                                               to=["risk@example.com"], sender="monitor@example.com"))
+        rules = RuleSet([Rule("surge", "ewma_z", channels=["log", "webhook", "email"])], channels)
+        add_items(engine, stream(50, 0.1, seed=6, surge={45: 0.6}))
+        with caplog.at_level(logging.WARNING, logger="genforge.monitor"):
+            alerts = evaluate(engine, rules)
+        assert len(alerts) == 1 and alerts[0]["delivered"] == {"log": "ok", "webhook": "ok", "email": "ok"}
+        assert any(r.getMessage() == "alert" and r.alert_id == alerts[0]["id"] for r in caplog.records)
+        assert Receiver.received[-1]["alert"]["id"] == alerts[0]["id"]
+        assert Receiver.received[-1]["alert"]["examples"][0]["sentiment"] == "negative"
+        assert mails and mails[0]["To"] == "risk@example.com" and "negative share" in mails[0]["Subject"]
+        assert "alert id" in mails[0].get_payload()
+        dead = RuleSet([Rule("dead", "ewma_z", channels=["webhook"])],
+                       Channels(webhook=WebhookChannel(url="http://127.0.0.1:9/none", timeout=2)))
+        (alert,) = evaluate(engine, dead)
+        assert alert["delivered"]["webhook"].startswith("error") and list_alerts(engine)[0]["id"] == alert["id"]
+    finally:
+        smtp.stop()
+        http.shutdown()
+
+
+def test_rules_yaml(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - {name: s, kind: cusum, threshold: 6}\n  - {name: w, kind: entity_negative, by: entity,"
+                    " keys: [AAPL], channels: [webhook]}\nchannels:\n  webhook: {url: 'http://h/x'}\n")
+    rules = load_rules(path)
+    assert [r.kind for r in rules.rules] == ["cusum", "entity_negative"] and rules.channels.webhook.url == "http://h/x"
+    path.write_text("rules:\n  - {name: s, kind: cusum, channels: [email]}\n")
+    with pytest.raises(ConfigError, match="channels.email"):
+        load_rules(path)
+    path.write_text("rules:\n  - {name: s, kind: zscore}\n")
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        load_rules(path)

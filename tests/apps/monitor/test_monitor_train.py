@@ -1,0 +1,98 @@
+"""`genforge app monitor train`: sentiment through `finetune classify`, topics discovered or from labels,
+label mappings of the real data sets' formats, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from genforge.apps.monitor.model import load_monitor_model
+from genforge.apps.monitor.topics import discover, fit_router, keywords, load_router, words
+from genforge.apps.monitor.train import labelled, parse_spec, read_pairs, train
+from genforge.artifacts import read_manifest
+from genforge.errors import ConfigError, DataError
+
+
+def test_train_discovers_topics_and_the_model_classifies(monitor_model, loaded_model):
+    manifest = read_manifest(monitor_model, stage="app.monitor.model")
+    assert manifest["topic_model"] == {"kind": "discovered", "path": "topics.json"}
+    assert 0 <= manifest["metrics"]["topic_router_agreement"] <= 1
+    topics = json.loads((monitor_model / "topics.json").read_text())
+    assert len(topics["names"]) == 3 == len(set(topics["names"])) and sum(topics["sizes"]) > 0
+    assert read_manifest(monitor_model / "sentiment", stage="finetune")["stage"] == "finetune"
+    out = loaded_model.classify(["shares jump after record profit", "bank cuts jobs"])
+    assert [set(r) for r in out] == [{"sentiment", "confidence", "probs", "topic", "topic_score"}] * 2
+    assert all(r["sentiment"] in ("negative", "neutral", "positive") and r["topic"] in topics["names"] for r in out)
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-3 for r in out)
+
+
+def test_train_with_topic_labels_makes_a_topic_classifier(tmp_path, tiny_bert, sentiment_csv, train_cfg):
+    topic_csv = tmp_path / "topics.csv"
+    topic_csv.write_text("text,label\n" + "".join(f"bank loan rates {i},banking\nchip factory orders {i},tech\n"
+                                                  for i in range(10)), encoding="utf-8")
+    folder = train(train_cfg(tiny_bert, [str(sentiment_csv)], tmp_path / "m", topic_data=[str(topic_csv)]))
+    assert read_manifest(folder)["topic_model"]["kind"] == "classifier"
+    out = load_monitor_model(folder).classify(["bank loan rates rise"])
+    assert out[0]["topic"] in ("banking", "tech")
+
+
+def test_real_formats_and_label_mappings(shared_data):
+    pb = read_pairs(shared_data / "financial_phrasebank" / "Sentences_50Agree.txt")
+    assert len(pb) == 4846 and {lab for _, lab in pb} == {"negative", "neutral", "positive"}
+    finfe = read_pairs(shared_data / "bbt_fincuge_finfe" / "eval_list.json")
+    assert len(finfe) == 2020 and any("\u4e00" <= ch <= "\u9fff" for ch in finfe[0][0])
+    spec = f"{shared_data}/twitter_financial_news_sentiment/sent_valid.csv#0=negative,1=positive,2=neutral"
+    assert parse_spec(spec)[1] == {"0": "negative", "1": "positive", "2": "neutral"}
+    rows = labelled([spec], holdout=True, canonical=("negative", "neutral", "positive"))
+    assert 0.85 * 2388 < len(rows) < 0.95 * 2388  # hash bucket 9 held out
+    with pytest.raises(DataError, match="not one of negative"):
+        labelled([f"{shared_data}/twitter_financial_news_sentiment/sent_valid.csv"], True,
+                 ("negative", "neutral", "positive"))
+    with pytest.raises(ConfigError, match="RAW=LABEL"):
+        parse_spec("x.csv#0negative")
+
+
+def test_topic_keywords_are_particular_to_their_cluster():
+    import numpy as np
+
+    texts = ["bank loan rates", "bank deposit rates", "chip factory orders", "chip wafer orders"]
+    names = keywords(texts, np.array([0, 0, 1, 1]), 2)
+    assert names[0][0] == "bank" and names[1][0] in ("chip", "orders")
+    assert words("银行利率 上调 https://t.co/x Bank $AAPL") == ["银行", "行利", "利率", "上调", "bank", "$aapl"]
+    vectors = np.eye(4, dtype=np.float32)[[0, 0, 1, 1]] + 0.01
+    centroids, topic_names = discover(vectors, texts, 2)
+    assert centroids.shape == (2, 4) and len(set(topic_names)) == 2
+
+
+def test_topic_router_learns_the_clusters():
+    import numpy as np
+
+    texts = [f"bank loan rates deposit {i}" for i in range(30)] + [f"chip wafer factory orders {i}" for i in range(30)]
+    clusters = np.array([0] * 30 + [1] * 30)
+    params, agreement = fit_router(texts, clusters)
+    route = load_router(params["vocabulary"], params["idf"], params["coef"], params["intercept"])
+    best, prob = route(["deposit rates at the bank", "wafer orders at the chip factory"])
+    assert best.tolist() == [0, 1] and (prob > 0.5).all() and agreement == 1.0
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_bert):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nsome news,maybe\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "genforge.cli", "app", "monitor", "train", "--model", str(tiny_bert),
+                        "--sentiment-data", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not one of negative" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "genforge.cli", "app", "monitor", "run", "--model", str(tmp_path),
+                        "--source", "kafka:x"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--source must be" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_compressed_sentiment_model_and_encoder_topics(tmp_path, tiny_bert, sentiment_csv, train_cfg):
+    folder = train(train_cfg(tiny_bert, [str(sentiment_csv)], tmp_path / "m", compress="int8", topic_assign="encoder"))
+    assert read_manifest(folder)["sentiment"] == "sentiment-int8"
+    assert read_manifest(folder / "sentiment-int8")["stage"] != "finetune"
+    model = load_monitor_model(folder)
+    assert model.router is None and model.centroids.shape[0] == 3  # topics by nearest centroid
+    out = model.classify(["shares jump", "bank cuts jobs"])
+    names = json.loads((folder / "topics.json").read_text())["names"]
+    assert [r["sentiment"] in ("negative", "neutral", "positive") and r["topic"] in names for r in out] == [True] * 2

@@ -1,0 +1,124 @@
+"""The monitor on the serving stack: POST /v1/monitor/items (auth, batches, errors), trends, alerts and
+acknowledgement over HTTP, the dashboard in headless Chromium, the static report, and `run --once`."""
+
+import json
+import random
+import subprocess
+import sys
+
+import httpx
+import pytest
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from genforge.apps.monitor.config import MonitorReportConfig, MonitorRunConfig
+from genforge.apps.monitor.report import report
+from genforge.apps.monitor.rules import Rule, RuleSet
+from genforge.apps.monitor.web import build_app
+
+H = 3600
+KEY = "test-key"
+
+
+def surge_rows(hours=40, at=30, topic="rates"):
+    rng = random.Random(0)
+    return [(h * H + i * 60, topic, "negative" if rng.random() < (0.6 if h == at else 0.1) else "neutral", None)
+            for h in range(hours) for i in range(60)]
+
+
+@pytest.fixture
+def monitor_app(tmp_path, monitor_model, loaded_model):
+    cfg = MonitorRunConfig(model=monitor_model, source=["http"], db=f"sqlite:///{tmp_path / 'm.db'}", api_key=KEY)
+    app, monitor = build_app(cfg, loaded_model, RuleSet([Rule("surge", "ewma_z")]))
+    return app, monitor
+
+
+def test_http_items_series_alerts_and_ack(monitor_app, live, add_items):
+    app, monitor = monitor_app
+    add_items(monitor.engine, surge_rows())
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with live(app) as (url, _):
+        items = [{"text": "Bank cuts jobs", "ts": 40 * H + 5, "source": "wire", "id": "1", "ticker": "acme"},
+                 {"text": "bank cuts jobs", "ts": 40 * H + 6}]
+        assert httpx.post(f"{url}/v1/monitor/items", json={"items": items}).status_code == 401
+        r = httpx.post(f"{url}/v1/monitor/items", json={"items": items}, headers=auth)
+        assert r.status_code == 200, r.text
+        assert {k: r.json()[k] for k in ("items", "classified", "duplicates", "alerts")} == \
+            {"items": 2, "classified": 1, "duplicates": 1, "alerts": 1}
+        assert httpx.post(f"{url}/v1/monitor/items", json={"items": items[:1]}, headers=auth).json()["repeated"] == 1
+        bad = httpx.post(f"{url}/v1/monitor/items", json={"items": [{"text": "x", "ts": "soon"}]}, headers=auth)
+        assert bad.status_code == 400 and "items[0]: bad timestamp" in bad.json()["error"]["message"]
+        assert httpx.post(f"{url}/v1/monitor/items", json={"items": []}, headers=auth).status_code == 400
+        series = httpx.get(f"{url}/v1/monitor/series?by=topic&window=hour", headers=auth).json()
+        assert "rates" in series["keys"] and len([r for r in series["rows"] if r["key"] == "rates"]) == 41
+        ent = httpx.get(f"{url}/v1/monitor/series?by=entity&window=day", headers=auth).json()
+        assert ent["keys"] == ["ACME"]
+        alerts = httpx.get(f"{url}/v1/monitor/alerts", headers=auth).json()["data"]
+        assert [(a["key"], a["window"]) for a in alerts] == [("rates", 30 * H)] and alerts[0]["examples"]
+        ack = httpx.post(f"{url}/v1/monitor/alerts/{alerts[0]['id']}/ack", headers=auth).json()
+        assert ack["acknowledged_by"] == "static"
+        assert httpx.post(f"{url}/v1/monitor/alerts/999/ack", headers=auth).status_code == 404
+        summary = httpx.get(f"{url}/v1/monitor/summary", headers=auth).json()
+        assert summary["items"] == 40 * 60 + 2 and summary["duplicates"] == 1
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+@pytest.mark.browser
+def test_dashboard_in_a_browser(monitor_app, live, add_items, browser):
+    app, monitor = monitor_app
+    add_items(monitor.engine, surge_rows())
+    add_items(monitor.engine, surge_rows(at=-1, topic="chips"), text="chip")
+    with live(app) as (url, _):
+        httpx.post(f"{url}/v1/monitor/items", json={"items": [{"text": "late news", "ts": 40 * H}]},
+                   headers={"Authorization": f"Bearer {KEY}"})
+        # the dashboard re-renders on a timer: every lookup is inside a wait that retries a stale element
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
+        browser.get(f"{url}/monitor")
+        wait.until(lambda d: d.find_element(By.ID, "keybox").is_displayed())
+        browser.find_element(By.ID, "key").send_keys(KEY + "\n")
+        wait.until(lambda d: {c.get_attribute("data-key") for c in d.find_elements(By.CSS_SELECTOR, "canvas.series")}
+                   >= {"rates", "chips"})
+        wait.until(lambda d: "negative share of topic 'rates'" in (row := d.find_element(By.CSS_SELECTOR,
+                                                                                          "tr.alert-row")).text
+                   and len(row.find_elements(By.CSS_SELECTOR, "li.example")) == 5)
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "tr.alert-row button.ack").click() or True)
+        wait.until(lambda d: "acknowledged by static" in d.find_element(By.CSS_SELECTOR, "tr.alert-row").text)
+        assert "items" in browser.find_element(By.ID, "summary").text
+
+
+def test_static_report(tmp_path, engine, add_items):
+    from genforge.apps.monitor.alerts import evaluate
+
+    add_items(engine, surge_rows())
+    evaluate(engine, RuleSet([Rule("surge", "ewma_z")]))
+    db = str(engine.url)
+    out = report(MonitorReportConfig(out=tmp_path / "report.html", db=db, since="30h"))
+    html = out.read_text()
+    assert html.count("data:image/png;base64,") == 1 and "negative share of topic &#x27;rates&#x27;" in html
+    assert "<li>[negative" in html
+    out = report(MonitorReportConfig(out=tmp_path / "r2.html", db=db, since="1970-01-02T08:00"))
+    assert "No alerts in this period" in out.read_text() and "data:image/png" in out.read_text()
+
+
+def test_run_once_from_the_cli_then_resume_through_the_api(tmp_path, monitor_model):
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from genforge.apps.monitor.run import run
+    from genforge.apps.monitor.tables import MonitorItem, MonitorText
+    from genforge.errors import ConfigError
+    from genforge.serve.db import connect
+
+    news, db = tmp_path / "news.jsonl", f"sqlite:///{tmp_path / 'm.db'}"
+    news.write_text("".join(json.dumps({"text": f"story {i % 3}", "ts": i}) + "\n" for i in range(7)))
+    r = subprocess.run([sys.executable, "-m", "genforge.cli", "app", "monitor", "run", "--model", str(monitor_model),
+                        "--source", f"jsonl:{news}", "--once", "--db", db], capture_output=True, text=True)
+    assert r.returncode == 0 and "monitor ingest" in r.stderr, r.stderr
+    cfg = MonitorRunConfig(model=monitor_model, source=[f"jsonl:{news}"], once=True, db=db)
+    assert run(cfg)["items"] == 0  # a restart finds nothing new
+    with Session(connect(db)) as s:
+        assert s.scalar(select(func.count()).select_from(MonitorItem)) == 7
+        assert s.scalar(select(func.count()).select_from(MonitorText)) == 3
+    with pytest.raises(ConfigError, match="bad time 'last week'"):
+        report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="last week"))

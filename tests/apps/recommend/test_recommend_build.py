@@ -1,0 +1,134 @@
+import json
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from genforge.apps.recommend.build import build
+from genforge.apps.recommend.config import BuildConfig, EvalConfig
+from genforge.apps.recommend.evaluate import evaluate
+from genforge.apps.recommend.recommender import load
+from genforge.cli import app
+
+GENRES = {
+    "space": ["starship fleet battle", "galactic empire politics", "alien first contact", "space station mystery",
+              "asteroid mining crew", "interstellar war saga", "robot pilots in orbit", "colony on mars",
+              "time travel spaceship", "space pirates chase"],
+    "cooking": ["pasta kitchen rivals", "bakery in paris", "sushi master apprentice", "street food tour",
+                "cake contest", "ramen shop family", "grill masters", "farm to table chef", "spice market journey",
+                "chocolate factory"],
+    "sports": ["high school volleyball", "boxing champion", "baseball summer", "swimming relay team",
+               "tennis prodigy", "soccer world cup", "cycling race", "basketball street court", "karate dojo",
+               "marathon runners"],
+}
+COLD = [("c1", "Senate of the Stars", "space opera with senate politics and fleets", "space"),
+        ("c2", "Dessert Diaries", "a pastry chef bakes desserts", "cooking")]
+
+
+def write_data(root):
+    items = ["item_id,title,plot,genre"]
+    ids = {}
+    for genre, plots in GENRES.items():
+        ids[genre] = []
+        for n, plot in enumerate(plots):
+            iid = f"{genre[:3]}{n}"
+            ids[genre].append(iid)
+            items.append(f"{iid},{plot.title()},{plot},{genre}")
+    items += [f"{i},{t},{p},{g}" for i, t, p, g in COLD]
+    (root / "items.csv").write_text("\n".join(items) + "\n", encoding="utf-8")
+    rng = random.Random(0)
+    rows = ["user_id,item_id,rating"]
+    for u in range(90):
+        genre = list(GENRES)[u % 3]
+        liked = rng.sample(ids[genre], 7)
+        other = rng.choice([i for g, v in ids.items() if g != genre for i in v])
+        rows += [f"user{u},{i},{rng.randint(7, 10)}" for i in liked] + [f"user{u},{other},{rng.randint(1, 4)}"]
+    (root / "events.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, tokenizer, save_folder):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=256, type_vocab_size=1, pad_token_id=0)
+    return save_folder(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("rec_bert"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("rec")
+    write_data(root)
+    cfg = BuildConfig(items=root / "items.csv", interactions=[root / "events.csv"], out=root / "model",
+                      text_fields=["title", "plot"], genre_field="genre", rating_field="rating",
+                      scorer_model=tiny_bert, scorer_users=30, scorer_steps=2, scorer_batch_size=8, seq_len=64,
+                      ranker_users=60, candidates=12, rerank=6, neighbours=10)
+    build(cfg)
+    return root
+
+
+def test_build_folder(built):
+    out = built / "model"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "app.recommend.build" and manifest["metrics"]["items"] == 32
+    assert 0 <= manifest["metrics"]["val_ndcg@10_fast"] <= 1 and 0 <= manifest["metrics"]["val_ndcg@10_full"] <= 1
+    for name in ("items.jsonl", "embeddings.npy", "index.faiss", "behaviour.npz", "ranker_fast.txt", "ranker.txt",
+                 "scorer/classifier.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "scorer" / "checkpoints").exists()
+
+
+def test_known_user_gets_unseen_items_of_their_taste_with_reasons(built):
+    model = load(built / "model")
+    q = model.query_for_user("user0")  # a space fan
+    seen = {model.items.ids[i] for i in q.history}
+    rows = model.recommend(q, 5)
+    assert len(rows) == 5 and not seen & {r["item"] for r in rows}
+    assert sum(r["item"].startswith("spa") or r["item"] == "c1" for r in rows) >= 3
+    assert all(r["explanation"].startswith("because you liked") for r in rows)
+    assert all(r["interest"] is not None for r in rows)  # the scorer re-ranked them
+    fast = model.recommend(model.query_for_user("user0"), 5, use_scorer=False)
+    assert all(r["interest"] is None for r in fast)
+
+
+def test_cold_start_user_from_items_and_text_and_new_item(built):
+    model = load(built / "model")
+    rows = model.recommend(model.query_for_items(["coo0", "coo1"]), 5)
+    assert sum(r["item"].startswith("coo") or r["item"] == "c2" for r in rows) >= 4
+    assert {"coo0", "coo1"}.isdisjoint(r["item"] for r in rows)
+    assert model.behaviour.popularity[model.item_index["c1"]] == 0  # never interacted with
+    rows = model.recommend(model.query_for_text("space opera about senate politics"), 3)
+    assert "c1" in [r["item"] for r in rows]  # a new item is recommendable from its text alone
+    assert any("space" in r["explanation"] or "politics" in r["explanation"] for r in rows)
+    rows = model.recommend(model.query_for_text("space"), 5, genres=["cooking"])
+    assert rows and all("cooking" in model.items.genres[model.item_index[r["item"]]] for r in rows)
+
+
+def test_eval_reports_every_method(built, tmp_path):
+    report = evaluate(EvalConfig(model=built / "model", out=tmp_path / "eval", k=5, latency_users=3))
+    assert set(report["methods"]) == {"genforge", "genforge-fast", "popular", "tfidf", "itemknn", "als"}
+    for m in report["methods"].values():
+        assert 0 <= m["recall@5"] <= 1 and 0 <= m["ndcg@5"] <= 1 and 0 <= m["coverage"] <= 1
+    # a taste-structured toy: knowing the user's genre must beat global popularity
+    assert report["methods"]["genforge"]["ndcg@5"] > report["methods"]["popular"]["ndcg@5"]
+    assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "metrics.png").is_file()
+    assert report["latency_ms"]["p95"] is not None
+
+
+def test_cli_recommend_and_one_line_errors(built):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["app", "recommend", "recommend", "--model", str(built / "model"), "--like",
+                             "volleyball and tennis", "--k", "3", "--no-scorer"])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["app", "recommend", "recommend", "--model", str(built / "model"), "--user", "nobody"])
+    assert bad.exit_code == 2 and "unknown user 'nobody'" in bad.output and "Traceback" not in bad.output
+    both = runner.invoke(app, ["app", "recommend", "recommend", "--model", str(built / "model"), "--user", "user1",
+                               "--like", "x"])
+    assert both.exit_code == 2 and "exactly one of" in both.output
+    missing = runner.invoke(app, ["app", "recommend", "build", "--items", str(built / "items.csv"), "--interactions",
+                                  str(built / "events.csv"), "--out", str(built / "x"), "--item-id-field", "sku"])
+    assert missing.exit_code == 2 and "no field 'sku'" in missing.output
+    noeval = runner.invoke(app, ["app", "recommend", "eval", "--model", str(built), "--out", str(built / "e")])
+    assert noeval.exit_code == 2 and "manifest" in noeval.output

@@ -1,0 +1,68 @@
+import random
+
+import httpx
+import pytest
+
+from genforge.apps.recommend.build import build
+from genforge.apps.recommend.config import BuildConfig, RecServeConfig
+from genforge.apps.recommend.serve import create_recommend_app
+
+TOPICS = {"space": ["starship battle", "galactic politics", "alien contact", "orbital station", "mars colony",
+                    "asteroid miners"],
+          "food": ["pasta rivals", "paris bakery", "sushi apprentice", "ramen family", "cake contest", "spice market"]}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rec_serve")
+    items = ["id,name,tags"] + [f"{t}{n},{title.title()},{t}" for t, titles in TOPICS.items()
+                                for n, title in enumerate(titles)]
+    (root / "items.csv").write_text("\n".join(items) + "\n", encoding="utf-8")
+    rng = random.Random(1)
+    rows = ["user,item"]
+    for u in range(40):
+        topic = list(TOPICS)[u % 2]
+        rows += [f"u{u},{topic}{n}" for n in rng.sample(range(6), 4)]
+    (root / "events.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return build(BuildConfig(items=root / "items.csv", interactions=[root / "events.csv"], out=root / "model",
+                             item_id_field="id", text_fields=["name", "tags"], genre_field="tags", user_field="user",
+                             item_field="item", scorer=False, ranker_users=30, candidates=10, neighbours=5))
+
+
+def test_recommend_route_feedback_and_ab(model_dir, tmp_path, live):
+    cfg = RecServeConfig(model=model_dir, name="rec", variant=[f"other={model_dir}:0.5"], api_key="sesame",
+                         db=f"sqlite:///{tmp_path / 'serve.db'}")
+    with live(create_recommend_app(cfg)) as (url, _):
+        client = httpx.Client(base_url=url, timeout=60)
+        auth = {"Authorization": "Bearer sesame"}
+        assert client.post("/v1/recommend", json={"user": "u0", "k": 3}).status_code == 401
+
+        first = client.post("/v1/recommend", json={"user": "u0", "k": 2}, headers=auth).json()
+        assert first["id"].startswith("rec-") and first["model"] == "rec" and len(first["data"]) == 2
+        assert all(row["item"].startswith("space") and row["explanation"] for row in first["data"])
+        again = client.post("/v1/recommend", json={"user": "u0", "k": 2}, headers=auth).json()
+        assert again["variant"] == first["variant"]  # sticky assignment per user
+
+        text = client.post("/v1/recommend", json={"text": "bakery and cake", "k": 2,
+                                                  "filters": {"genres": ["food"]}}, headers=auth).json()
+        assert [r["item"][:4] for r in text["data"]] == ["food", "food"]
+        liked = client.post("/v1/recommend", json={"items": ["space0"], "k": 2, "filters": {"exclude": ["space1"]}},
+                            headers=auth).json()
+        assert {"space0", "space1"}.isdisjoint(r["item"] for r in liked["data"])
+
+        for body, status in [({"user": "u0", "text": "x"}, 400), ({"user": "nobody"}, 404), ({"items": ["zz"]}, 404),
+                             ({"user": "u0", "k": 0}, 400), ({"user": "u0", "model": "nope"}, 404)]:
+            r = client.post("/v1/recommend", json=body, headers=auth)
+            assert r.status_code == status, (body, r.text)
+            assert "error" in r.json()
+
+        fb = client.post("/v1/feedback", json={"response_id": first["id"], "thumbs": "up"}, headers=auth)
+        assert fb.status_code == 200 and fb.json()["response_id"] == first["id"]
+        for u in range(1, 12):
+            rid = client.post("/v1/recommend", json={"user": f"u{u}"}, headers=auth).json()["id"]
+            client.post("/v1/feedback", json={"response_id": rid, "rating": 5 if u % 2 else 2}, headers=auth)
+        report = client.get("/v1/ab/report", params={"model": "rec"}, headers=auth).json()
+        arms = {v["variant"]: v for v in report["variants"]}
+        assert set(arms) == {"rec", "other"}
+        assert sum(v["impressions"] for v in arms.values()) == 15  # 4 above + 11 in the loop; refused requests are not stored
+        assert sum(v["feedback"] for v in arms.values()) == 12

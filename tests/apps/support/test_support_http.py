@@ -1,0 +1,76 @@
+"""The assistant on the serving stack over real HTTP: /v1/support/chat (JSON and SSE), the OpenAI model
+name through the official client, tickets, feedback, keys and bad requests."""
+
+import json
+
+import httpx
+import pytest
+
+from genforge.apps.support.config import SupportServeConfig
+from genforge.apps.support.server import serve_config
+from genforge.errors import ArtifactError
+
+SHIPPING = "Standard delivery takes 3 to 5 business days."
+
+
+def _events(text: str) -> list:
+    lines = [line[6:] for line in text.split("\n\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(x) for x in lines[:-1]]
+
+
+def test_support_chat_json_stream_sessions_tickets_and_feedback(support_app, live):
+    app, _ = support_app()
+    with live(app) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
+        r = http.post("/v1/support/chat", json={"message": "How long does delivery take?"})
+        assert r.status_code == 200, r.text
+        first = r.json()
+        assert first["action"] == "faq" and first["answer"] == SHIPPING and first["sources"][0]["entry"] == "shipping"
+        r = http.post("/v1/support/chat", json={"message": "what is the weather on Mars", "stream": True,
+                                                "session_id": first["session_id"]})
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = _events(r.text)
+        final = events[-1]
+        assert final["action"] == "handoff" and final["session_id"] == first["session_id"]
+        assert "".join(e["delta"] for e in events[:-1]) == final["answer"]
+        tickets = http.get("/v1/support/tickets").json()["data"]
+        assert [t["id"] for t in tickets] == [final["ticket"]]
+        assert [m["content"] for m in tickets[0]["transcript"]] == ["How long does delivery take?", SHIPPING,
+                                                                    "what is the weather on Mars"]
+        r = http.post("/v1/feedback", json={"response_id": first["response_id"], "thumbs": "up"})
+        assert r.status_code == 200 and r.json()["response_id"] == first["response_id"]
+        assert http.post("/v1/support/chat", json={"message": ""}).status_code == 400
+        assert http.get("/v1/support/tickets", params={"status": "maybe"}).status_code == 400
+        assert "Ticket #" in http.get("/support").text and http.get("/support/config").json()["name"] == "support"
+
+
+def test_openai_clients_talk_to_the_assistant_and_other_models_pass_through(support_app, live, oai):
+    app, _ = support_app()
+    with live(app) as (url, _):
+        client = oai(url)
+        assert [m.id for m in client.models.list()] == ["support", "support-chat"]
+        done = client.chat.completions.create(model="support", messages=[
+            {"role": "user", "content": "I forgot my password"}, {"role": "assistant", "content": "Click it."},
+            {"role": "user", "content": "How long does delivery take?"}])
+        assert done.choices[0].message.content == SHIPPING and done.id.startswith("chatcmpl-")
+        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "How long does delivery take?"}], stream=True)
+            if c.choices]
+        assert "".join(pieces) == SHIPPING
+        raw = client.chat.completions.create(model="support-chat", messages=[{"role": "user", "content": "hi"}],
+                                             max_tokens=3)
+        assert raw.model == "support-chat" and raw.usage.completion_tokens <= 3  # the served chat model itself
+
+
+def test_keys_protect_the_support_routes(support_app, live):
+    app, _ = support_app(api_key="secret")
+    with live(app) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
+        assert http.post("/v1/support/chat", json={"message": "hi"}).status_code == 401
+        ok = http.post("/v1/support/chat", json={"message": "How long does delivery take?"},
+                       headers={"Authorization": "Bearer secret"})
+        assert ok.status_code == 200 and http.get("/support/config").json()["key_required"] is True
+
+
+def test_serving_a_folder_that_is_not_an_assistant_is_a_clear_error(tmp_path):
+    with pytest.raises(ArtifactError, match="not a support assistant"):
+        serve_config(SupportServeConfig(assistant=tmp_path))

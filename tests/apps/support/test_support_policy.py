@@ -1,0 +1,51 @@
+"""Answer/hand-off decisions and their calibration on validation signals."""
+
+import math
+
+import numpy as np
+import pytest
+
+from genforge.apps.support.policy import Thresholds, calibrate, decide
+
+
+def test_decide_orders_handoff_faq_and_generation():
+    th = Thresholds(handoff_confidence=0.4, oos=0.7, faq=0.8)
+    assert decide(0.3, None, "faq", th, True) == "handoff"
+    assert decide(0.9, 0.75, "faq", th, True) == "handoff"  # out of scope however close the FAQ
+    assert decide(0.9, 0.1, "faq", th, True) == "faq"
+    assert decide(0.6, 0.1, "faq", th, True) == "generate"
+    assert decide(0.9, None, "doc", th, True) == "generate"  # document chunks are never quoted as answers
+    assert decide(0.6, None, "faq", th, False) == "faq"  # no chat model: the best passage
+    assert decide(0.0, None, None, th, True) == "handoff"
+
+
+def test_calibration_separates_in_scope_from_out_of_scope():
+    rng = np.random.default_rng(0)
+    conf = np.concatenate([rng.uniform(0.55, 0.95, 200), rng.uniform(0.1, 0.5, 100)])
+    is_oos = np.array([False] * 200 + [True] * 100)
+    correct = np.array([True] * 190 + [False] * 10 + [False] * 100)
+    th, report = calibrate(conf, None, correct, is_oos, 0.9, 0.9)
+    assert 0.5 < th.handoff_confidence <= 0.56
+    assert report["handoff_f1"] == 1.0 and report["inscope_accuracy"] == pytest.approx(0.95)
+    assert math.isinf(th.oos)
+
+
+def test_calibration_keeps_the_in_scope_accuracy_target():
+    conf = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3])
+    is_oos = np.array([False, False, False, False, False, True, True, True])
+    correct = np.array([True, True, True, True, True, False, False, False])
+    # handing off below 0.5 costs nothing; the target forbids handing off any in-scope question
+    th, report = calibrate(conf, None, correct, is_oos, 1.0, 0.9)
+    assert report["inscope_accuracy"] >= report["target_inscope_accuracy"]
+    assert 0.45 < th.handoff_confidence <= 0.5 and report["handoff_recall"] == 1.0
+
+
+def test_calibration_uses_the_classifier_score_and_sets_the_faq_threshold():
+    conf = np.array([0.9, 0.85, 0.8, 0.6, 0.55, 0.9, 0.88])  # two off-topic questions look close to the FAQ
+    oos = np.array([0.1, 0.2, 0.1, 0.3, 0.2, 0.95, 0.9])
+    is_oos = np.array([False] * 5 + [True] * 2)
+    correct = np.array([True, True, True, False, True, False, False])
+    th, report = calibrate(conf, oos, correct, is_oos, 0.75, 1.0)
+    assert report["handoff_f1"] == 1.0 and 0.3 < th.oos <= 0.9
+    assert th.faq == pytest.approx(0.8)  # from 0.8 up every top FAQ answer was right; 0.6 was wrong
+    assert Thresholds.from_dict(th.to_dict()) == th

@@ -1,0 +1,116 @@
+"""The built assistant end to end without HTTP: folder contents, thresholds, answers, sessions, tickets, safety."""
+
+import json
+import math
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from genforge.apps.support.assistant import load_assistant
+from genforge.apps.support.policy import Thresholds
+from genforge.apps.support.service import Desk, reply
+from genforge.apps.support.tables import SupportTurn, close_ticket, list_tickets
+from genforge.artifacts import read_manifest
+from genforge.serve.db import Audit, StoredResponse, connect
+from genforge.serve.safety import Safety
+
+
+@pytest.fixture(scope="module")
+def assistant(assistant_dir):
+    return load_assistant(assistant_dir)
+
+
+@pytest.fixture
+def desk(assistant, tmp_path):
+    return Desk(assistant, connect(f"sqlite:///{tmp_path / 'serve.db'}"), Safety(["scam"], redact_pii=True))
+
+
+def test_build_writes_index_classifier_chat_model_and_calibrated_thresholds(assistant_dir, assistant):
+    manifest = read_manifest(assistant_dir, stage="app.support.build")
+    assert manifest["metrics"]["faq_entries"] == 4 and manifest["metrics"]["doc_chunks"] >= 3
+    assert read_manifest(assistant_dir / "intent")["stage"] and read_manifest(assistant_dir / "chat")["stage"]
+    assert assistant.classifier[2]["labels"].count("oos") == 1
+    calibration = json.loads((assistant_dir / "calibration.json").read_text())
+    assert calibration["val_inscope"] == 4 and calibration["val_oos"] == 4
+    assert calibration["inscope_accuracy"] >= calibration["target_inscope_accuracy"]
+    th = assistant.thresholds
+    assert th == Thresholds.from_dict(calibration["thresholds"]) and not math.isinf(th.handoff_confidence)
+
+
+def test_faq_answers_are_verbatim_with_their_source(assistant):
+    assistant = load_assistant(assistant.folder, generate=False)
+    assistant.thresholds = Thresholds(handoff_confidence=0.3, faq=0.5)
+    answer = assistant.answer([{"role": "user", "content": "How long does delivery take?"}])
+    assert answer.action == "faq" and answer.text == "Standard delivery takes 3 to 5 business days."
+    assert answer.sources[0]["entry"] == "shipping" and answer.sources[0]["source"].startswith("faq.csv:")
+    zh = assistant.answer([{"role": "user", "content": "如何申请退款？"}])
+    assert zh.action == "faq" and zh.entry == "refund_zh"
+
+
+def test_generated_answers_cite_the_passages_in_the_prompt(assistant):
+    assistant.thresholds = Thresholds(handoff_confidence=0.0, faq=math.inf)  # always generate
+    answer = assistant.answer([{"role": "user", "content": "How long does delivery take?"}], max_new_tokens=8)
+    assert answer.action == "generate" and len(answer.sources) == assistant.meta["prompt_passages"]
+    assert answer.text.endswith("; ".join(f"[{s['n']}] {s['source']}" for s in answer.sources))
+
+
+def test_follow_ups_are_retrieved_with_the_previous_question(assistant):
+    assistant.thresholds = Thresholds(handoff_confidence=0.45, faq=0.5)
+    conversation = [{"role": "user", "content": "I forgot my password"},
+                    {"role": "assistant", "content": "Click 'Forgot password'."},
+                    {"role": "user", "content": "and then what?"}]
+    query, hits = assistant.retrieve(conversation)
+    assert query == "I forgot my password and then what?" and hits[0].passage.entry == "password"
+    query, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "When will my package arrive?"}])
+    assert query == "When will my package arrive?"  # a full new question stands alone
+    query, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "what is the weather on Mars"}])
+    assert query == "what is the weather on Mars"  # so does an off-topic one, to be handed off
+
+
+def test_sessions_keep_history_and_hand_offs_open_tickets(desk):
+    desk.assistant.thresholds = Thresholds(handoff_confidence=0.45, faq=0.5)
+    first = reply(desk, "I forgot my password")
+    second = reply(desk, "and then what?", session_id=first.session_id)
+    assert second.answer.query.startswith("I forgot my password")
+    desk.assistant.thresholds = Thresholds(handoff_confidence=0.99, faq=1.0)  # nothing is close enough
+    gone = reply(desk, "what is the weather on Mars", session_id=first.session_id)
+    assert gone.answer.action == "handoff" and f"#{gone.answer.ticket}" in gone.answer.text
+    [ticket] = list_tickets(desk.engine)
+    assert ticket["id"] == gone.answer.ticket and ticket["question"] == "what is the weather on Mars"
+    assert [m["content"] for m in ticket["transcript"]][0] == "I forgot my password"
+    assert "low retrieval confidence" in ticket["reason"]
+    assert close_ticket(desk.engine, ticket["id"]) and not close_ticket(desk.engine, ticket["id"])
+    assert list_tickets(desk.engine) == [] and len(list_tickets(desk.engine, "closed")) == 1
+    with Session(desk.engine) as s:
+        turns = list(s.scalars(select(SupportTurn).where(SupportTurn.session_id == first.session_id)))
+        stored = s.get(StoredResponse, gone.response_id)
+    assert [t.role for t in turns] == ["user", "assistant"] * 3
+    assert turns[-1].action == "handoff" and turns[-1].response_id == gone.response_id
+    assert stored.model == "support" and json.loads(stored.response) == [gone.answer.text]
+
+
+def test_answers_are_redacted_and_inputs_moderated(desk):
+    desk.assistant.thresholds = Thresholds(handoff_confidence=0.3, faq=0.5)
+    answer = reply(desk, "How do I get a refund?")
+    assert answer.answer.action == "faq" and "billing@example.com" not in answer.answer.text
+    assert "<EMAIL>" in answer.answer.text
+    blocked = reply(desk, "is this a scam?")
+    assert blocked.answer.action == "blocked" and blocked.answer.text == desk.safety.refusal
+    with Session(desk.engine) as s:
+        audit = list(s.scalars(select(Audit).order_by(Audit.id)))
+    assert ("output", "redact") in [(a.stage, a.action) for a in audit]
+    assert ("input", "block") in [(a.stage, a.action) for a in audit]
+
+
+def test_sessions_and_tickets_on_postgresql(postgres_url):
+    from types import SimpleNamespace
+
+    from genforge.apps.support.tables import add_turns, history, open_session, open_ticket
+
+    engine = connect(postgres_url)  # runs every migration branch, support's included
+    sid = open_session(engine, None, "pg")
+    add_turns(engine, sid, "你好", SimpleNamespace(text="您好！", action="faq", confidence=0.9, sources=[]), None)
+    assert history(engine, sid) == [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "您好！"}]
+    ticket = open_ticket(engine, sid, "?", "out of scope", history(engine, sid))
+    assert [t["id"] for t in list_tickets(engine)] == [ticket] and close_ticket(engine, ticket)
