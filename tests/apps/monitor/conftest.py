@@ -19,17 +19,6 @@ NEWS = {
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, tokenizer, save_folder) -> Path:
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, type_vocab_size=1, pad_token_id=0)
-    return save_folder(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("bert"))
-
-
-@pytest.fixture(scope="session")
 def sentiment_csv(tmp_path_factory) -> Path:
     rows = ["text,label"] + [f"{t} {i},{label}" for label, texts in NEWS.items() for t in texts for i in range(3)]
     path = tmp_path_factory.mktemp("data") / "sentiment.csv"
@@ -51,10 +40,10 @@ def train_cfg():
 
 
 @pytest.fixture(scope="session")
-def monitor_model(tmp_path_factory, tiny_bert, sentiment_csv) -> Path:
+def monitor_model(tmp_path_factory, bert_dir, sentiment_csv) -> Path:
     from genforge.apps.monitor.train import train
 
-    return train(_train_cfg(tiny_bert, [str(sentiment_csv)], tmp_path_factory.mktemp("monitor") / "model"))
+    return train(_train_cfg(bert_dir, [str(sentiment_csv)], tmp_path_factory.mktemp("monitor") / "model"))
 
 
 @pytest.fixture(scope="session")

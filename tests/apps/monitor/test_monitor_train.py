@@ -27,11 +27,11 @@ def test_train_discovers_topics_and_the_model_classifies(monitor_model, loaded_m
     assert all(abs(sum(r["probs"].values()) - 1) < 1e-3 for r in out)
 
 
-def test_train_with_topic_labels_makes_a_topic_classifier(tmp_path, tiny_bert, sentiment_csv, train_cfg):
+def test_train_with_topic_labels_makes_a_topic_classifier(tmp_path, bert_dir, sentiment_csv, train_cfg):
     topic_csv = tmp_path / "topics.csv"
     topic_csv.write_text("text,label\n" + "".join(f"bank loan rates {i},banking\nchip factory orders {i},tech\n"
                                                   for i in range(10)), encoding="utf-8")
-    folder = train(train_cfg(tiny_bert, [str(sentiment_csv)], tmp_path / "m", topic_data=[str(topic_csv)]))
+    folder = train(train_cfg(bert_dir, [str(sentiment_csv)], tmp_path / "m", topic_data=[str(topic_csv)]))
     assert read_manifest(folder)["topic_model"]["kind"] == "classifier"
     out = load_monitor_model(folder).classify(["bank loan rates rise"])
     assert out[0]["topic"] in ("banking", "tech")
@@ -76,10 +76,10 @@ def test_topic_router_learns_the_clusters():
     assert best.tolist() == [0, 1] and (prob > 0.5).all() and agreement == 1.0
 
 
-def test_cli_errors_are_one_line(tmp_path, tiny_bert):
+def test_cli_errors_are_one_line(tmp_path, bert_dir):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nsome news,maybe\n", encoding="utf-8")
-    r = subprocess.run([sys.executable, "-m", "genforge.cli", "app", "monitor", "train", "--model", str(tiny_bert),
+    r = subprocess.run([sys.executable, "-m", "genforge.cli", "app", "monitor", "train", "--model", str(bert_dir),
                         "--sentiment-data", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not one of negative" in r.stderr
     r = subprocess.run([sys.executable, "-m", "genforge.cli", "app", "monitor", "run", "--model", str(tmp_path),
@@ -87,8 +87,8 @@ def test_cli_errors_are_one_line(tmp_path, tiny_bert):
     assert r.returncode == 2 and "--source must be" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_compressed_sentiment_model_and_encoder_topics(tmp_path, tiny_bert, sentiment_csv, train_cfg):
-    folder = train(train_cfg(tiny_bert, [str(sentiment_csv)], tmp_path / "m", compress="int8", topic_assign="encoder"))
+def test_compressed_sentiment_model_and_encoder_topics(tmp_path, bert_dir, sentiment_csv, train_cfg):
+    folder = train(train_cfg(bert_dir, [str(sentiment_csv)], tmp_path / "m", compress="int8", topic_assign="encoder"))
     assert read_manifest(folder)["sentiment"] == "sentiment-int8"
     assert read_manifest(folder / "sentiment-int8")["stage"] != "finetune"
     model = load_monitor_model(folder)

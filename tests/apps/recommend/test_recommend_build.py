@@ -47,7 +47,7 @@ def write_data(root):
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, tokenizer, save_folder):
+def bert_dir(tmp_path_factory, tokenizer, save_folder):
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
@@ -58,12 +58,12 @@ def tiny_bert(tmp_path_factory, tokenizer, save_folder):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_bert):
+def built(tmp_path_factory, bert_dir):
     root = tmp_path_factory.mktemp("rec")
     write_data(root)
     cfg = BuildConfig(items=root / "items.csv", interactions=[root / "events.csv"], out=root / "model",
                       text_fields=["title", "plot"], genre_field="genre", rating_field="rating",
-                      scorer_model=tiny_bert, scorer_users=30, scorer_steps=2, scorer_batch_size=8, seq_len=64,
+                      scorer_model=bert_dir, scorer_users=30, scorer_steps=2, scorer_batch_size=8, seq_len=64,
                       ranker_users=60, candidates=12, rerank=6, neighbours=10)
     build(cfg)
     return root

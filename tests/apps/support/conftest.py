@@ -58,24 +58,13 @@ def company(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, tokenizer, save_folder) -> Path:
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=256, type_vocab_size=1, pad_token_id=0)
-    return save_folder(BertForMaskedLM(cfg).eval(), tokenizer, tmp_path_factory.mktemp("bert"))
-
-
-@pytest.fixture(scope="session")
-def assistant_dir(tmp_path_factory, company, tiny_bert, llama_dir) -> Path:
+def assistant_dir(tmp_path_factory, company, bert_dir, llama_dir) -> Path:
     from genforge.apps.support.build import build
     from genforge.apps.support.config import BuildConfig
 
     out = tmp_path_factory.mktemp("assistant") / "support"
     return build(BuildConfig(kb=[company / "faq.csv", company / "docs"], history=company / "history.jsonl",
-                             val=company / "val.csv", oos=company / "oos.txt", out=out, intent_base=tiny_bert,
+                             val=company / "val.csv", oos=company / "oos.txt", out=out, intent_base=bert_dir,
                              model=llama_dir, classify_steps=2, classify_batch=8, sft_steps=2, seq_len=1024,
                              chunk_chars=120, overlap=30, passage_chars=120))
 
