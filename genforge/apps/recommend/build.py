@@ -179,7 +179,7 @@ def build(cfg: BuildConfig) -> Path:
             raise DataError(f"only {len(scorer_users)} users have interactions to train the interest scorer on: "
                             "give more interactions or build with --no-scorer")
         train_scorer(rows, Path(scorer_base), out / "scorer", steps=cfg.scorer_steps,
-                     batch_size=cfg.scorer_batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
+                     batch_size=cfg.scorer_batch_size, seq_len=cfg.seq_len, lr=cfg.scorer_lr, seed=cfg.seed)
         base_model.scorer = Scorer(out / "scorer")
         if cfg.scorer_model is None:  # a full fine-tune: the scorer folder holds every weight it needs
             shutil.rmtree(out / "scorer_base", ignore_errors=True)

@@ -52,7 +52,7 @@ def truncated_base(encoder: Path, layers: int, out: Path) -> Path:
 
 
 def train_scorer(rows: list[tuple[str, int]], base: Path, out: Path, *, steps: int, batch_size: int,
-                 seq_len: int, seed: int) -> Path:
+                 seq_len: int, lr: float, seed: int) -> Path:
     """Fine-tune the classifier on (pair text, 0/1) rows; returns its run folder."""
     import json
 
@@ -65,7 +65,7 @@ def train_scorer(rows: list[tuple[str, int]], base: Path, out: Path, *, steps: i
         for text, label in rows:
             f.write(json.dumps({"text": text, "label": str(label)}, ensure_ascii=False) + "\n")
     cfg = ClassifyConfig(model=base, data=data, out=out, max_steps=steps, batch_size=batch_size, seq_len=seq_len,
-                         lr=5e-5, warmup_steps=max(1, steps // 10), eval_every=max(1, steps // 3),
+                         lr=lr, warmup_steps=max(1, steps // 10), eval_every=max(1, steps // 3),
                          eval_batches=20, seed=seed, bf16=False, select="loss")
     folder = classify(cfg)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # optimizer states: ~4x the model, not needed to serve
