@@ -47,8 +47,7 @@ class BuildConfig:
     scorer_users: int = field(1500, help="users whose pairs train the interest scorer")
     scorer_steps: int = field(300, help="fine-tuning steps of the interest scorer")
     scorer_batch_size: int = field(16, help="pairs per scorer micro-batch")
-    scorer_lr: float = field(2e-4, help="learning rate of the scorer's fine-tuning (5e-5 left it predicting the "
-                                        "majority class after 300 steps on anime)")
+    scorer_lr: float = field(2e-4, help="learning rate of the scorer's fine-tuning (MiniLM under-fits at 5e-5)")
     seq_len: int = field(128, help="longest history/candidate pair in tokens")
     history_items: int = field(6, help="history items (most recent / best rated first) in the scorer's text")
     ranker_users: int = field(1000, help="users whose candidates train the ranker")

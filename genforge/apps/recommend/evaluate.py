@@ -130,6 +130,11 @@ def _ms(values: list[float], q: int) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 1) if values else None
 
 
+def _times(ratio: float | None) -> str:
+    """A ratio for people: None means the baseline scored 0 (any recall beats it; no finite ratio)."""
+    return "n/a (the baseline scores 0)" if ratio is None else f"x{ratio}"
+
+
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b > 0 else None
 
@@ -146,7 +151,7 @@ def markdown(report: dict[str, Any]) -> str:
         r = report["ndcg_vs_best_non_text"]
         lines.append(f"NDCG@{k} vs best non-text baseline ({r['baseline']}): x{r['ratio']}")
     if "cold_recall_vs_popular" in report:
-        lines.append(f"cold-start Recall@{k} vs popularity: x{report['cold_recall_vs_popular']}")
+        lines.append(f"cold-start Recall@{k} vs popularity: {_times(report['cold_recall_vs_popular'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -184,4 +189,5 @@ def print_table(report: dict[str, Any]) -> None:
     console = Console(stderr=True)
     console.print(table)
     console.print(f"latency ms: {report['latency_ms']}; NDCG vs best non-text: "
-                  f"{report.get('ndcg_vs_best_non_text')}; cold recall vs popular: {report.get('cold_recall_vs_popular')}")
+                  f"{report.get('ndcg_vs_best_non_text')}; cold recall vs popular: "
+                  f"{_times(report.get('cold_recall_vs_popular'))}")
