@@ -14,10 +14,10 @@ RelGAN-style), beside the SeqGAN paper's numbers (random 10.310, MLE 9.038, SeqG
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 from pathlib import Path
+
+from runargs import run_args
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "seqgan_oracle"
 PAPER = {"random": 10.310, "mle": 9.038, "seqgan": 8.736, "leakgan": 7.038, "relgan": 6.680}
@@ -30,21 +30,12 @@ SEQGAN_EPOCHS = {"full": 40, "quick": 3}  # a SeqGAN epoch costs 16 rollouts x 1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run (about 3 minutes)")
-    parser.add_argument("--out", type=Path, default=None, help="keep the run folders here")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a "
-                                                               "machine shared with other jobs)")
-    args = parser.parse_args()
-    import torch
+    args, out = run_args(__doc__, "smoke run (about 3 minutes)", "bench_gan_oracle_")
 
     from genforge.paradigms.config import OracleConfig
     from genforge.paradigms.gan_oracle import gan_oracle
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench_gan_oracle_"))
     oracle = ORACLE if (ORACLE / "oracle_params.npz").is_file() else None
     t0 = time.perf_counter()
     rows, gans = {}, {}

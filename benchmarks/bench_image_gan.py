@@ -14,10 +14,10 @@ their ratio, coverage, the classifier's accuracy (how much to trust its features
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 from pathlib import Path
+
+from runargs import run_args
 
 
 def write_digits(folder: Path) -> Path:
@@ -33,20 +33,11 @@ def write_digits(folder: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
-    parser.add_argument("--out", type=Path, default=None, help="keep the run folders here")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a "
-                                                               "machine shared with other jobs)")
-    args = parser.parse_args()
-    import torch
+    args, out = run_args(__doc__, "smoke run (about a minute)", "bench_image_gan_")
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from genforge.paradigms.config import ImageGanConfig
     from genforge.paradigms.image_gan import gan_image
 
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench_image_gan_"))
     images = write_digits(out / "digits")
     size, epochs = (16, 1) if args.quick else (32, 30)
     results = {}

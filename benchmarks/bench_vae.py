@@ -13,11 +13,11 @@ of the NLL), reconstruction NLL and KL per sentence, active units, time; and the
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from runargs import run_args
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -38,22 +38,12 @@ def packed_lines(work: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run (a couple of minutes)")
-    parser.add_argument("--out", type=Path, default=None, help="keep the run folders here")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a "
-                                                               "machine shared with other jobs)")
-    args = parser.parse_args()
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, work = run_args(__doc__, "smoke run (a couple of minutes)", "bench_vae_")
     import json
 
     from genforge.paradigms.config import VaeConfig
     from genforge.paradigms.vae import vae_train
 
-    work = args.out or Path(tempfile.mkdtemp(prefix="bench_vae_"))
     data = packed_lines(work)
     steps = 100 if args.quick else 3000
     size = dict(embed_size=128, hidden_size=128) if args.quick else {}
