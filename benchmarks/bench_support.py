@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 
 from genforge.apps.support.assistant import load_assistant  # noqa: E402
 from genforge.apps.support.bitext import from_bitext  # noqa: E402
-from genforge.apps.support.build import build, read_questions  # noqa: E402
-from genforge.apps.support.config import BuildConfig, FromBitextConfig  # noqa: E402
+from genforge.apps.support.build import build, read_questions, recalibrate  # noqa: E402
+from genforge.apps.support.config import BuildConfig, CalibrateConfig, FromBitextConfig  # noqa: E402
 from genforge.apps.support.evaluate import evaluate_assistant, percentiles  # noqa: E402
 from genforge.apps.support.policy import OOS, calibrate, f1  # noqa: E402
 
@@ -126,6 +126,8 @@ def run_bitext(work: Path, args: argparse.Namespace) -> None:
     out = out if reused else build(BuildConfig(kb=[data / "faq.csv"], history=data / "history.jsonl", val=data / "val.csv",
         oos=data / "oos.csv", out=out, pretrain_minutes=args.pretrain_minutes, sft_steps=args.sft_steps,
         sft_minutes=args.sft_minutes, classify_steps=args.classify_steps))
+    if reused:  # the calibration is cheap and may have changed since the build
+        recalibrate(CalibrateConfig(assistant=out, val=data / "val.csv"))
     build_seconds = time.perf_counter() - t0
     torch.set_num_threads(1)
     assistant = load_assistant(out)
@@ -177,6 +179,8 @@ def run_clinc(work: Path, args: argparse.Namespace) -> None:
     out = out if reused else build(BuildConfig(
         kb=[folder / "faq.csv"], val=folder / "val.csv", oos=folder / "oos.csv", out=out,
         classify_steps=args.clinc_steps))
+    if reused:
+        recalibrate(CalibrateConfig(assistant=out, val=folder / "val.csv"))
     build_seconds = time.perf_counter() - t0
     torch.set_num_threads(1)
     ours, _ = evaluate_assistant(load_assistant(out), test)

@@ -98,10 +98,13 @@ def load_classifier(folder: Path) -> tuple[Classifier, Any, dict[str, Any]]:
 
 @torch.no_grad()
 def predict_probs(model: Classifier, tokenizer: Any, texts: list[str], *, seq_len: int, multi_label: bool,
-                  batch_size: int = 32, progress: Any = None) -> np.ndarray:
+                  batch_size: int = 32, progress: Any = None,
+                  features: str | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class probabilities [len(texts), labels]: softmax (single-label) or per-label sigmoid (multi-label).
 
-    Texts are batched by token length (less padding); rows come back in the input order.
+    Texts are batched by token length (less padding); rows come back in the input order. `features`
+    "first" / "last" also returns the last hidden layer at the first token (encoders' [CLS]) or the last
+    real token (decoders), [len(texts), hidden], as (probs, features).
     """
     from genforge.finetune.batches import pad
 
@@ -112,17 +115,25 @@ def predict_probs(model: Classifier, tokenizer: Any, texts: list[str], *, seq_le
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime body has no parameters
     out = np.zeros((len(texts), model_labels(model)), dtype=np.float32)
+    pooled = None
     for first in range(0, len(order), batch_size):
         rows = order[first:first + batch_size]
         input_ids = pad([ids[i] for i in rows], tokenizer.pad_token_id)
         mask = pad([[1] * len(ids[i]) for i in rows], 0)
-        logits = model(input_ids.to(device), mask.to(device)).float()
+        logits = model(input_ids.to(device), mask.to(device), hidden=features is not None)
+        if features is not None:
+            logits, states = logits
+            at = torch.zeros(len(rows), dtype=torch.long) if features == "first" else mask.sum(1) - 1
+            vectors = states[torch.arange(len(rows)), at.to(states.device)].float().cpu().numpy()
+            pooled = np.zeros((len(texts), vectors.shape[1]), np.float32) if pooled is None else pooled
+            pooled[rows] = vectors
+        logits = logits.float()
         probs = torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)
         out[rows] = probs.cpu().numpy()
         if progress:
             progress(len(rows))
     model.train(was_training)
-    return out
+    return out if features is None else (out, pooled)
 
 
 def model_labels(model: Classifier) -> int:

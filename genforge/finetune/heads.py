@@ -70,8 +70,12 @@ class Classifier(nn.Module):
         self.body = body
         self.head = head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.body(input_ids=input_ids, attention_mask=attention_mask)
-        if self.head is None:
-            return out.logits
-        return self.head(out.last_hidden_state, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits; with `hidden`, (logits, the body's last hidden states) for feature-space scores."""
+        extra = {"output_hidden_states": True} if hidden and self.head is None else {}
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        logits = out.logits if self.head is None else self.head(out.last_hidden_state, attention_mask)
+        if not hidden:
+            return logits
+        return logits, out.hidden_states[-1] if self.head is None else out.last_hidden_state

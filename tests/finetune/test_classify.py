@@ -56,6 +56,14 @@ def test_decoder_multi_label_with_custom_heads(tmp_path, jsonl, llama_dir, head)
     probs = predict_probs(model, tokenizer, ["lost card 3", "refund 2 please"], seq_len=32, multi_label=True)
     assert probs.shape == (2, 2) and ((probs > 0) & (probs < 1)).all()
     assert not torch.allclose(torch.from_numpy(probs.sum(1)), torch.ones(2))  # sigmoids, not a softmax
+    # features at the last real token, whatever the padding of the batch (the short text is padded)
+    texts = ["lost card 3", "card 7 blocked and refund late again"]
+    again, features = predict_probs(model, tokenizer, texts, seq_len=32, multi_label=True, features="last")
+    assert again == pytest.approx(predict_probs(model, tokenizer, texts, seq_len=32, multi_label=True), abs=1e-5)
+    with torch.no_grad():
+        alone = model.body(**tokenizer(texts[:1], return_tensors="pt")).last_hidden_state[0, -1]
+    assert features.shape == (2, model.body.config.hidden_size)
+    assert features[0] == pytest.approx(alone.numpy(), abs=1e-4)
 
 
 def test_objective_losses():

@@ -5,7 +5,12 @@ thresholds); `Assistant.stream(messages)` answers the last user message of a con
 the answer's text as it is produced and returning the `Answer` (action, confidence, cited sources).
 Multi-turn: a follow-up with (almost) no content words of its own ("and then what?", "why?") that is too
 far from the knowledge base on its own is retrieved together with the previous user message; any other
-message stands alone, so a new question is not dragged back to the old topic. Databases, safety and HTTP are the caller's (service.py, routes.py).
+message stands alone, so a new question is not dragged back to the old topic.
+Which entry answers: retrieval's top hit, unless the intent classifier (trained on the FAQ's question
+variants) names an entry with at least the calibrated probability; a classifier sees every paraphrase at
+training time and usually beats nearest-neighbour retrieval on the entry, while retrieval still finds
+passages without intent labels and gives the citations. Databases, safety and HTTP are the caller's
+(service.py, routes.py).
 """
 
 from __future__ import annotations
@@ -67,6 +72,15 @@ def citations(hits: list[Hit]) -> list[dict[str, Any]]:
 
 
 @dataclass
+class Intents:
+    """What the intent classifier says about each query."""
+
+    oos: np.ndarray  # out-of-scope score: distance to the nearest intent, else P(oos) or 1 - the top probability
+    entry: list[str]  # the most probable in-scope intent (an FAQ entry id)
+    prob: np.ndarray  # its probability
+
+
+@dataclass
 class Assistant:
     folder: Path
     index: HybridIndex
@@ -74,44 +88,72 @@ class Assistant:
     meta: dict[str, Any]
     classifier: tuple[Any, Any, dict] | None = None
     decoder: Any = None
+    ood: dict[str, np.ndarray] | None = None  # the fitted out-of-scope model (ood.py)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time (torch on CPU)
 
-    def oos_scores(self, queries: list[str]) -> np.ndarray | None:
-        """Out-of-scope scores of the intent classifier: P(oos), or 1 - the top intent's probability."""
+    def intents(self, queries: list[str]) -> Intents | None:
+        """The intent classifier's signals on `queries` (None without a classifier); the out-of-scope score
+        is the Mahalanobis distance to the nearest intent when one was fitted (ood.py), else P(oos)."""
         if self.classifier is None:
             return None
+        from genforge.apps.support import ood
         from genforge.finetune.classifier import predict_probs
 
         model, tokenizer, info = self.classifier
-        probs = predict_probs(model, tokenizer, queries, seq_len=info["seq_len"], multi_label=False)
+        probs = predict_probs(model, tokenizer, queries, seq_len=info["seq_len"], multi_label=False,
+                              features=ood.pooling(info) if self.ood else None)
+        if self.ood:
+            probs, features = probs
         labels = info["labels"]
-        return probs[:, labels.index(OOS)] if OOS in labels else 1.0 - probs.max(1)
+        inscope = [i for i, label in enumerate(labels) if label != OOS]
+        best = [inscope[b] for b in probs[:, inscope].argmax(1)]
+        if self.ood:
+            oos = ood.distance(features, self.ood)
+        else:
+            oos = probs[:, labels.index(OOS)] if OOS in labels else 1.0 - probs.max(1)
+        return Intents(oos, [labels[b] for b in best], probs[np.arange(len(queries)), best])
 
-    def signals(self, queries: list[str], k: int = TOP_K) -> tuple[list[list[Hit]], np.ndarray | None]:
-        """Hits and out-of-scope scores of many standalone queries (calibration, evaluation)."""
+    def signals(self, queries: list[str], k: int = TOP_K) -> tuple[list[list[Hit]], Intents | None, np.ndarray]:
+        """Retrieval's hits (not routed), the intent signals and the query vectors of many standalone queries
+        (calibration, evaluation)."""
         with self.lock:
-            return self.index.search_many(queries, k), self.oos_scores(queries)
+            vectors = self.index.encoder(queries)
+            return self.index.search_many(queries, k, vectors), self.intents(queries), vectors
 
-    def retrieve(self, conversation: list[dict[str, str]]) -> tuple[str, list[Hit]]:
-        """(query, hits) of the last user message; a follow-up (fewer than FOLLOW_UP_TERMS content terms,
-        and too far from the knowledge base on its own) is retrieved together with the previous user message."""
+    def route(self, hits: list[Hit], intent: str, prob: float, vector: np.ndarray) -> list[Hit]:
+        """Put the classifier's intent first when it is confident enough (its entry's best passage, fetched
+        when retrieval did not rank it in the top k); otherwise retrieval's order stands."""
+        if prob < self.thresholds.intent or intent not in self.index.entries:
+            return hits
+        rest = [h for h in hits if h.passage.entry != intent]
+        chosen = next((h for h in hits if h.passage.entry == intent), None) or self.index.hit_for(intent, vector)
+        return [chosen, *rest[:len(hits) - 1]]
+
+    def retrieve(self, conversation: list[dict[str, str]]) -> tuple[str, list[Hit], np.ndarray]:
+        """(query, hits, query vector) of the last user message; a follow-up (fewer than FOLLOW_UP_TERMS content
+        terms, and too far from the knowledge base on its own) is retrieved with the previous user message."""
         users = [m["content"] for m in conversation if m["role"] == "user"]
         if not users:
             raise ConfigError("the conversation has no user message to answer")
-        query, hits = users[-1], self.index.search(users[-1], TOP_K)
+        query = users[-1]
+        vector = self.index.encoder([query])[0]
+        hits = self.index.search(query, TOP_K, vector)
         alone = hits[0].cosine if hits else -1.0
         if len(users) > 1 and len(tokens(query)) < FOLLOW_UP_TERMS and alone < self.thresholds.handoff_confidence:
             query = f"{users[-2]} {users[-1]}"
-            hits = self.index.search(query, TOP_K)
-        return query, hits
+            vector = self.index.encoder([query])[0]
+            hits = self.index.search(query, TOP_K, vector)
+        return query, hits, vector
 
     def stream(self, conversation: list[dict[str, str]], max_new_tokens: int = 160) -> Generator[str, None, Answer]:
         """Yield the answer's text as it comes; return the Answer (its `text` is the whole answer)."""
         started = time.perf_counter()
         with self.lock:
-            query, hits = self.retrieve(conversation)
-            scores = self.oos_scores([query])
-        oos = None if scores is None else float(scores[0])
+            query, hits, vector = self.retrieve(conversation)
+            intents = self.intents([query])
+        if intents is not None and hits:
+            hits = self.route(hits, intents.entry[0], float(intents.prob[0]), vector)
+        oos = None if intents is None else float(intents.oos[0])
         top = hits[0] if hits else None
         confidence = top.cosine if top else 0.0
         action = decide(confidence, oos, top.passage.kind if top else None, self.thresholds, self.decoder is not None)
@@ -177,15 +219,16 @@ def load_assistant(folder: Path, generate: bool = True, finished: bool = True) -
     if finished:
         read_manifest(folder, stage="app.support.build")
     encoder = load_encoder(Path(meta["encoder"]))
-    classifier = None
+    classifier = ood = None
     if (folder / "intent").is_dir():
+        from genforge.apps.support.ood import load
         from genforge.finetune.classifier import load_classifier
 
-        classifier = load_classifier(folder / "intent")
+        classifier, ood = load_classifier(folder / "intent"), load(folder)
     decoder = None
     if generate and (folder / "chat").is_dir():
         from genforge.finetune.chat import load_chat_decoder
 
         decoder = load_chat_decoder(folder / "chat")
     return Assistant(folder, load_index(folder / "index", encoder), Thresholds.from_dict(meta["thresholds"]), meta,
-                     classifier, decoder)
+                     classifier, decoder, ood)

@@ -3,6 +3,7 @@
 OUT/index (passages, FAISS vectors), OUT/intent (a `finetune classify` run, when the FAQ has ids),
 OUT/chat (a `finetune sft` run, when a history is given), OUT/support.json (encoder, prompt settings and
 the calibrated thresholds), OUT/calibration.json, then the manifest (stage "app.support.build").
+`genforge app support calibrate` re-runs the calibration alone on a built folder.
 Calibration questions are --val, or else held out of the index: hash bucket 8 of the question variants
 of FAQ entries that keep another variant, and bucket 8 of --oos (the rest of --oos trains the classifier).
 """
@@ -10,20 +11,24 @@ of FAQ entries that keep another variant, and bucket 8 of --oos (the rest of --o
 from __future__ import annotations
 
 import csv
+import dataclasses
+import math
+import time
 from pathlib import Path
 
 import numpy as np
 
-from genforge.apps.support.assistant import META, load_assistant
-from genforge.apps.support.config import BuildConfig
+from genforge.apps.support.assistant import META, Assistant, load_assistant
+from genforge.apps.support.config import BuildConfig, CalibrateConfig
 from genforge.apps.support.index import build_index, load_encoder
 from genforge.apps.support.ingest import Passage, ingest, kb_files
-from genforge.apps.support.policy import OOS, calibrate
+from genforge.apps.support.policy import OOS, Thresholds, calibrate, calibrate_intent
 from genforge.artifacts import begin_output, write_json, write_manifest
 from genforge.errors import DataError
 from genforge.finetune.data import hash_bucket, read_records
 
 VAL_BUCKET = 8
+INTENTS = "intents.csv"  # the intent classifier's training questions, kept in OUT/work
 
 
 def read_questions(path: Path, labelled: bool = True) -> list[tuple[str, str]]:
@@ -61,7 +66,7 @@ def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], enc
     faq = [p for p in passages if p.kind == "faq" and not p.entry.startswith("faq-")]
     if not cfg.classify or len({p.entry for p in faq}) < 2:
         return None
-    data = Path(cfg.out) / "work" / "intents.csv"
+    data = Path(cfg.out) / "work" / INTENTS
     with open(data, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["text", "label"])
@@ -70,6 +75,64 @@ def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], enc
                                    batch_size=cfg.classify_batch, max_steps=cfg.classify_steps, lr=1e-4,
                                    warmup_steps=min(30, cfg.classify_steps // 5), eval_every=0, log_every=25,
                                    seed=cfg.seed, bf16=False))
+
+
+def calibrate_assistant(assistant: Assistant, val: list[tuple[str, str]], min_accuracy: float,
+                        faq_precision: float) -> tuple[Thresholds, dict]:
+    """Choose and set `assistant`'s thresholds from (text, label) validation rows: first from which intent
+    probability the classifier picks the entry, then the hand-off and FAQ thresholds on the entries so picked."""
+    assistant.thresholds = Thresholds()  # retrieval alone, to compare the classifier against
+    hits, intents, vectors = assistant.signals([t for t, _ in val])
+    labels = np.array([label for _, label in val])
+    retrieval_correct = np.array([bool(h) and h[0].passage.entry == y for h, y in zip(hits, labels, strict=True)])
+    t_intent, routed_accuracy = math.inf, None
+    if intents is not None:
+        t_intent, routed_accuracy = calibrate_intent(intents.prob, np.array(intents.entry) == labels,
+                                                     retrieval_correct, labels == OOS)
+        assistant.thresholds = Thresholds(intent=t_intent)
+        hits = [assistant.route(h, intents.entry[i], float(intents.prob[i]), vectors[i]) if h else h
+                for i, h in enumerate(hits)]
+    top = [h[0] if h else None for h in hits]
+    confidence = np.array([h.cosine if h else -1.0 for h in top])
+    correct = np.array([h is not None and h.passage.entry == y for h, y in zip(top, labels, strict=True)])
+    is_faq = np.array([h is not None and h.passage.kind == "faq" for h in top])
+    thresholds, report = calibrate(confidence, None if intents is None else intents.oos, correct, labels == OOS,
+                                   min_accuracy, faq_precision, is_faq)
+    assistant.thresholds = dataclasses.replace(thresholds, intent=t_intent)
+    inscope = labels != OOS
+    report = {**report, "thresholds": assistant.thresholds.to_dict(),
+              "retrieval_accuracy": round(float(retrieval_correct[inscope].mean()), 4) if inscope.any() else None,
+              "intent_routed_accuracy": None if routed_accuracy is None else round(routed_accuracy, 4)}
+    return assistant.thresholds, report
+
+
+def fit_ood(out: Path, assistant: Assistant) -> dict:
+    """Fit the out-of-scope model (ood.py) on the intent classifier's training questions."""
+    from genforge.apps.support.ood import fit_intent_ood, load
+
+    rows = read_questions(out / "work" / INTENTS)
+    fit_intent_ood(out, assistant.classifier, [t for t, _ in rows], [y for _, y in rows])
+    return load(out)
+
+
+def recalibrate(cfg: CalibrateConfig) -> dict:
+    """`genforge app support calibrate`: new thresholds for a built assistant from new validation questions
+    (no retraining); support.json and calibration.json are replaced, calibrate.json records the run. An
+    assistant built before the out-of-scope model existed gets it fitted here."""
+    folder = Path(cfg.assistant)
+    started = time.time()
+    assistant = load_assistant(folder, generate=False)
+    if assistant.classifier is not None and assistant.ood is None and (folder / "work" / INTENTS).is_file():
+        assistant.ood = fit_ood(folder, assistant)
+    thresholds, report = calibrate_assistant(assistant, read_questions(cfg.val), cfg.min_inscope_accuracy,
+                                             cfg.faq_precision)
+    write_json(folder / "calibration.json", report)
+    write_json(folder / META, {**assistant.meta, "thresholds": thresholds.to_dict()})
+    write_manifest(folder, "app.support.calibrate", cfg, started=started, inputs=[cfg.val],
+                   metrics={k: v for k, v in report.items() if k != "thresholds"},
+                   extra={"thresholds": thresholds.to_dict()}, filename="calibrate.json")
+    _summary(folder, {}, report)
+    return report
 
 
 def build(cfg: BuildConfig) -> Path:
@@ -102,14 +165,9 @@ def build(cfg: BuildConfig) -> Path:
             "intent": intent is not None}
     write_json(out / META, meta)
     assistant = load_assistant(out, generate=False, finished=False)
-    hits, oos_scores = assistant.signals([t for t, _ in val])
-    labels = np.array([label for _, label in val])
-    top = [h[0] if h else None for h in hits]
-    confidence = np.array([h.cosine if h else -1.0 for h in top])
-    correct = np.array([h is not None and h.passage.entry == y for h, y in zip(top, labels, strict=True)])
-    is_faq = np.array([h is not None and h.passage.kind == "faq" for h in top])
-    thresholds, report = calibrate(confidence, oos_scores, correct, labels == OOS, cfg.min_inscope_accuracy,
-                                   cfg.faq_precision, is_faq)
+    if assistant.classifier is not None:
+        assistant.ood = fit_ood(out, assistant)
+    thresholds, report = calibrate_assistant(assistant, val, cfg.min_inscope_accuracy, cfg.faq_precision)
     write_json(out / "calibration.json", report)
     write_json(out / META, {**meta, "thresholds": thresholds.to_dict()})
     counts = {"passages": len(indexed), "faq_entries": len({p.entry for p in indexed if p.kind == "faq"}),

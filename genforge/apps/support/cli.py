@@ -1,10 +1,11 @@
-"""`genforge app support build|ask|serve|eval|tickets|from-bitext` (flags generated from config.py)."""
+"""`genforge app support build|calibrate|ask|serve|eval|tickets|from-bitext` (flags generated from config.py)."""
 
 import typer
 
 from genforge.apps.support.config import (
     AskConfig,
     BuildConfig,
+    CalibrateConfig,
     FromBitextConfig,
     SupportEvalConfig,
     SupportServeConfig,
@@ -23,6 +24,10 @@ def register(group: typer.Typer) -> None:
                            "and the intent classifier, calibrate the answer/hand-off thresholds.",
                       examples=["genforge app support build --kb faq.csv --kb docs/ --history chats.jsonl "
                                 "--oos offtopic.txt --out support"])
+    add_stage_command(sub, "calibrate", CalibrateConfig, run="genforge.apps.support.build:recalibrate",
+                      help="Re-calibrate a built assistant's intent, hand-off and FAQ thresholds on new "
+                           "validation questions (no retraining).",
+                      examples=["genforge app support calibrate --assistant support --val val.csv"])
     add_stage_command(sub, "ask", AskConfig, run="genforge.apps.support.server:ask",
                       help="Ask the assistant in the terminal (several questions make one conversation).",
                       examples=['genforge app support ask --assistant support "How do I cancel my order?"'])

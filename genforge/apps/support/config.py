@@ -1,4 +1,4 @@
-"""Configs of `genforge app support build|ask|serve|eval|tickets|from-bitext`.
+"""Configs of `genforge app support build|calibrate|ask|serve|eval|tickets|from-bitext`.
 
 Light on purpose (no torch/numpy import): the CLI builds its flags from these dataclasses.
 """
@@ -74,6 +74,21 @@ class BuildConfig:
             raise ConfigError(f"--overlap must be in [0, chunk_chars); got {self.overlap}")
         if self.pretrain_minutes < 0 or self.sft_minutes < 0 or self.lora_r < 0:
             raise ConfigError("--pretrain-minutes, --sft-minutes and --lora-r must be >= 0")
+        for name in ("min_inscope_accuracy", "faq_precision"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 1]; got {getattr(self, name)}")
+
+
+@dataclass
+class CalibrateConfig:
+    assistant: Path = field(None, help="assistant folder made by `genforge app support build`")
+    val: Path = field(None, help="calibration questions (CSV/JSONL: text, label = the FAQ id, or 'oos')")
+    min_inscope_accuracy: float = field(0.93, help="in-scope accuracy the hand-off thresholds must keep")
+    faq_precision: float = field(0.95, help="precision a confidence must reach to return the FAQ answer verbatim")
+
+    def check(self) -> None:
+        if self.assistant is None or self.val is None:
+            raise ConfigError("give --assistant DIR and --val FILE")
         for name in ("min_inscope_accuracy", "faq_precision"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 1]; got {getattr(self, name)}")

@@ -1,6 +1,6 @@
 """`genforge app support eval`: retrieval, answers, hand-off and latency of a built assistant.
 
-Retrieval (in-scope questions, the FAQ id as the one relevant entry): Hit@1, Hit@5, MRR@10, nDCG@10.
+Retrieval alone (in-scope questions, the FAQ id as the one relevant entry; before the intent classifier): Hit@1, Hit@5, MRR@10, nDCG@10.
 Answers: every question goes through the full answering path one at a time (retrieve, classify,
 decide, generate when the policy says so), which also gives the latency; an in-scope answer is right
 when it is not handed off and the entry it answers from is the labelled one (`answer_accuracy`).
@@ -37,7 +37,7 @@ def percentiles(seconds: list[float]) -> dict[str, float | int]:
 def evaluate_assistant(assistant: Any, rows: list[tuple[str, str]], max_new_tokens: int = 160) -> tuple[dict, list]:
     """(report, per-question results) of `assistant` on (text, label) rows."""
     queries = [t for t, _ in rows]
-    hits, _ = assistant.signals(queries, k=10)
+    hits, _, _ = assistant.signals(queries, k=10)
     ranks = []
     for (_, label), h in zip(rows, hits, strict=True):
         if label != OOS:

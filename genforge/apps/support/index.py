@@ -9,7 +9,7 @@ say nothing about how close the best passage is). Hits are merged per FAQ entry 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,14 @@ class HybridIndex:
     encoder: Encoder
     bm25: Any = None
     faiss: Any = None
+    entries: dict[str, list[int]] = field(default_factory=dict)  # entry -> its passage ids
 
     def __post_init__(self) -> None:
         import bm25s
         import faiss
+
+        for pid, passage in enumerate(self.passages):
+            self.entries.setdefault(passage.entry, []).append(pid)
 
         self.bm25 = bm25s.BM25()
         self.bm25.index([tokens(p.text) or ["<empty>"] for p in self.passages], show_progress=False)
@@ -125,6 +129,13 @@ class HybridIndex:
                     break
             results.append(hits)
         return results
+
+    def hit_for(self, entry: str, vector: np.ndarray) -> Hit:
+        """The hit of `entry`'s passage closest to the query `vector` (an entry named by the classifier)."""
+        pids = self.entries[entry]
+        cosines = self.vectors[pids] @ vector
+        best = int(np.argmax(cosines))
+        return Hit(self.passages[pids[best]], 0.0, float(cosines[best]), 0.0)
 
     def save(self, folder: Path) -> None:
         import faiss

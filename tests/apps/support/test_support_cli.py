@@ -57,6 +57,25 @@ def test_eval_reports_retrieval_answers_handoff_and_latency(served_dir, company,
     assert len(rows) == 8 and {"action", "entry", "seconds"} <= set(json.loads(rows[0]))
 
 
+def test_calibrate_recalibrates_a_built_assistant_without_retraining(assistant_dir, company, tmp_path):
+    import shutil
+
+    folder = tmp_path / "support"
+    shutil.copytree(assistant_dir, folder)
+    before = (folder / "intent" / "model.safetensors").stat().st_mtime_ns
+    result = runner.invoke(app, ["app", "support", "calibrate", "--assistant", str(folder), "--val",
+                                 str(company / "val.csv"), "--min-inscope-accuracy", "0.5"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((folder / "calibrate.json").read_text())
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert record["stage"] == "app.support.calibrate" and record["thresholds"] == calibration["thresholds"]
+    assert json.loads((folder / "support.json").read_text())["thresholds"] == calibration["thresholds"]
+    assert {"intent", "oos", "faq", "handoff_confidence"} == set(calibration["thresholds"])
+    assert calibration["target_inscope_accuracy"] <= 0.5 and calibration["retrieval_accuracy"] is not None
+    assert (folder / "intent" / "model.safetensors").stat().st_mtime_ns == before
+    _fails(["app", "support", "calibrate", "--assistant", str(folder)], "give --assistant DIR and --val FILE")
+
+
 def test_ask_answers_a_conversation_in_the_terminal(served_dir, tmp_path):
     db = f"sqlite:///{tmp_path / 'db.sqlite'}"
     result = runner.invoke(app, ["app", "support", "ask", "--assistant", str(served_dir), "--db", db,

@@ -44,3 +44,11 @@ def test_save_and_load_give_the_same_hits(index, tmp_path):
     query = "when will my order be delivered"
     assert [(h.passage.id, round(h.cosine, 5)) for h in again.search(query)] == \
            [(h.passage.id, round(h.cosine, 5)) for h in index.search(query)]
+
+
+def test_an_entry_named_by_the_classifier_gets_its_closest_passage(index):
+    vector = index.encoder(["when will my parcel come"])[0]
+    hit = index.hit_for("password", vector)  # any entry, ranked or not
+    assert hit.passage.entry == "password"
+    cosines = [float(index.vectors[pid] @ vector) for pid in index.entries["password"]]
+    assert hit.cosine == pytest.approx(max(cosines)) and len(cosines) == 3

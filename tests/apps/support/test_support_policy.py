@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from genforge.apps.support.policy import Thresholds, calibrate, decide
+from genforge.apps.support.policy import Thresholds, calibrate, calibrate_intent, decide
 
 
 def test_decide_orders_handoff_faq_and_generation():
@@ -49,3 +49,25 @@ def test_calibration_uses_the_classifier_score_and_sets_the_faq_threshold():
     assert report["handoff_f1"] == 1.0 and 0.3 < th.oos <= 0.9
     assert th.faq == pytest.approx(0.8)  # from 0.8 up every top FAQ answer was right; 0.6 was wrong
     assert Thresholds.from_dict(th.to_dict()) == th
+
+
+def test_the_classifier_picks_the_entry_from_the_probability_where_it_beats_retrieval():
+    prob = np.array([0.95, 0.9, 0.8, 0.4, 0.3, 0.99])
+    intent_right = np.array([True, True, True, False, False, False])
+    retrieval_right = np.array([False, True, False, True, True, False])
+    is_oos = np.array([False] * 5 + [True])  # the oos row counts for neither
+    t, accuracy = calibrate_intent(prob, intent_right, retrieval_right, is_oos)
+    assert 0.4 < t <= 0.8 and accuracy == 1.0  # above 0.4 the classifier is right, below it retrieval
+    never, same = calibrate_intent(prob, np.zeros(6, bool), retrieval_right, is_oos)
+    assert math.isinf(never) and same == pytest.approx(0.6)  # a classifier that never helps is never used
+
+
+def test_calibration_tries_every_threshold_where_a_hand_off_example_changes_side():
+    # 3000 in-scope scores fill [0, 1); 30 off-topic ones sit in the top 0.1%: a grid of quantiles alone
+    # (1% apart) would hand off 30 in-scope questions to catch them, the exact threshold about 3
+    rng = np.random.default_rng(0)
+    oos = np.concatenate([rng.uniform(0, 1, 3000), np.linspace(0.9991, 0.99999, 30)])
+    is_oos = np.array([False] * 3000 + [True] * 30)
+    conf = np.full(len(oos), 0.9)
+    th, report = calibrate(conf, oos, ~is_oos, is_oos, 0.9, 0.9)
+    assert th.oos == pytest.approx(0.9991) and report["handoff_f1"] > 0.9

@@ -48,6 +48,17 @@ def test_faq_answers_are_verbatim_with_their_source(assistant):
     assert zh.action == "faq" and zh.entry == "refund_zh"
 
 
+def test_a_confident_intent_classifier_picks_the_entry_retrieval_did_not(assistant):
+    assistant = load_assistant(assistant.folder, generate=False)
+    question = "How long does delivery take?"
+    intents = assistant.intents([question])  # the 2-step classifier's guess: any entry
+    assistant.thresholds = Thresholds(handoff_confidence=-1.0, faq=-1.0, intent=0.0)  # always the classifier's
+    routed = assistant.answer([{"role": "user", "content": question}])
+    assert routed.entry == intents.entry[0] and routed.sources[0]["entry"] == intents.entry[0]
+    assistant.thresholds = Thresholds(handoff_confidence=-1.0, faq=-1.0, intent=float(intents.prob[0]) + 1e-6)
+    assert assistant.answer([{"role": "user", "content": question}]).entry == "shipping"  # retrieval's
+
+
 def test_generated_answers_cite_the_passages_in_the_prompt(assistant):
     assistant.thresholds = Thresholds(handoff_confidence=0.0, faq=math.inf)  # always generate
     answer = assistant.answer([{"role": "user", "content": "How long does delivery take?"}], max_new_tokens=8)
@@ -60,11 +71,11 @@ def test_follow_ups_are_retrieved_with_the_previous_question(assistant):
     conversation = [{"role": "user", "content": "I forgot my password"},
                     {"role": "assistant", "content": "Click 'Forgot password'."},
                     {"role": "user", "content": "and then what?"}]
-    query, hits = assistant.retrieve(conversation)
+    query, hits, _ = assistant.retrieve(conversation)
     assert query == "I forgot my password and then what?" and hits[0].passage.entry == "password"
-    query, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "When will my package arrive?"}])
+    query, _, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "When will my package arrive?"}])
     assert query == "When will my package arrive?"  # a full new question stands alone
-    query, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "what is the weather on Mars"}])
+    query, _, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "what is the weather on Mars"}])
     assert query == "what is the weather on Mars"  # so does an off-topic one, to be handed off
 
 
