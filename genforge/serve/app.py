@@ -278,6 +278,10 @@ def create_app(state: ServerState, routers: tuple = ()) -> FastAPI:
         return {"model": default, "experiment": state.experiment.name if state.experiment else None,
                 "key_required": state.keys.static_key is not None or state.keys.required()}
 
+    @app.get("/ui/common.js", include_in_schema=False)
+    def ui_script() -> FileResponse:
+        return FileResponse(UI / "common.js", media_type="text/javascript")
+
     @app.get("/ui/{page}", include_in_schema=False)
     def ui_page(page: str) -> FileResponse:
         if page not in PAGES:
