@@ -100,17 +100,16 @@ class Assistant:
         from genforge.finetune.classifier import predict_probs
 
         model, tokenizer, info = self.classifier
-        probs = predict_probs(model, tokenizer, queries, seq_len=info["seq_len"], multi_label=False,
-                              features=ood.pooling(info) if self.ood else None)
-        if self.ood:
-            probs, features = probs
         labels = info["labels"]
-        inscope = [i for i, label in enumerate(labels) if label != OOS]
-        best = [inscope[b] for b in probs[:, inscope].argmax(1)]
         if self.ood:
+            probs, features = predict_probs(model, tokenizer, queries, seq_len=info["seq_len"], multi_label=False,
+                                            features=ood.pooling(info))
             oos = ood.distance(features, self.ood)
         else:
+            probs = predict_probs(model, tokenizer, queries, seq_len=info["seq_len"], multi_label=False)
             oos = probs[:, labels.index(OOS)] if OOS in labels else 1.0 - probs.max(1)
+        inscope = [i for i, label in enumerate(labels) if label != OOS]
+        best = [inscope[b] for b in probs[:, inscope].argmax(1)]
         return Intents(oos, [labels[b] for b in best], probs[np.arange(len(queries)), best])
 
     def signals(self, queries: list[str], k: int = TOP_K) -> tuple[list[list[Hit]], Intents | None, np.ndarray]:
