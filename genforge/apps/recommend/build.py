@@ -5,8 +5,8 @@ interactions ("user:item#ranker"): the candidates and features are computed from
 candidate is a positive when the user interacted with it in that fold. So the rankers learn to predict
 interactions they did not see, as they must at serving time. Scorer and ranker users are disjoint, so the
 ranker never trusts interest scores the scorer memorised. A fifth of the ranker users are kept for
-validation: the manifest's val_ndcg@10_fast / _full say whether the scorer's re-ranking helps. Serving
-statistics are then recomputed on all training interactions.
+validation: the manifest's val_ndcg@10_fast / _full say whether the scorer's re-ranking helps, and
+recommendations re-rank with it by default only when it does (`use_scorer`). Serving statistics are then recomputed on all training interactions.
 """
 
 from __future__ import annotations
@@ -112,6 +112,14 @@ def train_ranker(xs: list[np.ndarray], ys: list[np.ndarray], names: list[str], s
     return lgb.train(params, data, num_boost_round=rounds)
 
 
+def scorer_helps(gain: np.ndarray) -> bool:
+    """Whether per-user NDCG gains of the scorer's re-ranking on validation users are worth its cost: a mean
+    gain above zero by more than its standard error (a cross-encoder pass per candidate buys nothing less)."""
+    if len(gain) < 2:
+        return bool(gain.sum() > 0)
+    return bool(gain.mean() > gain.std(ddof=1) / np.sqrt(len(gain)))
+
+
 def scorer_rows(model: Recommender, users: list[str], targets: dict[str, set[int]], sep: str,
                 rng: random.Random) -> list[tuple[str, int]]:
     """(pair text, label): per user up to 2 positives, 2 hard negatives (skipped candidates), 1 random."""
@@ -213,15 +221,24 @@ def build(cfg: BuildConfig) -> Path:
             top = g["order"][:cfg.rerank]
             boosted = g["fast"][top] + full.predict(g["x_full"])
             g["order_full"] = np.r_[top[np.argsort(-boosted, kind="stable")], g["order"][cfg.rerank:]]
+    use_scorer = cfg.scorer
     if val_groups:  # the rankers on users they did not learn from: does the interest scorer's re-ranking help?
-        for key in ("order", "order_full") if cfg.scorer else ("order",):
-            ndcg = [ndcg_at(g["cands"][g[key]].tolist(), targets[g["user"]], 10) for g in val_groups]
-            metrics[f"val_ndcg@10_{'full' if key == 'order_full' else 'fast'}"] = round(float(np.mean(ndcg)), 4)
+        ndcg = {key: np.array([ndcg_at(g["cands"][g[key]].tolist(), targets[g["user"]], 10) for g in val_groups])
+                for key in (("order", "order_full") if cfg.scorer else ("order",))}
+        metrics["val_ndcg@10_fast"] = round(float(ndcg["order"].mean()), 4)
+        if cfg.scorer:
+            metrics["val_ndcg@10_full"] = round(float(ndcg["order_full"].mean()), 4)
+            use_scorer = scorer_helps(ndcg["order_full"] - ndcg["order"])
+            if not use_scorer:
+                print(f"the interest scorer did not raise validation NDCG@10 beyond its noise "
+                      f"({metrics['val_ndcg@10_full']} with it, {metrics['val_ndcg@10_fast']} without): "
+                      "recommendations skip it unless asked for with --scorer", flush=True)
     metrics["ranker_seconds"] = round(time.time() - t0, 1)
+    metrics["use_scorer"] = use_scorer
 
     behaviour = build_behaviour(train_set, item_index, cfg.neighbours, cfg.factors, cfg.seed)
     info = {"encoder": str(encoder.resolve()), "history_items": cfg.history_items, "rerank": cfg.rerank,
-            "candidates": cfg.candidates, "holdout": cfg.holdout, "scorer": cfg.scorer,
+            "candidates": cfg.candidates, "holdout": cfg.holdout, "scorer": cfg.scorer, "use_scorer": use_scorer,
             "users": len(behaviour.users), "dim": int(embeddings.shape[1])}
     write_payload(out, items, embeddings, index, behaviour, info)
     write_manifest(out, STAGE, cfg, inputs=[cfg.items, *cfg.interactions], metrics=metrics, started=started)

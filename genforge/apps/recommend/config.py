@@ -84,7 +84,8 @@ class RecommendConfig:
     items: list[str] = field(default_factory=list, help="an item id the user likes (repeatable; cold-start user)")
     k: int = field(10, help="how many items to recommend")
     genre: list[str] = field(default_factory=list, help="only items with one of these genres (repeatable)")
-    scorer: bool = field(True, help="use the language-model interest scorer (--no-scorer: faster, features only)")
+    scorer: bool | None = field(None, help="re-rank with the language-model interest scorer (default: when the build's "
+                                           "validation found it helps; --no-scorer: features only, faster)")
 
     def check(self) -> None:
         if self.model is None:
@@ -132,7 +133,8 @@ class RecServeConfig:
     api_key: str | None = field(None, help="static bearer key clients must send (default: $GENFORGE_API_KEY)")
     db: str | None = field(None, help="database URL (default: $GENFORGE_DB_URL or sqlite:///~/.genforge/serve.db)")
     store: bool = field(True, help="store each recommendation (needed for /v1/feedback and A/B reports)")
-    scorer: bool = field(True, help="use the language-model interest scorer (--no-scorer: lower latency)")
+    scorer: bool | None = field(None, help="re-rank with the language-model interest scorer (default: when the build's "
+                                           "validation found it helps; --no-scorer: lower latency)")
     threads: int = field(0, help="torch CPU threads; 0 = torch's default")
 
     def check(self) -> None:

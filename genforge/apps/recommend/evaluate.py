@@ -3,9 +3,10 @@
 The build folder must have been built with --holdout: its manifest names the inputs, which are read and
 split again here (the split is a pure function of "user:item"), so the evaluation needs nothing else.
 Users are those with held-out items who also have training items (a user with no training item is a
-cold-start user, a different question). Two rows come from the recommender: `genforge` (the full
-pipeline with the language-model interest scorer) and `genforge-fast` (the fast ranker alone, no LM).
-Latency is timed one user at a time, as a server would answer.
+cold-start user, a different question). Two rows come from the recommender: `genforge-lm` (re-ranked by the
+language-model interest scorer; when the build has one) and `genforge-fast` (the fast ranker alone);
+`default` names the one `recommend` and `serve` use (the build's validation chose it), and the goals'
+ratios and `p50`/`p95` are that one's. Latency is timed one user at a time, as a server would answer.
 """
 
 from __future__ import annotations
@@ -81,32 +82,33 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     cold = set(np.flatnonzero(model.behaviour.popularity < cfg.cold_threshold).tolist())
 
     lists = run_baselines(list(cfg.baselines), model, users, cfg.k)
-    full, fast, latency = [], [], []
+    with_lm = model.scorer is not None and model.full_ranker is not None
+    full, fast, latency = [], [], {"lm": [], "fast": []}
     t0 = time.time()
     for n, user in enumerate(tqdm(users, desc="genforge", unit="user")):
         t = time.perf_counter()
-        ranked = model.rank(model.query_for_user(user), cfg.k)
+        ranked = model.rank(model.query_for_user(user), cfg.k, use_scorer=with_lm)
         if n < cfg.latency_users:
-            latency.append(time.perf_counter() - t)
+            latency["lm" if with_lm else "fast"].append(time.perf_counter() - t)
         full.append(ranked["final"])
         fast.append(ranked["fast"])
     seconds = time.time() - t0
-    fast_latency = []
-    for user in users[:cfg.latency_users]:
+    for user in users[:cfg.latency_users] if with_lm else []:
         t = time.perf_counter()
         model.rank(model.query_for_user(user), cfg.k, use_scorer=False)
-        fast_latency.append(time.perf_counter() - t)
+        latency["fast"].append(time.perf_counter() - t)
 
-    methods = {"genforge": full, "genforge-fast": fast} if model.scorer is not None else {"genforge-fast": fast}
+    methods = {"genforge-lm": full, "genforge-fast": fast} if with_lm else {"genforge-fast": fast}
     methods |= {name: lists[name] for name in cfg.baselines}
     common = {"k": cfg.k, "catalogue": len(items.ids), "popularity": model.behaviour.popularity,
               "users": len(model.behaviour.users), "cold": cold}
     table = {name: summary(ls, relevant, **common) for name, ls in methods.items()}
-    ours = "genforge" if "genforge" in table else "genforge-fast"
+    default = "lm" if with_lm and model.use_scorer else "fast"
+    ours = f"genforge-{default}"
     best = max((n for n in table if n in NON_TEXT), key=lambda n: table[n][f"ndcg@{cfg.k}"], default=None)
-    report = {"users": len(users), "k": cfg.k, "cold_items": len(cold), "methods": table,
-              "latency_ms": {"p50": _ms(latency, 50), "p95": _ms(latency, 95),
-                             "fast_p50": _ms(fast_latency, 50), "fast_p95": _ms(fast_latency, 95)},
+    report = {"users": len(users), "k": cfg.k, "cold_items": len(cold), "methods": table, "default": ours,
+              "latency_ms": {"p50": _ms(latency[default], 50), "p95": _ms(latency[default], 95),
+                             **{f"{path}_p{q}": _ms(latency[path], q) for path in latency for q in (50, 95)}},
               "genforge_seconds": round(seconds, 1),
               "baseline_seconds": {n: lists[f"_{n}_seconds"] for n in cfg.baselines}}
     if best:
@@ -143,6 +145,7 @@ def markdown(report: dict[str, Any]) -> str:
     k = report["k"]
     cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", "coverage", "novelty", f"cold_recall@{k}"]
     lines = [f"# Recommendation evaluation ({report['users']} users, {report['cold_items']} cold items)", "",
+             f"`recommend` and `serve` use {report['default']} (chosen by the build's validation).", "",
              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, m in report["methods"].items():
         lines.append(f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |")
@@ -188,6 +191,6 @@ def print_table(report: dict[str, Any]) -> None:
         table.add_row(name, *(f"{m[c]:.4f}" for c in cols))
     console = Console(stderr=True)
     console.print(table)
-    console.print(f"latency ms: {report['latency_ms']}; NDCG vs best non-text: "
+    console.print(f"default: {report['default']}; latency ms: {report['latency_ms']}; NDCG vs best non-text: "
                   f"{report.get('ndcg_vs_best_non_text')}; cold recall vs popular: "
                   f"{_times(report.get('cold_recall_vs_popular'))}")

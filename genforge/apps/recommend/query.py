@@ -21,8 +21,7 @@ def recommend(cfg: RecommendConfig) -> list[dict[str, Any]]:
     from rich.table import Table
 
     model = load(cfg.model, scorer=cfg.scorer)
-    rows = model.recommend(query_of(model, cfg.user, cfg.items, cfg.like), cfg.k, use_scorer=cfg.scorer,
-                           genres=cfg.genre)
+    rows = model.recommend(query_of(model, cfg.user, cfg.items, cfg.like), cfg.k, genres=cfg.genre)
     table = Table(title=f"top {cfg.k} for " + (f"user {cfg.user}" if cfg.user else
                                                f"items {', '.join(cfg.items)}" if cfg.items else repr(cfg.like)))
     for col in ("#", "item", "title", "score", "why"):

@@ -8,7 +8,9 @@ For one user (known, a few liked items, or a free-text description) it:
 3. ranks them with the fast LightGBM ranker over behaviour/embedding features (no language model);
 4. re-scores the top `rerank` with the interest scorer (the fine-tuned classifier) and orders them with
    the full ranker: LightGBM boosted from the fast ranker's scores with the interest score as one more feature
-   (its output is a correction added to the fast score).
+   (its output is a correction added to the fast score). Step 4 runs by default only when the build's
+   validation users ranked better with it (`use_scorer`): a cross-encoder costs a forward pass per candidate,
+   worth paying only for a gain that was measured.
 A user known only by a free-text description has no history, the regime neither ranker nor scorer was
 trained on (they would bury every item without interactions): their candidates are ranked by the cosine
 of item text to the description, so new items compete on their text alone.
@@ -57,6 +59,7 @@ class Recommender:
     fast_ranker: Any = None  # lightgbm.Booster over FEATURES
     full_ranker: Any = None  # lightgbm.Booster over FULL_FEATURES
     scorer: Any = None  # genforge.apps.recommend.scorer.Scorer
+    use_scorer: bool = True  # re-rank with the scorer unless a call says otherwise (the build's validation decides)
     encoder: Any = None  # SentenceEncoder, for text queries (loaded on first use)
     encoder_path: Path | None = None
     history_items: int = 6
@@ -180,9 +183,11 @@ class Recommender:
         return history_text(self.items, q.history.tolist(), self.history_items)
 
     # ---- ranking --------------------------------------------------------------------------------------
-    def rank(self, q: Query, k: int, *, use_scorer: bool = True, allowed: np.ndarray | None = None) -> dict[str, Any]:
+    def rank(self, q: Query, k: int, *, use_scorer: bool | None = None,
+             allowed: np.ndarray | None = None) -> dict[str, Any]:
         """Ranked candidates: {"fast": item indices by the fast ranker, "final": by the full pipeline,
-        "scores", "closest", "interest" (dict item -> P), "candidates"}."""
+        "scores", "closest", "interest" (dict item -> P), "candidates"}. `use_scorer` None: `self.use_scorer`."""
+        use_scorer = self.use_scorer if use_scorer is None else use_scorer
         sig = self.signals(q)
         cands = self.candidate_items(q, sig, allowed)
         if not len(cands):
@@ -219,7 +224,7 @@ class Recommender:
         because = f"because you liked {self.items.titles[q.history[closest]]}" if closest >= 0 else "popular pick"
         return because + (f"; shared genres: {', '.join(shared[:3])}" if shared else "")
 
-    def recommend(self, q: Query, k: int = 10, *, use_scorer: bool = True, genres: list[str] = (),
+    def recommend(self, q: Query, k: int = 10, *, use_scorer: bool | None = None, genres: list[str] = (),
                   exclude: list[str] = ()) -> list[dict[str, Any]]:
         """Top-k as {"item", "title", "score", "interest", "explanation"} rows."""
         allowed = None
@@ -233,8 +238,10 @@ class Recommender:
                  "explanation": self.explain(q, i, ranked["closest"][i])} for i in ranked["final"]]
 
 
-def load(folder: Path, *, scorer: bool = True) -> Recommender:
-    """A build folder (manifest stage "app.recommend.build") as a Recommender."""
+def load(folder: Path, *, scorer: bool | None = None) -> Recommender:
+    """A build folder (manifest stage "app.recommend.build") as a Recommender. `scorer`: True re-ranks with the
+    interest scorer by default, False never loads it, None follows the build's validation (`use_scorer` in its
+    info; the scorer is still loaded, so a call can ask for it)."""
     import faiss
     import lightgbm as lgb
 
@@ -244,9 +251,10 @@ def load(folder: Path, *, scorer: bool = True) -> Recommender:
     info, items, embeddings, behaviour, genre_matrix, genres = read_build(folder)
     model = Recommender(items, embeddings, faiss.read_index(str(folder / "index.faiss")), behaviour, genre_matrix,
                         genres, encoder_path=Path(info["encoder"]), history_items=info["history_items"],
-                        rerank=info["rerank"], candidates=info["candidates"])
+                        rerank=info["rerank"], candidates=info["candidates"],
+                        use_scorer=info.get("use_scorer", True) if scorer is None else scorer)
     model.fast_ranker = lgb.Booster(model_file=str(folder / "ranker_fast.txt"))
-    if scorer and (folder / "scorer").is_dir() and (folder / "ranker.txt").is_file():
+    if scorer is not False and (folder / "scorer").is_dir() and (folder / "ranker.txt").is_file():
         from genforge.apps.recommend.scorer import Scorer
 
         model.scorer = Scorer(folder / "scorer")

@@ -41,7 +41,7 @@ class RecommendRequest(BaseModel):
     model: str | None = Field(None, description="public name or variant (default: the served recommender)")
 
 
-def router(recommenders: dict[str, Any], public: str, experiment: Any, use_scorer: bool = True) -> APIRouter:
+def router(recommenders: dict[str, Any], public: str, experiment: Any) -> APIRouter:
     """The /v1/recommend route over loaded recommenders {name: Recommender}; `experiment` (a
     genforge.serve.ab.Experiment or None) picks the arm answering a request for the public name."""
     api = APIRouter()
@@ -66,7 +66,7 @@ def router(recommenders: dict[str, Any], public: str, experiment: Any, use_score
 
         def answer() -> list[dict[str, Any]]:
             q = query_of(model, body.user, body.items, body.text)
-            return model.recommend(q, body.k, use_scorer=use_scorer, genres=body.filters.genres,
+            return model.recommend(q, body.k, genres=body.filters.genres,
                                    exclude=body.filters.exclude)
 
         try:
@@ -117,7 +117,7 @@ def create_recommend_app(cfg: RecServeConfig, keys: Any = None) -> Any:
         experiment = Experiment(public, weights, keys.engine)
         experiment.start()
     app = create_app(ServerState(cfg=serve_cfg, models={}, keys=keys))
-    app.include_router(router(recommenders, public, experiment, cfg.scorer))
+    app.include_router(router(recommenders, public, experiment))
     return app
 
 

@@ -4,7 +4,9 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from genforge.apps.recommend.build import build
+import numpy as np
+
+from genforge.apps.recommend.build import build, scorer_helps
 from genforge.apps.recommend.config import BuildConfig, EvalConfig
 from genforge.apps.recommend.evaluate import evaluate
 from genforge.apps.recommend.recommender import load
@@ -78,10 +80,22 @@ def test_build_folder(built):
                  "scorer/classifier.json"):
         assert (out / name).is_file(), name
     assert not (out / "scorer" / "checkpoints").exists()
+    info = json.loads((out / "recommend.json").read_text())
+    assert info["use_scorer"] is manifest["metrics"]["use_scorer"]
+    assert load(out).use_scorer is info["use_scorer"]  # the default path is the build's validated choice
+    assert load(out, scorer=True).use_scorer and load(out, scorer=False).scorer is None
+
+
+def test_scorer_is_used_only_for_a_gain_beyond_its_noise():
+    rng = np.random.default_rng(0)
+    assert scorer_helps(0.05 + 0.1 * rng.standard_normal(200))
+    assert not scorer_helps(0.1 * rng.standard_normal(200) - 0.001)
+    assert not scorer_helps(np.zeros(50))  # no change at all: a forward pass per candidate for nothing
+    assert scorer_helps(np.array([0.2])) and not scorer_helps(np.array([0.0]))
 
 
 def test_known_user_gets_unseen_items_of_their_taste_with_reasons(built):
-    model = load(built / "model")
+    model = load(built / "model", scorer=True)
     q = model.query_for_user("user0")  # a space fan
     seen = {model.items.ids[i] for i in q.history}
     rows = model.recommend(q, 5)
@@ -108,13 +122,16 @@ def test_cold_start_user_from_items_and_text_and_new_item(built):
 
 def test_eval_reports_every_method(built, tmp_path):
     report = evaluate(EvalConfig(model=built / "model", out=tmp_path / "eval", k=5, latency_users=3))
-    assert set(report["methods"]) == {"genforge", "genforge-fast", "popular", "tfidf", "itemknn", "als"}
+    assert set(report["methods"]) == {"genforge-lm", "genforge-fast", "popular", "tfidf", "itemknn", "als"}
+    assert report["default"] == ("genforge-lm" if load(built / "model").use_scorer else "genforge-fast")
     for m in report["methods"].values():
         assert 0 <= m["recall@5"] <= 1 and 0 <= m["ndcg@5"] <= 1 and 0 <= m["coverage"] <= 1
     # a taste-structured toy: knowing the user's genre must beat global popularity
-    assert report["methods"]["genforge"]["ndcg@5"] > report["methods"]["popular"]["ndcg@5"]
+    assert report["methods"][report["default"]]["ndcg@5"] > report["methods"]["popular"]["ndcg@5"]
     assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "metrics.png").is_file()
-    assert report["latency_ms"]["p95"] is not None
+    lat = report["latency_ms"]
+    assert None not in (lat["p95"], lat["lm_p95"], lat["fast_p95"])
+    assert lat["p95"] == lat["lm_p95" if report["default"] == "genforge-lm" else "fast_p95"]
 
 
 def test_cli_recommend_and_one_line_errors(built):
