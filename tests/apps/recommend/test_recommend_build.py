@@ -1,10 +1,9 @@
 import json
 import random
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
-
-import numpy as np
 
 from genforge.apps.recommend.build import build, scorer_helps
 from genforge.apps.recommend.config import BuildConfig, EvalConfig
