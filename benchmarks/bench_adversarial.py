@@ -10,7 +10,10 @@ Data (../shared/data, splits as its README says: hash buckets 0-7 train, 8 valid
 Per data set, two runs from the same base model for the same number of epochs:
 - normal: `finetune classify`;
 - adversarial: the same plus `--adversarial freelb --adv-steps 2` and `--augment-attack` with the data
-  set's attacks (model-free attacked copies of `--augment-ratio` of the training texts per attack).
+  set's attacks (model-free attacked copies of `--augment-ratio` of the training texts per attack;
+  `--augment-from-normal`: copies made by attacking the normal model). With `--from-normal-epochs E` the
+  adversarial run is adversarial fine-tuning instead: it starts from the normal model and trains E more
+  epochs at half the learning rate, and its training time counts both runs.
 Each run is a child process that trains, scores the whole test split (clean accuracy) and runs
 `robustness eval` on a seeded sample of test texts. Printed per data set: clean test accuracy, accuracy
 and success rate under each attack, training time; then points recovered per attack, clean accuracy
@@ -185,6 +188,9 @@ def main() -> None:
     parser.add_argument("--augment-from-normal", action="store_true",
                         help="make the copies by attacking the normal model (real adversarial examples; slower) "
                              "instead of random edits")
+    parser.add_argument("--from-normal-epochs", type=float, default=0.0,
+                        help="adversarial fine-tuning: start the adversarial run from the normal model and train it "
+                             "this many more epochs at half the learning rate (its cost then counts both runs)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -209,12 +215,17 @@ def main() -> None:
                                       "augment_ratio": args.augment_ratio}
             if args.augment_from_normal:
                 robust_cfg["augment_model"] = normal_out
+            robust = {**common, "out": f"{tmp}/{name}_robust", "train": robust_cfg}
+            if args.from_normal_epochs:
+                robust["base"] = normal_out
+                robust_cfg |= {"epochs": args.from_normal_epochs, "lr": train_cfg["lr"] / 2}
             console.print(f"[bold]{name}[/bold]: {len(train)} train / {len(val)} val / {len(test)} test texts; "
                           f"attacks {', '.join(ATTACKS[name])} on {min(attack_cfg['max_examples'], len(test))} "
                           "test texts")
-            results = {"normal": run_child({**common, "out": normal_out, "train": train_cfg}),
-                       f"{args.method}+augment": run_child({**common, "out": f"{tmp}/{name}_robust",
-                                                                    "train": robust_cfg})}
+            results = {"normal": run_child({**common, "out": normal_out, "train": train_cfg})}
+            results[f"{args.method}+augment"] = run_child(robust)
+            if args.from_normal_epochs:  # its model is the normal one trained further: it cost both runs
+                results[f"{args.method}+augment"]["train_seconds"] += results["normal"]["train_seconds"]
             print_results(console, name, results)
         console.print("references: TextFooler takes BERT on IMDB from 90.9% to 13.6% accuracy; FreeLB adds about "
                       "+1 point on GLUE")
