@@ -125,10 +125,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data", choices=list(SETS), action="append")
     parser.add_argument("--work", type=Path)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     work = args.work or Path("runs") / ("bench_recommend_quick" if args.quick else "bench_recommend")
     reports = {}
     for name in args.data or list(SETS):
