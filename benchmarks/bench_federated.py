@@ -8,12 +8,16 @@ epochs"): centralized trains E epochs on all the data; each local-only client tr
 own silo; a federated run does R rounds of K local steps on each of the 8 clients with
 R * 8 * K * batch = E * N. LoRA (r = 8): only adapters and the head travel.
 
+Runs (`--runs`, all by default): central, local (each client alone), fedavg, fedavgm (server momentum
+0.9: with a fixed budget of examples a federated run makes 1/clients as many sequential steps as the
+centralized one, and momentum lengthens them), fedprox, dp (FedAvg with client-level DP).
 Printed: test accuracy / macro-F1 / wall time of each, the federated/centralized accuracy ratio
 (goal >= 0.97), the margin over the best local-only client (goal >= 5 points), the accuracy cost of
 client-level DP at epsilon <= 8, and the bytes communicated. Also writes rounds.png comparing them.
-Each run is its own process (Ray and the models start clean; peak memory is per run).
+Each run is its own process (Ray and the models start clean; peak memory is per run). With --out, each
+finished run's result is kept in OUT/results.json and a rerun skips it (a long benchmark resumes).
 
-    .venv/bin/python benchmarks/bench_federated.py            # the real thing (long: tens of minutes)
+    .venv/bin/python benchmarks/bench_federated.py --out runs/bench-federated   # the real thing (hours on 1 core)
     .venv/bin/python benchmarks/bench_federated.py --quick    # smoke: 240 texts, 0.25 epochs, 2 rounds
 """
 
@@ -27,12 +31,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_finetune import tweets, write_csv  # noqa: E402  (same data, same splits)
 
 CLIENTS, ALPHA, SEED = 8, 0.5, 1337
+RUNS = ("central", "local", "fedavg", "fedavgm", "fedprox", "dp")
 
 
 def minilm() -> Path:
@@ -112,16 +118,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (all runs)")
     parser.add_argument("--epsilon", type=float, default=8.0, help="DP budget of the DP run")
-    parser.add_argument("--out", type=Path, default=None, help="keep the runs and rounds.png here")
+    parser.add_argument("--out", type=Path, default=None, help="keep the runs, results.json and rounds.png here")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs (default: all)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     from rich.console import Console
-    from rich.table import Table
 
     from genforge.federated.privacy import noise_for
-    from genforge.federated.report import plot_rounds
 
     console = Console(width=110)
     train, val, test = tweets()
@@ -142,58 +147,83 @@ def main() -> None:
                "local_steps": local_steps, "total_cpus": args.threads, "round_timeout": 3600.0}
         epsilon_noise = noise_for(args.epsilon, rounds, sampled=CLIENTS, population=CLIENTS, delta=1e-5)
         specs = {
-            "centralized": {"kind": "central", "epochs": args.epochs,
-                            "eval_every": max(1, round(args.epochs * len(train) / batch / rounds))},
-            "local-only (each client)": {"kind": "local", "epochs": args.epochs, "rounds": rounds,
-                                         "total_cpus": args.threads},
-            "FedAvg": {"kind": "federated", **fed, "strategy": "fedavg"},
-            "FedProx (mu 0.01)": {"kind": "federated", **fed, "strategy": "fedprox", "mu": 0.01},
-            f"FedAvg + DP (eps {args.epsilon:g})": {"kind": "federated", **fed, "strategy": "fedavg",
-                                                    "dp_noise": epsilon_noise, "dp_clip": 0.5},
+            "central": {"kind": "central", "epochs": args.epochs,
+                        "eval_every": max(1, round(args.epochs * len(train) / batch / rounds))},
+            "local": {"kind": "local", "epochs": args.epochs, "rounds": rounds, "total_cpus": args.threads},
+            "fedavg": {"kind": "federated", **fed, "strategy": "fedavg"},
+            "fedavgm": {"kind": "federated", **fed, "strategy": "fedavgm", "server_momentum": 0.9},
+            "fedprox": {"kind": "federated", **fed, "strategy": "fedprox", "mu": 0.01},
+            "dp": {"kind": "federated", **fed, "strategy": "fedavg", "dp_noise": epsilon_noise, "dp_clip": 0.5},
         }
         console.print(f"[bold]financial tweets[/bold]: {len(train)} train / {len(val)} val / {len(test)} test; "
                       f"{CLIENTS} clients, Dirichlet {ALPHA}; {args.epochs:g} epochs = {rounds} rounds x "
                       f"{local_steps} local steps x {batch}; DP noise multiplier {epsilon_noise:.2f}")
-        results = {}
-        for i, (name, spec) in enumerate(specs.items()):
-            common_run = {**common, "bf16": True}
-            results[name] = run_child({**spec, "common": common_run, "threads": args.threads,
-                                       "test": str(root / "test.json"), "out": str(root / f"run{i}")})
-            console.print(f"  done: {name} ({results[name]['seconds']:.0f} s)")
-        locals_ = results["local-only (each client)"]["clients"]
-        best_local = max(locals_, key=lambda r: r["accuracy"])
-        central = results["centralized"]["accuracy"]
-        table = Table(title="test set (sent_valid.csv)")
-        for col in ("method", "accuracy", "macro-F1", "vs centralized", "wall s", "MB sent"):
-            table.add_column(col, justify="right" if col != "method" else "left")
-        for name, r in results.items():
-            if "clients" in r:
-                table.add_row(f"best local-only (client {best_local['client']}, {best_local['examples']} texts)",
-                              f"{best_local['accuracy']:.4f}", f"{best_local['macro_f1']:.4f}",
-                              f"{best_local['accuracy'] / central:.3f}", f"{r['seconds']:.0f}", "0")
-                mean = sum(c["accuracy"] for c in locals_) / len(locals_)
-                table.add_row("mean local-only", f"{mean:.4f}", "", f"{mean / central:.3f}", "", "")
+        saved = root / "results.json"
+        results = json.loads(saved.read_text()) if args.out and saved.is_file() else {}
+        for key in (k for k in RUNS if k in args.runs):
+            if key in results:
+                console.print(f"  kept: {NAMES[key]} (from {saved})")
                 continue
-            table.add_row(name, f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['accuracy'] / central:.3f}",
-                          f"{r['seconds']:.0f}", f"{r.get('bytes', 0) / 1e6:.1f}")
-        console.print(table)
-        for name in ("FedAvg", "FedProx (mu 0.01)"):
-            r = results[name]
-            console.print(f"{name}: {r['accuracy'] / central:.3f} x centralized (goal >= 0.97); "
+            results[key] = run_child({**specs[key], "common": {**common, "bf16": True}, "threads": args.threads,
+                                      "test": str(root / "test.json"), "out": str(root / f"run-{key}")})
+            console.print(f"  done: {NAMES[key]} ({results[key]['seconds']:.0f} s)")
+            tmp_file = saved.with_suffix(".tmp")
+            tmp_file.write_text(json.dumps(results))
+            os.replace(tmp_file, saved)
+        report(console, results, args, rounds, root)
+
+
+NAMES = {"central": "centralized", "local": "local-only (each client)", "fedavg": "FedAvg",
+         "fedavgm": "FedAvgM (momentum 0.9)", "fedprox": "FedProx (mu 0.01)", "dp": "FedAvg + DP"}
+
+
+def report(console: Any, results: dict, args: argparse.Namespace, rounds: int, root: Path) -> None:
+    """The table, the goals and rounds.png, for the runs that are there."""
+    from rich.table import Table
+
+    from genforge.federated.report import plot_rounds
+
+    central = results.get("central", {}).get("accuracy")
+    locals_ = results.get("local", {}).get("clients", [])
+    best_local = max(locals_, key=lambda r: r["accuracy"]) if locals_ else None
+    ratio = (lambda acc: f"{acc / central:.3f}") if central else (lambda acc: "-")
+    table = Table(title="test set (sent_valid.csv)")
+    for col in ("method", "accuracy", "macro-F1", "vs centralized", "wall s", "MB sent"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for key, r in results.items():
+        if key == "local":
+            table.add_row(f"best local-only (client {best_local['client']}, {best_local['examples']} texts)",
+                          f"{best_local['accuracy']:.4f}", f"{best_local['macro_f1']:.4f}",
+                          ratio(best_local["accuracy"]), f"{r['seconds']:.0f}", "0")
+            mean = sum(c["accuracy"] for c in locals_) / len(locals_)
+            table.add_row("mean local-only", f"{mean:.4f}", "", ratio(mean), "", "")
+            continue
+        name = NAMES[key] + (f" (eps {r['epsilon']:.2f})" if key == "dp" and r.get("epsilon") else "")
+        table.add_row(name, f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", ratio(r["accuracy"]),
+                      f"{r['seconds']:.0f}", f"{r.get('bytes', 0) / 1e6:.1f}")
+    console.print(table)
+    for key in ("fedavg", "fedavgm", "fedprox"):
+        if key in results and central and best_local:
+            r = results[key]
+            console.print(f"{NAMES[key]}: {r['accuracy'] / central:.3f} x centralized (goal >= 0.97); "
                           f"{100 * (r['accuracy'] - best_local['accuracy']):+.1f} points vs the best local-only "
                           f"client (goal >= +5)")
-        dp_name = next(n for n in results if "DP" in n)
-        dp = results[dp_name]
+    if "dp" in results and "fedavg" in results:
+        dp = results["dp"]
         console.print(f"DP cost: epsilon {dp['epsilon']:.2f} (delta 1e-5) costs "
-                      f"{100 * (results['FedAvg']['accuracy'] - dp['accuracy']):.1f} accuracy points vs FedAvg")
-        png = plot_rounds([{"round": x, "val_accuracy": y} for x, y in results["FedAvg"]["curve"]], "accuracy",
-                          root / "rounds.png",
-                          {"FedProx": results["FedProx (mu 0.01)"]["curve"], dp_name: dp["curve"],
-                           "centralized (same examples seen)": results["centralized"]["curve"],
-                           "best local-only (final)": [(0, best_local["val_accuracy"]),
-                                                       (rounds, best_local["val_accuracy"])]})
-        console.print(f"rounds vs validation accuracy: {png if args.out else '(use --out DIR to keep the PNG)'}")
-
+                      f"{100 * (results['fedavg']['accuracy'] - dp['accuracy']):.1f} accuracy points vs FedAvg")
+    federated = [k for k in ("fedavg", "fedavgm", "fedprox", "dp") if k in results]
+    if federated:  # the first federated run is the plot's main curve, the others are drawn beside it
+        curves = {NAMES[k]: results[k]["curve"] for k in federated[1:]}
+        if "central" in results:
+            curves["centralized (same examples seen)"] = results["central"]["curve"]
+        if best_local:
+            curves["best local-only (final)"] = [(0, best_local["val_accuracy"]),
+                                                 (rounds, best_local["val_accuracy"])]
+        png = plot_rounds([{"round": x, "val_accuracy": y} for x, y in results[federated[0]]["curve"]],
+                          "accuracy", root / "rounds.png", curves)
+        console.print(f"rounds vs validation accuracy ({NAMES[federated[0]]} and the others): "
+                      f"{png if args.out else '(use --out DIR to keep the PNG)'}")
 
 if __name__ == "__main__":
     main()

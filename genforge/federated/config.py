@@ -18,7 +18,7 @@ from genforge.finetune.config import ClassifyConfig, SftConfig
 from genforge.train.config import PretrainConfig
 
 PARTITIONS = ("iid", "dirichlet", "quantity", "by-file")
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed-mean")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "median", "trimmed-mean")
 ENGINES = ("simulation", "deployment")
 TASKS = ("classify", "sft", "pretrain")
 
@@ -36,11 +36,14 @@ class FederatedFields:
     alpha: float = field(0.5, help="dirichlet/quantity: concentration; smaller = more skewed silos")
     client_data: list[Path] = field(default_factory=list, help="by-file: the data of each client (repeatable, "
                                                                "in client order)")
-    strategy: str = field("fedavg", help="server aggregation: FedAvg, FedProx (proximal term --mu), FedAdam/FedYogi "
+    strategy: str = field("fedavg", help="server aggregation: FedAvg, FedAvgM (server momentum --server-momentum), "
+                                         "FedProx (proximal term --mu), FedAdam/FedYogi "
                                          "(server optimiser, --server-lr), or a robust coordinate median / trimmed "
                                          "mean against poisoned clients", choices=STRATEGIES)
     mu: float = field(0.01, help="fedprox: weight of the proximal term mu/2 ||w - w_global||^2")
     server_lr: float = field(0.01, help="fedadam/fedyogi: the server optimiser's learning rate")
+    server_momentum: float = field(0.9, help="fedavgm: momentum of the server's step along the averaged update "
+                                             "(Hsu et al. 2019: non-IID clients make small, noisy average steps)")
     trim: float = field(0.2, help="trimmed-mean: fraction of the highest and of the lowest values cut per coordinate")
     fraction_fit: float = field(1.0, help="fraction of the clients sampled for training each round")
     min_fit_clients: int = field(0, help="fewest clients a round trains on (0 = the sampled number); a round whose "
@@ -81,6 +84,8 @@ class FederatedFields:
             raise ConfigError(f"--min-fit-clients must be in [0, --clients], got {self.min_fit_clients}")
         if not 0 <= self.trim < 0.5:
             raise ConfigError(f"--trim must be in [0, 0.5), got {self.trim}")
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"--server-momentum must be in [0, 1); got {self.server_momentum}")
         if self.mu < 0 or self.server_lr <= 0 or self.round_timeout <= 0:
             raise ConfigError("--mu must be >= 0, --server-lr and --round-timeout positive")
         if self.dp_noise < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:

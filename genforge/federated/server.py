@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
 from flwr.supercore import log
 
 
@@ -107,6 +107,8 @@ def build_strategy(cfg: Any, sink: list | None = None) -> Strategy:
               "train_metrics_aggr_fn": aggregate_metrics(sink if sink is not None else [])}
     if cfg.strategy == "fedprox":
         strategy: Strategy = FedProx(proximal_mu=cfg.mu, **common)
+    elif cfg.strategy == "fedavgm":
+        strategy = FedAvgM(server_learning_rate=1.0, server_momentum=cfg.server_momentum, **common)
     elif cfg.strategy in ("fedadam", "fedyogi"):
         cls = FedAdam if cfg.strategy == "fedadam" else FedYogi
         strategy = cls(eta=cfg.server_lr, eta_l=cfg.lr, **common)

@@ -42,6 +42,16 @@ def test_fedavg_is_the_weighted_mean():
     assert w == pytest.approx([3, 6]) and metrics["clients"] == 2
 
 
+def test_fedavgm_keeps_moving_along_past_averages():
+    strategy = build_strategy(cfg(strategy="fedavgm", server_momentum=0.9))
+    strategy.strategy.current_arrays = ArrayRecord({"w": torch.zeros(2)})  # what the first configure_train keeps
+    replies = [reply([0, 0], 1), reply([4, 8], 3)]  # weighted mean [3, 6]
+    first, _ = aggregate(strategy, replies)
+    assert first == pytest.approx([3, 6])  # the first step is plain FedAvg
+    second, _ = aggregate(strategy, replies)  # the clients now agree with the model: only momentum moves it
+    assert second == pytest.approx([3 + 0.9 * 3, 6 + 0.9 * 6])
+
+
 def test_a_scaled_update_drags_fedavg_but_not_the_robust_aggregators():
     poisoned = [reply(v) for v in HONEST] + [reply([1000.0, -1000.0])]
     mean, _ = aggregate(build_strategy(cfg(strategy="fedavg")), poisoned)
