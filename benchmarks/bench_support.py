@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="with --work: evaluate assistants already built there")
     args = parser.parse_args()
     full = {"history": 0, "test": 0, "pretrain_minutes": 5.0, "sft_steps": 400, "sft_minutes": 8.0,
-            "classify_steps": 300, "generate": 30, "max_new_tokens": 120, "clinc_intents": 0, "clinc_steps": 1500}
+            "classify_steps": 300, "generate": 30, "max_new_tokens": 120, "clinc_intents": 0, "clinc_steps": 3000}
     quick = {"history": 600, "test": 150, "pretrain_minutes": 0.5, "sft_steps": 15, "sft_minutes": 1.0,
              "classify_steps": 40, "generate": 5, "max_new_tokens": 48, "clinc_intents": 15, "clinc_steps": 60}
     for key, value in (quick if args.quick else full).items():

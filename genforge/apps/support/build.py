@@ -72,7 +72,7 @@ def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], enc
         writer.writerow(["text", "label"])
         writer.writerows([(p.text, p.entry) for p in faq] + [(t, OOS) for t in oos])
     return classify(ClassifyConfig(model=encoder, data=data, out=Path(cfg.out) / "intent", seq_len=64,
-                                   batch_size=cfg.classify_batch, max_steps=cfg.classify_steps, lr=1e-4,
+                                   batch_size=cfg.classify_batch, max_steps=cfg.classify_steps, lr=cfg.classify_lr,
                                    warmup_steps=min(30, cfg.classify_steps // 5), eval_every=0, log_every=25,
                                    seed=cfg.seed, bf16=False))
 

@@ -46,6 +46,7 @@ class BuildConfig:
                                       "the FAQ has ids")
     classify_steps: int = field(300, help="optimizer steps of the intent classifier")
     classify_batch: int = field(32, help="texts per batch of the intent classifier")
+    classify_lr: float = field(2e-4, help="peak learning rate of the intent classifier (MiniLM under-fits at 5e-5)")
     pretrain_minutes: float = field(5.0, help="minutes of pretraining the small decoder (when no --model)")
     sft_steps: int = field(400, help="optimizer steps of SFT on the history")
     sft_minutes: float = field(0.0, help="stop SFT after this many minutes (0 = only --sft-steps)")
@@ -68,7 +69,7 @@ class BuildConfig:
             raise ConfigError("give the knowledge base: --kb FILE_OR_FOLDER (repeatable)")
         if self.out is None:
             raise ConfigError("give the output folder: --out DIR")
-        _positive(self, "classify_steps", "classify_batch", "sft_steps", "seq_len", "chunk_chars",
+        _positive(self, "classify_steps", "classify_batch", "classify_lr", "sft_steps", "seq_len", "chunk_chars",
                   "prompt_passages", "passage_chars", "vocab_size")
         if not 0 <= self.overlap < self.chunk_chars:
             raise ConfigError(f"--overlap must be in [0, chunk_chars); got {self.overlap}")
