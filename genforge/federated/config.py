@@ -18,6 +18,7 @@ from genforge.finetune.config import ClassifyConfig, SftConfig
 from genforge.train.config import PretrainConfig
 
 PARTITIONS = ("iid", "dirichlet", "quantity", "by-file")
+FAILURE = "failure.txt"  # in the run's work folder: why the server stopped the run (Flower swallows its errors)
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "median", "trimmed-mean")
 ENGINES = ("simulation", "deployment")
 TASKS = ("classify", "sft", "pretrain")

@@ -23,6 +23,7 @@ import typer
 from genforge.artifacts import MANIFEST, begin_output, read_manifest, sha256_file, write_json
 from genforge.config import to_dict
 from genforge.errors import GenforgeError
+from genforge.federated.config import FAILURE
 
 APP_TOML = """[build-system]
 requires = ["hatchling"]
@@ -146,9 +147,12 @@ def federated(cfg: Any, kind: str) -> Path:
     del task
     federation = Path(cfg.out) / "federation.json"
     write_json(federation, info)
+    failure = Path(info["work_dir"]) / FAILURE
+    failure.unlink(missing_ok=True)
     (simulate if cfg.engine == "simulation" else deploy)(cfg, federation.resolve())
     if not (Path(cfg.out) / MANIFEST).is_file():
-        raise GenforgeError(f"the federated run did not finish: {cfg.out} has no manifest (see the Flower log above)")
+        why = failure.read_text(encoding="utf-8").strip() if failure.is_file() else "see the Flower log above"
+        raise GenforgeError(f"the federated run did not finish: {why}")
     manifest = read_manifest(cfg.out)
     print_summary(Path(cfg.out), manifest["metrics"])
     return Path(cfg.out)

@@ -15,13 +15,26 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from logging import WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
 from flwr.supercore import log
+
+from genforge.errors import DataError
+from genforge.federated.config import FAILURE
 
 
 def sampled_clients(cfg: Any) -> int:
@@ -42,6 +55,7 @@ class Guarded(Strategy):
         self.strategy = strategy
         self.min_replies = min_replies
         self.rounds: dict[int, dict[str, int]] = {}  # per round: sampled, replied, failed, rejected
+        self.first_error: str | None = None  # the first failed client's reason, for a run that gets nowhere
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
@@ -53,6 +67,10 @@ class Guarded(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         ok = [m for m in replies if not m.has_error()]
+        failed = next((m for m in replies if m.has_error()), None)
+        if failed is not None and self.first_error is None:
+            reason = str(failed.error.reason or f"error code {failed.error.code}")  # Flower wraps it in its repr
+            self.first_error = reason.rsplit("Message: ", 1)[-1].strip().rstrip("'>\"").strip()
         good = [m for m in ok if finite(m)]
         counts = self.rounds.setdefault(server_round, {"sampled": len(replies)})
         counts.update(failed=counts["sampled"] - len(ok), rejected=len(ok) - len(good), used=len(good))
@@ -74,6 +92,13 @@ class Guarded(Strategy):
 
     def summary(self) -> None:
         self.strategy.summary()
+
+    def failure(self) -> str | None:
+        """Why the run trained nothing, when no round aggregated a single client update; else None."""
+        if not self.rounds or any(r.get("used") for r in self.rounds.values()):
+            return None
+        reason = f": the first client error was: {self.first_error}" if self.first_error else ""
+        return f"no round aggregated a client update in {len(self.rounds)} round(s){reason}"
 
 
 def client_rows(contents: list[RecordDict]) -> list[dict[str, float]]:
@@ -122,6 +147,15 @@ def build_strategy(cfg: Any, sink: list | None = None) -> Strategy:
         strategy = with_dp(strategy, noise=cfg.dp_noise, clip=cfg.dp_clip, sampled=sampled,
                            population=cfg.clients, delta=cfg.dp_delta)
     return Guarded(strategy, cfg.min_fit_clients or 1)
+
+
+def fail(info: dict[str, Any], reason: str) -> None:
+    """Stop the run with `reason`, also left in the work folder for the caller (Flower logs and swallows it)."""
+    from genforge.artifacts import atomic_write_text
+
+    Path(info["work_dir"]).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(info["work_dir"]) / FAILURE, reason + "\n")
+    raise DataError(reason)
 
 
 def privacy_spent(strategy: Guarded) -> dict[str, float] | None:
@@ -174,6 +208,10 @@ def run_server(grid: Grid, path: str, context: Context) -> None:
         result = strategy.start(grid, ArrayRecord(trainable(task.model)), num_rounds=cfg.rounds,
                                 timeout=cfg.round_timeout, evaluate_fn=evaluate)
         final = result.arrays.to_torch_state_dict() if len(result.arrays) else trainable(task.model)
+        failure = strategy.failure()
+        if failure:  # an untrained model must not look like a result
+            rounds.close()
+            fail(info, failure)
     load_trainable(task.model, final)
     rounds.close()
     finish(task, info, rounds.rows, privacy_spent(strategy))

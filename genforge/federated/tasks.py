@@ -67,10 +67,14 @@ def _labelled_sources(cfg: Any, data: Path | None) -> tuple[list, list, list[str
     from genforge.finetune.classify import load_data
     from genforge.finetune.data import hash_split, label_set, read_labelled
 
-    if data is not None:  # a client's own silo: it may hold only some of the labels
-        train_set, val_set = hash_split(read_labelled(data, cfg.text_field, cfg.label_field, cfg.multi_label,
-                                                      cfg.label_sep))
-        return train_set, val_set, label_set(train_set + val_set)
+    if data is not None:  # a client's own silo (it may hold only some of the labels): all of it trains when the
+        # server validates on --val-data, else all but its share of the server's validation set (maybe none)
+        examples = read_labelled(data, cfg.text_field, cfg.label_field, cfg.multi_label, cfg.label_sep)
+        train_set = examples if cfg.val_data is not None else hash_split(examples, require_both=False)[0]
+        if not train_set:
+            raise DataError(f"{data}: all {len(examples)} examples fall in the validation share; give more data "
+                            "or --val-data")
+        return train_set, [], label_set(examples)
     if cfg.partition != "by-file":
         return load_data(cfg)
     if cfg.val_data is not None:  # real silos: the server validates (and learns the labels) on its own data
@@ -79,8 +83,10 @@ def _labelled_sources(cfg: Any, data: Path | None) -> tuple[list, list, list[str
     train_set, val_set = [], []
     for path in cfg.client_data:  # without --val-data: each silo's hash split, where visible (simulation)
         examples = read_labelled(path, cfg.text_field, cfg.label_field, cfg.multi_label, cfg.label_sep)
-        tr, va = hash_split(examples)
+        tr, va = hash_split(examples, require_both=False)
         train_set, val_set = train_set + tr, val_set + va
+    if not val_set:
+        raise DataError("no silo has an example in the validation share (hash bucket 8): give --val-data")
     return train_set, val_set, label_set(train_set + val_set)
 
 
@@ -165,11 +171,17 @@ def sft_task(cfg: Any, data: Path | None = None) -> Task:
     ensure_chat_template(tokenizer, cfg.model)
     sources = [data] if data is not None else ([cfg.data] if cfg.partition != "by-file" else cfg.client_data)
     train_d, val_d = [], []
-    for path in sources:
-        tr, va = hash_split(read_dialogues(path, cfg.system), text_of=lambda d: "\n".join(m["content"] for m in d))
+    for path in sources:  # with --val-data every dialogue trains; else each source's hash share validates
+        dialogues = read_dialogues(path, cfg.system)
+        tr, va = (dialogues, []) if cfg.val_data is not None else \
+            hash_split(dialogues, text_of=lambda d: "\n".join(m["content"] for m in d), require_both=False)
         train_d, val_d = train_d + tr, val_d + va
     if cfg.val_data is not None:
         val_d = read_dialogues(cfg.val_data, cfg.system)
+    if not train_d and (data is not None or cfg.partition != "by-file"):  # a client, or the data to split
+        raise DataError(f"{data or cfg.data}: no training dialogues after the hash split: give more data")
+    if not val_d and data is None:  # the server validates
+        raise DataError("no dialogue falls in the validation share (hash bucket 8): give --val-data")
     train_ex, val_ex = encode_all(tokenizer, train_d, cfg), encode_all(tokenizer, val_d, cfg)
     torch.manual_seed(cfg.seed)
     lm = load_causal_lm(cfg.model, cfg.dropout)

@@ -123,12 +123,15 @@ def hash_bucket(text: str, buckets: int = 10) -> int:
     return int(hashlib.sha256(text.strip().encode("utf-8")).hexdigest(), 16) % buckets
 
 
-def hash_split(items: list, text_of: Any = lambda x: x[0], val_bucket: int = 8) -> tuple[list, list]:
-    """(train, validation): validation is hash bucket `val_bucket` of 10, everything else trains."""
+def hash_split(items: list, text_of: Any = lambda x: x[0], val_bucket: int = 8,
+               require_both: bool = True) -> tuple[list, list]:
+    """(train, validation): validation is hash bucket `val_bucket` of 10, everything else trains. With
+    `require_both` an empty side is an error; without, a small set may yield no validation items (a silo's
+    share of a federation's validation set)."""
     train, val = [], []
     for item in items:
         (val if hash_bucket(text_of(item)) == val_bucket else train).append(item)
-    if not train or not val:
+    if require_both and (not train or not val):
         raise DataError(f"the hash split of {len(items)} examples left an empty "
                         f"{'training' if not train else 'validation'} set: give --val-data or more data")
     return train, val

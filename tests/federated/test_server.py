@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from genforge.federated.config import FederatedClassifyConfig
@@ -96,3 +96,18 @@ def test_dp_wrapper_clips_noises_and_accounts_a_round():
     # each update is clipped to norm 0.5 before averaging: the mean is ~0.25 per coordinate + noise (std 0.25)
     assert np.abs(w).max() < 2.0
     assert dp.privacy_spent().epsilon == pytest.approx(epsilon(1.0, 1, sampled=2, population=2, delta=1e-5))
+
+
+def test_a_run_where_every_client_fails_says_why():
+    strategy = build_strategy(cfg(clients=2))
+    sent = reply([1.0, 2.0])
+    reason = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'Exception ClientAppException occurred. "
+              "Message: silo.csv holds no examples'>")  # as Flower's simulation reports a client's exception
+    failed = [Message(Error(code=0, reason=reason), reply_to=sent) for _ in range(2)]
+    for server_round in (1, 2):
+        strategy.rounds[server_round] = {"sampled": 2}
+        assert aggregate(strategy, failed)[0] is None
+    assert strategy.failure() == "no round aggregated a client update in 2 round(s): the first client error was: " \
+                                 "silo.csv holds no examples"
+    aggregate(strategy, [reply([1.0, 2.0]), reply([1.0, 2.0])])
+    assert strategy.failure() is None  # one useful round is progress

@@ -37,3 +37,18 @@ def test_sft_round_with_lora_sends_only_adapters(tmp_path, llama_dir, dialogues)
     assert tensors and all("lora_" in k for k in tensors)
     new, metrics = local_round(Silo(task, list(range(task.n)), tmp_path / "c0"), tensors, 2, mu=0.0)
     assert distance(new, tensors) > 0 and metrics["train-loss"] > 0
+
+
+def test_a_small_silo_trains_on_all_it_has(tmp_path, bert_dir, sentiment_rows, csv_file):
+    """Dirichlet silos can be tiny: a client never needs a validation share of its own (the server validates)."""
+    from genforge.federated.config import FederatedClassifyConfig
+    from genforge.finetune.data import hash_bucket
+
+    small = [r for r in sentiment_rows if hash_bucket(r[0]) != 8][:6]  # none in the validation bucket
+    silo, val = csv_file("small.csv", small), csv_file("val.csv", sentiment_rows[::5])
+    common = {"model": bert_dir, "out": tmp_path / "o", "clients": 1, "partition": "by-file", "client_data": [silo],
+              "seq_len": 32, "bf16": False}
+    with_val = build_task("classify", FederatedClassifyConfig(**common, data=silo, val_data=val), data=silo)
+    assert with_val.n == 6  # all of it trains: the server validates on --val-data
+    alone = build_task("classify", FederatedClassifyConfig(**common, data=silo), data=silo)
+    assert alone.n == 6  # no example falls in the validation share, and that is no error for a client
