@@ -65,7 +65,7 @@ def movietweetings(work: Path, quick: bool) -> dict:
 SETS = {"anime": anime, "movietweetings": movietweetings}
 
 
-def run(name: str, work: Path, quick: bool) -> dict:
+def run(name: str, work: Path, quick: bool, tune_encoder: bool = False) -> dict:
     from genforge.apps.recommend.build import build
     from genforge.apps.recommend.config import BuildConfig, EvalConfig
     from genforge.apps.recommend.evaluate import evaluate
@@ -74,7 +74,7 @@ def run(name: str, work: Path, quick: bool) -> dict:
     out = work / name
     reuse = out if (out / "manifest.json").is_file() else None
     sizes = ({"scorer_users": 150, "scorer_steps": 15, "ranker_users": 150} if quick else
-             {"scorer_users": 1500, "scorer_steps": 300, "ranker_users": 1000})
+             {"scorer_users": 1500, "scorer_steps": 300, "ranker_users": 1000}) | {"tune_encoder": tune_encoder}
     t0 = time.perf_counter()
     if reuse is not None:  # build into a fresh folder, reusing the old one's embeddings, then swap
         tmp = work / f"{name}.new"
@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data", choices=list(SETS), action="append")
     parser.add_argument("--work", type=Path)
+    parser.add_argument("--tune-encoder", action="store_true", help="build with --tune-encoder")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     args = parser.parse_args()
     import torch
@@ -133,7 +134,7 @@ def main() -> None:
     work = args.work or Path("runs") / ("bench_recommend_quick" if args.quick else "bench_recommend")
     reports = {}
     for name in args.data or list(SETS):
-        reports[name] = run(name, work, args.quick)
+        reports[name] = run(name, work, args.quick, args.tune_encoder)
     for name, report in reports.items():
         show(name, report)
     (work / "bench.json").write_text(json.dumps(reports, indent=2, default=str))

@@ -148,20 +148,28 @@ def build(cfg: BuildConfig) -> Path:
     started = begin_output(cfg.out)
     out = Path(cfg.out)
     items, train_set, heldout = load_data(cfg)
+    item_index = items.index()
+    base, target = split(train_set, salt=RANKER_SALT)
+    if not base.users or not target.users:
+        raise DataError(f"{len(train_set.users)} training interactions are too few to train the ranker")
+    base_behaviour = build_behaviour(base, item_index, cfg.neighbours, cfg.factors, cfg.seed)
+
     encoder = encoder_path(cfg)
-    embeddings = reused_embeddings(cfg.reuse, items, encoder)
+    metrics: dict[str, Any] = {}
+    if cfg.tune_encoder:  # pairs from the base fold: the rankers' labels and the held-out fold stay unseen
+        from genforge.apps.recommend.tune import tune_encoder
+
+        t0 = time.time()
+        encoder = tune_encoder(encoder, items.texts, base_behaviour.neighbours, out / "encoder",
+                               steps=cfg.tune_steps, batch_size=cfg.tune_batch_size, lr=cfg.tune_lr, seed=cfg.seed)
+        metrics["tune_seconds"] = round(time.time() - t0, 1)
+    embeddings = None if cfg.tune_encoder else reused_embeddings(cfg.reuse, items, encoder)
     if embeddings is None:
         embeddings = encode_items(items, encoder)
     else:
         print(f"reusing the item embeddings of {cfg.reuse}", flush=True)
     index = build_index(embeddings)
     gm, genres = genre_matrix(items)
-    item_index = items.index()
-
-    base, target = split(train_set, salt=RANKER_SALT)
-    if not base.users or not target.users:
-        raise DataError(f"{len(train_set.users)} training interactions are too few to train the ranker")
-    base_behaviour = build_behaviour(base, item_index, cfg.neighbours, cfg.factors, cfg.seed)
     targets: dict[str, set[int]] = {}
     for u, i in zip(target.users, target.items, strict=True):
         targets.setdefault(u, set()).add(item_index[i])
@@ -173,9 +181,9 @@ def build(cfg: BuildConfig) -> Path:
     base_model = Recommender(items, embeddings, index, base_behaviour, gm, genres, history_items=cfg.history_items,
                              rerank=cfg.rerank, candidates=cfg.candidates)
 
-    metrics: dict[str, Any] = {"items": len(items.ids), "train_interactions": len(train_set.users),
-                               "heldout_interactions": len(heldout.users), "ranker_users": len(ranker_users),
-                               "scorer_users": len(scorer_users)}
+    metrics |= {"items": len(items.ids), "train_interactions": len(train_set.users),
+                "heldout_interactions": len(heldout.users), "ranker_users": len(ranker_users),
+                "scorer_users": len(scorer_users)}
     if cfg.scorer:
         from genforge.apps.recommend.scorer import Scorer, separator, train_scorer, truncated_base
         from genforge.finetune.model import load_tokenizer
@@ -237,7 +245,9 @@ def build(cfg: BuildConfig) -> Path:
     metrics["use_scorer"] = use_scorer
 
     behaviour = build_behaviour(train_set, item_index, cfg.neighbours, cfg.factors, cfg.seed)
-    info = {"encoder": str(encoder.resolve()), "history_items": cfg.history_items, "rerank": cfg.rerank,
+    # a tuned encoder lives in the folder (named relative to it, so the folder can move); else the given one
+    info = {"encoder": "encoder" if cfg.tune_encoder else str(encoder.resolve()),
+            "history_items": cfg.history_items, "rerank": cfg.rerank,
             "candidates": cfg.candidates, "holdout": cfg.holdout, "scorer": cfg.scorer, "use_scorer": use_scorer,
             "users": len(behaviour.users), "dim": int(embeddings.shape[1])}
     write_payload(out, items, embeddings, index, behaviour, info)

