@@ -105,8 +105,10 @@ def tune_encoder(encoder: Path, texts: list[str], neighbours: sp.csr_matrix, out
     body, _ = load_pretrained(AutoModel, encoder, hf_config(encoder))
     model = MeanPooled(body)
     run = out.parent / "encoder_run"
-    cfg = TrainConfig(out=run, max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10),
-                      eval_every=0, save_every=0, log_every=max(1, steps // 10), seed=seed, bf16=False)
+    cfg = TrainConfig(out=run, max_steps=steps, batch_size=batch_size, lr=lr, min_lr=0.0,
+                      warmup_steps=max(1, steps // 10), eval_every=0, save_every=0, log_every=max(1, steps // 10),
+                      seed=seed, bf16=False)
+    cfg.check()
     train(model, ContrastiveObjective(), ShuffledBatches(len(pairs), batch_size, 1, seed, collate), cfg, run)
     model.body.save_pretrained(out)
     tokenizer.save_pretrained(out)
