@@ -76,7 +76,7 @@ def tune_encoder(encoder: Path, texts: list[str], neighbours: sp.csr_matrix, out
     """Fine-tune `encoder` on co-interacted item pairs; returns the tuned HF folder `out`."""
     from transformers import AutoModel
 
-    from genforge.finetune.batches import ShuffledBatches
+    from genforge.finetune.batches import ShuffledBatches, pad
     from genforge.finetune.model import hf_config, load_pretrained, load_tokenizer
     from genforge.train.config import TrainConfig
     from genforge.train.engine import train
@@ -87,19 +87,12 @@ def tune_encoder(encoder: Path, texts: list[str], neighbours: sp.csr_matrix, out
                         "interactions or build without --tune-encoder")
     tokenizer = load_tokenizer(encoder)
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    pad = tokenizer.pad_token_id or 0
-
-    def side(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(ids[r]) for r in rows)
-        tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, r in enumerate(rows):
-            tokens[k, :len(ids[r])], mask[k, :len(ids[r])] = torch.tensor(ids[r]), 1
-        return tokens, mask
+    pad_id = tokenizer.pad_token_id or 0
 
     def collate(indices: list[int]) -> dict[str, torch.Tensor]:
-        tokens, mask = side([pairs[i][0] for i in indices] + [pairs[i][1] for i in indices])
-        return {"input_ids": tokens, "attention_mask": mask}
+        rows = [pairs[i][0] for i in indices] + [pairs[i][1] for i in indices]
+        return {"input_ids": pad([ids[r] for r in rows], pad_id),
+                "attention_mask": pad([[1] * len(ids[r]) for r in rows], 0)}
 
     torch.manual_seed(seed)
     body, _ = load_pretrained(AutoModel, encoder, hf_config(encoder))
