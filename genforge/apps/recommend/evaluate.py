@@ -75,7 +75,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                             "with --holdout to evaluate")
     started = begin_output(cfg.out)
     items, _, heldout = load_data(build_cfg)
-    model = load(cfg.model)
+    model = load(cfg.model, scorer=True)  # both paths are measured; `default` is the build's choice
     users, relevant = eval_users(heldout.users, heldout.items, model.behaviour.user_index, model.item_index, cfg.users)
     if not users:
         raise DataError("no held-out interaction belongs to a user with training interactions")
@@ -103,7 +103,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     common = {"k": cfg.k, "catalogue": len(items.ids), "popularity": model.behaviour.popularity,
               "users": len(model.behaviour.users), "cold": cold}
     table = {name: summary(ls, relevant, **common) for name, ls in methods.items()}
-    default = "lm" if with_lm and model.use_scorer else "fast"
+    default = "lm" if with_lm and manifest["metrics"].get("use_scorer", True) else "fast"
     ours = f"genforge-{default}"
     best = max((n for n in table if n in NON_TEXT), key=lambda n: table[n][f"ndcg@{cfg.k}"], default=None)
     report = {"users": len(users), "k": cfg.k, "cold_items": len(cold), "methods": table, "default": ours,

@@ -239,9 +239,8 @@ class Recommender:
 
 
 def load(folder: Path, *, scorer: bool | None = None) -> Recommender:
-    """A build folder (manifest stage "app.recommend.build") as a Recommender. `scorer`: True re-ranks with the
-    interest scorer by default, False never loads it, None follows the build's validation (`use_scorer` in its
-    info; the scorer is still loaded, so a call can ask for it)."""
+    """A build folder (manifest stage "app.recommend.build") as a Recommender. `scorer`: True loads the interest
+    scorer and re-ranks with it, False does neither, None follows the build's validation (`use_scorer`)."""
     import faiss
     import lightgbm as lgb
 
@@ -254,7 +253,7 @@ def load(folder: Path, *, scorer: bool | None = None) -> Recommender:
                         rerank=info["rerank"], candidates=info["candidates"],
                         use_scorer=info.get("use_scorer", True) if scorer is None else scorer)
     model.fast_ranker = lgb.Booster(model_file=str(folder / "ranker_fast.txt"))
-    if scorer is not False and (folder / "scorer").is_dir() and (folder / "ranker.txt").is_file():
+    if model.use_scorer and (folder / "scorer").is_dir() and (folder / "ranker.txt").is_file():
         from genforge.apps.recommend.scorer import Scorer
 
         model.scorer = Scorer(folder / "scorer")

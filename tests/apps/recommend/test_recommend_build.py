@@ -81,7 +81,9 @@ def test_build_folder(built):
     assert not (out / "scorer" / "checkpoints").exists()
     info = json.loads((out / "recommend.json").read_text())
     assert info["use_scorer"] is manifest["metrics"]["use_scorer"]
-    assert load(out).use_scorer is info["use_scorer"]  # the default path is the build's validated choice
+    default = load(out)
+    assert default.use_scorer is info["use_scorer"]  # the default path is the build's validated choice
+    assert (default.scorer is not None) == info["use_scorer"]  # an unused scorer is not loaded
     assert load(out, scorer=True).use_scorer and load(out, scorer=False).scorer is None
 
 
