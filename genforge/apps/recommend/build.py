@@ -6,7 +6,8 @@ candidate is a positive when the user interacted with it in that fold. So the ra
 interactions they did not see, as they must at serving time. Scorer and ranker users are disjoint, so the
 ranker never trusts interest scores the scorer memorised. A fifth of the ranker users are kept for
 validation: the manifest's val_ndcg@10_fast / _full say whether the scorer's re-ranking helps, and
-recommendations re-rank with it by default only when it does (`use_scorer`). Serving statistics are then recomputed on all training interactions.
+recommendations re-rank with it by default only when it does (`use_scorer`). Serving statistics are then
+recomputed on all training interactions.
 """
 
 from __future__ import annotations

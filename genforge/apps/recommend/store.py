@@ -3,8 +3,9 @@
 Files (all written atomically; manifest.json, stage "app.recommend.build", comes last):
 items.jsonl (id, title, text, genres), embeddings.npy (float32, unit rows), index.faiss (inner product),
 behaviour.npz (users x items weights, popularity, item-item neighbours, ALS factors), users.json, recommend.json
-(what `load` needs: encoder path (`encoder`, inside the folder, after --tune-encoder), sizes, the fields used, and `use_scorer`: whether the build's validation
-found the interest scorer's re-ranking worth its cost), ranker_fast.txt / ranker.txt (LightGBM),
+(what `load` needs: encoder path (`encoder`, inside the folder, after --tune-encoder), sizes, the fields
+used, and `use_scorer`: whether the build's validation found the interest scorer's re-ranking worth its
+cost), ranker_fast.txt / ranker.txt (LightGBM),
 scorer/ (the interest scorer, a genforge classifier run folder).
 """
 

@@ -24,21 +24,19 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from genforge.adversarial.neighbours import mean_pool
 from genforge.errors import DataError
 
 
 class MeanPooled(torch.nn.Module):
-    """The encoder's sentence embedding (attention-masked mean of the last states, unit length), as
-    `genforge.adversarial.neighbours.SentenceEncoder` computes it at inference."""
+    """The encoder's sentence embedding as `SentenceEncoder` computes it at inference (`mean_pool`)."""
 
     def __init__(self, body: torch.nn.Module) -> None:
         super().__init__()
         self.body = body
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        states = self.body(input_ids=ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(states.dtype)
-        return F.normalize((states * weights).sum(1) / weights.sum(1).clamp_min(1), dim=-1)
+        return mean_pool(self.body(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
 
 @dataclass
