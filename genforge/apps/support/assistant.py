@@ -28,6 +28,8 @@ import numpy as np
 from genforge.apps.support.config import HANDOFF
 from genforge.apps.support.index import Hit, HybridIndex, load_encoder, load_index
 from genforge.apps.support.ingest import tokens
+from genforge.apps.support.ood import OutOfScope, pooling
+from genforge.apps.support.ood import load as load_ood
 from genforge.apps.support.policy import OOS, Thresholds, decide
 from genforge.errors import ArtifactError, ConfigError
 
@@ -75,9 +77,10 @@ def citations(hits: list[Hit]) -> list[dict[str, Any]]:
 class Intents:
     """What the intent classifier says about each query."""
 
-    oos: np.ndarray  # out-of-scope score: distance to the nearest intent, else P(oos) or 1 - the top probability
+    oos: np.ndarray  # out-of-scope score: ood.py's two-view distance, else P(oos) or 1 - the top probability
     entry: list[str]  # the most probable in-scope intent (an FAQ entry id)
     prob: np.ndarray  # its probability
+    log_distances: np.ndarray | None = None  # (queries, views) behind `oos` when the ood model scored it
 
 
 @dataclass
@@ -88,36 +91,37 @@ class Assistant:
     meta: dict[str, Any]
     classifier: tuple[Any, Any, dict] | None = None
     decoder: Any = None
-    ood: dict[str, np.ndarray] | None = None  # the fitted out-of-scope model (ood.py)
+    ood: OutOfScope | None = None  # the fitted out-of-scope model
     lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time (torch on CPU)
 
-    def intents(self, queries: list[str]) -> Intents | None:
-        """The intent classifier's signals on `queries` (None without a classifier); the out-of-scope score
-        is the Mahalanobis distance to the nearest intent when one was fitted (ood.py), else P(oos)."""
+    def intents(self, queries: list[str], vectors: np.ndarray) -> Intents | None:
+        """The intent classifier's signals on `queries` (their retrieval `vectors` given; None without a
+        classifier); the out-of-scope score is ood.py's when it was fitted, else P(oos)."""
         if self.classifier is None:
             return None
-        from genforge.apps.support import ood
         from genforge.finetune.classifier import predict_probs
 
         model, tokenizer, info = self.classifier
         labels = info["labels"]
+        log_distances = None
         if self.ood:
             probs, features = predict_probs(model, tokenizer, queries, seq_len=info["seq_len"], multi_label=False,
-                                            features=ood.pooling(info))
-            oos = ood.distance(features, self.ood)
+                                            features=pooling(info))
+            log_distances = self.ood.log_distances(features, vectors)
+            oos = self.ood.score(log_distances)
         else:
             probs = predict_probs(model, tokenizer, queries, seq_len=info["seq_len"], multi_label=False)
             oos = probs[:, labels.index(OOS)] if OOS in labels else 1.0 - probs.max(1)
         inscope = [i for i, label in enumerate(labels) if label != OOS]
         best = [inscope[b] for b in probs[:, inscope].argmax(1)]
-        return Intents(oos, [labels[b] for b in best], probs[np.arange(len(queries)), best])
+        return Intents(oos, [labels[b] for b in best], probs[np.arange(len(queries)), best], log_distances)
 
     def signals(self, queries: list[str], k: int = TOP_K) -> tuple[list[list[Hit]], Intents | None, np.ndarray]:
         """Retrieval's hits (not routed), the intent signals and the query vectors of many standalone queries
         (calibration, evaluation)."""
         with self.lock:
             vectors = self.index.encoder(queries)
-            return self.index.search_many(queries, k, vectors), self.intents(queries), vectors
+            return self.index.search_many(queries, k, vectors), self.intents(queries, vectors), vectors
 
     def route(self, hits: list[Hit], intent: str, prob: float, vector: np.ndarray) -> list[Hit]:
         """Put the classifier's intent first when it is confident enough (its entry's best passage, fetched
@@ -149,7 +153,7 @@ class Assistant:
         started = time.perf_counter()
         with self.lock:
             query, hits, vector = self.retrieve(conversation)
-            intents = self.intents([query])
+            intents = self.intents([query], vector[None])
         if intents is not None and hits:
             hits = self.route(hits, intents.entry[0], float(intents.prob[0]), vector)
         oos = None if intents is None else float(intents.oos[0])
@@ -220,10 +224,9 @@ def load_assistant(folder: Path, generate: bool = True, finished: bool = True) -
     encoder = load_encoder(Path(meta["encoder"]))
     classifier = ood = None
     if (folder / "intent").is_dir():
-        from genforge.apps.support.ood import load
         from genforge.finetune.classifier import load_classifier
 
-        classifier, ood = load_classifier(folder / "intent"), load(folder)
+        classifier, ood = load_classifier(folder / "intent"), load_ood(folder)
     decoder = None
     if generate and (folder / "chat").is_dir():
         from genforge.finetune.chat import load_chat_decoder

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from genforge.apps.support.assistant import META, Assistant, load_assistant
+from genforge.apps.support.assistant import META, Assistant, load_assistant, read_meta
 from genforge.apps.support.config import BuildConfig, CalibrateConfig
-from genforge.apps.support.index import build_index, load_encoder
+from genforge.apps.support.index import Encoder, build_index, load_encoder
 from genforge.apps.support.ingest import Passage, ingest, kb_files
+from genforge.apps.support.ood import OutOfScope, fit_intent_ood, is_current, spread
 from genforge.apps.support.policy import OOS, Thresholds, calibrate, calibrate_intent
 from genforge.artifacts import begin_output, write_json, write_manifest
 from genforge.errors import DataError
@@ -80,10 +81,15 @@ def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], enc
 def calibrate_assistant(assistant: Assistant, val: list[tuple[str, str]], min_accuracy: float,
                         faq_precision: float) -> tuple[Thresholds, dict]:
     """Choose and set `assistant`'s thresholds from (text, label) validation rows: first from which intent
-    probability the classifier picks the entry, then the hand-off and FAQ thresholds on the entries so picked."""
+    probability the classifier picks the entry, then the hand-off and FAQ thresholds on the entries so picked.
+    The out-of-scope model's view scales are re-taken on the in-scope validation questions (and saved)."""
     assistant.thresholds = Thresholds()  # retrieval alone, to compare the classifier against
     hits, intents, vectors = assistant.signals([t for t, _ in val])
     labels = np.array([label for _, label in val])
+    if intents is not None and intents.log_distances is not None and (labels != OOS).sum() > 1:
+        assistant.ood.scale = spread(intents.log_distances[labels != OOS])
+        assistant.ood.save(assistant.folder)
+        intents.oos = assistant.ood.score(intents.log_distances)
     retrieval_correct = np.array([bool(h) and h[0].passage.entry == y for h, y in zip(hits, labels, strict=True)])
     t_intent, routed_accuracy = math.inf, None
     if intents is not None:
@@ -106,24 +112,23 @@ def calibrate_assistant(assistant: Assistant, val: list[tuple[str, str]], min_ac
     return assistant.thresholds, report
 
 
-def fit_ood(out: Path, assistant: Assistant) -> dict:
+def fit_ood(out: Path, classifier: tuple, encoder: Encoder) -> OutOfScope:
     """Fit the out-of-scope model (ood.py) on the intent classifier's training questions."""
-    from genforge.apps.support.ood import fit_intent_ood, load
-
     rows = read_questions(out / "work" / INTENTS)
-    fit_intent_ood(out, assistant.classifier, [t for t, _ in rows], [y for _, y in rows])
-    return load(out)
+    return fit_intent_ood(out, classifier, encoder, [t for t, _ in rows], [y for _, y in rows])
 
 
 def recalibrate(cfg: CalibrateConfig) -> dict:
     """`genforge app support calibrate`: new thresholds for a built assistant from new validation questions
     (no retraining); support.json and calibration.json are replaced, calibrate.json records the run. An
-    assistant built before the out-of-scope model existed gets it fitted here."""
+    assistant built before this version's out-of-scope model gets it fitted here."""
     folder = Path(cfg.assistant)
     started = time.time()
+    if (folder / "intent").is_dir() and (folder / "work" / INTENTS).is_file() and not is_current(folder):
+        from genforge.finetune.classifier import load_classifier
+
+        fit_ood(folder, load_classifier(folder / "intent"), load_encoder(Path(read_meta(folder)["encoder"])))
     assistant = load_assistant(folder, generate=False)
-    if assistant.classifier is not None and assistant.ood is None and (folder / "work" / INTENTS).is_file():
-        assistant.ood = fit_ood(folder, assistant)
     thresholds, report = calibrate_assistant(assistant, read_questions(cfg.val), cfg.min_inscope_accuracy,
                                              cfg.faq_precision)
     write_json(folder / "calibration.json", report)
@@ -166,7 +171,7 @@ def build(cfg: BuildConfig) -> Path:
     write_json(out / META, meta)
     assistant = load_assistant(out, generate=False, finished=False)
     if assistant.classifier is not None:
-        assistant.ood = fit_ood(out, assistant)
+        assistant.ood = fit_ood(out, assistant.classifier, encoder)
     thresholds, report = calibrate_assistant(assistant, val, cfg.min_inscope_accuracy, cfg.faq_precision)
     write_json(out / "calibration.json", report)
     write_json(out / META, {**meta, "thresholds": thresholds.to_dict()})

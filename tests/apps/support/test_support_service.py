@@ -51,7 +51,7 @@ def test_faq_answers_are_verbatim_with_their_source(assistant):
 def test_a_confident_intent_classifier_picks_the_entry_retrieval_did_not(assistant):
     assistant = load_assistant(assistant.folder, generate=False)
     question = "How long does delivery take?"
-    intents = assistant.intents([question])  # the 2-step classifier's guess: any entry
+    intents = assistant.intents([question], assistant.index.encoder([question]))  # any entry: 2 steps
     assistant.thresholds = Thresholds(handoff_confidence=-1.0, faq=-1.0, intent=0.0)  # always the classifier's
     routed = assistant.answer([{"role": "user", "content": question}])
     assert routed.entry == intents.entry[0] and routed.sources[0]["entry"] == intents.entry[0]
