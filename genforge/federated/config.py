@@ -43,6 +43,9 @@ class FederatedFields:
                                          "mean against poisoned clients", choices=STRATEGIES)
     mu: float = field(0.01, help="fedprox: weight of the proximal term mu/2 ||w - w_global||^2")
     server_lr: float = field(0.01, help="fedadam/fedyogi: the server optimiser's learning rate")
+    server_tau: float = field(1e-3, help="fedadam/fedyogi: the server optimiser's epsilon (Reddi et al. 2021's tau); "
+                                         "keep it well below the size of a round's average update, or the server "
+                                         "steps shrink to eta * update / tau")
     server_momentum: float = field(0.9, help="fedavgm: momentum of the server's step along the averaged update "
                                              "(Hsu et al. 2019: non-IID clients make small, noisy average steps)")
     trim: float = field(0.2, help="trimmed-mean: fraction of the highest and of the lowest values cut per coordinate")
@@ -87,8 +90,8 @@ class FederatedFields:
             raise ConfigError(f"--trim must be in [0, 0.5), got {self.trim}")
         if not 0 <= self.server_momentum < 1:
             raise ConfigError(f"--server-momentum must be in [0, 1); got {self.server_momentum}")
-        if self.mu < 0 or self.server_lr <= 0 or self.round_timeout <= 0:
-            raise ConfigError("--mu must be >= 0, --server-lr and --round-timeout positive")
+        if self.mu < 0 or self.server_lr <= 0 or self.server_tau <= 0 or self.round_timeout <= 0:
+            raise ConfigError("--mu must be >= 0, --server-lr, --server-tau and --round-timeout positive")
         if self.dp_noise < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:
             raise ConfigError(f"DP needs --dp-noise >= 0, --dp-clip > 0, 0 < --dp-delta < 1; got {self.dp_noise}, "
                               f"{self.dp_clip}, {self.dp_delta}")

@@ -136,7 +136,7 @@ def build_strategy(cfg: Any, sink: list | None = None) -> Strategy:
         strategy = FedAvgM(server_learning_rate=1.0, server_momentum=cfg.server_momentum, **common)
     elif cfg.strategy in ("fedadam", "fedyogi"):
         cls = FedAdam if cfg.strategy == "fedadam" else FedYogi
-        strategy = cls(eta=cfg.server_lr, eta_l=cfg.lr, **common)
+        strategy = cls(eta=cfg.server_lr, eta_l=cfg.lr, tau=cfg.server_tau, **common)
     elif cfg.strategy == "median":
         strategy = FedMedian(**common)
     elif cfg.strategy == "trimmed-mean":

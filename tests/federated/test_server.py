@@ -52,6 +52,18 @@ def test_fedavgm_keeps_moving_along_past_averages():
     assert second == pytest.approx([3 + 0.9 * 3, 6 + 0.9 * 6])
 
 
+def test_fedadam_steps_each_coordinate_by_about_its_server_lr_whatever_the_update_size():
+    strategy = build_strategy(cfg(strategy="fedadam", server_lr=0.02, server_tau=1e-9))
+    strategy.strategy.current_arrays = {"w": np.zeros(2, np.float32)}  # what FedOpt's configure_train keeps
+    w, _ = aggregate(strategy, [reply([1e-3, -1e-5]), reply([1e-3, -1e-5])])
+    step = 0.02 * (1 - 0.99**2) ** 0.5 / (1 - 0.9**2)  # round 1, bias-corrected: eta * that * sign(update)
+    assert w == pytest.approx([step, -step], rel=2e-3)
+    damped = build_strategy(cfg(strategy="fedadam", server_lr=0.02, server_tau=1e-3))  # Flower's default tau
+    damped.strategy.current_arrays = {"w": np.zeros(2, np.float32)}
+    small, _ = aggregate(damped, [reply([1e-3, -1e-5]), reply([1e-3, -1e-5])])
+    assert abs(small[0]) < step / 5  # tau >> 0.1 * update: the step shrinks
+
+
 def test_a_scaled_update_drags_fedavg_but_not_the_robust_aggregators():
     poisoned = [reply(v) for v in HONEST] + [reply([1000.0, -1000.0])]
     mean, _ = aggregate(build_strategy(cfg(strategy="fedavg")), poisoned)
