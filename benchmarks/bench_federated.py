@@ -5,8 +5,9 @@ sent_train.csv, validation = bucket 8, test = sent_valid.csv. The training texts
 clients by label-skew Dirichlet(alpha = 0.5) (genforge.federated.partition, the same split the
 federated runs use). Every run sees the same total number of training examples ("same total
 epochs"): centralized trains E epochs on all the data; each local-only client trains E epochs on its
-own silo; a federated run does R rounds of K local steps on each of the 8 clients with
-R * 8 * K * batch = E * N. LoRA (r = 8): only adapters and the head travel.
+own silo; a federated run does R rounds in which every client makes E / R passes over its own silo
+(`--local-epochs`, McMahan et al.'s FedAvg: a large silo takes more local steps than a small one, and
+over the run each silo is read E times). LoRA (r = 8): only adapters and the head travel.
 
 Runs (`--runs`, all by default): central, local (each client alone), fedavg, fedavgm (server momentum
 0.9), fedadam (server Adam, Reddi et al. 2021: --server-lr, tau 1e-5), fedprox, dp (FedAvg with
@@ -76,9 +77,8 @@ def child(spec: dict) -> dict:
     from genforge.finetune.classify import classify, load_data
     from genforge.finetune.config import ClassifyConfig
 
-    base = {k: v for k, v in common.items() if k not in ("local_steps",)}
     if kind == "central":
-        out = classify(ClassifyConfig(model=minilm(), **{**base, **paths, "out": Path(spec["out"]),
+        out = classify(ClassifyConfig(model=minilm(), **{**common, **paths, "out": Path(spec["out"]),
                                                          "epochs": spec["epochs"], "eval_every": spec["eval_every"]}))
         metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
         curve = [(r["step"] / spec["eval_every"], r["accuracy"]) for r in metrics if r.get("kind") == "val"]
@@ -87,17 +87,16 @@ def child(spec: dict) -> dict:
     from genforge.federated.config import FederatedClassifyConfig
     from genforge.federated.run import federated
 
-    train, _, _ = load_data(ClassifyConfig(model=minilm(), **{**base, **paths, "out": Path(spec["out"])}))
+    train, _, _ = load_data(ClassifyConfig(model=minilm(), **{**common, **paths, "out": Path(spec["out"])}))
     parts = split("dirichlet", len(train), CLIENTS, alpha=ALPHA, seed=SEED, labels=[y[0] for _, y in train])
     results = []
     Path(spec["out"]).mkdir(parents=True, exist_ok=True)
     for k, part in enumerate(parts):
         silo = write_csv(Path(spec["out"]) / f"client{k}.csv", [(train[i][0], train[i][1][0]) for i in part])
-        steps = max(1, round(spec["epochs"] * len(part) / (common["batch_size"] * spec["rounds"])))
         cfg = FederatedClassifyConfig(model=minilm(), **{
             **common, **paths, "data": silo, "out": Path(spec["out"]) / f"run{k}", "clients": 1,
-            "partition": "by-file", "client_data": [silo], "rounds": spec["rounds"], "local_steps": steps,
-            "total_cpus": spec["total_cpus"]})
+            "partition": "by-file", "client_data": [silo], "rounds": spec["rounds"],
+            "local_epochs": spec["epochs"] / spec["rounds"], "total_cpus": spec["total_cpus"]})
         out = federated(cfg, "classify")
         final = json.loads((out / "rounds.jsonl").read_text().splitlines()[-1])
         results.append({**evaluate_folder(out, test), "client": k, "examples": len(part),
@@ -138,7 +137,6 @@ def main() -> None:
     if args.quick:
         train, val, test = train[::len(train) // 240], val[::len(val) // 48], test[::len(test) // 96]
         batch, seq_len, rounds, args.epochs = 8, 32, 2, 0.25
-    local_steps = max(1, round(args.epochs * len(train) / (rounds * CLIENTS * batch)))
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -146,9 +144,9 @@ def main() -> None:
         (root / "test.json").write_text(json.dumps(test))
         common = {"data": str(data), "val_data": str(val_path), "batch_size": batch, "seq_len": seq_len,
                   "lr": args.lr, "lora_r": 8, "lora_alpha": 16.0, "warmup_steps": 0 if args.quick else 30,
-                  "save_every": 0, "log_every": 20, "local_steps": local_steps}
+                  "save_every": 0, "log_every": 20}
         fed = {"clients": CLIENTS, "rounds": rounds, "partition": "dirichlet", "alpha": ALPHA,
-               "local_steps": local_steps, "total_cpus": args.threads, "round_timeout": 3600.0}
+               "local_epochs": args.epochs / rounds, "total_cpus": args.threads, "round_timeout": 3600.0}
         epsilon_noise = noise_for(args.epsilon, rounds, sampled=CLIENTS, population=CLIENTS, delta=1e-5)
         specs = {
             "central": {"kind": "central", "epochs": args.epochs,
@@ -163,7 +161,7 @@ def main() -> None:
         }
         console.print(f"[bold]financial tweets[/bold]: {len(train)} train / {len(val)} val / {len(test)} test; "
                       f"{CLIENTS} clients, Dirichlet {ALPHA}; {args.epochs:g} epochs = {rounds} rounds x "
-                      f"{local_steps} local steps x {batch}; DP noise multiplier {epsilon_noise:.2f}")
+                      f"{args.epochs / rounds:.3g} local epochs, batch {batch}; DP noise multiplier {epsilon_noise:.2f}")
         saved = root / "results.json"
         results = json.loads(saved.read_text()) if args.out and saved.is_file() else {}
         for key in (k for k in RUNS if k in args.runs):

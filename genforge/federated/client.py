@@ -1,8 +1,9 @@
 """The Flower ClientApp: one silo trains the global model on its own data for a round, on the engine.
 
 A round is a call to the one training loop (`genforge.train.engine.train`) with `max_steps` = the
-local steps, starting from the global trainable tensors the server sent; the reply carries the new
-trainable tensors (LoRA adapters + head, or everything for full training) and the silo's metrics.
+local steps (--local-steps, or --local-epochs passes over the silo), starting from the global trainable
+tensors the server sent; the reply carries the new trainable tensors (LoRA adapters + head, or everything
+for full training) and the silo's metrics.
 The learning rate is constant within a round and follows the cosine over rounds, and each round
 continues the silo's data order where the last one stopped. FedProx adds mu/2 ||w - w_global||^2.
 
@@ -100,13 +101,20 @@ class Proximal:
         return loss + self.mu / 2 * distance, metrics
 
 
-def round_config(cfg: Any, server_round: int) -> Any:
-    """This round's engine config: --local-steps at the round's LR (cosine over rounds), no evaluation."""
+def local_steps(cfg: Any, units: int) -> int:
+    """Optimizer steps per round of a silo of `units` training units: --local-epochs passes, else --local-steps."""
+    from genforge.finetune.batches import steps_for
+
+    return steps_for(cfg.local_epochs, units, cfg.batch_size, cfg.grad_accum) if cfg.local_epochs else cfg.local_steps
+
+
+def round_config(cfg: Any, server_round: int, steps: int) -> Any:
+    """This round's engine config: `steps` at the round's LR (cosine over rounds), no evaluation."""
     from genforge.train.schedule import lr_at
 
     lr = lr_at(server_round - 1, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=0, max_steps=cfg.rounds)
-    return dataclasses.replace(cfg, max_steps=cfg.local_steps, lr=lr, min_lr=lr, warmup_steps=0, eval_every=0,
-                               save_every=0, log_every=cfg.local_steps, patience=0, resume=False, compile=False,
+    return dataclasses.replace(cfg, max_steps=steps, lr=lr, min_lr=lr, warmup_steps=0, eval_every=0,
+                               save_every=0, log_every=steps, patience=0, resume=False, compile=False,
                                max_minutes=0.0)
 
 
@@ -124,9 +132,10 @@ def local_round(s: Silo, tensors: dict[str, torch.Tensor], server_round: int, mu
     if mu > 0:
         params = dict(task.model.named_parameters())
         objective = Proximal(objective, [(params[k], v.to(params[k].device)) for k, v in tensors.items()], mu)
-    batches = Offset(task.batches_for(s.rows), (server_round - 1) * cfg.local_steps)
-    result = train(task.model, wrap_adversarial(objective, cfg), batches, round_config(cfg, server_round), s.work_dir,
-                   dist=Dist(device=device()))
+    steps = local_steps(cfg, len(s.rows))
+    batches = Offset(task.batches_for(s.rows), (server_round - 1) * steps)
+    result = train(task.model, wrap_adversarial(objective, cfg), batches, round_config(cfg, server_round, steps),
+                   s.work_dir, dist=Dist(device=device()))
     return trainable(task.model), {"train-loss": float(result.train_loss), "steps": float(result.steps),
                                    "examples": float(len(s.rows)), "seconds": float(result.seconds)}
 

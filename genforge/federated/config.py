@@ -30,7 +30,10 @@ class FederatedFields:
 
     clients: int = field(3, help="number of clients (data silos); with --partition by-file, one per --client-data")
     rounds: int = field(5, help="federated rounds (each: sampled clients train locally, the server aggregates)")
-    local_steps: int = field(20, help="optimizer steps each sampled client runs per round")
+    local_steps: int = field(20, help="optimizer steps each sampled client runs per round (unless --local-epochs)")
+    local_epochs: float = field(0.0, help="passes over its own data each sampled client makes per round (McMahan "
+                                          "et al.'s E; a silo of n units runs E * n / batch steps, so a "
+                                          "large silo is not left mostly unread); 0 = --local-steps for everyone")
     partition: str = field("iid", help="how one dataset is split into silos: iid, label-skew dirichlet(alpha), "
                                        "quantity skew (client sizes ~ dirichlet(alpha)), or by-file (real silos: "
                                        "one --client-data per client)", choices=PARTITIONS)
@@ -77,6 +80,8 @@ class FederatedFields:
                               f"{self.rounds}, {self.local_steps}")
         if self.alpha <= 0:
             raise ConfigError(f"--alpha must be positive, got {self.alpha}")
+        if self.local_epochs < 0:
+            raise ConfigError(f"--local-epochs must be >= 0 (0 = use --local-steps), got {self.local_epochs}")
         if self.partition == "by-file" and len(self.client_data) != self.clients:
             raise ConfigError(f"--partition by-file needs one --client-data per client: got {len(self.client_data)} "
                               f"files for --clients {self.clients}")

@@ -86,7 +86,9 @@ def card(cfg: Any, metrics: dict[str, Any], clients: list[dict[str, Any]]) -> st
     lines = [f"# Federated {metrics['task']} model", "",
              f"Trained with Flower over {cfg.clients} clients ({cfg.partition} partition"
              + (f", alpha {cfg.alpha}" if cfg.partition in ("dirichlet", "quantity") else "") + f"), strategy "
-             f"{cfg.strategy}, {cfg.rounds} rounds of {cfg.local_steps} local steps. The data never left the clients;"
+             f"{cfg.strategy}, {cfg.rounds} rounds of "
+             + (f"{cfg.local_epochs:g} local epochs" if cfg.local_epochs else f"{cfg.local_steps} local steps")
+             + ". The data never left the clients;"
              " the lineage lists only their hashes.", "", "## Metrics", ""]
     lines += [f"- {k}: {v}" for k, v in metrics.items() if not isinstance(v, list | dict)]
     lines += ["", "## Clients", "", "| client | examples | data sha256 |", "|---|---|---|"]

@@ -49,6 +49,10 @@ def test_bad_federated_settings_are_one_line_errors(tmp_path, sentiment_csv, ber
         FederatedClassifyConfig(**base, strategy="median", dp_noise=1.0).check()
     with pytest.raises(ConfigError, match="fraction-fit"):
         FederatedClassifyConfig(**base, fraction_fit=0).check()
+    with pytest.raises(ConfigError, match="--local-epochs must be >= 0"):
+        FederatedClassifyConfig(**base, local_epochs=-1).check()
+    with pytest.raises(ConfigError, match="--server-tau"):
+        FederatedClassifyConfig(**base, server_tau=0).check()
 
 
 def test_federated_pretraining_with_a_robust_median_exports_an_lm(tmp_path, packed):

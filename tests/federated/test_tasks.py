@@ -29,6 +29,20 @@ def test_pretrain_round_trains_the_silo_and_fedprox_pulls_towards_the_global_mod
     assert 0 < distance(pulled, start) < distance(free, start)
 
 
+def test_local_epochs_give_each_silo_steps_in_proportion_to_its_size(tmp_path, packed):
+    from genforge.federated.client import local_steps
+
+    cfg = FederatedPretrainConfig(data=packed, out=tmp_path / "o", preset="tiny", batch_size=4, seq_len=32,
+                                  bf16=False, clients=2, rounds=3, local_epochs=0.5, lr=3e-3)
+    assert [local_steps(cfg, n) for n in (40, 400, 3)] == [5, 50, 1]  # at least one step for a tiny silo
+    task = build_task("pretrain", cfg)
+    rows = list(range(min(task.n, 24)))
+    _, metrics = local_round(Silo(task, rows, tmp_path / "c0"), trainable(task.model), 1, mu=0.0)
+    assert metrics["steps"] == round(0.5 * len(rows) / 4)
+    fixed = FederatedPretrainConfig(data=packed, out=tmp_path / "o", preset="tiny", clients=2, local_steps=7)
+    assert local_steps(fixed, 400) == 7  # without --local-epochs: the same steps for everyone
+
+
 def test_sft_round_with_lora_sends_only_adapters(tmp_path, llama_dir, dialogues):
     cfg = FederatedSftConfig(model=llama_dir, data=dialogues, out=tmp_path / "o", batch_size=4, seq_len=64,
                              bf16=False, clients=2, rounds=2, local_steps=3, lr=1e-2, lora_r=4)
