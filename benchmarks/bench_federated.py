@@ -118,7 +118,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--epochs", type=float, default=3.0, help="total epochs every method gets")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (all runs)")
+    parser.add_argument("--lr", type=float, default=3e-3,
+                        help="LoRA learning rate (all runs; at 1e-3 FedAvg's few sequential steps per round left it "
+                             "at 0.745 validation accuracy after 10 of 15 rounds, at 3e-3 it reached 0.816)")
     parser.add_argument("--server-lr", type=float, default=0.02, help="server Adam learning rate of the fedadam run")
     parser.add_argument("--epsilon", type=float, default=8.0, help="DP budget of the DP run")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs, results.json and rounds.png here")
