@@ -190,6 +190,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None,
                         help="epochs of both runs (default: 2 for phrasebank, 5 for waimai)")
     parser.add_argument("--method", choices=("freelb", "pgd", "fgm", "vat"), default="freelb")
+    parser.add_argument("--head", choices=("linear", "mean", "lstm", "transformer"), default="linear",
+                        help="classification head of both runs (`finetune classify --head`)")
     parser.add_argument("--augment-ratio", type=float, default=0.5, help="share of training texts copied per attack")
     parser.add_argument("--augment-from-normal", action="store_true",
                         help="make the copies by attacking the normal model (real adversarial examples; slower) "
@@ -212,6 +214,7 @@ def main() -> None:
             test_path = Path(tmp) / f"{name}_test.json"
             test_path.write_text(json.dumps(test, ensure_ascii=False), encoding="utf-8")
             base, train_cfg, attack_cfg = settings(name, train, tmp, args.quick, args.attack_examples, args.epochs)
+            train_cfg["head"] = args.head
             common = {"base": base, "data": str(write_csv(Path(tmp) / f"{name}_train.csv", train)),
                       "val_data": str(write_csv(Path(tmp) / f"{name}_val.csv", val)), "test": str(test_path),
                       "threads": args.threads, "attack": attack_cfg}

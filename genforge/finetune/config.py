@@ -16,7 +16,7 @@ from genforge.config import field
 from genforge.errors import ConfigError
 from genforge.train.config import TrainConfig
 
-HEADS = ("linear", "lstm", "transformer")
+HEADS = ("linear", "lstm", "transformer", "mean")
 
 
 @dataclass(kw_only=True)
@@ -80,8 +80,8 @@ class ClassifyConfig(FinetuneConfig):
     multi_label: bool = field(False, help="several labels per text (a list, or a string cut at --label-sep)")
     label_sep: str = field(",", help="multi-label: separator of labels given as one string")
     head: str = field("linear", help="task head: linear on the pooled state (saved as a standard HF "
-                                     "*ForSequenceClassification), or a BiLSTM / 1-layer transformer over "
-                                     "the token states", choices=HEADS)
+                                     "*ForSequenceClassification), a BiLSTM / 1-layer transformer over "
+                                     "the token states, or mean pooling + linear (sentence encoders)", choices=HEADS)
     seq_len: int = field(128, help="longest text in tokens (longer texts are truncated)")
     batch_size: int = field(16, help="texts per micro-batch")
     select: str = field("macro_f1", help="validation metric that picks the best checkpoint and drives "

@@ -4,6 +4,8 @@
   pooled [CLS] state; decoders: on the last non-pad token). Saved as a standard HF folder.
 - `lstm`: a bidirectional LSTM over the token states; its two final states, concatenated, feed a linear layer.
 - `transformer`: one pre-norm transformer encoder layer over the token states, masked mean pooling, linear.
+- `mean`: masked mean of the token states, dropout, linear: the pooling sentence encoders (sentence-transformers'
+  MiniLM/MPNet) were trained with, so their [CLS]/pooler state, which `linear` reads, is not what they learned.
 
 `Classifier` joins a body and a head into one module whose forward returns logits. It deliberately has
 no `save_pretrained`: the engine then checkpoints its whole state (body, LoRA and head) as one
@@ -39,6 +41,11 @@ def _heads_for(hidden: int) -> int:
     return next(h for h in (8, 6, 4, 3, 2, 1) if hidden % h == 0)
 
 
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 class TransformerHead(nn.Module):
     def __init__(self, hidden: int, num_labels: int, dropout: float = 0.1, heads: int = 0):
         super().__init__()
@@ -48,12 +55,20 @@ class TransformerHead(nn.Module):
         self.out = nn.Linear(hidden, num_labels)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.layer(states, src_key_padding_mask=~mask.bool()))
-        weights = mask.unsqueeze(-1).to(x.dtype)
-        return self.out((x * weights).sum(1) / weights.sum(1).clamp(min=1))
+        return self.out(masked_mean(self.norm(self.layer(states, src_key_padding_mask=~mask.bool())), mask))
 
 
-HEADS = {"lstm": LstmHead, "transformer": TransformerHead}
+class MeanHead(nn.Module):
+    def __init__(self, hidden: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, num_labels)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(masked_mean(states, mask)))
+
+
+HEADS = {"lstm": LstmHead, "transformer": TransformerHead, "mean": MeanHead}
 
 
 def build_head(kind: str, hidden: int, num_labels: int, dropout: float = 0.1) -> nn.Module:

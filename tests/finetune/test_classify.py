@@ -41,7 +41,7 @@ def test_encoder_linear_head_is_a_standard_hf_classifier(tmp_path, bert_dir, sen
     assert evaluate_folder(out, [(t, ["positive"]) for t in texts])["n"] == 2
 
 
-@pytest.mark.parametrize("head", ["lstm", "transformer"])
+@pytest.mark.parametrize("head", ["lstm", "transformer", "mean"])
 def test_decoder_multi_label_with_custom_heads(tmp_path, jsonl, llama_dir, head):
     records = [{"text": f"card {i} blocked and refund late", "tags": "card|refund"} for i in range(20)]
     records += [{"text": f"refund {i} please", "tags": ["refund"]} for i in range(20)]

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from genforge.errors import ConfigError
-from genforge.finetune.heads import Classifier, LstmHead, TransformerHead, build_head
+from genforge.finetune.heads import Classifier, LstmHead, MeanHead, TransformerHead, build_head
 
 
-@pytest.mark.parametrize("cls", [LstmHead, TransformerHead])
+@pytest.mark.parametrize("cls", [LstmHead, TransformerHead, MeanHead])
 def test_heads_ignore_padding(cls):
     torch.manual_seed(0)
     head = cls(24, 3, dropout=0.0).eval()
@@ -19,6 +19,14 @@ def test_heads_ignore_padding(cls):
     assert a.shape == (2, 3)
     assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(a[1:], alone, atol=1e-5)  # a row does not depend on its batch-mates' length
+
+
+def test_mean_head_is_a_linear_map_of_the_masked_mean():
+    head = MeanHead(4, 2, dropout=0.5).eval()
+    states = torch.tensor([[[1.0, 2, 3, 4], [3, 2, 1, 0], [9, 9, 9, 9]]])
+    with torch.no_grad():
+        logits = head(states, torch.tensor([[1, 1, 0]]))
+    assert torch.allclose(logits, head.out(torch.tensor([[2.0, 2, 2, 2]])))
 
 
 def test_build_head_and_classifier_forward():
