@@ -4,11 +4,16 @@ The run folder holds mle/ (the engine's run), one folder per variant (checkpoint
 nll_oracle.png (the curve over adversarial epochs), results.json and the manifest. "MLE at the best
 temperature" follows Caccia et al. ("Language GANs falling short"): lowering the softmax temperature
 trades diversity for quality, so a GAN only helps if it beats that whole curve; we sweep it and report
-the temperature minimising NLL-oracle + NLL-test (the point where quality and diversity sum best).
+the temperature minimising NLL-oracle + NLL-test (the point where quality and diversity sum best), and
+the adversarial checkpoints are chosen by the same sum on validation samples (never the test rows).
+"MLE (last step)" is the MLE generator at the end of its schedule instead of at its best validation
+NLL: SeqGAN's own MLE baseline trains a fixed 120 epochs without early stopping, and an over-fitted
+generator samples closer to its training rows, which lowers NLL-oracle while NLL-test rises.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +21,13 @@ import torch
 
 from genforge.artifacts import atomic_write_text, begin_output, write_json, write_manifest
 from genforge.paradigms.config import OracleConfig
-from genforge.paradigms.gan_phases import mle_phase, plot_curves, variant_phase
+from genforge.paradigms.gan_phases import load_weights, mle_phase, plot_curves, variant_phase
 from genforge.paradigms.oracle import LENGTH, START, load_oracle, random_oracle, read_samples
 from genforge.paradigms.sequence import LstmGenerator, mean_nll, sample
 from genforge.train.data import mix_seed
 
 TEMPERATURES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
-VAL_SIZE = 1000  # oracle samples for the MLE phase's checkpoint selection (never the test set)
+VAL_SIZE = 1000  # oracle samples for checkpoint selection, MLE and adversarial (never the test set)
 
 
 def score(generator: Any, oracle: Any, test: torch.Tensor, n: int, seed: int, temperature: float = 1.0
@@ -61,24 +66,28 @@ def gan_oracle(cfg: OracleConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     oracle, train_rows, val_rows, test_rows, inputs = oracle_data(cfg)
     vocab = oracle.head.out_features
-    eval_test = test_rows[:cfg.eval_samples]
     torch.manual_seed(cfg.seed)
     generator = LstmGenerator(vocab, cfg.embed_size, cfg.hidden_size)
     rows: dict[str, dict[str, float]] = {"random": score(generator, oracle, test_rows, cfg.eval_samples, cfg.seed)}
     mle = mle_phase(generator, train_rows, val_rows, cfg, START, cfg.out / "mle")
     rows["mle"] = score(generator, oracle, test_rows, cfg.eval_samples, cfg.seed)
+    if mle["best_step"] != mle["steps"]:
+        last = copy.deepcopy(generator)
+        load_weights(last, cfg.out / "mle" / "checkpoints" / "latest")
+        rows["mle (last step)"] = score(last, oracle, test_rows, cfg.eval_samples, cfg.seed)
     sweep = {t: score(generator, oracle, test_rows, cfg.eval_samples, cfg.seed, t) for t in TEMPERATURES}
     best_t = min(sweep, key=lambda t: sweep[t]["nll_oracle"] + sweep[t]["nll_test"])
     rows[f"mle (T={best_t})"] = sweep[best_t]
 
     def evaluate(g: Any) -> dict[str, float]:
-        return score(g, oracle, eval_test, cfg.eval_samples, cfg.seed)
+        scores = score(g, oracle, val_rows, cfg.eval_samples, mix_seed(cfg.seed, "validation"))
+        return {**scores, "nll_sum": scores["nll_oracle"] + scores["nll_test"]}
 
     gans, runs = {}, {}
     for variant in cfg.variant:
         runs[variant] = cfg.out / variant
         gen, gans[variant] = variant_phase(variant, generator, train_rows, vocab, cfg, START, runs[variant],
-                                           evaluate, select="nll_oracle")
+                                           evaluate, select="nll_sum")
         rows[variant] = score(gen, oracle, test_rows, cfg.eval_samples, cfg.seed)
         rows[variant]["best_epoch"] = gans[variant]["best"].get("epoch")
         samples = sample(gen, 50, LENGTH, START, generator=torch.Generator().manual_seed(cfg.seed))

@@ -75,6 +75,10 @@ def test_gan_oracle_runs_and_resumes(tmp_path):
     rows = results["rows"]
     assert {"random", "mle", "seqgan", "gumbel"} <= set(rows) and any(k.startswith("mle (T=") for k in rows)
     assert rows["mle"]["nll_test"] < rows["random"]["nll_test"]  # a dozen MLE steps already learn something
+    best = results["gans"]["gumbel"]["best"]  # chosen by quality + diversity on validation samples
+    assert best["nll_sum"] == pytest.approx(best["nll_oracle"] + best["nll_test"])
+    if results["mle"]["best_step"] != results["mle"]["steps"]:
+        assert "mle (last step)" in rows
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "gan.oracle" and manifest["metrics"]["mle"]["nll_oracle"] > 0
     assert (out / "nll_oracle.png").is_file() and (out / "seqgan" / "samples.txt").is_file()
