@@ -53,7 +53,8 @@ def describe(rule: Rule, key: str, start: int, value: float, baseline: float, sc
     what = f"{rule.by} '{key}'" if rule.by != "all" else "all items"
     if rule.kind == "volume":
         return f"{rule.name}: {n} items on {what} in the {rule.window} from {when} UTC (baseline {baseline:.1f}, z={score:.1f})"
-    stat = {"ewma_z": f"z={score:.1f}", "cusum": f"CUSUM={score:.1f}", "entity_negative": "turned negative"}[rule.kind]
+    stat = {"ewma_z": f"z={score:.1f}", "cusum": f"CUSUM={score:.1f}",
+            "binomial_cusum": f"CUSUM={score:.1f} nats for x{rule.shift:g}", "entity_negative": "turned negative"}[rule.kind]
     return (f"{rule.name}: negative share of {what} {value:.0%} in the {rule.window} from {when} UTC "
             f"(baseline {baseline:.0%}, {stat}, n={n})")
 

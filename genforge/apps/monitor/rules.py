@@ -1,8 +1,8 @@
 """Alert rules (YAML) and the detectors behind them, as pure functions over window series.
 
     rules:
-      - {name: negative-surge, kind: ewma_z, by: topic, threshold: 3.5, channels: [log, webhook]}
-      - {name: negative-cusum, kind: cusum, by: topic, threshold: 4, k: 0.75}
+      - {name: negative-surge, kind: binomial_cusum, by: topic, threshold: 5, shift: 1.5, channels: [log, webhook]}
+      - {name: sudden-negative, kind: ewma_z, by: topic, threshold: 3.5}
       - {name: volume-spike, kind: volume, by: topic, threshold: 5, min_ratio: 2}
       - {name: watched-negative, kind: entity_negative, by: entity, keys: [AAPL, TSLA], threshold: 0.5}
     channels:
@@ -16,6 +16,10 @@ noisy) and the baseline's own excess variance (over-dispersion beyond binomial n
 - ewma_z: z = (p - baseline) / se, alert when z >= threshold and p >= min_ratio * baseline;
 - cusum: S = max(0, S + z - k), alert when S >= threshold, then S restarts at 0 (catches smaller,
   longer surges that no single window shows);
+- binomial_cusum: the same sum over each window's log-likelihood ratio of its k negatives in n items under
+  "the share is `shift` times the baseline" against "it is the baseline" (Page's CUSUM for a binomial
+  share, the sequentially optimal test for that shift): a window weighs by its size, and the threshold is
+  in nats (the mean run between false alerts grows about as e^threshold windows);
 - volume: the same z on counts with Poisson noise (variance = baseline count);
 - entity_negative: a watched entity's negative share reaches `threshold` while its baseline is below it.
 """
@@ -31,7 +35,7 @@ from genforge.apps.monitor.config import WINDOWS
 from genforge.config import from_dict, read_yaml
 from genforge.errors import ConfigError
 
-KINDS = ("ewma_z", "cusum", "volume", "entity_negative")
+KINDS = ("ewma_z", "cusum", "binomial_cusum", "volume", "entity_negative")
 CHANNELS = ("log", "webhook", "email")
 
 
@@ -41,8 +45,10 @@ class Rule:
     kind: str
     by: str = "topic"
     window: str = "hour"
-    threshold: float = 3.5  # z (ewma_z, volume), decision interval h (cusum), negative share (entity_negative)
+    threshold: float = 3.5  # z (ewma_z, volume), decision interval h (cusum; nats for binomial_cusum), negative
+    # share (entity_negative)
     k: float = 0.5  # cusum: slack in standard errors
+    shift: float = 1.5  # binomial_cusum: the surge to detect, as a multiple of the baseline negative share
     min_count: int = 10  # windows with fewer items neither alert nor (for shares) feed the baseline
     min_ratio: float = 1.3  # ewma_z/volume: the value must also be this many times the baseline
     halflife: float = 48.0  # EWMA half-life in windows
@@ -65,6 +71,8 @@ class Rule:
             raise ConfigError(f"{where}: window must be one of {', '.join(WINDOWS)}; got {self.window!r}")
         if self.kind == "entity_negative" and (self.by != "entity" or not self.keys):
             raise ConfigError(f"{where}: entity_negative needs by: entity and the watched entities in keys")
+        if self.kind == "binomial_cusum" and not self.shift > 1:
+            raise ConfigError(f"{where}: shift must be > 1 (the surge to detect, x the baseline); got {self.shift}")
         if not self.threshold > 0 or self.halflife <= 0 or self.min_count < 1 or self.cooldown < 0:
             raise ConfigError(f"{where}: threshold and halflife must be > 0, min_count >= 1, cooldown >= 0")
         bad = [c for c in self.channels if c not in CHANNELS]
@@ -115,9 +123,12 @@ class RuleSet:
                 raise ConfigError(f"alert rule '{r.name}' uses the email channel: set channels.email")
 
 
+# Chosen on bench_monitor's replay over 5 seeds (14 days, ~40 items per topic and hour, surges of 2x a 0.15
+# share for 6 h): binomial_cusum (shift 1.5, 5 nats) found 0.958 of the surges at 0.50 false alerts a day
+# (gold labels); the earlier ewma_z + z-cusum pair 0.942 at 0.66 (1.36 on one seed). ewma_z beside it
+# added false alerts (0.76 a day) for one more surge in 120.
 DEFAULT_RULES = [
-    Rule("negative-surge", "ewma_z"),
-    Rule("negative-cusum", "cusum", threshold=4.0, k=0.75),
+    Rule("negative-surge", "binomial_cusum", threshold=5.0, shift=1.5),
     Rule("volume-spike", "volume", threshold=6.0, min_ratio=2.0),
 ]
 
@@ -184,6 +195,17 @@ def detect(rule: Rule, ws: list[Window]) -> list[Hit]:
         s = 0.0
         for i, p, mean, z in _share_z(rule, ws):
             s = max(0.0, s + z - rule.k)
+            if s >= rule.threshold:
+                hits.append(Hit(i, p, mean, s))
+                s = 0.0
+    elif rule.kind == "binomial_cusum":
+        s = 0.0
+        for i, p, mean, _ in _share_z(rule, ws):
+            w = ws[i]
+            p0 = min(max(mean, 0.5 / w.n), 0.5)  # a baseline of 0 or above 1/2 would make the ratio degenerate
+            p1 = min(rule.shift * p0, 0.99)
+            llr = w.negative * math.log(p1 / p0) + (w.n - w.negative) * math.log((1 - p1) / (1 - p0))
+            s = max(0.0, s + llr)
             if s >= rule.threshold:
                 hits.append(Hit(i, p, mean, s))
                 s = 0.0

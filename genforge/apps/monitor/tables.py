@@ -64,7 +64,7 @@ class MonitorAlert(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     rule: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(32))  # ewma_z | cusum | volume | entity_negative
+    kind: Mapped[str] = mapped_column(String(32))  # ewma_z | cusum | binomial_cusum | volume | entity_negative
     by: Mapped[str] = mapped_column(String(16))  # topic | entity | all
     key: Mapped[str] = mapped_column(String(200))
     window: Mapped[int] = mapped_column(BigInteger, index=True)  # start of the window, epoch seconds

@@ -63,9 +63,9 @@ def test_windows_count_per_topic_and_fill_gaps(engine, add_items):
     assert windows(engine, by="topic", width=H, since=3600)["a"][0].start == 3600
 
 
-@pytest.mark.parametrize("kind", ["ewma_z", "cusum"])
-def test_surge_rules_fire_on_a_doubling_and_not_on_noise(kind):
-    rule = next(r for r in DEFAULT_RULES if r.kind == kind)  # the defaults
+@pytest.mark.parametrize("rule", [DEFAULT_RULES[0], Rule("z", "ewma_z"), Rule("c", "cusum", threshold=4.0, k=0.75)],
+                         ids=["default", "ewma_z", "cusum"])
+def test_surge_rules_fire_on_a_doubling_and_not_on_noise(rule):
     quiet = stream(24 * 7, 0.15, seed=1)
     hours = {}
     for t, _, s, _ in quiet:
@@ -86,6 +86,20 @@ def test_surge_rules_fire_on_a_doubling_and_not_on_noise(kind):
     assert len([i for i in hits if not 72 <= i < 80]) <= 4  # at most one false alert a day
 
 
+def test_binomial_cusum_sums_log_likelihood_ratios():
+    quiet = [Window("x", h * H, n=40, negative=6) for h in range(30)]  # share 0.15: the baseline stays there
+    surge = Window("x", 30 * H, n=40, negative=12)
+    llr = 12 * math.log(1.5) + 28 * math.log((1 - 0.225) / (1 - 0.15))  # 2.28 nats for shift 1.5
+    hits = detect(Rule("b", "binomial_cusum", threshold=2.0, shift=1.5), [*quiet, surge])
+    assert [h.index for h in hits] == [30] and hits[0].score == pytest.approx(llr) and hits[0].baseline == 0.15
+    # below the threshold the evidence carries over: the second such window fires
+    rule = Rule("b", "binomial_cusum", threshold=3.0, shift=1.5)
+    assert [h.index for h in detect(rule, [*quiet, surge])] == []
+    assert [h.index for h in detect(rule, [*quiet, surge, Window("x", 31 * H, n=40, negative=12)])] == [31]
+    with pytest.raises(ConfigError, match="shift must be > 1"):
+        Rule("b", "binomial_cusum", shift=1.0).check()
+
+
 def test_volume_and_watched_entity_rules():
     ws = [Window("x", h * H, n=50, negative=5) for h in range(48)] + [Window("x", 48 * H, n=200, negative=20)]
     hit = detect(Rule("v", "volume", threshold=5, min_ratio=2), ws)
@@ -95,6 +109,15 @@ def test_volume_and_watched_entity_rules():
     assert [h.index for h in detect(rule, ws)] == [5]
     with pytest.raises(ConfigError, match="keys"):
         Rule("w", "entity_negative", by="entity").check()
+
+
+def test_every_rule_kind_is_described(engine, add_items):
+    add_items(engine, stream(60, 0.1, seed=3, surge={h: 0.5 for h in range(40, 46)}))
+    rules = RuleSet([*DEFAULT_RULES, Rule("z", "ewma_z"), Rule("c", "cusum", threshold=4.0, k=0.75)])
+    fired = evaluate(engine, rules, send=False)
+    assert {a["rule"] for a in fired} >= {"negative-surge", "z", "c"}
+    message = next(a["message"] for a in fired if a["rule"] == "negative-surge")
+    assert message.startswith("negative-surge: negative share of topic 'rates'") and "nats for x1.5" in message
 
 
 def test_alerts_are_stored_once_with_cooldown_examples_and_ack(engine, add_items):
