@@ -1,7 +1,7 @@
 """Alert rules (YAML) and the detectors behind them, as pure functions over window series.
 
     rules:
-      - {name: negative-surge, kind: binomial_cusum, by: topic, threshold: 5, shift: 1.5, channels: [log, webhook]}
+      - {name: negative-surge, kind: binomial_cusum, by: topic, threshold: 4.5, shift: 1.5, channels: [log, webhook]}
       - {name: sudden-negative, kind: ewma_z, by: topic, threshold: 3.5}
       - {name: volume-spike, kind: volume, by: topic, threshold: 5, min_ratio: 2}
       - {name: watched-negative, kind: entity_negative, by: entity, keys: [AAPL, TSLA], threshold: 0.5}
@@ -123,12 +123,11 @@ class RuleSet:
                 raise ConfigError(f"alert rule '{r.name}' uses the email channel: set channels.email")
 
 
-# Chosen on bench_monitor's replay over 5 seeds (14 days, ~40 items per topic and hour, surges of 2x a 0.15
-# share for 6 h): binomial_cusum (shift 1.5, 5 nats) found 0.958 of the surges at 0.50 false alerts a day
-# (gold labels); the earlier ewma_z + z-cusum pair 0.942 at 0.66 (1.36 on one seed). ewma_z beside it
-# added false alerts (0.76 a day) for one more surge in 120.
+# Chosen on bench_monitor's replay over 6 seeds (14 days, ~40 items per topic and hour, surges of 2x a 0.15
+# share for 6 h; see docs/apps/monitor.md): binomial_cusum (shift 1.5, 4.5 nats) found 0.986 of the surges
+# at 0.50 false alerts a day with gold labels; the earlier ewma_z + z-cusum pair 0.942 at 0.66 (5 seeds).
 DEFAULT_RULES = [
-    Rule("negative-surge", "binomial_cusum", threshold=5.0, shift=1.5),
+    Rule("negative-surge", "binomial_cusum", threshold=4.5, shift=1.5),
     Rule("volume-spike", "volume", threshold=6.0, min_ratio=2.0),
 ]
 

@@ -79,7 +79,9 @@ def test_surge_rules_fire_on_a_doubling_and_not_on_noise(rule):
             w.negative += s == "negative"
         return [by[h] for h in sorted(by)]
 
-    assert len(detect(rule, series(quiet))) <= 1  # the goal: at most one false alert a day, here over a week
+    # the goal is at most one false alert a day over all topics (the replay: 0.5 a day over 5 topics);
+    # one topic's quiet week may hold one or two
+    assert len(detect(rule, series(quiet))) <= 2
     surged = series(stream(24 * 4, 0.15, seed=2, surge={h: 0.30 for h in range(72, 78)}))
     hits = [h.index for h in detect(rule, surged)]
     assert any(72 <= i <= 76 for i in hits)  # found within the surge's first hours
