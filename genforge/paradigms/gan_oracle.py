@@ -4,8 +4,8 @@ The run folder holds mle/ (the engine's run), one folder per variant (checkpoint
 nll_oracle.png (the curve over adversarial epochs), results.json and the manifest. "MLE at the best
 temperature" follows Caccia et al. ("Language GANs falling short"): lowering the softmax temperature
 trades diversity for quality, so a GAN only helps if it beats that whole curve; we sweep it and report
-the temperature minimising NLL-oracle + NLL-test (the point where quality and diversity sum best), and
-the adversarial checkpoints are chosen by the same sum on validation samples (never the test rows).
+the temperature minimising NLL-oracle + NLL-test (the point where quality and diversity sum best); the
+temperature and the adversarial checkpoints are chosen by that sum on validation samples, never the test rows.
 "MLE (last step)" is the MLE generator at the end of its schedule instead of at its best validation
 NLL: SeqGAN's own MLE baseline trains a fixed 120 epochs without early stopping, and an over-fitted
 generator samples closer to its training rows, which lowers NLL-oracle while NLL-test rises.
@@ -75,13 +75,14 @@ def gan_oracle(cfg: OracleConfig) -> dict[str, Any]:
         last = copy.deepcopy(generator)
         load_weights(last, cfg.out / "mle" / "checkpoints" / "latest")
         rows["mle (last step)"] = score(last, oracle, test_rows, cfg.eval_samples, cfg.seed)
-    sweep = {t: score(generator, oracle, test_rows, cfg.eval_samples, cfg.seed, t) for t in TEMPERATURES}
-    best_t = min(sweep, key=lambda t: sweep[t]["nll_oracle"] + sweep[t]["nll_test"])
-    rows[f"mle (T={best_t})"] = sweep[best_t]
-
-    def evaluate(g: Any) -> dict[str, float]:
-        scores = score(g, oracle, val_rows, cfg.eval_samples, mix_seed(cfg.seed, "validation"))
+    def evaluate(g: Any, temperature: float = 1.0) -> dict[str, float]:
+        """Scores on validation samples: what the temperature and the adversarial checkpoints are chosen by."""
+        scores = score(g, oracle, val_rows, cfg.eval_samples, mix_seed(cfg.seed, "validation"), temperature)
         return {**scores, "nll_sum": scores["nll_oracle"] + scores["nll_test"]}
+
+    sweep = {t: score(generator, oracle, test_rows, cfg.eval_samples, cfg.seed, t) for t in TEMPERATURES}
+    best_t = min(TEMPERATURES, key=lambda t: evaluate(generator, t)["nll_sum"])
+    rows[f"mle (T={best_t})"] = sweep[best_t]
 
     gans, runs = {}, {}
     for variant in cfg.variant:
