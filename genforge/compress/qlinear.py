@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -155,6 +156,18 @@ class QLinear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
+
+    def kernel(self, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer as a plain function of [..., in] inputs of `dtype`, for the fast decoder's hot loop.
+
+        For int8-dynamic on float32 inputs it is fbgemm's op itself (it takes any leading dims and adds the
+        packed bias): nn.Module's call machinery and the reshapes cost ~18 µs a call here, 0.9 ms of a
+        6.3 ms int8 decode step of the `base` decoder (49 calls).
+        """
+        if self.scheme == "int8-dynamic" and dtype == torch.float32:
+            packed = self._packed
+            return lambda x: torch.ops.quantized.linear_dynamic(x, packed, False)
+        return self.forward
 
     def dequantized(self) -> torch.Tensor:
         """The float weight [out, in] this layer computes with (for tests and error measurements)."""

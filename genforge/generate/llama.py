@@ -84,7 +84,7 @@ def from_hf(model, dtype: torch.dtype) -> LlamaWeights:
 
     def linear(*mods: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not isinstance(mods[0], torch.nn.Linear):  # quantised (genforge.compress.qlinear): it fuses itself
-            return type(mods[0]).fuse(mods), None
+            return type(mods[0]).fuse(mods).kernel(dtype), None
         weight = t(torch.cat([m.weight.detach() for m in mods]).t())
         bias = None if mods[0].bias is None else t(torch.cat([m.bias.detach() for m in mods]))
         return weight, bias
@@ -137,7 +137,7 @@ def attention_mask(start: torch.Tensor, col: int, length: int) -> torch.Tensor:
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    y = x @ w if isinstance(w, torch.Tensor) else w(x)  # w: a matrix, or a quantised linear module
+    y = x @ w if isinstance(w, torch.Tensor) else w(x)  # w: a matrix, or a quantised layer's kernel function
     return y if b is None else y + b
 
 

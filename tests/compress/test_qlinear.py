@@ -67,3 +67,14 @@ def test_stored_form_rebuilds_the_same_layer():
         again = QLinear(scheme, weights, scales, q.bias, 64, group)
         x = torch.randn(2, 64)
         torch.testing.assert_close(again(x), q(x))
+
+
+@pytest.mark.parametrize("scheme,group", [("int8-dynamic", 0), ("int8", 0), ("int4", 32)])
+def test_kernel_function_equals_the_module(scheme, group):
+    torch.manual_seed(3)
+    q = QLinear.from_linear(nn.Linear(64, 48), scheme, group)
+    x = torch.randn(2, 3, 64)  # the fast decoder's [batch, tokens, hidden]
+    kernel = q.kernel(torch.float32)
+    assert not isinstance(kernel, nn.Module)
+    torch.testing.assert_close(kernel(x), q(x))
+    assert q.kernel(torch.bfloat16)(x.bfloat16()).dtype == torch.bfloat16  # other dtypes: the module's own path

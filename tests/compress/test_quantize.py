@@ -57,6 +57,14 @@ def test_int8_lm_generates_through_the_fast_decoder(int8_lm, lm_dir):
     assert all(texts) and sum(a == b for a, b in zip(texts, reference, strict=True)) >= 1
 
 
+def test_int8_fast_decoder_matches_the_model_forward(int8_lm):
+    fast, hf = load_decoder(int8_lm), load_decoder(int8_lm, backend="hf")  # fbgemm's op called directly vs QLinear
+    assert (fast.backend, hf.backend) == ("fast", "hf")
+    prompts = ["ROMEO:", "To be"]
+    assert generate(fast, prompts, max_new_tokens=12, temperature=0) == generate(hf, prompts, max_new_tokens=12,
+                                                                                 temperature=0)
+
+
 def test_quantized_folder_is_refused_by_plain_from_pretrained(int8_lm):
     from transformers import AutoModelForCausalLM
 
