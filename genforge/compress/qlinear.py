@@ -161,8 +161,8 @@ class QLinear(nn.Module):
         """This layer as a plain function of [..., in] inputs of `dtype`, for the fast decoder's hot loop.
 
         For int8-dynamic on float32 inputs it is fbgemm's op itself (it takes any leading dims and adds the
-        packed bias): nn.Module's call machinery and the reshapes cost ~18 µs a call here, 0.9 ms of a
-        6.3 ms int8 decode step of the `base` decoder (49 calls).
+        packed bias), without nn.Module's call machinery and the reshapes: measured on the `base` decoder
+        (49 calls a step), a batch-1 int8 decode step went from 6.94 to 6.65 ms.
         """
         if self.scheme == "int8-dynamic" and dtype == torch.float32:
             packed = self._packed
