@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genforge.finetune.config import HEADS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GOALS = {"charswap": 20.0, "synonym": 10.0}  # points of attacked accuracy to recover; clean loss <= 1 point
@@ -190,7 +192,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None,
                         help="epochs of both runs (default: 2 for phrasebank, 5 for waimai)")
     parser.add_argument("--method", choices=("freelb", "pgd", "fgm", "vat"), default="freelb")
-    parser.add_argument("--head", choices=("linear", "mean", "lstm", "transformer"), default="linear",
+    parser.add_argument("--head", choices=HEADS, default="linear",
                         help="classification head of both runs (`finetune classify --head`)")
     parser.add_argument("--augment-ratio", type=float, default=0.5, help="share of training texts copied per attack")
     parser.add_argument("--augment-from-normal", action="store_true",

@@ -243,6 +243,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the throughput soak")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.quick:
         args.days, args.surges, args.minutes, args.per_hour, args.seeds = 4, 4, 0.5, 30, 1
     import torch
