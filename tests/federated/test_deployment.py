@@ -52,7 +52,7 @@ def test_two_supernodes_complete_a_two_round_run(tmp_path, bert_dir, sentiment_c
                 env=env, stdout=log, stderr=log))
         cfg = FederatedClassifyConfig(model=bert_dir, data=sentiment_csv, out=tmp_path / "fed", clients=2, rounds=2,
                                       local_steps=2, batch_size=8, seq_len=32, lr=3e-3, bf16=False,
-                                      engine="deployment", superlink=f"127.0.0.1:{port}", round_timeout=180)
+                                      engine="deployment", superlink=f"127.0.0.1:{port}")
         out = federated(cfg, "classify")
     finally:
         for p in procs:

@@ -17,7 +17,7 @@ def test_federated_lora_classifier_survives_a_broken_silo(tmp_path, bert_dir, se
     cfg = FederatedClassifyConfig(model=bert_dir, data=files[0], val_data=val, out=tmp_path / "fed", clients=3,
                                   partition="by-file", client_data=files, rounds=2, local_steps=3, batch_size=8,
                                   seq_len=32, lr=3e-3, bf16=False, strategy="fedprox", mu=0.1, lora_r=4,
-                                  min_fit_clients=2, round_timeout=120)
+                                  min_fit_clients=2)
     files[2].write_text("text,label\n", encoding="utf-8")  # branch 2's data is gone: its client fails each round
     out = federated(cfg, "classify")
 
