@@ -80,9 +80,10 @@ def pretrain_decoder(tmp: Path, data: Path, quick: bool, minutes: float) -> Path
 
 
 def converged_decoder(tmp: Path, data: Path, quick: bool) -> Path:
-    """A `small` decoder trained to its best validation loss (1000 steps; see genforge.models.presets):
-    the pruning goal is about a converged original. On the `base` model, which a few minutes barely train,
-    the recovery fine-tuning would mostly be more pretraining and beat the original for that reason alone."""
+    """A `small` decoder trained to its best validation loss (1000 steps; see genforge.models.presets): the
+    quality goals (perplexity cost of quantisation and of pruning) are about a converged original. The `base`
+    model, which a few minutes barely train, has little to lose, and recovery fine-tuning after pruning would
+    mostly be more pretraining and beat it for that reason alone."""
     from genforge.train.config import PretrainConfig
     from genforge.train.pretrain import pretrain
 
