@@ -192,6 +192,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None,
                         help="epochs of both runs (default: 2 for phrasebank, 5 for waimai)")
     parser.add_argument("--method", choices=("freelb", "pgd", "fgm", "vat"), default="freelb")
+    parser.add_argument("--adv-epsilon", type=float, default=1.0, help="radius of the embedding perturbation")
+    parser.add_argument("--adv-alpha", type=float, default=0.3, help="ascent step (freelb: also its random start)")
+    parser.add_argument("--adv-relative", action="store_true",
+                        help="epsilon and alpha in units of the model's mean token-embedding norm (`--adv-relative`)")
     parser.add_argument("--head", choices=HEADS, default="linear",
                         help="classification head of both runs (`finetune classify --head`)")
     parser.add_argument("--augment-ratio", type=float, default=0.5, help="share of training texts copied per attack")
@@ -201,6 +205,8 @@ def main() -> None:
     parser.add_argument("--from-normal-epochs", type=float, default=0.0,
                         help="adversarial fine-tuning: start the adversarial run from the normal model and train it "
                              "this many more epochs at half the learning rate (its cost then counts both runs)")
+    parser.add_argument("--keep", type=Path, help="keep the runs (models, logs, robustness reports) in this folder "
+                                                  "instead of a temporary one")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -208,7 +214,9 @@ def main() -> None:
     from rich.console import Console
 
     console = Console(width=120)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = str(args.keep) if args.keep else scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         for name in (["phrasebank", "waimai"] if args.data == "both" else [args.data]):
             train, val, test = split(READERS[name]())
             if args.quick:
@@ -221,8 +229,9 @@ def main() -> None:
                       "val_data": str(write_csv(Path(tmp) / f"{name}_val.csv", val)), "test": str(test_path),
                       "threads": args.threads, "attack": attack_cfg}
             normal_out = f"{tmp}/{name}_normal"
-            robust_cfg = train_cfg | {"adversarial": args.method, "adv_steps": 2, "adv_epsilon": 1.0,
-                                      "adv_alpha": 0.3, "augment_attack": ATTACKS[name],
+            robust_cfg = train_cfg | {"adversarial": args.method, "adv_steps": 2, "adv_epsilon": args.adv_epsilon,
+                                      "adv_alpha": args.adv_alpha, "adv_relative": args.adv_relative,
+                                      "augment_attack": ATTACKS[name],
                                       "augment_ratio": args.augment_ratio}
             if args.augment_from_normal:
                 robust_cfg["augment_model"] = normal_out

@@ -10,6 +10,9 @@ a method trains on call `backward` (each loss times the engine's `scale`), so th
 exactly the published sum or average, added to whatever earlier micro-batches accumulated.
 
 Perturbations are normalised per example: L2 over that example's real (non-padding) token embeddings.
+With `relative`, eps (and the pgd/freelb step alpha) are multiples of the mean norm of the model's token
+embeddings, measured at every step: an absolute radius that suits a pretrained encoder (MiniLM: ~1.07 per
+token) swamps the N(0, 0.02) embeddings of a model trained from scratch (~0.32 at 256 dimensions).
 - fgm (Miyato et al. 2017): L(x) + L(x + r), r = eps * g / ||g||, g = dL/dx at the clean point.
 - pgd (Madry et al. 2018): K ascent steps delta <- Proj_eps(delta + alpha * g / ||g||) from 0 (the first
   with the clean pass's gradient), then L(x) + L(x + delta_K): the clean term keeps clean accuracy.
@@ -23,7 +26,7 @@ Perturbations are normalised per example: L2 over that example's real (non-paddi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -161,6 +164,7 @@ class AdversarialObjective:
     epsilon: float
     alpha: float
     steps: int
+    relative: bool = False
 
     @property
     def name(self) -> str:
@@ -171,7 +175,19 @@ class AdversarialObjective:
 
     def train_step(self, forward: Any, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
         """Run the method's passes, backward on the ones it trains on (x scale); return the logged loss."""
-        return METHODS[self.method](self, forward, batch, scale)[0]
+        adv = self.in_embedding_units(forward) if self.relative else self
+        return METHODS[self.method](adv, forward, batch, scale)[0]
+
+    def in_embedding_units(self, model: Any) -> "AdversarialObjective":
+        """A copy with absolute sizes: eps (and alpha, when it is a step size) times the mean token-embedding norm."""
+        weight = getattr(input_embeddings(model), "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            raise ConfigError(f"--adv-relative needs the embedding matrix, and {type(model).__name__}'s input "
+                              "embeddings have no weight; give an absolute --adv-epsilon instead")
+        with torch.no_grad():
+            norm = weight.float().norm(dim=1).mean().item()
+        alpha = self.alpha if self.method == "vat" else self.alpha * norm
+        return replace(self, epsilon=self.epsilon * norm, alpha=alpha, relative=False)
 
     def run(self, model: Any, batch: dict[str, torch.Tensor], make_delta: MakeDelta, logits: bool = False) -> Pass:
         return shifted_pass(self.base, model, batch, make_delta, logits)
@@ -250,4 +266,5 @@ def wrap_adversarial(objective: Any, cfg: Any) -> Any:
         return objective
     if method not in METHODS:
         raise ConfigError(f"--adversarial must be one of none, {', '.join(METHODS)}; got {method!r}")
-    return AdversarialObjective(objective, method, cfg.adv_epsilon, cfg.adv_alpha, cfg.adv_steps)
+    return AdversarialObjective(objective, method, cfg.adv_epsilon, cfg.adv_alpha, cfg.adv_steps,
+                                getattr(cfg, "adv_relative", False))

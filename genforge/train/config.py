@@ -57,6 +57,10 @@ class TrainConfig:
     adv_alpha: float = field(0.3, help="pgd/freelb: ascent step size (freelb: also the random start's size); "
                                        "vat: weight of the smoothness loss")
     adv_steps: int = field(2, help="pgd/freelb: ascent steps; vat: power iterations")
+    adv_relative: bool = field(False, help="measure --adv-epsilon (and the pgd/freelb step --adv-alpha) in units "
+                                           "of the model's mean token-embedding norm, so one setting fits a "
+                                           "pretrained model and one trained from scratch (its embeddings are "
+                                           "~3x smaller)")
 
     def check(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "seq_len")

@@ -139,6 +139,25 @@ def test_weights_untouched_and_hooks_removed(method):
         reference_loss(model, b, torch.zeros(3, 6, 16)).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("method", ["pgd", "vat"])
+def test_relative_sizes_scale_with_the_embedding_norm(method):
+    """With relative sizes the perturbation is eps x the mean token-embedding norm: scaling the embeddings
+    by 10 scales it by 10, and at the measured norm it equals the absolute run's."""
+    model, b = classifier(), batch()
+    weight = model.body.get_input_embeddings().weight
+    norm = weight.norm(dim=1).mean().item()
+    relative = AdversarialObjective(ClassifyObjective(False), method, epsilon=0.5, alpha=0.4, steps=2, relative=True)
+    sized = relative.in_embedding_units(model)
+    assert sized.epsilon == pytest.approx(0.5 * norm) and not sized.relative
+    assert sized.alpha == pytest.approx(0.4 if method == "vat" else 0.4 * norm)  # vat's alpha is a loss weight
+    with torch.no_grad():
+        weight.mul_(10)
+    assert relative.in_embedding_units(model).epsilon == pytest.approx(5 * norm, rel=1e-5)
+    if method == "pgd":
+        _, delta = pgd(relative.in_embedding_units(model), model, b, 1.0)
+        assert torch.allclose(example_norm(delta).flatten(), torch.full((3,), 5 * norm), rtol=1e-4)
+
+
 def test_vat_adds_a_smoothness_gradient():
     model, b = classifier(), batch()
     AdversarialObjective(ClassifyObjective(False), "vat", epsilon=1.0, alpha=1e-9, steps=1).train_step(model, b, 1.0)
