@@ -14,6 +14,9 @@ Per data set, two runs from the same base model for the same number of epochs:
   `--augment-from-normal`: copies made by attacking the normal model). With `--from-normal-epochs E` the
   adversarial run is adversarial fine-tuning instead: it starts from the normal model and trains E more
   epochs at half the learning rate, and its training time counts both runs.
+- with `--wise-ft A`, also the weight average of the two (`genforge finetune average`, WiSE-FT, Wortsman
+  et al. 2022): (1 - A) x normal + A x adversarial, which can keep the normal model's clean accuracy and
+  much of the other's robustness at no inference cost.
 Each run is a child process that trains, scores the whole test split (clean accuracy) and runs
 `robustness eval` on a seeded sample of test texts. Printed per data set: clean test accuracy, accuracy
 and success rate under each attack, training time; then points recovered per attack, clean accuracy
@@ -103,15 +106,20 @@ def child(spec: dict) -> dict:
 
     from genforge.adversarial.config import RobustnessConfig
     from genforge.adversarial.robustness import robustness_eval
+    from genforge.finetune.average import average
     from genforge.finetune.classify import classify, evaluate_folder
-    from genforge.finetune.config import ClassifyConfig
+    from genforge.finetune.config import AverageConfig, ClassifyConfig
 
     torch.set_num_threads(spec["threads"])
     out = Path(spec["out"])
-    cfg = ClassifyConfig(model=Path(spec["base"]), data=Path(spec["data"]), val_data=Path(spec["val_data"]),
-                         out=out, **{k: Path(v) if k == "augment_model" else v for k, v in spec["train"].items()})
     t0 = time.perf_counter()
-    classify(cfg)
+    if "average" in spec:  # WiSE-FT: no training of its own
+        normal, robust, alpha = spec["average"]
+        average(AverageConfig(model=[Path(normal), Path(robust)], weight=[1 - alpha, alpha], out=out))
+    else:
+        classify(ClassifyConfig(model=Path(spec["base"]), data=Path(spec["data"]), val_data=Path(spec["val_data"]),
+                                out=out, **{k: Path(v) if k == "augment_model" else v
+                                            for k, v in spec["train"].items()}))
     seconds = time.perf_counter() - t0
     test = json.loads(Path(spec["test"]).read_text(encoding="utf-8"))
     clean = evaluate_folder(out, [(t, [y]) for t, y in test])["accuracy"]
@@ -170,14 +178,17 @@ def print_results(console: Any, name: str, results: dict[str, dict]) -> None:
                       *(f"{r['attacks'][a]['accuracy']:.4f}" for a in attacks),
                       *(f"{r['attacks'][a]['success_rate']:.4f}" for a in attacks), f"{r['train_seconds']:.1f}")
     console.print(table)
-    normal, robust = results.values()
-    for a in attacks:
-        gained = 100 * (robust["attacks"][a]["accuracy"] - normal["attacks"][a]["accuracy"])
-        goal = f" (goal +{GOALS[a]:.0f}: {'met' if gained >= GOALS[a] else 'not met'})" if a in GOALS else ""
-        console.print(f"  under {a}: {gained:+.1f} points of accuracy recovered{goal}")
-    lost = 100 * (normal["test_accuracy"] - robust["test_accuracy"])
-    console.print(f"  clean accuracy: {-lost:+.1f} points (goal: at most 1 point lost: {'met' if lost <= 1 else 'not met'})"
-                  f"; training time x{robust['train_seconds'] / normal['train_seconds']:.2f} (adversarial / normal)")
+    normal = results["normal"]
+    for run, robust in list(results.items())[1:]:
+        console.print(f"  {run} against normal:")
+        for a in attacks:
+            gained = 100 * (robust["attacks"][a]["accuracy"] - normal["attacks"][a]["accuracy"])
+            goal = f" (goal +{GOALS[a]:.0f}: {'met' if gained >= GOALS[a] else 'not met'})" if a in GOALS else ""
+            console.print(f"    under {a}: {gained:+.1f} points of accuracy recovered{goal}")
+        lost = 100 * (normal["test_accuracy"] - robust["test_accuracy"])
+        console.print(f"    clean accuracy: {-lost:+.1f} points (goal: at most 1 point lost: "
+                      f"{'met' if lost <= 1 else 'not met'}); training time "
+                      f"x{robust['train_seconds'] / normal['train_seconds']:.2f} (adversarial / normal)")
     if normal["example"]:
         console.print(f"  an adversarial example against the normal model: {normal['example']}")
 
@@ -205,9 +216,14 @@ def main() -> None:
     parser.add_argument("--from-normal-epochs", type=float, default=0.0,
                         help="adversarial fine-tuning: start the adversarial run from the normal model and train it "
                              "this many more epochs at half the learning rate (its cost then counts both runs)")
+    parser.add_argument("--wise-ft", type=float, default=0.0,
+                        help="also score the weight average (`finetune average`, WiSE-FT) of the normal and the "
+                             "adversarial model, this weight on the adversarial one (0 = off)")
     parser.add_argument("--keep", type=Path, help="keep the runs (models, logs, robustness reports) in this folder "
                                                   "instead of a temporary one")
     args = parser.parse_args()
+    if not 0 <= args.wise_ft <= 1:
+        parser.error(f"--wise-ft must be in [0, 1], got {args.wise_ft}")
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
@@ -243,9 +259,14 @@ def main() -> None:
                           f"attacks {', '.join(ATTACKS[name])} on {min(attack_cfg['max_examples'], len(test))} "
                           "test texts")
             results = {"normal": run_child({**common, "out": normal_out, "train": train_cfg})}
-            results[f"{args.method}+augment"] = run_child(robust)
+            adversarial = results[f"{args.method}+augment"] = run_child(robust)
+            own_cost = adversarial["train_seconds"]
             if args.from_normal_epochs:  # its model is the normal one trained further: it cost both runs
-                results[f"{args.method}+augment"]["train_seconds"] += results["normal"]["train_seconds"]
+                adversarial["train_seconds"] += results["normal"]["train_seconds"]
+            if args.wise_ft:  # the average of both models: it cost both runs, and nothing more
+                wise = results[f"wise-ft {args.wise_ft:g}"] = run_child(
+                    {**common, "out": f"{tmp}/{name}_wise", "average": [normal_out, robust["out"], args.wise_ft]})
+                wise["train_seconds"] += own_cost + results["normal"]["train_seconds"]
             print_results(console, name, results)
         console.print("references: TextFooler takes BERT on IMDB from 90.9% to 13.6% accuracy; FreeLB adds about "
                       "+1 point on GLUE")

@@ -178,7 +178,7 @@ class AdversarialObjective:
         adv = self.in_embedding_units(forward) if self.relative else self
         return METHODS[self.method](adv, forward, batch, scale)[0]
 
-    def in_embedding_units(self, model: Any) -> "AdversarialObjective":
+    def in_embedding_units(self, model: Any) -> AdversarialObjective:
         """A copy with absolute sizes: eps (and alpha, when it is a step size) times the mean token-embedding norm."""
         weight = getattr(input_embeddings(model), "weight", None)
         if not isinstance(weight, torch.Tensor):

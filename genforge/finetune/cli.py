@@ -1,8 +1,15 @@
-"""CLI registration: `genforge finetune classify|sft`, `genforge predict`, `genforge chat`, `genforge tune`."""
+"""CLI registration: `genforge finetune classify|sft|average`, `genforge predict`, `genforge chat`, `genforge tune`."""
 
 import typer
 
-from genforge.finetune.config import ChatConfig, ClassifyConfig, PredictConfig, SftConfig, TuneConfig
+from genforge.finetune.config import (
+    AverageConfig,
+    ChatConfig,
+    ClassifyConfig,
+    PredictConfig,
+    SftConfig,
+    TuneConfig,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +33,12 @@ def register(app: typer.Typer) -> None:
         examples=["genforge finetune sft --model runs/lm --data dialogues.jsonl --out runs/chat --epochs 2",
                   "genforge finetune sft --model runs/lm --data dialogues.jsonl --out runs/chat-lora "
                   "--lora-r 16 --lr 1e-3 --pack"])
+    add_stage_command(
+        group, "average", AverageConfig, run="genforge.finetune.average:average",
+        help="Average the weights of fine-tuned models of one architecture (WiSE-FT, model soups): e.g. a "
+             "normal and an adversarial classifier, for most of the robustness at the normal one's accuracy.",
+        examples=["genforge finetune average --model runs/cls --model runs/cls-adv --weight 0.5 --weight 0.5 "
+                  "--out runs/cls-wise"])
     add_stage_command(
         app, "predict", PredictConfig, run="genforge.finetune.predict:predict",
         help="Label texts with a fine-tuned classifier: prints label + probabilities, or writes JSONL.",

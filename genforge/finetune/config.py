@@ -1,4 +1,4 @@
-"""Configs of the fine-tuning commands: classify, sft, predict, chat, tune.
+"""Configs of the fine-tuning commands: classify, sft, average, predict, chat, tune.
 
 Light on purpose (no torch import): the CLI builds its flags from these dataclasses. Both training
 commands extend the engine's `TrainConfig` (so `--lr`, `--max-steps`, `--patience`, `--weight-decay`
@@ -114,6 +114,30 @@ class SftConfig(FinetuneConfig):
     train_on_prompt: bool = field(False, help="also learn the system/user tokens (default: assistant tokens only)")
     pack: bool = field(False, help="pack several short dialogues into one sequence (fewer pad tokens)")
     system: str | None = field(None, help="system message added to dialogues that have none")
+
+
+@dataclass(kw_only=True)
+class AverageConfig:
+    """Weight averaging of fine-tuned models of one architecture (WiSE-FT, model soups)."""
+
+    model: list[Path] = field(default_factory=list, help="a fine-tuned model folder (repeat: at least two; "
+                                                          "the first is the parent in the lineage)")
+    weight: list[float] = field(default_factory=list, help="weight of each --model, in order (repeat; "
+                                                           "normalised to sum 1; default: equal)")
+    out: Path = field(None, help="output folder: the averaged model, same files as the first --model")
+
+    def check(self) -> None:
+        if len(self.model) < 2:
+            raise ConfigError(f"give at least two models to average: --model A --model B (got {len(self.model)})")
+        if self.out is None:
+            raise ConfigError("give the output folder: --out DIR")
+        if self.weight and len(self.weight) != len(self.model):
+            raise ConfigError(f"give one --weight per --model: {len(self.weight)} weights for "
+                              f"{len(self.model)} models")
+        if any(w < 0 for w in self.weight) or (self.weight and sum(self.weight) <= 0):
+            raise ConfigError(f"--weight values must be >= 0 with a positive sum, got {self.weight}")
+        if any(Path(m).resolve() == Path(self.out).resolve() for m in self.model):
+            raise ConfigError("--out must not be one of the --model folders")
 
 
 @dataclass(kw_only=True)

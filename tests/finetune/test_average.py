@@ -1,0 +1,101 @@
+"""Weight averaging (WiSE-FT, model soups): exact averages, a loadable classifier with lineage, clear refusals."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from genforge.artifacts import read_manifest
+from genforge.cli import app
+from genforge.errors import ArtifactError, ConfigError
+from genforge.finetune.average import average
+from genforge.finetune.classifier import load_classifier, predict_probs
+from genforge.finetune.classify import classify
+from genforge.finetune.config import AverageConfig, ClassifyConfig
+
+TEXTS = ["good news 3", "bad news 7", "mixed news today"]
+
+
+@pytest.fixture(scope="module")
+def second_run(classifier_dir, tmp_path_factory):
+    """Another fine-tuning of the same base as `classifier_dir` (other seed, more steps)."""
+    root = classifier_dir.parent
+    return classify(ClassifyConfig(model=root / "bert", data=root / "data.csv", out=tmp_path_factory.mktemp("b") / "run",
+                                   max_steps=4, batch_size=8, seq_len=32, warmup_steps=1, eval_every=2, log_every=1,
+                                   bf16=False, seed=7, lr=3e-3))
+
+
+def probs_of(folder):
+    model, tokenizer, _ = load_classifier(folder)
+    return predict_probs(model, tokenizer, TEXTS, seq_len=32, multi_label=False)
+
+
+def test_weighted_average_is_exact_and_loads_as_a_classifier(tmp_path, classifier_dir, second_run):
+    out = average(AverageConfig(model=[classifier_dir, second_run], weight=[1.0, 3.0], out=tmp_path / "avg"))
+    a, b, got = (load_file(str(f / "model.safetensors")) for f in (classifier_dir, second_run, out))
+    assert got.keys() == a.keys()
+    changed = 0
+    for key, value in got.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.25 * a[key] + 0.75 * b[key], rtol=1e-6, atol=1e-7, msg=key)
+            changed += not torch.equal(a[key], b[key])
+        else:
+            assert torch.equal(value, a[key])
+    assert changed > 0  # the two runs really differ
+    manifest = read_manifest(out, "finetune.average")
+    assert manifest["parent"] == read_manifest(classifier_dir)
+    assert [i["weight"] for i in manifest["ingredients"]] == [0.25, 0.75]
+    assert "val_accuracy" in manifest["ingredients"][1]["metrics"]
+    assert "0.75" in (out / "README.md").read_text() and (out / "classifier.json").is_file()
+    assert not (out / "checkpoints").exists() and not (out / "logs").exists()
+    probs = probs_of(out)
+    assert probs.shape == (3, 2) and not np.allclose(probs, probs_of(classifier_dir), atol=1e-6)
+
+
+def test_weight_one_gives_back_the_model(tmp_path, classifier_dir, second_run):
+    out = average(AverageConfig(model=[classifier_dir, second_run], weight=[1.0, 0.0], out=tmp_path / "same"))
+    assert probs_of(out) == pytest.approx(probs_of(classifier_dir), abs=1e-6)
+
+
+def test_refuses_what_cannot_be_averaged(tmp_path, classifier_dir, llama_dir):
+    with pytest.raises(ArtifactError, match="no \\*.safetensors|weight files|config.json differs"):
+        average(AverageConfig(model=[classifier_dir, llama_dir], out=tmp_path / "x"))
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(classifier_dir, relabelled)
+    info = json.loads((relabelled / "classifier.json").read_text())
+    (relabelled / "classifier.json").write_text(json.dumps(info | {"labels": ["bad", "good"]}))
+    with pytest.raises(ArtifactError, match="classifier.json differs"):
+        average(AverageConfig(model=[classifier_dir, relabelled], out=tmp_path / "y"))
+    adapter = tmp_path / "adapter"
+    shutil.copytree(classifier_dir, adapter)
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="LoRA adapter"):
+        average(AverageConfig(model=[classifier_dir, adapter], out=tmp_path / "z"))
+    with pytest.raises(ArtifactError, match="does not exist"):
+        average(AverageConfig(model=[classifier_dir, tmp_path / "nowhere"], out=tmp_path / "w"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"model": ["a"]}, "at least two models"),
+    ({"model": ["a", "b"], "weight": [1.0]}, "one --weight per --model"),
+    ({"model": ["a", "b"], "weight": [1.0, -1.0]}, "must be >= 0"),
+    ({"model": ["a", "b"], "weight": [0.0, 0.0]}, "positive sum"),
+    ({"model": ["a", "out"]}, "must not be one of"),
+])
+def test_bad_settings(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        AverageConfig(out="out", **kwargs).check()
+
+
+def test_cli(tmp_path, classifier_dir, second_run):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["finetune", "average", "--model", str(classifier_dir), "--model", str(second_run),
+                             "--out", str(tmp_path / "soup")])
+    assert ok.exit_code == 0, ok.output
+    assert read_manifest(tmp_path / "soup")["ingredients"][0]["weight"] == 0.5
+    bad = runner.invoke(app, ["finetune", "average", "--model", str(classifier_dir), "--out", str(tmp_path / "o")])
+    assert bad.exit_code != 0 and "at least two models" in bad.output and "Traceback" not in bad.output
