@@ -36,7 +36,9 @@ from genforge.finetune.config import AverageConfig
 from genforge.models.load import ADAPTER_CONFIG, COMPRESSION
 
 NOT_COPIED = {MANIFEST, "config.yaml", "README.md"}  # written anew for the average
-MUST_MATCH = ("config.json", "classifier.json")  # architecture and labels
+# What must agree (architecture, labels, head); provenance such as the base model's path may differ:
+# a model fine-tuned further from another is a fine ingredient (WiSE-FT of adversarial fine-tuning).
+MUST_MATCH = {"config.json": None, "classifier.json": ("head", "labels", "multi_label", "decoder")}
 
 
 def weights_of(cfg: AverageConfig) -> list[float]:
@@ -60,22 +62,25 @@ def check_ingredients(folders: list[Path]) -> list[str]:
         if names is not None and found != names:
             raise ArtifactError(f"{folder} has weight files {found}, {folders[0]} has {names}: not the same model")
         names = found
-        for name in MUST_MATCH:
-            mine, first = read_json(folder / name), read_json(folders[0] / name)
+        for name, keys in MUST_MATCH.items():
+            mine, first = read_json(folder / name, keys), read_json(folders[0] / name, keys)
             if mine != first:
                 raise ArtifactError(f"{folder}/{name} differs from {folders[0]}/{name}: only models of one "
                                     "architecture and label set can be averaged")
     return names
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path, keys: tuple[str, ...] | None) -> Any:
+    """The JSON object at `path` restricted to `keys` (None: all but `_name_or_path`); None if absent."""
     if not path.is_file():
         return None
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path} is corrupt: {e}") from None
-    return {k: v for k, v in found.items() if k != "_name_or_path"} if isinstance(found, dict) else found
+    if not isinstance(found, dict):
+        return found
+    return {k: v for k, v in found.items() if (k in keys if keys else k != "_name_or_path")}
 
 
 def average_file(paths: list[Path], weights: list[float]) -> dict[str, torch.Tensor]:

@@ -57,7 +57,12 @@ def test_weighted_average_is_exact_and_loads_as_a_classifier(tmp_path, classifie
 
 
 def test_weight_one_gives_back_the_model(tmp_path, classifier_dir, second_run):
-    out = average(AverageConfig(model=[classifier_dir, second_run], weight=[1.0, 0.0], out=tmp_path / "same"))
+    """... also when the other model was fine-tuned from another base folder (provenance may differ)."""
+    further = tmp_path / "further"
+    shutil.copytree(second_run, further)
+    info = json.loads((further / "classifier.json").read_text())
+    (further / "classifier.json").write_text(json.dumps(info | {"base_model": str(classifier_dir), "seq_len": 64}))
+    out = average(AverageConfig(model=[classifier_dir, further], weight=[1.0, 0.0], out=tmp_path / "same"))
     assert probs_of(out) == pytest.approx(probs_of(classifier_dir), abs=1e-6)
 
 
