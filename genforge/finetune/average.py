@@ -115,6 +115,8 @@ def average(cfg: AverageConfig) -> Path:
     names = check_ingredients(folders)
     weights = weights_of(cfg)
     started = begin_output(cfg.out)
+    for stale in cfg.out.glob("*.safetensors"):  # a rerun into a folder that held another model
+        stale.unlink()
     for item in folders[0].iterdir():
         if item.is_file() and item.suffix != ".safetensors" and item.name not in NOT_COPIED:
             shutil.copyfile(item, cfg.out / item.name)
