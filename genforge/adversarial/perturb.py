@@ -267,4 +267,4 @@ def wrap_adversarial(objective: Any, cfg: Any) -> Any:
     if method not in METHODS:
         raise ConfigError(f"--adversarial must be one of none, {', '.join(METHODS)}; got {method!r}")
     return AdversarialObjective(objective, method, cfg.adv_epsilon, cfg.adv_alpha, cfg.adv_steps,
-                                getattr(cfg, "adv_relative", False))
+                                cfg.adv_relative)

@@ -49,6 +49,7 @@ def weights_of(cfg: AverageConfig) -> list[float]:
 def check_ingredients(folders: list[Path]) -> list[str]:
     """The names of the weight files every folder has; refuses what cannot be averaged, naming the problem."""
     names = None
+    expected = {name: read_json(folders[0] / name, keys) for name, keys in MUST_MATCH.items()}
     for folder in folders:
         if not folder.is_dir():
             raise ArtifactError(f"model folder {folder} does not exist")
@@ -63,8 +64,7 @@ def check_ingredients(folders: list[Path]) -> list[str]:
             raise ArtifactError(f"{folder} has weight files {found}, {folders[0]} has {names}: not the same model")
         names = found
         for name, keys in MUST_MATCH.items():
-            mine, first = read_json(folder / name, keys), read_json(folders[0] / name, keys)
-            if mine != first:
+            if read_json(folder / name, keys) != expected[name]:
                 raise ArtifactError(f"{folder}/{name} differs from {folders[0]}/{name}: only models of one "
                                     "architecture and label set can be averaged")
     return names
