@@ -10,7 +10,7 @@ Data (../shared/data, splits as its README says: hash buckets 0-7 train, 8 valid
 Per data set, two runs from the same base model for the same number of epochs:
 - normal: `finetune classify`;
 - adversarial: the same plus `--adversarial freelb --adv-steps 2` and `--augment-attack` with the data
-  set's attacks (model-free attacked copies of `--augment-ratio` of the training texts per attack;
+  set's attacks (model-free attacked copies, `--augment-ratio` per training text and attack;
   `--augment-from-normal`: copies made by attacking the normal model). With `--from-normal-epochs E` the
   adversarial run is adversarial fine-tuning instead: it starts from the normal model and trains E more
   epochs at half the learning rate, and its training time counts both runs.
@@ -209,7 +209,8 @@ def main() -> None:
                         help="epsilon and alpha in units of the model's mean token-embedding norm (`--adv-relative`)")
     parser.add_argument("--head", choices=HEADS, default="linear",
                         help="classification head of both runs (`finetune classify --head`)")
-    parser.add_argument("--augment-ratio", type=float, default=0.5, help="share of training texts copied per attack")
+    parser.add_argument("--augment-ratio", type=float, default=0.5,
+                        help="attacked copies per training text and attack (`--augment-ratio`)")
     parser.add_argument("--augment-from-normal", action="store_true",
                         help="make the copies by attacking the normal model (real adversarial examples; slower) "
                              "instead of random edits")

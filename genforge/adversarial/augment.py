@@ -1,9 +1,11 @@
 """Adversarial data augmentation for `finetune classify`: attacked copies of training texts, same labels.
 
-Per `--augment-attack` recipe, a seeded `--augment-ratio` share of the training examples gets one copy.
-Without `--augment-model` a copy is model-free: the recipe's edits applied at random to a fifth of the
-text's units (synonym copies whose sentence embedding drifts below the attacks' similarity threshold
-are dropped). With `--augment-model DIR`, a classifier trained on the same task (typically a first run),
+Per `--augment-attack` recipe, `--augment-ratio` R copies per training example: R = 0.5 gives a seeded
+half of them one copy, R = 2.5 gives every example two and a seeded half a third. Copy k of a text is
+drawn with seed `--seed` + k, so the copies of one text differ (other typos, other positions). Without
+`--augment-model` a copy is model-free: the recipe's edits applied at random to a fifth of the text's
+units (synonym copies whose sentence embedding drifts below the attacks' similarity threshold are
+dropped). With `--augment-model DIR`, a classifier trained on the same task (typically a first run),
 the copies are real adversarial examples, the greedy attack against that model (its best attempt when
 no flip is found), as in the adversarial-training experiments of TextFooler and DeepWordBug. Validation
 data is never augmented.
@@ -33,6 +35,14 @@ def drop_dissimilar(recipe: Recipe, budget: Budget, pairs: list[tuple[Example, E
     return [copy for (_, copy), s in zip(pairs, sims.tolist(), strict=True) if s >= budget.min_similarity]
 
 
+def copy_jobs(n: int, ratio: float, seed: int) -> list[tuple[int, int]]:
+    """(copy number k, example index) pairs: `int(ratio)` copies of every example, then the fractional part
+    as a seeded sample of examples (the same sample as ratio <= 1 draws, for the same seed)."""
+    whole, rest = int(ratio), ratio - int(ratio)
+    jobs = [(k, i) for k in range(whole) for i in range(n)]
+    return jobs + [(whole, i) for i in sorted(random.Random(f"augment:{seed}").sample(range(n), round(rest * n)))]
+
+
 def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
     """`examples` plus attacked copies as `cfg` (a ClassifyConfig) asks; unchanged without --augment-attack."""
     if not cfg.augment_attack:
@@ -41,9 +51,7 @@ def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
     from genforge.finetune.model import load_tokenizer
     from genforge.finetune.run import device
 
-    budget = Budget(seed=cfg.seed)
-    chosen = sorted(random.Random(f"augment:{cfg.seed}").sample(range(len(examples)),
-                                                                  round(cfg.augment_ratio * len(examples))))
+    jobs = copy_jobs(len(examples), cfg.augment_ratio, cfg.seed)
     victim, labels = None, []
     if cfg.augment_model is not None:
         model, tokenizer, info = load_classifier(cfg.augment_model)
@@ -54,10 +62,11 @@ def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
     tokenizer = load_tokenizer(cfg.model)
     copies: list[Example] = []
     for name in dict.fromkeys(cfg.augment_attack):
-        recipe = build_recipe(name, budget, tokenizer=tokenizer, encoder=default_encoder())
+        recipe = build_recipe(name, Budget(seed=cfg.seed), tokenizer=tokenizer, encoder=default_encoder())
         pairs = []
-        for i in tqdm(chosen, desc=f"augment {name}", unit="text", dynamic_ncols=True):
+        for k, i in tqdm(jobs, desc=f"augment {name}", unit="text", dynamic_ncols=True):
             text, labs = examples[i]
+            budget = Budget(seed=cfg.seed + k)
             if victim is not None and (result := attack_example(text, labels.index(labs[0]), victim, recipe,
                                                                 budget)).status != "skipped":
                 new = result.adversarial
@@ -65,5 +74,5 @@ def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
                 new = random_edit(text, recipe, budget)
             if new != text:
                 pairs.append(((text, labs), (new, labs)))
-        copies += drop_dissimilar(recipe, budget, pairs)
+        copies += drop_dissimilar(recipe, Budget(seed=cfg.seed), pairs)
     return examples + copies

@@ -17,6 +17,7 @@ from genforge.errors import ConfigError
 from genforge.train.config import TrainConfig
 
 HEADS = ("linear", "lstm", "transformer", "mean")
+MAX_COPIES = 20  # attacked copies per training text and recipe: more only multiplies the training time
 
 
 @dataclass(kw_only=True)
@@ -89,7 +90,8 @@ class ClassifyConfig(FinetuneConfig):
     augment_attack: list[str] = field(default_factory=list, choices=ATTACKS,
                                       help="add attacked copies of training texts made by this attack recipe "
                                            "(repeatable; see `genforge robustness eval`)")
-    augment_ratio: float = field(0.5, help="share of the training texts that get an attacked copy, per recipe")
+    augment_ratio: float = field(0.5, help="attacked copies per training text, per recipe: 0.5 = half the texts "
+                                           "get one, 3 = every text gets three (differently seeded)")
     augment_model: Path | None = field(None, help="make the copies by attacking this classifier (e.g. a first "
                                                   "run on the same data); default: random edits of the recipe")
 
@@ -97,8 +99,8 @@ class ClassifyConfig(FinetuneConfig):
         super().check()
         if self.multi_label and not self.label_sep:
             raise ConfigError("--label-sep must not be empty")
-        if not 0 < self.augment_ratio <= 1:
-            raise ConfigError(f"--augment-ratio must be in (0, 1], got {self.augment_ratio}")
+        if not 0 < self.augment_ratio <= MAX_COPIES:
+            raise ConfigError(f"--augment-ratio must be in (0, {MAX_COPIES}], got {self.augment_ratio}")
         if self.augment_model is not None and (not self.augment_attack or self.multi_label):
             raise ConfigError("--augment-model needs --augment-attack RECIPE and a single-label task")
 

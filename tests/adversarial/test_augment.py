@@ -7,7 +7,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from genforge.adversarial.augment import augment_examples
+from genforge.adversarial.augment import augment_examples, copy_jobs
 from genforge.adversarial.transforms import edit_distance
 from genforge.artifacts import read_manifest
 from genforge.cli import app
@@ -38,6 +38,18 @@ def test_random_copies(tmp_path, bert_dir, sentiment_csv):
     assert augment_examples(examples, tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path / "y")) is examples
 
 
+def test_several_copies_per_text_differ(tmp_path, bert_dir, sentiment_csv):
+    examples = read_labelled(sentiment_csv, "text", "label")
+    cfg = tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path, augment_attack=["charswap"], augment_ratio=2.5)
+    copies = augment_examples(examples, cfg)[60:]
+    assert len(copies) == 2 * 60 + 30
+    first, second = copies[:60], copies[60:120]  # copy 0 and copy 1 of every text, in data order
+    assert all(a[1] == b[1] == e[1] for a, b, e in zip(first, second, examples, strict=True))
+    assert sum(a[0] != b[0] for a, b in zip(first, second, strict=True)) > 50  # other seeds, other typos
+    jobs, half = copy_jobs(60, 2.5, seed=3), copy_jobs(60, 0.5, seed=3)
+    assert [i for k, i in jobs if k == 2] == [i for _, i in half] and {k for k, _ in half} == {0}
+
+
 def test_copies_attacked_against_a_model(tmp_path, bert_dir, classifier_dir, sentiment_csv):
     examples = read_labelled(sentiment_csv, "text", "label")[:12]
     cfg = tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path / "x", augment_attack=["charswap"],
@@ -53,6 +65,8 @@ def test_classify_with_freelb_and_augmentation(tmp_path, bert_dir, sentiment_csv
                             adv_steps=2, augment_attack=["charswap"], augment_ratio=0.5))
     metrics = read_manifest(out, "finetune")["metrics"]
     assert metrics["train_examples"] == read_manifest(plain)["metrics"]["train_examples"] * 3 // 2
+    copies = [json.loads(line) for line in (out / "logs" / "augmented.jsonl").read_text().splitlines()]
+    assert len(copies) == metrics["train_examples"] // 3 and {"text", "label"} <= copies[0].keys()
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["adversarial"] == "freelb" and config["augment_attack"] == ["charswap"]
     # the saved weights are a plain classifier's: same tensors, nothing of the perturbation
@@ -74,7 +88,7 @@ def test_cli_flags_and_errors(tmp_path, bert_dir, sentiment_csv):
     assert config["adversarial"] == "fgm" and config["adv_epsilon"] == 0.5 and config["augment_ratio"] == 0.2
     for args, message in [(["--adversarial", "smart"], "must be one of none, fgm, pgd, freelb, vat"),
                           (["--adv-steps", 0], "--adv-steps must be positive"),
-                          (["--augment-attack", "charswap", "--augment-ratio", 2], "--augment-ratio must be in (0, 1]"),
+                          (["--augment-attack", "charswap", "--augment-ratio", 21], "--augment-ratio must be in (0, 20]"),
                           (["--augment-model", tmp_path], "--augment-model needs --augment-attack")]:
         result = run("--out", tmp_path / "bad", *args)
         assert result.exit_code == 2 and message in result.output, result.output
