@@ -13,6 +13,7 @@ data is never augmented.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -51,7 +52,7 @@ def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
     from genforge.finetune.model import load_tokenizer
     from genforge.finetune.run import device
 
-    jobs = copy_jobs(len(examples), cfg.augment_ratio, cfg.seed)
+    jobs, base = copy_jobs(len(examples), cfg.augment_ratio, cfg.seed), Budget(seed=cfg.seed)
     victim, labels = None, []
     if cfg.augment_model is not None:
         model, tokenizer, info = load_classifier(cfg.augment_model)
@@ -62,11 +63,11 @@ def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
     tokenizer = load_tokenizer(cfg.model)
     copies: list[Example] = []
     for name in dict.fromkeys(cfg.augment_attack):
-        recipe = build_recipe(name, Budget(seed=cfg.seed), tokenizer=tokenizer, encoder=default_encoder())
+        recipe = build_recipe(name, base, tokenizer=tokenizer, encoder=default_encoder())
         pairs = []
         for k, i in tqdm(jobs, desc=f"augment {name}", unit="text", dynamic_ncols=True):
             text, labs = examples[i]
-            budget = Budget(seed=cfg.seed + k)
+            budget = dataclasses.replace(base, seed=cfg.seed + k)
             if victim is not None and (result := attack_example(text, labels.index(labs[0]), victim, recipe,
                                                                 budget)).status != "skipped":
                 new = result.adversarial
@@ -74,5 +75,5 @@ def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
                 new = random_edit(text, recipe, budget)
             if new != text:
                 pairs.append(((text, labs), (new, labs)))
-        copies += drop_dissimilar(recipe, Budget(seed=cfg.seed), pairs)
+        copies += drop_dissimilar(recipe, base, pairs)
     return examples + copies

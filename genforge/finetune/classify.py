@@ -125,7 +125,7 @@ def classify(cfg: ClassifyConfig) -> Path:
     decoder = is_decoder(base_config)
     train_set, val_set, labels = load_data(cfg)
     copies = augment_examples(train_set, cfg)[len(train_set):]
-    train_set += copies
+    train_set = train_set + copies
     tokenizer = load_tokenizer(cfg.model)
     started = prepare_output(cfg)
     if copies:  # what the model trained on beside the data, for a person to read or a later run to reuse
