@@ -10,7 +10,6 @@ manifest (stage "robustness", parent: the classifier's manifest), written last.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from pathlib import Path
@@ -22,7 +21,15 @@ from tqdm.auto import tqdm
 from genforge.adversarial.attacks import AttackResult, Budget, Victim, attack_example, build_recipe
 from genforge.adversarial.config import RobustnessConfig
 from genforge.adversarial.neighbours import default_encoder
-from genforge.artifacts import MANIFEST, atomic_open, begin_output, read_manifest, write_json, write_manifest
+from genforge.artifacts import (
+    MANIFEST,
+    atomic_open,
+    begin_output,
+    read_manifest,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from genforge.errors import ConfigError, DataError
 
 REPORT = "report.json"
@@ -129,11 +136,9 @@ def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
         results = [attack_example(text, label, victim, recipe, budget)
                    for text, label in tqdm(examples, desc=name, unit="text", dynamic_ncols=True)]
         report["attacks"][name] = summarize(results, info["labels"], time.perf_counter() - t0)
-        with atomic_open(cfg.out / f"adversarial_{name}.jsonl") as f:
-            for r in results:
-                row = dataclasses.asdict(r) | {"label": info["labels"][r.label],
-                                               "prediction": info["labels"][r.prediction]}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(cfg.out / f"adversarial_{name}.jsonl",
+                    (dataclasses.asdict(r) | {"label": info["labels"][r.label],
+                                              "prediction": info["labels"][r.prediction]} for r in results))
     write_json(cfg.out / REPORT, report)
     plot(report, cfg.out / FIGURE)
     print_table(report)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from genforge.adversarial.augment import augment_examples
 from genforge.adversarial.perturb import wrap_adversarial
-from genforge.artifacts import MANIFEST, atomic_open, read_manifest, write_json, write_manifest
+from genforge.artifacts import MANIFEST, read_manifest, write_json, write_jsonl, write_manifest
 from genforge.errors import DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
 from genforge.finetune.card import write_card
@@ -129,10 +128,8 @@ def classify(cfg: ClassifyConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     started = prepare_output(cfg)
     if copies:  # what the model trained on beside the data, for a person to read or a later run to reuse
-        with atomic_open(cfg.out / "logs" / "augmented.jsonl") as f:
-            for text, labs in copies:
-                row = {cfg.text_field: text, cfg.label_field: cfg.label_sep.join(labs)}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(cfg.out / "logs" / "augmented.jsonl",
+                    ({cfg.text_field: text, cfg.label_field: cfg.label_sep.join(labs)} for text, labs in copies))
     if cfg.epochs:
         cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_set), cfg.batch_size, cfg.grad_accum))
 

@@ -7,12 +7,11 @@ give `label` as the list of labels whose probability exceeds `--threshold`.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from genforge.artifacts import atomic_open
+from genforge.artifacts import write_jsonl
 from genforge.errors import DataError
 from genforge.finetune.classifier import load_classifier, predict_probs
 from genforge.finetune.config import PredictConfig
@@ -57,9 +56,7 @@ def predict(cfg: PredictConfig) -> list[dict[str, Any]]:
                               batch_size=cfg.batch_size, progress=bar.update)
     rows = label_rows(texts, probs, info["labels"], info["multi_label"], cfg.threshold)
     if cfg.out is not None:
-        with atomic_open(cfg.out) as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(cfg.out, rows)
         typer.echo(f"wrote {len(rows)} predictions to {cfg.out}", err=True)
     else:
         for row in rows:

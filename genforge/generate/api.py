@@ -170,7 +170,7 @@ def generate_from_config(cfg: GenerateConfig) -> list[dict[str, Any]]:
     import typer
     from tqdm import tqdm
 
-    from genforge.artifacts import atomic_open
+    from genforge.artifacts import write_jsonl
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -199,8 +199,6 @@ def generate_from_config(cfg: GenerateConfig) -> list[dict[str, Any]]:
         _summary(completions, time.perf_counter() - started, decoder)
     records = [asdict(c) for c in completions]
     if cfg.out is not None:
-        with atomic_open(cfg.out) as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        write_jsonl(cfg.out, records)
         typer.echo(f"wrote {len(records)} completions to {cfg.out}", err=True)
     return records

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from genforge.artifacts import atomic_open, begin_output, sha256_file, write_manifest
+from genforge.artifacts import begin_output, sha256_file, write_jsonl, write_manifest
 from genforge.serve.config import FeedbackExportConfig, default_db_url
 from genforge.serve.db import Feedback, StoredResponse, connect
 
@@ -68,12 +68,6 @@ def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict]
     return sft, prefs
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with atomic_open(path) as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
     """Write DIR/sft.jsonl, DIR/preference.jsonl and the manifest; returns the counts."""
     import typer
@@ -84,8 +78,8 @@ def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
     rows = _rows(engine, cfg.model)
     sft, prefs = build(rows)
     out = Path(cfg.out)
-    _write_jsonl(out / "sft.jsonl", sft)
-    _write_jsonl(out / "preference.jsonl", prefs)
+    write_jsonl(out / "sft.jsonl", sft)
+    write_jsonl(out / "preference.jsonl", prefs)
     counts = {"responses": len(rows), "feedback": sum(len(f) for _, f in rows), "sft": len(sft),
               "preference": len(prefs)}
     write_manifest(out, "feedback.export", cfg, started=started, metrics=counts,
