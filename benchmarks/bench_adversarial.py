@@ -11,9 +11,10 @@ Per data set, two runs from the same base model for the same number of epochs:
 - normal: `finetune classify`;
 - adversarial: the same plus `--adversarial freelb --adv-steps 2` and `--augment-attack` with the data
   set's attacks (model-free attacked copies, `--augment-ratio` per training text and attack;
-  `--augment-from-normal`: copies made by attacking the normal model). With `--from-normal-epochs E` the
-  adversarial run is adversarial fine-tuning instead: it starts from the normal model and trains E more
-  epochs at half the learning rate, and its training time counts both runs.
+  `--augment-from-normal`: copies made by attacking the normal model, plus `--augment-random-ratio` random
+  ones). With `--from-normal-epochs E` the adversarial run is adversarial fine-tuning instead: it starts
+  from the normal model and trains E more epochs at half the learning rate, and its training time counts
+  both runs.
 - with `--wise-ft A`, also the weight average of the two (`genforge finetune average`, WiSE-FT, Wortsman
   et al. 2022): (1 - A) x normal + A x adversarial, which can keep the normal model's clean accuracy and
   much of the other's robustness at no inference cost.
@@ -214,6 +215,9 @@ def main() -> None:
     parser.add_argument("--augment-from-normal", action="store_true",
                         help="make the copies by attacking the normal model (real adversarial examples; slower) "
                              "instead of random edits")
+    parser.add_argument("--augment-random-ratio", type=float, default=0.0,
+                        help="with --augment-from-normal: also this many random-edit copies per training text and "
+                             "attack (`--augment-random-ratio`)")
     parser.add_argument("--from-normal-epochs", type=float, default=0.0,
                         help="adversarial fine-tuning: start the adversarial run from the normal model and train it "
                              "this many more epochs at half the learning rate (its cost then counts both runs)")
@@ -225,6 +229,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.wise_ft <= 1:
         parser.error(f"--wise-ft must be in [0, 1], got {args.wise_ft}")
+    if args.augment_random_ratio and not args.augment_from_normal:
+        parser.error("--augment-random-ratio needs --augment-from-normal (without it every copy is random)")
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
@@ -251,7 +257,7 @@ def main() -> None:
                                       "augment_attack": ATTACKS[name],
                                       "augment_ratio": args.augment_ratio}
             if args.augment_from_normal:
-                robust_cfg["augment_model"] = normal_out
+                robust_cfg |= {"augment_model": normal_out, "augment_random_ratio": args.augment_random_ratio}
             robust = {**common, "out": f"{tmp}/{name}_robust", "train": robust_cfg}
             if args.from_normal_epochs:
                 robust["base"] = normal_out

@@ -7,8 +7,11 @@ drawn with seed `--seed` + k, so the copies of one text differ (other typos, oth
 units (synonym copies whose sentence embedding drifts below the attacks' similarity threshold are
 dropped). With `--augment-model DIR`, a classifier trained on the same task (typically a first run),
 the copies are real adversarial examples, the greedy attack against that model (its best attempt when
-no flip is found), as in the adversarial-training experiments of TextFooler and DeepWordBug. Validation
-data is never augmented.
+no flip is found), as in the adversarial-training experiments of TextFooler and DeepWordBug; then
+`--augment-random-ratio` adds random-edit copies beside them (an attack's edits depend on the label it
+flips: romanising syllables is what flips positive Chinese reviews, so attacked copies alone teach
+"Latin syllables = positive"; random copies of both classes break that link). Validation data is never
+augmented.
 """
 
 from __future__ import annotations
@@ -52,24 +55,26 @@ def augment_examples(examples: list[Example], cfg: Any) -> list[Example]:
     from genforge.finetune.model import load_tokenizer
     from genforge.finetune.run import device
 
-    jobs, base = copy_jobs(len(examples), cfg.augment_ratio, cfg.seed), Budget(seed=cfg.seed)
-    victim, labels = None, []
+    base, victim, labels = Budget(seed=cfg.seed), None, []
     if cfg.augment_model is not None:
         model, tokenizer, info = load_classifier(cfg.augment_model)
         victim, labels = Victim(model.to(device()), tokenizer, info["seq_len"]), info["labels"]
         unknown = sorted({labs[0] for _, labs in examples} - set(labels))
         if unknown:
             raise DataError(f"--augment-model {cfg.augment_model} does not know the labels {unknown[:5]}")
+    # (copy number, example index, attack the model?): the model's copies, then --augment-random-ratio's
+    jobs = [(k, i, victim is not None) for k, i in copy_jobs(len(examples), cfg.augment_ratio, cfg.seed)]
+    jobs += [(k, i, False) for k, i in copy_jobs(len(examples), cfg.augment_random_ratio, cfg.seed)]
     tokenizer = load_tokenizer(cfg.model)
     copies: list[Example] = []
     for name in dict.fromkeys(cfg.augment_attack):
         recipe = build_recipe(name, base, tokenizer=tokenizer, encoder=default_encoder())
         pairs = []
-        for k, i in tqdm(jobs, desc=f"augment {name}", unit="text", dynamic_ncols=True):
+        for k, i, attacked in tqdm(jobs, desc=f"augment {name}", unit="text", dynamic_ncols=True):
             text, labs = examples[i]
             budget = dataclasses.replace(base, seed=cfg.seed + k)
-            if victim is not None and (result := attack_example(text, labels.index(labs[0]), victim, recipe,
-                                                                budget)).status != "skipped":
+            if attacked and (result := attack_example(text, labels.index(labs[0]), victim, recipe,
+                                                      budget)).status != "skipped":
                 new = result.adversarial
             else:  # no model, or it already gets this text wrong: a random edit
                 new = random_edit(text, recipe, budget)

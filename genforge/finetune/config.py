@@ -94,6 +94,9 @@ class ClassifyConfig(FinetuneConfig):
                                            "get one, 3 = every text gets three (differently seeded)")
     augment_model: Path | None = field(None, help="make the copies by attacking this classifier (e.g. a first "
                                                   "run on the same data); default: random edits of the recipe")
+    augment_random_ratio: float = field(0.0, help="with --augment-model: also this many random-edit copies per "
+                                                  "text and recipe, so an edit the attack makes mostly to one "
+                                                  "class is not learnt as a sign of that class")
 
     def check(self) -> None:
         super().check()
@@ -103,6 +106,11 @@ class ClassifyConfig(FinetuneConfig):
             raise ConfigError(f"--augment-ratio must be in (0, {MAX_COPIES}], got {self.augment_ratio}")
         if self.augment_model is not None and (not self.augment_attack or self.multi_label):
             raise ConfigError("--augment-model needs --augment-attack RECIPE and a single-label task")
+        if not 0 <= self.augment_random_ratio <= MAX_COPIES:
+            raise ConfigError(f"--augment-random-ratio must be in [0, {MAX_COPIES}], got {self.augment_random_ratio}")
+        if self.augment_random_ratio and self.augment_model is None:
+            raise ConfigError("--augment-random-ratio adds random copies beside --augment-model's attacked ones; "
+                              "without a model every copy is random: use --augment-ratio")
 
 
 @dataclass(kw_only=True)

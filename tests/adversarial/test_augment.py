@@ -1,5 +1,6 @@
 """Adversarial data augmentation and adversarial training through `finetune classify` (API and CLI)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -57,6 +58,9 @@ def test_copies_attacked_against_a_model(tmp_path, bert_dir, classifier_dir, sen
     copies = augment_examples(examples, cfg)[12:]
     assert 0 < len(copies) <= 12 and all(c[0] not in {t for t, _ in examples} for c in copies)
     assert copies == augment_examples(examples, cfg)[12:]
+    mixed = augment_examples(examples, dataclasses.replace(cfg, augment_random_ratio=2.0))[12:]
+    model_free = augment_examples(examples, dataclasses.replace(cfg, augment_model=None, augment_ratio=2.0))[12:]
+    assert mixed == copies + model_free  # the attacked copies, then the random ones of the same seeds
 
 
 def test_classify_with_freelb_and_augmentation(tmp_path, bert_dir, sentiment_csv):
@@ -89,7 +93,11 @@ def test_cli_flags_and_errors(tmp_path, bert_dir, sentiment_csv):
     for args, message in [(["--adversarial", "smart"], "must be one of none, fgm, pgd, freelb, vat"),
                           (["--adv-steps", 0], "--adv-steps must be positive"),
                           (["--augment-attack", "charswap", "--augment-ratio", 21], "--augment-ratio must be in (0, 20]"),
-                          (["--augment-model", tmp_path], "--augment-model needs --augment-attack")]:
+                          (["--augment-model", tmp_path], "--augment-model needs --augment-attack"),
+                          (["--augment-attack", "charswap", "--augment-random-ratio", 1],
+                           "without a model every copy is random"),
+                          (["--augment-attack", "charswap", "--augment-model", tmp_path, "--augment-random-ratio", -1],
+                           "--augment-random-ratio must be in [0, 20]")]:
         result = run("--out", tmp_path / "bad", *args)
         assert result.exit_code == 2 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
