@@ -87,7 +87,8 @@ class PackConfig:
     """`genforge data pack`: train/val.jsonl -> flat token files train.bin/val.bin (+ pack.json)."""
 
     data: Path = field(Path("data"), help="prepared data folder; train.bin, val.bin and pack.json are added to it")
-    tokenizer: Path = field(Path("tokenizer"), help="tokenizer folder (output of `genforge tokenizer train`)")
+    tokenizer: Path = field(Path("tokenizer"), help="tokenizer folder: `genforge tokenizer train` output, or a "
+                            "local Hugging Face model folder (its own tokenizer, to continue pretraining it)")
     workers: int | None = field(None, help="worker processes (default: all CPU cores; 1 for inputs under ~4 MB)")
     batch_docs: int = field(512, help="documents per encoding batch (memory is bounded by a few batches)")
 

@@ -34,6 +34,7 @@ from genforge.errors import ArtifactError, DataError
 PACK_MANIFEST = "pack.json"
 SPLITS = ("train", "val")
 _INLINE_BYTES = 4 << 20  # inputs smaller than this are encoded in-process (worker start-up ~0.5 s each)
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack", ".gguf"}
 
 _worker_tok = None  # the tokenizer of a worker process (set by _init_worker)
 
@@ -54,6 +55,28 @@ def load_tokenizer(path: Path):
     tok = Tokenizer.from_file(str(path))
     tok.encode_special_tokens = True
     return tok
+
+
+def document_separator(tok_dir: Path, tok) -> int:
+    """The id appended after each document: genforge's EOS, else the tokenizer's own EOS, else its SEP.
+
+    Any local Hugging Face model folder can be a `--tokenizer`, so that continued pretraining (`pretrain
+    --model`) sees the model's own token ids; BERT-style encoders have no EOS and end segments with [SEP].
+    """
+    eos_id = tok.token_to_id(EOS)
+    if eos_id is not None:
+        return eos_id
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(tok_dir)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{tok_dir}: cannot load its tokenizer ({e})") from None
+    for token in (hf.eos_token, hf.sep_token):
+        if token is not None and tok.token_to_id(token) is not None:
+            return tok.token_to_id(token)
+    raise ArtifactError(f"{tok_dir} has no end-of-document token ({EOS}, an EOS or a SEP token): "
+                        "train a tokenizer with `genforge tokenizer train`")
 
 
 def encode_docs(tok, texts: list[str], dtype: np.dtype, eos_id: int) -> np.ndarray:
@@ -151,7 +174,8 @@ def encode_file(src: Path, dst: Path, tokenizer_file: Path, dtype: np.dtype, eos
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
-    """Replace `dst` with a copy of the tokenizer folder `src` (copied beside it, then renamed)."""
+    """Replace `dst` with a copy of the tokenizer files of `src` (copied beside it, then renamed); a model
+    folder's weights stay behind."""
     if dst.exists() and dst.resolve() == src.resolve():
         return
     tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"  # mkdir (not mkdtemp): normal permissions
@@ -159,7 +183,7 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
     tmp.mkdir()
     try:
         for p in src.iterdir():
-            if p.is_file() and not p.name.startswith("."):
+            if p.is_file() and not p.name.startswith(".") and p.suffix not in _WEIGHT_SUFFIXES:
                 shutil.copy2(p, tmp / p.name)
         if dst.exists():
             shutil.rmtree(dst)
@@ -173,17 +197,18 @@ def pack(cfg) -> dict:
     """Write DIR/train.bin, DIR/val.bin, DIR/tokenizer/ and (last) DIR/pack.json; returns the pack manifest."""
     data, tok_dir = Path(cfg.data), Path(cfg.tokenizer)
     data_manifest = read_manifest(data, stage="data.prepare")
-    tok_manifest = read_manifest(tok_dir, stage="tokenizer")
+    if not tok_dir.is_dir():
+        raise ArtifactError(f"{tok_dir} does not exist")
+    tok_manifest = read_manifest(tok_dir) if (tok_dir / MANIFEST).is_file() else None
     tokenizer_file = tok_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
-        raise ArtifactError(f"{tok_dir} has no tokenizer.json: not a genforge tokenizer folder")
+        raise ArtifactError(f"{tok_dir} has no tokenizer.json: give a `genforge tokenizer train` folder or a "
+                            "Hugging Face model folder with a fast tokenizer")
     for split in SPLITS:
         if not (data / f"{split}.jsonl").is_file():
             raise DataError(f"{data / f'{split}.jsonl'} is missing: rerun `genforge data prepare`")
     tok = load_tokenizer(tokenizer_file)
-    eos_id = tok.token_to_id(EOS)
-    if eos_id is None:
-        raise ArtifactError(f"{tokenizer_file} has no {EOS} token: train it with `genforge tokenizer train`")
+    eos_id = document_separator(tok_dir, tok)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab_size)
     workers = cfg.workers or len(os.sched_getaffinity(0))

@@ -68,6 +68,20 @@ def detect_objective(config: dict[str, Any]) -> str:
                         "expected *ForCausalLM or *ForMaskedLM")
 
 
+def is_bare_encoder(config: dict[str, Any]) -> bool:
+    """An encoder saved without its LM head (e.g. `BertModel`, as every sentence-transformers model is).
+
+    Masked-LM training can still continue from it (domain-adaptive pretraining): its masked-LM class loads
+    the encoder and starts a fresh head. An encoder never trained as a masked LM (MiniLM was distilled from
+    attention maps) needs hundreds of steps before that head predicts well.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    archs = config.get("architectures") or []
+    return (bool(archs) and all(a.endswith("Model") for a in archs) and not config.get("is_decoder")
+            and config.get("model_type") in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
 def max_positions(config: dict[str, Any] | Any) -> int | None:
     """The longest sequence the model was built for (None if the config does not say)."""
     get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
@@ -92,7 +106,13 @@ def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
         model, found = load_model(base, objective)
         return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), found
     config = read_model_config(path)
-    found = detect_objective(config)
+    if objective and is_bare_encoder(config):
+        if objective != "mlm":
+            raise ArtifactError(f"model {path} is an encoder without a language-model head "
+                                f"({', '.join(config['architectures'])}): continue it with --objective mlm")
+        found = "mlm"
+    else:
+        found = detect_objective(config)
     if objective and objective != found:
         raise ArtifactError(f"model {path} is a {'causal' if found == 'clm' else 'masked'} LM; "
                             f"it cannot be trained with --objective {objective}")

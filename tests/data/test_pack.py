@@ -111,8 +111,10 @@ def test_refuses_wrong_folders(tmp_path, tokenizer):
     data = make_prepared(tmp_path / "data", TRAIN, VAL)
     with pytest.raises(ArtifactError, match="no manifest.json"):
         pack(PackConfig(data=tmp_path, tokenizer=tokenizer))
-    with pytest.raises(ArtifactError, match="'data.prepare' artifact; expected tokenizer"):
+    with pytest.raises(ArtifactError, match="has no tokenizer.json"):
         pack(PackConfig(data=data, tokenizer=data))
+    with pytest.raises(ArtifactError, match="nope does not exist"):
+        pack(PackConfig(data=data, tokenizer=tmp_path / "nope"))
     broken = tmp_path / "broken_tok"
     shutil.copytree(tokenizer, broken)
     (broken / "tokenizer.json").unlink()

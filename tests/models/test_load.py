@@ -1,7 +1,13 @@
 import pytest
 
 from genforge.errors import ArtifactError
-from genforge.models.load import detect_objective, load_model, max_positions, read_model_config
+from genforge.models.load import (
+    detect_objective,
+    is_bare_encoder,
+    load_model,
+    max_positions,
+    read_model_config,
+)
 from genforge.models.presets import build_model, model_config
 
 
@@ -37,3 +43,12 @@ def test_detect_objective():
     with pytest.raises(ArtifactError, match="cannot tell"):
         detect_objective({"architectures": ["BertForSequenceClassification"], "model_type": "bert"})
     assert detect_objective({"model_type": "llama"}) == "clm"
+
+
+def test_bare_encoders_are_told_apart():
+    assert is_bare_encoder({"architectures": ["BertModel"], "model_type": "bert"})
+    assert is_bare_encoder({"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta"})
+    assert not is_bare_encoder({"architectures": ["LlamaModel"], "model_type": "llama"})
+    assert not is_bare_encoder({"architectures": ["BertForMaskedLM"], "model_type": "bert"})
+    assert not is_bare_encoder({"architectures": ["BertModel"], "model_type": "bert", "is_decoder": True})
+    assert not is_bare_encoder({"model_type": "bert"})
