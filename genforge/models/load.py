@@ -64,6 +64,9 @@ def detect_objective(config: dict[str, Any]) -> str:
         return "mlm"
     if config.get("is_decoder") or config.get("model_type") in ("llama", "gpt2", "mistral", "qwen2", "phi3"):
         return "clm"
+    if is_bare_encoder(config):
+        raise ArtifactError(f"the model is an encoder without a language-model head ({', '.join(archs)}): "
+                            "fine-tune it (`finetune classify`) or continue it with `pretrain --objective mlm`")
     raise ArtifactError(f"cannot tell whether the model is a causal or masked LM (architectures: {archs}); "
                         "expected *ForCausalLM or *ForMaskedLM")
 

@@ -52,3 +52,5 @@ def test_bare_encoders_are_told_apart():
     assert not is_bare_encoder({"architectures": ["BertForMaskedLM"], "model_type": "bert"})
     assert not is_bare_encoder({"architectures": ["BertModel"], "model_type": "bert", "is_decoder": True})
     assert not is_bare_encoder({"model_type": "bert"})
+    with pytest.raises(ArtifactError, match=r"encoder without a language-model head \(BertModel\)"):
+        detect_objective({"architectures": ["BertModel"], "model_type": "bert"})
