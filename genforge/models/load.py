@@ -109,13 +109,7 @@ def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
         model, found = load_model(base, objective)
         return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), found
     config = read_model_config(path)
-    if objective and is_bare_encoder(config):
-        if objective != "mlm":
-            raise ArtifactError(f"model {path} is an encoder without a language-model head "
-                                f"({', '.join(config['architectures'])}): continue it with --objective mlm")
-        found = "mlm"
-    else:
-        found = detect_objective(config)
+    found = "mlm" if objective == "mlm" and is_bare_encoder(config) else detect_objective(config)
     if objective and objective != found:
         raise ArtifactError(f"model {path} is a {'causal' if found == 'clm' else 'masked'} LM; "
                             f"it cannot be trained with --objective {objective}")
