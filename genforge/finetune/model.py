@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from genforge.errors import ArtifactError, ConfigError
-from genforge.models.load import detect_objective
+from genforge.models.load import detect_objective, from_pretrained
 
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "deberta", "deberta-v2",
                  "mpnet", "camembert", "modernbert")
@@ -46,7 +46,8 @@ def hf_config(path: Path, *, dropout: float = -1.0, **overrides: Any) -> Any:
 
 
 def load_pretrained(auto: Any, path: Path, config: Any) -> tuple[Any, list[str]]:
-    """(`auto.from_pretrained` in fp32 with SDPA attention, offline; the modules it had to initialise).
+    """(`auto.from_pretrained` in fp32, offline, SDPA attention where the architecture has it; the modules
+    it had to initialise).
 
     The new modules (a classification layer; BERT's pooler when the checkpoint is an MLM) matter to
     LoRA: they are random, so an adapter must carry them (`modules_to_save`) or reloading it on the
@@ -58,16 +59,9 @@ def load_pretrained(auto: Any, path: Path, config: Any) -> tuple[Any, list[str]]
     verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "some weights were newly initialised": expected for a new head
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise in predict/chat output
-    kwargs = {"config": config, "dtype": torch.float32, "local_files_only": True, "output_loading_info": True}
     try:
-        try:
-            model, info = auto.from_pretrained(str(Path(path).resolve()), attn_implementation="sdpa", **kwargs)
-        except ValueError as e:
-            if "sdpa" not in str(e).lower():
-                raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
-            model, info = auto.from_pretrained(str(Path(path).resolve()), **kwargs)
-        except OSError as e:
-            raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+        model, info = from_pretrained(auto, Path(path).resolve(), config=config, dtype=torch.float32,
+                                      output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bar:

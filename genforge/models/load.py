@@ -120,12 +120,21 @@ def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
         from genforge.compress.load import load_compressed
 
         return load_compressed(path, auto, AutoConfig.from_pretrained(path, local_files_only=True)), found
+    return from_pretrained(auto, path, dtype=torch.float32), found
+
+
+def from_pretrained(auto: Any, path: str | Path, **kwargs: Any) -> Any:
+    """`auto.from_pretrained`, offline, with SDPA attention where the architecture has it.
+
+    Architectures without an SDPA implementation (MPNet, among others) load with plain attention
+    instead of failing; any other load problem is one ArtifactError line naming the folder.
+    """
     try:
-        model = auto.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True)
-    except ValueError as e:
-        if "sdpa" not in str(e).lower():
-            raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
-        model = auto.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-    except OSError as e:
+        try:
+            return auto.from_pretrained(str(path), attn_implementation="sdpa", local_files_only=True, **kwargs)
+        except ValueError as e:
+            if "sdpa" not in str(e).lower() and "scaled_dot_product_attention" not in str(e):
+                raise
+            return auto.from_pretrained(str(path), attn_implementation="eager", local_files_only=True, **kwargs)
+    except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
-    return model, found

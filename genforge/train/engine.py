@@ -180,7 +180,7 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
         state.update({k: saved[k] for k in state})
     use_bf16 = cfg.bf16 and bf16_available(device)
     attention = getattr(model.config, "_attn_implementation", None) if hasattr(model, "config") else None
-    if attention in ("sdpa", "eager"):
+    if attention == "sdpa":  # an architecture without SDPA (MPNet) loads as "eager" and stays so
         model.set_attn_implementation(attention_kernel(device, cfg.seq_len))
     forward, loss_fn = parallel, objective.loss
     # An objective with `train_step(forward, batch, scale) -> loss` makes several passes per micro-batch
@@ -305,7 +305,7 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
         last_val = evaluate(state["step"])
     save(latest, with_state=True)
     log.close()
-    if attention in ("sdpa", "eager"):
+    if attention == "sdpa":
         model.set_attn_implementation(attention)
     return TrainResult(steps=state["step"], tokens=state["tokens"], seconds=state["elapsed"], stop_reason=reason,
                        train_loss=state["train_loss"], best_step=state["best_step"], best=state.get("best", {}),

@@ -41,6 +41,20 @@ def test_encoder_linear_head_is_a_standard_hf_classifier(tmp_path, bert_dir, sen
     assert evaluate_folder(out, [(t, ["positive"]) for t in texts])["n"] == 2
 
 
+def test_an_encoder_without_sdpa_fine_tunes(tmp_path, tokenizer, save_folder, sentiment_csv):
+    """MPNet (all-mpnet-base-v2) has no SDPA attention: it trains with plain attention and reloads."""
+    from transformers import MPNetConfig, MPNetModel
+
+    cfg = MPNetConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=80, pad_token_id=0)
+    base = save_folder(MPNetModel(cfg), tokenizer, tmp_path / "mpnet")
+    out = classify(tiny_cfg(model=base, data=sentiment_csv, out=tmp_path / "run", head="mean"))
+    model, tokenizer, _ = load_classifier(out)
+    assert model.body.config._attn_implementation == "eager"
+    probs = predict_probs(model, tokenizer, ["profits rose"], seq_len=32, multi_label=False)
+    assert probs.shape == (1, 2) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
 @pytest.mark.parametrize("head", ["lstm", "transformer", "mean"])
 def test_decoder_multi_label_with_custom_heads(tmp_path, jsonl, llama_dir, head):
     records = [{"text": f"card {i} blocked and refund late", "tags": "card|refund"} for i in range(20)]

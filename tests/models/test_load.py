@@ -54,3 +54,14 @@ def test_bare_encoders_are_told_apart():
     assert not is_bare_encoder({"model_type": "bert"})
     with pytest.raises(ArtifactError, match=r"encoder without a language-model head \(BertModel\)"):
         detect_objective({"architectures": ["BertModel"], "model_type": "bert"})
+
+
+def test_an_architecture_without_sdpa_loads_with_plain_attention(tmp_path):
+    """MPNet (all-mpnet-base-v2's architecture) has no SDPA path: asking for it must not refuse the model."""
+    from transformers import MPNetConfig, MPNetForMaskedLM
+
+    config = MPNetConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=40)
+    MPNetForMaskedLM(config).save_pretrained(tmp_path)
+    model, found = load_model(tmp_path, "mlm")
+    assert found == "mlm" and model.config._attn_implementation == "eager"
