@@ -34,6 +34,7 @@ from genforge.finetune.lora import apply_lora, save_model
 from genforge.finetune.metrics import plot_confusion, report
 from genforge.finetune.model import freeze, is_decoder, load_tokenizer, load_weights, trainable_params
 from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
+from genforge.finetune.teacher import distill_loss, teacher_logits, teacher_record
 from genforge.models.load import read_model_config
 from genforge.train.distributed import Dist
 from genforge.train.engine import train
@@ -42,10 +43,14 @@ from genforge.train.logs import plot_loss
 
 @dataclass
 class ClassifyObjective:
-    """Cross-entropy over classes (single-label) or mean BCE over labels (multi-label)."""
+    """Cross-entropy over classes (single-label) or mean BCE over labels (multi-label); on batches that carry
+    a teacher's logits, mixed with the distance to the teacher by `distill_weight` (validation batches carry
+    none, so the validation loss stays the gold labels' alone)."""
 
     multi_label: bool
     label_smoothing: float = 0.0
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
     name: str = "classify"
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -56,6 +61,9 @@ class ClassifyObjective:
             loss = F.binary_cross_entropy_with_logits(logits, target)
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        if "teacher" in batch:
+            kd = distill_loss(logits, batch["teacher"], self.multi_label, self.distill_temperature)
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * kd
         return loss, {"tokens": torch.tensor(labels.shape[0]), "logits": logits.detach()}
 
 
@@ -69,10 +77,12 @@ def encode_targets(examples: list[tuple[str, list[str]]], labels: list[str], mul
     return target
 
 
-def make_collate(ids: list[list[int]], targets: torch.Tensor, pad_id: int) -> Any:
+def make_collate(ids: list[list[int]], targets: torch.Tensor, pad_id: int, teacher: torch.Tensor | None = None
+                 ) -> Any:
     def collate(rows: list[int]) -> dict[str, torch.Tensor]:
-        return {"input_ids": pad([ids[i] for i in rows], pad_id),
-                "attention_mask": pad([[1] * len(ids[i]) for i in rows], 0), "labels": targets[rows]}
+        batch = {"input_ids": pad([ids[i] for i in rows], pad_id),
+                 "attention_mask": pad([[1] * len(ids[i]) for i in rows], 0), "labels": targets[rows]}
+        return batch if teacher is None else batch | {"teacher": teacher[rows]}
 
     return collate
 
@@ -125,6 +135,8 @@ def classify(cfg: ClassifyConfig) -> Path:
     train_set, val_set, labels = load_data(cfg)
     copies = augment_examples(train_set, cfg)[len(train_set):]
     train_set = train_set + copies
+    teacher = teacher_logits(cfg.teacher, [t for t, _ in train_set], labels, cfg.multi_label,
+                             cfg.batch_size) if cfg.teacher else None
     tokenizer = load_tokenizer(cfg.model)
     started = prepare_output(cfg)
     if copies:  # what the model trained on beside the data, for a person to read or a later run to reuse
@@ -151,9 +163,9 @@ def classify(cfg: ClassifyConfig) -> Path:
     train_targets = encode_targets(train_set, labels, cfg.multi_label)
     val_targets = encode_targets(val_set, labels, cfg.multi_label)
     batches = ShuffledBatches(len(train_set), cfg.batch_size, cfg.grad_accum, cfg.seed,
-                              make_collate(train_ids, train_targets, tokenizer.pad_token_id))
+                              make_collate(train_ids, train_targets, tokenizer.pad_token_id, teacher))
     val_collate = make_collate(val_ids, val_targets, tokenizer.pad_token_id)
-    objective = ClassifyObjective(cfg.multi_label, cfg.label_smoothing)
+    objective = ClassifyObjective(cfg.multi_label, cfg.label_smoothing, cfg.distill_weight, cfg.distill_temperature)
     val_batches = functools.partial(in_order, len(val_set), cfg.batch_size, val_collate, cfg.eval_batches)
     result = train(model, wrap_adversarial(objective, cfg), batches, cfg, cfg.out, dist=Dist(device=device()),
                    score=make_scorer(model, objective, val_batches, labels), select=cfg.select)
@@ -178,6 +190,8 @@ def classify(cfg: ClassifyConfig) -> Path:
     parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
     extra = {"task": "classify", "labels": labels, "model": {"architecture": type(model.body).__name__,
                                                              "params": params["total"], "base_model": str(cfg.model)}}
+    if cfg.teacher:
+        extra["teachers"] = [teacher_record(t) for t in cfg.teacher]
     write_card(cfg.out, "classify", cfg, metrics, parent, val)
     inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
     write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,

@@ -97,6 +97,11 @@ class ClassifyConfig(FinetuneConfig):
     augment_random_ratio: float = field(0.0, help="with --augment-model: also this many random-edit copies per "
                                                   "text and recipe, so an edit the attack makes mostly to one "
                                                   "class is not learnt as a sign of that class")
+    teacher: list[Path] = field(default_factory=list, help="learn also from this classifier's probabilities "
+                                                           "(same labels, any architecture; repeat: their mean)")
+    distill_weight: float = field(0.5, help="with --teacher: share of the loss that is the distance to the "
+                                            "teacher (the rest is the gold labels' cross-entropy)")
+    distill_temperature: float = field(2.0, help="with --teacher: softening temperature of both distributions")
 
     def check(self) -> None:
         super().check()
@@ -108,6 +113,10 @@ class ClassifyConfig(FinetuneConfig):
             raise ConfigError("--augment-model needs --augment-attack RECIPE and a single-label task")
         if not 0 <= self.augment_random_ratio <= MAX_COPIES:
             raise ConfigError(f"--augment-random-ratio must be in [0, {MAX_COPIES}], got {self.augment_random_ratio}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
         if self.augment_random_ratio and self.augment_model is None:
             raise ConfigError("--augment-random-ratio adds random copies beside --augment-model's attacked ones; "
                               "without a model every copy is random: use --augment-ratio")

@@ -9,6 +9,7 @@ from genforge.errors import DataError
 from genforge.finetune.classifier import CLASSIFIER_JSON, load_classifier, predict_probs
 from genforge.finetune.classify import ClassifyObjective, classify, encode_targets, evaluate_folder
 from genforge.finetune.config import ClassifyConfig
+from genforge.finetune.teacher import distill_loss, teacher_logits
 
 
 def tiny_cfg(**overrides) -> ClassifyConfig:
@@ -94,6 +95,9 @@ def test_objective_losses():
     assert multi.tolist() == [[1.0, 1.0], [0.0, 0.0]]
     bce, _ = ClassifyObjective(True).loss(model, {**batch, "labels": multi})
     assert bce == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, multi).item())
+    teacher = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # a teacher's logits mix in by the distill weight
+    mixed, _ = ClassifyObjective(False, 0.0, 0.25, 2.0).loss(model, {**batch, "labels": single, "teacher": teacher})
+    assert mixed == pytest.approx(0.75 * loss.item() + 0.25 * distill_loss(logits, teacher, False, 2.0).item())
 
 
 def test_bad_labels(tmp_path, jsonl, bert_dir):
@@ -105,3 +109,34 @@ def test_bad_labels(tmp_path, jsonl, bert_dir):
     with pytest.raises(DataError, match=r"validation labels never seen in training: \['7'\]"):
         classify(tiny_cfg(model=bert_dir, data=train, val_data=val, out=tmp_path / "y"))
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_distill_loss_is_zero_only_where_the_student_agrees_with_the_teacher():
+    teacher = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    for multi_label in (False, True):
+        student = teacher.clone().requires_grad_()
+        distill_loss(student, teacher, multi_label, 2.0).backward()
+        assert student.grad.abs().max() < 1e-6  # a minimum where they agree
+        other = torch.zeros_like(teacher).requires_grad_()
+        distill_loss(other, teacher, multi_label, 2.0).backward()
+        assert other.grad.abs().max() > 1e-3
+    # single-label: a KL, so zero at agreement, also up to a constant per row (log-probs stand for logits)
+    assert distill_loss(teacher, teacher.log_softmax(-1), False, 3.0) == pytest.approx(0.0, abs=1e-6)
+    assert distill_loss(torch.zeros_like(teacher), teacher, False, 1.0) > 0
+
+
+def test_student_learns_from_a_teacher_with_its_own_tokenizer(tmp_path, bert_dir, llama_dir, sentiment_csv):
+    """A decoder teacher (its own tokenizer, labels in the same set) guides an encoder student."""
+    teacher = classify(tiny_cfg(model=llama_dir, data=sentiment_csv, out=tmp_path / "teacher", head="mean"))
+    texts = ["profits rose sharply", "weak demand hit the stock"]
+    model, tokenizer, info = load_classifier(teacher)
+    probs = predict_probs(model, tokenizer, texts, seq_len=32, multi_label=False)
+    logits = teacher_logits([teacher, teacher], texts, ["positive", "negative"], False, batch_size=4)
+    assert logits.exp().numpy() == pytest.approx(probs[:, ::-1], abs=1e-5)  # columns follow the labels given
+
+    out = classify(tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path / "student", teacher=[teacher],
+                            distill_weight=1.0))
+    manifest = read_manifest(out, "finetune")
+    assert manifest["teachers"][0]["path"] == str(teacher) and "val_accuracy" in manifest["teachers"][0]["metrics"]
+    with pytest.raises(DataError, match="a teacher needs the same labels"):
+        teacher_logits([teacher], texts, ["bad", "good"], False, batch_size=4)
