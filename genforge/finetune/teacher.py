@@ -31,15 +31,17 @@ def teacher_logits(teachers: list[Path], texts: list[str], labels: list[str], mu
     """
     from tqdm.auto import tqdm
 
-    from genforge.finetune.classifier import load_classifier, predict_probs
+    from genforge.finetune.classifier import load_classifier, predict_probs, read_info
     from genforge.finetune.run import device
 
-    total = np.zeros((len(texts), len(labels)), dtype=np.float64)
-    for folder in teachers:
-        model, tokenizer, info = load_classifier(folder)
+    for folder in teachers:  # every teacher's labels checked before any (possibly big) model is loaded
+        info = read_info(folder)
         if sorted(info["labels"]) != sorted(labels) or info["multi_label"] != multi_label:
             raise DataError(f"teacher {folder} predicts {info['labels']}{' (multi-label)' * info['multi_label']}, "
                             f"the data has {labels}{' (multi-label)' * multi_label}: a teacher needs the same labels")
+    total = np.zeros((len(texts), len(labels)), dtype=np.float64)
+    for folder in teachers:
+        model, tokenizer, info = load_classifier(folder)
         with tqdm(total=len(texts), desc=f"teacher {Path(folder).name}", unit="text", leave=False) as bar:
             probs = predict_probs(model.to(device()), tokenizer, texts, seq_len=info["seq_len"],
                                   multi_label=multi_label, batch_size=batch_size, progress=bar.update)
