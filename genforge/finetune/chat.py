@@ -3,7 +3,10 @@
 The conversation is kept as messages and re-rendered with the tokenizer's chat template every turn
 (the template SFT trained with); decoding is `genforge.generate`'s, stopping at <|im_end|>. When the
 dialogue outgrows the model's context the oldest turns (after the system message) are dropped.
-Commands: /reset starts over, /exit (or Ctrl-D) leaves.
+Commands: /reset starts over, /exit (or Ctrl-D) leaves. A line whose bytes are not in stdin's encoding (a
+terminal sending Latin-1 to a UTF-8 locale) ends the chat with a one-line error instead of being sent with
+the bytes replaced: the model would answer a message the user did not write, and every later non-ASCII
+line would be garbled the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from genforge.errors import DataError
 from genforge.finetune.config import ChatConfig
+from genforge.serve.text import not_utf8
 
 
 def load_chat_decoder(path: Path) -> Any:
@@ -70,6 +75,9 @@ def chat_loop(decoder: Any, cfg: ChatConfig, lines: Iterable[str], write: Callab
             messages = messages[:1] if cfg.system else []
             write("(conversation reset)\n")
             continue
+        problem = not_utf8(text)
+        if problem:
+            raise DataError(f"your message is not UTF-8 text ({problem}); set the terminal (or the input) to UTF-8")
         messages.append({"role": "user", "content": text})
         write("assistant> ")
         messages.append({"role": "assistant", "content": reply(decoder, messages, cfg, write)})
@@ -78,13 +86,15 @@ def chat_loop(decoder: Any, cfg: ChatConfig, lines: Iterable[str], write: Callab
 
 
 def _stdin_lines(write: Callable[[str], None]) -> Iterable[str]:
+    """Lines of stdin, read as bytes and decoded one at a time with bad bytes kept as escapes (for chat_loop
+    to name): a strict text stdin would fail on a whole buffered chunk, losing the good lines before it."""
     while True:
         write("you> ")
-        line = sys.stdin.readline()
+        line = sys.stdin.buffer.readline()
         if not line:
             write("\n")
             return
-        yield line
+        yield line.decode(sys.stdin.encoding or "utf-8", "surrogateescape")
 
 
 def chat(cfg: ChatConfig) -> list[dict[str, str]]:

@@ -2,9 +2,11 @@
 
 `create_app(state)` builds the app over already loaded models (`ServerState`); its lifespan starts and
 stops the engines' worker threads. Besides the OpenAI routes: POST /v1/feedback, GET /v1/ab/report (the
-dashboard's data) and the web pages under /ui (chat and A/B dashboard, static files in ui/). The gateway (pure ASGI, so it also sees streamed bodies end)
-gives each request an id, refuses bodies over the size limit with 413, and records metrics and one
-JSON access-log line. /health and /metrics are open; every /v1 route needs a key when keys exist.
+dashboard's data) and the web pages under /ui (chat and A/B dashboard, static files in ui/). The gateway (pure
+ASGI, so it also sees streamed bodies end) gives each request an id, refuses bodies over the size limit with
+413 and JSON strings that are not UTF-8 text (lone surrogates) with 400 for every route, the applications'
+included, and records metrics and one JSON access-log line. /health and /metrics are open; every /v1 route
+needs a key when keys exist.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from genforge.serve.schemas import (
     as_list,
 )
 from genforge.serve.store import add_feedback
+from genforge.serve.text import bad_json_text
 
 log = logging.getLogger("genforge.serve")
 access = logging.getLogger("genforge.serve.access")
@@ -117,6 +120,12 @@ class Gateway:
                 limit = self.state.cfg.max_body_bytes
                 await _send_json(send_with_id, 413, error_body(413, f"request body over {limit} bytes",
                                                                code="request_too_large"))
+                return
+            bad = bad_json_text(body)
+            if bad is not None:  # refused here, before any route: no handler, tokenizer or app router sees it
+                where, problem = bad
+                await _send_json(send_with_id, 400, error_body(400, f"{where} is not valid Unicode text ({problem}); "
+                                                                    "send UTF-8 text", param=where))
                 return
             replayed = False
 

@@ -25,5 +25,12 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The error body; text that echoes the request (an unknown id, a field name) is made UTF-8-safe (a lone
+    surrogate becomes its escape, \\ud800), since failing to encode an error would turn a 4xx into a 500."""
     kind = TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return {"error": {"message": _encodable(message), "type": kind, "param": param and _encodable(param),
+                      "code": code}}
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
