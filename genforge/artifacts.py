@@ -15,13 +15,14 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from genforge import __version__
 from genforge.config import dump_yaml, to_dict
-from genforge.errors import ArtifactError
+from genforge.errors import ArtifactError, DataError, GenforgeError
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
@@ -104,6 +105,8 @@ def read_manifest(folder: Path, stage: str | tuple[str, ...] | None = None,
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path} is corrupt: {e}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} is corrupt: a JSON object was expected, not {type(manifest).__name__}")
     wanted = (stage,) if isinstance(stage, str) else stage
     if wanted and manifest.get("stage") not in wanted:
         raise ArtifactError(f"{folder} is a '{manifest.get('stage')}' artifact; expected {' or '.join(wanted)}")
@@ -141,20 +144,48 @@ def write_manifest(folder: Path, stage: str, config: Any, *, inputs: Iterable[Pa
     return manifest
 
 
-def begin_output(folder: Path, overwrite: bool = True) -> float:
-    """Prepare an output folder for a new run and return the start time.
-
-    An old manifest is removed first, so that if this run dies the folder no longer claims to be complete.
-    """
+def check_output(folder: Path, overwrite: bool = True) -> None:
+    """Refuse an output folder this run cannot write; touches nothing, so a command may call it first thing."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ArtifactError(f"output {folder} exists and is not a folder")
     if (folder / MANIFEST).exists() and not overwrite:
         raise ArtifactError(f"output {folder} already holds a finished artifact; choose another --out")
+
+
+def begin_output(folder: Path, overwrite: bool = True) -> float:
+    """Prepare an output folder for a new run and return the start time.
+
+    An old manifest is removed first, so that if this run dies the folder no longer claims to be complete.
+    That makes the earlier artifact unfinished, so a command calls this only once its inputs are read and
+    checked, right before its first write: a rerun that fails on bad input leaves the old artifact whole.
+    """
+    folder = Path(folder)
+    check_output(folder, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         (folder / MANIFEST).unlink()
     return time.time()
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse an output file path that cannot be written (a folder, or under a file) before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"output {path} is a folder, expected a file (e.g. {path / 'out.jsonl'})")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ArtifactError(f"output {path} cannot be written: {parent} is a file, not a folder")
+
+
+def input_file(path: Path, what: str = "file") -> Path:
+    """`path` if it is a file; else a DataError saying whether it is missing or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder, expected a file")
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    return path
 
 
 def lineage(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -164,3 +195,54 @@ def lineage(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         chain.append(manifest)
         manifest = manifest.get("parent")
     return chain
+
+
+# Reading a finished folder's files (or an input data set) so that a damaged one is one clear error. Folders
+# are read back with several libraries (json, numpy, safetensors, FAISS, LightGBM), each failing on a
+# truncated, hand-edited or half-copied file in its own way (JSONDecodeError, BadZipFile, RuntimeError, a
+# KeyError for a missing field). `reading` turns all of them into one GenforgeError (ArtifactError by default)
+# that names the file and says how to remake it. Only the decoding belongs inside its `with` block: an
+# error raised there is taken to be the file's fault.
+# what json, numpy and the field look-ups raise on a damaged file (UnicodeDecodeError and
+# JSONDecodeError are ValueErrors)
+DAMAGED = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+@contextlib.contextmanager
+def reading(path: Path, remedy: str, also: tuple[type[Exception], ...] = (),
+            error: type[GenforgeError] = ArtifactError) -> Iterator[Path]:
+    """Yield `path`; a missing file, or a decoding error raised in the block (DAMAGED, plus a library's own
+    error in `also`, e.g. FAISS's RuntimeError), becomes `error` naming the file and `remedy` (what to do)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} is missing: {remedy}")
+    try:
+        yield path
+    except (*DAMAGED, *also) as e:
+        raise error(f"{path} is corrupt ({_reason(e)}): {remedy}") from None
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, KeyError):
+        return f"no {e} in it"
+    text = str(e).strip().splitlines()
+    return (text[0][:200] if text else type(e).__name__) or type(e).__name__
+
+
+def read_json(path: Path, remedy: str, *, keys: tuple[str, ...] = (), kind: type = object,
+              error: type[GenforgeError] = ArtifactError) -> Any:
+    """The JSON value in `path`: of type `kind` (e.g. dict, list), and an object with `keys` when given."""
+    with reading(path, remedy, error=error):
+        value = json.loads(path.read_text(encoding="utf-8"))
+        if keys:
+            kind = dict
+        if not isinstance(value, kind):
+            raise TypeError(f"not a JSON {_json_name(kind)} but {_json_name(type(value))}")
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise KeyError(missing[0])
+        return value
+
+
+def _json_name(kind: type) -> str:
+    return {dict: "object", list: "array", str: "string", type(None): "null"}.get(kind, kind.__name__)

@@ -111,12 +111,22 @@ def _parse_steps(recipe: dict[str, Any], path: Path) -> list[tuple[str, str, dic
         stage = step.pop("stage")
         if stage not in STAGES:
             raise ConfigError(f"step {i} of {path}: unknown stage '{stage}' (one of {', '.join(STAGES)})")
-        name = str(step.pop("name", STAGES[stage].produces or stage.split(".")[-1]))
+        name = folder_name(step.pop("name", STAGES[stage].produces or stage.split(".")[-1]), f"step {i} of {path}")
         if name in names:
             raise ConfigError(f"step {i} of {path}: duplicate step name '{name}' (give each a `name`)")
         names.add(name)
         parsed.append((name, stage, step))
     return parsed
+
+
+def folder_name(value: Any, where: str) -> str:
+    """A recipe or step name, which becomes a folder of the run: a plain name, so that no step writes
+    outside the run folder (`../x`, `/tmp/x`) or into another step's (`a/b`)."""
+    name = str(value)
+    if not name or name in (".", "..") or any(c in name for c in "/\\") or name != name.strip():
+        raise ConfigError(f"{where}: name {name!r} must be a plain folder name (no '/', '\\', '.' or '..', "
+                          "no surrounding spaces)")
+    return name
 
 
 def _finished_with_same_config(out: Path, manifest_name: str, config: Any) -> bool:
@@ -137,7 +147,10 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
     """Run every step of a recipe; returns the artifact folder of each kind it produced."""
     recipe = read_yaml(cfg.recipe)
     steps = _parse_steps(recipe, cfg.recipe)
-    run_dir = cfg.out or Path("runs") / str(recipe.get("name") or cfg.recipe.stem)
+    if unknown := [n for n in cfg.only if n not in {name for name, _, _ in steps}]:
+        raise ConfigError(f"--only {unknown[0]}: {cfg.recipe} has no step of that name "
+                          f"(its steps: {', '.join(name for name, _, _ in steps)})")
+    run_dir = cfg.out or Path("runs") / folder_name(recipe.get("name") or cfg.recipe.stem, f"recipe {cfg.recipe}")
     started = begin_output(run_dir)
     artifacts: dict[str, Path] = {}
     results: dict[str, Any] = {}

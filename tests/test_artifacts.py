@@ -8,13 +8,15 @@ from genforge.artifacts import (
     atomic_open,
     atomic_write_text,
     begin_output,
+    check_output_file,
+    input_file,
     lineage,
     read_manifest,
     sha256_file,
     write_manifest,
 )
 from genforge.config import field
-from genforge.errors import ArtifactError
+from genforge.errors import ArtifactError, DataError
 
 
 @dataclass
@@ -67,6 +69,9 @@ def test_read_manifest_refuses_missing_unfinished_corrupt_and_wrong_kind(tmp_pat
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(ArtifactError, match="corrupt"):
         read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="corrupt: a JSON object was expected, not list"):
+        read_manifest(tmp_path, "data.prepare")
 
 
 def test_begin_output_unmarks_a_previous_run(tmp_path):
@@ -84,3 +89,17 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_file_paths_that_are_folders_are_named_as_such(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="is a folder, expected a file"):
+        check_output_file(tmp_path)
+    with pytest.raises(ArtifactError, match="file is a file, not a folder"):
+        check_output_file(tmp_path / "file" / "out.jsonl")
+    check_output_file(tmp_path / "new" / "out.jsonl")  # a missing folder is made when writing
+    assert input_file(tmp_path / "file", "prompts file") == tmp_path / "file"
+    with pytest.raises(DataError, match=f"prompts file {tmp_path} is a folder, expected a file"):
+        input_file(tmp_path, "prompts file")
+    with pytest.raises(DataError, match="nope does not exist"):
+        input_file(tmp_path / "nope")

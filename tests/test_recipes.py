@@ -93,3 +93,20 @@ def test_bad_recipes_are_named(tmp_path):
             run_recipe(load_config(RunConfig, None, {"recipe": bad, "out": tmp_path / "r"}))
     result = CliRunner().invoke(app, ["run", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "config file not found" in result.output
+
+
+def test_names_must_be_plain_folder_names_and_only_must_name_steps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run folder is runs/<recipe name>, relative to here
+    bad = tmp_path / "bad.yaml"
+    for text, out, message in [
+        ("steps:\n  - stage: eval\n    name: ../escape\n", tmp_path / "r", "name '../escape' must be a plain folder"),
+        ("steps:\n  - stage: eval\n    name: a/b\n", tmp_path / "r", "name 'a/b' must be a plain folder"),
+        ("name: ../x\nsteps:\n  - stage: eval\n", None, "recipe .*bad.yaml: name '../x' must be a plain folder"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            run_recipe(load_config(RunConfig, None, {"recipe": bad, "out": out}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # refused before any folder was made
+    bad.write_text("steps:\n  - stage: eval\n  - stage: generate\n    name: replies\n")
+    with pytest.raises(ConfigError, match="--only nosuchstep: .* no step of that name \\(its steps: eval, replies\\)"):
+        run_recipe(load_config(RunConfig, None, {"recipe": bad, "out": tmp_path / "r", "only": ["nosuchstep"]}))

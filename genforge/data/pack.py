@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from genforge.artifacts import CONFIG, MANIFEST, atomic_open, read_manifest, sha256_tree, write_manifest
-from genforge.data.tokenizer import EOS, parse_text
+from genforge.data.tokenizer import EOS, iter_texts, parse_text
 from genforge.errors import ArtifactError, DataError
 
 PACK_MANIFEST = "pack.json"
@@ -52,7 +52,11 @@ def load_tokenizer(path: Path):
     """
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust parser raises a bare Exception for a corrupt or foreign file
+        raise ArtifactError(f"{path} is not a valid tokenizer file ({str(e).splitlines()[0]}): re-copy it or "
+                            "retrain it with `genforge tokenizer train`") from None
     tok.encode_special_tokens = True
     return tok
 
@@ -207,6 +211,8 @@ def pack(cfg) -> dict:
     for split in SPLITS:
         if not (data / f"{split}.jsonl").is_file():
             raise DataError(f"{data / f'{split}.jsonl'} is missing: rerun `genforge data prepare`")
+    if next(iter_texts(data / "train.jsonl", 1), None) is None:  # val may be empty (--val-fraction 0), train not
+        raise DataError(f"{data / 'train.jsonl'} holds no documents: rerun `genforge data prepare`")
     tok = load_tokenizer(tokenizer_file)
     eos_id = document_separator(tok_dir, tok)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)

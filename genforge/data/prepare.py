@@ -42,10 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from genforge.artifacts import atomic_open, begin_output, write_json, write_manifest
+from genforge.artifacts import atomic_open, begin_output, check_output, write_json, write_manifest
 from genforge.data.clean import clean_text, ngram_repeat_bounds, quality_reason
 from genforge.data.config import PrepareConfig
 from genforge.data.dedup import DedupIndex, chunk_band_keys, chunk_signatures
+from genforge.data.pack import PACK_MANIFEST
 from genforge.data.pii import KINDS, scrub_pii
 from genforge.data.readers import find_files, iter_documents
 from genforge.errors import DataError
@@ -155,7 +156,8 @@ def prepare(cfg: PrepareConfig) -> dict:
     files = find_files(cfg.inputs, exclude=out)
     if not files:
         raise DataError(f"no files found in {', '.join(map(str, cfg.inputs))}")
-    started = begin_output(out)
+    check_output(out)
+    started = time.time()
     bytes_in = sum(f.stat().st_size for f in files)
     # A pool costs ~1 s to start: small inputs are faster in-process unless --workers says otherwise.
     workers = cfg.workers or max(1, min(os.cpu_count() or 1, bytes_in // (4 * CHUNK_CHARS)))
@@ -203,6 +205,11 @@ def prepare(cfg: PrepareConfig) -> dict:
                 raise DataError(f"all {docs_out} documents fell in the validation split; lower --val-fraction")
             raise DataError(f"no documents left after filtering {counts['docs_in']} read ({why}); "
                             "check --split-by, --text-field and --min-chars")
+        # The inputs gave documents: only now may the old artifact stop being finished. Its train/val.jsonl
+        # are replaced when this block ends, so a failure above leaves a finished earlier run whole. An old
+        # pack's tokens no longer match the new text: without its pack.json, pretraining asks for a new pack.
+        begin_output(out)
+        (out / PACK_MANIFEST).unlink(missing_ok=True)
 
     seconds = time.time() - started
     stats = {

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from genforge.artifacts import begin_output, read_manifest, write_manifest
+from genforge.artifacts import begin_output, check_output, read_manifest, write_manifest
 from genforge.errors import ConfigError, DataError
 
 # Fixed ids 0..5, in this order (the artifact contract shared by every stage).
@@ -38,7 +38,10 @@ def parse_text(line: str | bytes, path: Path, lineno: int) -> str | None:
         return None
     try:
         text = json.loads(line)["text"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno} is not UTF-8 text ({e.reason} at byte {e.start} of the line): save it as "
+                        "UTF-8, or rerun `genforge data prepare`, which writes it so") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{path}:{lineno} is not a JSON object with a \"text\" field") from None
     if not isinstance(text, str):
         raise DataError(f"{path}:{lineno}: \"text\" must be a string, got {type(text).__name__}")
@@ -46,9 +49,12 @@ def parse_text(line: str | bytes, path: Path, lineno: int) -> str | None:
 
 
 def iter_texts(path: Path, limit: int | None = None) -> Iterator[str]:
-    """The texts of a prepared-data JSONL file, streamed (at most `limit` documents)."""
+    """The texts of a prepared-data JSONL file, streamed (at most `limit` documents).
+
+    Lines are read as bytes and decoded one by one, so text that is not UTF-8 is reported with its line.
+    """
     n = 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if limit is not None and n >= limit:
                 return
@@ -138,17 +144,18 @@ def train_tokenizer(cfg) -> Path:
         n_docs = min(n_docs, cfg.max_docs)
     if n_docs == 0:
         raise DataError(f"{train_path} holds no documents")
-    started = begin_output(cfg.out)
+    check_output(cfg.out)
+    started = time.time()
 
     t0 = time.perf_counter()
     tok = build_bpe(iter_texts(train_path, cfg.max_docs), cfg.vocab_size, cfg.min_frequency, length=n_docs)
     train_seconds = time.perf_counter() - t0
     hf = wrap_for_transformers(tok, cfg.model_max_length)
-    hf.save_pretrained(str(cfg.out))
-
     val, measured_on = _val_sample(Path(cfg.data) / "val.jsonl"), "val.jsonl"
     if not val:  # a prepare run with val_fraction 0
         val, measured_on = list(iter_texts(train_path, 1000)), "train.jsonl"
+    begin_output(cfg.out)  # only now, with the data read: bad data leaves an earlier tokenizer in --out whole
+    hf.save_pretrained(str(cfg.out))
     metrics = {
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),
         "requested_vocab_size": cfg.vocab_size,

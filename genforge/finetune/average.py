@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from genforge.artifacts import (
 )
 from genforge.errors import ArtifactError
 from genforge.finetune.config import AverageConfig
-from genforge.models.load import ADAPTER_CONFIG, COMPRESSION
+from genforge.models.load import ADAPTER_CONFIG, COMPRESSION, reading_weights
 
 NOT_COPIED = {MANIFEST, "config.yaml", "README.md"}  # written anew for the average
 # What must agree (architecture, labels, head); provenance such as the base model's path may differ:
@@ -76,7 +77,7 @@ def read_json(path: Path, keys: tuple[str, ...] | None) -> Any:
         return None
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path} is corrupt: {e}") from None
     if not isinstance(found, dict):
         return found
@@ -87,7 +88,10 @@ def average_file(paths: list[Path], weights: list[float]) -> dict[str, torch.Ten
     """The weighted average of one safetensors file's tensors (float32 sums; integer buffers must agree)."""
     from safetensors.torch import load_file
 
-    tensors = [load_file(str(p)) for p in paths]
+    tensors = []
+    for path in paths:
+        with reading_weights(path):
+            tensors.append(load_file(str(path)))
     first = tensors[0]
     out = {}
     for key, value in first.items():
@@ -111,19 +115,21 @@ def average(cfg: AverageConfig) -> Path:
     """Average `cfg.model` with `cfg.weight` into `cfg.out`; return the folder."""
     from safetensors.torch import save
 
+    started = time.time()
     folders = [Path(m) for m in cfg.model]
     names = check_ingredients(folders)
     weights = weights_of(cfg)
-    started = begin_output(cfg.out)
+    # Every ingredient is read before the output is touched: a bad one leaves an earlier average in --out whole.
+    averaged = {name: average_file([f / name for f in folders], weights) for name in names}
+    parents = [read_manifest(f) if (f / MANIFEST).is_file() else None for f in folders]
+    begin_output(cfg.out)
     for stale in cfg.out.glob("*.safetensors"):  # a rerun into a folder that held another model
         stale.unlink()
     for item in folders[0].iterdir():
         if item.is_file() and item.suffix != ".safetensors" and item.name not in NOT_COPIED:
             shutil.copyfile(item, cfg.out / item.name)
-    for name in names:
-        tensors = average_file([f / name for f in folders], weights)
+    for name, tensors in averaged.items():
         atomic_write_bytes(cfg.out / name, save(tensors, metadata={"format": "pt"}))
-    parents = [read_manifest(f) if (f / MANIFEST).is_file() else None for f in folders]
     ingredients = [{"path": str(f.resolve()), "weight": w, "sha256": sha256_file(f / names[0]),
                     "metrics": (p or {}).get("metrics", {})} for f, w, p in zip(folders, weights, parents, strict=True)]
     write_card(cfg.out, ingredients, parents[0])

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from genforge.errors import ArtifactError
-from genforge.finetune.heads import Classifier, build_head
+from genforge.finetune.heads import HEADS, Classifier, build_head
 from genforge.finetune.lora import adapter_base, load_adapted
 from genforge.finetune.model import hf_config, load_pretrained, load_tokenizer
-from genforge.models.load import COMPRESSION
+from genforge.models.load import COMPRESSION, check_weights
 
 CLASSIFIER_JSON = "classifier.json"
 HEAD_WEIGHTS = "head.safetensors"
@@ -58,15 +58,41 @@ def build_classifier(path: Path, *, head: str, labels: list[str], multi_label: b
     return Classifier(body, head_module), new_modules
 
 
+# What every reader of classifier.json relies on: (key, check, what the check wants).
+INFO_FIELDS = (
+    ("labels", lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v),
+     "a non-empty list of label names"),
+    ("multi_label", lambda v: isinstance(v, bool), "true or false"),
+    ("head", lambda v: isinstance(v, str) and (v == "linear" or v in HEADS), f"one of linear, {', '.join(HEADS)}"),
+    ("seq_len", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+)
+
+
+def refuse_classifier(folder: Path, purpose: str) -> None:
+    """A one-line error when `folder` is a classifier run: a decoder-based classifier's config.json passes
+    for a causal LM, so a command that needs one would otherwise load it and produce garbage."""
+    if (Path(folder) / CLASSIFIER_JSON).is_file():
+        raise ArtifactError(f"model {folder} is a classifier (a `genforge finetune classify` run), not a causal "
+                            f"language model: {purpose}")
+
+
 def read_info(folder: Path) -> dict[str, Any]:
+    """classifier.json, checked for the fields every reader uses (a hand-edited file fails here, in one line)."""
     path = Path(folder) / CLASSIFIER_JSON
     if not path.is_file():
         raise ArtifactError(f"{folder} has no {CLASSIFIER_JSON}: not a classifier "
                             "(make one with `genforge finetune classify`)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path} is corrupt: {e}") from None
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{path} is corrupt: a JSON object was expected, not {type(info).__name__}")
+    for key, ok, wanted in INFO_FIELDS:
+        if not ok(info.get(key)):
+            raise ArtifactError(f"{path} is corrupt: \"{key}\" must be {wanted}; retrain the classifier "
+                                "or restore the file")
+    return info
 
 
 def load_classifier(folder: Path) -> tuple[Classifier, Any, dict[str, Any]]:
@@ -75,6 +101,7 @@ def load_classifier(folder: Path) -> tuple[Classifier, Any, dict[str, Any]]:
 
     folder = Path(folder)
     info = read_info(folder)
+    check_weights(folder)  # the model, adapter and head files: a truncated copy fails here, naming the file
     tokenizer = load_tokenizer(folder)
     base = adapter_base(folder)
     config = classification_config(base or folder, info["labels"], info["multi_label"], tokenizer.pad_token_id)

@@ -138,10 +138,6 @@ def classify(cfg: ClassifyConfig) -> Path:
     teacher = teacher_logits(cfg.teacher, [t for t, _ in train_set], labels, cfg.multi_label,
                              cfg.batch_size) if cfg.teacher else None
     tokenizer = load_tokenizer(cfg.model)
-    started = prepare_output(cfg)
-    if copies:  # what the model trained on beside the data, for a person to read or a later run to reuse
-        write_jsonl(cfg.out / "logs" / "augmented.jsonl",
-                    ({cfg.text_field: text, cfg.label_field: cfg.label_sep.join(labs)} for text, labs in copies))
     if cfg.epochs:
         cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_set), cfg.batch_size, cfg.grad_accum))
 
@@ -154,6 +150,10 @@ def classify(cfg: ClassifyConfig) -> Path:
                                 targets=cfg.lora_targets, task_type="SEQ_CLS" if cfg.head == "linear" else None,
                                 new_modules=new_modules)
     params = trainable_params(model)
+    started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
+    if copies:  # what the model trained on beside the data, for a person to read or a later run to reuse
+        write_jsonl(cfg.out / "logs" / "augmented.jsonl",
+                    ({cfg.text_field: text, cfg.label_field: cfg.label_sep.join(labs)} for text, labs in copies))
 
     def tokenize(examples: list) -> list[list[int]]:
         ids = tokenizer([t for t, _ in examples], truncation=True, max_length=cfg.seq_len)["input_ids"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from genforge.adversarial.config import ATTACKS
 from genforge.config import field
 from genforge.errors import ConfigError
+from genforge.generate.config import check_sampling
 from genforge.train.config import TrainConfig
 
 HEADS = ("linear", "lstm", "transformer", "mean")
@@ -66,6 +67,9 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(f"--lora-r must be >= 0, got {self.lora_r}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 < self.lora_alpha < float("inf"):
+            raise ConfigError(f"--lora-alpha must be a finite number > 0 (the update is scaled by alpha / r), "
+                              f"got {self.lora_alpha}")
         if self.merge and not self.lora_r:
             raise ConfigError("--merge only applies to LoRA runs: add --lora-r N or drop --merge")
         if self.lora_r and self.freeze_layers:
@@ -153,8 +157,8 @@ class AverageConfig:
         if self.weight and len(self.weight) != len(self.model):
             raise ConfigError(f"give one --weight per --model: {len(self.weight)} weights for "
                               f"{len(self.model)} models")
-        if any(w < 0 for w in self.weight) or (self.weight and sum(self.weight) <= 0):
-            raise ConfigError(f"--weight values must be >= 0 with a positive sum, got {self.weight}")
+        if any(not 0 <= w < float("inf") for w in self.weight) or (self.weight and sum(self.weight) <= 0):
+            raise ConfigError(f"--weight values must be >= 0 and finite, with a positive sum, got {self.weight}")
         if any(Path(m).resolve() == Path(self.out).resolve() for m in self.model):
             raise ConfigError("--out must not be one of the --model folders")
 
@@ -200,6 +204,7 @@ class ChatConfig:
             raise ConfigError("give the model folder: --model DIR")
         if self.max_new_tokens <= 0:
             raise ConfigError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        check_sampling(self.temperature, 0, self.top_p, 1.0)  # here, before the model loads and a message is typed
 
 
 @dataclass(kw_only=True)

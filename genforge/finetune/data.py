@@ -34,6 +34,8 @@ def read_records(path: Path, *, plain_field: str | None = None) -> Iterator[tupl
     """(line number, record) of a CSV/TSV/JSONL/JSON file. Other files: one record per non-blank line,
     `{plain_field: line}`, when `plain_field` is given (prediction inputs); else a DataError."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {path} is a folder, expected a file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     kind = FORMATS.get(path.suffix.lower())

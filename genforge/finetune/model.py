@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from genforge.errors import ArtifactError, ConfigError
-from genforge.models.load import detect_objective, from_pretrained
+from genforge.models.load import adapter_base, detect_objective, from_pretrained, reading_weights
 
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "deberta", "deberta-v2",
                  "mpnet", "camembert", "modernbert")
@@ -32,10 +32,21 @@ def is_decoder(config: dict[str, Any]) -> bool:
 
 
 def hf_config(path: Path, *, dropout: float = -1.0, **overrides: Any) -> Any:
-    """The model's AutoConfig with `overrides` and, if dropout >= 0, every dropout probability replaced."""
+    """The model's AutoConfig with `overrides` and, if dropout >= 0, every dropout probability replaced.
+
+    A LoRA adapter folder is refused rather than merged into its base: a run fine-tuned from that merge
+    would record the adapter's base as its own, and a LoRA adapter of it would then load without the first.
+    """
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    base = adapter_base(path)
+    if base is not None and not (Path(path) / "config.json").is_file():
+        raise ArtifactError(f"model {path} is a LoRA adapter, not a full model: fine-tune from its base {base}, "
+                            "or from a merged model (train the adapter with --merge)")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read the config of model {path}: {str(e).splitlines()[0]}") from None
     if dropout >= 0:
         for key in DROPOUT_KEYS:
             if isinstance(getattr(config, key, None), float | int) and not isinstance(getattr(config, key), bool):
@@ -134,7 +145,9 @@ def load_weights(module: nn.Module, folder: Path) -> None:
     """Load an engine checkpoint (model.safetensors of a wrapped module) back into `module`."""
     from safetensors.torch import load_model
 
-    missing, unexpected = load_model(module, str(Path(folder) / "model.safetensors"), strict=False)
+    path = Path(folder) / "model.safetensors"
+    with reading_weights(path):
+        missing, unexpected = load_model(module, str(path), strict=False)
     if missing or unexpected:
         raise ArtifactError(f"checkpoint {folder} does not fit the model (missing {sorted(missing)[:3]}, "
                             f"unexpected {sorted(unexpected)[:3]})")

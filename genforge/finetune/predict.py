@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from genforge.artifacts import write_jsonl
+from genforge.artifacts import check_output_file, write_jsonl
 from genforge.errors import DataError
 from genforge.finetune.classifier import load_classifier, predict_probs
 from genforge.finetune.config import PredictConfig
@@ -49,6 +49,8 @@ def predict(cfg: PredictConfig) -> list[dict[str, Any]]:
     import typer
     from tqdm import tqdm
 
+    if cfg.out is not None:  # before the model loads and predicts, not after
+        check_output_file(cfg.out)
     model, tokenizer, info = load_classifier(cfg.model)
     texts = list(cfg.text) if cfg.text else read_texts(cfg.data, cfg.text_field)
     with tqdm(total=len(texts), unit="text", desc="predict", file=sys.stderr, disable=len(texts) < 100) as bar:

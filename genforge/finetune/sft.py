@@ -22,6 +22,7 @@ from genforge.artifacts import MANIFEST, read_manifest, write_manifest
 from genforge.errors import ConfigError, DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
 from genforge.finetune.card import write_card
+from genforge.finetune.classifier import refuse_classifier
 from genforge.finetune.config import SftConfig
 from genforge.finetune.data import hash_split, read_records
 from genforge.finetune.lora import apply_lora, save_model
@@ -193,6 +194,7 @@ def load_causal_lm(path: Path, dropout: float = -1.0) -> Any:
 
 def sft(cfg: SftConfig) -> Path:
     """Fine-tune a causal LM on dialogues; return the run folder (a chat model or a LoRA adapter)."""
+    refuse_classifier(cfg.model, "SFT needs a causal LM base, such as the model the classifier was fine-tuned from")
     base_config = read_model_config(cfg.model)
     check_seq_len(cfg, base_config)
     if not is_decoder(base_config):
@@ -205,7 +207,6 @@ def sft(cfg: SftConfig) -> Path:
     else:
         train_set, val_set = hash_split(dialogues, text_of=lambda d: "\n".join(m["content"] for m in d))
     train_ex, val_ex = encode_all(tokenizer, train_set, cfg), encode_all(tokenizer, val_set, cfg)
-    started = prepare_output(cfg)
     if cfg.epochs:
         cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_ex), cfg.batch_size, cfg.grad_accum))
 
@@ -217,6 +218,7 @@ def sft(cfg: SftConfig) -> Path:
                         task_type="CAUSAL_LM")
     model = Wrapped(lm)
     params = trainable_params(model)
+    started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
     objective = ClmObjective()
     val_collate = make_collate(val_ex, tokenizer.pad_token_id)
 

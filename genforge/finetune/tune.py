@@ -29,6 +29,7 @@ killed tuner left "running" are marked failed first. best.yaml is the best trial
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -44,41 +45,124 @@ from genforge.finetune.config import ClassifyConfig, SftConfig, TuneConfig
 
 TASKS = {"classify": ClassifyConfig, "sft": SftConfig}
 SPACE_KEYS = ("task", "out", "metric", "direction", "pruner", "base", "search")
+METRICS = {  # the numeric metrics of each task's manifest a study can optimise
+    "classify": ("val_macro_f1", "val_accuracy", "val_loss", "best_step", "steps", "train_seconds"),
+    "sft": ("val_loss", "best_step", "steps", "train_seconds"),
+}
 
 
 def read_space(path: Path) -> dict[str, Any]:
-    """The search-space YAML, checked: task, base keys and search entries of the task's config."""
+    """The search-space YAML, checked whole before any trial starts: task, metric, base keys, every search
+    entry, and a trial config built from every value each entry can take (so a bad value is named here,
+    not found by a trial after others ran)."""
     space = read_yaml(path)
     unknown = [k for k in space if k not in SPACE_KEYS]
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(SPACE_KEYS)})")
     if space.get("task") not in TASKS:
         raise ConfigError(f"{path}: 'task' must be one of {', '.join(TASKS)}; got {space.get('task')!r}")
+    task = space["task"]
     base, search = space.get("base") or {}, space.get("search") or {}
     if not isinstance(base, dict) or not isinstance(search, dict) or not search:
         raise ConfigError(f"{path}: 'base' must be a mapping and 'search' a non-empty mapping")
-    fields = TASKS[space["task"]].__dataclass_fields__
-    for key, spec in search.items():
+    fields = TASKS[task].__dataclass_fields__
+    for key in base:
+        if str(key).replace("-", "_") not in fields:
+            raise ConfigError(f"{path}: base key '{key}' is not a {task} config key")
+    for key in search:
         if key not in fields:
-            raise ConfigError(f"{path}: search key '{key}' is not a {space['task']} config key")
-        if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
-            raise ConfigError(f"{path}: search '{key}' needs {{choices: [...]}} or {{low: X, high: Y}}")
+            raise ConfigError(f"{path}: search key '{key}' is not a {task} config key")
+    search = {key: read_entry(path, key, spec) for key, spec in search.items()}
+    check_trial_configs(path, TASKS[task], base, search)
     metric = space.get("metric", "val_loss")
+    if metric not in METRICS[task]:
+        raise ConfigError(f"{path}: 'metric' must be one of the {task} runs' metrics: {', '.join(METRICS[task])}; "
+                          f"got {metric!r}")
     direction = space.get("direction", "minimize" if metric.endswith("loss") else "maximize")
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"{path}: 'direction' must be minimize or maximize; got {direction!r}")
     return {**space, "base": base, "search": search, "metric": metric, "direction": direction}
 
 
+def read_entry(path: Path, key: str, spec: Any) -> dict[str, Any]:
+    """One search entry, checked and normalised: {choices: [...]} or {low, high, log, step} with numeric
+    bounds (ints when both bounds are ints and the range is not logarithmic; YAML's `1e-5`, a string, is
+    read as the number it means). Optuna would only refuse a bad one inside a trial, with a traceback."""
+    where = f"{path}: search '{key}'"
+    if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
+        raise ConfigError(f"{where} needs {{choices: [...]}} or {{low: X, high: Y}}")
+    if "choices" in spec:
+        if set(spec) != {"choices"}:
+            raise ConfigError(f"{where}: give either choices or low/high (with log, step), not both")
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"{where}: choices must be a non-empty list; got {spec['choices']!r}")
+        return {"choices": spec["choices"]}
+    if extra := sorted(set(spec) - {"low", "high", "log", "step"}):
+        raise ConfigError(f"{where}: unknown field '{extra[0]}' (known: low, high, log, step)")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: log must be true or false; got {log!r}")
+    low, high = (range_number(where, name, spec[name]) for name in ("low", "high"))
+    integer = isinstance(low, int) and isinstance(high, int) and not log
+    if not integer:
+        low, high = float(low), float(high)
+    if low > high:
+        raise ConfigError(f"{where}: low ({low}) must be <= high ({high})")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0; got low {low}")
+    entry = {"low": low, "high": high, "log": log}
+    if "step" in spec:
+        step = range_number(where, "step", spec["step"])
+        if log:
+            raise ConfigError(f"{where}: step cannot go with log: true (a log range is continuous)")
+        if step <= 0 or (integer and not isinstance(step, int)):
+            raise ConfigError(f"{where}: step must be {'an integer >= 1' if integer else 'a number > 0'}; "
+                              f"got {spec['step']!r}")
+        entry["step"] = step
+    return entry
+
+
+def range_number(where: str, name: str, value: Any) -> int | float:
+    """A bound or step as a finite int or float (a numeric string such as YAML's `1e-5` is read as a float)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        number = float(value) if isinstance(value, float | str) else math.nan
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {name} must be a finite number; got {value!r}")
+    return number
+
+
+def candidate_values(entry: dict[str, Any]) -> list[Any]:
+    """The values of an entry a trial config must accept: every choice, or both ends of the range."""
+    return list(entry["choices"]) if "choices" in entry else [entry["low"], entry["high"]]
+
+
+def check_trial_configs(path: Path, config_cls: type, base: dict[str, Any], search: dict[str, Any]) -> None:
+    """Build the trial config with each value of each entry (the others at their first value), so that a
+    value the config refuses (`batch_size: {choices: [0, 8]}`) is named now rather than failing a trial."""
+    first = {key: candidate_values(entry)[0] for key, entry in search.items()}
+    for key, entry in search.items():
+        for value in candidate_values(entry):
+            try:
+                from_dict(config_cls, {**base, **first, key: value, "out": "trial"})
+            except ConfigError as e:
+                raise ConfigError(f"{path}: base with search '{key}' = {value!r}: {e}") from None
+
+
 def suggest(trial: Any, search: dict[str, Any]) -> dict[str, Any]:
+    """One trial's values of the (normalised, see `read_entry`) search entries."""
     params = {}
     for key, spec in search.items():
         if "choices" in spec:
-            params[key] = trial.suggest_categorical(key, list(spec["choices"]))
-        elif isinstance(spec["low"], int) and isinstance(spec["high"], int) and not spec.get("log"):
+            params[key] = trial.suggest_categorical(key, spec["choices"])
+        elif isinstance(spec["low"], int):
             params[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1))
         else:
-            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+            params[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec["log"],
+                                              step=spec.get("step"))
     return params
 
 
@@ -89,8 +173,9 @@ def make_pruner(spec: Any) -> Any:
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if spec == "none":
         return optuna.pruners.NopPruner()
-    if isinstance(spec, dict) and set(spec) <= {"upper", "lower"}:
-        return optuna.pruners.ThresholdPruner(**{k: float(v) for k, v in spec.items()})
+    if isinstance(spec, dict) and spec and set(spec) <= {"upper", "lower"}:
+        bounds = {k: range_number("pruner", k, v) for k, v in spec.items()}
+        return optuna.pruners.ThresholdPruner(**{k: float(v) for k, v in bounds.items()})
     raise ConfigError(f"pruner must be median, none or {{upper: X}} / {{lower: X}}; got {spec!r}")
 
 
@@ -141,8 +226,9 @@ def run_trial(task: str, cfg: Any, trial: Any, metric: str, maximize: bool) -> d
                 proc.wait()
     manifest = folder / "manifest.json"
     if proc.returncode != 0 or not manifest.is_file():
-        tail = (folder.parent / f"{folder.name}.log").read_text(errors="replace").strip().splitlines()[-1:]
-        raise GenforgeError(f"trial {trial.number} failed: {tail[0] if tail else 'no output'}")
+        log_path = folder.parent / f"{folder.name}.log"
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+        raise GenforgeError(f"trial {trial.number} failed: {tail[0] if tail else 'no output'} (log: {log_path})")
     return json.loads(manifest.read_text())["metrics"]
 
 
@@ -155,12 +241,13 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     if not str(out) or str(out) == ".":
         raise ConfigError("give the study folder: --out DIR (or `out:` in the YAML)")
     task, config_cls, maximize = space["task"], TASKS[space["task"]], space["direction"] == "maximize"
+    pruner = make_pruner(space.get("pruner"))
     started = begin_output(out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=cfg.study_name, storage=f"sqlite:///{out.resolve() / 'study.db'}",
                                 load_if_exists=True, direction=space["direction"],
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed + len_trials(out, cfg)),
-                                pruner=make_pruner(space.get("pruner")))
+                                pruner=pruner)
     for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # left by a killed tuner
 
@@ -172,7 +259,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
             raise ConfigError(f"trial runs report no metric '{space['metric']}' (they have: {', '.join(metrics)})")
         return float(metrics[space["metric"]])
 
-    study.optimize(objective, n_trials=cfg.trials, catch=(GenforgeError,))
+    run_trials(study, objective, cfg.trials)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise GenforgeError(f"no trial of study {out} finished; see the trial logs in {out / 'trials'}")
@@ -190,6 +277,33 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
                    started=started, extra={"task": task, "best_params": best.params})
     _print(summary, out)
     return summary
+
+
+def run_trials(study: Any, objective: Any, n: int) -> None:
+    """`n` trials by ask and tell rather than `study.optimize`, which logs a failing trial's traceback.
+
+    A trial that raises is marked failed and ends the study with its one-line reason: the space was checked
+    up front and the engine finishes a diverging run with its NaN score, so a trial raises for a reason of
+    the setup (a seq_len the model cannot take, a missing file) that every later trial would repeat. A NaN
+    score (those diverged hyper-parameters) fails that trial only.
+    """
+    import optuna
+
+    for _ in range(n):
+        trial = study.ask()
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        except BaseException:  # Ctrl-C too: the trial is failed, not left "running"
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        if math.isnan(value):  # a diverged run: that trial failed, the study goes on
+            print(f"trial {trial.number} scored NaN (diverged): marked failed", file=sys.stderr)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, value)
 
 
 def len_trials(out: Path, cfg: TuneConfig) -> int:

@@ -125,9 +125,9 @@ def stream(model: str | Path | Any, prompt: str, *, tokenizer: Any = None, max_n
 
 def read_prompts(path: Path) -> list[str]:
     """Prompts from a file: JSONL (`.jsonl`, a "prompt" per line) or plain text (one per non-blank line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"prompts file {path} does not exist")
+    from genforge.artifacts import input_file
+
+    path = input_file(path, "prompts file")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
@@ -170,8 +170,10 @@ def generate_from_config(cfg: GenerateConfig) -> list[dict[str, Any]]:
     import typer
     from tqdm import tqdm
 
-    from genforge.artifacts import write_jsonl
+    from genforge.artifacts import check_output_file, write_jsonl
 
+    if cfg.out is not None:  # before the model loads and generates, not after
+        check_output_file(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     params = cfg.sampling()

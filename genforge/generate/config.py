@@ -5,6 +5,7 @@ Light on purpose (no torch import): the CLI builds its flags from `GenerateConfi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +17,16 @@ BACKENDS = ("auto", "fast", "hf")
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, repetition_penalty: float) -> None:
-    """Refuse values that have no meaning, naming the flag (shared by the CLI config and the Python API)."""
-    if not temperature >= 0:
-        raise ConfigError(f"temperature must be >= 0 (0 = greedy); got {temperature}")
+    """Refuse values that have no meaning, naming the flag (shared by the CLI configs, the server and the Python
+    API). An infinite temperature or penalty would turn every logit into inf or 0 and sample NaNs."""
+    if not 0 <= temperature < math.inf:
+        raise ConfigError(f"temperature must be >= 0 and finite (0 = greedy); got {temperature}")
     if top_k < 0:
         raise ConfigError(f"top_k must be >= 0 (0 = off); got {top_k}")
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1] (1 = off); got {top_p}")
-    if not repetition_penalty > 0:
-        raise ConfigError(f"repetition_penalty must be > 0 (1 = off); got {repetition_penalty}")
+    if not 0 < repetition_penalty < math.inf:
+        raise ConfigError(f"repetition_penalty must be > 0 and finite (1 = off); got {repetition_penalty}")
 
 
 @dataclass(frozen=True)

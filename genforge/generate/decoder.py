@@ -174,12 +174,15 @@ def load_decoder(model: str | Path | Any, tokenizer: Any = None, dtype: str = "a
     bfloat16 and is the only choice that matches HF's greedy tokens). backend "auto" takes the fast
     Llama forward when the architecture allows and the model's own forward otherwise.
     """
+    from genforge.finetune.classifier import refuse_classifier
     from genforge.models.load import detect_objective, load_model, max_positions, read_model_config
 
     if isinstance(model, Decoder):
         return model
     if isinstance(model, str | Path):
         path = Path(model)
+        refuse_classifier(path, f"it labels texts (`genforge predict --model {path}`); generation needs a causal "
+                                "LM such as a `genforge pretrain` or `finetune sft` run")
         config = read_model_config(path)
         if detect_objective(config) != "clm":
             archs = ", ".join(config.get("architectures") or [config.get("model_type", "?")])

@@ -10,7 +10,10 @@ with `compression.json` (quantised, head-pruned or ONNX, from `genforge compress
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,29 @@ def max_positions(config: dict[str, Any] | Any) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def reading_weights(path: Path) -> Iterator[None]:
+    """Turn a failed read of the safetensors file `path` (truncated, or not safetensors) into one ArtifactError."""
+    from safetensors import SafetensorError
+
+    from genforge.artifacts import reading
+
+    with reading(path, "re-copy it or retrain", also=(SafetensorError,)):
+        yield
+
+
+def check_weights(folder: Path) -> None:
+    """Read the header of every `*.safetensors` file in `folder`, which also checks each file's length.
+
+    A truncated copy then fails as one line naming the file, before any loader reaches it.
+    """
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with reading_weights(path), safe_open(str(path), framework="pt"):
+            pass
+
+
 def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
     """(model in fp32 with SDPA attention, objective) from a local HF folder; refuses a mismatch.
 
@@ -106,6 +132,7 @@ def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
     if base is not None and not (Path(path) / "config.json").is_file():
         from peft import PeftModel
 
+        check_weights(path)
         model, found = load_model(base, objective)
         return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), found
     config = read_model_config(path)
@@ -119,6 +146,7 @@ def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
 
         from genforge.compress.load import load_compressed
 
+        check_weights(path)
         return load_compressed(path, auto, AutoConfig.from_pretrained(path, local_files_only=True)), found
     return from_pretrained(auto, path, dtype=torch.float32), found
 
@@ -129,12 +157,40 @@ def from_pretrained(auto: Any, path: str | Path, **kwargs: Any) -> Any:
     Architectures without an SDPA implementation (MPNet, among others) load with plain attention
     instead of failing; any other load problem is one ArtifactError line naming the folder.
     """
+    check_weights(path)
     try:
-        try:
-            return auto.from_pretrained(str(path), attn_implementation="sdpa", local_files_only=True, **kwargs)
-        except ValueError as e:
-            if "sdpa" not in str(e).lower() and "scaled_dot_product_attention" not in str(e):
-                raise
-            return auto.from_pretrained(str(path), attn_implementation="eager", local_files_only=True, **kwargs)
+        with held_load_report():
+            try:
+                return auto.from_pretrained(str(path), attn_implementation="sdpa", local_files_only=True, **kwargs)
+            except ValueError as e:
+                if "sdpa" not in str(e).lower() and "scaled_dot_product_attention" not in str(e):
+                    raise
+                return auto.from_pretrained(str(path), attn_implementation="eager", local_files_only=True,
+                                            **kwargs)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e:
+        if not any(s in str(e) for s in ("size mismatch", "ignore_mismatched_sizes")):
+            raise
+        raise ArtifactError(f"{Path(path) / 'config.json'} does not match the weights beside it (tensor shapes "
+                            "differ): the folder is corrupt or mixed up; re-copy it or retrain") from None
+
+
+@contextlib.contextmanager
+def held_load_report() -> Iterator[None]:
+    """Hold back transformers' load report (a multi-line table of missing or mismatched weights) while a
+    model loads, and show it only if the load succeeds: a failed load is reported as one line instead."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
+    for record in held:
+        logger.handle(record)

@@ -17,6 +17,8 @@ from genforge.errors import ConfigError
 GAN_VARIANTS = ("seqgan", "gumbel")
 GENERATORS = ("lstm", "tiny", "small", "base")  # an LSTM or genforge's decoder preset
 ANNEALING = ("linear", "logistic", "none")
+MAX_SAMPLES = 1000  # `vae sample` decodes all its sentences as one batch: (n, vocabulary) logits per step
+MAX_GAN_LEN = 128  # SeqGAN/RelGAN texts are 20-50 tokens; see TextGanConfig.check
 
 
 def _positive(cfg: object, *names: str) -> None:
@@ -70,16 +72,20 @@ class VaeSampleConfig:
     """Sentences from a trained text VAE: draws from the prior, or a path between two sentences."""
 
     model: Path = field(help="a `genforge vae train` run folder")
-    n: int = field(5, help="sentences drawn from the prior")
+    n: int = field(5, help=f"sentences drawn from the prior (at most {MAX_SAMPLES})")
     interpolate: list[str] = field(default_factory=list, help="two sentences: decode points on the line "
                                                               "between their latent codes (repeat the flag)")
-    steps: int = field(5, help="points on the interpolation line, ends included")
+    steps: int = field(5, help=f"points on the interpolation line, ends included (at most {MAX_SAMPLES})")
     temperature: float = field(0.0, help="decoding temperature (0 = greedy)")
     seed: int = field(0, help="random seed")
 
     def check(self) -> None:
         _positive(self, "n", "steps")
         _non_negative(self, "temperature")
+        for name in ("n", "steps"):
+            if getattr(self, name) > MAX_SAMPLES:
+                raise ConfigError(f"--{name} must be at most {MAX_SAMPLES}, got {getattr(self, name)}: the sentences "
+                                  "are decoded as one batch; for more, run again with another --seed")
         if self.interpolate and len(self.interpolate) != 2:
             raise ConfigError(f"--interpolate takes exactly two sentences, got {len(self.interpolate)}")
 
@@ -127,11 +133,18 @@ class TextGanConfig(GanConfig):
     """A text GAN on the sentences of a packed data folder."""
 
     data: Path = field(help="packed data folder (train.bin, val.bin, tokenizer/, pack.json from `data pack`)")
-    seq_len: int = field(20, help="tokens per generated sentence (shorter ones are padded with EOS)")
+    seq_len: int = field(20, help=f"tokens per generated sentence, at most {MAX_GAN_LEN} (shorter ones are "
+                                    "padded with EOS)")
 
     def check(self) -> None:
+        """seq_len is bounded: every sentence is padded to it, the Gumbel variant holds batch x seq_len x
+        vocabulary relaxed one-hots, and SeqGAN's rollouts grow with its square."""
         super().check()
         _positive(self, "seq_len")
+        if self.seq_len > MAX_GAN_LEN:
+            raise ConfigError(f"--seq-len must be at most {MAX_GAN_LEN}, got {self.seq_len}: text GANs generate "
+                              "short sentences (every one is padded to --seq-len, and the adversarial phase's "
+                              "cost and memory grow with it); longer texts are a job for an LM (`genforge pretrain`)")
 
 
 @dataclass(kw_only=True)

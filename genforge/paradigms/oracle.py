@@ -10,6 +10,8 @@ seeded oracle initialised N(0, 1) as in the original code.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +34,11 @@ def load_oracle(folder: Path) -> LstmGenerator:
     if not path.is_file():
         raise DataError(f"{path} not found: point --oracle at the seqgan_oracle folder, or leave it out for "
                         "a seeded random oracle")
-    p = np.load(path)
-    needed = {"g_embeddings", "Wo", "bo", *(name for gate in GATES for name in gate)}
-    if missing := sorted(needed - set(p.files)):
-        raise DataError(f"{path} lacks array '{missing[0]}': expected SeqGAN's oracle parameters")
-    vocab, embed = p["g_embeddings"].shape
-    hidden = p["Wo"].shape[0]
+    arrays = read_oracle_arrays(path)
+    vocab, embed = arrays["g_embeddings"].shape
+    hidden = arrays["Wo"].shape[0]
     oracle = LstmGenerator(vocab, embed, hidden)
-    t = {k: torch.from_numpy(np.asarray(p[k], dtype=np.float32)) for k in needed}
+    t = {k: torch.from_numpy(v) for k, v in arrays.items()}
     with torch.no_grad():
         oracle.embed.weight.copy_(t["g_embeddings"])
         oracle.lstm.weight_ih_l0.copy_(torch.cat([t[w].T for w, _, _ in GATES]))
@@ -49,6 +48,31 @@ def load_oracle(folder: Path) -> LstmGenerator:
         oracle.head.weight.copy_(t["Wo"].T)
         oracle.head.bias.copy_(t["bo"])
     return oracle.requires_grad_(False).eval()
+
+
+def read_oracle_arrays(path: Path) -> dict[str, np.ndarray]:
+    """SeqGAN's oracle arrays from an .npz as float32, checked to be readable and of consistent shapes."""
+    needed = {"g_embeddings", "Wo", "bo", *(name for gate in GATES for name in gate)}
+    try:
+        with np.load(path) as p:  # no pickles: a parameter file holds plain arrays
+            if missing := sorted(needed - set(p.files)):
+                raise DataError(f"{path} lacks array '{missing[0]}': expected SeqGAN's oracle parameters")
+            arrays = {k: np.asarray(p[k], dtype=np.float32) for k in needed}
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path} is not a readable .npz of numeric arrays ({str(e).splitlines()[0]}): "
+                        "use the seqgan_oracle folder's oracle_params.npz") from None
+    if arrays["g_embeddings"].ndim != 2 or arrays["Wo"].ndim != 2:
+        raise DataError(f"{path}: g_embeddings and Wo must be matrices; got shapes "
+                        f"{arrays['g_embeddings'].shape} and {arrays['Wo'].shape}")
+    (vocab, embed), hidden = arrays["g_embeddings"].shape, arrays["Wo"].shape[0]
+    shapes = {"Wo": (hidden, vocab), "bo": (vocab,)}
+    for w, u, b in GATES:
+        shapes.update({w: (embed, hidden), u: (hidden, hidden), b: (hidden,)})
+    for name, shape in shapes.items():
+        if arrays[name].shape != shape:
+            raise DataError(f"{path}: array '{name}' has shape {arrays[name].shape}, expected {shape} "
+                            f"(vocabulary {vocab}, embedding {embed}, hidden {hidden})")
+    return arrays
 
 
 def random_oracle(seed: int, vocab: int = VOCAB, size: int = SIZE) -> LstmGenerator:
@@ -67,6 +91,9 @@ def read_samples(path: Path, vocab: int, length: int) -> torch.Tensor:
         rows = [[int(x) for x in line.split()] for line in Path(path).read_text().splitlines() if line.strip()]
     except ValueError as e:
         raise DataError(f"{path}: not a file of space-separated token ids ({e})") from None
+    if not rows:
+        raise DataError(f"{path} holds no sequences: expected one line of {length} space-separated ids per "
+                        "sequence (or remove the file to sample the training rows from the oracle)")
     bad = next((i for i, r in enumerate(rows) if len(r) != length or not all(0 <= x < vocab for x in r)), None)
     if bad is not None:
         raise DataError(f"{path} line {bad + 1}: expected {length} ids in [0, {vocab})")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.artifacts import begin_output, read_manifest, write_json, write_manifest
+from genforge.artifacts import begin_output, read_manifest, reading, write_json, write_manifest
 from genforge.errors import ArtifactError, DataError
 from genforge.paradigms.config import VaeConfig
 from genforge.train.checkpoint import WEIGHTS
@@ -120,7 +120,7 @@ def read_sentences(data: Any, split: str, pack: dict[str, Any], max_len: int) ->
     """The documents of a packed split (EOS-separated) as token arrays, cut to `max_len`; empty ones dropped."""
     tokens = np.fromfile(data / f"{split}.bin", dtype=np.dtype(pack["dtype"]))
     ends = np.flatnonzero(tokens == pack["eos_id"])
-    starts = np.concatenate([[0], ends[:-1] + 1])
+    starts = np.concatenate([[0], ends + 1])[:len(ends)]  # none when the file holds no EOS
     sentences = [tokens[s:e][:max_len].astype(np.int64) for s, e in zip(starts, ends, strict=True) if e > s]
     if not sentences:
         raise DataError(f"{data}/{split}.bin holds no documents: prepare and pack some text first")
@@ -186,7 +186,6 @@ def vae_train(cfg: VaeConfig) -> Any:
     pack = read_pack(cfg.data)
     if cfg.resume and not checkpoint_exists(cfg.out):
         raise ArtifactError(f"nothing to resume: {cfg.out}/checkpoints/latest does not exist; drop --resume")
-    started = begin_output(cfg.out)
     tokenizer = AutoTokenizer.from_pretrained(cfg.data / "tokenizer")
     special = {"bos": tokenizer.bos_token_id, "eos": pack["eos_id"], "pad": tokenizer.pad_token_id,
                "mask": tokenizer.mask_token_id}
@@ -195,6 +194,7 @@ def vae_train(cfg: VaeConfig) -> Any:
         raise DataError(f"tokenizer {cfg.data / 'tokenizer'} has no {missing} token: retrain it with genforge")
     train_rows = read_sentences(cfg.data, "train", pack, cfg.max_len)
     val_rows = read_sentences(cfg.data, "val", pack, cfg.max_len)[:2000]
+    started = begin_output(cfg.out)  # only now, with the data read: bad data leaves an earlier run in --out whole
     torch.manual_seed(cfg.seed)
     model = TextVae(pack["vocab_size"], cfg.embed_size, cfg.hidden_size, cfg.latent_size)
     objective = VaeObjective(mask_id=special["mask"], word_dropout=cfg.word_dropout, free_bits=cfg.free_bits)
@@ -224,15 +224,41 @@ def vae_train(cfg: VaeConfig) -> Any:
     return cfg.out
 
 
-def load_vae(folder: Any) -> tuple[TextVae, Any, dict[str, Any]]:
-    """(model, tokenizer, vae.json) of a finished `vae train` run folder."""
+VAE_KEYS = ("vocab_size", "embed_size", "hidden_size", "latent_size", "max_len")
+SPECIAL_KEYS = ("bos", "eos", "pad", "mask")
+
+
+def read_vae_info(folder: Any) -> dict[str, Any]:
+    """vae.json of a run folder, checked: the sizes the model is rebuilt from and the special token ids."""
     import json
 
+    path = folder / "vae.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder} has no vae.json: not a finished `genforge vae train` run") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is corrupt ({e}): retrain with `genforge vae train`") from None
+    special = info.get("special_ids") if isinstance(info, dict) else None
+    sizes_ok = isinstance(info, dict) and all(isinstance(info.get(k), int) and info[k] > 0 for k in VAE_KEYS)
+    if not sizes_ok or not isinstance(special, dict) or not all(isinstance(special.get(k), int) for k in SPECIAL_KEYS):
+        raise ArtifactError(f"{path} lacks the model sizes ({', '.join(VAE_KEYS)}) or special_ids "
+                            f"({', '.join(SPECIAL_KEYS)}): retrain with `genforge vae train`")
+    return info
+
+
+def load_vae(folder: Any) -> tuple[TextVae, Any, dict[str, Any]]:
+    """(model, tokenizer, vae.json) of a finished `vae train` run folder; a damaged one is an ArtifactError."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
+
+    from genforge.finetune.model import load_tokenizer
 
     read_manifest(folder, "vae")
-    info = json.loads((folder / "vae.json").read_text())
+    info = read_vae_info(folder)
     model = TextVae(info["vocab_size"], info["embed_size"], info["hidden_size"], info["latent_size"])
-    model.load_state_dict(load_file(folder / WEIGHTS))
-    return model.eval(), AutoTokenizer.from_pretrained(folder / "tokenizer"), info
+    with reading(folder / WEIGHTS, "retrain with `genforge vae train`", also=(SafetensorError, RuntimeError)):
+        model.load_state_dict(load_file(folder / WEIGHTS))
+    if not (folder / "tokenizer").is_dir():
+        raise ArtifactError(f"{folder}/tokenizer is missing: retrain with `genforge vae train`")
+    return model.eval(), load_tokenizer(folder / "tokenizer"), info

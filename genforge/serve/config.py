@@ -5,7 +5,7 @@ Light on purpose (no torch/fastapi import): the CLI builds its flags from these 
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,17 +35,24 @@ class Variant:
 
 
 def parse_variant(spec: str) -> Variant:
-    """`NAME=DIR[:WEIGHT]` -> Variant; a trailing `:x` that is not a number belongs to the path."""
+    """`NAME=DIR[:WEIGHT]` -> Variant. A trailing `:x` that is not a number belongs to the path when it holds a
+    path separator (`C:/models/x`) or a folder of that whole name exists; otherwise it is a mistyped weight
+    (`b=runs/chat:O.1`), refused here rather than reported later as a missing folder `runs/chat:O.1`."""
     name, sep, rest = spec.partition("=")
     if not sep or not name.strip() or not rest:
-        raise ConfigError(f"--variant must be NAME=DIR[:WEIGHT]; got {spec!r}")
+        raise ConfigError(f"--variant must be NAME=FOLDER[:WEIGHT]; got {spec!r}")
     path, weight, weighted = rest, 1.0, False
     head, colon, tail = rest.rpartition(":")
     if colon and head:
-        with contextlib.suppress(ValueError):
+        try:
             path, weight, weighted = head, float(tail), True
-    if not weight > 0:
-        raise ConfigError(f"--variant {spec!r}: the weight must be > 0")
+        except ValueError:
+            if not any(c in tail for c in "/\\") and not Path(rest).expanduser().exists():
+                raise ConfigError(f"--variant {spec!r}: {tail!r} after the last ':' is not a number and there is "
+                                  f"no folder {rest!r}; write NAME=FOLDER[:WEIGHT] with a numeric weight, "
+                                  f"e.g. {name.strip()}={head}:0.1") from None
+    if not 0 < weight < math.inf:
+        raise ConfigError(f"--variant {spec!r}: the weight must be a finite number > 0 (NAME=FOLDER[:WEIGHT])")
     return Variant(name.strip(), Path(path).expanduser(), weight, weighted)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from genforge.artifacts import begin_output, sha256_file, write_jsonl, write_manifest
+from genforge.errors import DataError
 from genforge.serve.config import FeedbackExportConfig, default_db_url
 from genforge.serve.db import Feedback, StoredResponse, connect
 
@@ -42,14 +43,27 @@ def _rows(engine: Any, model: str | None) -> list[tuple[StoredResponse, list[Fee
         return list(grouped.values())
 
 
+def _dialogue(response: StoredResponse) -> tuple[list[dict], str]:
+    """(request messages, first answer) of a stored chat response; a row that does not decode (edited by
+    hand, or written by another program) is a DataError naming it, raised before the export folder is touched."""
+    try:
+        messages = json.loads(response.request)["messages"]
+        answer = json.loads(response.response)[0]
+        if not isinstance(messages, list) or not isinstance(answer, str):
+            raise TypeError("no list of messages in the request, or no answer text in the response")
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise DataError(f"stored response {response.id} in the database is corrupt ({type(e).__name__}: {e}): "
+                        "delete its row from the responses table") from None
+    return messages, answer
+
+
 def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict], list[dict]]:
     """(SFT dialogues, preference pairs) of responses with their feedback, without duplicates."""
     sft, prefs, seen = [], [], set()
     rated: dict[str, dict[bool, list[str]]] = defaultdict(lambda: {True: [], False: []})
     prompts: dict[str, list[dict]] = {}
     for response, feedback in rows:
-        messages = json.loads(response.request)["messages"]
-        answer = json.loads(response.response)[0]
+        messages, answer = _dialogue(response)
         key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
         prompts[key] = messages
         for fb in feedback:
@@ -74,9 +88,9 @@ def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
 
     url = cfg.db or default_db_url()
     engine = connect(url)
-    started = begin_output(cfg.out)
     rows = _rows(engine, cfg.model)
     sft, prefs = build(rows)
+    started = begin_output(cfg.out)  # only now, with the database read: a bad row leaves an earlier export whole
     out = Path(cfg.out)
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "preference.jsonl", prefs)

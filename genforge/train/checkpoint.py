@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file, save_model
 
 from genforge.errors import ArtifactError
+from genforge.models.load import reading_weights
 
 STATE = "trainer_state.pt"
 WEIGHTS = "model.safetensors"
@@ -102,7 +103,8 @@ def load_checkpoint(folder: Path, model: Any) -> dict[str, Any]:
         state = torch.load(found / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
         raise ArtifactError(f"checkpoint {found / STATE} cannot be read: {str(e).splitlines()[0]}") from None
-    tensors = load_file(found / WEIGHTS)
+    with reading_weights(found / WEIGHTS):
+        tensors = load_file(found / WEIGHTS)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     groups: dict[int, list[str]] = {}  # tied weights are saved under one of their names
     for name, p in model.named_parameters(remove_duplicate=False):

@@ -20,7 +20,7 @@ from genforge.adversarial.perturb import wrap_adversarial
 from genforge.artifacts import MANIFEST, begin_output, now_iso, read_manifest, sha256_file, write_manifest
 from genforge.config import to_dict
 from genforge.errors import ArtifactError, ConfigError, DataError
-from genforge.models.load import detect_objective, load_model, max_positions, read_model_config
+from genforge.models.load import check_weights, detect_objective, load_model, max_positions, read_model_config
 from genforge.models.presets import build_model, count_params, model_config
 from genforge.train import distributed
 from genforge.train.config import PretrainConfig
@@ -44,14 +44,18 @@ def check_vocab(model_vocab: int, pack: dict[str, Any], model_path: Path | str) 
                         f"{model_vocab}: pack the data with the model's tokenizer")
 
 
-def check_same_tokenizer(model_path: Path, data_tokenizer: Any) -> None:
-    """Continued pretraining must use the model's own tokenizer, or every token id means something else."""
+def tokenizer_differs(folder: Path, data_tokenizer: Any) -> bool:
+    """True when `folder` holds a tokenizer with another vocabulary than the data's (False when it holds none)."""
     from transformers import AutoTokenizer
 
-    if not any((model_path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
-        return
-    model_tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if model_tokenizer.get_vocab() != data_tokenizer.get_vocab():
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        return False
+    return AutoTokenizer.from_pretrained(folder).get_vocab() != data_tokenizer.get_vocab()
+
+
+def check_same_tokenizer(model_path: Path, data_tokenizer: Any) -> None:
+    """Continued pretraining must use the model's own tokenizer, or every token id means something else."""
+    if tokenizer_differs(model_path, data_tokenizer):
         raise DataError(f"model {model_path} has a different tokenizer than the data: pack the data with "
                         f"the model's tokenizer (genforge data pack --tokenizer {model_path})")
 
@@ -66,8 +70,14 @@ def prepare_model(cfg: PretrainConfig, pack: dict[str, Any], tokenizer: Any, spe
         found = detect_objective(read_model_config(latest))
         if found != cfg.objective:
             raise ConfigError(f"{cfg.out} holds a '{found}' run; resume it with --objective {found}")
+        check_weights(latest)
         torch.manual_seed(cfg.seed)
         model = build_model(AutoConfig.from_pretrained(latest), cfg.objective)
+        # The same checks as a fresh run on these data, here against the tokenizer the run started with.
+        if tokenizer_differs(cfg.out, tokenizer):
+            raise DataError(f"{cfg.out} was trained on data of another tokenizer than {cfg.data}: resume it "
+                            "with the data it started on, or drop --resume to start anew")
+        check_vocab(model.config.vocab_size, pack, cfg.out)
         base = cfg.model
     elif cfg.model:
         model, _ = load_model(cfg.model, cfg.objective)
@@ -102,14 +112,13 @@ def make_objective(cfg: PretrainConfig, pack: dict[str, Any], tokenizer: Any, sp
                         special_ids=sorted(set(tokenizer.all_special_ids)), probability=cfg.mlm_probability)
 
 
-def export(cfg: PretrainConfig, model: Any, tokenizer: Any) -> None:
-    """RUNDIR top level = the best checkpoint (lowest val loss) as an HF folder, plus the tokenizer."""
+def export(cfg: PretrainConfig) -> None:
+    """RUNDIR top level = the best checkpoint (lowest val loss) as an HF folder (the tokenizer is there already)."""
     best = cfg.out / "checkpoints" / "best"
     source = best if (best / "model.safetensors").is_file() else cfg.out / "checkpoints" / "latest"
     for name in ("config.json", "model.safetensors", "generation_config.json"):
         if (source / name).is_file():
             shutil.copy2(source / name, cfg.out / name)
-    tokenizer.save_pretrained(cfg.out)
 
 
 def run_metrics(result: TrainResult, params: dict[str, int]) -> dict[str, Any]:
@@ -153,12 +162,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
         read_model_config(cfg.model)  # fail fast, before any process group or output exists
     dist = distributed.init_distributed()
     try:
-        if dist.is_main:
-            started = begin_output(cfg.out)
-            if redo:  # a finished run is redone from scratch: its checkpoints and logs go with it
-                shutil.rmtree(cfg.out / "checkpoints")
-                shutil.rmtree(cfg.out / "logs", ignore_errors=True)
-        distributed.barrier()
         tokenizer = AutoTokenizer.from_pretrained(cfg.data / "tokenizer")
         special = special_token_ids(tokenizer, need_mask=cfg.objective == "mlm", where=cfg.data / "tokenizer")
         special.setdefault("eos", pack["eos_id"])
@@ -167,6 +170,14 @@ def pretrain(cfg: PretrainConfig) -> Path:
         window = objective.window_len(cfg.seq_len)
         train_tokens = open_tokens(cfg.data / "train.bin", pack["dtype"], window)
         val_tokens = open_tokens(cfg.data / "val.bin", pack["dtype"], window)
+        distributed.barrier()  # every process has read --out (a resumed run's tokenizer) before it is written
+        if dist.is_main:  # only now, with the inputs checked: a bad one leaves an earlier run in --out whole
+            started = begin_output(cfg.out)
+            if redo:  # a finished run is redone from scratch: its checkpoints and logs go with it
+                shutil.rmtree(cfg.out / "checkpoints")
+                shutil.rmtree(cfg.out / "logs", ignore_errors=True)
+            tokenizer.save_pretrained(cfg.out)  # from the start, so that --resume can check the data against it
+        distributed.barrier()
         batches = WindowBatches(train_tokens, window, cfg.batch_size, cfg.grad_accum, cfg.seed, objective.make_batch)
 
         def eval_data():
@@ -177,7 +188,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                        dist=dist, tokens_per_byte=pack["val_tokens"] / max(1, pack["val_bytes"]))
         if not dist.is_main:
             return cfg.out
-        export(cfg, model, tokenizer)
+        export(cfg)
         plot_loss(cfg.out / "logs")
         params = count_params(model)
         metrics = run_metrics(result, params)

@@ -132,3 +132,36 @@ def test_cli_packs_and_errors_in_one_line(tmp_path, tokenizer):
     bad = CliRunner().invoke(app, ["data", "pack", "--data", str(tmp_path / "nope"), "--tokenizer", str(tokenizer)])
     assert bad.exit_code == 2
     assert bad.output.strip() == f"error: {tmp_path / 'nope'} does not exist"
+
+
+def test_corrupt_tokenizer_empty_train_and_non_utf8_text_are_one_line_errors(tmp_path, tokenizer):
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+    broken = tmp_path / "broken_tok"
+    shutil.copytree(tokenizer, broken)
+    (broken / "tokenizer.json").write_text("{bad")
+    with pytest.raises(ArtifactError, match=r"broken_tok/tokenizer.json is not a valid tokenizer file \(.*\): "
+                                            "re-copy it or retrain it"):
+        pack(PackConfig(data=data, tokenizer=broken, workers=1))
+    (data / "train.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="train.jsonl holds no documents"):
+        pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+    assert read_manifest(data, stage="data.pack", filename="pack.json")  # both refused before touching the pack
+    (data / "train.jsonl").write_bytes('{"text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="train.jsonl:1 is not UTF-8 text"):
+        pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+
+
+def test_preparing_again_unpacks_the_folder(tmp_path, tokenizer):
+    from genforge.data.config import PrepareConfig
+    from genforge.data.prepare import prepare
+
+    (tmp_path / "a.txt").write_text("\n\n".join(f"A long enough paragraph number {i}." for i in range(50)))
+    data = tmp_path / "data"
+    prepare(PrepareConfig(inputs=[tmp_path / "a.txt"], out=data, workers=1))
+    pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+    (tmp_path / "a.txt").write_text("\n\n".join(f"Another paragraph, this is number {i}." for i in range(50)))
+    prepare(PrepareConfig(inputs=[tmp_path / "a.txt"], out=data, workers=1))
+    assert read_manifest(data, "data.prepare")
+    with pytest.raises(ArtifactError, match="pack.json"):  # the old tokens no longer describe the text
+        read_manifest(data, "data.pack", filename="pack.json")

@@ -12,6 +12,7 @@ from genforge.data import prepare as prepare_module
 from genforge.data.clean import clean_text
 from genforge.data.config import PrepareConfig
 from genforge.data.prepare import prepare
+from genforge.errors import DataError
 
 ENGLISH = ("Our support team answers every request within one business day. If your order has not arrived "
            "after ten days, please write to us with the order number and the address it was sent to, and we "
@@ -151,7 +152,7 @@ def test_real_latin1_corpus(tmp_path, shared_data):
     assert any("clichés" in t for t in got) and not any("\ufffd" in t for t in got)
 
 
-def test_interrupted_run_leaves_no_manifest(tmp_path, monkeypatch):
+def test_interrupted_rerun_leaves_the_earlier_run_finished(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text("\n\n".join(f"A long enough paragraph number {i}." for i in range(50)))
     run(tmp_path, [tmp_path / "a.txt"])
     out = tmp_path / "out"
@@ -169,9 +170,23 @@ def test_interrupted_run_leaves_no_manifest(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_module, "scrub_pii", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, [tmp_path / "a.txt"])
-    assert not (out / "manifest.json").exists()
-    assert (out / "train.jsonl").read_text() == finished  # the old file is intact, no partial write
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "stats.json", "train.jsonl", "val.jsonl"]
+    # Nothing was written before the inputs were all read: the old run is intact and still finished.
+    assert (out / "train.jsonl").read_text() == finished
+    assert read_manifest(out, "data.prepare")["metrics"]["train_docs"] == len(finished.splitlines())
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "stats.json", "train.jsonl",
+                                                     "val.jsonl"]
+
+
+def test_a_rerun_that_fails_on_bad_input_keeps_the_earlier_run(tmp_path):
+    (tmp_path / "a.txt").write_text("\n\n".join(f"A long enough paragraph number {i}." for i in range(50)))
+    (tmp_path / "empty.txt").write_text("")
+    run(tmp_path, [tmp_path / "a.txt"])
+    out = tmp_path / "out"
+    finished = read_manifest(out, "data.prepare")
+    with pytest.raises(DataError, match="no documents left"):
+        run(tmp_path, [tmp_path / "empty.txt"])
+    assert read_manifest(out, "data.prepare") == finished
+    assert len(texts(out)) == finished["metrics"]["docs_out"]
 
 
 def invoke(*args):

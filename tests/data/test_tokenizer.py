@@ -149,3 +149,25 @@ def test_cli_trains_and_reports_bad_input_in_one_line(tmp_path):
     assert bad.exit_code == 2
     assert bad.output.strip() == f"error: vocab_size must be at least {MIN_VOCAB_SIZE} (256 byte symbols + " \
                                  "special tokens); got 10"
+
+
+def test_text_that_is_not_utf8_names_file_and_line(tmp_path):
+    data = make_prepared(tmp_path / "data", ENGLISH, ENGLISH)
+    with open(data / "train.jsonl", "ab") as f:
+        f.write('{"text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"train.jsonl:5 is not UTF-8 text .*save it as UTF-8"):
+        train_tokenizer(TokenizerConfig(data=data, out=tmp_path / "tok", vocab_size=300))
+
+
+def test_a_rerun_that_fails_on_bad_data_keeps_the_earlier_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    good = train_tokenizer(TokenizerConfig(data=make_prepared(tmp_path / "good", ENGLISH, ENGLISH),
+                                           out=tmp_path / "tok", vocab_size=300))
+    bad = make_prepared(tmp_path / "bad", ENGLISH, ENGLISH)
+    (bad / "train.jsonl").write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match="train.jsonl:1 is not a JSON object"):
+        train_tokenizer(TokenizerConfig(data=bad, out=good, vocab_size=300))
+    assert read_manifest(good, "tokenizer")["metrics"]["train_docs"] == len(ENGLISH)
+    tok = AutoTokenizer.from_pretrained(good)
+    assert tok.decode(tok("refunds")["input_ids"]) == "refunds"

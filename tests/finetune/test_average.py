@@ -84,6 +84,16 @@ def test_refuses_what_cannot_be_averaged(tmp_path, classifier_dir, llama_dir):
         average(AverageConfig(model=[classifier_dir, tmp_path / "nowhere"], out=tmp_path / "w"))
 
 
+def test_a_corrupt_ingredient_leaves_an_earlier_average_whole(tmp_path, classifier_dir, second_run):
+    out = average(AverageConfig(model=[classifier_dir, second_run], out=tmp_path / "avg"))
+    finished, weights = read_manifest(out), (out / "model.safetensors").read_bytes()
+    truncated = shutil.copytree(second_run, tmp_path / "truncated")
+    (truncated / "model.safetensors").write_bytes(weights[:1000])
+    with pytest.raises(ArtifactError, match=r"truncated/model.safetensors is corrupt \(.*\): re-copy it or retrain"):
+        average(AverageConfig(model=[classifier_dir, truncated], out=out))
+    assert read_manifest(out) == finished and (out / "model.safetensors").read_bytes() == weights
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"model": ["a"]}, "at least two models"),
     ({"model": ["a", "b"], "weight": [1.0]}, "one --weight per --model"),

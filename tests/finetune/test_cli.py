@@ -47,6 +47,9 @@ def test_bad_input_is_one_line(tmp_path, bert_dir, sentiment_csv):
         (["finetune", "classify", "--model", bert_dir, "--data", sentiment_csv, "--out", tmp_path / "d",
           "--seq-len", 1000], "--seq-len 1000 is longer than the 256 positions"),
         (["predict", "--model", bert_dir, "--text", "x"], "no classifier.json"),
+        (["predict", "--model", bert_dir, "--text", "x", "--out", tmp_path], f"output {tmp_path} is a folder"),
+        (["finetune", "classify", "--model", bert_dir, "--data", tmp_path, "--out", tmp_path / "e"],
+         f"data file {tmp_path} is a folder, expected a file"),
         (["chat", "--model", bert_dir], "not a causal language model"),
     ]
     for args, message in cases:

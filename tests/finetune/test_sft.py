@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from genforge.artifacts import read_manifest
-from genforge.errors import ConfigError, DataError
+from genforge.errors import ArtifactError, ConfigError, DataError
 from genforge.finetune.chat import chat_loop, load_chat_decoder
 from genforge.finetune.config import ChatConfig, SftConfig
 from genforge.finetune.sft import (
@@ -114,6 +114,11 @@ def test_sft_full_and_lora_adapter(tmp_path, llama_dir, dialogues, tokenizer):
 
     assert generate(lora, "hello", max_new_tokens=4, temperature=0)[0] == generate(
         decoder, "hello", max_new_tokens=4, temperature=0)[0]
+    # ... but not as a base to fine-tune (a run from its merge would record the adapter's base as its own);
+    # the refusal comes before --out is touched, so the finished run there stays whole.
+    with pytest.raises(ArtifactError, match="is a LoRA adapter, not a full model: fine-tune from its base"):
+        sft(SftConfig(out=full, **(common | {"model": lora})))
+    assert read_manifest(full, "finetune")["metrics"] == metrics
 
 
 def test_sft_refuses_an_encoder(tmp_path, bert_dir, dialogues):

@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from genforge.config import load_config
-from genforge.errors import ConfigError
+from genforge.errors import ConfigError, GenforgeError
 from genforge.finetune.config import ClassifyConfig, TuneConfig
-from genforge.finetune.tune import read_space, tune
+from genforge.finetune.tune import METRICS, read_space, run_trials, tune
 
 
 def write_space(tmp_path, bert_dir, data, **extra):
@@ -34,6 +34,8 @@ def test_study_resumes_and_writes_the_best_config(tmp_path, bert_dir, sentiment_
     assert best.head == again["best_params"]["head"] and best.lr == pytest.approx(again["best_params"]["lr"])
     assert (tmp_path / "study" / "trials.png").stat().st_size > 0
     assert json.loads((tmp_path / "study" / "manifest.json").read_text())["stage"] == "tune"
+    trial = json.loads((tmp_path / "study" / "trials" / "0000" / "manifest.json").read_text())
+    assert set(METRICS["classify"]) <= set(trial["metrics"])  # every metric a space may name is reported
 
 
 def test_pruned_trials_are_stopped(tmp_path, bert_dir, sentiment_csv):
@@ -59,3 +61,60 @@ def test_bad_spaces(tmp_path, bert_dir, sentiment_csv):
         path.write_text(yaml.safe_dump(content))
         with pytest.raises(ConfigError, match=message):
             read_space(path)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"lr": {"low": 1e-2, "high": 1e-4}}, r"search 'lr': low \(0.01\) must be <= high"),
+    ({"lr": {"low": 0, "high": 1e-2, "log": True}}, "a log range needs low > 0"),
+    ({"lr": {"choices": []}}, "choices must be a non-empty list"),
+    ({"lr": {"low": 0.0, "high": 1.0, "step": 0}}, "step must be a number > 0"),
+    ({"warmup_steps": {"low": 0, "high": 10, "step": 0}}, "step must be an integer >= 1"),
+    ({"lr": {"low": 1e-5, "high": 1e-3, "log": True, "step": 1e-4}}, "step cannot go with log"),
+    ({"lr": {"low": "abc", "high": 1}}, "low must be a finite number; got 'abc'"),
+    ({"lr": {"low": 0, "high": 1, "lgo": True}}, "unknown field 'lgo'"),
+    ({"batch_size": {"choices": [0, 8]}}, "search 'batch_size' = 0: --batch-size must be positive"),
+])
+def test_bad_search_entries_are_named_before_any_trial(tmp_path, entry, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"task": "classify", "base": {"model": "m", "data": "d"}, "search": entry}))
+    with pytest.raises(ConfigError, match=message):
+        read_space(path)
+
+
+def test_bad_base_key_metric_and_pruner_are_named_before_any_trial(tmp_path):
+    path = tmp_path / "s.yaml"
+    search = {"lr": {"low": "1e-5", "high": "1e-3", "log": True}}  # YAML reads 1e-5 as a string: still a number
+    for extra, message in [({"base": {"model": "m", "data": "d", "max_stepz": 2}}, "base key 'max_stepz' is not"),
+                           ({"base": {"model": "m", "data": "d"}, "metric": "val_acc"}, "'metric' must be one of"),
+                           ({"base": {"model": "m"}}, "give the training data")]:
+        path.write_text(yaml.safe_dump({"task": "classify", "search": search, **extra}))
+        with pytest.raises(ConfigError, match=message):
+            read_space(path)
+    path.write_text(yaml.safe_dump({"task": "classify", "base": {"model": "m", "data": "d"}, "search": search,
+                                    "pruner": {"upper": "abc"}}))
+    with pytest.raises(ConfigError, match="upper must be a finite number"):
+        tune(TuneConfig(space=path, trials=1, out=tmp_path / "study"))
+    assert not (tmp_path / "study").exists()  # refused before anything was written
+    assert read_space(path)["search"]["lr"] == {"low": 1e-5, "high": 1e-3, "log": True}
+
+
+def test_a_failing_trial_ends_the_study_in_one_line(capfd):
+    study = optuna.create_study()
+
+    def objective(trial):
+        trial.suggest_float("lr", 0.0, 1.0)
+        raise GenforgeError("trial 0 failed: error: --seq-len 999 is longer than the 256 positions")
+
+    with pytest.raises(GenforgeError, match="seq-len 999"):
+        run_trials(study, objective, 3)
+    assert [t.state.name for t in study.trials] == ["FAIL"]  # stopped: not left running, no more trials
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_diverged_trial_fails_alone(capfd):
+    study = optuna.create_study()
+    values = iter([float("nan"), 0.5])
+    run_trials(study, lambda trial: trial.suggest_float("lr", 0.0, 1.0) * 0 + next(values), 2)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    err = capfd.readouterr().err
+    assert "trial 0 scored NaN (diverged)" in err and "Warning" not in err

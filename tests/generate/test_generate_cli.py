@@ -1,6 +1,7 @@
 """`genforge generate` end to end through the real CLI app, and its one-line errors."""
 
 import json
+import shutil
 
 import pytest
 from transformers import BertConfig, BertForMaskedLM
@@ -62,7 +63,12 @@ def bert_dir(tmp_path_factory):
     (["--model", "{bert}", "--prompt", "a"], "not a causal language model (BertForMaskedLM)"),
     (["--model", "{llama}", "--prompts", "{tmp}/empty.txt"], "holds no prompts"),
     (["--model", "{llama}", "--prompts", "{tmp}/nothing.txt"], "does not exist"),
+    (["--model", "{llama}", "--prompts", "{tmp}"], "is a folder, expected a file"),
+    (["--model", "{tmp}/missing", "--prompts", "{tmp}/empty.txt", "--out", "{tmp}"],
+     "output {tmp} is a folder, expected a file"),  # said before the model is even looked at
     (["--model", "{llama}", "--prompt", "a", "--temperature", "-1"], "temperature must be >= 0"),
+    (["--model", "{llama}", "--prompt", "a", "--temperature", "inf"], "temperature must be >= 0 and finite"),
+    (["--model", "{llama}", "--prompt", "a", "--repetition-penalty", "inf"], "repetition_penalty must be > 0 and fin"),
     (["--model", "{llama}", "--prompt", "a", "--top-p", "0"], "top_p must be in (0, 1]"),
     (["--model", "{llama}", "--prompt", "a", "--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["--model", "{llama}", "--prompt", "a", "--max-new-tokens", "0"], "max_new_tokens must be > 0"),
@@ -76,4 +82,14 @@ def test_bad_input_is_one_line_and_exit_2(args, message, llama_dir, bert_dir, tm
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
-    assert message in result.output
+    assert message.format(tmp=tmp_path) in result.output
+
+
+def test_a_classifier_folder_is_named_as_one(llama_dir, tmp_path):
+    """A decoder-based classifier's config.json passes as a causal LM; its classifier.json says what it is."""
+    folder = tmp_path / "classifier"
+    shutil.copytree(llama_dir, folder)
+    (folder / "classifier.json").write_text('{"labels": ["a", "b"], "head": "linear"}', encoding="utf-8")
+    result = invoke("--model", folder, "--prompt", "a")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert f"model {folder} is a classifier" in result.output and "genforge predict" in result.output

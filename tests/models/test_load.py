@@ -65,3 +65,38 @@ def test_an_architecture_without_sdpa_loads_with_plain_attention(tmp_path):
     MPNetForMaskedLM(config).save_pretrained(tmp_path)
     model, found = load_model(tmp_path, "mlm")
     assert found == "mlm" and model.config._attn_implementation == "eager"
+
+
+def saved_clm(folder):
+    cfg = model_config("clm", "tiny", vocab_size=300, max_positions=64, special_ids={"pad": 0})
+    build_model(cfg, "clm").save_pretrained(folder)
+    return folder
+
+
+def test_truncated_weights_are_one_line_errors_naming_the_file(tmp_path):
+    from genforge.models.load import check_weights, reading_weights
+
+    folder = saved_clm(tmp_path / "model")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match=r"model/model.safetensors is corrupt \(.*\): re-copy it or retrain"):
+        load_model(folder)
+    with pytest.raises(ArtifactError, match="model.safetensors is corrupt"):
+        check_weights(folder)
+    from safetensors.torch import load_file
+
+    with pytest.raises(ArtifactError, match="model.safetensors is corrupt") as info, reading_weights(weights):
+        load_file(weights)  # as the checkpoint loaders read it
+    assert "\n" not in str(info.value)
+
+
+def test_a_config_that_does_not_fit_the_weights_is_one_line(tmp_path, capfd):
+    import json
+
+    folder = saved_clm(tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"hidden_size": 2 * config["hidden_size"]}))
+    with pytest.raises(ArtifactError, match=r"model/config.json does not match the weights beside it") as info:
+        load_model(folder)
+    assert "\n" not in str(info.value)
+    assert "MISMATCH" not in capfd.readouterr().err  # transformers' multi-line load report is held back

@@ -35,3 +35,17 @@ def digits(tmp_path_factory) -> Path:
         folder.mkdir(exist_ok=True)
         Image.fromarray((image * 255 / 16).astype(np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def no_val_documents(packed, tmp_path_factory) -> Path:
+    """A copy of `packed` whose val.bin keeps its size (so pack.json still vouches for it) but holds no EOS,
+    hence no documents: data that passes the pack check and is refused only once its sentences are read."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(packed, tmp_path_factory.mktemp("no_val_documents") / "data")
+    pack = json.loads((folder / "pack.json").read_text(encoding="utf-8"))
+    not_eos = (pack["eos_id"] + 1) % pack["vocab_size"]
+    np.full(pack["val_tokens"], not_eos, dtype=pack["dtype"]).tofile(folder / "val.bin")
+    return folder

@@ -1,10 +1,13 @@
 """`gan text` on a real packed folder: LSTM and decoder-preset generators, both adversarial variants."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from genforge.paradigms.config import TextGanConfig
+from genforge.artifacts import read_manifest
+from genforge.errors import ConfigError, DataError
+from genforge.paradigms.config import MAX_GAN_LEN, TextGanConfig
 from genforge.paradigms.gan_text import fixed_rows, gan_text, ngrams
 
 
@@ -28,3 +31,20 @@ def test_gan_text_runs(packed, tmp_path, generator, variants):
     manifest = json.loads((cfg.out / "manifest.json").read_text())
     assert manifest["stage"] == "gan.text" and manifest["parent"]["stage"] == "data.pack"
     assert (cfg.out / variants[0] / "samples.txt").read_text().count("\n") == 20
+
+
+def test_a_rerun_on_data_without_documents_keeps_the_earlier_run(packed, no_val_documents, tmp_path):
+    cfg = TextGanConfig(data=packed, out=tmp_path / "gan", variant=["gumbel"], seq_len=8, embed_size=16,
+                        hidden_size=16, batch_size=8, mle_steps=2, disc_pretrain_steps=1, adv_epochs=1, eval_every=1,
+                        eval_samples=16)
+    gan_text(cfg)
+    finished = read_manifest(cfg.out, "gan.text")
+    with pytest.raises(DataError, match="val.bin holds no documents"):
+        gan_text(replace(cfg, data=no_val_documents))
+    assert read_manifest(cfg.out, "gan.text") == finished
+
+
+def test_seq_len_is_bounded():
+    TextGanConfig(data="d", out="o", seq_len=MAX_GAN_LEN).check()
+    with pytest.raises(ConfigError, match=f"--seq-len must be at most {MAX_GAN_LEN}, got 100000: text GANs"):
+        TextGanConfig(data="d", out="o", seq_len=100000).check()

@@ -55,6 +55,40 @@ def test_bad_oracle_inputs(tmp_path):
     (tmp_path / "real.txt").write_text("1 2 3\n")
     with pytest.raises(DataError, match="line 1: expected 20 ids"):
         read_samples(tmp_path / "real.txt", 5000, 20)
+    (tmp_path / "real.txt").write_text("\n")
+    with pytest.raises(DataError, match="holds no sequences"):
+        read_samples(tmp_path / "real.txt", 5000, 20)
+
+
+def test_damaged_oracle_parameters_are_data_errors(tmp_path, shared_data):
+    path = tmp_path / "oracle_params.npz"
+    path.write_bytes((shared_data / "seqgan_oracle" / "oracle_params.npz").read_bytes()[:500])
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_oracle(tmp_path)
+    names = ["g_embeddings", "Wo", "bo", "Wi", "Ui", "bi", "Wf", "Uf", "bf", "Wc", "Uc", "bc", "Wog", "Uog", "bog"]
+    np.savez(path, **{k: np.array([object()], dtype=object) for k in names})  # pickles: refused, not loaded
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_oracle(tmp_path)
+    np.savez(path, **{k: np.zeros(3) for k in names})
+    with pytest.raises(DataError, match="must be matrices"):
+        load_oracle(tmp_path)
+    arrays = {k: np.zeros((2,) if k.startswith("b") else (2, 2)) for k in names}
+    np.savez(path, **{**arrays, "Wo": np.zeros((2, 7)), "bo": np.zeros(7), "g_embeddings": np.zeros((7, 2)),
+                      "Uc": np.zeros((2, 3))})
+    with pytest.raises(DataError, match="'Uc' has shape \\(2, 3\\), expected \\(2, 2\\)"):
+        load_oracle(tmp_path)
+    np.savez(path, **{**arrays, "Wo": np.zeros((2, 7)), "bo": np.zeros(7), "g_embeddings": np.zeros((7, 2))})
+    assert load_oracle(tmp_path).head.out_features == 7
+
+
+def test_empty_real_data_leaves_the_output_alone(tmp_path, shared_data):
+    (tmp_path / "oracle").mkdir()
+    (tmp_path / "oracle" / "oracle_params.npz").write_bytes(
+        (shared_data / "seqgan_oracle" / "oracle_params.npz").read_bytes())
+    (tmp_path / "oracle" / "real_data.txt").write_text("")
+    with pytest.raises(DataError, match="holds no sequences"):
+        gan_oracle(OracleConfig(oracle=tmp_path / "oracle", out=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_random_oracle_is_seeded():

@@ -2,13 +2,15 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from genforge.errors import ArtifactError, ConfigError
-from genforge.paradigms.config import VaeConfig, VaeSampleConfig
+from genforge.artifacts import read_manifest
+from genforge.errors import ArtifactError, ConfigError, DataError
+from genforge.paradigms.config import MAX_SAMPLES, VaeConfig, VaeSampleConfig
 from genforge.paradigms.vae import (
     TextVae,
     VaeObjective,
@@ -94,6 +96,30 @@ def test_vae_trains_resumes_and_samples(packed, tmp_path):
     assert len(result["prior"]) == 3 and len(result["interpolation"]) == 4
     with pytest.raises(ArtifactError):
         vae_train(tiny(packed, tmp_path / "none", resume=True))
+    damaged_runs_are_artifact_errors(out, tmp_path)
+
+
+def test_a_rerun_on_data_without_documents_keeps_the_earlier_run(packed, no_val_documents, tmp_path):
+    out = vae_train(tiny(packed, tmp_path / "vae", max_steps=4))
+    finished = read_manifest(out, "vae")
+    with pytest.raises(DataError, match="val.bin holds no documents"):
+        vae_train(tiny(no_val_documents, out, max_steps=4))
+    assert read_manifest(out, "vae") == finished
+
+
+def damaged_runs_are_artifact_errors(run, tmp_path):
+    """A copy of a finished run with one file damaged at a time: each refusal names the file."""
+    for damage, message in [(lambda f: (f / "vae.json").write_text("{bad"), "vae.json is corrupt"),
+                            (lambda f: (f / "vae.json").write_text("{}"), "vae.json lacks the model sizes"),
+                            (lambda f: (f / "model.safetensors").write_bytes(b"\0" * 100),
+                             "model.safetensors is corrupt"),
+                            (lambda f: shutil.rmtree(f / "tokenizer"), "tokenizer is missing")]:
+        folder = tmp_path / "damaged"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(run, folder)
+        damage(folder)
+        with pytest.raises(ArtifactError, match=message):
+            vae_sample(VaeSampleConfig(model=folder, n=1))
 
 
 def test_bad_configs():
@@ -101,3 +127,7 @@ def test_bad_configs():
         VaeConfig(data="d", out="o", word_dropout=1.0).check()
     with pytest.raises(ConfigError, match="exactly two"):
         VaeSampleConfig(model="m", interpolate=["a"]).check()
+    with pytest.raises(ConfigError, match=f"--n must be at most {MAX_SAMPLES}, got 100000000"):
+        VaeSampleConfig(model="m", n=100_000_000).check()
+    with pytest.raises(ConfigError, match=f"--steps must be at most {MAX_SAMPLES}"):
+        VaeSampleConfig(model="m", steps=MAX_SAMPLES + 1).check()

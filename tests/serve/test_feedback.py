@@ -12,9 +12,10 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from genforge.artifacts import read_manifest, sha256_file
+from genforge.errors import DataError
 from genforge.finetune.sft import read_dialogues
 from genforge.serve.config import FeedbackExportConfig
-from genforge.serve.db import MIGRATIONS, Feedback, connect
+from genforge.serve.db import MIGRATIONS, Feedback, StoredResponse, connect
 from genforge.serve.feedback import export
 
 
@@ -106,3 +107,19 @@ def test_no_store_takes_no_feedback(serve_cfg, live, oai):
         assert r.status_code == 400 and "--no-store" in r.json()["error"]["message"]
         with pytest.raises(openai.BadRequestError):
             oai(url).chat.completions.create(model="tiny", messages=[], max_tokens=2)
+
+
+def test_a_corrupt_stored_response_is_one_error_and_keeps_the_earlier_export(tmp_path):
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    out = tmp_path / "fb"
+    export(FeedbackExportConfig(out=out, db=db))
+    finished = read_manifest(out, stage="feedback.export")
+    with Session(connect(db)) as s, s.begin():
+        s.add(StoredResponse(id="chatcmpl-bad", route="chat", model="tiny", variant="v", caller="ann",
+                             request="{not json", response='["hi"]', finish="stop", status=200, prompt_tokens=1,
+                             completion_tokens=1, latency=0.1))
+        s.flush()  # the response row first: the feedback's foreign key names it
+        s.add(Feedback(response_id="chatcmpl-bad", caller="ann", correction="hello"))
+    with pytest.raises(DataError, match="stored response chatcmpl-bad in the database is corrupt"):
+        export(FeedbackExportConfig(out=out, db=db))
+    assert read_manifest(out, stage="feedback.export") == finished

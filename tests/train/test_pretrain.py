@@ -155,3 +155,55 @@ def test_data_without_tokens_or_a_foreign_model_folder(tmp_path, packed, tiny):
         pretrain(tiny(tmp_path / "out2", seq_len=100_000))
     bad = cli("pretrain", "--data", tmp_path, "--out", tmp_path / "o")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "pack.json" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_data(packed, tmp_path_factory):
+    """The text of `packed`, packed by another (larger) tokenizer."""
+    import shutil
+
+    from genforge.data.config import PackConfig, TokenizerConfig
+    from genforge.data.pack import pack
+    from genforge.data.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("other")
+    data = root / "data"
+    shutil.copytree(packed, data)
+    tok = train_tokenizer(TokenizerConfig(data=data, out=root / "tok", vocab_size=400))
+    pack(PackConfig(data=data, tokenizer=tok, workers=1))
+    return data
+
+
+def test_resume_checks_the_data_and_checkpoint_before_touching_a_finished_run(tmp_path, tiny, other_tokenizer_data):
+    cfg = tiny(tmp_path / "run", max_steps=3)
+    pretrain(cfg)
+    finished = read_manifest(cfg.out, "pretrain")
+    with pytest.raises(DataError, match="was trained on data of another tokenizer"):
+        pretrain(replace(cfg, data=other_tokenizer_data, max_steps=5, resume=True))
+    latest = cfg.out / "checkpoints" / "latest" / "model.safetensors"
+    good = latest.read_bytes()
+    latest.write_bytes(good[:1000])
+    with pytest.raises(ArtifactError, match="latest/model.safetensors is corrupt"):
+        pretrain(replace(cfg, max_steps=5, resume=True))
+    latest.write_bytes(good)
+    assert read_manifest(cfg.out, "pretrain") == finished
+
+
+def test_resuming_an_interrupted_run_checks_the_tokenizer_it_started_with(tmp_path, tiny, other_tokenizer_data,
+                                                                         monkeypatch):
+    from genforge.train import pretrain as pretrain_module
+
+    real_train = pretrain_module.train
+
+    def interrupted(*args, **kwargs):  # a run killed after its last checkpoint, before its export
+        real_train(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_module, "train", interrupted)
+    cfg = tiny(tmp_path / "run", max_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg)
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="was trained on data of another tokenizer"):
+        pretrain(replace(cfg, data=other_tokenizer_data, max_steps=5, resume=True))
+    assert read_manifest(pretrain(replace(cfg, max_steps=5, resume=True)))["metrics"]["steps"] == 5
