@@ -9,6 +9,7 @@ the federated keys, not by changing code. `--max-steps`/`--epochs` are ignored: 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,9 @@ TASKS = ("classify", "sft", "pretrain")
 class FederatedFields:
     """How the data is split over clients, how rounds run and aggregate, privacy and where it runs."""
 
+    data: Path | None = field(None, help="the training data split into --clients silos (a file; for pretrain a "
+                                         "packed folder); not needed with --partition by-file, whose silos are the "
+                                         "--client-data")
     clients: int = field(3, help="number of clients (data silos); with --partition by-file, one per --client-data")
     rounds: int = field(5, help="federated rounds (each: sampled clients train locally, the server aggregates)")
     local_steps: int = field(20, help="optimizer steps each sampled client runs per round (unless --local-epochs)")
@@ -75,6 +79,9 @@ class FederatedFields:
     total_cpus: int = field(2, help="simulation: CPU cores Ray may use in all")
 
     def check_federated(self) -> None:
+        if self.partition != "by-file" and self.data is None:
+            raise ConfigError(f"give the data to split into silos: --data (--partition {self.partition}); or give "
+                              "real silos: --partition by-file and one --client-data per client")
         if self.clients < 1 or self.rounds < 1 or self.local_steps < 1:
             raise ConfigError(f"--clients, --rounds and --local-steps must be positive, got {self.clients}, "
                               f"{self.rounds}, {self.local_steps}")
@@ -113,13 +120,21 @@ class FederatedFields:
             raise ConfigError("--client-cpus must be positive and --total-cpus at least 1")
 
 
+def check_centralized(cfg: FederatedFields, centralized: type) -> None:
+    """The centralized command's own checks on `cfg`. They require --data, which real silos (--partition
+    by-file) do without: there the first client's file stands in for it, as every silo is such a file."""
+    if cfg.partition == "by-file" and cfg.data is None and cfg.client_data:
+        cfg = dataclasses.replace(cfg, data=cfg.client_data[0])
+    centralized.check(cfg)
+
+
 @dataclass(kw_only=True)
 class FederatedClassifyConfig(FederatedFields, ClassifyConfig):
     """Federated text classification: `finetune classify` on each silo, one global classifier."""
 
     def check(self) -> None:
-        super().check()
         self.check_federated()
+        check_centralized(self, ClassifyConfig)
 
 
 @dataclass(kw_only=True)
@@ -127,8 +142,8 @@ class FederatedSftConfig(FederatedFields, SftConfig):
     """Federated SFT: `finetune sft` on each silo's dialogues, one global chat model."""
 
     def check(self) -> None:
-        super().check()
         self.check_federated()
+        check_centralized(self, SftConfig)
         if self.partition == "dirichlet":
             raise ConfigError("--partition dirichlet skews labels; dialogues have none: use iid, quantity or by-file")
 
@@ -138,8 +153,8 @@ class FederatedPretrainConfig(FederatedFields, PretrainConfig):
     """Federated causal/masked-LM (pre)training on packed token files: one packed folder per silo or a split."""
 
     def check(self) -> None:
-        super().check()
         self.check_federated()
+        check_centralized(self, PretrainConfig)
         if self.partition == "dirichlet":
             raise ConfigError("--partition dirichlet skews labels; token streams have none: use iid, quantity "
                               "or by-file (one packed folder per client)")

@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from genforge.artifacts import MANIFEST, begin_output, read_manifest, sha256_file, write_json
+from genforge.artifacts import MANIFEST, begin_output, check_output, read_manifest, sha256_file, write_json
 from genforge.config import to_dict
 from genforge.errors import GenforgeError
 from genforge.federated.config import FAILURE
@@ -135,9 +135,11 @@ def federated(cfg: Any, kind: str) -> Path:
     from genforge.federated.partition import plot_stats, stats
     from genforge.federated.tasks import build_task
 
-    started = begin_output(cfg.out)
+    check_output(cfg.out)
+    started = time.time()
     task = build_task(kind, cfg)  # the launcher's view: label set and partition statistics
     clients, labels_of = silos(kind, cfg, task)
+    begin_output(cfg.out)  # only now, with the data and model read: a bad one leaves an earlier run in --out whole
     partition = stats([[None] * (c["examples"] or 0) for c in clients], labels_of)
     write_json(Path(cfg.out) / "partition.json", partition)
     plot_stats(partition, Path(cfg.out) / "logs" / "partition.png")

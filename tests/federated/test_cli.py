@@ -33,3 +33,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, sentiment_csv, bert_dir):
     bad.write_text("task: translate\n")
     result = CliRunner().invoke(app, ["federated", "--recipe", str(bad)])
     assert result.exit_code == 2 and "needs `task: classify|sft|pretrain`" in result.output
+
+
+def test_real_silos_from_the_command_line_need_no_data_flag(tmp_path, bert_dir, sentiment_rows, csv_file, packed):
+    """The documented by-file usage: one --client-data per client and no --data, for classify and pretrain."""
+    silos = [str(csv_file(f"branch{k}.csv", sentiment_rows[k::2])) for k in range(2)]
+    result = CliRunner().invoke(app, ["federated", "classify", "--model", str(bert_dir), "--partition", "by-file",
+                                      "--clients", "2", "--client-data", silos[0], "--client-data", silos[1],
+                                      "--val-data", str(csv_file("val.csv", sentiment_rows[::5])), "--out",
+                                      str(tmp_path / "fed"), "--rounds", "1", "--local-steps", "1", "--seq-len", "32",
+                                      "--batch-size", "4", "--no-bf16"])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "fed", "finetune")
+    assert [c["data"] for c in manifest["federated"]["clients"]] == silos and manifest["config"]["data"] is None
+    result = CliRunner().invoke(app, ["federated", "pretrain", "--partition", "by-file", "--clients", "2",
+                                      "--client-data", str(packed), "--client-data", str(packed), "--preset", "tiny",
+                                      "--out", str(tmp_path / "lm"), "--rounds", "1", "--local-steps", "1",
+                                      "--seq-len", "32", "--batch-size", "4", "--eval-batches", "1", "--no-bf16"])
+    assert result.exit_code == 0, result.output
+    assert len(read_manifest(tmp_path / "lm", "pretrain")["federated"]["clients"]) == 2

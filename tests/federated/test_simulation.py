@@ -14,7 +14,7 @@ from genforge.finetune.classifier import load_classifier, predict_probs
 def test_federated_lora_classifier_survives_a_broken_silo(tmp_path, bert_dir, sentiment_rows, csv_file):
     files = [csv_file(f"branch{k}.csv", sentiment_rows[k::3]) for k in range(3)]
     val = csv_file("val.csv", sentiment_rows[::5])
-    cfg = FederatedClassifyConfig(model=bert_dir, data=files[0], val_data=val, out=tmp_path / "fed", clients=3,
+    cfg = FederatedClassifyConfig(model=bert_dir, val_data=val, out=tmp_path / "fed", clients=3,
                                   partition="by-file", client_data=files, rounds=2, local_steps=3, batch_size=8,
                                   seq_len=32, lr=3e-3, bf16=False, strategy="fedprox", mu=0.1, lora_r=4,
                                   min_fit_clients=2)
@@ -45,6 +45,8 @@ def test_bad_federated_settings_are_one_line_errors(tmp_path, sentiment_csv, ber
     base = {"model": bert_dir, "data": sentiment_csv, "out": tmp_path / "o"}
     with pytest.raises(ConfigError, match="by-file needs one --client-data per client"):
         FederatedClassifyConfig(**base, partition="by-file", clients=2).check()
+    with pytest.raises(ConfigError, match="give the data to split into silos: --data"):
+        FederatedClassifyConfig(**{**base, "data": None}, partition="iid").check()
     with pytest.raises(ConfigError, match="--dp-noise is accounted"):
         FederatedClassifyConfig(**base, strategy="median", dp_noise=1.0).check()
     with pytest.raises(ConfigError, match="fraction-fit"):

@@ -74,6 +74,25 @@ def ewma(values: list[float | None], halflife: float, prior: float | None = None
     return out
 
 
+def data_span(engine: Engine) -> tuple[int, int] | None:
+    """(first, last) item time; None while there are no items."""
+    with Session(engine) as session:
+        first, last = session.execute(select(func.min(MonitorItem.t), func.max(MonitorItem.t))).one()
+    return None if first is None else (int(first), int(last))
+
+
+def clamp_period(since: int | None, until: int | None, span: tuple[int, int] | None) -> tuple[int | None, int | None]:
+    """[since, until) moved inside the items' span [first, last + 1] (None stays open-ended).
+
+    `windows` fills every window of the period, so a bound far outside the data (a report --since
+    99999999999d, ?since=-10**15 on the API) would otherwise become billions of empty windows."""
+    if span is None:
+        return since, until
+    first, end = span[0], span[1] + 1
+    return (None if since is None else min(max(since, first), end),
+            None if until is None else min(max(until, first), end))
+
+
 def windows(engine: Engine, *, by: str, width: int, since: int | None = None, until: int | None = None,
             keys: list[str] | None = None) -> dict[str, list[Window]]:
     """Dense per-key window series over [since, until) (empty windows included, n = 0), oldest first.

@@ -13,6 +13,10 @@ from genforge.config import field
 from genforge.errors import ConfigError
 
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
+MAX_REPLAY_DAYS = 3660  # ten years of simulated time
+MAX_REPLAY_ITEMS = 10_000_000  # ~130 bytes an item: over a GB of JSONL, far beyond a demo or a rule-tuning run
+SURGE_FROM_HOUR = 48  # replay surges start after two days of baseline,
+SURGE_TAIL_HOURS = 2  # and end at least this long before the stream does
 SENTIMENTS = ("negative", "neutral", "positive")
 
 
@@ -66,7 +70,8 @@ class MonitorRunConfig:
     """Ingest streams, classify, store, track trends, alert, and serve the dashboard."""
 
     model: Path = field(None, help="a `genforge app monitor train` output folder")
-    source: list[str] = field(default_factory=list, help="a stream: jsonl:PATH (followed like tail -f), "
+    source: list[str] = field(default_factory=list, help="a stream: jsonl:PATH (followed like tail -f; without "
+                                                         "--once it may appear later), "
                                                          "folder:PATH (new files picked up) or http "
                                                          "(POST /v1/monitor/items); repeatable")
     db: str | None = field(None, help="database URL (default: $GENFORGE_DB_URL or sqlite:///~/.genforge/serve.db)")
@@ -139,7 +144,19 @@ class MonitorReplayConfig:
             raise ConfigError("give labelled data: --data FILE[#RAW=LABEL,...]")
         if self.out is None:
             raise ConfigError("give the output folder: --out DIR")
-        if self.days < 3 or self.per_hour < 1 or not self.entities:
-            raise ConfigError("--days must be >= 3, --per-hour >= 1, and --entities non-empty")
-        if not 0 < self.base * self.factor <= 1:
-            raise ConfigError(f"--base x --factor must be in (0, 1]; got {self.base} x {self.factor}")
+        if not 3 <= self.days <= MAX_REPLAY_DAYS or self.per_hour < 1 or not self.entities:
+            raise ConfigError(f"--days must be in 3..{MAX_REPLAY_DAYS}, --per-hour >= 1, and --entities non-empty; "
+                              f"got {self.days}, {self.per_hour}, {len(self.entities)}")
+        expected = self.days * 24 * self.per_hour * len(self.entities)
+        if expected > MAX_REPLAY_ITEMS:
+            raise ConfigError(f"--days x 24 x --per-hour x entities = {expected:,} items; a replay holds at most "
+                              f"{MAX_REPLAY_ITEMS:,}: fewer --days, --per-hour or --entities")
+        if not 0 < self.base <= 1 or not 0 < self.base * self.factor <= 1:
+            raise ConfigError(f"--base must be in (0, 1] and --base x --factor in (0, 1]; got {self.base} x "
+                              f"{self.factor}")
+        if self.surges < 0:
+            raise ConfigError(f"--surges must be >= 0; got {self.surges}")
+        room = self.days * 24 - SURGE_FROM_HOUR - SURGE_TAIL_HOURS  # hours a surge may start in
+        if self.surges and not 1 <= self.surge_hours < room:
+            raise ConfigError(f"--surge-hours must be in 1..{room - 1} for --days {self.days} (surges start after "
+                              f"the first {SURGE_FROM_HOUR} hours); got {self.surge_hours}")

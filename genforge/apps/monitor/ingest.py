@@ -25,6 +25,8 @@ from genforge.apps.monitor.tables import MonitorItem, MonitorOffset, MonitorText
 from genforge.errors import DataError
 
 URL = re.compile(r"https?://\S+")
+FIRST_TIME = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+LAST_TIME = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
 SPACE = re.compile(r"\s+")
 
 
@@ -48,18 +50,22 @@ def digest(text: str) -> str:
 
 
 def parse_time(value: Any) -> int:
-    """Epoch seconds (int/float, or a numeric string) or an ISO 8601 date/time (UTC when no zone is given)."""
+    """Epoch seconds (int/float, or a numeric string) or an ISO 8601 date/time (UTC when no zone is given),
+    within the years 1 to 9999 (what dates can show); ValueError (OverflowError for inf) otherwise."""
     if isinstance(value, bool):
         raise ValueError(f"bad time {value!r}")
     if isinstance(value, int | float):
-        return int(value)
-    text = str(value).strip()
-    try:
-        return int(float(text))
-    except ValueError:
-        pass
-    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+        t = int(value)
+    else:
+        text = str(value).strip()
+        try:
+            t = int(float(text))
+        except ValueError:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            t = int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+    if not FIRST_TIME <= t <= LAST_TIME:
+        raise ValueError(f"time {value!r} is outside the years 1 to 9999")
+    return t
 
 
 def parse_item(record: Any, source: str, default_t: int, where: str) -> Item:

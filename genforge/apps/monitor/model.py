@@ -7,14 +7,15 @@ the topic classifier or the discovered topics' router (see topics.py).
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genforge.artifacts import read_manifest
+from genforge.artifacts import read_json, read_manifest, reading
 from genforge.errors import ArtifactError
+
+RETRAIN = "train the model folder again with `genforge app monitor train`"
 
 
 @dataclass
@@ -80,12 +81,13 @@ def load_monitor_model(folder: Path) -> MonitorModel:
     tm = manifest["topic_model"]
     if tm["kind"] == "classifier":
         return MonitorModel(folder, sentiment, topic=load_classifier(folder / tm["path"]))
-    info = json.loads((folder / tm["path"]).read_text(encoding="utf-8"))
+    info = read_json(folder / tm["path"], RETRAIN, keys=("names", "embedder", "seq_len"))
     if info.get("assign") == "encoder":
+        with reading(folder / "centroids.npy", RETRAIN) as path:
+            centroids = np.load(path, allow_pickle=False)
         return MonitorModel(folder, sentiment, encoder=topics.load_encoder(Path(info["embedder"])),
-                            centroids=np.load(folder / "centroids.npy"), topic_names=info["names"],
-                            topic_seq_len=info["seq_len"])
-    vocabulary = json.loads((folder / "topic_vocabulary.json").read_text(encoding="utf-8"))
-    with np.load(folder / "topic_router.npz") as z:
+                            centroids=centroids, topic_names=info["names"], topic_seq_len=info["seq_len"])
+    vocabulary = read_json(folder / "topic_vocabulary.json", RETRAIN, kind=dict)
+    with reading(folder / "topic_router.npz", RETRAIN) as path, np.load(path, allow_pickle=False) as z:
         router = topics.load_router(vocabulary, z["idf"], z["coef"], z["intercept"])
     return MonitorModel(folder, sentiment, router=router, topic_names=info["names"])

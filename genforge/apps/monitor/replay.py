@@ -15,21 +15,24 @@ import random
 from pathlib import Path
 from typing import Any
 
-from genforge.apps.monitor.config import MonitorReplayConfig
+import typer
+
+from genforge.apps.monitor.config import SURGE_FROM_HOUR, SURGE_TAIL_HOURS, MonitorReplayConfig
 from genforge.apps.monitor.ingest import parse_time
 from genforge.artifacts import atomic_open, begin_output, write_json, write_manifest
-from genforge.errors import DataError
+from genforge.errors import ConfigError, DataError
 
 H = 3600
 
 
 def plan_surges(keys: list[str], days: int, count: int, hours: int, rng: random.Random, start: int) -> list[dict]:
-    """`count` surges after two days of baseline, keys in turn, never overlapping on one key."""
+    """Up to `count` surges after two days of baseline, keys in turn, never within 12 hours of another on one
+    key (a surge that finds no room in 100 draws is left out: the caller compares the count)."""
     surges: list[dict] = []
     for i in range(count):
         key = keys[i % len(keys)]
         for _ in range(100):
-            s = start + rng.randrange(2 * 24, days * 24 - hours - 2) * H
+            s = start + rng.randrange(SURGE_FROM_HOUR, days * 24 - hours - SURGE_TAIL_HOURS) * H
             if all(o["key"] != key or s >= o["end"] + 12 * H or s + hours * H + 12 * H <= o["start"] for o in surges):
                 surges.append({"key": key, "start": s, "end": s + hours * H})
                 break
@@ -53,7 +56,11 @@ def replay(cfg: MonitorReplayConfig) -> Path:
     from genforge.apps.monitor.config import SENTIMENTS
     from genforge.apps.monitor.train import labelled
 
-    started = begin_output(cfg.out)
+    try:
+        start = parse_time(cfg.start)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"bad --start {cfg.start!r}: give an ISO 8601 date/time such as 2026-01-05T00:00:00Z, "
+                          "or epoch seconds") from None
     rows = labelled(cfg.data, False, SENTIMENTS)
     rng = random.Random(cfg.seed)
     pool: dict[str, tuple[list[str], list[str]]] = {e: ([], []) for e in cfg.entities}
@@ -61,8 +68,12 @@ def replay(cfg: MonitorReplayConfig) -> Path:
         pool[rng.choice(cfg.entities)][0 if label == "negative" else 1].append(text)
     if any(not neg or not other for neg, other in pool.values()):
         raise DataError("every entity needs negative and other texts: give more data or fewer --entities")
-    start = parse_time(cfg.start)
     surges = plan_surges(cfg.entities, cfg.days, cfg.surges, cfg.surge_hours, rng, start)
+    if len(surges) < cfg.surges:  # surges.json holds the ones made: say so, the replay is still sound
+        typer.secho(f"warning: only {len(surges)} of {cfg.surges} surges of {cfg.surge_hours} hours fit in "
+                    f"{cfg.days} days over {len(cfg.entities)} entities (12 hours apart on one entity); for more, "
+                    "give more --days or --entities or shorter --surge-hours", fg="yellow", err=True)
+    started = begin_output(cfg.out)
     n = 0
     with atomic_open(cfg.out / "stream.jsonl") as f:
         for hour in make_stream(pool, days=cfg.days, per_hour=cfg.per_hour, base=cfg.base, factor=cfg.factor,

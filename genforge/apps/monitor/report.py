@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from genforge.apps.monitor.alerts import latest_time, list_alerts
-from genforge.apps.monitor.analytics import trend_rows, windows
+from genforge.apps.monitor.alerts import list_alerts
+from genforge.apps.monitor.analytics import clamp_period, data_span, trend_rows, windows
 from genforge.apps.monitor.config import WINDOWS, MonitorReportConfig
 from genforge.apps.monitor.ingest import parse_time
 from genforge.artifacts import atomic_write_text
@@ -35,7 +36,7 @@ def parse_moment(value: str | None, last: int) -> int | None:
         return last - int(m.group(1)) * SECONDS[m.group(2)]
     try:
         return parse_time(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ConfigError(f"bad time {value!r}: use an ISO date/time (2026-01-31T09:00) or a span (7d, 24h, 90m)") from None
 
 
@@ -46,12 +47,13 @@ def chart(key: str, rows: list[dict[str, Any]], alerts: list[dict[str, Any]], wi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def share(key: str) -> list[float]:  # NaN (a gap in the line and band) where a window has no items
+        return [r[key] if r["n"] else math.nan for r in rows]
+
     when = [datetime.fromtimestamp(r["start"], UTC) for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, height_ratios=[2, 1])
-    top.fill_between(when, [r["neg_lo"] if r["n"] else None for r in rows],
-                     [r["neg_hi"] if r["n"] else None for r in rows], color="#e15759", alpha=0.15, step="post")
-    top.step(when, [r["neg_share"] if r["n"] else None for r in rows], where="post", color="#e15759",
-             label="negative share")
+    top.fill_between(when, share("neg_lo"), share("neg_hi"), color="#e15759", alpha=0.15, step="post")
+    top.step(when, share("neg_share"), where="post", color="#e15759", label="negative share")
     top.plot(when, [r["baseline"] for r in rows], color="#555", linestyle="--", linewidth=1, label="EWMA baseline")
     for a in alerts:
         top.axvline(datetime.fromtimestamp(a["window"], UTC), color="red", linewidth=1.5, alpha=0.7)
@@ -68,23 +70,31 @@ def chart(key: str, rows: list[dict[str, Any]], alerts: list[dict[str, Any]], wi
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _when(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def report(cfg: MonitorReportConfig) -> Path:
     """Write the HTML report; return its path."""
     from genforge.serve.config import default_db_url
     from genforge.serve.db import connect
 
     engine = connect(cfg.db or default_db_url())
-    last = latest_time(engine)
-    if last is None:
+    span = data_span(engine)
+    if span is None:
         raise DataError(f"the monitor database {cfg.db or default_db_url()} holds no items yet")
+    first, last = span
     since, until = parse_moment(cfg.since, last), parse_moment(cfg.until, last)
+    since, end = clamp_period(since, None if until is None else until + 1, span)  # end: exclusive
+    start, stop = first if since is None else since, last + 1 if end is None else end
+    if start >= stop:
+        raise DataError(f"no items in the period asked for: the database holds items from {_when(first)} to "
+                        f"{_when(last)} UTC")
     width = WINDOWS[cfg.window]
-    series = windows(engine, by=cfg.by, width=width, since=since, until=until + 1 if until else None)
+    series = windows(engine, by=cfg.by, width=width, since=since, until=end)
     rows = trend_rows(series)
-    alerts = list_alerts(engine, since=since, until=until, limit=1000)
-    fmt = "%Y-%m-%d %H:%M"
-    period = (f"{datetime.fromtimestamp(since or min(r['start'] for r in rows), UTC):{fmt}} to "
-              f"{datetime.fromtimestamp(until or last, UTC):{fmt}} UTC")
+    alerts = list_alerts(engine, since=since, until=end, limit=1000)
+    period = f"{_when(start)} to {_when(stop - 1)} UTC"
     parts = [f"<h1>Sentiment monitor report</h1><p>{html.escape(period)}; {sum(r['n'] for r in rows)} items, "
              f"{len(alerts)} alerts; window: {cfg.window}, per {cfg.by}.</p>", "<h2>Trends</h2>"]
     for key in series:

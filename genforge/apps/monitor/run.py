@@ -69,7 +69,7 @@ def run(cfg: MonitorRunConfig) -> dict[str, int] | None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rules = load_rules(cfg.rules)
-    sources = open_sources(cfg.source, settle=0.0 if cfg.once else min(1.0, cfg.poll))
+    sources = open_sources(cfg.source, settle=0.0 if cfg.once else min(1.0, cfg.poll), once=cfg.once)
     model = load_monitor_model(cfg.model)
     if cfg.once or not cfg.serve:
         monitor = Monitor(connect(cfg.db or default_db_url()), model, cfg.batch_size)

@@ -130,13 +130,23 @@ class FolderWatch:
             return []
 
 
-def open_sources(specs: list[str], settle: float = 1.0) -> list[JsonlTail | FolderWatch]:
-    """The file sources of `--source` specs (`http` is served by the web app, not polled)."""
+def open_sources(specs: list[str], settle: float = 1.0, once: bool = False) -> list[JsonlTail | FolderWatch]:
+    """The file sources of `--source` specs (`http` is served by the web app, not polled).
+
+    A JSONL file is followed like `tail -f`, so a running monitor may wait for one that does not exist yet
+    (a warning says so); `once` reads what is there now, so there a missing file is an error."""
     out: list[JsonlTail | FolderWatch] = []
     for spec in specs:
         kind, _, path = spec.partition(":")
         if kind == "jsonl":
-            out.append(JsonlTail(Path(path).expanduser()))
+            file = Path(path).expanduser()
+            if file.is_dir():
+                raise DataError(f"--source {spec}: {file} is a folder; follow it with --source folder:{path}")
+            if not file.exists():
+                if once:
+                    raise DataError(f"--source {spec}: {file} does not exist (--once reads what the file holds now)")
+                log.warning("waiting for the JSONL source to appear", extra={"path": str(file)})
+            out.append(JsonlTail(file))
         elif kind == "folder":
             folder = Path(path).expanduser()
             if not folder.is_dir():

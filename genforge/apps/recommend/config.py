@@ -78,6 +78,8 @@ class BuildConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} must be > 0; got {getattr(self, key)}")
         if self.candidates < 10:
             raise ConfigError(f"--candidates must be >= 10; got {self.candidates}")
+        if self.reuse is not None and self.tune_encoder:
+            raise ConfigError("--reuse keeps embeddings of the untuned encoder; --tune-encoder makes new ones: drop one")
 
 
 @dataclass(kw_only=True)

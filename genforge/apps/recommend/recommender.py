@@ -28,7 +28,7 @@ import numpy as np
 
 from genforge.apps.recommend.behaviour import Behaviour
 from genforge.apps.recommend.data import Items
-from genforge.errors import DataError
+from genforge.errors import ArtifactError, DataError
 
 FEATURES = ["profile_cos", "max_history_cos", "cooc", "cooc_mean", "mf", "log_popularity", "genre_overlap",
             "log_history"]
@@ -97,6 +97,9 @@ class Recommender:
         if self.encoder is None:
             from genforge.adversarial.neighbours import load_encoder
 
+            if self.encoder_path is None or not Path(self.encoder_path).is_dir():
+                raise ArtifactError(f"the sentence encoder {self.encoder_path} of this recommender does not exist "
+                                    "(moved or deleted?): build it again with `genforge app recommend build`")
             self.encoder = load_encoder(self.encoder_path)
             self.encoder.max_length = 64
         return self.encoder.embed([text])[0].numpy()
@@ -242,20 +245,38 @@ def load(folder: Path, *, scorer: bool | None = None) -> Recommender:
     """A build folder (manifest stage "app.recommend.build") as a Recommender. `scorer`: True loads the interest
     scorer and re-ranks with it, False does neither, None follows the build's validation (`use_scorer`)."""
     import faiss
-    import lightgbm as lgb
 
-    from genforge.apps.recommend.store import read_build
+    from genforge.apps.recommend.store import REBUILD, read_build
+    from genforge.artifacts import reading
 
     folder = Path(folder)
     info, items, embeddings, behaviour, genre_matrix, genres = read_build(folder)
-    model = Recommender(items, embeddings, faiss.read_index(str(folder / "index.faiss")), behaviour, genre_matrix,
-                        genres, encoder_path=folder / info["encoder"], history_items=info["history_items"],
+    with reading(folder / "index.faiss", REBUILD, also=(RuntimeError,)) as path:
+        index = faiss.read_index(str(path))
+        if index.ntotal != len(items.ids):
+            raise ValueError(f"it holds {index.ntotal} vectors for {len(items.ids)} items")
+    model = Recommender(items, embeddings, index, behaviour, genre_matrix, genres,
+                        encoder_path=folder / info["encoder"], history_items=info["history_items"],
                         rerank=info["rerank"], candidates=info["candidates"],
                         use_scorer=info.get("use_scorer", True) if scorer is None else scorer)
-    model.fast_ranker = lgb.Booster(model_file=str(folder / "ranker_fast.txt"))
+    model.fast_ranker = load_ranker(folder / "ranker_fast.txt", info.get("sha256", {}))
     if model.use_scorer and (folder / "scorer").is_dir() and (folder / "ranker.txt").is_file():
         from genforge.apps.recommend.scorer import Scorer
 
         model.scorer = Scorer(folder / "scorer")
-        model.full_ranker = lgb.Booster(model_file=str(folder / "ranker.txt"))
+        model.full_ranker = load_ranker(folder / "ranker.txt", info.get("sha256", {}))
     return model
+
+
+def load_ranker(path: Path, digests: dict[str, str]) -> Any:
+    """A LightGBM ranker file, first checked against the sha256 the build recorded (builds before it recorded
+    none): on a truncated or edited model file LightGBM's parser aborts the whole process, no exception."""
+    import lightgbm as lgb
+
+    from genforge.apps.recommend.store import REBUILD
+    from genforge.artifacts import reading, sha256_file
+
+    with reading(path, REBUILD, also=(lgb.basic.LightGBMError,)):
+        if path.name in digests and sha256_file(path) != digests[path.name]:
+            raise ValueError("its sha256 is not the one the build recorded")
+        return lgb.Booster(model_file=str(path))

@@ -21,10 +21,13 @@ import scipy.sparse as sp
 
 from genforge.apps.recommend.behaviour import Behaviour
 from genforge.apps.recommend.data import Items
-from genforge.artifacts import atomic_open, atomic_write_bytes, read_manifest, write_json
+from genforge.artifacts import atomic_open, atomic_write_bytes, read_json, read_manifest, reading, write_json
+from genforge.errors import ArtifactError
 
 STAGE = "app.recommend.build"
 FLAT_LIMIT = 200_000  # exact search up to this many items (a few ms); HNSW beyond
+REBUILD = "build the folder again with `genforge app recommend build`"
+INFO_KEYS = ("encoder", "history_items", "rerank", "candidates")  # what `recommender.load` reads of recommend.json
 
 
 def build_index(embeddings: np.ndarray) -> Any:
@@ -75,19 +78,26 @@ def write_payload(folder: Path, items: Items, embeddings: np.ndarray, index: Any
 
 
 def read_build(folder: Path) -> tuple[dict, Items, np.ndarray, Behaviour, sp.csr_matrix, list[str]]:
+    """The payload of a finished build folder; a missing, damaged or mismatched file is one ArtifactError."""
     folder = Path(folder)
     read_manifest(folder, stage=STAGE)
-    info = json.loads((folder / "recommend.json").read_text(encoding="utf-8"))
-    rows = [json.loads(line) for line in (folder / "items.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    items = Items([r["id"] for r in rows], [r["title"] for r in rows], [r["text"] for r in rows],
-                  [r["genres"] for r in rows])
-    embeddings = np.load(folder / "embeddings.npy")
-    z = np.load(folder / "behaviour.npz")
-    shape = tuple(z["w_shape"])
-    weights = sp.csr_matrix((z["w_data"], z["w_indices"], z["w_indptr"]), shape=shape)
-    neighbours = sp.csr_matrix((z["n_data"], z["n_indices"], z["n_indptr"]), shape=(shape[1], shape[1]))
-    users = json.loads((folder / "users.json").read_text(encoding="utf-8"))
-    behaviour = Behaviour(users, {u: i for i, u in enumerate(users)}, weights, z["popularity"], neighbours,
-                          z["user_factors"], z["item_factors"])
+    info = read_json(folder / "recommend.json", REBUILD, keys=INFO_KEYS)
+    with reading(folder / "items.jsonl", REBUILD) as path:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        items = Items([r["id"] for r in rows], [r["title"] for r in rows], [r["text"] for r in rows],
+                      [r["genres"] for r in rows])
+    with reading(folder / "embeddings.npy", REBUILD) as path:
+        embeddings = np.load(path, allow_pickle=False)
+    with reading(folder / "behaviour.npz", REBUILD) as path, np.load(path, allow_pickle=False) as z:
+        shape = tuple(int(n) for n in z["w_shape"])
+        weights = sp.csr_matrix((z["w_data"], z["w_indices"], z["w_indptr"]), shape=shape)
+        neighbours = sp.csr_matrix((z["n_data"], z["n_indices"], z["n_indptr"]), shape=(shape[1], shape[1]))
+        popularity, user_factors, item_factors = z["popularity"], z["user_factors"], z["item_factors"]
+    users = read_json(folder / "users.json", REBUILD, kind=list)
+    if not (len(embeddings) == shape[1] == len(popularity) == len(items.ids)) or shape[0] != len(users):
+        raise ArtifactError(f"{folder}: items.jsonl, embeddings.npy, behaviour.npz and users.json do not agree in "
+                            f"size (files of different builds?): {REBUILD}")
+    behaviour = Behaviour(users, {u: i for i, u in enumerate(users)}, weights, popularity, neighbours,
+                          user_factors, item_factors)
     gm, genres = genre_matrix(items)
     return info, items, embeddings, behaviour, gm, genres

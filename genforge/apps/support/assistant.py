@@ -15,7 +15,6 @@ passages without intent labels and gives the citations. Databases, safety and HT
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Generator
@@ -25,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from genforge.apps.support.config import HANDOFF
+from genforge.apps.support.config import HANDOFF, REBUILD
 from genforge.apps.support.index import Hit, HybridIndex, load_encoder, load_index
 from genforge.apps.support.ingest import tokens
 from genforge.apps.support.ood import OutOfScope, pooling
 from genforge.apps.support.ood import load as load_ood
 from genforge.apps.support.policy import OOS, Thresholds, decide
+from genforge.artifacts import read_json, reading
 from genforge.errors import ArtifactError, ConfigError
 
 META = "support.json"
@@ -209,7 +209,12 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{folder} has no {META}: not a support assistant (make one with "
                             "`genforge app support build`)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    meta = read_json(path, REBUILD, keys=("encoder", "system", "prompt_passages", "passage_chars", "thresholds"))
+    with reading(path, REBUILD):  # the thresholds are numbers (or null): fail here, not mid-answer
+        if not isinstance(meta["thresholds"], dict):
+            raise TypeError("'thresholds' is not an object")
+        Thresholds.from_dict(meta["thresholds"])
+    return meta
 
 
 def load_assistant(folder: Path, generate: bool = True, finished: bool = True) -> Assistant:

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import math
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,10 @@ from genforge.apps.support.index import Encoder, build_index, load_encoder
 from genforge.apps.support.ingest import Passage, ingest, kb_files
 from genforge.apps.support.ood import OutOfScope, fit_intent_ood, is_current, spread
 from genforge.apps.support.policy import OOS, Thresholds, calibrate, calibrate_intent
-from genforge.artifacts import begin_output, write_json, write_manifest
+from genforge.artifacts import begin_output, check_output, write_json, write_manifest
 from genforge.errors import DataError
 from genforge.finetune.data import hash_bucket, read_records
+from genforge.models.load import read_model_config
 
 VAL_BUCKET = 8
 INTENTS = "intents.csv"  # the intent classifier's training questions, kept in OUT/work
@@ -45,6 +47,16 @@ def read_questions(path: Path, labelled: bool = True) -> list[tuple[str, str]]:
     if not rows:
         raise DataError(f"{path} holds no questions")
     return rows
+
+
+def check_labels(path: Path, rows: list[tuple[str, str]], entries: Collection[str]) -> None:
+    """Refuse labelled questions whose label is neither an entry of the knowledge base (a FAQ id) nor 'oos':
+    they could never be answered right, and would skew the thresholds and metrics without a word."""
+    unknown = sorted({label for _, label in rows if label != OOS and label not in entries})
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise DataError(f"{path}: label(s) {', '.join(map(repr, unknown[:5]))}{more} are neither FAQ ids of the "
+                        f"knowledge base nor '{OOS}'")
 
 
 def split_calibration(passages: list[Passage], oos: list[str]) -> tuple[list[Passage], list[tuple[str, str]], list[str]]:
@@ -76,6 +88,17 @@ def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], enc
                                    batch_size=cfg.classify_batch, max_steps=cfg.classify_steps, lr=cfg.classify_lr,
                                    warmup_steps=min(30, cfg.classify_steps // 5), eval_every=0, log_every=25,
                                    seed=cfg.seed, bf16=False))
+
+
+def check_chat_inputs(cfg: BuildConfig) -> None:
+    """Read --history and check --model before the output is touched; the chat model, trained last, reads
+    them again, and a bad one found only then would cost the earlier assistant in --out."""
+    if cfg.history:
+        from genforge.finetune.sft import read_dialogues
+
+        read_dialogues(cfg.history)
+        if cfg.model is not None:
+            read_model_config(cfg.model)
 
 
 def calibrate_assistant(assistant: Assistant, val: list[tuple[str, str]], min_accuracy: float,
@@ -124,13 +147,14 @@ def recalibrate(cfg: CalibrateConfig) -> dict:
     assistant built before this version's out-of-scope model gets it fitted here."""
     folder = Path(cfg.assistant)
     started = time.time()
+    val = read_questions(cfg.val)
     if (folder / "intent").is_dir() and (folder / "work" / INTENTS).is_file() and not is_current(folder):
         from genforge.finetune.classifier import load_classifier
 
         fit_ood(folder, load_classifier(folder / "intent"), load_encoder(Path(read_meta(folder)["encoder"])))
     assistant = load_assistant(folder, generate=False)
-    thresholds, report = calibrate_assistant(assistant, read_questions(cfg.val), cfg.min_inscope_accuracy,
-                                             cfg.faq_precision)
+    check_labels(cfg.val, val, assistant.index.entries)
+    thresholds, report = calibrate_assistant(assistant, val, cfg.min_inscope_accuracy, cfg.faq_precision)
     write_json(folder / "calibration.json", report)
     write_json(folder / META, {**assistant.meta, "thresholds": thresholds.to_dict()})
     write_manifest(folder, "app.support.calibrate", cfg, started=started, inputs=[cfg.val],
@@ -145,18 +169,24 @@ def build(cfg: BuildConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    started = begin_output(out)
-    (out / "work").mkdir(exist_ok=True)
+    check_output(out)
+    started = time.time()
     passages = ingest(cfg.kb, cfg.chunk_chars, cfg.overlap)
     oos = [t for t, _ in read_questions(cfg.oos, labelled=False)] if cfg.oos else []
     if cfg.val:
         indexed, val, oos_train = passages, read_questions(cfg.val), oos
+        check_labels(cfg.val, val, {p.entry for p in passages})
     else:
         indexed, val, oos_train = split_calibration(passages, oos)
     if not val:
         raise DataError("no calibration questions: give --val FILE (text, label) or FAQ entries with several "
                         "question variants")
+    check_chat_inputs(cfg)
     encoder = load_encoder(cfg.encoder)
+    if cfg.classify and cfg.intent_base is not None:
+        read_model_config(cfg.intent_base)
+    begin_output(out)  # only now, with the inputs read: a bad one leaves an earlier assistant in --out whole
+    (out / "work").mkdir(exist_ok=True)
     index = build_index([Passage(**{**p.to_dict(), "id": i}) for i, p in enumerate(indexed)], encoder)
     index.save(out / "index")
     intent = train_intents(cfg, indexed, oos_train, cfg.intent_base or encoder.path)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypeVar
 
 from genforge.apps.support.assistant import prompt_messages
 from genforge.apps.support.config import BuildConfig
 from genforge.apps.support.index import HybridIndex
 from genforge.apps.support.ingest import Passage
+from genforge.config import validate
 from genforge.finetune.sft import read_dialogues
+
+C = TypeVar("C")
 
 
 def grounded_dialogues(dialogues: list[list[dict]], index: HybridIndex, cfg: BuildConfig) -> list[dict]:
@@ -37,13 +41,14 @@ def pretrain_small(work: Path, texts: list[str], cfg: BuildConfig) -> Path:
 
     corpus = work / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
-    prepare(PrepareConfig(inputs=[corpus], out=work / "data", split_by="file", pii=False, workers=1))
-    train_tokenizer(TokenizerConfig(data=work / "data", out=work / "tokenizer", vocab_size=cfg.vocab_size))
-    pack(PackConfig(data=work / "data", tokenizer=work / "tokenizer", workers=1))
-    return pretrain(PretrainConfig(data=work / "data", out=work / "lm", objective="clm", preset="small",
-                                   seq_len=cfg.seq_len, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
-                                   max_steps=10**9, max_minutes=cfg.pretrain_minutes, eval_every=200, save_every=0,
-                                   log_every=25, dropout=0.1, weight_decay=0.1, seed=cfg.seed))
+    # each stage's config is checked as its own command would check it
+    prepare(checked(PrepareConfig(inputs=[corpus], out=work / "data", split_by="file", pii=False, workers=1)))
+    train_tokenizer(checked(TokenizerConfig(data=work / "data", out=work / "tokenizer", vocab_size=cfg.vocab_size)))
+    pack(checked(PackConfig(data=work / "data", tokenizer=work / "tokenizer", workers=1)))
+    return pretrain(checked(PretrainConfig(data=work / "data", out=work / "lm", objective="clm", preset="small",
+                                           seq_len=cfg.seq_len, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
+                                           max_steps=10**9, max_minutes=cfg.pretrain_minutes, eval_every=200,
+                                           save_every=0, log_every=25, dropout=0.1, weight_decay=0.1, seed=cfg.seed)))
 
 
 def chat_model(cfg: BuildConfig, index: HybridIndex, passages: list[Passage], work: Path) -> Path:
@@ -61,7 +66,13 @@ def chat_model(cfg: BuildConfig, index: HybridIndex, passages: list[Passage], wo
         texts += [f"{p.text}\n{p.answer}" if p.kind == "faq" else p.text for p in passages]
         base = pretrain_small(work, texts, cfg)
     lora = {"lora_r": cfg.lora_r, "lora_alpha": 2.0 * cfg.lora_r, "lr": 2e-3} if cfg.lora_r else {"lr": 5e-4}
-    return sft(SftConfig(model=base, data=data, out=Path(cfg.out) / "chat", seq_len=cfg.seq_len, batch_size=16,
-                         warmup_steps=min(20, cfg.sft_steps // 5), max_steps=cfg.sft_steps,
-                         max_minutes=cfg.sft_minutes, eval_every=max(cfg.sft_steps // 4, 1), log_every=20,
-                         pack=True, seed=cfg.seed, **lora))
+    return sft(checked(SftConfig(model=base, data=data, out=Path(cfg.out) / "chat", seq_len=cfg.seq_len,
+                                 batch_size=16, warmup_steps=min(20, cfg.sft_steps // 5), max_steps=cfg.sft_steps,
+                                 max_minutes=cfg.sft_minutes, eval_every=max(cfg.sft_steps // 4, 1), log_every=20,
+                                 pack=True, seed=cfg.seed, **lora)))
+
+
+def checked(stage_cfg: C) -> C:
+    """`stage_cfg` after its own checks (a config built in code skips the ones the CLI runs)."""
+    validate(stage_cfg)
+    return stage_cfg

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from genforge.config import field
 from genforge.errors import ConfigError
+from genforge.serve.text import not_utf8
 
 DEFAULT_SYSTEM = ("You are a customer support assistant. Answer the customer's request helpfully, using the "
                   "numbered knowledge-base passages when they are relevant.")
 HANDOFF = ("I'm not able to answer that reliably, so I've passed your question to a member of our team "
            "(ticket #{ticket}). They will get back to you here.")
+REBUILD = "build the assistant again with `genforge app support build`"  # the remedy for a damaged folder
 
 
 def _positive(cfg: object, *names: str) -> None:
@@ -65,12 +67,17 @@ class BuildConfig:
     seed: int = field(0, help="random seed")
 
     def check(self) -> None:
+        from genforge.data.tokenizer import MIN_VOCAB_SIZE  # a light module-level constant
+
         if not self.kb:
             raise ConfigError("give the knowledge base: --kb FILE_OR_FOLDER (repeatable)")
         if self.out is None:
             raise ConfigError("give the output folder: --out DIR")
         _positive(self, "classify_steps", "classify_batch", "classify_lr", "sft_steps", "seq_len", "chunk_chars",
-                  "prompt_passages", "passage_chars", "vocab_size")
+                  "prompt_passages", "passage_chars")
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            raise ConfigError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} (256 byte symbols + special tokens); "
+                              f"got {self.vocab_size}")
         if not 0 <= self.overlap < self.chunk_chars:
             raise ConfigError(f"--overlap must be in [0, chunk_chars); got {self.overlap}")
         if self.pretrain_minutes < 0 or self.sft_minutes < 0 or self.lora_r < 0:
@@ -109,6 +116,13 @@ class AskConfig:
             raise ConfigError("give the assistant folder: --assistant DIR")
         if not self.question:
             raise ConfigError("give a question: genforge app support ask --assistant DIR \"QUESTION\"")
+        if not all(q.strip() for q in self.question):
+            raise ConfigError("a question is empty: give the customer's message as text")
+        for question in self.question:  # argv bytes that were not UTF-8 arrive as surrogate escapes
+            problem = not_utf8(question)
+            if problem:
+                raise ConfigError(f"the question is not UTF-8 text ({problem}); set the terminal (or the config file) "
+                                  "to UTF-8")
         _positive(self, "max_new_tokens")
 
 

@@ -68,7 +68,7 @@ def evaluate_assistant(assistant: Any, rows: list[tuple[str, str]], max_new_toke
 
 def evaluate(cfg: SupportEvalConfig) -> dict[str, Any]:
     from genforge.apps.support.assistant import load_assistant
-    from genforge.apps.support.build import read_questions
+    from genforge.apps.support.build import check_labels, read_questions
     from genforge.artifacts import atomic_write_text, begin_output, write_json, write_manifest
 
     if cfg.threads:
@@ -78,6 +78,7 @@ def evaluate(cfg: SupportEvalConfig) -> dict[str, Any]:
     rows = read_questions(cfg.data)
     rows = rows[:cfg.limit] if cfg.limit else rows
     assistant = load_assistant(cfg.assistant)
+    check_labels(cfg.data, rows, assistant.index.entries)
     started = begin_output(cfg.out) if cfg.out else None
     report, results = evaluate_assistant(assistant, rows, cfg.max_new_tokens)
     if cfg.out:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from genforge.apps.support.config import REBUILD
 from genforge.apps.support.ingest import Passage, tokens
 from genforge.artifacts import atomic_write_text
 from genforge.errors import ArtifactError, ConfigError
@@ -154,9 +155,15 @@ def load_index(folder: Path, encoder: Encoder) -> HybridIndex:
     """The index saved in `folder` (BM25 is rebuilt from the passages: milliseconds for FAQ sizes)."""
     import faiss
 
-    path = folder / "passages.jsonl"
-    if not path.is_file():
+    from genforge.artifacts import reading
+
+    if not (folder / "passages.jsonl").is_file():
         raise ArtifactError(f"{folder} has no passages.jsonl: not a support index")
-    passages = [Passage(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    dense = faiss.read_index(str(folder / "dense.faiss"))
-    return HybridIndex(passages, dense.reconstruct_n(0, dense.ntotal), encoder)
+    with reading(folder / "passages.jsonl", REBUILD) as path:
+        passages = [Passage(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    with reading(folder / "dense.faiss", REBUILD, also=(RuntimeError,)) as path:
+        dense = faiss.read_index(str(path))
+        if dense.ntotal != len(passages):
+            raise ValueError(f"it holds {dense.ntotal} vectors for {len(passages)} passages")
+        vectors = dense.reconstruct_n(0, dense.ntotal)
+    return HybridIndex(passages, vectors, encoder)

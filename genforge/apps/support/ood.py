@@ -19,14 +19,14 @@ rows only) and saved beside the classifier as OUT/intent_ood.npz.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from genforge.artifacts import atomic_open
-from genforge.errors import ArtifactError
+from genforge.artifacts import atomic_open, reading
 
 FILE = "intent_ood.npz"
 VIEWS = ("tuned", "sentence")
@@ -108,7 +108,7 @@ def is_current(folder: Path) -> bool:
     try:
         with np.load(Path(folder) / FILE) as z:
             return {"scale", *(f"{v}_means" for v in VIEWS)} <= set(z.files)
-    except (OSError, ValueError):
+    except (OSError, ValueError, zipfile.BadZipFile):
         return False
 
 
@@ -116,10 +116,7 @@ def load(folder: Path) -> OutOfScope | None:
     path = Path(folder) / FILE
     if not path.is_file():
         return None
-    try:
-        with np.load(path) as z:
-            views = {v: {"means": z[f"{v}_means"], "whiten": z[f"{v}_whiten"]} for v in VIEWS}
-            return OutOfScope(views, z["scale"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ArtifactError(f"{path} is corrupt or from an older genforge ({e}): run `genforge app support "
-                            "calibrate --assistant FOLDER --val VAL`, which refits it") from None
+    with reading(path, f"it may be from an older genforge: run `genforge app support calibrate --assistant "
+                       f"{folder} --val VAL`, which refits it"), np.load(path) as z:
+        views = {v: {"means": z[f"{v}_means"], "whiten": z[f"{v}_whiten"]} for v in VIEWS}
+        return OutOfScope(views, z["scale"])

@@ -66,6 +66,7 @@ def router(desk: Desk) -> APIRouter:
 
     @api.post("/v1/support/chat")
     def support_chat(body: SupportChat, caller: Authorized) -> Any:
+        _require_text(body.message, "message")
         run = converse(desk, body.message, session_id=body.session_id, caller=caller.name)
         if not body.stream:
             return summary(_drain(run))
@@ -87,6 +88,7 @@ def router(desk: Desk) -> APIRouter:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         if messages[-1]["role"] != "user":
             raise ApiError(400, "the last message must be the customer's (role 'user')", param="messages")
+        _require_text(messages[-1]["content"], "messages")
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         run = converse(desk, messages[-1]["content"], session_id=body.user, caller=caller.name,
                        conversation=messages[:-1], response_id=rid)
@@ -129,6 +131,12 @@ def router(desk: Desk) -> APIRouter:
         return {"name": desk.name, "key_required": keys.static_key is not None or keys.required()}
 
     return api
+
+
+def _require_text(message: str, param: str) -> None:
+    """An empty or blank customer message is refused: answering it would only open a ticket about nothing."""
+    if not message.strip():
+        raise ApiError(400, "the customer's message is empty", param=param)
 
 
 def _drain(run: Iterator[str]) -> Reply:

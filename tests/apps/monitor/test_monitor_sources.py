@@ -8,12 +8,14 @@ import time
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
 from genforge.apps.monitor.ingest import Item, Monitor, normalise, parse_item, read_offset
 from genforge.apps.monitor.rules import RuleSet
 from genforge.apps.monitor.run import drain
-from genforge.apps.monitor.sources import FolderWatch, JsonlTail
+from genforge.apps.monitor.sources import FolderWatch, JsonlTail, open_sources
 from genforge.apps.monitor.tables import MonitorItem, MonitorText
+from genforge.cli import app
 from genforge.errors import DataError
 
 
@@ -145,3 +147,21 @@ def test_postgresql_by_url(postgres_url, loaded_model, tmp_path, add_items):
                         None) for h in range(32) for i in range(60)])
     assert [w.n for w in windows(engine, by="topic", width=3600)["pg"]] == [60] * 32
     assert [a["window"] for a in evaluate(engine, RuleSet([Rule("s", "ewma_z")]))] == [30 * 3600]
+
+
+def test_a_missing_jsonl_source_is_an_error_with_once_and_awaited_without(tmp_path):
+    later = tmp_path / "later.jsonl"
+    with pytest.raises(DataError, match="later.jsonl does not exist"):
+        open_sources([f"jsonl:{later}"], once=True)
+    assert [s.path for s in open_sources([f"jsonl:{later}"])] == [later]  # a running monitor follows it once made
+    with pytest.raises(DataError, match="is a folder; follow it with --source folder:"):
+        open_sources([f"jsonl:{tmp_path}"])
+    result = CliRunner().invoke(app, ["app", "monitor", "run", "--model", str(tmp_path), "--source", "jsonl:nope.jsonl",
+                                      "--once", "--no-serve", "--db", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert result.exit_code == 2 and "nope.jsonl does not exist" in result.output, result.output
+
+
+def test_times_outside_the_calendar_are_bad_items():
+    for ts in (1e18, -1e20, "99999-01-01"):
+        with pytest.raises(DataError, match="bad timestamp"):
+            parse_item({"text": "x", "ts": ts}, "test", 0, "items[0]")

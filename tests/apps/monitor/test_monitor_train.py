@@ -2,6 +2,7 @@
 label mappings of the real data sets' formats, and one-line errors for bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from genforge.apps.monitor.model import load_monitor_model
 from genforge.apps.monitor.topics import discover, fit_router, keywords, load_router, words
 from genforge.apps.monitor.train import labelled, parse_spec, read_pairs, train
 from genforge.artifacts import read_manifest
-from genforge.errors import ConfigError, DataError
+from genforge.errors import ArtifactError, ConfigError, DataError
 
 
 def test_train_discovers_topics_and_the_model_classifies(monitor_model, loaded_model):
@@ -96,3 +97,31 @@ def test_compressed_sentiment_model_and_encoder_topics(tmp_path, bert_dir, senti
     out = model.classify(["shares jump", "bank cuts jobs"])
     names = json.loads((folder / "topics.json").read_text())["names"]
     assert [r["sentiment"] in ("negative", "neutral", "positive") and r["topic"] in names for r in out] == [True] * 2
+
+
+@pytest.mark.parametrize("name,content", [("topics.json", b"{\"names\": ["), ("topics.json", b"[]"),
+                                          ("topic_vocabulary.json", b"[1, 2]"), ("topic_router.npz", b"PK\x03\x04"),
+                                          ("topic_router.npz", None)])
+def test_a_damaged_topic_file_is_one_line_naming_it(tmp_path, monitor_model, name, content):
+    folder = tmp_path / "model"
+    shutil.copytree(monitor_model, folder)
+    if content is None:
+        (folder / name).unlink()
+    else:
+        (folder / name).write_bytes(content)
+    with pytest.raises(ArtifactError, match=f"{name} is (corrupt|missing).*genforge app monitor train"):
+        load_monitor_model(folder)
+
+
+@pytest.mark.parametrize("bad", ["missing sentiment data", "empty corpus"])
+def test_a_rerun_on_bad_data_keeps_the_earlier_model(tmp_path, monitor_model, bert_dir, sentiment_csv, train_cfg, bad):
+    folder = shutil.copytree(monitor_model, tmp_path / "model")
+    finished = read_manifest(folder, stage="app.monitor.model")
+    empty_corpus = tmp_path / "corpus.txt"
+    empty_corpus.write_text("\n", encoding="utf-8")
+    change, message = {"missing sentiment data": ({"data": [str(tmp_path / "gone.csv")]}, "not found: .*gone.csv"),
+                       "empty corpus": ({"corpus": [empty_corpus]}, "corpus.txt holds no texts")}[bad]
+    settings = {"base": bert_dir, "data": [str(sentiment_csv)], "out": folder, **change}
+    with pytest.raises(DataError, match=message):
+        train(train_cfg(**settings))
+    assert read_manifest(folder, stage="app.monitor.model") == finished

@@ -11,11 +11,18 @@ import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
 from genforge.apps.monitor.config import MonitorReportConfig, MonitorRunConfig
 from genforge.apps.monitor.report import report
 from genforge.apps.monitor.rules import Rule, RuleSet
+from genforge.apps.monitor.tables import MonitorItem
 from genforge.apps.monitor.web import build_app
+from genforge.cli import app
+from genforge.errors import ConfigError, DataError
+from genforge.serve.db import connect
 
 H = 3600
 KEY = "test-key"
@@ -52,6 +59,9 @@ def test_http_items_series_alerts_and_ack(monitor_app, live, add_items):
         assert httpx.post(f"{url}/v1/monitor/items", json={"items": []}, headers=auth).status_code == 400
         series = httpx.get(f"{url}/v1/monitor/series?by=topic&window=hour", headers=auth).json()
         assert "rates" in series["keys"] and len([r for r in series["rows"] if r["key"] == "rates"]) == 41
+        far = httpx.get(f"{url}/v1/monitor/series", params={"since": -10**15, "until": 10**30}, headers=auth)
+        assert far.status_code == 200 and far.json()["rows"] == series["rows"]  # cut to the data, not 10^11 windows
+        assert httpx.get(f"{url}/v1/monitor/series?halflife=0", headers=auth).status_code == 400
         ent = httpx.get(f"{url}/v1/monitor/series?by=entity&window=day", headers=auth).json()
         assert ent["keys"] == ["ACME"]
         alerts = httpx.get(f"{url}/v1/monitor/alerts", headers=auth).json()["data"]
@@ -101,14 +111,41 @@ def test_static_report(tmp_path, engine, add_items):
     assert "No alerts in this period" in out.read_text() and "data:image/png" in out.read_text()
 
 
+def test_report_of_a_replay_with_empty_hours(tmp_path, monitor_model, sentiment_csv):
+    """replay -> run --once -> report, the documented flow, on a stream thin enough that hours are empty."""
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    runner = CliRunner()
+    for args in (["replay", "--data", str(sentiment_csv), "--days", "3", "--per-hour", "1", "--entities", "AAPL",
+                  "--out", str(tmp_path / "replay")],
+                 ["run", "--model", str(monitor_model), "--source", f"jsonl:{tmp_path / 'replay' / 'stream.jsonl'}",
+                  "--once", "--no-serve", "--db", db],
+                 ["report", "--db", db, "--by", "entity", "--out", str(tmp_path / "report.html")]):
+        result = runner.invoke(app, ["app", "monitor", *args])
+        assert result.exit_code == 0, result.output
+    with Session(connect(db)) as s:
+        hours = {t // H for t in s.scalars(select(MonitorItem.t))}
+    assert len(hours) < 3 * 24  # some hours of the replay hold no item: they are gaps in the chart
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 1
+
+
+def test_report_period_is_cut_to_the_data(tmp_path, engine, add_items):
+    add_items(engine, [(0, "rates", "negative", None), (5 * H, "rates", "neutral", None),
+                       (9 * H + 1, "rates", "positive", None)])
+    db = str(engine.url)
+    out = report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="99999999999d", until="9999-12-31"))
+    assert "1970-01-01 00:00 to 1970-01-01 09:00 UTC; 3 items" in out.read_text()
+    with pytest.raises(DataError, match="no items in the period asked for: the database holds items from "
+                                        "1970-01-01 00:00 to 1970-01-01 09:00 UTC"):
+        report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="2100-01-01"))
+    with pytest.raises(ConfigError, match="bad time '1e400'"):
+        report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="1e400"))
+
+
 def test_run_once_from_the_cli_then_resume_through_the_api(tmp_path, monitor_model):
-    from sqlalchemy import func, select
-    from sqlalchemy.orm import Session
+    from sqlalchemy import func
 
     from genforge.apps.monitor.run import run
-    from genforge.apps.monitor.tables import MonitorItem, MonitorText
-    from genforge.errors import ConfigError
-    from genforge.serve.db import connect
+    from genforge.apps.monitor.tables import MonitorText
 
     news, db = tmp_path / "news.jsonl", f"sqlite:///{tmp_path / 'm.db'}"
     news.write_text("".join(json.dumps({"text": f"story {i % 3}", "ts": i}) + "\n" for i in range(7)))

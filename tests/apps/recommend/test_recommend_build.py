@@ -1,5 +1,6 @@
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -150,3 +151,48 @@ def test_cli_recommend_and_one_line_errors(built):
     assert missing.exit_code == 2 and "no field 'sku'" in missing.output
     noeval = runner.invoke(app, ["app", "recommend", "eval", "--model", str(built), "--out", str(built / "e")])
     assert noeval.exit_code == 2 and "manifest" in noeval.output
+
+
+BUILD_FILES = ["recommend.json", "users.json", "items.jsonl", "embeddings.npy", "behaviour.npz", "index.faiss",
+               "ranker_fast.txt"]
+
+
+@pytest.mark.parametrize("name", BUILD_FILES)
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_build_file_is_one_line_naming_it(built, tmp_path, name, damage):
+    model = tmp_path / "model"
+    shutil.copytree(built / "model", model, ignore=shutil.ignore_patterns("scorer"))
+    path = model / name
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 3] or b"{")
+    result = CliRunner().invoke(app, ["app", "recommend", "recommend", "--model", str(model), "--user", "user0",
+                                      "--no-scorer"])
+    assert result.exit_code == 2, result.output
+    assert f"{path} is {'missing' if damage == 'missing' else 'corrupt'}" in result.output
+    assert "genforge app recommend build" in result.output and "Traceback" not in result.output
+
+
+def test_build_refuses_a_reuse_folder_or_encoder_that_does_not_exist(built, tmp_path):
+    common = ["app", "recommend", "build", "--items", str(built / "items.csv"), "--interactions",
+              str(built / "events.csv"), "--out", str(tmp_path / "o"), "--text-fields", "title"]
+    reuse = CliRunner().invoke(app, [*common, "--reuse", str(tmp_path / "nope")])
+    assert reuse.exit_code == 2 and f"{tmp_path / 'nope'} does not exist" in reuse.output, reuse.output
+    encoder = CliRunner().invoke(app, [*common, "--encoder", str(tmp_path / "nope")])
+    assert encoder.exit_code == 2 and "--encoder" in encoder.output and "does not exist" in encoder.output
+    assert "huggingface" not in encoder.output.lower()
+    both = CliRunner().invoke(app, [*common, "--reuse", str(built / "model"), "--tune-encoder"])
+    assert both.exit_code == 2 and "drop one" in both.output
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_rebuild_in_place_reuses_the_embeddings(built, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(built / "model", model)
+    before = np.load(model / "embeddings.npy")
+    build(BuildConfig(items=built / "items.csv", interactions=[built / "events.csv"], out=model, reuse=model,
+                      text_fields=["title", "plot"], genre_field="genre", rating_field="rating", scorer=False,
+                      ranker_users=60, candidates=12, neighbours=10))
+    assert f"reusing the item embeddings of {model}" in capsys.readouterr().out
+    assert np.array_equal(np.load(model / "embeddings.npy"), before)

@@ -40,6 +40,12 @@ def test_support_chat_json_stream_sessions_tickets_and_feedback(support_app, liv
         r = http.post("/v1/feedback", json={"response_id": first["response_id"], "thumbs": "up"})
         assert r.status_code == 200 and r.json()["response_id"] == first["response_id"]
         assert http.post("/v1/support/chat", json={"message": ""}).status_code == 400
+        blank = http.post("/v1/support/chat", json={"message": " \n "})
+        assert blank.status_code == 400 and "message is empty" in blank.json()["error"]["message"]
+        blank = http.post("/v1/chat/completions", json={"model": "support", "messages": [{"role": "user",
+                                                                                          "content": " "}]})
+        assert blank.status_code == 400 and "message is empty" in blank.json()["error"]["message"]
+        assert [t["id"] for t in http.get("/v1/support/tickets").json()["data"]] == [final["ticket"]]  # none opened
         assert http.get("/v1/support/tickets", params={"status": "maybe"}).status_code == 400
         assert "Ticket #" in http.get("/support").text and http.get("/support/config").json()["name"] == "support"
 
