@@ -125,6 +125,26 @@ def validate(cfg: Any) -> None:
         check()
 
 
+# Bytes that were not UTF-8 in argv or stdin reach Python as surrogate escapes (U+DC80-U+DCFF), a JSON body may
+# spell a lone surrogate: strings no UTF-8 text can hold, which fail far away (a tokenizer's TypeError).
+def not_utf8(text: str) -> str | None:
+    """What keeps `text` from being UTF-8 text ("byte 0xff" or "lone surrogate \\ud800"); None when nothing does."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        return f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate \\u{code:04x}"
+    return None
+
+
+def check_text(flag: str, text: str | None) -> None:
+    """Refuse a text option that is not UTF-8 (bytes a terminal in another encoding put into argv): it would
+    fail far away, in the tokenizer, as an internal error."""
+    problem = None if text is None else not_utf8(text)
+    if problem:
+        raise ConfigError(f"{flag} is not UTF-8 text ({problem}); set the terminal (or the input) to UTF-8")
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a one-line ConfigError."""
     path = Path(path)

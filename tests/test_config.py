@@ -64,3 +64,18 @@ def test_round_trip_through_yaml(tmp_path):
     path.write_text(dump_yaml(cfg))
     assert load_config(Demo, path) == cfg
     assert to_dict(cfg)["inputs"] == ["a.txt", "b"]
+
+
+def test_text_options_that_are_not_utf8_are_one_line_errors():
+    from genforge.config import check_text, not_utf8
+    from genforge.finetune.config import ChatConfig
+    from genforge.generate.config import GenerateConfig
+
+    stray = b"caf\xe9".decode("utf-8", "surrogateescape")  # a Latin-1 terminal's bytes in a UTF-8 argv
+    assert not_utf8(stray) == "byte 0xe9" and not_utf8("\ud800") == "lone surrogate \\ud800"
+    assert not_utf8("café 你好 🙂") is None
+    check_text("--prompt", None)
+    with pytest.raises(ConfigError, match=r"^--prompt is not UTF-8 text \(byte 0xe9\)"):
+        GenerateConfig(model=Path("m"), prompt=stray).check()
+    with pytest.raises(ConfigError, match=r"^--system is not UTF-8 text"):
+        ChatConfig(model=Path("m"), system=stray).check()

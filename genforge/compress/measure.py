@@ -68,8 +68,7 @@ def parameters(model: nn.Module) -> dict[str, int]:
 def lm_quality(subject: Subject, data: Path, *, seq_len: int, batch_size: int, batches: int,
                seed: int) -> dict[str, float]:
     """Loss, perplexity and bits per byte of an LM on the validation split of a packed data folder."""
-    from transformers import AutoTokenizer
-
+    from genforge.data.pack import packed_tokenizer
     from genforge.models.load import max_positions
     from genforge.train.data import eval_batches, open_tokens, read_pack
     from genforge.train.evaluate import bits_per_byte, evaluate_loss
@@ -83,7 +82,7 @@ def lm_quality(subject: Subject, data: Path, *, seq_len: int, batch_size: int, b
     if subject.kind == "clm":
         objective = ClmObjective()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
+        tokenizer = packed_tokenizer(data)
         ids = special_token_ids(tokenizer, need_mask=True, where=data / "tokenizer")
         objective = MlmObjective(mask_id=ids["mask"], vocab_size=pack["vocab_size"],
                                  special_ids=sorted(set(tokenizer.all_special_ids)))

@@ -41,8 +41,7 @@ class TaskData:
 
 def lm_task(cfg: CompressConfig, subject: Subject, data: Path) -> TaskData:
     """Token windows of a packed data folder: causal LM (next token) or masked LM objective."""
-    from transformers import AutoTokenizer
-
+    from genforge.data.pack import packed_tokenizer
     from genforge.models.load import max_positions
     from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
     from genforge.train.objectives import ClmObjective, MlmObjective
@@ -54,7 +53,7 @@ def lm_task(cfg: CompressConfig, subject: Subject, data: Path) -> TaskData:
     if subject.kind == "clm":
         objective: Any = ClmObjective()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
+        tokenizer = packed_tokenizer(data)
         ids = special_token_ids(tokenizer, need_mask=True, where=data / "tokenizer")
         objective = MlmObjective(mask_id=ids["mask"], vocab_size=pack["vocab_size"],
                                  special_ids=sorted(set(tokenizer.all_special_ids)))

@@ -61,6 +61,22 @@ def load_tokenizer(path: Path):
     return tok
 
 
+def packed_tokenizer(data: Path):
+    """The Hugging Face tokenizer a packed folder was made with (DIR/tokenizer/, copied there by `pack`).
+
+    Read from disk only: a missing or damaged copy is one line saying to pack again, not transformers'
+    attempt to reach the Hub or its traceback."""
+    from transformers import AutoTokenizer
+
+    folder = Path(data) / "tokenizer"
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ArtifactError(f"{folder} cannot be loaded ({reason}): pack the data again with "
+                            "`genforge data pack`") from None
+
+
 def document_separator(tok_dir: Path, tok) -> int:
     """The id appended after each document: genforge's EOS, else the tokenizer's own EOS, else its SEP.
 

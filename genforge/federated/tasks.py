@@ -236,15 +236,14 @@ class WindowSubset:
 
 
 def pretrain_task(cfg: Any, data: Path | None = None) -> Task:
-    from transformers import AutoTokenizer
-
+    from genforge.data.pack import packed_tokenizer
     from genforge.train.data import eval_batches, open_tokens, read_pack
     from genforge.train.evaluate import evaluate_loss
     from genforge.train.pretrain import make_objective, prepare_model, special_token_ids
 
     folder = data or (cfg.data if cfg.partition != "by-file" else cfg.client_data[0])
     pack = read_pack(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    tokenizer = packed_tokenizer(folder)
     special = special_token_ids(tokenizer, need_mask=cfg.objective == "mlm", where=folder / "tokenizer")
     special.setdefault("eos", pack["eos_id"])
     model, _ = prepare_model(dataclasses.replace(cfg, resume=False), pack, tokenizer, special)

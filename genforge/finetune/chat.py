@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from genforge.config import not_utf8
 from genforge.errors import DataError
 from genforge.finetune.config import ChatConfig
-from genforge.serve.text import not_utf8
 
 
 def load_chat_decoder(path: Path) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genforge.adversarial.config import ATTACKS
-from genforge.config import field
+from genforge.config import check_text, field
 from genforge.errors import ConfigError
 from genforge.generate.config import check_sampling
 from genforge.train.config import TrainConfig
@@ -205,6 +205,7 @@ class ChatConfig:
         if self.max_new_tokens <= 0:
             raise ConfigError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
         check_sampling(self.temperature, 0, self.top_p, 1.0)  # here, before the model loads and a message is typed
+        check_text("--system", self.system)
 
 
 @dataclass(kw_only=True)

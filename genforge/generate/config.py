@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import check_text, field
 from genforge.errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -79,6 +79,7 @@ class GenerateConfig:
             raise ConfigError("give the model folder: --model DIR")
         if (self.prompt is None) == (self.prompts is None):
             raise ConfigError("give exactly one of --prompt TEXT or --prompts FILE")
+        check_text("--prompt", self.prompt)
         if self.max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens must be > 0; got {self.max_new_tokens}")
         if self.batch_size <= 0:

@@ -58,10 +58,10 @@ def build_generator(cfg: TextGanConfig, pack: dict[str, Any], special: dict[str,
 
 def gan_text(cfg: TextGanConfig) -> dict[str, Any]:
     """MLE + each adversarial variant on the folder's sentences; return {"rows": {name: scores}, ...}."""
-    from transformers import AutoTokenizer
+    from genforge.data.pack import packed_tokenizer
 
     pack = read_pack(cfg.data)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.data / "tokenizer")
+    tokenizer = packed_tokenizer(cfg.data)
     start, eos = tokenizer.bos_token_id, pack["eos_id"]
     if start is None:
         start = eos  # a tokenizer without BOS: EOS also marks where a text begins

@@ -181,12 +181,12 @@ def vae_metrics(model: TextVae, objective: VaeObjective, val: list[np.ndarray], 
 
 def vae_train(cfg: VaeConfig) -> Any:
     """Train a text VAE on `cfg.data`; return the run folder (model.safetensors, vae.json, tokenizer/)."""
-    from transformers import AutoTokenizer
+    from genforge.data.pack import packed_tokenizer
 
     pack = read_pack(cfg.data)
     if cfg.resume and not checkpoint_exists(cfg.out):
         raise ArtifactError(f"nothing to resume: {cfg.out}/checkpoints/latest does not exist; drop --resume")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.data / "tokenizer")
+    tokenizer = packed_tokenizer(cfg.data)
     special = {"bos": tokenizer.bos_token_id, "eos": pack["eos_id"], "pad": tokenizer.pad_token_id,
                "mask": tokenizer.mask_token_id}
     if None in special.values():

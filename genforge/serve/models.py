@@ -87,10 +87,9 @@ def _load_encoder(path: Path) -> Any:
     import torch
     from transformers import AutoModel
 
-    try:
-        return AutoModel.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+    from genforge.models.load import from_pretrained
+
+    return from_pretrained(AutoModel, path, dtype=torch.float32).eval()
 
 
 def embed(served: ServedModel, inputs: list[list[int]]) -> list[list[float]]:

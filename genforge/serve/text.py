@@ -1,10 +1,8 @@
-"""Text that is not UTF-8, found where it comes in (request bodies, argv, stdin) and refused there.
+"""Request bodies whose text is not UTF-8, found at the gateway and refused there with a 400.
 
-Python strings can hold what no UTF-8 text can: a JSON body may spell a lone UTF-16 surrogate ("\\ud800"),
-and bytes that were not UTF-8 in argv or stdin (or in a file name) reach Python as surrogate escapes
-U+DC80-U+DCFF. Neither pydantic nor the CLI refuses them, so without these checks they fail far away,
-in a tokenizer (TypeError) or while writing a response or a database row (UnicodeEncodeError). Standard
-library only, so the light CLI configs and the chat loop can use it too.
+Python strings can hold what no UTF-8 text can: a JSON body may spell a lone UTF-16 surrogate ("\\ud800").
+pydantic does not refuse it, so without this check it fails far away, in a tokenizer (TypeError) or while
+writing a response or a database row (UnicodeEncodeError): a 500. (argv and stdin: `genforge.config.not_utf8`.)
 """
 
 from __future__ import annotations
@@ -13,17 +11,9 @@ import json
 import re
 from typing import Any
 
+from genforge.config import not_utf8
+
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a surrogate is spelled in JSON: \uD800-\uDFFF
-
-
-def not_utf8(text: str) -> str | None:
-    """What keeps `text` from being UTF-8 text ("byte 0xff" or "lone surrogate \\ud800"); None when nothing does."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        code = ord(text[e.start])
-        return f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate \\u{code:04x}"
-    return None
 
 
 def bad_json_text(body: bytes) -> tuple[str, str] | None:

@@ -55,8 +55,7 @@ def evaluate_loss(model: Any, objective: Any, batches: Iterable[dict[str, torch.
 
 def evaluate(cfg: EvalConfig) -> dict[str, float]:
     """Score a model folder on a packed split; print and return {"loss", "perplexity", "bits_per_byte"}."""
-    from transformers import AutoTokenizer
-
+    from genforge.data.pack import packed_tokenizer
     from genforge.models.load import load_model, max_positions
     from genforge.train.data import eval_batches, open_tokens, read_pack
     from genforge.train.objectives import ClmObjective, MlmObjective
@@ -72,7 +71,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     if objective_name == "clm":
         objective = ClmObjective()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.data / "tokenizer")
+        tokenizer = packed_tokenizer(cfg.data)
         ids = special_token_ids(tokenizer, need_mask=True, where=cfg.data / "tokenizer")
         objective = MlmObjective(mask_id=ids["mask"], vocab_size=pack["vocab_size"],
                                  special_ids=sorted(set(tokenizer.all_special_ids)), probability=cfg.mlm_probability)

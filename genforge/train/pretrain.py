@@ -148,8 +148,7 @@ def print_summary(out: Path, metrics: dict[str, Any]) -> None:
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Pretrain a model on `cfg.data`; return the run folder (a loadable HF model folder)."""
-    from transformers import AutoTokenizer
-
+    from genforge.data.pack import packed_tokenizer
     from genforge.models.card import write_model_card
 
     pack = read_pack(cfg.data)
@@ -162,7 +161,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         read_model_config(cfg.model)  # fail fast, before any process group or output exists
     dist = distributed.init_distributed()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.data / "tokenizer")
+        tokenizer = packed_tokenizer(cfg.data)
         special = special_token_ids(tokenizer, need_mask=cfg.objective == "mlm", where=cfg.data / "tokenizer")
         special.setdefault("eos", pack["eos_id"])
         model, parent_model = prepare_model(cfg, pack, tokenizer, special)

@@ -165,3 +165,18 @@ def test_preparing_again_unpacks_the_folder(tmp_path, tokenizer):
     assert read_manifest(data, "data.prepare")
     with pytest.raises(ArtifactError, match="pack.json"):  # the old tokens no longer describe the text
         read_manifest(data, "data.pack", filename="pack.json")
+
+
+def test_a_missing_or_damaged_packed_tokenizer_is_one_line(tmp_path, tokenizer):
+    from genforge.data.pack import packed_tokenizer
+
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+    assert packed_tokenizer(data).get_vocab()
+    (data / "tokenizer" / "tokenizer.json").write_text("{bad", encoding="utf-8")
+    with pytest.raises(ArtifactError, match=r"tokenizer cannot be loaded \(.*\): pack the data again") as info:
+        packed_tokenizer(data)
+    assert "\n" not in str(info.value)
+    shutil.rmtree(data / "tokenizer")
+    with pytest.raises(ArtifactError, match="pack the data again"):
+        packed_tokenizer(data)

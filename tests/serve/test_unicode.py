@@ -7,8 +7,9 @@ import httpx
 import pytest
 from fastapi import APIRouter
 
+from genforge.config import not_utf8
 from genforge.serve.errors import error_body
-from genforge.serve.text import bad_json_text, not_utf8
+from genforge.serve.text import bad_json_text
 
 LONE = "\\ud800"  # as spelled in the JSON text of a request
 

@@ -44,8 +44,9 @@ def load_encoder(path: Path) -> tuple[Any, Any]:
     from transformers import AutoModel
 
     from genforge.finetune.model import load_tokenizer
+    from genforge.models.load import from_pretrained
 
-    model = AutoModel.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+    model = from_pretrained(AutoModel, path, dtype=torch.float32).eval()
     return model, load_tokenizer(path)
 
 

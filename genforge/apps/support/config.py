@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import field, not_utf8
 from genforge.errors import ConfigError
-from genforge.serve.text import not_utf8
 
 DEFAULT_SYSTEM = ("You are a customer support assistant. Answer the customer's request helpfully, using the "
                   "numbered knowledge-base passages when they are relevant.")

@@ -58,12 +58,15 @@ class Encoder:
 
 
 def load_encoder(path: Path | None) -> Encoder:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    from genforge.finetune.model import load_tokenizer
+    from genforge.models.load import from_pretrained
 
     path = Path(path) if path else default_encoder()
     if not path.is_dir():
         raise ArtifactError(f"encoder {path} is not a folder (give an HF encoder folder with --encoder)")
-    return Encoder(AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), path)
+    return Encoder(from_pretrained(AutoModel, path).eval(), load_tokenizer(path), path)
 
 
 @dataclass

@@ -55,3 +55,17 @@ def test_a_vocabulary_below_the_byte_alphabet_and_an_empty_question_are_refused(
     _fails(["app", "support", "ask", "--assistant", str(assistant_dir), "--db", db, "hello", "  "],
            "a question is empty")
     assert not (tmp_path / "db.sqlite").exists()  # refused before a session or a ticket was opened
+
+
+def test_a_damaged_encoder_folder_is_one_line(bert_dir, tmp_path):
+    from genforge.apps.support.index import load_encoder
+    from genforge.errors import ArtifactError
+
+    encoder = tmp_path / "encoder"
+    shutil.copytree(bert_dir, encoder)
+    assert load_encoder(encoder)(["a refund"]).shape[0] == 1
+    weights = encoder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="model.safetensors is corrupt") as info:
+        load_encoder(encoder)
+    assert "\n" not in str(info.value)
