@@ -226,6 +226,7 @@ def vae_train(cfg: VaeConfig) -> Any:
 
 VAE_KEYS = ("vocab_size", "embed_size", "hidden_size", "latent_size", "max_len")
 SPECIAL_KEYS = ("bos", "eos", "pad", "mask")
+RETRAIN = "retrain with `genforge vae train`"  # the remedy for a damaged run folder
 
 
 def read_vae_info(folder: Any) -> dict[str, Any]:
@@ -233,17 +234,13 @@ def read_vae_info(folder: Any) -> dict[str, Any]:
     import json
 
     path = folder / "vae.json"
-    try:
+    with reading(path, RETRAIN):
         info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{folder} has no vae.json: not a finished `genforge vae train` run") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is corrupt ({e}): retrain with `genforge vae train`") from None
     special = info.get("special_ids") if isinstance(info, dict) else None
     sizes_ok = isinstance(info, dict) and all(isinstance(info.get(k), int) and info[k] > 0 for k in VAE_KEYS)
     if not sizes_ok or not isinstance(special, dict) or not all(isinstance(special.get(k), int) for k in SPECIAL_KEYS):
         raise ArtifactError(f"{path} lacks the model sizes ({', '.join(VAE_KEYS)}) or special_ids "
-                            f"({', '.join(SPECIAL_KEYS)}): retrain with `genforge vae train`")
+                            f"({', '.join(SPECIAL_KEYS)}): {RETRAIN}")
     return info
 
 
@@ -257,8 +254,8 @@ def load_vae(folder: Any) -> tuple[TextVae, Any, dict[str, Any]]:
     read_manifest(folder, "vae")
     info = read_vae_info(folder)
     model = TextVae(info["vocab_size"], info["embed_size"], info["hidden_size"], info["latent_size"])
-    with reading(folder / WEIGHTS, "retrain with `genforge vae train`", also=(SafetensorError, RuntimeError)):
+    with reading(folder / WEIGHTS, RETRAIN, also=(SafetensorError, RuntimeError)):
         model.load_state_dict(load_file(folder / WEIGHTS))
     if not (folder / "tokenizer").is_dir():
-        raise ArtifactError(f"{folder}/tokenizer is missing: retrain with `genforge vae train`")
+        raise ArtifactError(f"{folder}/tokenizer is missing: {RETRAIN}")
     return model.eval(), load_tokenizer(folder / "tokenizer"), info
