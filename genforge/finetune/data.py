@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genforge.artifacts import input_file
 from genforge.data.readers import SkipFile, detect_encoding
 from genforge.errors import DataError
 
@@ -33,11 +34,7 @@ def _text_stream(path: Path) -> io.TextIOWrapper:
 def read_records(path: Path, *, plain_field: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of a CSV/TSV/JSONL/JSON file. Other files: one record per non-blank line,
     `{plain_field: line}`, when `plain_field` is given (prediction inputs); else a DataError."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"data file {path} is a folder, expected a file")
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+    path = input_file(path, "data file")
     kind = FORMATS.get(path.suffix.lower())
     with _text_stream(path) as f:
         if kind in ("csv", "tsv"):

@@ -167,7 +167,7 @@ def test_bad_input_is_one_line(tmp_path, bert_dir, classifier_dir, sentiment_csv
         (["--model", classifier_dir, "--data", unknown], "labels the classifier does not know: ['bullish']"),
         (["--model", classifier_dir, "--data", sentiment_csv, "--max-ratio", 0], "--max-ratio must be in (0, 1]"),
         (["--model", classifier_dir, "--data", sentiment_csv, "--attack", "leet"], "must be one of charswap"),
-        (["--model", classifier_dir, "--data", tmp_path / "nope.csv"], "data file not found"),
+        (["--model", classifier_dir, "--data", tmp_path / "nope.csv"], "nope.csv does not exist"),
     ]
     for args, message in cases:
         result = run("robustness", "eval", *args, "--out", tmp_path / "out")

@@ -46,7 +46,7 @@ def test_bad_records_name_the_line(tmp_path, content, message):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="does not exist"):
         list(read_records(tmp_path / "missing.csv"))
     (tmp_path / "x.txt").write_text("hello\n")
     with pytest.raises(DataError, match="unsupported format"):

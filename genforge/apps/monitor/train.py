@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from genforge.apps.monitor.config import SENTIMENTS, MonitorTrainConfig
-from genforge.artifacts import atomic_open, begin_output, read_manifest, write_json, write_manifest
+from genforge.artifacts import (
+    atomic_open,
+    begin_output,
+    input_file,
+    read_manifest,
+    write_json,
+    write_manifest,
+)
 from genforge.config import from_dict
 from genforge.errors import ConfigError, DataError
 from genforge.finetune.data import hash_bucket, read_records
@@ -40,8 +47,7 @@ def parse_spec(spec: str) -> tuple[Path, dict[str, str]]:
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     """(text, raw label) pairs: .txt `sentence@label` lines (Financial PhraseBank), .json [[text, label], ...]
     or a list of {text, label} objects, CSV/TSV/JSONL with `text` and `label` fields."""
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+    input_file(path, "data file")
     pairs = []
     if path.suffix.lower() == ".txt":
         from genforge.data.readers import detect_encoding

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genforge.artifacts import input_file
 from genforge.data.readers import SkipFile, detect_encoding
 from genforge.errors import DataError
 from genforge.finetune.data import get_field, read_records
@@ -55,8 +56,7 @@ def rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
         yield from read_records(path)
         return
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+    input_file(path, "data file")
     try:
         encoding = detect_encoding(path)
     except SkipFile as e:

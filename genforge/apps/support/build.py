@@ -90,15 +90,17 @@ def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], enc
                                    seed=cfg.seed, bf16=False))
 
 
-def check_chat_inputs(cfg: BuildConfig) -> None:
-    """Read --history and check --model before the output is touched; the chat model, trained last, reads
-    them again, and a bad one found only then would cost the earlier assistant in --out."""
-    if cfg.history:
-        from genforge.finetune.sft import read_dialogues
+def read_chat_inputs(cfg: BuildConfig) -> list[list[dict[str, str]]] | None:
+    """--history's dialogues (None without one), with --model checked, before the output is touched: the
+    chat model is trained last, and a bad input found only then would cost the earlier assistant in --out."""
+    if not cfg.history:
+        return None
+    from genforge.finetune.sft import read_dialogues
 
-        read_dialogues(cfg.history)
-        if cfg.model is not None:
-            read_model_config(cfg.model)
+    dialogues = read_dialogues(cfg.history)
+    if cfg.model is not None:
+        read_model_config(cfg.model)
+    return dialogues
 
 
 def calibrate_assistant(assistant: Assistant, val: list[tuple[str, str]], min_accuracy: float,
@@ -181,7 +183,7 @@ def build(cfg: BuildConfig) -> Path:
     if not val:
         raise DataError("no calibration questions: give --val FILE (text, label) or FAQ entries with several "
                         "question variants")
-    check_chat_inputs(cfg)
+    dialogues = read_chat_inputs(cfg)
     encoder = load_encoder(cfg.encoder)
     if cfg.classify and cfg.intent_base is not None:
         read_model_config(cfg.intent_base)
@@ -191,10 +193,10 @@ def build(cfg: BuildConfig) -> Path:
     index.save(out / "index")
     intent = train_intents(cfg, indexed, oos_train, cfg.intent_base or encoder.path)
     chat = None
-    if cfg.history:
+    if dialogues is not None:
         from genforge.apps.support.chatmodel import chat_model
 
-        chat = chat_model(cfg, index, indexed, out / "work")
+        chat = chat_model(cfg, dialogues, index, indexed, out / "work")
     meta = {"encoder": str(encoder.path), "system": cfg.system, "prompt_passages": cfg.prompt_passages,
             "passage_chars": cfg.passage_chars, "thresholds": {}, "chat": chat is not None,
             "intent": intent is not None}

@@ -17,7 +17,6 @@ from genforge.apps.support.config import BuildConfig
 from genforge.apps.support.index import HybridIndex
 from genforge.apps.support.ingest import Passage
 from genforge.config import validate
-from genforge.finetune.sft import read_dialogues
 
 C = TypeVar("C")
 
@@ -51,12 +50,13 @@ def pretrain_small(work: Path, texts: list[str], cfg: BuildConfig) -> Path:
                                            save_every=0, log_every=25, dropout=0.1, weight_decay=0.1, seed=cfg.seed)))
 
 
-def chat_model(cfg: BuildConfig, index: HybridIndex, passages: list[Passage], work: Path) -> Path:
-    """Fine-tune (LoRA by default) the chat model on the grounded history; its run folder (out/chat)."""
+def chat_model(cfg: BuildConfig, dialogues: list[list[dict[str, str]]], index: HybridIndex,
+               passages: list[Passage], work: Path) -> Path:
+    """Fine-tune (LoRA by default) the chat model on the grounded `dialogues` (--history, read by the
+    caller); its run folder (out/chat)."""
     from genforge.finetune.config import SftConfig
     from genforge.finetune.sft import sft
 
-    dialogues = read_dialogues(cfg.history)
     data = work / "sft.jsonl"
     data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n"
                             for d in grounded_dialogues(dialogues, index, cfg)), encoding="utf-8")

@@ -119,7 +119,7 @@ def test_a_rerun_on_bad_data_keeps_the_earlier_model(tmp_path, monitor_model, be
     finished = read_manifest(folder, stage="app.monitor.model")
     empty_corpus = tmp_path / "corpus.txt"
     empty_corpus.write_text("\n", encoding="utf-8")
-    change, message = {"missing sentiment data": ({"data": [str(tmp_path / "gone.csv")]}, "not found: .*gone.csv"),
+    change, message = {"missing sentiment data": ({"data": [str(tmp_path / "gone.csv")]}, "gone.csv does not exist"),
                        "empty corpus": ({"corpus": [empty_corpus]}, "corpus.txt holds no texts")}[bad]
     settings = {"base": bert_dir, "data": [str(sentiment_csv)], "out": folder, **change}
     with pytest.raises(DataError, match=message):

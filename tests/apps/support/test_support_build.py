@@ -16,7 +16,7 @@ def test_a_rebuild_on_bad_input_keeps_the_earlier_assistant(company, tmp_path, b
     finished = write_manifest(out, "app.support.build", None, metrics={"passages": 12})
     empty_history = tmp_path / "history.jsonl"
     empty_history.write_text("", encoding="utf-8")
-    change, message = {"missing val": ({"val": tmp_path / "gone.csv"}, "data file not found: .*gone.csv"),
+    change, message = {"missing val": ({"val": tmp_path / "gone.csv"}, "data file .*gone.csv does not exist"),
                        "empty history": ({"history": empty_history}, "history.jsonl holds no dialogues")}[bad]
     inputs = {"kb": [company / "faq.csv"], "val": company / "val.csv", "history": company / "history.jsonl"}
     with pytest.raises(DataError, match=message):

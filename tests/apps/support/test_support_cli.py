@@ -23,7 +23,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
            "knowledge-base path not found")
     _fails(["app", "support", "build", "--kb", "x.csv", "--out", "o", "--overlap", "900"], "--overlap must be")
     _fails(["app", "support", "eval", "--assistant", str(tmp_path), "--data", str(tmp_path / "q.csv")],
-           "data file not found")
+           "q.csv does not exist")
     (tmp_path / "q.csv").write_text("text,label\nhello,x\n", encoding="utf-8")
     _fails(["app", "support", "eval", "--assistant", str(tmp_path), "--data", str(tmp_path / "q.csv")],
            "not a support assistant")
