@@ -269,14 +269,18 @@ def load(folder: Path, *, scorer: bool | None = None) -> Recommender:
 
 
 def load_ranker(path: Path, digests: dict[str, str]) -> Any:
-    """A LightGBM ranker file, first checked against the sha256 the build recorded (builds before it recorded
-    none): on a truncated or edited model file LightGBM's parser aborts the whole process, no exception."""
+    """A LightGBM ranker file, first checked against the sha256 the build recorded: on a truncated or edited
+    model file LightGBM's parser aborts the whole process, no exception, or loads the trees before the cut.
+    Builds that recorded no sha256 (older ones) are checked for the line that closes the trees."""
     import lightgbm as lgb
 
     from genforge.apps.recommend.store import REBUILD
     from genforge.artifacts import reading, sha256_file
 
     with reading(path, REBUILD, also=(lgb.basic.LightGBMError,)):
-        if path.name in digests and sha256_file(path) != digests[path.name]:
-            raise ValueError("its sha256 is not the one the build recorded")
+        if path.name in digests:
+            if sha256_file(path) != digests[path.name]:
+                raise ValueError("its sha256 is not the one the build recorded")
+        elif b"\nend of trees" not in path.read_bytes():
+            raise ValueError("it is cut short (no 'end of trees' line)")
         return lgb.Booster(model_file=str(path))

@@ -196,3 +196,19 @@ def test_rebuild_in_place_reuses_the_embeddings(built, tmp_path, capsys):
                       ranker_users=60, candidates=12, neighbours=10))
     assert f"reusing the item embeddings of {model}" in capsys.readouterr().out
     assert np.array_equal(np.load(model / "embeddings.npy"), before)
+
+
+def test_a_cut_ranker_of_a_build_without_checksums_is_one_line(built, tmp_path):
+    """Builds before the sha256 record: a ranker cut mid-trees made LightGBM abort or drop the later trees."""
+    model = tmp_path / "model"
+    shutil.copytree(built / "model", model, ignore=shutil.ignore_patterns("scorer"))
+    info = json.loads((model / "recommend.json").read_text())
+    del info["sha256"]
+    (model / "recommend.json").write_text(json.dumps(info))
+    assert load(model, scorer=False).fast_ranker is not None  # an intact old build still loads
+    ranker = model / "ranker_fast.txt"
+    ranker.write_bytes(ranker.read_bytes()[:ranker.read_bytes().index(b"end of trees") - 10])
+    result = CliRunner().invoke(app, ["app", "recommend", "recommend", "--model", str(model), "--user", "user0",
+                                      "--no-scorer"])
+    assert result.exit_code == 2 and f"{ranker} is corrupt" in result.output and "cut short" in result.output
+    assert "Traceback" not in result.output
