@@ -8,9 +8,10 @@ from genforge.finetune.classifier import load_classifier, predict_probs
 from genforge.generate import generate
 from genforge.generate.decoder import load_decoder
 from genforge.models.load import load_model
+from genforge.serve.config import ServeConfig
 
 
-def test_onnx_int8_decoder_scores_and_generates_like_the_original(tmp_path, lm_dir, packed, settings):
+def test_onnx_int8_decoder_scores_and_generates_like_the_original(tmp_path, lm_dir, packed, settings, live, oai):
     out = compress(CompressConfig(model=lm_dir, method="onnx-int8", eval_data=packed, out=tmp_path / "o", **settings))
     report = json.loads((out / "report.json").read_text())
     assert (out / "model.onnx").is_file() and not (out / "model.safetensors").exists()
@@ -30,6 +31,11 @@ def test_onnx_int8_decoder_scores_and_generates_like_the_original(tmp_path, lm_d
     texts = generate(decoder, prompts, max_new_tokens=10, temperature=0)
     alone = [generate(decoder, p, max_new_tokens=10, temperature=0)[0] for p in prompts]
     assert texts == alone and all(texts)
+
+    served = ServeConfig(model=out, name="onnx", db=f"sqlite:///{tmp_path / 'serve.db'}", max_batch=4, cache_len=1024)
+    with live(served) as (url, _):  # `genforge serve` runs the ONNX graph through the same decoder
+        reply = oai(url).completions.create(model="onnx", prompt=prompts[0], max_tokens=10, temperature=0)
+    assert reply.choices[0].text == texts[0]
 
 
 def test_onnx_int8_classifier_predicts_like_the_original(tmp_path, classifier_dir, sentiment_csv, settings):

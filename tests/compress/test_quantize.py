@@ -82,11 +82,18 @@ def test_int4_lm_is_much_smaller(tmp_path, lm_dir, packed):
     layout = json.loads((out / "compression.json").read_text())
     schemes = {spec["scheme"] for spec in layout["linears"].values()}
     assert "int4" in schemes and layout["linears"]["lm_head"]["scheme"] == "int8"  # the head stays int8
+    assert load_decoder(out).backend == "fast"  # generate, chat and serve run it on the batched Llama forward
 
 
-def test_int8_classifier_predicts_like_the_original(tmp_path, classifier_dir, sentiment_csv):
-    out = compress(CompressConfig(model=classifier_dir, method="int8", int8_scheme="weight-only", out=tmp_path / "c",
-                                  eval_data=sentiment_csv, measure_steps=4, threads=1))
+@pytest.fixture(scope="module")
+def int8_classifier(tmp_path_factory, classifier_dir, sentiment_csv):
+    return compress(CompressConfig(model=classifier_dir, method="int8", int8_scheme="weight-only",
+                                   out=tmp_path_factory.mktemp("int8") / "c", eval_data=sentiment_csv,
+                                   measure_steps=4, threads=1))
+
+
+def test_int8_classifier_predicts_like_the_original(classifier_dir, int8_classifier):
+    out = int8_classifier
     report = json.loads((out / "report.json").read_text())
     assert {"accuracy", "macro_f1"} <= set(report["compressed"])
     assert report["compressed"]["size_bytes"] < report["original"]["size_bytes"] / 2.5
@@ -118,3 +125,24 @@ def test_masked_lm_compresses_and_scores(tmp_path, mlm_dir, packed, method):
     model, objective = load_model(out)
     assert objective == "mlm"
     assert model(input_ids=torch.randint(6, 320, (1, 16))).logits.shape == (1, 16, 320)
+
+
+def test_int8_folders_serve_like_they_generate_and_classify(tmp_path, int8_lm, int8_classifier, live, oai):
+    """What `genforge compress` writes is what `genforge serve` loads: completions of the int8 LM equal its
+    greedy `generate`, and /v1/classify of the int8 classifier its `predict_probs`."""
+    import httpx
+
+    from genforge.serve.config import ServeConfig
+
+    cfg = ServeConfig(model=int8_lm, name="lm8", variant=[f"cls8={int8_classifier}"],
+                      db=f"sqlite:///{tmp_path / 'serve.db'}", max_batch=4, cache_len=1024)
+    texts = ["profits rose sharply 3", "losses widened this quarter 7"]
+    with live(cfg) as (url, _):
+        out = oai(url).completions.create(model="lm8", prompt="ROMEO:", max_tokens=12, temperature=0)
+        scored = httpx.post(f"{url}/v1/classify", json={"model": "cls8", "input": texts}, timeout=60)
+    assert out.choices[0].text == generate(int8_lm, "ROMEO:", max_new_tokens=12, temperature=0)[0]
+    assert scored.status_code == 200, scored.text
+    model, tok, info = load_classifier(int8_classifier)
+    probs = predict_probs(model, tok, texts, seq_len=info["seq_len"], multi_label=False)
+    for row, expected in zip(scored.json()["data"], probs, strict=True):
+        assert [row["scores"][lab] for lab in info["labels"]] == pytest.approx(expected.tolist(), abs=1e-5)
