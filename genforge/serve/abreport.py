@@ -3,8 +3,13 @@
 Per variant, from the stored responses to the experiment's name and their feedback: impressions,
 feedback rate (responses rated / impressions), positive rate (rated up or 4-5 stars / rated; a response's
 latest rating counts), latency (request to last token) and completion tokens. Against the control (the
---model arm): a two-proportion z-test of the positive rates and the Bayesian probability to beat it
-(Beta(1 + up, 1 + down) posteriors, Monte Carlo). A sample-ratio-mismatch check compares the users each
+--model arm): a z-test of the positive rates and the Bayesian probability to beat it (Beta posteriors,
+Monte Carlo). Users, not ratings, are the unit: the assignment is per user, and one user's ratings go
+together, so a heavy user who rates one arm a hundred times is one observation of a ratio, not a hundred
+independent ones. The variance of each rate is the delta method's for a ratio of per-user sums (Deng et al.
+2018, "Applying the Delta Method in Metric Analytics"); the posteriors count the ratings' effective number
+under that variance (with one rating per user, both reduce to the usual binomial ones). A response without
+a user is its own unit. A sample-ratio-mismatch check compares the users each
 variant got with what the weights in force at the time expected (chi-square; alert at p < 0.001: the
 assignment, not the models, would explain any difference).
 Recommendation: stop on a mismatch; promote a variant that beats the control with probability >= 0.95,
@@ -44,21 +49,42 @@ def _load(engine: Engine, experiment: str) -> tuple[list[StoredResponse], dict[s
     return responses, verdicts, weights
 
 
-def two_proportion(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float]:
-    """(z, two-sided p) of H0: p1 == p2, pooled variance; (0, 1) when undefined."""
+def ratio_variance(positives: np.ndarray, ratings: np.ndarray) -> float:
+    """Variance of sum(positives) / sum(ratings) over units (users) with these per-unit counts, by the delta
+    method. Never below the binomial variance of independent ratings (a smoothed rate keeps an all-up or
+    all-down arm from claiming zero); a single unit is one observation whatever its number of ratings."""
+    total = ratings.sum()
+    smoothed = (positives.sum() + 0.5) / (total + 1)
+    if len(ratings) < 2:
+        return float(smoothed * (1 - smoothed))
+    rate = positives.sum() / total
+    cov = np.cov(positives, ratings)  # sample (co)variances over units
+    delta = (cov[0, 0] - 2 * rate * cov[0, 1] + rate**2 * cov[1, 1]) / (len(ratings) * ratings.mean() ** 2)
+    return float(max(delta, smoothed * (1 - smoothed) / total))
+
+
+def z_test(rate1: float, var1: float, rate2: float, var2: float) -> tuple[float, float]:
+    """(z, two-sided p) of H0: rate1 == rate2, each rate with its own variance; (0, 1) when undefined."""
     from scipy.stats import norm
 
-    if min(n1, n2) == 0:
-        return 0.0, 1.0
-    pooled = (x1 + x2) / (n1 + n2)
-    se = (pooled * (1 - pooled) * (1 / n1 + 1 / n2)) ** 0.5
+    se = (var1 + var2) ** 0.5
     if se == 0:
         return 0.0, 1.0
-    z = (x2 / n2 - x1 / n1) / se
+    z = (rate2 - rate1) / se
     return float(z), float(2 * norm.sf(abs(z)))
 
 
-def prob_to_beat(x1: int, n1: int, x2: int, n2: int, seed: int = 0) -> float:
+def effective_counts(rate: float, var: float, ratings: int) -> tuple[float, float]:
+    """(positives, ratings) of the binomial sample as informative as a rate with this variance: clustered
+    ratings count as fewer, never as more than there are."""
+    if not ratings:
+        return 0.0, 0.0
+    smoothed = (rate * ratings + 0.5) / (ratings + 1)
+    n = min(ratings, smoothed * (1 - smoothed) / var)
+    return rate * n, n
+
+
+def prob_to_beat(x1: float, n1: float, x2: float, n2: float, seed: int = 0) -> float:
     """P(rate 2 > rate 1) under Beta(1 + successes, 1 + failures) posteriors."""
     rng = np.random.default_rng(seed)
     a = rng.beta(1 + x1, 1 + n1 - x1, DRAWS)
@@ -105,12 +131,19 @@ def report(engine: Engine, experiment: str) -> dict[str, Any]:
         mine = [r for r in responses if r.variant == arm]
         done = [r for r in mine if r.status == 200]
         rated = [verdicts[r.id] for r in mine if r.id in verdicts]
+        units: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # user -> [positive, rated]
+        for r in mine:
+            if r.id in verdicts:
+                units[r.user or r.id][0] += verdicts[r.id]
+                units[r.user or r.id][1] += 1
+        per_unit = np.array(list(units.values()), dtype=float).reshape(-1, 2)
         latency = np.array([r.latency for r in done]) if done else np.zeros(0)
         ttft = np.array([r.ttft for r in done if r.ttft is not None])
         rows[arm] = {
             "variant": arm, "weight": current.get(arm, 0.0), "impressions": len(mine), "feedback": len(rated),
             "positive": sum(rated), "feedback_rate": len(rated) / len(mine) if mine else 0.0,
-            "positive_rate": sum(rated) / len(rated) if rated else 0.0,
+            "positive_rate": sum(rated) / len(rated) if rated else 0.0, "raters": len(units),
+            "positive_rate_var": ratio_variance(per_unit[:, 0], per_unit[:, 1]) if rated else 0.0,
             "latency_mean": float(latency.mean()) if latency.size else None,
             "latency_p50": float(np.percentile(latency, 50)) if latency.size else None,
             "latency_p95": float(np.percentile(latency, 95)) if latency.size else None,
@@ -121,9 +154,10 @@ def report(engine: Engine, experiment: str) -> dict[str, Any]:
             row.update(z=None, p_value=None, prob_beat_control=None)
             continue
         c = rows[control]
-        z, p = two_proportion(c["positive"], c["feedback"], row["positive"], row["feedback"])
-        row.update(z=z, p_value=p, prob_beat_control=prob_to_beat(c["positive"], c["feedback"], row["positive"],
-                                                                  row["feedback"]))
+        z, p = (z_test(c["positive_rate"], c["positive_rate_var"], row["positive_rate"], row["positive_rate_var"])
+                if c["feedback"] and row["feedback"] else (0.0, 1.0))
+        counts = [effective_counts(r["positive_rate"], r["positive_rate_var"], r["feedback"]) for r in (c, row)]
+        row.update(z=z, p_value=p, prob_beat_control=prob_to_beat(*counts[0], *counts[1]))
     mismatch = srm(responses, weights)
     return {"experiment": experiment, "control": control, "weights": current, "variants": list(rows.values()),
             "srm": mismatch, "recommendation": recommend(rows, control, mismatch)}
@@ -169,13 +203,12 @@ def plot(rep: dict[str, Any], path: Path) -> None:
     axes[0].set_title(f"traffic (SRM p = {rep['srm']['p']:.3g})")
     axes[0].legend(fontsize=8)
     rates = np.array([r["positive_rate"] for r in rows])
-    counts = np.array([max(r["feedback"], 1) for r in rows])
-    err = 1.96 * np.sqrt(rates * (1 - rates) / counts)
+    err = 1.96 * np.sqrt([r["positive_rate_var"] for r in rows])
     axes[1].bar(x, rates, yerr=[np.minimum(err, rates), np.minimum(err, 1 - rates)], capsize=6, color="tab:green")
     axes[1].set_ylim(0, 1)
     axes[1].set_title("positive rate (95% interval)")
     for i, r in enumerate(rows):
-        axes[1].text(i, 0.02, f"n={r['feedback']}", ha="center", fontsize=8)
+        axes[1].text(i, 0.02, f"n={r['feedback']} ({r['raters']} users)", ha="center", fontsize=8)
     axes[2].bar(x - 0.2, [r["latency_p50"] or 0 for r in rows], 0.4, label="p50")
     axes[2].bar(x + 0.2, [r["latency_p95"] or 0 for r in rows], 0.4, label="p95")
     axes[2].set_title("latency (s)")
@@ -211,7 +244,7 @@ def run_report(cfg: Any) -> dict[str, Any]:
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in rep["variants"]:
         table.add_row(r["variant"], fmt(r["weight"], ".2f"), str(r["impressions"]),
-                      f"{r['feedback_rate']:.1%} ({r['feedback']})", f"{r['positive_rate']:.1%} ({r['positive']})",
+                      f"{r['feedback_rate']:.1%} ({r['feedback']}, {r['raters']} users)", f"{r['positive_rate']:.1%} ({r['positive']})",
                       fmt(r["latency_p50"]), fmt(r["latency_p95"]), fmt(r["z"], ".2f"), fmt(r["p_value"], ".3g"),
                       fmt(r["prob_beat_control"]))
     console = Console()

@@ -4,13 +4,22 @@
 import json
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from genforge.errors import ConfigError
 from genforge.serve.ab import arm_weights, assign, promote, run_promote
-from genforge.serve.abreport import prob_to_beat, report, run_report, srm, two_proportion
+from genforge.serve.abreport import (
+    effective_counts,
+    prob_to_beat,
+    ratio_variance,
+    report,
+    run_report,
+    srm,
+    z_test,
+)
 from genforge.serve.config import AbPromoteConfig, AbReportConfig, Variant
 from genforge.serve.db import StoredResponse, connect
 
@@ -32,12 +41,32 @@ def test_assignment_is_sticky_and_follows_the_weights():
     assert [assign("other", u, weights) for u in users] != first  # experiments bucket independently
 
 
+def _once(up: int, users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user (positive, rated) counts of `users` users rating once, `up` of them up."""
+    return np.array([1.0] * up + [0.0] * (users - up)), np.ones(users)
+
+
 def test_statistics_match_known_values():
-    z, p = two_proportion(50, 100, 65, 100)
-    assert z == pytest.approx(0.15 / (0.575 * 0.425 * 0.02) ** 0.5) and p == pytest.approx(0.0319, abs=1e-3)
-    assert two_proportion(0, 0, 3, 5) == (0.0, 1.0)
+    v1, v2 = ratio_variance(*_once(50, 100)), ratio_variance(*_once(65, 100))
+    assert v1 == pytest.approx(0.25 / 99)  # one rating per user: the binomial variance (sample form)
+    z, p = z_test(0.5, v1, 0.65, v2)
+    assert z == pytest.approx(0.15 / (v1 + v2) ** 0.5) and p == pytest.approx(0.0308, abs=1e-3)
+    assert z_test(0.5, 0.0, 0.5, 0.0) == (0.0, 1.0)
+    assert effective_counts(0.5, v1, 100) == pytest.approx((49.5, 99), rel=0.02)
     assert prob_to_beat(10, 100, 30, 100) > 0.99 and prob_to_beat(30, 100, 10, 100) < 0.01
     assert 0.45 < prob_to_beat(10, 20, 10, 20) < 0.55
+
+
+def test_a_heavy_user_is_one_user_not_a_hundred_independent_ratings():
+    positives, rated = np.array([100.0] + [1.0] * 10 + [0.0] * 10), np.array([100.0] + [1.0] * 20)
+    rate = positives.sum() / rated.sum()  # 110 of 120 ratings up, but the 20 light users are split 10 / 10
+    var = ratio_variance(positives, rated)
+    assert var > 5 * rate * (1 - rate) / rated.sum()  # far wider than 120 independent ratings would be
+    assert effective_counts(rate, var, 120)[1] < 20
+    control = ratio_variance(*_once(12, 20))
+    assert z_test(0.6, control, rate, var)[1] > 3 * z_test(0.6, 0.6 * 0.4 / 20, rate, rate * (1 - rate) / 120)[1]
+    lone = ratio_variance(np.array([100.0]), np.array([100.0]))
+    assert lone > 0.004 and effective_counts(1.0, lone, 100)[1] == pytest.approx(1.0, abs=0.1)  # one user
 
 
 def _chat(url, user, **extra):
@@ -102,7 +131,7 @@ def test_sample_ratio_mismatch_alerts_and_the_report_recommends(ab_cfg, tmp_path
     assert rep["srm"]["alert"] and rep["srm"]["p"] < 0.001
     assert rep["recommendation"]["action"] == "stop"
     b = next(v for v in rep["variants"] if v["variant"] == "b")
-    assert b["impressions"] == 360 and b["feedback_rate"] == 1.0 and b["positive_rate"] == 1.0
+    assert b["impressions"] == 360 and b["feedback_rate"] == 1.0 and b["positive_rate"] == 1.0 and b["raters"] == 360
     assert b["prob_beat_control"] > 0.99 and b["p_value"] < 0.001
     balanced = srm([StoredResponse(id=f"x{i}", user=f"v{i}", variant="ab"[i % 2], weights_id=1) for i in range(100)],
                    {1: {"a": 1, "b": 1}})
