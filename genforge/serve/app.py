@@ -32,6 +32,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge import __version__
+from genforge.errors import ConfigError
 from genforge.serve import completions
 from genforge.serve.config import ServeConfig
 from genforge.serve.errors import ApiError, error_body
@@ -257,9 +258,12 @@ def create_app(state: ServerState, routers: tuple = ()) -> FastAPI:
     async def create_feedback(body: FeedbackRequest, caller: Authorized) -> dict[str, Any]:
         if not state.cfg.store:
             raise ApiError(400, "this server does not store responses (--no-store), so it takes no feedback")
-        fid = await run_in_threadpool(add_feedback, state.keys.engine, body.response_id, caller.name,
-                                      thumbs=body.thumbs, rating=body.rating, comment=body.comment,
-                                      correction=body.correction)
+        try:
+            fid = await run_in_threadpool(add_feedback, state.keys.engine, body.response_id, caller.name,
+                                          choice=body.choice, thumbs=body.thumbs, rating=body.rating,
+                                          comment=body.comment, correction=body.correction)
+        except ConfigError as e:
+            raise ApiError(400, str(e), param="choice") from None
         if fid is None:
             raise ApiError(404, f"no stored response with id '{body.response_id}'", param="response_id",
                            code="response_not_found")

@@ -86,6 +86,7 @@ class Feedback(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     response_id: Mapped[str] = mapped_column(ForeignKey("responses.id"), index=True)
+    choice: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # which of the response's choices
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     thumbs: Mapped[str | None] = mapped_column(String(4), nullable=True)  # "up" | "down"
     rating: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1..5

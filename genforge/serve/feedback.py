@@ -3,8 +3,9 @@
 - sft.jsonl: each corrected answer as an OpenAI `messages` dialogue (the request's messages, then the
   correction as the assistant turn), the format `genforge finetune sft --data` reads;
 - preference.jsonl: `{"prompt": messages, "chosen": text, "rejected": text}` from a correction against the
-  answer it corrects, and from answers to the same messages that users rated up and down (a response's
-  latest rating counts; at most MAX_PAIRS pairs per prompt);
+  answer it corrects, and from answers to the same messages that users rated up and down (a choice's
+  latest rating counts: feedback names the choice of a response with n > 1; at most MAX_PAIRS pairs per
+  prompt);
 - manifest.json (stage "feedback.export") with each file's SHA-256 and counts: the manifest of a model
   fine-tuned on DIR/sft.jsonl names that file and hash among its inputs, so the model's lineage leads
   back to this export and its database.
@@ -43,18 +44,20 @@ def _rows(engine: Any, model: str | None) -> list[tuple[StoredResponse, list[Fee
         return list(grouped.values())
 
 
-def _dialogue(response: StoredResponse) -> tuple[list[dict], str]:
-    """(request messages, first answer) of a stored chat response; a row that does not decode (edited by
-    hand, or written by another program) is a DataError naming it, raised before the export folder is touched."""
+def _dialogue(response: StoredResponse, feedback: list[Feedback]) -> tuple[list[dict], list[str]]:
+    """(request messages, answers) of a stored chat response, with an answer for every choice its feedback
+    rates; a row that does not decode (edited by hand, or written by another program) is a DataError naming
+    it, raised before the export folder is touched."""
     try:
         messages = json.loads(response.request)["messages"]
-        answer = json.loads(response.response)[0]
-        if not isinstance(messages, list) or not isinstance(answer, str):
-            raise TypeError("no list of messages in the request, or no answer text in the response")
+        answers = json.loads(response.response)
+        if not isinstance(messages, list) or not isinstance(answers, list) or not all(
+                isinstance(answers[fb.choice], str) for fb in feedback):
+            raise TypeError("no list of messages in the request, or no answer text for a rated choice")
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise DataError(f"stored response {response.id} in the database is corrupt ({type(e).__name__}: {e}): "
                         "delete its row from the responses table") from None
-    return messages, answer
+    return messages, answers
 
 
 def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict], list[dict]]:
@@ -63,7 +66,7 @@ def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict]
     rated: dict[str, dict[bool, list[str]]] = defaultdict(lambda: {True: [], False: []})
     prompts: dict[str, list[dict]] = {}
     for response, feedback in rows:
-        messages, answer = _dialogue(response)
+        messages, answers = _dialogue(response, feedback)
         key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
         prompts[key] = messages
         for fb in feedback:
@@ -71,11 +74,13 @@ def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict]
             if fix and (key, fix) not in seen:
                 seen.add((key, fix))
                 sft.append({"messages": [*messages, {"role": "assistant", "content": fix}]})
-                if fix != answer.strip():
-                    prefs.append({"prompt": messages, "chosen": fix, "rejected": answer})
-        verdict = next((fb.positive for fb in reversed(feedback) if fb.positive is not None), None)
-        if verdict is not None and answer not in rated[key][verdict]:
-            rated[key][verdict].append(answer)
+                if fix != answers[fb.choice].strip():
+                    prefs.append({"prompt": messages, "chosen": fix, "rejected": answers[fb.choice]})
+        for choice in dict.fromkeys(fb.choice for fb in feedback):
+            verdict = next((fb.positive for fb in reversed(feedback)
+                            if fb.choice == choice and fb.positive is not None), None)
+            if verdict is not None and answers[choice] not in rated[key][verdict]:
+                rated[key][verdict].append(answers[choice])
     for key, by in rated.items():
         pairs = [(up, down) for up, down in itertools.product(by[True], by[False]) if up != down]
         prefs += [{"prompt": prompts[key], "chosen": up, "rejected": down} for up, down in pairs[:MAX_PAIRS]]

@@ -119,6 +119,7 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     response_id: str = Field(min_length=1, max_length=64)
+    choice: int = Field(0, ge=0, le=127, description="index of the rated choice when the request asked for n > 1")
     thumbs: Literal["up", "down"] | None = None
     rating: int | None = Field(None, ge=1, le=5)
     comment: str | None = Field(None, max_length=10_000)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from genforge.errors import ConfigError
 from genforge.serve.db import Audit, Feedback, StoredResponse
 
 
@@ -53,15 +54,23 @@ def save(engine: Engine, rec: Record, store: bool = True) -> None:
         session.commit()
 
 
-def add_feedback(engine: Engine, response_id: str, caller: str, *, thumbs: str | None = None,
+def add_feedback(engine: Engine, response_id: str, caller: str, *, choice: int = 0, thumbs: str | None = None,
                  rating: int | None = None, comment: str | None = None, correction: str | None = None) -> int | None:
-    """Store one piece of feedback; its id, or None when no stored response has that id."""
+    """Store one piece of feedback on choice `choice` of a response; its id, or None when no stored response
+    has that id. A choice the response does not have is a ConfigError."""
     positive = (thumbs == "up") if thumbs else (rating >= 4 if rating is not None else None)
     with Session(engine) as session:
-        if session.get(StoredResponse, response_id) is None:
+        response = session.get(StoredResponse, response_id)
+        if response is None:
             return None
-        row = Feedback(response_id=response_id, thumbs=thumbs, rating=rating, positive=positive, comment=comment,
-                       correction=correction, caller=caller)
+        try:
+            n = len(json.loads(response.response))
+        except (ValueError, TypeError):  # a row edited by hand: `feedback export` names it; one choice here
+            n = 1
+        if choice >= n:
+            raise ConfigError(f"response '{response_id}' has {n} choice{'s' * (n != 1)}: choice must be below {n}")
+        row = Feedback(response_id=response_id, choice=choice, thumbs=thumbs, rating=rating, positive=positive,
+                       comment=comment, correction=correction, caller=caller)
         session.add(row)
         session.commit()
         return row.id

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select
+from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.orm import Session
 
 from genforge.artifacts import read_manifest, sha256_file
@@ -64,6 +64,31 @@ def test_feedback_is_stored_and_exported(serve_cfg, live, oai, tmp_path):
     assert manifest["outputs"]["sft.jsonl"] == sha256_file(tmp_path / "fb" / "sft.jsonl")
 
 
+def test_feedback_rates_one_choice_of_several(serve_cfg, live, oai, tmp_path):
+    cfg = serve_cfg()
+    with live(cfg) as (url, _):
+        reply = oai(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Say hi"}],
+                                                 max_tokens=6, temperature=1.0, n=3, seed=7)
+        texts = [c.message.content for c in reply.choices]
+        assert len(set(texts)) == 3 and "hi" not in texts  # seeded: three different answers to tell apart
+        post = lambda body: httpx.post(f"{url}/v1/feedback", json=body, timeout=30)  # noqa: E731
+        assert post({"response_id": reply.id, "choice": 2, "thumbs": "up"}).status_code == 200
+        assert post({"response_id": reply.id, "choice": 1, "thumbs": "down", "correction": "hi"}).status_code == 200
+        assert post({"response_id": reply.id, "choice": 0, "thumbs": "up"}).status_code == 200
+        assert post({"response_id": reply.id, "choice": 0, "thumbs": "down"}).status_code == 200  # the latest counts
+        beyond = post({"response_id": reply.id, "choice": 3, "thumbs": "up"})
+        assert beyond.status_code == 400 and beyond.json()["error"]["param"] == "choice"
+        assert "has 3 choices" in beyond.json()["error"]["message"]
+        assert post({"response_id": reply.id, "choice": -1, "thumbs": "up"}).status_code == 400
+    export(FeedbackExportConfig(out=tmp_path / "fb", db=cfg.db))
+    prompt = [{"role": "user", "content": "Say hi"}]
+    prefs = [json.loads(line) for line in (tmp_path / "fb" / "preference.jsonl").read_text().splitlines()]
+    assert {"prompt": prompt, "chosen": "hi", "rejected": texts[1]} in prefs  # the correction of choice 1
+    assert {"prompt": prompt, "chosen": texts[2], "rejected": texts[1]} in prefs
+    assert {"prompt": prompt, "chosen": texts[2], "rejected": texts[0]} in prefs  # choice 0 ended rated down
+    assert all(p["chosen"] != texts[0] for p in prefs)
+
+
 def test_finetuning_on_the_export_records_it_as_input(serve_cfg, live, oai, tmp_path, llama_dir):
     """The loop closes: a model fine-tuned on DIR/sft.jsonl names that file (and hash) in its manifest."""
     from genforge.finetune.config import SftConfig
@@ -98,6 +123,26 @@ def test_a_database_of_the_serving_core_is_upgraded(tmp_path):
         assert conn.exec_driver_sql("SELECT name FROM api_keys").scalar() == "alice"
     with Session(connect(f"sqlite:///{path}")) as s:  # connecting again is a no-op
         assert s.scalar(select(func.count()).select_from(Feedback)) == 0
+
+
+def test_feedback_of_a_0002_database_keeps_its_rows_and_rates_the_first_choice(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with create_engine(url).begin() as conn:  # a database of the release before choices were rated
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.exec_driver_sql("INSERT INTO responses (id, created, route, model, variant, caller, request, response, "
+                             "finish, status, prompt_tokens, completion_tokens, latency) VALUES ('r1', "
+                             "'2026-01-01 00:00:00', 'chat', 'tiny', 'tiny', 't', '{\"messages\": []}', "
+                             "'[\"a\", \"b\"]', '[\"stop\"]', 200, 1, 1, 0.1)")
+        conn.exec_driver_sql("INSERT INTO feedback (response_id, created, thumbs, positive, caller) VALUES "
+                             "('r1', '2026-01-01 00:00:00', 'up', 1, 't')")
+    with Session(connect(url)) as s:
+        assert [(f.response_id, f.choice, f.thumbs) for f in s.scalars(select(Feedback))] == [("r1", 0, "up")]
 
 
 def test_no_store_takes_no_feedback(serve_cfg, live, oai):
