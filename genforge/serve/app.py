@@ -64,9 +64,12 @@ class ServerState:
     models: dict[str, ServedModel]
     keys: Keys
     metrics: Metrics = field(default_factory=Metrics)
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    limiter: RateLimiter = field(init=False)  # buckets in the keys' database, shared by replicas
     safety: Safety = field(default_factory=lambda: Safety(redact_pii=False))
     experiment: Any = None  # genforge.serve.ab.Experiment of the --model name, when it has weighted variants
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.keys.engine)
 
     def model(self, name: str) -> ServedModel:
         if name not in self.models:

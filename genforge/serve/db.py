@@ -96,6 +96,16 @@ class Feedback(Base):
     caller: Mapped[str] = mapped_column(String(200))
 
 
+class RateBucket(Base):
+    """A caller's token bucket, shared by every replica on the database (`--rate-limit`, managed keys' limits)."""
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the caller (key name, or "static")
+    tokens: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)  # Unix time of the last refill: one clock for all replicas
+
+
 class AbWeights(Base):
     """The traffic weights of an experiment over time; the newest row is in force (promotions append)."""
 

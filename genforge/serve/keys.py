@@ -11,17 +11,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from genforge.errors import ConfigError
-from genforge.serve.db import ApiKey, utcnow
+from genforge.serve.db import ApiKey, RateBucket, utcnow
 
 KEY_PREFIX = "gf-"
 
@@ -106,22 +105,38 @@ class Keys:
 
 
 class RateLimiter:
-    """Token buckets per caller: `limit` requests per minute, bursts up to `limit` (this replica's view)."""
+    """Token buckets per caller: `limit` requests per minute, bursts up to `limit`. The buckets are rows of the
+    server's database, so replicas sharing a PostgreSQL database share each caller's limit; one conditional
+    UPDATE takes a token (atomic under concurrent replicas: the row is locked while it is checked)."""
 
-    def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, time of last refill)
-        self._lock = threading.Lock()
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def acquire(self, name: str, limit: int, now: float | None = None) -> float:
         """0 if the request may go ahead (and takes a token), else the seconds until a token is free."""
         if limit <= 0:
             return 0.0
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            tokens, last = self._buckets.get(name, (float(limit), now))
-            tokens = min(float(limit), tokens + (now - last) * limit / 60)
-            if tokens >= 1:
-                self._buckets[name] = (tokens - 1, now)
+        now = time.time() if now is None else now  # wall clock: replicas on several machines share it
+        later = RateBucket.updated < now  # a replica whose clock is behind refills nothing and moves no clock back
+        elapsed = case((later, now - RateBucket.updated), else_=0.0)
+        refilled = case((RateBucket.tokens + elapsed * limit / 60 > limit, float(limit)),
+                        else_=RateBucket.tokens + elapsed * limit / 60)
+        mine = RateBucket.name == name
+        with self.engine.begin() as conn:
+            fresh = {"name": name, "tokens": float(limit), "updated": now}
+            conn.execute(_insert(conn.dialect.name)(RateBucket).values(**fresh).on_conflict_do_nothing())
+            if conn.execute(update(RateBucket).where(mine, refilled >= 1)
+                            .values(tokens=refilled - 1, updated=case((later, now), else_=RateBucket.updated))
+                            ).rowcount:
                 return 0.0
-            self._buckets[name] = (tokens, now)
-            return (1 - tokens) * 60 / limit
+            tokens = conn.execute(select(refilled).where(mine)).scalar_one()
+        return (1 - tokens) * 60 / limit
+
+
+def _insert(dialect: str) -> Any:
+    """The INSERT construct with ON CONFLICT of the database's dialect (SQLite or PostgreSQL)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert

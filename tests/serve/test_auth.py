@@ -1,6 +1,8 @@
 """API keys: the static key, managed keys (create/list/revoke through the API and the CLI, stored hashed),
 per-key rate limits, and the refusal to listen on a non-loopback host without any key."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import openai
 import pytest
@@ -96,13 +98,23 @@ def test_rate_limits_per_key(serve_cfg, live, oai):
             oai(url, slow).models.list()
 
 
-def test_rate_limiter_refills_over_time():
-    limiter = RateLimiter()
+def test_rate_limiter_refills_over_time(tmp_path):
+    limiter = RateLimiter(connect(f"sqlite:///{tmp_path / 'db.sqlite'}"))
     assert all(limiter.acquire("k", 60, now=100.0) == 0 for _ in range(60))  # a full minute's burst
     assert limiter.acquire("k", 60, now=100.0) == pytest.approx(1.0)  # 60/minute: one more each second
     assert limiter.acquire("k", 60, now=100.5) == pytest.approx(0.5)
     assert limiter.acquire("k", 60, now=101.0) == 0 and limiter.acquire("k", 60, now=101.0) > 0
     assert limiter.acquire("k", 0) == 0 and limiter.acquire("other", 60, now=101.0) == 0
+    assert limiter.acquire("other", 60, now=50.0) == 0  # a clock behind the bucket's: no refill, no clock moved back
+    assert sum(limiter.acquire("other", 60, now=101.0) == 0 for _ in range(60)) == 58
+
+
+def test_replicas_on_one_database_share_a_callers_bucket(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    replicas = [RateLimiter(connect(url)) for _ in range(2)]
+    with ThreadPoolExecutor(8) as pool:  # 40 concurrent requests of one caller over both replicas, limit 30
+        waits = list(pool.map(lambda i: replicas[i % 2].acquire("k", 30, now=100.0), range(40)))
+    assert sum(w == 0 for w in waits) == 30 and all(w > 0 for w in waits if w)
 
 
 def test_refuses_a_public_host_without_a_key(tmp_path, llama_dir):

@@ -1,13 +1,17 @@
 """Two `genforge serve` replicas on one real PostgreSQL database (a throwaway cluster): migrations,
-A/B assignment, promotion and feedback agree across them."""
+A/B assignment, promotion, feedback and rate limits agree across them."""
+
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from genforge.serve.ab import promote
 from genforge.serve.abreport import report
-from genforge.serve.db import Feedback, StoredResponse
+from genforge.serve.db import Feedback, StoredResponse, connect
+from genforge.serve.keys import RateLimiter
 
 
 def _chat(url, user):
@@ -37,3 +41,12 @@ def test_two_replicas_share_one_postgres_database(serve_cfg, live, llama_dir, po
         assert sum(v["feedback"] for v in rep["variants"]) == 8 and not rep["srm"]["alert"]
         promote(state.keys.engine, "tiny", "b")
         assert {_chat(url, u).headers["x-genforge-variant"] for url in (url_a, url_b) for u in users} == {"b"}
+
+
+def test_replicas_share_a_callers_rate_limit_on_postgres(postgres_url):
+    replicas = [RateLimiter(connect(postgres_url)) for _ in range(2)]
+    with ThreadPoolExecutor(8) as pool:  # 40 concurrent requests over both replicas, limit 30 a minute
+        waits = list(pool.map(lambda i: replicas[i % 2].acquire("pg-caller", 30, now=1000.0), range(40)))
+    assert sum(w == 0 for w in waits) == 30
+    assert replicas[0].acquire("pg-caller", 30, now=1002.0) == 0  # one token back every two seconds
+    assert replicas[1].acquire("pg-caller", 30, now=1002.0) == pytest.approx(2.0)
