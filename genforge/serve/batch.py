@@ -9,6 +9,11 @@ are shared: every step writes column `col` of every live row, and row b's prompt
 - join: new prompts are prefilled together into the next free rows, right-aligned to end at `col`
   (the column the running rows just wrote), so from the next step on they decode in lockstep.
 - leave: the last row moves into the freed one (its KV columns are copied), keeping rows 0..n-1 dense.
+- chunked prefill: while rows are decoding, a prompt longer than `prefill_chunk` tokens is staged instead:
+  each step prefills its next chunk into a one-row staging cache (positions are relative to a row's start,
+  so those keys are valid anywhere), and when one chunk is left the row joins like any other, its staged
+  columns copied in before the last chunk runs. A long prompt then costs the running rows one chunk of
+  extra work per step instead of one step as long as the whole prompt.
 - room: a new row needs `col >= its prompt` and every row needs `start + prompt + budget <= cache_len`;
   when that fails the live columns are shifted (left past the oldest prompt, or right for a long one),
   and a request that still does not fit waits for rows to leave. With `cache_len` = 2 x the context,
@@ -63,7 +68,8 @@ def _generator(seed: int | None) -> torch.Generator:
 class SlotBatch:
     """The running batch of one model; used by one worker thread only."""
 
-    def __init__(self, decoder: Decoder, max_rows: int, cache_len: int = 0, max_prefill_tokens: int = 4096):
+    def __init__(self, decoder: Decoder, max_rows: int, cache_len: int = 0, max_prefill_tokens: int = 4096,
+                 prefill_chunk: int = 0):
         self.runner = decoder.runner
         self.pad_id = decoder.pad_id
         self.joinable = isinstance(self.runner, LlamaRunner)
@@ -83,9 +89,25 @@ class SlotBatch:
         self.penalty = torch.ones(max_rows, 1)
         self.seen: torch.Tensor | None = None  # [max_rows, vocab], once some row has a repetition penalty
         self.generators: list[torch.Generator | None] = [None] * max_rows
+        self.prefill_chunk = prefill_chunk if self.joinable else 0
+        self.staged: Seq | None = None  # the long prompt being prefilled chunk by chunk
+        self.staged_tokens = 0  # how much of its prompt is in `stage_cache`
+        self.stage_cache: KVCache | None = None
 
     def live(self) -> list[Seq]:
-        return [s for s in self.rows if s is not None]
+        return [s for s in self.rows if s is not None] + ([self.staged] if self.staged else [])
+
+    def stageable(self, seq: Seq) -> bool:
+        """Whether `seq` should be prefilled in chunks: its prompt is long, the stage is free, and rows are
+        decoding (an idle batch loses nothing by taking the whole prompt at once)."""
+        return (self.prefill_chunk > 0 and self.staged is None and bool(self.rows)
+                and len(seq.prompt) > self.prefill_chunk)
+
+    def stage(self, seq: Seq) -> None:
+        """Start prefilling `seq` (see `stageable`) chunk by chunk at the next steps."""
+        if self.stage_cache is None:
+            self.stage_cache = self.runner.new_cache(1, self.longest)
+        self.staged, self.staged_tokens = seq, 0
 
     def _view(self, first: int, last: int) -> KVCache:
         if not self.joinable:
@@ -111,6 +133,8 @@ class SlotBatch:
         col = self.col + 1 if self.rows else 0  # the next step first advances the running rows
         taken: list[Seq] = []
         for seq in islice(waiting, self.max_rows - len(self.rows)):
+            if self.prefill_chunk and self.rows and len(seq.prompt) > self.prefill_chunk:
+                break  # a long prompt waits for the stage (`stageable`) rather than stall the running rows
             trial = [*taken, seq]
             width = max(len(s.prompt) for s in trial)
             if taken and width * len(trial) > self.max_prefill_tokens:
@@ -131,6 +155,10 @@ class SlotBatch:
             logits.append(self._decode())
         if new:
             logits.append(self._join(new))
+        if self.staged is not None and (joined := self._advance_stage()) is not None:
+            logits.append(joined)
+        if not logits:  # only a chunk of the staged prompt ran
+            return []
         tokens = next_tokens(torch.cat(logits), self._sampler())
         self.pending[:len(tokens)] = tokens
         changed, done, now = [], [], time.monotonic()
@@ -181,18 +209,51 @@ class SlotBatch:
         positions = (torch.arange(width)[None] - (width - lengths)[:, None]).clamp(min=0)
         logits = self.runner.forward(self._view(n, n + k), ids, positions, self.col - width, start)
         self.start[n:n + k] = start
-        for row, seq in enumerate(new, start=n):
-            p = seq.params
-            self.temperature[row, 0], self.top_k[row] = p.temperature, p.top_k
-            self.top_p[row, 0], self.penalty[row, 0] = p.top_p, p.repetition_penalty
-            self.generators[row] = _generator(p.seed)
-            if p.repetition_penalty != 1 and self.seen is None:
-                self.seen = torch.zeros(self.max_rows, self.runner.vocab_size, dtype=torch.bool)
-            if self.seen is not None:
-                self.seen[row] = False
-                self.seen[row, seq.prompt] = True
-            seq.end = self.col + seq.max_tokens
-            self.rows.append(seq)
+        for seq in new:
+            self._add_row(seq)
+        return logits
+
+    def _add_row(self, seq: Seq) -> None:
+        """Append `seq` as the next row (its prompt already in the cache): its sampling state and budget."""
+        row, p = len(self.rows), seq.params
+        self.temperature[row, 0], self.top_k[row] = p.temperature, p.top_k
+        self.top_p[row, 0], self.penalty[row, 0] = p.top_p, p.repetition_penalty
+        self.generators[row] = _generator(p.seed)
+        if p.repetition_penalty != 1 and self.seen is None:
+            self.seen = torch.zeros(self.max_rows, self.runner.vocab_size, dtype=torch.bool)
+        if self.seen is not None:
+            self.seen[row] = False
+            self.seen[row, seq.prompt] = True
+        seq.end = self.col + seq.max_tokens
+        self.rows.append(seq)
+
+    def _advance_stage(self) -> torch.Tensor | None:
+        """Prefill the staged prompt's next chunk; with one chunk left, join it as the last row (its logits),
+        or wait while the batch has no row or no room for it (None)."""
+        seq, done = self.staged, self.staged_tokens
+        length = len(seq.prompt)
+        if length - done > self.prefill_chunk:
+            ids = torch.tensor([seq.prompt[done:done + self.prefill_chunk]])
+            self.runner.forward(self.stage_cache, ids, torch.arange(done, done + ids.shape[1])[None], done, None)
+            self.staged_tokens += ids.shape[1]
+            return None
+        n = len(self.rows)
+        if n == self.max_rows:
+            return None
+        if not self.rows:
+            self.col = length
+        elif (delta := self._shift_for([seq], self.col)) is None:
+            return None
+        elif delta:
+            self._shift(delta)
+        first = self.col - length
+        self.cache.kv[:, :, n, :, first:first + done] = self.stage_cache.kv[:, :, 0, :, :done]
+        rest = torch.tensor([seq.prompt[done:]])
+        self.start[n] = first
+        logits = self.runner.forward(self._view(n, n + 1), rest, torch.arange(done, length)[None],
+                                     first + done, self.start[n:n + 1])
+        self.staged = None
+        self._add_row(seq)
         return logits
 
     def _sampler(self) -> Sampler:
@@ -214,6 +275,9 @@ class SlotBatch:
 
     def release(self, seqs: Iterable[Seq]) -> None:
         """Take sequences out of the batch (finished, cancelled, timed out)."""
+        seqs = list(seqs)
+        if self.staged is not None and any(s is self.staged for s in seqs):
+            self.staged = None
         index = {id(s): row for row, s in enumerate(self.rows) if s is not None}
         for row in sorted((index[id(s)] for s in seqs if id(s) in index), reverse=True):
             if self.joinable:
@@ -238,7 +302,7 @@ class SlotBatch:
 
     def reset(self) -> None:
         """Empty the batch (the cache's columns are stale from now on, and masked for whoever comes next)."""
-        self.rows = []
+        self.rows, self.staged = [], None
         self.generators = [None] * self.max_rows
         if not self.joinable:
             self.cache = None

@@ -74,6 +74,8 @@ class ServeConfig:
     max_queue: int = field(256, help="most sequences waiting for a batch slot; more are refused with 429")
     cache_len: int = field(0, help="KV-cache columns per batch row; 0 = twice the model's context")
     max_prefill_tokens: int = field(4096, help="most prompt tokens taken into the batch between two decode steps")
+    prefill_chunk: int = field(512, help="while others decode, prefill a longer prompt this many tokens per step "
+                                         "(chunked prefill: it no longer stalls their tokens); 0 = whole prompts")
     max_prompt_tokens: int = field(0, help="longest accepted prompt in tokens; 0 = the model's context")
     max_tokens: int = field(1024, help="most tokens one completion may generate")
     max_body_bytes: int = field(1_000_000, help="largest accepted request body")
@@ -106,7 +108,7 @@ class ServeConfig:
         for key in ("max_batch", "max_queue", "max_prefill_tokens", "max_tokens", "max_body_bytes"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0; got {getattr(self, key)}")
-        for key in ("cache_len", "max_prompt_tokens", "rate_limit", "threads"):
+        for key in ("cache_len", "max_prompt_tokens", "rate_limit", "threads", "prefill_chunk"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0 (0 = default/off); got {getattr(self, key)}")
         if not 0 < self.port < 65536:

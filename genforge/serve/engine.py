@@ -32,9 +32,9 @@ class QueueFull(Exception):
 
 class Engine:
     def __init__(self, decoder: Decoder, *, name: str, max_batch: int = 32, max_queue: int = 256,
-                 cache_len: int = 0, max_prefill_tokens: int = 4096, metrics: Any = None):
+                 cache_len: int = 0, max_prefill_tokens: int = 4096, prefill_chunk: int = 0, metrics: Any = None):
         self.name = name
-        self.batch = SlotBatch(decoder, max_batch, cache_len, max_prefill_tokens)
+        self.batch = SlotBatch(decoder, max_batch, cache_len, max_prefill_tokens, prefill_chunk)
         self.max_queue = max_queue
         self.metrics = metrics
         self.waiting: deque[Seq] = deque()
@@ -105,7 +105,7 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self.waiting and not self.batch.rows:
+                while not self._closed and not self.waiting and not self.batch.live():
                     self._cond.wait()
                 if self._closed:
                     return
@@ -115,10 +115,12 @@ class Engine:
                     self.waiting = deque(s for s in self.waiting if s.finish_reason is None)
                 gone = self._ended(self.batch.live(), now)
                 self.batch.release(gone)
+                if self.waiting and self.batch.stageable(self.waiting[0]):
+                    self.batch.stage(self.waiting.popleft())
                 new = [self.waiting.popleft() for _ in range(self.batch.admissible(self.waiting))]
                 queued = len(self.waiting)
             changed: list[Seq] = []
-            if self.batch.rows or new:
+            if self.batch.rows or new or self.batch.staged:
                 began = time.perf_counter()
                 try:
                     changed = self.batch.step(new)

@@ -78,7 +78,8 @@ def load_served(variant: Variant, cfg: ServeConfig, metrics: Any = None) -> Serv
     except ConfigError:
         chat = False
     engine = Engine(decoder, name=variant.name, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
-                    cache_len=cfg.cache_len, max_prefill_tokens=cfg.max_prefill_tokens, metrics=metrics)
+                    cache_len=cfg.cache_len, max_prefill_tokens=cfg.max_prefill_tokens,
+                    prefill_chunk=cfg.prefill_chunk, metrics=metrics)
     return ServedModel(kind="lm", tokenizer=tokenizer, module=model, context=decoder.context, decoder=decoder,
                        engine=engine, chat=chat, **common)
 

@@ -22,10 +22,12 @@ def alone(decoder, seq: Seq) -> list[int]:
 def drive(batch: SlotBatch, arrivals: dict[int, list[Seq]]) -> list[int]:
     """Run the batch as the engine does; return how many sequences joined at each step."""
     waiting, joined, step = deque(), [], 0
-    while arrivals or waiting or batch.rows:
+    while arrivals or waiting or batch.live():
         waiting.extend(arrivals.pop(step, []))
+        if waiting and batch.stageable(waiting[0]):
+            batch.stage(waiting.popleft())
         new = [waiting.popleft() for _ in range(batch.admissible(waiting))]
-        if batch.rows or new:
+        if batch.rows or new or batch.staged:
             batch.step(new)
         joined.append(len(new))
         step += 1
@@ -58,6 +60,45 @@ def test_rows_joining_and_leaving_decode_as_alone(decoder):
     for seq in seqs:
         assert seq.finish_reason == "length" and seq.tokens == alone(decoder, seq)
     assert batch.rows == []
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_others_decode(decoder):
+    running = [Seq(prompt=prompt(5, offset=i), params=GREEDY, max_tokens=30) for i in range(2)]
+    long = Seq(prompt=prompt(45, offset=9), params=SamplingParams(temperature=0.8, seed=3), max_tokens=10)
+    short = Seq(prompt=prompt(4, offset=5), params=GREEDY, max_tokens=8)
+    batch = SlotBatch(decoder, max_rows=4, cache_len=96, prefill_chunk=8)
+    assert not batch.stageable(long)  # an idle batch takes a whole prompt: nobody waits for it
+    batch.step(running)
+    assert batch.stageable(long) and batch.admissible([long]) == 0  # not whole, while rows decode
+    batch.stage(long)
+    assert batch.admissible([short]) == 1 and not batch.stageable(short)
+    batch.step([short])  # the short prompt joins at once; the long one's first chunk runs beside it
+    chunks = 1
+    while not long.tokens:
+        tokens_before = [len(s.tokens) for s in running]
+        batch.step([])
+        assert [len(s.tokens) for s in running] == [n + 1 for n in tokens_before]  # no step without tokens
+        chunks += 1
+    assert chunks == 6  # 45 tokens: five chunks of 8 staged, the last 5 run as the row joins
+    while batch.live():
+        batch.step([])
+    for seq in [*running, long, short]:
+        assert seq.finish_reason == "length" and seq.tokens == alone(decoder, seq)
+
+
+def test_chunked_prefill_keeps_batches_exact_under_joins_shifts_and_releases(decoder):
+    specs = [(0, 3, 20), (0, 30, 6), (2, 41, 12), (3, 4, 25), (4, 28, 9), (9, 2, 12), (12, 35, 8), (20, 17, 9)]
+    arrivals: dict[int, list[Seq]] = {}
+    seqs = []
+    for step, length, budget in specs:
+        seq = Seq(prompt=prompt(length, offset=len(seqs)), params=GREEDY, max_tokens=budget)
+        arrivals.setdefault(step, []).append(seq)
+        seqs.append(seq)
+    batch = SlotBatch(decoder, max_rows=3, cache_len=64, prefill_chunk=10)
+    drive(batch, arrivals)
+    for seq in seqs:
+        assert seq.finish_reason == "length" and seq.tokens == alone(decoder, seq)
+    assert batch.live() == [] and batch.staged is None
 
 
 def test_sampled_and_penalised_rows_do_not_depend_on_their_neighbours(decoder):

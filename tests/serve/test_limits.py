@@ -183,3 +183,26 @@ def test_concurrent_requests_share_batches_and_decode_as_alone(server, oai):
     steps = state.metrics.registry.get_sample_value("genforge_batch_rows_count", {"model": "tiny"}) - steps_before
     single = state.metrics.registry.get_sample_value("genforge_batch_rows_bucket", {"model": "tiny", "le": "1.0"})
     assert steps > single - single_before  # some decode steps ran several requests at once
+
+
+def test_long_prompts_prefilled_in_chunks_decode_as_alone(serve_cfg, live, oai, monkeypatch):
+    from genforge.serve.batch import SlotBatch
+
+    staged = []
+    stage = SlotBatch.stage
+    monkeypatch.setattr(SlotBatch, "stage", lambda self, seq: (staged.append(len(seq.prompt)), stage(self, seq)))
+    with live(serve_cfg(prefill_chunk=4)) as (url, _):
+        c = oai(url)
+        prompts = ["KING " * (1 + 5 * (i % 3)) + word for i, word in enumerate(["Queen", "ROMEO", "night", "sweet",
+                                                                                "love", "what", "fair", "good"])]
+
+        def ask(i):
+            return c.completions.create(model="tiny", prompt=prompts[i], max_tokens=20 + 5 * (i % 2),
+                                        temperature=0, extra_body={"ignore_eos": True}).choices[0].text
+
+        alone = [ask(i) for i in range(len(prompts))]  # one at a time: an idle batch takes whole prompts
+        assert not staged
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            together = list(pool.map(ask, range(len(prompts))))
+    assert together == alone
+    assert staged and min(staged) > 4  # long prompts joined running rows chunk by chunk
