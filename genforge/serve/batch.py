@@ -229,7 +229,7 @@ class SlotBatch:
 
     def _advance_stage(self) -> torch.Tensor | None:
         """Prefill the staged prompt's next chunk; with one chunk left, join it as the last row (its logits),
-        or wait while the batch has no row or no room for it (None)."""
+        or wait while the batch has no free row or no room for it (None)."""
         seq, done = self.staged, self.staged_tokens
         length = len(seq.prompt)
         if length - done > self.prefill_chunk:
