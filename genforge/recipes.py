@@ -45,6 +45,8 @@ STAGES: dict[str, Stage] = {
                       {"data": "data"}, "model"),
     "finetune.sft": Stage("genforge.finetune.config:SftConfig", "genforge.finetune.sft:sft",
                           {"model": "model"}, "model"),
+    "finetune.dpo": Stage("genforge.finetune.config:DpoConfig", "genforge.finetune.dpo:dpo",
+                          {"model": "model"}, "model"),
     "finetune.classify": Stage("genforge.finetune.config:ClassifyConfig", "genforge.finetune.classify:classify",
                                {"model": "model"}, "classifier"),
     "compress": Stage("genforge.compress.config:CompressConfig", "genforge.compress.run:compress",

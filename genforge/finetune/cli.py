@@ -1,4 +1,4 @@
-"""CLI registration: `genforge finetune classify|sft|average`, `genforge predict`, `genforge chat`, `genforge tune`."""
+"""CLI registration: `genforge finetune classify|sft|dpo|average`, `genforge predict`, `genforge chat`, `genforge tune`."""
 
 import typer
 
@@ -6,6 +6,7 @@ from genforge.finetune.config import (
     AverageConfig,
     ChatConfig,
     ClassifyConfig,
+    DpoConfig,
     PredictConfig,
     SftConfig,
     TuneConfig,
@@ -15,7 +16,7 @@ from genforge.finetune.config import (
 def register(app: typer.Typer) -> None:
     from genforge.cli import add_stage_command
 
-    group = typer.Typer(help="Adapt a pretrained model to labelled data: classification or dialogue SFT, "
+    group = typer.Typer(help="Adapt a pretrained model to labelled data: classification, dialogue SFT or DPO, "
                              "full or LoRA.", no_args_is_help=True)
     app.add_typer(group, name="finetune")
     add_stage_command(
@@ -33,6 +34,14 @@ def register(app: typer.Typer) -> None:
         examples=["genforge finetune sft --model runs/lm --data dialogues.jsonl --out runs/chat --epochs 2",
                   "genforge finetune sft --model runs/lm --data dialogues.jsonl --out runs/chat-lora "
                   "--lora-r 16 --lr 1e-3 --pack"])
+    add_stage_command(
+        group, "dpo", DpoConfig, run="genforge.finetune.dpo:dpo",
+        help="Direct Preference Optimization of a chat model on preference pairs (prompt, chosen, rejected), "
+             "e.g. users' ratings and corrections from `genforge feedback export`.",
+        examples=["genforge finetune dpo --model runs/chat --data runs/feedback/preference.jsonl --out runs/chat-dpo "
+                  "--epochs 1",
+                  "genforge finetune dpo --model runs/chat --data pairs.jsonl --out runs/chat-dpo --lora-r 16 "
+                  "--lr 5e-5 --beta 0.1"])
     add_stage_command(
         group, "average", AverageConfig, run="genforge.finetune.average:average",
         help="Average the weights of fine-tuned models of one architecture (WiSE-FT, model soups): e.g. a "

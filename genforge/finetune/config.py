@@ -140,6 +140,26 @@ class SftConfig(FinetuneConfig):
 
 
 @dataclass(kw_only=True)
+class DpoConfig(FinetuneConfig):
+    """Direct Preference Optimization of a chat model on preference pairs (`genforge feedback export`'s
+    preference.jsonl: prompt messages, chosen and rejected answers)."""
+
+    seq_len: int = field(256, help="longest prompt + answer in tokens (at most the model's positions); longer "
+                                   "prompts lose their oldest turns")
+    batch_size: int = field(8, help="preference pairs per micro-batch (each pair is two sequences)")
+    lr: float = field(5e-6, help="peak learning rate (DPO wants ~10x less than SFT; LoRA ~10x more)")
+    beta: float = field(0.1, help="DPO temperature: how far the model may move from the reference (smaller = "
+                                  "further)")
+
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.beta < float("inf"):
+            raise ConfigError(f"--beta must be a finite number > 0, got {self.beta}")
+        if self.adversarial != "none":
+            raise ConfigError("--adversarial applies to classification, SFT and pretraining, not to DPO")
+
+
+@dataclass(kw_only=True)
 class AverageConfig:
     """Weight averaging of fine-tuned models of one architecture (WiSE-FT, model soups)."""
 

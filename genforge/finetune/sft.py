@@ -23,7 +23,7 @@ from genforge.errors import ConfigError, DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
 from genforge.finetune.card import write_card
 from genforge.finetune.classifier import refuse_classifier
-from genforge.finetune.config import SftConfig
+from genforge.finetune.config import FinetuneConfig, SftConfig
 from genforge.finetune.data import hash_split, read_records
 from genforge.finetune.lora import apply_lora, save_model
 from genforge.finetune.model import (
@@ -249,8 +249,9 @@ def sft(cfg: SftConfig) -> Path:
     return cfg.out
 
 
-def export(cfg: SftConfig, lm: Any, tokenizer: Any) -> None:
-    """The run folder: a causal-LM HF folder that stops at <|im_end|> (or the adapter) + the chat tokenizer."""
+def export(cfg: FinetuneConfig, lm: Any, tokenizer: Any) -> None:
+    """The run folder (SFT, DPO): a causal-LM HF folder that stops at <|im_end|> (or the adapter) + the chat
+    tokenizer."""
     from genforge.data.tokenizer import IM_END
 
     if cfg.lora_r and not cfg.merge:

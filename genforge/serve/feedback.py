@@ -108,4 +108,7 @@ def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
                f"preference pairs to {out / 'preference.jsonl'} (from {counts['responses']} responses with feedback)")
     if sft:
         typer.echo(f"fine-tune on them: genforge finetune sft --model MODEL --data {out / 'sft.jsonl'} --out DIR")
+    if prefs:
+        typer.echo(f"learn the preferences: genforge finetune dpo --model MODEL --data {out / 'preference.jsonl'} "
+                   "--out DIR")
     return counts

@@ -90,8 +90,10 @@ def test_feedback_rates_one_choice_of_several(serve_cfg, live, oai, tmp_path):
 
 
 def test_finetuning_on_the_export_records_it_as_input(serve_cfg, live, oai, tmp_path, llama_dir):
-    """The loop closes: a model fine-tuned on DIR/sft.jsonl names that file (and hash) in its manifest."""
-    from genforge.finetune.config import SftConfig
+    """The loop closes: a model fine-tuned on DIR/sft.jsonl (then DIR/preference.jsonl by DPO) names that file
+    (and hash) in its manifest."""
+    from genforge.finetune.config import DpoConfig, SftConfig
+    from genforge.finetune.dpo import dpo
     from genforge.finetune.sft import sft
 
     cfg = serve_cfg()
@@ -106,6 +108,12 @@ def test_finetuning_on_the_export_records_it_as_input(serve_cfg, live, oai, tmp_
                         seq_len=32, warmup_steps=0, eval_every=1, log_every=1, bf16=False))
     inputs = read_manifest(run)["inputs"]
     assert inputs[0] == {"path": str(data), "sha256": read_manifest(tmp_path / "fb")["outputs"]["sft.jsonl"]}
+    pairs = tmp_path / "fb" / "preference.jsonl"  # each correction against the answer it corrects
+    tuned = dpo(DpoConfig(model=run, data=pairs, val_data=pairs, out=tmp_path / "dpo", max_steps=1, batch_size=2,
+                          seq_len=32, warmup_steps=0, eval_every=1, log_every=1, bf16=False))
+    manifest = read_manifest(tuned)
+    assert manifest["inputs"][0]["sha256"] == read_manifest(tmp_path / "fb")["outputs"]["preference.jsonl"]
+    assert manifest["parent"]["stage"] == "finetune" and manifest["metrics"]["train_pairs"] == 4
 
 
 def test_a_database_of_the_serving_core_is_upgraded(tmp_path):

@@ -1,0 +1,233 @@
+"""`genforge finetune dpo`: preference pairs + a chat model -> a chat model that prefers the chosen answers.
+
+Direct Preference Optimization (Rafailov et al. 2023): for a prompt x with a chosen answer y_w and a
+rejected one y_l, the loss is -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) -
+log ref(y_l|x))]), where pi is the model being trained and ref the frozen starting model. No reward model
+and no sampling: the pairs are what `genforge feedback export` writes to preference.jsonl (a correction
+against the answer it corrects; answers to the same messages rated up and down), so users' ratings in
+the serving database train the next model.
+
+The reference is frozen, so its log-probabilities are computed once, before training, and travel in the
+batches; only the trained model is in memory during the run. Answers are rendered and masked like SFT
+(`genforge.finetune.sft`): the chat template, loss on the answer's tokens and its closing <|im_end|>. The
+loop, checkpoints and LoRA are the engine's and fine-tuning's; the validation loss is the DPO loss of
+held-out pairs, and the summary adds how often the model ranks the chosen answer above the rejected one
+by more than the reference does (reward accuracy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from genforge.artifacts import MANIFEST, read_manifest, write_manifest
+from genforge.errors import ConfigError, DataError
+from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
+from genforge.finetune.card import write_card
+from genforge.finetune.classifier import refuse_classifier
+from genforge.finetune.config import DpoConfig
+from genforge.finetune.data import hash_split, read_records
+from genforge.finetune.lora import apply_lora
+from genforge.finetune.model import (
+    Wrapped,
+    freeze,
+    is_decoder,
+    load_tokenizer,
+    load_weights,
+    trainable_params,
+)
+from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
+from genforge.finetune.sft import (
+    Message,
+    encode_dialogue,
+    ensure_chat_template,
+    export,
+    load_causal_lm,
+    parse_dialogue,
+)
+from genforge.models.load import read_model_config
+from genforge.train.distributed import Dist
+from genforge.train.engine import train
+from genforge.train.evaluate import evaluate_loss, to_device
+from genforge.train.logs import plot_loss
+from genforge.train.objectives import IGNORE
+
+Pair = tuple[list[Message], str, str]  # (prompt messages, chosen answer, rejected answer)
+Encoded = tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]  # (chosen, rejected) ids + labels
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    """Preference pairs of a JSONL/JSON/CSV file: `prompt` (a list of chat messages, or a string = one user
+    message), `chosen` and `rejected` (answer texts that differ)."""
+    pairs = []
+    for lineno, record in read_records(path):
+        where = f"{path}:{lineno}"
+        missing = [key for key in ("prompt", "chosen", "rejected") if key not in record]
+        if missing:
+            raise DataError(f"{where}: a preference pair needs \"prompt\", \"chosen\" and \"rejected\"; "
+                            f"missing {', '.join(missing)}")
+        prompt, chosen, rejected = record["prompt"], record["chosen"], record["rejected"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        messages = parse_dialogue({"messages": [*prompt, {"role": "assistant", "content": ""}]}, where)[:-1]
+        if not (isinstance(chosen, str) and isinstance(rejected, str)) or not chosen.strip() or chosen == rejected:
+            raise DataError(f"{where}: \"chosen\" and \"rejected\" must be two different non-empty texts")
+        pairs.append((messages, chosen, rejected))
+    if not pairs:
+        raise DataError(f"{path} holds no preference pairs")
+    return pairs
+
+
+def encode_pairs(tokenizer: Any, pairs: list[Pair], seq_len: int) -> list[Encoded]:
+    """Each pair as two (ids, labels) sequences sharing the prompt; pairs with no answer token left within
+    `seq_len` are dropped."""
+    out = []
+    for messages, chosen, rejected in pairs:
+        both = [encode_dialogue(tokenizer, [*messages, {"role": "assistant", "content": answer}],
+                                max_tokens=seq_len + 1) for answer in (chosen, rejected)]
+        if both[0] is not None and both[1] is not None:
+            out.append((both[0], both[1]))
+    return out
+
+
+def sequence_logps(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(label) over each row's labelled tokens (inputs and labels already shifted): [rows]."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    learned = labels != IGNORE
+    picked = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0)[..., None])[..., 0]
+    return (picked * learned).sum(-1)
+
+
+def make_collate(examples: list[Encoded], ref: torch.Tensor, pad_id: int) -> Any:
+    """Batches of 2B shifted rows (the chosen answers, then the rejected ones) with their reference
+    log-probabilities: one forward scores both sides."""
+
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        seqs = [examples[i][0] for i in rows] + [examples[i][1] for i in rows]
+        ids, labels = pad([s[0] for s in seqs], pad_id), pad([s[1] for s in seqs], IGNORE)
+        mask = pad([[1] * len(s[0]) for s in seqs], 0)
+        return {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "labels": labels[:, 1:],
+                "ref_logps": torch.cat([ref[rows, 0], ref[rows, 1]])}
+
+    return collate
+
+
+@torch.no_grad()
+def reference_logps(model: Any, examples: list[Encoded], pad_id: int, batch_size: int) -> torch.Tensor:
+    """[n, 2] log-probabilities of the chosen and rejected answers under `model` (the frozen reference)."""
+    model.eval()
+    zeros = torch.zeros(len(examples), 2)
+    collate = make_collate(examples, zeros, pad_id)
+    out = []
+    for batch in in_order(len(examples), batch_size, collate):
+        batch = to_device(batch, device())
+        logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).cpu()
+        out.append(logps.view(2, -1).T)
+    return torch.cat(out)
+
+
+@dataclass
+class DpoObjective:
+    """The DPO loss of a batch from `make_collate`; `tokens` counts pairs, so validation averages per pair."""
+
+    beta: float
+    name: str = "dpo"
+
+    def margins(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """beta x (how much more the model prefers chosen over rejected than the reference does), per pair."""
+        logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        chosen, rejected = (logps - batch["ref_logps"]).chunk(2)
+        return self.beta * (chosen - rejected)
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        margins = self.margins(model, batch)
+        return -F.logsigmoid(margins).mean(), {"tokens": torch.tensor(len(margins))}
+
+
+@torch.no_grad()
+def reward_accuracy(model: Any, objective: DpoObjective, batches: Any) -> float:
+    """Share of pairs whose margin is positive: the model ranks the chosen answer higher than the reference."""
+    model.eval()
+    margins = torch.cat([objective.margins(model, to_device(b, device())).cpu() for b in batches])
+    return float((margins > 0).float().mean())
+
+
+def dpo(cfg: DpoConfig) -> Path:
+    """Train a causal LM on preference pairs with DPO; return the run folder (a chat model or LoRA adapter)."""
+    refuse_classifier(cfg.model, "DPO needs a causal LM base, such as a `genforge finetune sft` run")
+    base_config = read_model_config(cfg.model)
+    check_seq_len(cfg, base_config)
+    if not is_decoder(base_config):
+        raise ConfigError(f"model {cfg.model} is an encoder; DPO needs a causal LM (decoder)")
+    tokenizer = load_tokenizer(cfg.model)
+    ensure_chat_template(tokenizer, cfg.model)
+    pairs = read_pairs(cfg.data)
+    if cfg.val_data is not None:
+        train_pairs, val_pairs = pairs, read_pairs(cfg.val_data)
+    else:
+        train_pairs, val_pairs = hash_split(pairs, text_of=lambda p: "\n".join(m["content"] for m in p[0]) + p[1])
+    train_ex, val_ex = (encode_pairs(tokenizer, train_pairs, cfg.seq_len),
+                        encode_pairs(tokenizer, val_pairs, cfg.seq_len))
+    if not train_ex or not val_ex:
+        raise DataError(f"no {'training' if not train_ex else 'validation'} pair keeps an answer token within "
+                        f"--seq-len {cfg.seq_len}")
+    if cfg.epochs:
+        cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_ex), cfg.batch_size, cfg.grad_accum))
+
+    torch.manual_seed(cfg.seed)
+    lm = load_causal_lm(cfg.model, cfg.dropout).to(device())
+    pad_id = tokenizer.pad_token_id
+    train_ref = reference_logps(lm, train_ex, pad_id, cfg.batch_size)
+    val_ref = reference_logps(lm, val_ex, pad_id, cfg.batch_size)
+    freeze(lm, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
+    if cfg.lora_r:
+        lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets,
+                        task_type="CAUSAL_LM")
+    model = Wrapped(lm)
+    params = trainable_params(model)
+    started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
+    objective = DpoObjective(cfg.beta)
+    val_collate = make_collate(val_ex, val_ref, pad_id)
+
+    def eval_data():
+        return in_order(len(val_ex), cfg.batch_size, val_collate, cfg.eval_batches)
+
+    before = evaluate_loss(model.to(device()), objective, eval_data(), device=device())["loss"]
+    batches = ShuffledBatches(len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.seed,
+                              make_collate(train_ex, train_ref, pad_id))
+    result = train(model, objective, batches, cfg, cfg.out, eval_data=eval_data, dist=Dist(device=device()))
+
+    load_weights(model, best_checkpoint(cfg.out))
+    best_val = result.best or result.last or {}
+    metrics = {"val_loss_before": before, "val_loss": best_val.get("loss"),
+               "val_reward_accuracy": reward_accuracy(model, objective, eval_data()), "best_step": result.best_step,
+               "steps": result.steps, "train_seconds": round(result.seconds, 2), "stop_reason": result.stop_reason,
+               "train_pairs": len(train_ex), "val_pairs": len(val_ex), "beta": cfg.beta,
+               "params": params["total"], "trainable_params": params["trainable"]}
+    export(cfg, model.model, tokenizer)
+    plot_loss(cfg.out / "logs")
+    parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
+    write_card(cfg.out, "dpo", cfg, metrics, parent)
+    inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
+    write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
+                   extra={"task": "dpo", "objective": "dpo", "model": {"params": params["total"],
+                                                                       "base_model": str(cfg.model)}})
+    _summary(cfg.out, metrics)
+    return cfg.out
+
+
+def _summary(out: Path, metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"finetune dpo -> {out}", show_header=False)
+    for key in ("val_loss_before", "val_loss", "val_reward_accuracy", "best_step", "steps", "train_seconds",
+                "stop_reason", "train_pairs", "trainable_params"):
+        value = metrics.get(key)
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console(stderr=True).print(table)

@@ -1,0 +1,86 @@
+"""`genforge finetune dpo`: the DPO loss and its gradient, pair reading and encoding, and a tiny run that
+learns to prefer the chosen answers (full and LoRA), fed by `genforge feedback export`'s format."""
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from genforge.artifacts import read_manifest
+from genforge.cli import app
+from genforge.errors import ConfigError, DataError
+from genforge.finetune.config import DpoConfig
+from genforge.finetune.dpo import DpoObjective, dpo, encode_pairs, make_collate, read_pairs, sequence_logps
+from genforge.finetune.model import Wrapped
+from genforge.finetune.sft import load_causal_lm
+from genforge.train.objectives import IGNORE
+
+
+def _pairs(n: int) -> list[dict]:
+    """Prompts asking about item i; the chosen answer names it politely, the rejected one is curt."""
+    return [{"prompt": [{"role": "user", "content": f"where is order {i}?"}], "chosen": f"order {i} ships today.",
+             "rejected": "no idea"} for i in range(n)]
+
+
+def test_the_loss_is_log_2_at_the_reference_and_its_gradient_prefers_the_chosen(llama_dir, tokenizer, jsonl):
+    lm = Wrapped(load_causal_lm(llama_dir)).eval()
+    examples = encode_pairs(tokenizer, read_pairs(jsonl("p.jsonl", _pairs(3))), 64)
+    with torch.no_grad():
+        batch = make_collate(examples, torch.zeros(3, 2), tokenizer.pad_token_id)([0, 1, 2])
+        ref = sequence_logps(lm, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    batch["ref_logps"] = ref  # the reference is the model itself: every margin is 0
+    objective = DpoObjective(beta=0.5)
+    loss, metrics = objective.loss(lm, batch)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5) and metrics["tokens"].item() == 3
+    loss.backward()
+    step = [p.grad for p in lm.parameters()]
+    with torch.no_grad():  # one small descent step raises chosen over rejected
+        for p, g in zip(lm.parameters(), step, strict=True):
+            p -= 1e-2 * g
+        assert (objective.margins(lm, batch) > 0).all()
+
+
+def test_pairs_take_message_or_string_prompts_and_mask_the_prompt(tokenizer, jsonl):
+    path = jsonl("p.jsonl", [{"prompt": "hi", "chosen": "hello!", "rejected": "go away"},
+                             {"prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}],
+                              "chosen": "hello!", "rejected": "no"}])
+    pairs = read_pairs(path)
+    assert pairs[0][0] == [{"role": "user", "content": "hi"}] and pairs[1][0][0]["role"] == "system"
+    (chosen, rejected), _ = encode_pairs(tokenizer, pairs, 64)
+    learned = tokenizer.decode([i for i, lab in zip(*chosen, strict=True) if lab != IGNORE])
+    assert learned == "hello!<|im_end|>\n"
+    prompt_len = next(k for k, lab in enumerate(chosen[1]) if lab != IGNORE)
+    assert chosen[0][:prompt_len] == rejected[0][:prompt_len] and rejected[1][prompt_len - 1] == IGNORE  # one prompt
+    for bad, message in [({"prompt": "x", "chosen": "a"}, "missing rejected"),
+                         ({"prompt": "x", "chosen": "a", "rejected": "a"}, "two different non-empty texts"),
+                         ({"prompt": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"},
+                          "unknown role")]:
+        with pytest.raises(DataError, match=message):
+            read_pairs(jsonl("bad.jsonl", [bad]))
+
+
+def test_dpo_learns_to_prefer_the_chosen_answers(tmp_path, llama_dir, jsonl):
+    data = jsonl("preference.jsonl", _pairs(48))
+    common = dict(model=llama_dir, data=data, max_steps=12, batch_size=4, seq_len=48, lr=2e-3, beta=0.5,
+                  warmup_steps=1, eval_every=6, log_every=2, bf16=False)
+    full = dpo(DpoConfig(out=tmp_path / "full", **common))
+    metrics = read_manifest(full, "finetune")["metrics"]
+    assert metrics["val_loss_before"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics["val_loss"] < 0.6 and metrics["val_reward_accuracy"] > 0.8
+    assert (full / "model.safetensors").is_file() and (full / "README.md").is_file()
+    lora = dpo(DpoConfig(out=tmp_path / "lora", lora_r=4, lora_alpha=8, **common))
+    assert (lora / "adapter_model.safetensors").is_file()
+    assert read_manifest(lora, "finetune")["metrics"]["val_loss"] < math.log(2)
+
+
+def test_dpo_refuses_bad_settings_in_one_line(tmp_path, llama_dir, jsonl):
+    data = jsonl("p.jsonl", _pairs(4))
+    with pytest.raises(ConfigError, match="--beta must be"):
+        DpoConfig(model=llama_dir, data=data, out=tmp_path / "x", beta=0).check()
+    with pytest.raises(ConfigError, match="not to DPO"):
+        DpoConfig(model=llama_dir, data=data, out=tmp_path / "x", adversarial="fgm").check()
+    result = CliRunner().invoke(app, ["finetune", "dpo", "--model", str(llama_dir), "--data", str(tmp_path / "no"),
+                                      "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
