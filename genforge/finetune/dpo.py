@@ -74,6 +74,9 @@ def read_pairs(path: Path) -> list[Pair]:
         prompt, chosen, rejected = record["prompt"], record["chosen"], record["rejected"]
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list):
+            raise DataError(f"{where}: \"prompt\" must be a list of chat messages or a string")
+        # SFT's parser checks the roles and texts; it wants an assistant turn, which the answers will be
         messages = parse_dialogue({"messages": [*prompt, {"role": "assistant", "content": ""}]}, where)[:-1]
         if not (isinstance(chosen, str) and isinstance(rejected, str)) or not chosen.strip() or chosen == rejected:
             raise DataError(f"{where}: \"chosen\" and \"rejected\" must be two different non-empty texts")

@@ -54,6 +54,7 @@ def test_pairs_take_message_or_string_prompts_and_mask_the_prompt(tokenizer, jso
     assert chosen[0][:prompt_len] == rejected[0][:prompt_len] and rejected[1][prompt_len - 1] == IGNORE  # one prompt
     for bad, message in [({"prompt": "x", "chosen": "a"}, "missing rejected"),
                          ({"prompt": "x", "chosen": "a", "rejected": "a"}, "two different non-empty texts"),
+                         ({"prompt": 5, "chosen": "a", "rejected": "b"}, "list of chat messages or a string"),
                          ({"prompt": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"},
                           "unknown role")]:
         with pytest.raises(DataError, match=message):
