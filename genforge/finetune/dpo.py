@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from genforge.artifacts import MANIFEST, read_manifest, write_manifest
 from genforge.errors import ConfigError, DataError
@@ -127,7 +128,9 @@ def reference_logps(model: Any, examples: list[Encoded], pad_id: int, batch_size
     zeros = torch.zeros(len(examples), 2)
     collate = make_collate(examples, zeros, pad_id)
     out = []
-    for batch in in_order(len(examples), batch_size, collate):
+    batches = in_order(len(examples), batch_size, collate)
+    for batch in tqdm(batches, total=-(-len(examples) // batch_size), desc="reference log-probs", unit="batch",
+                      dynamic_ncols=True, leave=False):
         batch = to_device(batch, device())
         logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).cpu()
         out.append(logps.view(2, -1).T)
