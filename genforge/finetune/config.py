@@ -150,11 +150,15 @@ class DpoConfig(FinetuneConfig):
     lr: float = field(5e-6, help="peak learning rate (DPO wants ~10x less than SFT; LoRA ~10x more)")
     beta: float = field(0.1, help="DPO temperature: how far the model may move from the reference (smaller = "
                                   "further)")
+    sft_weight: float = field(0.0, help="add this times the chosen answers' NLL per token to the loss (RPO): keeps "
+                                        "their likelihood from falling while the gap widens")
 
     def check(self) -> None:
         super().check()
         if not 0 < self.beta < float("inf"):
             raise ConfigError(f"--beta must be a finite number > 0, got {self.beta}")
+        if not 0 <= self.sft_weight < float("inf"):
+            raise ConfigError(f"--sft-weight must be a finite number >= 0, got {self.sft_weight}")
         if self.adversarial != "none":
             raise ConfigError("--adversarial applies to classification, SFT and pretraining, not to DPO")
 

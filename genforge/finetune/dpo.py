@@ -107,6 +107,11 @@ def sequence_logps(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: to
     return (picked * learned).sum(-1)
 
 
+def answer_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Labelled tokens per row of a batch: [rows]."""
+    return (batch["labels"] != IGNORE).sum(-1)
+
+
 def make_collate(examples: list[Encoded], ref: torch.Tensor, pad_id: int) -> Any:
     """Batches of 2B shifted rows (the chosen answers, then the rejected ones) with their reference
     log-probabilities: one forward scores both sides."""
@@ -139,20 +144,31 @@ def reference_logps(model: Any, examples: list[Encoded], pad_id: int, batch_size
 
 @dataclass
 class DpoObjective:
-    """The DPO loss of a batch from `make_collate`; `tokens` counts pairs, so validation averages per pair."""
+    """The DPO loss of a batch from `make_collate`; `tokens` counts pairs, so validation averages per pair.
+
+    `sft_weight` > 0 adds that times the chosen answers' NLL per token (RPO, Pang et al. 2024): DPO alone
+    only widens the gap between the answers and may lower both likelihoods, which can hurt generation."""
 
     beta: float
+    sft_weight: float = 0.0
     name: str = "dpo"
 
     def margins(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """beta x (how much more the model prefers chosen over rejected than the reference does), per pair."""
+        return self._margins_and_logps(model, batch)[0]
+
+    def _margins_and_logps(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         chosen, rejected = (logps - batch["ref_logps"]).chunk(2)
-        return self.beta * (chosen - rejected)
+        return self.beta * (chosen - rejected), logps
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        margins = self.margins(model, batch)
-        return -F.logsigmoid(margins).mean(), {"tokens": torch.tensor(len(margins))}
+        margins, logps = self._margins_and_logps(model, batch)
+        loss = -F.logsigmoid(margins).mean()
+        if self.sft_weight:
+            chosen_logps, chosen_tokens = logps[:len(margins)], answer_tokens(batch)[:len(margins)]
+            loss = loss - self.sft_weight * chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)
+        return loss, {"tokens": torch.tensor(len(margins))}
 
 
 @torch.no_grad()
@@ -197,7 +213,7 @@ def dpo(cfg: DpoConfig) -> Path:
     model = Wrapped(lm)
     params = trainable_params(model)
     started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
-    objective = DpoObjective(cfg.beta)
+    objective = DpoObjective(cfg.beta, cfg.sft_weight)
     val_collate = make_collate(val_ex, val_ref, pad_id)
 
     def eval_data():
@@ -213,7 +229,7 @@ def dpo(cfg: DpoConfig) -> Path:
     metrics = {"val_loss_before": before, "val_loss": best_val.get("loss"),
                "val_reward_accuracy": reward_accuracy(model, objective, eval_data()), "best_step": result.best_step,
                "steps": result.steps, "train_seconds": round(result.seconds, 2), "stop_reason": result.stop_reason,
-               "train_pairs": len(train_ex), "val_pairs": len(val_ex), "beta": cfg.beta,
+               "train_pairs": len(train_ex), "val_pairs": len(val_ex), "beta": cfg.beta, "sft_weight": cfg.sft_weight,
                "params": params["total"], "trainable_params": params["trainable"]}
     export(cfg, model.model, tokenizer)
     plot_loss(cfg.out / "logs")

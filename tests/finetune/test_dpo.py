@@ -33,6 +33,10 @@ def test_the_loss_is_log_2_at_the_reference_and_its_gradient_prefers_the_chosen(
     objective = DpoObjective(beta=0.5)
     loss, metrics = objective.loss(lm, batch)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5) and metrics["tokens"].item() == 3
+    with torch.no_grad():  # RPO adds the chosen answers' NLL per token
+        rpo, _ = DpoObjective(beta=0.5, sft_weight=2.0).loss(lm, batch)
+    chosen_tokens = (batch["labels"][:3] != IGNORE).sum()
+    assert rpo.item() == pytest.approx(math.log(2) - 2.0 * (ref[:3].sum() / chosen_tokens).item(), rel=1e-4)
     loss.backward()
     step = [p.grad for p in lm.parameters()]
     with torch.no_grad():  # one small descent step raises chosen over rejected
@@ -79,6 +83,8 @@ def test_dpo_refuses_bad_settings_in_one_line(tmp_path, llama_dir, jsonl):
     data = jsonl("p.jsonl", _pairs(4))
     with pytest.raises(ConfigError, match="--beta must be"):
         DpoConfig(model=llama_dir, data=data, out=tmp_path / "x", beta=0).check()
+    with pytest.raises(ConfigError, match="--sft-weight must be"):
+        DpoConfig(model=llama_dir, data=data, out=tmp_path / "x", sft_weight=-1).check()
     with pytest.raises(ConfigError, match="not to DPO"):
         DpoConfig(model=llama_dir, data=data, out=tmp_path / "x", adversarial="fgm").check()
     result = CliRunner().invoke(app, ["finetune", "dpo", "--model", str(llama_dir), "--data", str(tmp_path / "no"),
