@@ -107,11 +107,6 @@ def sequence_logps(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: to
     return (picked * learned).sum(-1)
 
 
-def answer_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Labelled tokens per row of a batch: [rows]."""
-    return (batch["labels"] != IGNORE).sum(-1)
-
-
 def make_collate(examples: list[Encoded], ref: torch.Tensor, pad_id: int) -> Any:
     """Batches of 2B shifted rows (the chosen answers, then the rejected ones) with their reference
     log-probabilities: one forward scores both sides."""
@@ -166,8 +161,8 @@ class DpoObjective:
         margins, logps = self._margins_and_logps(model, batch)
         loss = -F.logsigmoid(margins).mean()
         if self.sft_weight:
-            chosen_logps, chosen_tokens = logps[:len(margins)], answer_tokens(batch)[:len(margins)]
-            loss = loss - self.sft_weight * chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)
+            chosen_tokens = (batch["labels"][:len(margins)] != IGNORE).sum().clamp(min=1)
+            loss = loss - self.sft_weight * logps[:len(margins)].sum() / chosen_tokens
         return loss, {"tokens": torch.tensor(len(margins))}
 
 
