@@ -27,31 +27,22 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genforge.artifacts import MANIFEST, read_manifest, write_manifest
-from genforge.errors import ConfigError, DataError
+from genforge.errors import DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
 from genforge.finetune.card import write_card
-from genforge.finetune.classifier import refuse_classifier
 from genforge.finetune.config import DpoConfig
 from genforge.finetune.data import hash_split, read_records
-from genforge.finetune.lora import apply_lora
-from genforge.finetune.model import (
-    Wrapped,
-    freeze,
-    is_decoder,
-    load_tokenizer,
-    load_weights,
-    trainable_params,
-)
-from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
+from genforge.finetune.model import load_weights, trainable_params
+from genforge.finetune.run import best_checkpoint, device, prepare_output
 from genforge.finetune.sft import (
     Message,
+    chat_tokenizer,
     encode_dialogue,
-    ensure_chat_template,
     export,
     load_causal_lm,
     parse_dialogue,
+    trainable_lm,
 )
-from genforge.models.load import read_model_config
 from genforge.train.distributed import Dist
 from genforge.train.engine import train
 from genforge.train.evaluate import evaluate_loss, to_device
@@ -176,13 +167,7 @@ def reward_accuracy(model: Any, objective: DpoObjective, batches: Any) -> float:
 
 def dpo(cfg: DpoConfig) -> Path:
     """Train a causal LM on preference pairs with DPO; return the run folder (a chat model or LoRA adapter)."""
-    refuse_classifier(cfg.model, "DPO needs a causal LM base, such as a `genforge finetune sft` run")
-    base_config = read_model_config(cfg.model)
-    check_seq_len(cfg, base_config)
-    if not is_decoder(base_config):
-        raise ConfigError(f"model {cfg.model} is an encoder; DPO needs a causal LM (decoder)")
-    tokenizer = load_tokenizer(cfg.model)
-    ensure_chat_template(tokenizer, cfg.model)
+    tokenizer = chat_tokenizer(cfg, "DPO", "a `genforge finetune sft` run")
     pairs = read_pairs(cfg.data)
     if cfg.val_data is not None:
         train_pairs, val_pairs = pairs, read_pairs(cfg.val_data)
@@ -201,11 +186,7 @@ def dpo(cfg: DpoConfig) -> Path:
     pad_id = tokenizer.pad_token_id
     train_ref = reference_logps(lm, train_ex, pad_id, cfg.batch_size)
     val_ref = reference_logps(lm, val_ex, pad_id, cfg.batch_size)
-    freeze(lm, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
-    if cfg.lora_r:
-        lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets,
-                        task_type="CAUSAL_LM")
-    model = Wrapped(lm)
+    model = trainable_lm(lm, cfg)
     params = trainable_params(model)
     started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
     objective = DpoObjective(cfg.beta, cfg.sft_weight)

@@ -192,15 +192,31 @@ def load_causal_lm(path: Path, dropout: float = -1.0) -> Any:
     return load_pretrained(AutoModelForCausalLM, path, hf_config(path, dropout=dropout))[0]
 
 
-def sft(cfg: SftConfig) -> Path:
-    """Fine-tune a causal LM on dialogues; return the run folder (a chat model or a LoRA adapter)."""
-    refuse_classifier(cfg.model, "SFT needs a causal LM base, such as the model the classifier was fine-tuned from")
+def chat_tokenizer(cfg: FinetuneConfig, task: str, base_hint: str) -> Any:
+    """The tokenizer of --model, once the model is checked to be a causal LM that fits --seq-len and the
+    tokenizer to chat (SFT, DPO)."""
+    refuse_classifier(cfg.model, f"{task} needs a causal LM base, such as {base_hint}")
     base_config = read_model_config(cfg.model)
     check_seq_len(cfg, base_config)
     if not is_decoder(base_config):
-        raise ConfigError(f"model {cfg.model} is an encoder; SFT needs a causal LM (decoder)")
+        raise ConfigError(f"model {cfg.model} is an encoder; {task} needs a causal LM (decoder)")
     tokenizer = load_tokenizer(cfg.model)
     ensure_chat_template(tokenizer, cfg.model)
+    return tokenizer
+
+
+def trainable_lm(lm: Any, cfg: FinetuneConfig) -> Wrapped:
+    """`lm` frozen as --freeze-* says, or wrapped in LoRA adapters, behind the engine's module wrapper."""
+    freeze(lm, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
+    if cfg.lora_r:
+        lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets,
+                        task_type="CAUSAL_LM")
+    return Wrapped(lm)
+
+
+def sft(cfg: SftConfig) -> Path:
+    """Fine-tune a causal LM on dialogues; return the run folder (a chat model or a LoRA adapter)."""
+    tokenizer = chat_tokenizer(cfg, "SFT", "the model the classifier was fine-tuned from")
     dialogues = read_dialogues(cfg.data, cfg.system)
     if cfg.val_data is not None:
         train_set, val_set = dialogues, read_dialogues(cfg.val_data, cfg.system)
@@ -211,12 +227,7 @@ def sft(cfg: SftConfig) -> Path:
         cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_ex), cfg.batch_size, cfg.grad_accum))
 
     torch.manual_seed(cfg.seed)
-    lm = load_causal_lm(cfg.model, cfg.dropout)
-    freeze(lm, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
-    if cfg.lora_r:
-        lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets,
-                        task_type="CAUSAL_LM")
-    model = Wrapped(lm)
+    model = trainable_lm(load_causal_lm(cfg.model, cfg.dropout), cfg)
     params = trainable_params(model)
     started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
     objective = ClmObjective()

@@ -38,6 +38,16 @@ def prompt(n: int, offset: int = 0) -> list[int]:
     return [(7 * i + offset) % 300 + 10 for i in range(n)]
 
 
+def greedy_arrivals(specs: list[tuple[int, int, int]]) -> tuple[list[Seq], dict[int, list[Seq]]]:
+    """Greedy sequences of (arrival step, prompt length, budget) specs, and them by arrival step."""
+    seqs, arrivals = [], {}
+    for step, length, budget in specs:
+        seq = Seq(prompt=prompt(length, offset=len(seqs)), params=GREEDY, max_tokens=budget)
+        arrivals.setdefault(step, []).append(seq)
+        seqs.append(seq)
+    return seqs, arrivals
+
+
 @pytest.fixture(scope="module")
 def decoder(llama_dir):
     return load_decoder(llama_dir)
@@ -46,12 +56,7 @@ def decoder(llama_dir):
 def test_rows_joining_and_leaving_decode_as_alone(decoder):
     specs = [(0, 3, 20), (0, 12, 6), (2, 30, 20), (5, 5, 30), (5, 9, 4), (9, 30, 18), (9, 2, 12), (20, 17, 9),
              (28, 10, 20), (35, 6, 25), (45, 20, 15), (50, 8, 30), (52, 3, 20)]
-    arrivals: dict[int, list[Seq]] = {}
-    seqs = []
-    for step, length, budget in specs:
-        seq = Seq(prompt=prompt(length, offset=len(seqs)), params=GREEDY, max_tokens=budget)
-        arrivals.setdefault(step, []).append(seq)
-        seqs.append(seq)
+    seqs, arrivals = greedy_arrivals(specs)
     # 3 rows for 13 sequences: rows move when one leaves; a 30-token prompt joining at column 14 shifts the
     # cache right; and with 56 columns for more steps than that, it must shift left to reuse columns.
     batch = SlotBatch(decoder, max_rows=3, cache_len=56)
@@ -88,12 +93,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_others_decode(decoder):
 
 def test_chunked_prefill_keeps_batches_exact_under_joins_shifts_and_releases(decoder):
     specs = [(0, 3, 20), (0, 30, 6), (2, 41, 12), (3, 4, 25), (4, 28, 9), (9, 2, 12), (12, 35, 8), (20, 17, 9)]
-    arrivals: dict[int, list[Seq]] = {}
-    seqs = []
-    for step, length, budget in specs:
-        seq = Seq(prompt=prompt(length, offset=len(seqs)), params=GREEDY, max_tokens=budget)
-        arrivals.setdefault(step, []).append(seq)
-        seqs.append(seq)
+    seqs, arrivals = greedy_arrivals(specs)
     batch = SlotBatch(decoder, max_rows=3, cache_len=64, prefill_chunk=10)
     drive(batch, arrivals)
     for seq in seqs:
