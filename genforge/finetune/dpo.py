@@ -26,10 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from genforge.artifacts import MANIFEST, read_manifest, write_manifest
 from genforge.errors import DataError
 from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
-from genforge.finetune.card import write_card
 from genforge.finetune.config import DpoConfig
 from genforge.finetune.data import hash_split, read_records
 from genforge.finetune.model import load_weights, trainable_params
@@ -41,6 +39,7 @@ from genforge.finetune.sft import (
     export,
     load_causal_lm,
     parse_dialogue,
+    record_chat_run,
     trainable_lm,
 )
 from genforge.train.distributed import Dist
@@ -209,23 +208,6 @@ def dpo(cfg: DpoConfig) -> Path:
                "params": params["total"], "trainable_params": params["trainable"]}
     export(cfg, model.model, tokenizer)
     plot_loss(cfg.out / "logs")
-    parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
-    write_card(cfg.out, "dpo", cfg, metrics, parent)
-    inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
-    write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
-                   extra={"task": "dpo", "objective": "dpo", "model": {"params": params["total"],
-                                                                       "base_model": str(cfg.model)}})
-    _summary(cfg.out, metrics)
-    return cfg.out
-
-
-def _summary(out: Path, metrics: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"finetune dpo -> {out}", show_header=False)
-    for key in ("val_loss_before", "val_loss", "val_reward_accuracy", "best_step", "steps", "train_seconds",
-                "stop_reason", "train_pairs", "trainable_params"):
-        value = metrics.get(key)
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console(stderr=True).print(table)
+    return record_chat_run(cfg, "dpo", "dpo", metrics, started,
+                           ("val_loss_before", "val_loss", "val_reward_accuracy", "best_step", "steps",
+                            "train_seconds", "stop_reason", "train_pairs", "trainable_params"))

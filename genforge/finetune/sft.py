@@ -250,14 +250,9 @@ def sft(cfg: SftConfig) -> Path:
                "steps": result.steps, "train_seconds": round(result.seconds, 2), "stop_reason": result.stop_reason,
                "train_sequences": len(train_ex), "val_sequences": len(val_ex), "params": params["total"],
                "trainable_params": params["trainable"]}
-    parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
-    write_card(cfg.out, "sft", cfg, metrics, parent)
-    inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
-    write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
-                   extra={"task": "sft", "objective": "clm", "model": {"params": params["total"],
-                                                                       "base_model": str(cfg.model)}})
-    _summary(cfg.out, metrics)
-    return cfg.out
+    return record_chat_run(cfg, "sft", "clm", metrics, started,
+                           ("val_loss_before", "val_loss", "best_step", "steps", "train_seconds", "stop_reason",
+                            "train_sequences", "trainable_params"))
 
 
 def export(cfg: FinetuneConfig, lm: Any, tokenizer: Any) -> None:
@@ -279,13 +274,21 @@ def export(cfg: FinetuneConfig, lm: Any, tokenizer: Any) -> None:
     tokenizer.save_pretrained(cfg.out)
 
 
-def _summary(out: Path, metrics: dict[str, Any]) -> None:
+def record_chat_run(cfg: FinetuneConfig, task: str, objective: str, metrics: dict[str, Any], started: float,
+                    shown: tuple[str, ...]) -> Path:
+    """The finished chat run (SFT, DPO): model card, manifest (written last) and the `shown` metrics as a table."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"finetune sft -> {out}", show_header=False)
-    for key in ("val_loss_before", "val_loss", "best_step", "steps", "train_seconds", "stop_reason",
-                "train_sequences", "trainable_params"):
+    parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
+    write_card(cfg.out, task, cfg, metrics, parent)
+    inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
+    write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
+                   extra={"task": task, "objective": objective, "model": {"params": metrics["params"],
+                                                                          "base_model": str(cfg.model)}})
+    table = Table(title=f"finetune {task} -> {cfg.out}", show_header=False)
+    for key in shown:
         value = metrics.get(key)
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console(stderr=True).print(table)
+    return cfg.out
