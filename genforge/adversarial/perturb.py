@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from genforge.errors import ConfigError
-from genforge.train.objectives import IGNORE
+from genforge.train.objectives import IGNORE, embeddings
 
 VAT_XI = 0.1  # size of the power-iteration probe, as a fraction of eps (a tiny one drowns in bf16 noise)
 
@@ -42,21 +42,11 @@ MakeDelta = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (embedding o
 
 def input_embeddings(model: Any) -> torch.nn.Module:
     """The token-embedding module of an HF model, a genforge Classifier (its body), a Wrapped LM, or DDP."""
-    queue = [model]
-    while queue:
-        module = queue.pop(0)
-        get = getattr(module, "get_input_embeddings", None)
-        if callable(get):
-            try:
-                found = get()
-            except NotImplementedError:
-                found = None
-            if isinstance(found, torch.nn.Module):
-                return found
-        queue += [getattr(module, name) for name in ("module", "body", "model")
-                  if isinstance(getattr(module, name, None), torch.nn.Module)]
-    raise ConfigError(f"adversarial training perturbs the input embeddings, and {type(model).__name__} "
-                      "exposes none (get_input_embeddings); use --adversarial none")
+    found = embeddings(model, "input")
+    if found is None:
+        raise ConfigError(f"adversarial training perturbs the input embeddings, and {type(model).__name__} "
+                          "exposes none (get_input_embeddings); use --adversarial none")
+    return found
 
 
 def plain(model: Any) -> Any:

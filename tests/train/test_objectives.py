@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from genforge.train.objectives import IGNORE, ClmObjective, MlmObjective, mask_tokens, token_cross_entropy
@@ -53,3 +54,29 @@ def test_cross_entropy_ignores_unpredicted_positions():
     logits = torch.zeros(1, 3, 4)
     loss, metrics = token_cross_entropy(logits, torch.tensor([[1, IGNORE, 2]]))
     assert math.isclose(loss.item(), math.log(4), rel_tol=1e-6) and metrics["tokens"].item() == 2
+
+
+def test_mlm_scores_only_selected_positions_with_the_dense_loss_and_gradients():
+    from genforge.models.presets import build_model, model_config
+
+    torch.manual_seed(0)
+    config = model_config("mlm", "tiny", vocab_size=64, max_positions=16, special_ids={"pad": 0, "mask": 3})
+    model = build_model(config, "mlm")
+    objective = MlmObjective(mask_id=3, vocab_size=64, special_ids=[0, 1, 2, 3])
+    batch = objective.make_batch(torch.randint(6, 64, (4, 16)), torch.Generator().manual_seed(0))
+    seen = []
+    watch = model.get_output_embeddings().register_forward_hook(lambda _, args, out: seen.append(out.shape))
+    sparse, metrics = objective.loss(model, batch)
+    watch.remove()
+    assert seen == [((batch["labels"] != IGNORE).sum().item(), 64)]  # the projection saw the selected rows
+    sparse.backward()
+    sparse_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    full = model(input_ids=batch["input_ids"]).logits  # the hook is gone: every position is scored again
+    assert full.shape == (4, 16, 64)
+    dense, _ = token_cross_entropy(full, batch["labels"])
+    dense.backward()
+    assert sparse.item() == pytest.approx(dense.item(), rel=1e-5)
+    assert metrics["tokens"] == (batch["labels"] != IGNORE).sum()
+    for a, p in zip(sparse_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
