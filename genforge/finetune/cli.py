@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         examples=["genforge chat --model runs/chat --system 'You are a helpful support agent.'"])
     add_stage_command(
         app, "tune", TuneConfig, run="genforge.finetune.tune:tune",
-        help="Hyper-parameter search with Optuna over `finetune classify|sft` (search space in YAML; SQLite "
+        help="Hyper-parameter search with Optuna over `finetune classify|sft|dpo` (search space in YAML; SQLite "
              "study, resumable; pruning on validation loss; best.yaml + trials.png).",
         examples=["genforge tune search.yaml --trials 20 --out runs/tune",
                   "genforge finetune classify --config runs/tune/best.yaml --out runs/best"])

@@ -236,7 +236,7 @@ class ChatConfig:
 class TuneConfig:
     """Hyper-parameter search with Optuna over a fine-tuning config (search space in YAML)."""
 
-    space: Path = field(None, help="YAML: `task` (classify|sft), `base` (the fixed config keys) and "
+    space: Path = field(None, help="YAML: `task` (classify|sft|dpo), `base` (the fixed config keys) and "
                                     "`search` (key -> {low, high, log} or {choices})", argument=True)
     trials: int = field(10, help="trials to run now (added to those already in the study)")
     out: Path | None = field(None, help="study folder (study.db, trials, best.yaml, trials.png); "

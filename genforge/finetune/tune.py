@@ -2,7 +2,7 @@
 
 The YAML declares the task, the fixed config keys and the search space:
 
-    task: classify                     # or sft
+    task: classify                     # or sft, dpo
     out: runs/tune                     # study folder (or --out)
     metric: val_macro_f1               # a manifest metric of the trial runs (default: val_loss)
     direction: maximize                # default: minimize for *loss metrics, else maximize
@@ -41,13 +41,14 @@ from typing import Any
 from genforge.artifacts import atomic_write_text, begin_output, write_json, write_manifest
 from genforge.config import dump_yaml, from_dict, read_yaml
 from genforge.errors import ConfigError, GenforgeError
-from genforge.finetune.config import ClassifyConfig, SftConfig, TuneConfig
+from genforge.finetune.config import ClassifyConfig, DpoConfig, SftConfig, TuneConfig
 
-TASKS = {"classify": ClassifyConfig, "sft": SftConfig}
+TASKS = {"classify": ClassifyConfig, "sft": SftConfig, "dpo": DpoConfig}
 SPACE_KEYS = ("task", "out", "metric", "direction", "pruner", "base", "search")
 METRICS = {  # the numeric metrics of each task's manifest a study can optimise
     "classify": ("val_macro_f1", "val_accuracy", "val_loss", "best_step", "steps", "train_seconds"),
     "sft": ("val_loss", "best_step", "steps", "train_seconds"),
+    "dpo": ("val_reward_accuracy", "val_loss", "best_step", "steps", "train_seconds"),
 }
 
 

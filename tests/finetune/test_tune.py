@@ -6,7 +6,7 @@ import yaml
 
 from genforge.config import load_config
 from genforge.errors import ConfigError, GenforgeError
-from genforge.finetune.config import ClassifyConfig, TuneConfig
+from genforge.finetune.config import ClassifyConfig, DpoConfig, TuneConfig
 from genforge.finetune.tune import METRICS, read_space, run_trials, tune
 
 
@@ -36,6 +36,21 @@ def test_study_resumes_and_writes_the_best_config(tmp_path, bert_dir, sentiment_
     assert json.loads((tmp_path / "study" / "manifest.json").read_text())["stage"] == "tune"
     trial = json.loads((tmp_path / "study" / "trials" / "0000" / "manifest.json").read_text())
     assert set(METRICS["classify"]) <= set(trial["metrics"])  # every metric a space may name is reported
+
+
+def test_a_dpo_study_searches_beta_and_reports_reward_accuracy(tmp_path, llama_dir, jsonl):
+    pairs = jsonl("pairs.jsonl", [{"prompt": f"where is order {i}?", "chosen": f"order {i} ships today.",
+                                   "rejected": "no idea"} for i in range(24)])
+    space = {"task": "dpo", "metric": "val_reward_accuracy", "pruner": "none",
+             "base": {"model": str(llama_dir), "data": str(pairs), "max_steps": 3, "batch_size": 4, "seq_len": 48,
+                      "lr": 2e-3, "warmup_steps": 1, "eval_every": 3, "bf16": False},
+             "search": {"beta": {"choices": [0.1, 0.5]}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    summary = tune(TuneConfig(space=tmp_path / "space.yaml", trials=1, out=tmp_path / "study"))
+    assert summary["complete"] == 1 and summary["direction"] == "maximize"
+    trial = json.loads((tmp_path / "study" / "trials" / "0000" / "manifest.json").read_text())
+    assert set(METRICS["dpo"]) <= set(trial["metrics"]) and trial["stage"] == "finetune"
+    assert load_config(DpoConfig, tmp_path / "study" / "best.yaml").beta == summary["best_params"]["beta"]
 
 
 def test_pruned_trials_are_stopped(tmp_path, bert_dir, sentiment_csv):
