@@ -228,8 +228,8 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     budget = cfg.max_minutes * 60
     t_start = time.perf_counter() - state["elapsed"]
     t_log, tokens_log, loss_sum, n_loss = time.perf_counter(), state["tokens"], torch.zeros((), device=device), 0
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not dist.is_main, unit="step",
-               dynamic_ncols=True, desc="train")
+    quiet = {} if dist.is_main else {"disable": True}  # the main process keeps tqdm's default: TQDM_DISABLE=1 works
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], unit="step", dynamic_ncols=True, desc="train", **quiet)
     with catch_signals(stop):
         for step in range(state["step"], cfg.max_steps):
             # One tiny collective per step keeps all processes agreeing on signals, time and the LR.
