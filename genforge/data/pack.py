@@ -45,10 +45,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def load_tokenizer(path: Path):
-    """The raw `tokenizers.Tokenizer`, set to treat special-token strings in the data as plain text.
+    """The raw `tokenizers.Tokenizer`, set to treat special-token strings in the data as plain text, with
+    no padding and no truncation.
 
     Without `encode_special_tokens`, a document containing the literal text "<|eos|>" would get a real
-    EOS id in the middle and silently split in two.
+    EOS id in the middle and silently split in two. A model folder's tokenizer.json may carry the padding
+    and truncation it was exported with (sentence-transformers' MiniLM: fixed to 128), which would cut
+    every document at 128 tokens and fill the rest of short ones with [PAD]; documents are packed whole.
     """
     from tokenizers import Tokenizer
 
@@ -58,6 +61,8 @@ def load_tokenizer(path: Path):
         raise ArtifactError(f"{path} is not a valid tokenizer file ({str(e).splitlines()[0]}): re-copy it or "
                             "retrain it with `genforge tokenizer train`") from None
     tok.encode_special_tokens = True
+    tok.no_padding()
+    tok.no_truncation()
     return tok
 
 

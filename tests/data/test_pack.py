@@ -72,6 +72,22 @@ def test_round_trip_counts_and_lineage(tmp_path, tokenizer):
     assert read_manifest(data, stage="data.prepare")  # the prepare manifest is untouched
 
 
+def test_a_tokenizer_exported_with_padding_and_truncation_packs_documents_whole(tmp_path, tokenizer):
+    exported = tmp_path / "exported"  # as sentence-transformers ship MiniLM: fixed padding and truncation at 128
+    shutil.copytree(tokenizer, exported)
+    raw = json.loads((exported / "tokenizer.json").read_text(encoding="utf-8"))
+    raw["padding"] = {"strategy": {"Fixed": 32}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                      "pad_type_id": 0, "pad_token": "<|pad|>"}
+    raw["truncation"] = {"max_length": 8, "strategy": "LongestFirst", "stride": 0, "direction": "Right"}
+    (exported / "tokenizer.json").write_text(json.dumps(raw), encoding="utf-8")
+    whole = make_prepared(tmp_path / "whole", TRAIN, VAL)
+    cut = make_prepared(tmp_path / "cut", TRAIN, VAL)
+    pack(PackConfig(data=whole, tokenizer=tokenizer, workers=1))
+    pack(PackConfig(data=cut, tokenizer=exported, workers=1))
+    for split in ("train", "val"):
+        assert np.array_equal(np.fromfile(cut / f"{split}.bin", np.uint16), np.fromfile(whole / f"{split}.bin", np.uint16))
+
+
 def test_dtype_choice():
     assert token_dtype(400) == np.uint16
     assert token_dtype(65535) == np.uint16
