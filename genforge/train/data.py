@@ -109,8 +109,11 @@ def eval_batches(tokens: np.ndarray, window: int, stride: int, batch_size: int, 
     starts = torch.arange(0, len(tokens) - window + 1, stride)
     if max_batches and max_batches * batch_size < len(starts):  # a sample spread over the whole split
         starts = starts[torch.linspace(0, len(starts) - 1, max_batches * batch_size).round().long()]
-    n_batches = (len(starts) + batch_size - 1) // batch_size
-    if world > 1 and n_batches >= world:  # the same number per process: FSDP forwards are collectives
+    n_batches = -(-len(starts) // batch_size)
+    if world > 1:  # the same number per process: FSDP forwards are collectives, and a process without
+        if n_batches < world:  # a batch would leave the others waiting in theirs
+            batch_size = -(-len(starts) // world)  # fewer windows per batch, so that every process has one
+            n_batches = -(-len(starts) // batch_size)
         n_batches -= n_batches % world
     for i in range(rank, n_batches, world):
         rows = gather(tokens, starts[i * batch_size:(i + 1) * batch_size], window)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genforge.errors import ArtifactError, DataError
-from genforge.train.data import WindowBatches, open_tokens, read_pack
+from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
 
 
 def windows(tokens, accum=2, seed=7):
@@ -50,3 +50,17 @@ def test_pack_folder_checks(tmp_path, packed):
         read_pack(data)
     with pytest.raises(DataError, match="fewer than one window"):
         open_tokens(packed / "val.bin", "uint16", 10**7)
+
+
+@pytest.mark.parametrize("max_batches, per_process", [(1, 1), (3, 1), (4, 2)])
+def test_every_process_gets_as_many_eval_batches(max_batches, per_process):
+    """FSDP forwards are collectives: one process with fewer batches than another would hang them all."""
+    tokens = np.arange(2_000, dtype=np.uint16)
+    keep = lambda rows, g: {"input_ids": rows}  # noqa: E731
+    alone = torch.cat([b["input_ids"] for b in eval_batches(tokens, 9, 8, 4, keep, max_batches=max_batches)])
+    ranks = [list(eval_batches(tokens, 9, 8, 4, keep, max_batches=max_batches, rank=r, world=2)) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [per_process, per_process]
+    scored = torch.cat([b["input_ids"] for r in ranks for b in r])
+    assert set(map(tuple, scored.tolist())) <= set(map(tuple, alone.tolist()))
+    if max_batches == 1:  # a single batch is split between the processes, not half lost
+        assert sorted(map(tuple, scored.tolist())) == sorted(map(tuple, alone.tolist()))
