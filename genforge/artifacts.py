@@ -144,24 +144,41 @@ def write_manifest(folder: Path, stage: str, config: Any, *, inputs: Iterable[Pa
     return manifest
 
 
-def check_output(folder: Path, overwrite: bool = True) -> None:
-    """Refuse an output folder this run cannot write; touches nothing, so a command may call it first thing."""
+def check_output(folder: Path, stage: str) -> None:
+    """Refuse an output folder this run cannot write; touches nothing, so a command may call it first thing.
+
+    A folder holding a finished artifact of another stage is refused: redoing a run in its own folder is
+    normal, but another command's output there would replace that artifact's manifest (a model folder
+    would claim to be a feedback export).
+    """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ArtifactError(f"output {folder} exists and is not a folder")
-    if (folder / MANIFEST).exists() and not overwrite:
-        raise ArtifactError(f"output {folder} already holds a finished artifact; choose another --out")
+    found = _finished(folder)
+    if found and found["stage"] != stage:
+        raise ArtifactError(f"--out {folder} holds a finished {found['stage']} artifact (made "
+                            f"{found.get('created', '?')}; this command writes {stage}); choose another folder")
 
 
-def begin_output(folder: Path, overwrite: bool = True) -> float:
-    """Prepare an output folder for a new run and return the start time.
+def _finished(folder: Path) -> dict[str, Any] | None:
+    """The manifest of the finished artifact in `folder`; None if there is none, or it is too damaged to say
+    what it is (such a folder is redone as before)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "stage" in manifest else None
+
+
+def begin_output(folder: Path, stage: str) -> float:
+    """Prepare an output folder for a new run of `stage` and return the start time (see `check_output`).
 
     An old manifest is removed first, so that if this run dies the folder no longer claims to be complete.
     That makes the earlier artifact unfinished, so a command calls this only once its inputs are read and
     checked, right before its first write: a rerun that fails on bad input leaves the old artifact whole.
     """
     folder = Path(folder)
-    check_output(folder, overwrite)
+    check_output(folder, stage)
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         (folder / MANIFEST).unlink()

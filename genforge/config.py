@@ -8,6 +8,8 @@ CLI flags (see `genforge.cli.add_stage_command`) and validation, so the three ne
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -110,8 +112,18 @@ def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     return cfg
 
 
+def usable_cpus() -> int:
+    """Cores this process may use (affinity-aware, unlike os.cpu_count); here, without torch, so that flag
+    checks can use it."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def validate(cfg: Any) -> None:
-    """Check `choices` metadata and let the dataclass check itself (a `check()` method, if any)."""
+    """Check `choices` metadata, let the dataclass check itself (a `check()` method, if any), then refuse
+    NaN and infinity in any float field (`refuse_non_finite`); after `check()`, whose messages say more."""
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
@@ -123,6 +135,17 @@ def validate(cfg: Any) -> None:
     check = getattr(cfg, "check", None)
     if callable(check):
         check()
+    for f in dataclasses.fields(cfg):
+        refuse_non_finite(f.name, getattr(cfg, f.name))
+
+
+# YAML's .nan/.inf and the CLI's "nan"/"inf" are floats; NaN passes every range check written as `x < 0`
+# and ends as a NaN model, infinity as a crash far away (int(inf)). No setting means anything at either.
+def refuse_non_finite(name: str, value: Any) -> None:
+    """Refuse a float (or a list of floats) that is NaN or infinite, naming the flag."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
 
 
 # Bytes that were not UTF-8 in argv or stdin reach Python as surrogate escapes (U+DC80-U+DCFF), a JSON body may

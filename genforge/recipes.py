@@ -153,7 +153,7 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
         raise ConfigError(f"--only {unknown[0]}: {cfg.recipe} has no step of that name "
                           f"(its steps: {', '.join(name for name, _, _ in steps)})")
     run_dir = cfg.out or Path("runs") / folder_name(recipe.get("name") or cfg.recipe.stem, f"recipe {cfg.recipe}")
-    started = begin_output(run_dir)
+    started = begin_output(run_dir, "run")
     artifacts: dict[str, Path] = {}
     results: dict[str, Any] = {}
     for name, stage_name, values in steps:

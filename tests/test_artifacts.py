@@ -38,10 +38,10 @@ def test_manifest_records_inputs_parent_and_config(tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text("hello")
     first = tmp_path / "a"
-    started = begin_output(first)
+    started = begin_output(first, "data.prepare")
     parent = write_manifest(first, "data.prepare", Cfg(), inputs=[raw], metrics={"docs": 1}, started=started)
     second = tmp_path / "b"
-    begin_output(second)
+    begin_output(second, "tokenizer")
     child = write_manifest(second, "tokenizer", Cfg(size=5), parent=parent)
     assert parent["inputs"] == [{"path": str(raw), "sha256": sha256_file(raw)}]
     assert read_manifest(second, "tokenizer")["config"] == {"size": 5}
@@ -50,7 +50,7 @@ def test_manifest_records_inputs_parent_and_config(tmp_path):
 
 
 def test_second_manifest_in_same_folder_keeps_the_first(tmp_path):
-    begin_output(tmp_path)
+    begin_output(tmp_path, "data.prepare")
     write_manifest(tmp_path, "data.prepare", Cfg())
     write_manifest(tmp_path, "data.pack", Cfg(size=9), filename="pack.json")
     assert read_manifest(tmp_path, "data.prepare")["config"] == {"size": 3}
@@ -76,11 +76,11 @@ def test_read_manifest_refuses_missing_unfinished_corrupt_and_wrong_kind(tmp_pat
 
 def test_begin_output_unmarks_a_previous_run(tmp_path):
     write_manifest(tmp_path, "tokenizer", None)
-    begin_output(tmp_path)
+    begin_output(tmp_path, "tokenizer")
     assert not (tmp_path / "manifest.json").exists()
     with pytest.raises(ArtifactError, match="not a folder"):
         (tmp_path / "file").write_text("x")
-        begin_output(tmp_path / "file")
+        begin_output(tmp_path / "file", "tokenizer")
 
 
 def test_atomic_files_get_normal_permissions(tmp_path):
@@ -103,3 +103,16 @@ def test_file_paths_that_are_folders_are_named_as_such(tmp_path):
         input_file(tmp_path, "prompts file")
     with pytest.raises(DataError, match="nope does not exist"):
         input_file(tmp_path / "nope")
+
+
+def test_an_out_holding_another_stage_is_refused_and_left_whole(tmp_path):
+    """A rerun redoes its own folder; another command's --out there would have replaced a model's manifest."""
+    write_manifest(tmp_path, "finetune", None)
+    with pytest.raises(ArtifactError, match=r"^--out .* holds a finished finetune artifact \(made .*; this command "
+                                            r"writes feedback.export\); choose another folder$"):
+        begin_output(tmp_path, "feedback.export")
+    assert read_manifest(tmp_path, "finetune")
+    begin_output(tmp_path, "finetune")  # the same stage again: redone as before
+    assert not (tmp_path / "manifest.json").exists()
+    (tmp_path / "manifest.json").write_text("{broken")  # too damaged to say what it was: redone as before
+    begin_output(tmp_path, "feedback.export")

@@ -79,3 +79,29 @@ def test_text_options_that_are_not_utf8_are_one_line_errors():
         GenerateConfig(model=Path("m"), prompt=stray).check()
     with pytest.raises(ConfigError, match=r"^--system is not UTF-8 text"):
         ChatConfig(model=Path("m"), system=stray).check()
+
+
+@dataclass
+class Weights:
+    weight: list[float] = field(default_factory=list, help="weights")
+    share: float = field(0.5, help="a share in [0, 1]")
+
+    def check(self) -> None:
+        if not 0 <= self.share <= 1:
+            raise ConfigError(f"--share must be in [0, 1], got {self.share}")
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", ".nan", "-.inf"])
+def test_nan_and_infinity_are_refused_for_every_float(tmp_path, text):
+    """NaN passes a check written `lr < 0`; the shared check names the flag whatever the stage checks."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"lr: {text}\n")
+    with pytest.raises(ConfigError, match=r"^--lr must be a finite number, got (nan|-?inf)$"):
+        load_config(Demo, cfg_file)
+    with pytest.raises(ConfigError, match="^--lr must be a finite number"):
+        load_config(Demo, None, {"lr": float(text.replace(".", ""))})
+    with pytest.raises(ConfigError, match="^--weight must be a finite number"):
+        from_dict(Weights, {"weight": [1.0, text.replace(".", "")]})
+    with pytest.raises(ConfigError, match=r"^--share must be in \[0, 1\]"):  # a stage's own message says more
+        from_dict(Weights, {"share": "inf"})
+    assert from_dict(Weights, {"weight": [1e308, 0.0], "share": 1}).weight == [1e308, 0.0]

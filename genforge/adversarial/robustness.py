@@ -117,7 +117,7 @@ def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
     if info["multi_label"]:
         raise ConfigError(f"{cfg.model} is a multi-label classifier; the attacks need a single-label one")
     examples = read_examples(cfg, info["labels"])
-    started = begin_output(cfg.out)
+    started = begin_output(cfg.out, "robustness")
     model.to(device())
     texts, gold = [t for t, _ in examples], np.array([y for _, y in examples])
     clean = predict_probs(model, tokenizer, texts, seq_len=info["seq_len"], multi_label=False,

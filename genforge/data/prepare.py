@@ -156,7 +156,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     files = find_files(cfg.inputs, exclude=out)
     if not files:
         raise DataError(f"no files found in {', '.join(map(str, cfg.inputs))}")
-    check_output(out)
+    check_output(out, "data.prepare")
     started = time.time()
     bytes_in = sum(f.stat().st_size for f in files)
     # A pool costs ~1 s to start: small inputs are faster in-process unless --workers says otherwise.
@@ -208,7 +208,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         # The inputs gave documents: only now may the old artifact stop being finished. Its train/val.jsonl
         # are replaced when this block ends, so a failure above leaves a finished earlier run whole. An old
         # pack's tokens no longer match the new text: without its pack.json, pretraining asks for a new pack.
-        begin_output(out)
+        begin_output(out, "data.prepare")
         (out / PACK_MANIFEST).unlink(missing_ok=True)
 
     seconds = time.time() - started

@@ -144,7 +144,7 @@ def train_tokenizer(cfg) -> Path:
         n_docs = min(n_docs, cfg.max_docs)
     if n_docs == 0:
         raise DataError(f"{train_path} holds no documents")
-    check_output(cfg.out)
+    check_output(cfg.out, "tokenizer")
     started = time.time()
 
     t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def train_tokenizer(cfg) -> Path:
     val, measured_on = _val_sample(Path(cfg.data) / "val.jsonl"), "val.jsonl"
     if not val:  # a prepare run with val_fraction 0
         val, measured_on = list(iter_texts(train_path, 1000)), "train.jsonl"
-    begin_output(cfg.out)  # only now, with the data read: bad data leaves an earlier tokenizer in --out whole
+    begin_output(cfg.out, "tokenizer")  # only now, with the data read: bad data leaves an earlier tokenizer in --out whole
     hf.save_pretrained(str(cfg.out))
     metrics = {
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),

@@ -135,11 +135,12 @@ def federated(cfg: Any, kind: str) -> Path:
     from genforge.federated.partition import plot_stats, stats
     from genforge.federated.tasks import build_task
 
-    check_output(cfg.out)
+    stage = "pretrain" if kind == "pretrain" else "finetune"  # what report.py writes: a model like any other
+    check_output(cfg.out, stage)
     started = time.time()
     task = build_task(kind, cfg)  # the launcher's view: label set and partition statistics
     clients, labels_of = silos(kind, cfg, task)
-    begin_output(cfg.out)  # only now, with the data and model read: a bad one leaves an earlier run in --out whole
+    begin_output(cfg.out, stage)  # only now, with the data and model read: a bad one leaves an earlier run in --out whole
     partition = stats([[None] * (c["examples"] or 0) for c in clients], labels_of)
     write_json(Path(cfg.out) / "partition.json", partition)
     plot_stats(partition, Path(cfg.out) / "logs" / "partition.png")

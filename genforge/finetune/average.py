@@ -43,8 +43,11 @@ MUST_MATCH = {"config.json": None, "classifier.json": ("head", "labels", "multi_
 
 
 def weights_of(cfg: AverageConfig) -> list[float]:
+    """The --weight values normalised to sum 1. Scaled by the largest first: the sum of huge weights (1e308
+    twice) would overflow to inf and every weight become 0, an all-zero model."""
     raw = cfg.weight or [1.0] * len(cfg.model)
-    return [w / sum(raw) for w in raw]
+    scaled = [w / max(raw) for w in raw]
+    return [w / sum(scaled) for w in scaled]
 
 
 def check_ingredients(folders: list[Path]) -> list[str]:
@@ -122,7 +125,7 @@ def average(cfg: AverageConfig) -> Path:
     # Every ingredient is read before the output is touched: a bad one leaves an earlier average in --out whole.
     averaged = {name: average_file([f / name for f in folders], weights) for name in names}
     parents = [read_manifest(f) if (f / MANIFEST).is_file() else None for f in folders]
-    begin_output(cfg.out)
+    begin_output(cfg.out, "finetune.average")
     for stale in cfg.out.glob("*.safetensors"):  # a rerun into a folder that held another model
         stale.unlink()
     for item in folders[0].iterdir():

@@ -8,16 +8,19 @@ is padded to its own longest row (dynamic padding), not to --seq-len.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from genforge.train.data import mix_seed
 
 Collate = Callable[[list[int]], dict[str, torch.Tensor]]
+C = TypeVar("C")
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -63,6 +66,16 @@ def in_order(n: int, batch_size: int, collate: Collate, max_batches: int = 0) ->
         if max_batches and b >= max_batches:
             return
         yield collate(list(range(first, min(first + batch_size, n))))
+
+
+def fit_batch_size(cfg: C, n: int) -> C:
+    """`cfg` with --batch-size cut to the n training examples, with a note when it is: a bigger batch only
+    repeats examples (`ShuffledBatches` wraps around the epoch) while its tensors grow with the flag, so
+    --batch-size 100000 on 24 pairs would fill the memory."""
+    if cfg.batch_size <= n:
+        return cfg
+    print(f"note: --batch-size {cfg.batch_size} is more than the {n} training examples; using {n}", file=sys.stderr)
+    return dataclasses.replace(cfg, batch_size=n)
 
 
 def steps_for(epochs: float, n: int, batch_size: int, grad_accum: int) -> int:

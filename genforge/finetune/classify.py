@@ -25,7 +25,7 @@ from genforge.adversarial.augment import augment_examples
 from genforge.adversarial.perturb import wrap_adversarial
 from genforge.artifacts import MANIFEST, read_manifest, write_json, write_jsonl, write_manifest
 from genforge.errors import DataError
-from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
+from genforge.finetune.batches import ShuffledBatches, fit_batch_size, in_order, pad, steps_for
 from genforge.finetune.card import write_card
 from genforge.finetune.classifier import CLASSIFIER_JSON, HEAD_WEIGHTS, build_classifier, predict_probs
 from genforge.finetune.config import ClassifyConfig
@@ -135,6 +135,7 @@ def classify(cfg: ClassifyConfig) -> Path:
     train_set, val_set, labels = load_data(cfg)
     copies = augment_examples(train_set, cfg)[len(train_set):]
     train_set = train_set + copies
+    cfg = fit_batch_size(cfg, len(train_set))
     teacher = teacher_logits(cfg.teacher, [t for t, _ in train_set], labels, cfg.multi_label,
                              cfg.batch_size) if cfg.teacher else None
     tokenizer = load_tokenizer(cfg.model)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from genforge.artifacts import input_file
+from genforge.config import not_utf8
 from genforge.data.readers import SkipFile, detect_encoding
 from genforge.errors import DataError
 
@@ -55,7 +56,7 @@ def read_records(path: Path, *, plain_field: str | None = None) -> Iterator[tupl
                     raise DataError(f"{path}:{lineno} is not valid JSON ({e.msg})") from None
                 if not isinstance(record, dict):
                     raise DataError(f"{path}:{lineno} is not a JSON object")
-                yield lineno, record
+                yield lineno, utf8_record(f"{path}:{lineno}", record)
         elif kind == "json":
             try:
                 data = json.load(f)
@@ -63,13 +64,33 @@ def read_records(path: Path, *, plain_field: str | None = None) -> Iterator[tupl
                 raise DataError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise DataError(f"{path} must hold a JSON array of objects")
-            yield from ((i, r) for i, r in enumerate(data, 1))
+            yield from ((i, utf8_record(f"{path}:{i}", r)) for i, r in enumerate(data, 1))
         elif plain_field is not None:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     yield lineno, {plain_field: line.rstrip("\r\n")}
         else:
             raise DataError(f"{path}: unsupported format '{path.suffix}'; use .csv, .tsv, .jsonl or .json")
+
+
+def utf8_record(where: str, record: dict[str, Any]) -> dict[str, Any]:
+    """`record`, once no string in it is a lone surrogate: JSON may spell one (`"\\ud800"`), and no UTF-8 text
+    holds it, so it would fail far away (hashing the text for the split, or in the tokenizer)."""
+    for key, value in record.items():
+        problem = not_utf8_in(key) or not_utf8_in(value)
+        if problem:
+            raise DataError(f"{where}: field {key!r} is not UTF-8 text ({problem})")
+    return record
+
+
+def not_utf8_in(value: Any) -> str | None:
+    """`not_utf8` of the first string in a JSON value (keys and items at any depth) that is not UTF-8 text."""
+    if isinstance(value, str):
+        return not_utf8(value)
+    items = [x for pair in value.items() for x in pair] if isinstance(value, dict) else value
+    if isinstance(items, list):
+        return next(filter(None, map(not_utf8_in, items)), None)
+    return None
 
 
 def get_field(path: Path, lineno: int, record: dict[str, Any], name: str) -> Any:

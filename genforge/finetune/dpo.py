@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genforge.errors import DataError
-from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
+from genforge.finetune.batches import ShuffledBatches, fit_batch_size, in_order, pad, steps_for
 from genforge.finetune.config import DpoConfig
 from genforge.finetune.data import hash_split, read_records
 from genforge.finetune.model import load_weights, trainable_params
@@ -65,8 +65,8 @@ def read_pairs(path: Path) -> list[Pair]:
         prompt, chosen, rejected = record["prompt"], record["chosen"], record["rejected"]
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list):
-            raise DataError(f"{where}: \"prompt\" must be a list of chat messages or a string")
+        if not isinstance(prompt, list) or not prompt:
+            raise DataError(f"{where}: \"prompt\" must be a non-empty list of chat messages or a string")
         # SFT's parser checks the roles and texts; it wants an assistant turn, which the answers will be
         messages = parse_dialogue({"messages": [*prompt, {"role": "assistant", "content": ""}]}, where)[:-1]
         if not (isinstance(chosen, str) and isinstance(rejected, str)) or not chosen.strip() or chosen == rejected:
@@ -177,6 +177,7 @@ def dpo(cfg: DpoConfig) -> Path:
     if not train_ex or not val_ex:
         raise DataError(f"no {'training' if not train_ex else 'validation'} pair keeps an answer token within "
                         f"--seq-len {cfg.seq_len}")
+    cfg = fit_batch_size(cfg, len(train_ex))
     if cfg.epochs:
         cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_ex), cfg.batch_size, cfg.grad_accum))
 

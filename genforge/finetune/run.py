@@ -24,7 +24,7 @@ def prepare_output(cfg: FinetuneConfig) -> float:
     redo = not cfg.resume and checkpoint_exists(cfg.out)
     if redo and not (cfg.out / MANIFEST).is_file():
         raise ArtifactError(f"{cfg.out} holds an unfinished run: add --resume to continue it, or choose another --out")
-    started = begin_output(cfg.out)
+    started = begin_output(cfg.out, "finetune")
     if redo:
         shutil.rmtree(cfg.out / "checkpoints")
         shutil.rmtree(cfg.out / "logs", ignore_errors=True)

@@ -20,7 +20,7 @@ import torch
 from genforge.adversarial.perturb import wrap_adversarial
 from genforge.artifacts import MANIFEST, read_manifest, write_manifest
 from genforge.errors import ConfigError, DataError
-from genforge.finetune.batches import ShuffledBatches, in_order, pad, steps_for
+from genforge.finetune.batches import ShuffledBatches, fit_batch_size, in_order, pad, steps_for
 from genforge.finetune.card import write_card
 from genforge.finetune.classifier import refuse_classifier
 from genforge.finetune.config import FinetuneConfig, SftConfig
@@ -74,6 +74,8 @@ def parse_dialogue(record: dict[str, Any], where: str) -> list[Message]:
         messages.append({"role": role, "content": turn[text_key]})
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: the dialogue has no assistant turn to learn from")
+    if messages[0]["role"] == "assistant":  # nothing to render before it: the chat template refuses that
+        raise DataError(f"{where}: turn 0 is an assistant turn; a dialogue opens with a user (or system) turn")
     return messages
 
 
@@ -223,6 +225,7 @@ def sft(cfg: SftConfig) -> Path:
     else:
         train_set, val_set = hash_split(dialogues, text_of=lambda d: "\n".join(m["content"] for m in d))
     train_ex, val_ex = encode_all(tokenizer, train_set, cfg), encode_all(tokenizer, val_set, cfg)
+    cfg = fit_batch_size(cfg, len(train_ex))
     if cfg.epochs:
         cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_ex), cfg.batch_size, cfg.grad_accum))
 

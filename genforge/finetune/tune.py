@@ -38,10 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genforge.artifacts import atomic_write_text, begin_output, write_json, write_manifest
+from genforge.artifacts import atomic_write_text, begin_output, check_output, write_json, write_manifest
 from genforge.config import dump_yaml, from_dict, read_yaml
-from genforge.errors import ConfigError, GenforgeError
+from genforge.errors import ArtifactError, ConfigError, GenforgeError
 from genforge.finetune.config import ClassifyConfig, DpoConfig, SftConfig, TuneConfig
+from genforge.train.logs import diverged, read_metrics
 
 TASKS = {"classify": ClassifyConfig, "sft": SftConfig, "dpo": DpoConfig}
 SPACE_KEYS = ("task", "out", "metric", "direction", "pruner", "base", "search")
@@ -119,6 +120,9 @@ def read_entry(path: Path, key: str, spec: Any) -> dict[str, Any]:
         if step <= 0 or (integer and not isinstance(step, int)):
             raise ConfigError(f"{where}: step must be {'an integer >= 1' if integer else 'a number > 0'}; "
                               f"got {spec['step']!r}")
+        if step > high - low and not math.isclose(step, high - low):  # Optuna would warn and try low alone
+            raise ConfigError(f"{where}: step {step} is larger than the range high - low = {high - low}; "
+                              "give a smaller step")
         entry["step"] = step
     return entry
 
@@ -197,6 +201,12 @@ def new_val_scores(path: Path, seen: int, metric: str, maximize: bool) -> tuple[
     return found, len(complete)
 
 
+def ran_into_nan(metrics_path: Path) -> bool:
+    """True if the trial's last logged training record is NaN/inf: the engine stopped it as diverged."""
+    train = [r for r in read_metrics(metrics_path) if r.get("kind") == "train"]
+    return bool(train) and diverged(train[-1])
+
+
 def run_trial(task: str, cfg: Any, trial: Any, metric: str, maximize: bool) -> dict[str, Any]:
     """Run one trial as `genforge finetune TASK --config` in a subprocess; prune it by its val scores."""
     import optuna
@@ -226,6 +236,8 @@ def run_trial(task: str, cfg: Any, trial: Any, metric: str, maximize: bool) -> d
                 proc.kill()
                 proc.wait()
     manifest = folder / "manifest.json"
+    if proc.returncode != 0 and ran_into_nan(metrics_path):
+        return {metric: math.nan}  # the engine stopped a diverged run: these hyper-parameters, not the setup
     if proc.returncode != 0 or not manifest.is_file():
         log_path = folder.parent / f"{folder.name}.log"
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
@@ -243,14 +255,10 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
         raise ConfigError("give the study folder: --out DIR (or `out:` in the YAML)")
     task, config_cls, maximize = space["task"], TASKS[space["task"]], space["direction"] == "maximize"
     pruner = make_pruner(space.get("pruner"))
-    started = begin_output(out)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=cfg.study_name, storage=f"sqlite:///{out.resolve() / 'study.db'}",
-                                load_if_exists=True, direction=space["direction"],
-                                sampler=optuna.samplers.TPESampler(seed=cfg.seed + len_trials(out, cfg)),
-                                pruner=pruner)
-    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # left by a killed tuner
+    check_output(out, "tune")
+    out.mkdir(parents=True, exist_ok=True)
+    study = open_study(out, cfg, space["direction"], pruner)
+    started = begin_output(out, "tune")  # only now, with the study read: a damaged one leaves the last summary
 
     def objective(trial: Any) -> float:
         values = {**space["base"], **suggest(trial, space["search"]), "out": out / "trials" / f"{trial.number:04d}"}
@@ -280,12 +288,33 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     return summary
 
 
+def open_study(out: Path, cfg: TuneConfig, direction: str, pruner: Any) -> Any:
+    """The study in out/study.db, new or resumed (trials a killed tuner left running are marked failed); a
+    damaged database is one ArtifactError rather than SQLAlchemy's multi-line one."""
+    import optuna
+    import sqlalchemy.exc
+
+    db = out.resolve() / "study.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(study_name=cfg.study_name, storage=f"sqlite:///{db}", load_if_exists=True,
+                                    direction=direction, pruner=pruner,
+                                    sampler=optuna.samplers.TPESampler(seed=cfg.seed + len_trials(db, cfg)))
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
+    except sqlalchemy.exc.DatabaseError as e:
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        raise ArtifactError(f"the study database {db} is damaged ({reason}); remove it or choose another "
+                            "--out") from None
+    return study
+
+
 def run_trials(study: Any, objective: Any, n: int) -> None:
     """`n` trials by ask and tell rather than `study.optimize`, which logs a failing trial's traceback.
 
     A trial that raises is marked failed and ends the study with its one-line reason: the space was checked
-    up front and the engine finishes a diverging run with its NaN score, so a trial raises for a reason of
-    the setup (a seq_len the model cannot take, a missing file) that every later trial would repeat. A NaN
+    up front and a run the engine stops as diverged scores NaN (`run_trial`), so a trial raises for a reason
+    of the setup (a seq_len the model cannot take, a missing file) that every later trial would repeat. A NaN
     score (those diverged hyper-parameters) fails that trial only.
     """
     import optuna
@@ -307,11 +336,10 @@ def run_trials(study: Any, objective: Any, n: int) -> None:
             study.tell(trial, value)
 
 
-def len_trials(out: Path, cfg: TuneConfig) -> int:
+def len_trials(db: Path, cfg: TuneConfig) -> int:
     """Trials already in the study: a resumed study's sampler gets a fresh seed, not the first run's again."""
     import optuna
 
-    db = out.resolve() / "study.db"
     if not db.is_file():
         return 0
     try:

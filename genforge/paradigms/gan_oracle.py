@@ -64,7 +64,7 @@ def gan_oracle(cfg: OracleConfig) -> dict[str, Any]:
     """Run the benchmark; return {"rows": {name: {"nll_oracle", "nll_test", ...}}, "mle": ..., "gans": ...}."""
     torch.manual_seed(cfg.seed)
     oracle, train_rows, val_rows, test_rows, inputs = oracle_data(cfg)  # read and checked before --out is touched
-    started = begin_output(cfg.out)
+    started = begin_output(cfg.out, "gan.oracle")
     vocab = oracle.head.out_features
     torch.manual_seed(cfg.seed)
     generator = LstmGenerator(vocab, cfg.embed_size, cfg.hidden_size)

@@ -68,7 +68,7 @@ def gan_text(cfg: TextGanConfig) -> dict[str, Any]:
     special = {"bos": start, "eos": eos, "pad": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos}
     train_rows = fixed_rows(read_sentences(cfg.data, "train", pack, cfg.seq_len), cfg.seq_len, eos)
     val_rows = fixed_rows(read_sentences(cfg.data, "val", pack, cfg.seq_len), cfg.seq_len, eos)[:cfg.eval_samples]
-    started = begin_output(cfg.out)  # only now, with the data read: bad data leaves an earlier run in --out whole
+    started = begin_output(cfg.out, "gan.text")  # only now, with the data read: bad data leaves an earlier run in --out whole
     reference = set(ngrams(train_rows.tolist()))
     generator = build_generator(cfg, pack, special)
 

@@ -106,7 +106,7 @@ def gan_image(cfg: ImageGanConfig) -> dict[str, Any]:
     latest = cfg.out / "checkpoints" / "latest"
     if cfg.resume and find_checkpoint(latest) is None:
         raise ArtifactError(f"nothing to resume: {latest} does not exist; drop --resume")
-    started = begin_output(cfg.out)
+    started = begin_output(cfg.out, "gan.image")
     train_idx, held_idx = split(len(x), cfg.seed)
     x_train, y_train = x[train_idx], y[train_idx]
     k = len(class_names) if cfg.conditional else 0

@@ -194,7 +194,7 @@ def vae_train(cfg: VaeConfig) -> Any:
         raise DataError(f"tokenizer {cfg.data / 'tokenizer'} has no {missing} token: retrain it with genforge")
     train_rows = read_sentences(cfg.data, "train", pack, cfg.max_len)
     val_rows = read_sentences(cfg.data, "val", pack, cfg.max_len)[:2000]
-    started = begin_output(cfg.out)  # only now, with the data read: bad data leaves an earlier run in --out whole
+    started = begin_output(cfg.out, "vae")  # only now, with the data read: bad data leaves an earlier run in --out whole
     torch.manual_seed(cfg.seed)
     model = TextVae(pack["vocab_size"], cfg.embed_size, cfg.hidden_size, cfg.latent_size)
     objective = VaeObjective(mask_id=special["mask"], word_dropout=cfg.word_dropout, free_bits=cfg.free_bits)

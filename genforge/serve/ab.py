@@ -89,12 +89,16 @@ class Experiment:
         if now is None or set(now[1]) != set(self.configured):
             record(self.engine, self.name, self.configured, "configured")
 
-    def choose(self, user: str | None) -> tuple[str, int | None]:
-        """(the arm that answers `user`, the id of the weights used); the configured weights if the
-        database has none (a table emptied under a running server)."""
+    def in_force(self) -> tuple[int | None, dict[str, float]]:
+        """(id, weights) of the newest weights row, restricted to this server's arms; the configured weights
+        (id None) if the database has none (a table emptied under a running server)."""
         now = current(self.engine, self.name)
         weights_id, weights = now if now else (None, self.configured)
-        weights = {arm: w for arm, w in weights.items() if arm in self.configured} or self.configured
+        return weights_id, {arm: w for arm, w in weights.items() if arm in self.configured} or self.configured
+
+    def choose(self, user: str | None) -> tuple[str, int | None]:
+        """(the arm that answers `user`, the id of the weights used)."""
+        weights_id, weights = self.in_force()
         return assign(self.name, user, weights), weights_id
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from genforge.errors import ConfigError
 from genforge.serve.db import AbWeights, Feedback, StoredResponse
 
 SRM_ALERT = 0.001
@@ -222,6 +223,16 @@ def plot(rep: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def check_out(out: Path | None) -> None:
+    """Refuse an --out that cannot become a folder before the report is computed and printed, not after."""
+    if out is None:
+        return
+    out = Path(out).expanduser().absolute()
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file; give a folder for report.json and report.png")
+
+
 def run_report(cfg: Any) -> dict[str, Any]:
     """`genforge ab report`: the table, the recommendation, and report.json/report.png under --out."""
     from rich.console import Console
@@ -232,7 +243,8 @@ def run_report(cfg: Any) -> dict[str, Any]:
     from genforge.serve.config import default_db_url
     from genforge.serve.db import connect
 
-    engine = connect(cfg.db or default_db_url())
+    check_out(cfg.out)
+    engine = connect(cfg.db or default_db_url(), create=False)
     rep = report(engine, pick_experiment(engine, cfg.model))
 
     def fmt(v: Any, spec: str = ".3f") -> str:

@@ -4,9 +4,9 @@
 stops the engines' worker threads. Besides the OpenAI routes: POST /v1/feedback, GET /v1/ab/report (the
 dashboard's data) and the web pages under /ui (chat and A/B dashboard, static files in ui/). The gateway (pure
 ASGI, so it also sees streamed bodies end) gives each request an id, refuses bodies over the size limit with
-413 and JSON strings that are not UTF-8 text (lone surrogates) with 400 for every route, the applications'
-included, and records metrics and one JSON access-log line. /health and /metrics are open; every /v1 route
-needs a key when keys exist.
+413 and JSON strings that are not UTF-8 text (lone surrogates) or hold NUL with 400 for every route, the
+applications' included, and records metrics and one JSON access-log line. /health and /metrics are open;
+every /v1 route needs a key when keys exist.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from genforge.serve.schemas import (
     as_list,
 )
 from genforge.serve.store import add_feedback
-from genforge.serve.text import bad_json_text
+from genforge.serve.text import bad_json_text, refusal
 
 log = logging.getLogger("genforge.serve")
 access = logging.getLogger("genforge.serve.access")
@@ -128,8 +128,7 @@ class Gateway:
             bad = bad_json_text(body)
             if bad is not None:  # refused here, before any route: no handler, tokenizer or app router sees it
                 where, problem = bad
-                await _send_json(send_with_id, 400, error_body(400, f"{where} is not valid Unicode text ({problem}); "
-                                                                    "send UTF-8 text", param=where))
+                await _send_json(send_with_id, 400, error_body(400, refusal(where, problem), param=where))
                 return
             replayed = False
 
@@ -188,9 +187,14 @@ def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 
 def _models_list(state: ServerState) -> list[dict[str, Any]]:
+    """The served models; an A/B arm's weight is its share of the experiment's traffic now (after the --model
+    folder gets what the variants leave, and after promotions), not the weight it was configured with."""
+    from genforge.serve.ab import shares
+
+    split = shares(state.experiment.in_force()[1]) if state.experiment else {}
     return [{"id": m.name, "object": "model", "created": m.created, "owned_by": "genforge",
-             "genforge": {"kind": m.kind, "path": str(m.path), "weight": m.weight, "context": m.context,
-                          "chat": m.chat}} for m in state.models.values()]
+             "genforge": {"kind": m.kind, "path": str(m.path), "weight": split.get(m.name, m.weight),
+                          "context": m.context, "chat": m.chat}} for m in state.models.values()]
 
 
 def create_app(state: ServerState, routers: tuple = ()) -> FastAPI:
@@ -274,12 +278,17 @@ def create_app(state: ServerState, routers: tuple = ()) -> FastAPI:
 
     @app.get("/v1/ab/report")
     async def ab_report(_: Authorized, model: str | None = None) -> dict[str, Any]:
+        from genforge.serve.ab import pick_experiment
         from genforge.serve.abreport import report
 
         name = model or (state.experiment.name if state.experiment else None)
         if name is None:
             raise ApiError(404, "this server runs no A/B experiment (serve a --variant NAME=DIR:WEIGHT)",
                            code="no_experiment")
+        try:
+            name = await run_in_threadpool(pick_experiment, state.keys.engine, name)
+        except ConfigError as e:
+            raise ApiError(404, str(e), param="model", code="experiment_not_found") from None
         return await run_in_threadpool(report, state.keys.engine, name)
 
     @app.get("/", include_in_schema=False)

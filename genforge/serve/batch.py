@@ -32,9 +32,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 
 import torch
 
+from genforge.errors import ConfigError
 from genforge.generate.config import SamplingParams
 from genforge.generate.decoder import Decoder
 from genforge.generate.llama import KVCache, LlamaRunner
@@ -65,6 +67,33 @@ def _generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the kernel's MemAvailable, capped by a cgroup v2 limit (a
+    container's); None where neither can be read (not Linux)."""
+    sizes = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        sizes += [int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")]
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            sizes.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(sizes) if sizes else None
+
+
+def check_cache_fits(runner: LlamaRunner, rows: int, columns: int) -> None:
+    """Refuse, before allocating it, a batch KV cache larger than the free memory: torch would fail with an
+    allocator error, or reserve it lazily and be killed once the rows fill it."""
+    w = runner.weights
+    size = len(w.layers) * 2 * rows * w.kv_heads * columns * w.head_dim * w.dtype.itemsize
+    free = available_memory()
+    if free is not None and size > free:
+        raise ConfigError(f"the KV cache of --max-batch {rows} rows x --cache-len {columns} columns needs "
+                          f"{size / 2**30:.1f} GiB but {free / 2**30:.1f} GiB of memory is free: lower --max-batch "
+                          "or --cache-len")
+
+
 class SlotBatch:
     """The running batch of one model; used by one worker thread only."""
 
@@ -78,6 +107,8 @@ class SlotBatch:
         self.longest = min(context, self.cache_len)  # most prompt + output tokens of one sequence
         self.max_rows = max_rows
         self.max_prefill_tokens = max_prefill_tokens
+        if self.joinable:
+            check_cache_fits(self.runner, max_rows, self.cache_len)
         self.cache = self.runner.new_cache(max_rows, self.cache_len) if self.joinable else None
         self.rows: list[Seq | None] = []  # None: a finished row of a non-joinable batch
         self.col = 0

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         help="Serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, classify) with "
              "continuous batching, streaming, API keys, limits and Prometheus metrics; A/B tests of weighted "
              "variants, stored responses and feedback, moderation, and a web chat at http://HOST:PORT/.",
-        examples=["genforge serve --model runs/quickstart/sft",
+        examples=["genforge serve --model runs/quickstart/chat",
                   "genforge serve --model runs/chat --variant lora=runs/chat-lora:0.2 --port 8080",
                   "genforge serve --model runs/chat --blocklist terms.txt --policy completions=flag",
                   "GENFORGE_API_KEY=secret genforge serve --model runs/chat --host 0.0.0.0"])

@@ -29,7 +29,7 @@ from genforge.generate.config import SamplingParams
 from genforge.generate.detokenize import TextStream, decode
 from genforge.serve import gate
 from genforge.serve.batch import Seq
-from genforge.serve.engine import QueueFull
+from genforge.serve.engine import EngineDown, QueueFull
 from genforge.serve.errors import ApiError, error_body
 from genforge.serve.models import ServedModel
 from genforge.serve.safety import Decision, OutputGuard
@@ -179,6 +179,8 @@ async def create(request: Request, body: CompletionRequest | ChatRequest, chat: 
     except QueueFull as e:
         raise ApiError(429, f"model '{served.name}' is busy: {e}", code="queue_full",
                        headers={"Retry-After": str(math.ceil(e.retry_after))}) from None
+    except EngineDown as e:
+        raise ApiError(503, str(e), code="model_unavailable") from None
     prompt_tokens = sum(len(s.prompt) for s in seqs[::body.n])
     state.metrics.tokens.labels(served.name, "prompt").inc(prompt_tokens)
     run = Run(request, served, choices, event, started, prompt_tokens, body.user, chat=chat, meta=meta,

@@ -10,18 +10,25 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import field, usable_cpus
 from genforge.errors import ConfigError
 from genforge.generate.config import BACKENDS, DTYPES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DB_ENV = "GENFORGE_DB_URL"
 KEY_ENV = "GENFORGE_API_KEY"
+MAX_RATE_LIMIT = 1_000_000  # requests per minute: far above any one server, well inside a database INTEGER
 
 
 def default_db_url() -> str:
     """$GENFORGE_DB_URL, else a SQLite file in ~/.genforge, so `genforge keys` and `genforge serve` agree."""
     return os.environ.get(DB_ENV) or f"sqlite:///{Path('~/.genforge/serve.db').expanduser()}"
+
+
+def check_rate_limit(limit: int) -> None:
+    """Bound a requests-per-minute limit: a key's is stored as a database INTEGER (too large is an overflow)."""
+    if limit > MAX_RATE_LIMIT:
+        raise ConfigError(f"rate_limit must be <= {MAX_RATE_LIMIT} requests per minute; got {limit}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,12 @@ class ServeConfig:
         for key in ("cache_len", "max_prompt_tokens", "rate_limit", "threads", "prefill_chunk"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0 (0 = default/off); got {getattr(self, key)}")
+        check_rate_limit(self.rate_limit)
+        if self.prefill_chunk > self.max_prefill_tokens:
+            raise ConfigError(f"prefill_chunk must be <= max_prefill_tokens ({self.max_prefill_tokens}): a chunk is "
+                              f"prompt work between two decode steps; got {self.prefill_chunk}")
+        if self.threads > usable_cpus():
+            raise ConfigError(f"threads must be <= {usable_cpus()}, the CPUs this process may use; got {self.threads}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be in 1..65535; got {self.port}")
         if not self.request_timeout > 0:
@@ -141,6 +154,7 @@ class KeyCreateConfig:
             raise ConfigError("give the key a name: genforge keys create NAME")
         if self.rate_limit < 0:
             raise ConfigError(f"rate_limit must be >= 0; got {self.rate_limit}")
+        check_rate_limit(self.rate_limit)
 
 
 @dataclass

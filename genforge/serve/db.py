@@ -3,7 +3,8 @@
 One URL names it: SQLite by default (a file, WAL journal so readers never wait for the one writer),
 PostgreSQL (`postgresql+psycopg://...`) when several replicas share it. The schema is owned by the
 Alembic migrations in genforge/serve/migrations: `connect` runs `upgrade head` programmatically, so a
-new genforge version upgrades an old database on start; the classes here mirror the latest migration.
+new genforge version upgrades an old database on start (and refuses one a newer genforge wrote); the classes
+here mirror the latest migration.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     Boolean,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -28,7 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from genforge import __version__
 from genforge.errors import ConfigError
+from genforge.serve.config import DB_ENV
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 FIRST_REVISION = "0001"  # the serving core's schema (api_keys), created before Alembic came in
@@ -157,6 +161,7 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": PG_LOCK})
+        refuse_newer(conn, engine)
         cfg.attributes["connection"] = conn
         tables = set(inspect(conn).get_table_names())
         if "api_keys" in tables and "alembic_version" not in tables:
@@ -164,8 +169,24 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "heads")
 
 
-def connect(url: str) -> Engine:
-    """An engine on `url` with the schema migrated to the latest; a SQLite file's folder is made if missing."""
+def refuse_newer(conn: Connection, engine: Engine) -> None:
+    """A ConfigError when the database is at a revision these migrations do not know: a newer genforge wrote
+    it, and Alembic would only fail with "Can't locate revision"."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    unknown = sorted(set(MigrationContext.configure(conn).get_current_heads()) - known)
+    if unknown:
+        raise ConfigError(f"the database {engine.url!r} has schema revision {', '.join(unknown)}, newer than this "
+                          f"genforge ({__version__}) knows: upgrade genforge or use another --db")
+
+
+def connect(url: str, create: bool = True) -> Engine:
+    """An engine on `url` with the schema migrated to the latest; a SQLite file's folder is made if missing.
+
+    `create=False` is for commands that only read (`feedback export`, `ab report`): a missing SQLite file is a
+    ConfigError rather than a new empty database that would make a mistyped --db look like "no data"."""
     try:
         engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     except (ArgumentError, ValueError) as e:
@@ -175,7 +196,10 @@ def connect(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(database).expanduser()
+            if not create and not path.is_file():
+                raise ConfigError(f"database {path} does not exist (check --db or ${DB_ENV})")
+            path.parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         migrate(engine)

@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from genforge.generate.decoder import Decoder
@@ -30,10 +31,16 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class EngineDown(Exception):
+    """The worker thread has died (a bug outside a decode step): the model takes no more sequences."""
+
+
 class Engine:
     def __init__(self, decoder: Decoder, *, name: str, max_batch: int = 32, max_queue: int = 256,
                  cache_len: int = 0, max_prefill_tokens: int = 4096, prefill_chunk: int = 0, metrics: Any = None):
         self.name = name
+        self.failure: Exception | None = None  # what ended the worker thread, if it died
+        self.on_failure: Callable[[Exception], None] | None = None  # told when it dies (`serve` then exits)
         self.batch = SlotBatch(decoder, max_batch, cache_len, max_prefill_tokens, prefill_chunk)
         self.max_queue = max_queue
         self.metrics = metrics
@@ -72,6 +79,9 @@ class Engine:
     def submit(self, seqs: list[Seq]) -> None:
         """Queue sequences (all or none); QueueFull when the queue lacks room for all of them."""
         with self._cond:
+            if self.failure is not None:
+                raise EngineDown(f"the decoding worker of model '{self.name}' has stopped ({self.failure!r}); "
+                                 "see the server log")
             if len(self.waiting) + len(seqs) > self.max_queue:
                 raise QueueFull(self.retry_after())
             self.waiting.extend(seqs)
@@ -103,6 +113,24 @@ class Engine:
         return out
 
     def _run(self) -> None:
+        """The worker's loop. An error that escapes it (a bug: a decode step's own errors only fail its rows)
+        ends every queued and running sequence with "error" and tells `on_failure`, so no request waits for a
+        worker that is gone."""
+        try:
+            self._loop()
+        except Exception as e:
+            log.exception("the decoding worker of model %s failed; ending its sequences", self.name)
+            with self._cond:
+                self.failure = e
+                ended = [*self.waiting, *self.batch.live()]
+                self.waiting.clear()
+            for seq in ended:
+                seq.finish_reason = seq.finish_reason or "error"
+            self._wake(ended)
+            if self.on_failure is not None:
+                self.on_failure(e)
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._closed and not self.waiting and not self.batch.live():

@@ -9,7 +9,9 @@
 - manifest.json (stage "feedback.export") with each file's SHA-256 and counts: the manifest of a model
   fine-tuned on DIR/sft.jsonl names that file and hash among its inputs, so the model's lineage leads
   back to this export and its database.
-Only chat responses that completed (status 200) are exported; completions prompts are not dialogues.
+Only chat responses that completed (status 200) are exported; completions prompts are not dialogues, and
+neither is a stored request whose messages `genforge finetune` would refuse (no user message, a turn without
+text): such rows are skipped and counted, so one of them cannot make a whole file unreadable for training.
 """
 
 from __future__ import annotations
@@ -60,13 +62,32 @@ def _dialogue(response: StoredResponse, feedback: list[Feedback]) -> tuple[list[
     return messages, answers
 
 
-def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict], list[dict]]:
-    """(SFT dialogues, preference pairs) of responses with their feedback, without duplicates."""
-    sft, prefs, seen = [], [], set()
+def chat_prompt(messages: list[Any]) -> list[dict] | None:
+    """The request's messages as `genforge finetune sft|dpo` read them (checked by their own parser; developer
+    turns become system turns, as the server rendered them), or None when they are no chat to learn from."""
+    from genforge.finetune.sft import parse_dialogue
+
+    turns = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
+             for m in messages]
+    try:  # the parser wants an assistant turn: the answer will be one
+        prompt = parse_dialogue({"messages": [*turns, {"role": "assistant", "content": ""}]}, "")[:-1]
+    except DataError:
+        return None
+    return prompt if any(m["role"] == "user" for m in prompt) else None
+
+
+def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict], list[dict], int]:
+    """(SFT dialogues, preference pairs, responses skipped as no valid chat) of responses with their feedback,
+    without duplicates."""
+    sft, prefs, seen, skipped = [], [], set(), 0
     rated: dict[str, dict[bool, list[str]]] = defaultdict(lambda: {True: [], False: []})
     prompts: dict[str, list[dict]] = {}
     for response, feedback in rows:
-        messages, answers = _dialogue(response, feedback)
+        stored, answers = _dialogue(response, feedback)
+        messages = chat_prompt(stored)
+        if messages is None:
+            skipped += 1
+            continue
         key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
         prompts[key] = messages
         for fb in feedback:
@@ -84,7 +105,7 @@ def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict]
     for key, by in rated.items():
         pairs = [(up, down) for up, down in itertools.product(by[True], by[False]) if up != down]
         prefs += [{"prompt": prompts[key], "chosen": up, "rejected": down} for up, down in pairs[:MAX_PAIRS]]
-    return sft, prefs
+    return sft, prefs, skipped
 
 
 def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
@@ -92,20 +113,23 @@ def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
     import typer
 
     url = cfg.db or default_db_url()
-    engine = connect(url)
+    engine = connect(url, create=False)
     rows = _rows(engine, cfg.model)
-    sft, prefs = build(rows)
-    started = begin_output(cfg.out)  # only now, with the database read: a bad row leaves an earlier export whole
+    sft, prefs, skipped = build(rows)
+    started = begin_output(cfg.out, "feedback.export")  # only now, with the database read: a bad row leaves an earlier export whole
     out = Path(cfg.out)
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "preference.jsonl", prefs)
     counts = {"responses": len(rows), "feedback": sum(len(f) for _, f in rows), "sft": len(sft),
-              "preference": len(prefs)}
+              "preference": len(prefs), "skipped": skipped}
     write_manifest(out, "feedback.export", cfg, started=started, metrics=counts,
                    extra={"database": engine.url.render_as_string(hide_password=True),
                           "outputs": {name: sha256_file(out / name) for name in ("sft.jsonl", "preference.jsonl")}})
     typer.echo(f"exported {counts['sft']} corrected answers to {out / 'sft.jsonl'} and {counts['preference']} "
                f"preference pairs to {out / 'preference.jsonl'} (from {counts['responses']} responses with feedback)")
+    if skipped:
+        typer.echo(f"skipped {skipped} responses whose request is no valid chat (a user message and text in every "
+                   "message): fine-tuning could not read them")
     if sft:
         typer.echo(f"fine-tune on them: genforge finetune sft --model MODEL --data {out / 'sft.jsonl'} --out DIR")
     if prefs:

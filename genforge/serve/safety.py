@@ -134,8 +134,9 @@ class Safety:
 
     def __init__(self, terms: list[str] = (), policies: dict[str, str] | None = None, moderator: Moderator | None = None,
                  redact_pii: bool = True, refusal: str = "Sorry, I can't help with that."):
-        patterns = [p for t in terms if (p := term_pattern(t))]
-        self.blocklist = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+        listed = [(t, p) for t in terms if (p := term_pattern(t))]
+        self.terms = [t for t, _ in listed]  # group i + 1 of `blocklist` is terms[i]
+        self.blocklist = re.compile("|".join(f"({p})" for _, p in listed)) if listed else None
         self.longest = max((len(t) for t in terms), default=0)
         self.policies = policies or dict.fromkeys(ROUTES, "block")
         self.moderator = moderator
@@ -151,11 +152,12 @@ class Safety:
         return self.checks_input or self.redact_pii
 
     def _hits(self, text: str) -> list[tuple[int, int, str]]:
-        """(start, end, term as written) of every blocklist hit, in the original text's positions."""
+        """(start, end, blocklist term) of every hit, in the original text's positions. The term as configured,
+        not the text that matched it ("k i l l", "ｋｉｌｌ"): audit reasons name the terms of the blocklist."""
         if self.blocklist is None:
             return []
         norm, where = normalise(text)
-        return [(where[m.start()], where[m.end() - 1] + 1, text[where[m.start()]:where[m.end() - 1] + 1])
+        return [(where[m.start()], where[m.end() - 1] + 1, self.terms[m.lastindex - 1])
                 for m in self.blocklist.finditer(norm)]
 
     def filter(self, route: str, text: str, stage: str, classify: bool = True) -> Decision:

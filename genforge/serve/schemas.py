@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from genforge.serve.errors import ApiError
 
@@ -70,19 +70,30 @@ class TextPart(BaseModel):
 
 
 class Message(BaseModel):
+    """One chat turn. Its content is required text, for assistant turns too: a null content only has a meaning
+    with tool calls, which this server does not take ('tools' is refused)."""
+
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart]
     name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
-        return self.content or ""
+        return self.content
 
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _asks_something(cls, messages: list[Message]) -> list[Message]:
+        """Without a user turn there is nothing to answer (and the stored request is no dialogue to learn from)."""
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("the messages need at least one user message")
+        return messages
 
 
 class EmbeddingRequest(_Body):
@@ -127,6 +138,7 @@ class FeedbackRequest(BaseModel):
 
     @model_validator(mode="after")
     def _something(self) -> FeedbackRequest:
-        if self.thumbs is None and self.rating is None and not self.comment and not self.correction:
-            raise ValueError("give thumbs, rating, comment or correction")
+        if self.thumbs is None and self.rating is None and not (self.comment or "").strip() and not (
+                self.correction or "").strip():
+            raise ValueError("give thumbs, rating, comment or correction (a blank text records nothing)")
         return self

@@ -47,6 +47,16 @@ def check_exposure(cfg: ServeConfig, keys: Any) -> None:
                           f"{KEY_ENV}), create one with `genforge keys create NAME`, or add --insecure-open")
 
 
+def warn_idle_rate_limit(cfg: ServeConfig, keys: Any) -> None:
+    """--rate-limit is per API key: on a server without keys every caller is anonymous and unlimited."""
+    if cfg.rate_limit and not keys.required():
+        import typer
+
+        typer.secho(f"warning: --rate-limit {cfg.rate_limit} has no effect without API keys (anonymous callers are "
+                    f"unlimited): pass --api-key, set {KEY_ENV} or create one with `genforge keys create NAME`",
+                    fg="yellow", err=True)
+
+
 def build_state(cfg: ServeConfig, keys: Any = None) -> Any:
     """Load every served folder and wire the server's parts (engines are started by the app's lifespan)."""
     import torch
@@ -83,6 +93,7 @@ def serve(cfg: ServeConfig) -> None:
 
     keys = _keys(cfg)
     check_exposure(cfg, keys)
+    warn_idle_rate_limit(cfg, keys)
     for variant in cfg.variants():  # before the JSON logs start, so a typo is the only line printed
         if not variant.path.is_dir():
             raise ArtifactError(f"model {variant.path} is not a folder (expected a genforge run folder or an HF "
@@ -93,8 +104,18 @@ def serve(cfg: ServeConfig) -> None:
         log.info("serving", extra={"model": m.name, "kind": m.kind, "context": m.context,
                                    "backend": m.decoder.backend if m.decoder else None,
                                    "url": f"http://{cfg.host}:{cfg.port}/v1"})
-    uvicorn.run(create_app(state), host=cfg.host, port=cfg.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host=cfg.host, port=cfg.port, log_config=None,
+                                           access_log=False, timeout_graceful_shutdown=5))
+    engines = [m.engine for m in state.models.values() if m.engine is not None]
+    for engine in engines:  # a dead decoding worker stops the server instead of leaving it up and mute
+        engine.on_failure = lambda _: setattr(server, "should_exit", True)
+    server.run()
+    failed = [e for e in engines if e.failure is not None]
+    if failed:
+        raise RuntimeError(f"the decoding worker of model '{failed[0].name}' failed ({failed[0].failure!r}); "
+                           "see the log above")
+    if not server.started:
+        raise SystemExit(3)  # uvicorn could not start (a busy port, ...): it logged why
 
 
 def keys_create(cfg: KeyCreateConfig) -> dict[str, Any]:

@@ -67,8 +67,8 @@ def add_feedback(engine: Engine, response_id: str, caller: str, *, choice: int =
             n = len(json.loads(response.response))
         except (ValueError, TypeError):  # a row edited by hand: `feedback export` names it; one choice here
             n = 1
-        if choice >= n:
-            raise ConfigError(f"response '{response_id}' has {n} choice{'s' * (n != 1)}: choice must be below {n}")
+        if not 0 <= choice < n:  # a negative index would rate the last answer
+            raise ConfigError(f"response '{response_id}' has {n} choice{'s' * (n != 1)}: choice must be 0 to {n - 1}")
         row = Feedback(response_id=response_id, choice=choice, thumbs=thumbs, rating=rating, positive=positive,
                        comment=comment, correction=correction, caller=caller)
         session.add(row)

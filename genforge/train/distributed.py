@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from genforge.config import usable_cpus
+
 
 @dataclass
 class Dist:
@@ -28,14 +30,6 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def cpu_count() -> int:
-    """Cores this process may use (affinity-aware, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def init_distributed() -> Dist:
@@ -53,7 +47,7 @@ def init_distributed() -> Dist:
     else:
         device = torch.device("cpu")
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, cpu_count() // local_world))
+        torch.set_num_threads(max(1, usable_cpus() // local_world))
     torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls where the hardware has it (GPUs)
     if world > 1 and not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

@@ -36,7 +36,7 @@ from genforge.train.distributed import (
     parallelize,
 )
 from genforge.train.evaluate import evaluate_loss, to_device
-from genforge.train.logs import MetricsLog
+from genforge.train.logs import MetricsLog, diverged
 from genforge.train.schedule import lr_at
 
 LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")  # every other selection metric: higher is better
@@ -152,7 +152,8 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     `cfg.grad_accum` micro-batches make one optimizer step whatever the process count: each of the
     `dist.world` processes runs `grad_accum / world` of them (their union is the single-process batch).
     `tokens_per_byte` (tokens / UTF-8 bytes of the validation text) turns val loss into bits per byte.
-    Raises `Interrupted` after saving checkpoints/latest when stopped by SIGINT/SIGTERM.
+    Raises `Interrupted` after saving checkpoints/latest when stopped by SIGINT/SIGTERM, and a ConfigError when
+    a logged training loss or gradient norm is NaN/inf (nothing is exported from a diverged run).
     """
     dist = dist or Dist()
     device = dist.device
@@ -277,6 +278,11 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
                           "elapsed_s": state["elapsed"]}
                 state["train_loss"] = loss_value
                 log.write(state["step"], "train", record)
+                if diverged(record):  # every process sees the same all-reduced values, so all stop here
+                    bar.close()
+                    log.close()
+                    raise ConfigError(f"training diverged at step {state['step']} (loss {loss_value:.4g}, gradient "
+                                      f"norm {norm_value:.4g}); lower --lr (now {cfg.lr:g}) and run again")
                 postfix = {"loss": f"{loss_value:.3f}", "tok_s": f"{record['tokens_per_s']:.0f}", "lr": f"{lr:.1e}"}
                 if budget:  # tqdm's ETA counts steps; a time-limited run ends on the clock
                     left = max(0, int(budget - state["elapsed"]))

@@ -42,6 +42,12 @@ class MetricsLog:
             self.writer.close()
 
 
+def diverged(record: dict[str, Any]) -> bool:
+    """True for a train record whose loss or gradient norm is NaN or infinite: the weights are lost and no later
+    step brings them back, so the engine stops there and `genforge tune` fails that trial alone."""
+    return any(isinstance(record.get(k), float) and not math.isfinite(record[k]) for k in ("loss", "grad_norm"))
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():

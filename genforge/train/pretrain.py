@@ -17,7 +17,15 @@ from typing import Any
 import torch
 
 from genforge.adversarial.perturb import wrap_adversarial
-from genforge.artifacts import MANIFEST, begin_output, now_iso, read_manifest, sha256_file, write_manifest
+from genforge.artifacts import (
+    MANIFEST,
+    begin_output,
+    check_output,
+    now_iso,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from genforge.config import to_dict
 from genforge.errors import ArtifactError, ConfigError, DataError
 from genforge.models.load import check_weights, detect_objective, load_model, max_positions, read_model_config
@@ -157,6 +165,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     redo = not cfg.resume and checkpoint_exists(cfg.out)
     if redo and not (cfg.out / MANIFEST).is_file():
         raise ArtifactError(f"{cfg.out} holds an unfinished run: add --resume to continue it, or choose another --out")
+    check_output(cfg.out, "pretrain")  # here on every process: only the main one calls begin_output below
     if cfg.model is not None:
         read_model_config(cfg.model)  # fail fast, before any process group or output exists
     dist = distributed.init_distributed()
@@ -171,7 +180,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         val_tokens = open_tokens(cfg.data / "val.bin", pack["dtype"], window)
         distributed.barrier()  # every process has read --out (a resumed run's tokenizer) before it is written
         if dist.is_main:  # only now, with the inputs checked: a bad one leaves an earlier run in --out whole
-            started = begin_output(cfg.out)
+            started = begin_output(cfg.out, "pretrain")
             if redo:  # a finished run is redone from scratch: its checkpoints and logs go with it
                 shutil.rmtree(cfg.out / "checkpoints")
                 shutil.rmtree(cfg.out / "logs", ignore_errors=True)

@@ -27,6 +27,7 @@ def test_a_rerun_on_an_empty_data_file_keeps_the_finished_run(finished, bert_dir
 
 
 def test_a_rerun_on_a_folder_that_is_not_packed_keeps_the_finished_run(finished, tmp_path):
+    write_manifest(finished, "pretrain", None, metrics={"val_loss": 3.0})  # a finished federated pretraining
     before = read_manifest(finished)
     (tmp_path / "unpacked").mkdir()
     cfg = FederatedPretrainConfig(data=tmp_path / "unpacked", out=finished, preset="tiny", batch_size=4, seq_len=32,

@@ -114,3 +114,23 @@ def test_cli(tmp_path, classifier_dir, second_run):
     assert read_manifest(tmp_path / "soup")["ingredients"][0]["weight"] == 0.5
     bad = runner.invoke(app, ["finetune", "average", "--model", str(classifier_dir), "--out", str(tmp_path / "o")])
     assert bad.exit_code != 0 and "at least two models" in bad.output and "Traceback" not in bad.output
+
+
+def test_huge_weights_do_not_overflow_into_a_zero_model(tmp_path, classifier_dir, second_run):
+    """1e308 + 1e308 is inf: dividing by that sum made every weight 0 and wrote an all-zero model."""
+    out = average(AverageConfig(model=[classifier_dir, second_run], weight=[1e308, 1e308], out=tmp_path / "avg"))
+    assert [i["weight"] for i in read_manifest(out, "finetune.average")["ingredients"]] == [0.5, 0.5]
+    a, b, got = (load_file(str(f / "model.safetensors")) for f in (classifier_dir, second_run, out))
+    key = next(k for k, v in got.items() if v.is_floating_point() and not torch.equal(a[k], b[k]))
+    torch.testing.assert_close(got[key], 0.5 * a[key] + 0.5 * b[key])
+
+
+def test_out_holding_another_kind_of_artifact_is_refused(tmp_path, classifier_dir, second_run):
+    """A finished fine-tuning in --out is not replaced by an average (its manifest would say average)."""
+    out = tmp_path / "run"
+    shutil.copytree(classifier_dir, out)
+    with pytest.raises(ArtifactError, match="holds a finished finetune artifact .*; choose another folder"):
+        average(AverageConfig(model=[classifier_dir, second_run], out=out))
+    assert read_manifest(out, "finetune")
+    average(AverageConfig(model=[classifier_dir, second_run], out=tmp_path / "avg"))
+    average(AverageConfig(model=[classifier_dir, second_run], out=tmp_path / "avg"))  # a rerun redoes its own

@@ -91,3 +91,53 @@ def test_dpo_refuses_bad_settings_in_one_line(tmp_path, llama_dir, jsonl):
                                       "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}', r"field 'prompt' is not UTF-8 text \(lone surrogate"),
+    ('{"prompt": "q", "chosen": "a\\udc80", "rejected": "b"}', r"field 'chosen' is not UTF-8 text \(byte 0x80\)"),
+    ('{"prompt": [], "chosen": "a", "rejected": "b"}', "must be a non-empty list of chat messages"),
+    ('{"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"}',
+     "turn 0 is an assistant turn"),
+])
+def test_unusable_prompts_and_answers_name_their_line(tmp_path, line, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"p\.jsonl:2: .*" + message):
+        read_pairs(path)
+
+
+def test_bad_numbers_are_refused_before_an_earlier_run_is_touched(tmp_path, llama_dir, jsonl):
+    """NaN passed `x < 0` checks (an all-NaN model, exit 0); --epochs/--max-minutes nan crashed after the
+    output folder was prepared, which had removed a finished run's manifest and checkpoints."""
+    from genforge.artifacts import write_manifest
+
+    data, run = jsonl("p.jsonl", _pairs(4)), tmp_path / "run"
+    write_manifest(run, "finetune", None)
+    (run / "checkpoints" / "latest").mkdir(parents=True)
+    for flag, value in [("--grad-clip", "nan"), ("--weight-decay", "nan"), ("--min-lr", "nan"), ("--epochs", "nan"),
+                        ("--epochs", "inf"), ("--max-minutes", "nan"), ("--max-minutes", "inf"), ("--beta", "inf")]:
+        result = CliRunner().invoke(app, ["finetune", "dpo", "--model", str(llama_dir), "--data", str(data),
+                                          "--out", str(run), flag, value])
+        assert result.exit_code == 2, result.output
+        assert result.output == f"error: {flag} must be a finite number, got {value}\n" or flag == "--beta"
+    assert read_manifest(run, "finetune") and (run / "checkpoints" / "latest").is_dir()
+
+
+def test_a_huge_beta_diverges_into_an_error_not_a_nan_model(tmp_path, llama_dir, jsonl):
+    cfg = DpoConfig(model=llama_dir, data=jsonl("p.jsonl", _pairs(24)), out=tmp_path / "run", max_steps=2,
+                    batch_size=4, seq_len=48, beta=1e300, warmup_steps=0, eval_every=0, log_every=1, bf16=False)
+    with pytest.raises(ConfigError, match=r"^training diverged at step 1 .*; lower --lr"):
+        dpo(cfg)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_a_batch_bigger_than_the_data_is_cut_to_it(tmp_path, llama_dir, jsonl, capsys):
+    """--batch-size 100000 on 24 pairs grew to ~20 GB: each batch repeated the pairs to the flag's size."""
+    out = dpo(DpoConfig(model=llama_dir, data=jsonl("p.jsonl", _pairs(24)), out=tmp_path / "run", max_steps=1,
+                        batch_size=1000, seq_len=48, warmup_steps=0, eval_every=0, bf16=False))
+    manifest = read_manifest(out, "finetune")
+    n = manifest["metrics"]["train_pairs"]
+    assert manifest["config"]["batch_size"] == n < 24
+    assert f"note: --batch-size 1000 is more than the {n} training examples; using {n}" in capsys.readouterr().err

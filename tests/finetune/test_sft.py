@@ -138,3 +138,15 @@ def test_lora_resume_continues_exactly(tmp_path, llama_dir, dialogues):
 
     a, b = load_file(straight / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_dialogue_that_opens_with_an_answer_or_holds_a_lone_surrogate_is_named(tmp_path, jsonl):
+    """Both used to fail far away: the chat template's "empty conversation", the hash split's UnicodeEncodeError."""
+    path = jsonl("d.jsonl", [{"messages": DIALOGUE}, {"messages": [{"role": "assistant", "content": "hi"}]}])
+    with pytest.raises(DataError, match=r"d\.jsonl:2: turn 0 is an assistant turn; a dialogue opens with a user"):
+        read_dialogues(path)
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "q\\ud800"}, {"role": "assistant", "content": "a"}]}\n',
+                    encoding="utf-8")
+    with pytest.raises(DataError, match=r"s\.jsonl:1: field 'messages' is not UTF-8 text \(lone surrogate \\ud800\)"):
+        read_dialogues(path)

@@ -53,6 +53,36 @@ def test_a_dpo_study_searches_beta_and_reports_reward_accuracy(tmp_path, llama_d
     assert load_config(DpoConfig, tmp_path / "study" / "best.yaml").beta == summary["best_params"]["beta"]
 
 
+def test_diverged_dpo_trials_fail_alone(tmp_path, llama_dir, jsonl, capfd):
+    """The engine stops a diverged run with an error; the tuner reads its NaN record and goes on."""
+    pairs = jsonl("pairs.jsonl", [{"prompt": f"where is order {i}?", "chosen": f"order {i} ships today.",
+                                   "rejected": "no idea"} for i in range(24)])
+    space = {"task": "dpo", "pruner": "none",
+             "base": {"model": str(llama_dir), "data": str(pairs), "max_steps": 2, "batch_size": 4, "seq_len": 48,
+                      "warmup_steps": 0, "eval_every": 0, "log_every": 1, "bf16": False},
+             "search": {"beta": {"choices": [1e300]}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    with pytest.raises(GenforgeError, match="no trial of study .* finished"):
+        tune(TuneConfig(space=tmp_path / "space.yaml", trials=2, out=tmp_path / "study"))
+    study = optuna.load_study(study_name="genforge", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    err = capfd.readouterr().err
+    assert "trial 0 scored NaN (diverged)" in err and "trial 1 scored NaN (diverged)" in err
+    assert "training diverged at step 1" in (tmp_path / "study" / "trials" / "0000.log").read_text()
+
+
+def test_a_damaged_study_database_is_one_line_and_leaves_the_folder(tmp_path, bert_dir, sentiment_csv):
+    space = write_space(tmp_path, bert_dir, sentiment_csv)
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.db").write_bytes(b"garbage")
+    (study / "manifest.json").write_text('{"stage": "tune"}')
+    with pytest.raises(GenforgeError, match=r"^the study database .*study.db is damaged \(file is not a database\); "
+                                            r"remove it or choose another --out$"):
+        tune(TuneConfig(space=space, trials=1, out=study))
+    assert (study / "manifest.json").is_file() and not (study / "trials").exists()
+
+
 def test_pruned_trials_are_stopped(tmp_path, bert_dir, sentiment_csv):
     space = write_space(tmp_path, bert_dir, sentiment_csv, metric="val_loss", pruner={"upper": 0.0},
                         base={"model": str(bert_dir), "data": str(sentiment_csv), "max_steps": 400, "batch_size": 8,
@@ -87,6 +117,8 @@ def test_bad_spaces(tmp_path, bert_dir, sentiment_csv):
     ({"lr": {"low": 1e-5, "high": 1e-3, "log": True, "step": 1e-4}}, "step cannot go with log"),
     ({"lr": {"low": "abc", "high": 1}}, "low must be a finite number; got 'abc'"),
     ({"lr": {"low": 0, "high": 1, "lgo": True}}, "unknown field 'lgo'"),
+    ({"lr": {"low": 1e-5, "high": 1e-3, "step": 1}}, "step 1 is larger than the range high - low = 0.00099"),
+    ({"warmup_steps": {"low": 0, "high": 10, "step": 11}}, "step 11 is larger than the range high - low = 10"),
     ({"batch_size": {"choices": [0, 8]}}, "search 'batch_size' = 0: --batch-size must be positive"),
 ])
 def test_bad_search_entries_are_named_before_any_trial(tmp_path, entry, message):

@@ -159,3 +159,22 @@ def test_ab_cli_errors_are_one_line(tmp_path):
     for args in (["ab", "report", "--db", db], ["ab", "promote", "b", "--share", "2", "--db", db]):
         r = subprocess.run([sys.executable, "-m", "genforge.cli", *args], capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_unknown_experiment_is_a_404_and_models_show_the_real_split(serve_cfg, llama_dir, live):
+    with live(serve_cfg(variant=[f"lora={llama_dir}:0.2"])) as (url, state):
+        r = httpx.get(f"{url}/v1/ab/report", params={"model": "nope"}, timeout=60)
+        assert r.status_code == 404 and "no A/B experiment named 'nope'" in r.json()["error"]["message"]
+        weights = {m["id"]: m["genforge"]["weight"] for m in httpx.get(f"{url}/v1/models", timeout=60).json()["data"]}
+        assert weights == {"tiny": pytest.approx(0.8), "lora": pytest.approx(0.2)}
+        promote(state.keys.engine, "tiny", "lora", 0.5)  # and the split after a promotion
+        assert httpx.get(f"{url}/v1/models/lora", timeout=60).json()["genforge"]["weight"] == pytest.approx(0.5)
+
+
+def test_ab_report_checks_its_out_before_printing(ab_cfg, tmp_path, capsys):
+    connect(ab_cfg.db)
+    (tmp_path / "taken").write_text("x")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        with pytest.raises(ConfigError, match="taken is a file"):
+            run_report(AbReportConfig(db=ab_cfg.db, out=out))
+        assert capsys.readouterr().out == ""

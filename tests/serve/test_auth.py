@@ -13,7 +13,7 @@ from genforge.errors import ConfigError
 from genforge.serve.config import ServeConfig
 from genforge.serve.db import ApiKey, connect
 from genforge.serve.keys import Keys, RateLimiter, create_key, digest, list_keys, revoke_key
-from genforge.serve.server import check_exposure, serve
+from genforge.serve.server import check_exposure, serve, warn_idle_rate_limit
 
 
 @pytest.fixture(autouse=True)
@@ -131,3 +131,13 @@ def test_refuses_a_public_host_without_a_key(tmp_path, llama_dir):
     result = CliRunner().invoke(app, ["serve", "--model", str(llama_dir), "--host", "10.0.0.1",
                                       "--db", f"sqlite:///{tmp_path / 'other.db'}"])
     assert result.exit_code == 2 and result.output.startswith("error: refusing to serve on 10.0.0.1")
+
+
+def test_a_rate_limit_without_keys_is_a_warning(tmp_path, llama_dir, capsys):
+    keys = Keys(connect(f"sqlite:///{tmp_path / 'k.db'}"))
+    warn_idle_rate_limit(ServeConfig(model=llama_dir, rate_limit=3), keys)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --rate-limit 3 has no effect without API keys") and err.count("\n") == 1
+    warn_idle_rate_limit(ServeConfig(model=llama_dir, rate_limit=3), Keys(keys.engine, static_key="k"))
+    warn_idle_rate_limit(ServeConfig(model=llama_dir), keys)
+    assert capsys.readouterr().err == ""

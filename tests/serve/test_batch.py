@@ -5,8 +5,9 @@ from collections import deque
 
 import pytest
 
+from genforge.errors import ConfigError
 from genforge.generate import SamplingParams, load_decoder
-from genforge.serve.batch import Seq, SlotBatch
+from genforge.serve.batch import Seq, SlotBatch, available_memory
 
 GREEDY = SamplingParams(temperature=0)
 
@@ -151,3 +152,10 @@ def test_release_frees_rows_at_once(decoder):
     while batch.rows:  # b moved from row 1 to row 0, KV columns and all
         batch.step([])
     assert b.tokens == alone(decoder, b)
+
+
+def test_a_cache_larger_than_the_free_memory_is_refused_before_allocating(decoder):
+    assert available_memory() > 0
+    # 2 layers x K and V x 2 heads x 16 dims x 4 bytes = 512 bytes a cell: 2 TB, more than any test machine has
+    with pytest.raises(ConfigError, match=r"--max-batch 1000000 rows x --cache-len 4096 columns needs 1953.1 GiB"):
+        SlotBatch(decoder, max_rows=1_000_000, cache_len=4096)

@@ -8,7 +8,7 @@ import pytest
 
 from genforge.config import from_dict
 from genforge.errors import ConfigError
-from genforge.serve.config import ServeConfig, Variant, parse_variant
+from genforge.serve.config import KeyCreateConfig, ServeConfig, Variant, parse_variant, usable_cpus
 
 
 def test_parse_variant():
@@ -34,6 +34,9 @@ def test_variants_and_names():
     ({"model": "m", "request_timeout": 0}, "request_timeout"),
     ({"model": "m", "cache_len": -1}, "cache_len"),
     ({"model": "m", "dtype": "float16"}, "dtype"),
+    ({"model": "m", "rate_limit": 10**20}, "rate_limit must be <= 1000000"),
+    ({"model": "m", "prefill_chunk": 10**8}, "prefill_chunk must be <= max_prefill_tokens"),
+    ({"model": "m", "threads": 100_000}, "threads must be <= .*CPUs"),
 ])
 def test_bad_values_are_config_errors(values, match):
     with pytest.raises(ConfigError, match=match):
@@ -55,3 +58,9 @@ def test_a_missing_model_folder_is_a_one_line_error(tmp_path):
                                       f"sqlite:///{tmp_path / 'k.db'}"])
     assert result.exit_code == 2 and result.output.strip().startswith("error: model ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_keys_rate_limit_is_bounded_before_the_database_overflows():
+    with pytest.raises(ConfigError, match="rate_limit must be <= 1000000"):
+        from_dict(KeyCreateConfig, {"name": "k1", "rate_limit": 10**20})
+    assert from_dict(ServeConfig, {"model": "m", "threads": usable_cpus()}).threads == usable_cpus()

@@ -10,13 +10,17 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
 from genforge.artifacts import read_manifest, sha256_file
-from genforge.errors import DataError
+from genforge.cli import app
+from genforge.errors import ConfigError, DataError
+from genforge.finetune.dpo import read_pairs
 from genforge.finetune.sft import read_dialogues
 from genforge.serve.config import FeedbackExportConfig
 from genforge.serve.db import MIGRATIONS, Feedback, StoredResponse, connect
 from genforge.serve.feedback import export
+from genforge.serve.store import add_feedback
 
 
 def _ask(client, text, user="ann"):
@@ -40,7 +44,9 @@ def test_feedback_is_stored_and_exported(serve_cfg, live, oai, tmp_path):
         unknown = post({"response_id": "chatcmpl-nope", "thumbs": "up"})
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "response_not_found"
         for bad in ({"response_id": first.id}, {"response_id": first.id, "rating": 6},
-                    {"response_id": first.id, "thumbs": "sideways"}, {"thumbs": "up"}):
+                    {"response_id": first.id, "thumbs": "sideways"}, {"thumbs": "up"},
+                    {"response_id": first.id, "correction": " \n "}, {"response_id": first.id, "choice": -1,
+                                                                       "thumbs": "up"}):
             assert post(bad).status_code == 400, bad
         assert httpx.post(f"{url}/v1/feedback", content=b"{", timeout=30).status_code == 400
         with Session(state.keys.engine) as s:
@@ -50,7 +56,7 @@ def test_feedback_is_stored_and_exported(serve_cfg, live, oai, tmp_path):
         assert rows[0].correction == "4" and rows[0].comment == "wrong" and rows[0].caller == "anonymous"
 
     counts = export(FeedbackExportConfig(out=tmp_path / "fb", db=cfg.db))
-    assert counts == {"responses": 3, "feedback": 3, "sft": 1, "preference": counts["preference"]}
+    assert counts == {"responses": 3, "feedback": 3, "sft": 1, "preference": counts["preference"], "skipped": 0}
     sft = [json.loads(line) for line in (tmp_path / "fb" / "sft.jsonl").read_text().splitlines()]
     assert sft == [{"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}]
     prefs = [json.loads(line) for line in (tmp_path / "fb" / "preference.jsonl").read_text().splitlines()]
@@ -165,6 +171,7 @@ def test_no_store_takes_no_feedback(serve_cfg, live, oai):
 def test_a_corrupt_stored_response_is_one_error_and_keeps_the_earlier_export(tmp_path):
     db = f"sqlite:///{tmp_path / 'serve.db'}"
     out = tmp_path / "fb"
+    connect(db)
     export(FeedbackExportConfig(out=out, db=db))
     finished = read_manifest(out, stage="feedback.export")
     with Session(connect(db)) as s, s.begin():
@@ -176,3 +183,55 @@ def test_a_corrupt_stored_response_is_one_error_and_keeps_the_earlier_export(tmp
     with pytest.raises(DataError, match="stored response chatcmpl-bad in the database is corrupt"):
         export(FeedbackExportConfig(out=out, db=db))
     assert read_manifest(out, stage="feedback.export") == finished
+
+
+def _stored(db: str, rid: str, request: dict, answer: str = "hi") -> None:
+    with Session(connect(db)) as s, s.begin():
+        s.add(StoredResponse(id=rid, route="chat", model="tiny", variant="v", caller="ann", request=json.dumps(request),
+                             response=json.dumps([answer]), finish="stop", status=200, prompt_tokens=1,
+                             completion_tokens=1, latency=0.1))
+
+
+def test_a_negative_choice_is_refused_not_the_last_answer(tmp_path):
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    _stored(db, "r1", {"messages": [{"role": "user", "content": "q"}]})
+    with pytest.raises(ConfigError, match="choice must be 0 to 0"):
+        add_feedback(connect(db), "r1", "ann", choice=-1, thumbs="up")
+
+
+def test_export_skips_requests_that_are_no_chat(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    requests = {"ok": {"messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "q"}]},
+                "broken": {"messages": [{"role": "user"}, 5]},
+                "no-user": {"messages": [{"role": "assistant", "content": "a"}]}}
+    for rid, request in requests.items():
+        _stored(db, rid, request)
+        add_feedback(connect(db), rid, "ann", thumbs="down", correction="better")
+    counts = export(FeedbackExportConfig(out=tmp_path / "fb", db=db))
+    assert (counts["sft"], counts["preference"], counts["skipped"]) == (1, 1, 2)
+    assert "skipped 2 responses whose request is no valid chat" in capsys.readouterr().out
+    assert read_dialogues(tmp_path / "fb" / "sft.jsonl") == [[{"role": "system", "content": "be brief"},
+                                                              {"role": "user", "content": "q"},
+                                                              {"role": "assistant", "content": "better"}]]
+    assert read_pairs(tmp_path / "fb" / "preference.jsonl")  # what `genforge finetune dpo --data` reads
+
+
+def test_a_database_of_a_newer_genforge_is_a_one_line_error(tmp_path):
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    with connect(db).begin() as conn:
+        conn.exec_driver_sql("INSERT INTO alembic_version VALUES ('9999')")  # a revision of a later release
+    result = CliRunner().invoke(app, ["feedback", "export", "--db", db, "--out", str(tmp_path / "fb")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: the database") and "revision 9999, newer than this genforge" in result.output
+    with pytest.raises(ConfigError, match="newer than this genforge"):
+        connect(db)
+
+
+@pytest.mark.parametrize("command", [["feedback", "export", "--out", "OUT"], ["ab", "report"]])
+def test_read_only_commands_refuse_a_missing_database(tmp_path, command):
+    missing = tmp_path / "nowhere" / "x.db"
+    args = [str(tmp_path / "fb") if a == "OUT" else a for a in command]
+    result = CliRunner().invoke(app, [*args, "--db", f"sqlite:///{missing}"])
+    assert result.exit_code == 2 and result.output == f"error: database {missing} does not exist (check --db or " \
+                                                      "$GENFORGE_DB_URL)\n"
+    assert not missing.parent.exists() and not (tmp_path / "fb").exists()

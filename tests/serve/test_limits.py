@@ -2,6 +2,7 @@
 429 when the queue is full, request timeouts, cancellation when the client goes away, and concurrent
 requests decoding in one batch exactly as they do alone."""
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,6 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+
+from genforge.serve.batch import SlotBatch
+from genforge.serve.server import serve
 
 LONG = {"max_tokens": 30000, "ignore_eos": True, "temperature": 0}  # seconds of decoding: longer than any test step
 
@@ -53,6 +57,11 @@ BAD_CHAT = [
      400, "messages.0.content"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
      400, "tools"),
+    ({"model": "tiny", "messages": [{"role": "user"}]}, 400, "messages.0.content"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": None}]}, 400, "messages.0.content"),
+    ({"model": "tiny", "messages": [{"role": "system", "content": None}, {"role": "user", "content": "x"}]},
+     400, "messages.0.content"),
+    ({"model": "tiny", "messages": [{"role": "assistant", "content": "x"}]}, 400, "messages"),
 ]
 
 
@@ -206,3 +215,37 @@ def test_long_prompts_prefilled_in_chunks_decode_as_alone(serve_cfg, live, oai, 
             together = list(pool.map(ask, range(len(prompts))))
     assert together == alone
     assert staged and min(staged) > 4  # long prompts joined running rows chunk by chunk
+
+
+def test_a_dead_worker_fails_its_requests_and_ends_serve_with_an_error(serve_cfg, monkeypatch):
+    def broken(self, waiting):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SlotBatch, "admissible", broken)  # a bug outside the decode step's own error handling
+    monkeypatch.setattr("genforge.serve.logs.setup_logging", lambda level: None)  # keep pytest's log handlers
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raised = []
+    thread = threading.Thread(target=lambda: _catch(serve, serve_cfg(port=port), raised), daemon=True)
+    thread.start()
+    wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 60)
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2},
+                   timeout=30)
+    assert r.status_code == 500 and "failed while generating" in r.json()["error"]["message"]
+    thread.join(30)
+    assert not thread.is_alive() and "the decoding worker of model 'tiny' failed" in str(raised[0])
+
+
+def _catch(fn, arg, raised: list) -> None:
+    try:
+        fn(arg)
+    except Exception as e:
+        raised.append(e)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False

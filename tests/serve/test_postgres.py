@@ -50,3 +50,12 @@ def test_replicas_share_a_callers_rate_limit_on_postgres(postgres_url):
     assert sum(w == 0 for w in waits) == 30
     assert replicas[0].acquire("pg-caller", 30, now=1002.0) == 0  # one token back every two seconds
     assert replicas[1].acquire("pg-caller", 30, now=1002.0) == pytest.approx(2.0)
+
+
+def test_nul_in_a_request_is_a_400_on_postgres(serve_cfg, live, postgres_url):
+    with live(serve_cfg(db=postgres_url)) as (url, _):
+        for path, body in (("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "a\0"}],
+                                                     "max_tokens": 2}),
+                           ("/v1/feedback", {"response_id": _chat(url, "u").json()["id"], "comment": "\0"})):
+            r = httpx.post(url + path, json=body, timeout=60)
+            assert r.status_code == 400 and "NUL" in r.json()["error"]["message"], r.text

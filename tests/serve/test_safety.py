@@ -29,7 +29,7 @@ def test_normalise_keeps_positions_and_redact_replaces_in_place():
     norm, where = normalise("Ａ\u200bb")
     assert norm == "ab" and where == [0, 2]
     d = Safety(TERMS, {"chat": "redact", "completions": "flag"}).filter("chat", "I will ｋ i l l you", "input")
-    assert d.action == "redact" and d.text == "I will *** you" and d.reasons == ["blocklist:ｋ i l l"]
+    assert d.action == "redact" and d.text == "I will *** you" and d.reasons == ["blocklist:kill"]  # the term
     flagged = Safety(TERMS, {"chat": "block", "completions": "flag"}).filter("completions", "kill", "input")
     assert flagged.action == "flag" and flagged.text == "kill"
 
@@ -82,8 +82,8 @@ def test_server_blocks_redacts_and_audits(serve_cfg, live, oai, tmp_path):
             stored = s.get(StoredResponse, redacted.id)
             assert stored.request.count("***") == 1 and "kill" not in stored.request
         audit = _audit(state.keys.engine)
-    assert audit[0] == ("input", "block", ["blocklist:炸 弹"], None)
-    assert audit[1] == ("input", "block", ["blocklist:K I L L"], None)
+    assert audit[0] == ("input", "block", ["blocklist:炸弹"], None)  # the blocklist's term, not the text that hit
+    assert audit[1] == ("input", "block", ["blocklist:kill"], None)
     assert audit[2] == ("input", "redact", ["blocklist:kill"], None)
     assert [a[:2] for a in audit[3:]] == [("output", "allow"), ("input", "allow"), ("output", "allow")]
 

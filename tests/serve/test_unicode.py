@@ -1,5 +1,6 @@
 """Text that is not UTF-8 in a request (a JSON lone surrogate such as "\\ud800") is a 400 naming the field on
-every route, the applications' included, never a 500 from the tokenizer or from encoding the response."""
+every route, the applications' included, never a 500 from the tokenizer or from encoding the response; so is
+NUL ("\\u0000"), which PostgreSQL cannot store."""
 
 import json
 
@@ -101,3 +102,26 @@ def test_application_routes_are_covered(tmp_path, live):
         assert r.status_code == 400 and r.json()["error"]["param"] == "items.0", r.text
         assert httpx.post(f"{url}/v1/app/echo", json={"items": ["ok"]}, timeout=60).json() == {"items": ["ok"]}
     assert seen == [{"items": ["ok"]}]
+
+
+NUL_REQUESTS = [
+    ("/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "a\\u0000b"}]}',
+     "messages.0.content"),
+    ("/v1/completions", '{"model": "tiny", "prompt": "x", "user": "\\u0000"}', "user"),
+    ("/v1/feedback", '{"response_id": "x", "comment": "ok\\u0000"}', "comment"),
+]
+
+
+def test_bad_json_text_finds_nul_but_not_an_escaped_backslash():
+    assert bad_json_text(b'{"a": ["x", "\\u0000"]}') == ("a.1", "a NUL character (U+0000)")
+    assert bad_json_text(b'{"a": "\\\\u0000 is text"}') is None
+
+
+@pytest.mark.parametrize(("path", "body", "param"), NUL_REQUESTS)
+def test_nul_is_a_400_naming_the_field(server, path, body, param):
+    url, _ = server
+    r = httpx.post(url + path, content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"] == (f"{param} holds a NUL character (U+0000), which the "
+                                                            "database cannot store; remove it")

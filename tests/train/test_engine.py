@@ -127,3 +127,30 @@ def test_score_selects_the_best_checkpoint_and_drives_patience(tmp_path, packed,
     with pytest.raises(ConfigError, match="cannot select checkpoints by 'macro_f1'"):
         train(fresh_model(), objective, batches, replace(cfg, out=tmp_path / "b"), tmp_path / "b",
               score=lambda: {"accuracy": 1.0}, select="macro_f1")
+
+
+@dataclass
+class NanFrom:
+    """The real objective, whose loss turns NaN from its `call`-th training call on (a diverging run)."""
+
+    inner: ClmObjective
+    call: int
+    calls: int = 0
+
+    def loss(self, model, batch):
+        loss, metrics = self.inner.loss(model, batch)
+        self.calls += model.training
+        return (loss * float("nan") if self.calls >= self.call else loss), metrics
+
+
+def test_a_diverged_run_stops_at_the_log_step_and_saves_nothing(tmp_path, packed, tiny):
+    from genforge.errors import ConfigError
+
+    cfg, objective, batches, val = setup(packed, tiny, tmp_path / "run", max_steps=8, log_every=2, save_every=0,
+                                         eval_every=0)
+    with pytest.raises(ConfigError, match=r"^training diverged at step 4 \(loss nan, gradient norm nan\); "
+                                          r"lower --lr \(now 0.001\) and run again$"):
+        train(fresh_model(), NanFrom(objective, call=3), batches, cfg, cfg.out, eval_data=val)
+    assert not (cfg.out / "checkpoints" / "latest").exists()
+    rows = [json.loads(line) for line in (cfg.out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]  # the NaN record stays, for `genforge tune` to read

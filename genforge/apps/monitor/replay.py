@@ -73,7 +73,7 @@ def replay(cfg: MonitorReplayConfig) -> Path:
         typer.secho(f"warning: only {len(surges)} of {cfg.surges} surges of {cfg.surge_hours} hours fit in "
                     f"{cfg.days} days over {len(cfg.entities)} entities (12 hours apart on one entity); for more, "
                     "give more --days or --entities or shorter --surge-hours", fg="yellow", err=True)
-    started = begin_output(cfg.out)
+    started = begin_output(cfg.out, "app.monitor.replay")
     n = 0
     with atomic_open(cfg.out / "stream.jsonl") as f:
         for hour in make_stream(pool, days=cfg.days, per_hour=cfg.per_hour, base=cfg.base, factor=cfg.factor,

@@ -153,7 +153,7 @@ def train(cfg: MonitorTrainConfig) -> Path:
     read_model_config(cfg.model)
     if not cfg.topic_data:
         read_model_config(cfg.embedder or cfg.model)
-    started = begin_output(cfg.out)  # only now, with the inputs read: a bad one leaves an earlier model whole
+    started = begin_output(cfg.out, MONITOR_STAGE)  # only now, with the inputs read: a bad one leaves an earlier model whole
     data_dir = cfg.out / "data"
     data_dir.mkdir(exist_ok=True)
     sentiment = classifier_run(cfg, write_csv(data_dir / "sentiment.csv", rows), cfg.out / "sentiment")

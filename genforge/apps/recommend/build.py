@@ -152,7 +152,7 @@ def build(cfg: BuildConfig) -> Path:
     encoder = encoder_path(cfg)
     # read before begin_output, so that --reuse may name the --out folder being rebuilt
     reused = None if cfg.tune_encoder else reused_embeddings(cfg.reuse, items, encoder)
-    started = begin_output(cfg.out)
+    started = begin_output(cfg.out, STAGE)
     out = Path(cfg.out)
     item_index = items.index()
     base, target = split(train_set, salt=RANKER_SALT)

@@ -73,7 +73,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if not build_cfg.holdout:
         raise ArtifactError(f"{cfg.model} was built with --no-holdout: it has seen every interaction; rebuild "
                             "with --holdout to evaluate")
-    started = begin_output(cfg.out)
+    started = begin_output(cfg.out, "app.recommend.eval")
     items, _, heldout = load_data(build_cfg)
     model = load(cfg.model, scorer=True)  # both paths are measured; `default` is the build's choice
     users, relevant = eval_users(heldout.users, heldout.items, model.behaviour.user_index, model.item_index, cfg.users)

@@ -74,7 +74,7 @@ def from_bitext(cfg: FromBitextConfig) -> dict[str, int]:
     if not rows:
         raise DataError(f"{data / BITEXT} holds no request with a reply")
     out = Path(cfg.out)
-    started = begin_output(out)
+    started = begin_output(out, "app.support.from_bitext")
     parts: dict[int, list] = {}
     for r in rows:
         parts.setdefault(hash_bucket(r["instruction"].strip()), []).append(r)

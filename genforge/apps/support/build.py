@@ -171,7 +171,7 @@ def build(cfg: BuildConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    check_output(out)
+    check_output(out, "app.support.build")
     started = time.time()
     passages = ingest(cfg.kb, cfg.chunk_chars, cfg.overlap)
     oos = [t for t, _ in read_questions(cfg.oos, labelled=False)] if cfg.oos else []
@@ -187,7 +187,7 @@ def build(cfg: BuildConfig) -> Path:
     encoder = load_encoder(cfg.encoder)
     if cfg.classify and cfg.intent_base is not None:
         read_model_config(cfg.intent_base)
-    begin_output(out)  # only now, with the inputs read: a bad one leaves an earlier assistant in --out whole
+    begin_output(out, "app.support.build")  # only now, with the inputs read: a bad one leaves an earlier assistant in --out whole
     (out / "work").mkdir(exist_ok=True)
     index = build_index([Passage(**{**p.to_dict(), "id": i}) for i, p in enumerate(indexed)], encoder)
     index.save(out / "index")

@@ -79,7 +79,7 @@ def evaluate(cfg: SupportEvalConfig) -> dict[str, Any]:
     rows = rows[:cfg.limit] if cfg.limit else rows
     assistant = load_assistant(cfg.assistant)
     check_labels(cfg.data, rows, assistant.index.entries)
-    started = begin_output(cfg.out) if cfg.out else None
+    started = begin_output(cfg.out, "app.support.eval") if cfg.out else None
     report, results = evaluate_assistant(assistant, rows, cfg.max_new_tokens)
     if cfg.out:
         out = Path(cfg.out)
