@@ -54,14 +54,19 @@ def test_error_bodies_that_echo_the_request_always_encode():
     assert body["error"]["message"] == "no item '\\ud800x'" and body["error"]["param"] == "items.\\ud800"
 
 
-@pytest.mark.parametrize(("path", "body", "param"), REQUESTS)
-def test_lone_surrogates_are_a_400_naming_the_field(server, path, body, param):
+def refused(server, path: str, body: str, param: str) -> dict:
+    """The error of a body the gateway refuses with a 400 naming `param`."""
     url, _ = server
     r = httpx.post(url + path, content=body, headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
-    assert error["message"].startswith(f"{param} is not valid Unicode text (")
+    return error
+
+
+@pytest.mark.parametrize(("path", "body", "param"), REQUESTS)
+def test_lone_surrogates_are_a_400_naming_the_field(server, path, body, param):
+    assert refused(server, path, body, param)["message"].startswith(f"{param} is not valid Unicode text (")
 
 
 def test_surrogate_pairs_are_ordinary_text(server):
@@ -119,9 +124,5 @@ def test_bad_json_text_finds_nul_but_not_an_escaped_backslash():
 
 @pytest.mark.parametrize(("path", "body", "param"), NUL_REQUESTS)
 def test_nul_is_a_400_naming_the_field(server, path, body, param):
-    url, _ = server
-    r = httpx.post(url + path, content=body, headers={"content-type": "application/json"}, timeout=60)
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert error["param"] == param and error["message"] == (f"{param} holds a NUL character (U+0000), which the "
-                                                            "database cannot store; remove it")
+    assert refused(server, path, body, param)["message"] == (f"{param} holds a NUL character (U+0000), which the "
+                                                             "database cannot store; remove it")
