@@ -138,6 +138,10 @@ class SftConfig(FinetuneConfig):
     pack: bool = field(False, help="pack several short dialogues into one sequence (fewer pad tokens)")
     system: str | None = field(None, help="system message added to dialogues that have none")
 
+    def check(self) -> None:
+        super().check()
+        check_text("--system", self.system)
+
 
 @dataclass(kw_only=True)
 class DpoConfig(FinetuneConfig):

@@ -141,7 +141,7 @@ def run_promote(cfg: Any) -> dict[str, float]:
     from genforge.serve.config import default_db_url
     from genforge.serve.db import connect
 
-    weights = promote(connect(cfg.db or default_db_url()), cfg.model, cfg.variant, cfg.share)
+    weights = promote(connect(cfg.db or default_db_url(), create=False), cfg.model, cfg.variant, cfg.share)
     total = sum(weights.values())
     typer.echo("traffic from the next request on: " + ", ".join(f"{k} {w / total:.0%}" for k, w in weights.items()))
     return weights

@@ -185,8 +185,9 @@ def refuse_newer(conn: Connection, engine: Engine) -> None:
 def connect(url: str, create: bool = True) -> Engine:
     """An engine on `url` with the schema migrated to the latest; a SQLite file's folder is made if missing.
 
-    `create=False` is for commands that only read (`feedback export`, `ab report`): a missing SQLite file is a
-    ConfigError rather than a new empty database that would make a mistyped --db look like "no data"."""
+    `create=False` is for commands that work on what a server recorded (`feedback export`, `ab report|promote`,
+    `keys list|revoke`): a missing SQLite file is a ConfigError rather than a new empty database that would make
+    a mistyped --db look like "no data"."""
     try:
         engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     except (ArgumentError, ValueError) as e:

@@ -138,7 +138,7 @@ def keys_list(cfg: KeyListConfig) -> list[dict[str, Any]]:
     from genforge.serve.db import connect
     from genforge.serve.keys import list_keys
 
-    rows = list_keys(connect(cfg.db or default_db_url()))
+    rows = list_keys(connect(cfg.db or default_db_url(), create=False))
     table = Table(title="API keys")
     for col in ("id", "name", "prefix", "rate_limit", "created", "revoked"):
         table.add_column(col)
@@ -155,6 +155,6 @@ def keys_revoke(cfg: KeyRevokeConfig) -> dict[str, Any]:
     from genforge.serve.db import connect
     from genforge.serve.keys import revoke_key
 
-    row = revoke_key(connect(cfg.db or default_db_url()), cfg.key)
+    row = revoke_key(connect(cfg.db or default_db_url(), create=False), cfg.key)
     typer.echo(f"revoked key '{row['name']}' (id {row['id']}) at {row['revoked']}")
     return row

@@ -127,6 +127,11 @@ def test_sft_refuses_an_encoder(tmp_path, bert_dir, dialogues):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_system_message_that_is_not_utf8_is_refused(tmp_path, llama_dir, dialogues):
+    with pytest.raises(ConfigError, match=r"--system is not UTF-8 text \(byte 0xe9\)"):
+        SftConfig(model=llama_dir, data=dialogues, out=tmp_path / "x", system="caf\udce9").check()
+
+
 def test_lora_resume_continues_exactly(tmp_path, llama_dir, dialogues):
     common = dict(model=llama_dir, data=dialogues, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1, eval_every=0,
                   log_every=1, bf16=False, lora_r=4, save_every=2)

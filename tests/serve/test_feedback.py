@@ -227,8 +227,9 @@ def test_a_database_of_a_newer_genforge_is_a_one_line_error(tmp_path):
         connect(db)
 
 
-@pytest.mark.parametrize("command", [["feedback", "export", "--out", "OUT"], ["ab", "report"]])
-def test_read_only_commands_refuse_a_missing_database(tmp_path, command):
+@pytest.mark.parametrize("command", [["feedback", "export", "--out", "OUT"], ["ab", "report"], ["ab", "promote", "lora"],
+                                     ["keys", "list"], ["keys", "revoke", "alice"]])
+def test_commands_on_a_recorded_database_refuse_a_missing_one(tmp_path, command):
     missing = tmp_path / "nowhere" / "x.db"
     args = [str(tmp_path / "fb") if a == "OUT" else a for a in command]
     result = CliRunner().invoke(app, [*args, "--db", f"sqlite:///{missing}"])
