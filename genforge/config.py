@@ -121,6 +121,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def check_threads(flag: str, threads: int) -> None:
+    """Refuse more threads than usable CPUs: torch/OpenMP take absurd counts and exhaust the machine (fork
+    failures) or crash (a segfault) instead of refusing them."""
+    if threads > usable_cpus():
+        raise ConfigError(f"{flag} must be <= {usable_cpus()}, the CPUs this process may use; got {threads}")
+
+
 def validate(cfg: Any) -> None:
     """Check `choices` metadata, let the dataclass check itself (a `check()` method, if any), then refuse
     NaN and infinity in any float field (`refuse_non_finite`); after `check()`, whose messages say more."""

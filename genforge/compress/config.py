@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import check_threads, field
 from genforge.errors import ConfigError
 from genforge.train.config import TrainConfig
 
@@ -105,6 +105,7 @@ class CompressConfig(TrainConfig):
         for name in ("student_layers", "hidden_size", "num_layers", "num_heads", "intermediate_size", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        check_threads("--threads", self.threads)
         if self.temperature <= 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature}")
         if not 0 <= self.alpha <= 1:

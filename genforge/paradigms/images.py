@@ -22,6 +22,9 @@ def load_image_folder(folder: Path, size: int, channels: int = 0) -> tuple[torch
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(folder)
+    if folder.is_file():  # "does not exist" would send the user looking for a path that is right there
+        raise DataError(f"image folder {folder} is a file: give a folder of class sub-folders "
+                        f"({folder}/<class>/*.png)")
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))

@@ -34,6 +34,16 @@ def decode(model: TextVae, z: torch.Tensor, special: dict[str, int], max_len: in
     return [r[:r.index(special["eos"])] if special["eos"] in r else r for r in rows]
 
 
+def print_sentences(result: dict[str, list[str]]) -> None:
+    """Print each kind under a `# kind` header, one sentence a line: a decoded document can hold line
+    breaks (a play's turns, a letter), which would otherwise split one sentence over several lines and
+    make `--n 5` look like any number of them."""
+    for kind, sentences in result.items():
+        print(f"# {kind}")
+        for s in sentences:
+            print(" ".join(s.splitlines()))
+
+
 def vae_sample(cfg: VaeSampleConfig) -> dict[str, list[str]]:
     """Print and return {"prior": [...], "interpolation": [...]} sentences."""
     model, tokenizer, info = load_vae(cfg.model)
@@ -52,8 +62,5 @@ def vae_sample(cfg: VaeSampleConfig) -> dict[str, list[str]]:
         line = (1 - weights) * mu[0] + weights * mu[1]
         result["interpolation"] = [tokenizer.decode(r) for r in decode(model, line, special, max_len,
                                                                        cfg.temperature, g)]
-    for kind, sentences in result.items():
-        print(f"# {kind}")
-        for s in sentences:
-            print(s)
+    print_sentences(result)
     return result

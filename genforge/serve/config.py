@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field, usable_cpus
+from genforge.config import check_threads, field
 from genforge.errors import ConfigError
 from genforge.generate.config import BACKENDS, DTYPES
 
@@ -122,8 +122,7 @@ class ServeConfig:
         if self.prefill_chunk > self.max_prefill_tokens:
             raise ConfigError(f"prefill_chunk must be <= max_prefill_tokens ({self.max_prefill_tokens}): a chunk is "
                               f"prompt work between two decode steps; got {self.prefill_chunk}")
-        if self.threads > usable_cpus():
-            raise ConfigError(f"threads must be <= {usable_cpus()}, the CPUs this process may use; got {self.threads}")
+        check_threads("threads", self.threads)
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be in 1..65535; got {self.port}")
         if not self.request_timeout > 0:

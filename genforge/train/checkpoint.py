@@ -105,6 +105,12 @@ def load_checkpoint(folder: Path, model: Any) -> dict[str, Any]:
         raise ArtifactError(f"checkpoint {found / STATE} cannot be read: {str(e).splitlines()[0]}") from None
     with reading_weights(found / WEIGHTS):
         tensors = load_file(found / WEIGHTS)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    changed = sorted(k for k, t in tensors.items() if k in shapes and shapes[k] != t.shape)
+    if changed:  # load_state_dict would raise a RuntimeError listing every mismatch
+        raise ArtifactError(f"checkpoint {found} does not fit the model: {changed[0]} is {tuple(tensors[changed[0]].shape)}"
+                            f" there, {tuple(shapes[changed[0]])} here ({len(changed)} tensors differ); resume with "
+                            "the run's own sizes (its config.yaml)")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     groups: dict[int, list[str]] = {}  # tied weights are saved under one of their names
     for name, p in model.named_parameters(remove_duplicate=False):

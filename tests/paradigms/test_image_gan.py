@@ -70,6 +70,8 @@ def test_image_folder(tmp_path, digits):
         load_image_folder(tmp_path / "bad", 16)
     with pytest.raises(DataError, match="no PNG/JPEG"):
         load_image_folder(tmp_path / "bad" / "a", 16)
+    with pytest.raises(DataError, match="is a file: give a folder"):
+        load_image_folder(tmp_path / "bad" / "a" / "x.png", 16)
 
 
 def test_gan_image_trains_evaluates_and_resumes(tmp_path, digits):

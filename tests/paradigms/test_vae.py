@@ -21,7 +21,7 @@ from genforge.paradigms.vae import (
     vae_train,
     word_dropout,
 )
-from genforge.paradigms.vae_sample import vae_sample
+from genforge.paradigms.vae_sample import print_sentences, vae_sample
 
 
 def test_kl_annealing_schedules():
@@ -120,6 +120,12 @@ def damaged_runs_are_artifact_errors(run, tmp_path):
         damage(folder)
         with pytest.raises(ArtifactError, match=message):
             vae_sample(VaeSampleConfig(model=folder, n=1))
+
+
+def test_each_sentence_prints_on_one_line(capsys):
+    print_sentences({"prior": ["ROMEO:\nO, she doth\r\nteach", ""], "interpolation": ["a"]})
+    assert capsys.readouterr().out.splitlines() == ["# prior", "ROMEO: O, she doth teach", "",
+                                                     "# interpolation", "a"]
 
 
 def test_bad_configs():

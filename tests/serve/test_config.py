@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from genforge.config import from_dict
+from genforge.config import from_dict, usable_cpus
 from genforge.errors import ConfigError
-from genforge.serve.config import KeyCreateConfig, ServeConfig, Variant, parse_variant, usable_cpus
+from genforge.serve.config import KeyCreateConfig, ServeConfig, Variant, parse_variant
 
 
 def test_parse_variant():
