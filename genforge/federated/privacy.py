@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from genforge.errors import ConfigError
+
 
 def accountant(population: int, delta: float) -> Any:
     """Flower's RDP accountant for `population` clients, reporting epsilon at `delta`."""
@@ -42,7 +44,12 @@ def epsilon(noise: float, rounds: int, *, sampled: int, population: int, delta: 
 
 
 def noise_for(target_epsilon: float, rounds: int, *, sampled: int, population: int, delta: float) -> float:
-    """The smallest noise multiplier (to 1%) whose `rounds` rounds stay within `target_epsilon`."""
+    """The smallest noise multiplier (to 1%) whose `rounds` rounds stay within `target_epsilon`.
+
+    Epsilon 0 is no finite noise's: a target <= 0 is refused, where the search would stop at whatever noise
+    the accountant's rounding reports as 0 (about 2e5) and pass it off as an answer."""
+    if target_epsilon <= 0 or rounds < 1:
+        raise ConfigError(f"a DP noise needs a target epsilon > 0 and rounds >= 1; got {target_epsilon}, {rounds}")
     low, high = 0.05, 1.0
     while epsilon(high, rounds, sampled=sampled, population=population, delta=delta) > target_epsilon:
         low, high = high, high * 2

@@ -179,8 +179,9 @@ async def _send_json(send: Any, status: int, body: dict) -> None:
 def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-    if err.get("type") == "json_invalid":
+    if err.get("type") == "json_invalid":  # its loc is ("body", character offset): no field to name
         message = f"the request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}"
+        loc = []
     else:
         message = f"{'.'.join(loc) or 'body'}: {err['msg']}"
     return JSONResponse(error_body(400, message, param=".".join(loc) or None), status_code=400)

@@ -8,6 +8,7 @@ import torch
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from genforge.errors import ConfigError
 from genforge.federated.config import FederatedClassifyConfig
 from genforge.federated.privacy import epsilon, noise_for
 from genforge.federated.server import build_strategy
@@ -97,6 +98,13 @@ def test_dp_accounting_matches_the_gaussian_rdp_bound():
     z = noise_for(8.0, 10, sampled=5, population=5, delta=1e-5)
     assert epsilon(z, 10, sampled=5, population=5, delta=1e-5) <= 8.0 < epsilon(0.95 * z, 10, sampled=5,
                                                                                   population=5, delta=1e-5)
+
+
+@pytest.mark.parametrize("target", [0.0, -1.0])
+def test_noise_for_an_unreachable_epsilon_is_refused(target):
+    """No finite noise reaches epsilon <= 0: an error, not the ~2e5 where the accountant rounds to 0."""
+    with pytest.raises(ConfigError, match="target epsilon > 0"):
+        noise_for(target, 10, sampled=5, population=5, delta=1e-5)
 
 
 def test_dp_wrapper_clips_noises_and_accounts_a_round():

@@ -95,6 +95,10 @@ def test_other_routes_and_embedding_errors(server, oai):
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError):
         oai(url).embeddings.create(model="tiny", input="x", dimensions=8)
+    broken = httpx.post(f"{url}/v1/completions", content=b'{"model": "tiny", "prompt": }',
+                        headers={"content-type": "application/json"})
+    error = broken.json()["error"]  # a parse error has a character offset, not a field, to point at
+    assert broken.status_code == 400 and error["param"] is None and "not valid JSON" in error["message"]
 
 
 def test_body_over_the_limit_is_413(serve_cfg, live):

@@ -117,13 +117,20 @@ def send_alerts(engine: Engine, rules: RuleSet, alerts: list[dict[str, Any]]) ->
             session.get(MonitorAlert, alert["id"]).delivered = json.dumps(alert["delivered"])
 
 
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 with the UTC offset: SQLite hands stored times back naive, and an alert's `acknowledged` must
+    not carry the offset when just set and lose it when read again (a client would take it for local time)."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
 def alert_dict(a: MonitorAlert) -> dict[str, Any]:
     return {"id": a.id, "rule": a.rule, "kind": a.kind, "by": a.by, "key": a.key, "window": a.window,
             "width": a.width, "value": round(a.value, 4), "baseline": round(a.baseline, 4),
             "score": round(a.score, 3), "count": a.count, "message": a.message,
             "examples": json.loads(a.examples), "delivered": json.loads(a.delivered or "{}"),
-            "created": a.created.isoformat() if a.created else None,
-            "acknowledged": a.acknowledged.isoformat() if a.acknowledged else None,
+            "created": iso_utc(a.created), "acknowledged": iso_utc(a.acknowledged),
             "acknowledged_by": a.acknowledged_by}
 
 

@@ -35,7 +35,7 @@ class MonitorTrainConfig:
     topics: int = field(8, help="number of topics to discover when no --topic-data is given")
     model: Path = field(None, help="base encoder to fine-tune (a local HF folder, e.g. MiniLM)")
     embedder: Path | None = field(None, help="sentence encoder for topic discovery (default: --model)")
-    out: Path = field(None, help="output model folder (sentiment/, topic/ or topics.json, monitor.json)")
+    out: Path = field(None, help="output model folder (sentiment/, topic/ or topics.json, manifest.json)")
     holdout: bool = field(True, help="leave hash bucket 9 of every file out of training (the shared test "
                                      "bucket), so benchmarks can test on it")
     epochs: float = field(3.0, help="passes over the training data of each classifier")

@@ -2,7 +2,8 @@
 
 Both resume from the offsets stored with the items (see ingest.py), so a restart re-reads nothing and
 skips nothing. A JSONL file is read to its last complete line (a writer mid-line is waited for); a file
-that shrank was truncated or rotated and is read again from the start.
+that shrank was truncated or rotated and is read again from the start. `--once` takes the files as they
+are, so there an unterminated last line is read as well.
 
 The folder is polled rather than watched with inotify (watchdog): polling needs no dependency, works on
 network and container file systems where inotify events never arrive, and the startup scan that finds
@@ -33,9 +34,11 @@ log = logging.getLogger("genforge.monitor")
 PARTIAL = (".tmp", ".part", ".partial", ".crdownload")
 
 
-def read_lines(path: Path, position: int, limit: int, source: str) -> tuple[list[Item], int]:
+def read_lines(path: Path, position: int, limit: int, source: str,
+               final: bool = False) -> tuple[list[Item], int]:
     """Items of the complete lines of a JSONL file from byte `position` (at most `limit`), and the new position.
-    A malformed line is logged and skipped: one bad line must not stop a stream."""
+    A malformed line is logged and skipped: one bad line must not stop a stream. With `final` (--once takes
+    the file as it is now) a last line without a newline is complete too, not silently left unread."""
     size = path.stat().st_size
     if size < position:
         log.warning("file shrank: reading it again from the start", extra={"path": str(path)})
@@ -45,7 +48,7 @@ def read_lines(path: Path, position: int, limit: int, source: str) -> tuple[list
         f.seek(position)
         while len(items) < limit:
             line = f.readline()
-            if not line.endswith(b"\n"):
+            if not line or not (line.endswith(b"\n") or final):
                 break  # end of file, or a line still being written
             lineno_hint = f"{path}@{position}"
             position += len(line)
@@ -62,6 +65,7 @@ def read_lines(path: Path, position: int, limit: int, source: str) -> tuple[list
 @dataclass
 class JsonlTail:
     path: Path
+    final: bool = False  # --once: an unterminated last line is read (see read_lines)
 
     @property
     def stream(self) -> str:
@@ -71,7 +75,7 @@ class JsonlTail:
         if not self.path.is_file():
             return [], {}
         old = read_offset(engine, self.stream)
-        items, position = read_lines(self.path, old, limit, self.path.stem)
+        items, position = read_lines(self.path, old, limit, self.path.stem, self.final)
         return items, ({self.stream: position} if position != old else {})
 
 
@@ -79,6 +83,7 @@ class JsonlTail:
 class FolderWatch:
     path: Path
     settle: float = 1.0  # seconds a .json/.txt file must be unchanged before it is read
+    final: bool = False  # --once: an unterminated last line of a .jsonl file is read (see read_lines)
 
     def _done(self, engine: Engine) -> dict[str, int]:
         prefix = f"file:{self.path.resolve()}{os.sep}"
@@ -106,7 +111,7 @@ class FolderWatch:
             suffix = path.suffix.lower()
             if suffix == ".jsonl":
                 if stat.st_size != position:
-                    new, moved = read_lines(path, position, limit - len(items), self.path.name)
+                    new, moved = read_lines(path, position, limit - len(items), self.path.name, self.final)
                     items += new
                     if moved != position:
                         offsets[stream] = moved
@@ -146,10 +151,10 @@ def open_sources(specs: list[str], settle: float = 1.0, once: bool = False) -> l
                 if once:
                     raise DataError(f"--source {spec}: {file} does not exist (--once reads what the file holds now)")
                 log.warning("waiting for the JSONL source to appear", extra={"path": str(file)})
-            out.append(JsonlTail(file))
+            out.append(JsonlTail(file, final=once))
         elif kind == "folder":
             folder = Path(path).expanduser()
             if not folder.is_dir():
                 raise DataError(f"--source {spec}: {folder} is not a folder")
-            out.append(FolderWatch(folder, settle))
+            out.append(FolderWatch(folder, settle, final=once))
     return out

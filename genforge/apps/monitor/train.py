@@ -137,6 +137,16 @@ def discover_topics(cfg: MonitorTrainConfig, texts: list[str]) -> dict[str, Any]
     return info
 
 
+def topic_corpus(cfg: MonitorTrainConfig, rows: list[tuple[str, str]], corpus: list[str]) -> list[str]:
+    """The texts topics are discovered in (--corpus, else the sentiment texts), refused before any training
+    when too few for --topics clusters of two: k-means would make one-text topics the router cannot learn."""
+    texts = corpus or [t for t, _ in rows]
+    if len(texts) < 2 * cfg.topics:
+        raise ConfigError(f"--topics {cfg.topics} needs at least {2 * cfg.topics} texts to discover topics in; "
+                          f"the corpus has {len(texts)}")
+    return texts
+
+
 def train(cfg: MonitorTrainConfig) -> Path:
     """Train the sentiment classifier and the topic model; return the model folder."""
     from rich.console import Console
@@ -149,7 +159,7 @@ def train(cfg: MonitorTrainConfig) -> Path:
     if len({lab for _, lab in rows}) < 2:
         raise DataError("the sentiment data holds fewer than two of negative/neutral/positive")
     topic_rows = labelled(cfg.topic_data, cfg.holdout, None) if cfg.topic_data else []
-    corpus = [] if cfg.topic_data else [t for path in cfg.corpus for t in read_texts(path, "text")]
+    corpus = [] if cfg.topic_data else topic_corpus(cfg, rows, [t for p in cfg.corpus for t in read_texts(p, "text")])
     read_model_config(cfg.model)
     if not cfg.topic_data:
         read_model_config(cfg.embedder or cfg.model)
@@ -174,7 +184,7 @@ def train(cfg: MonitorTrainConfig) -> Path:
         metrics.update({"topic_" + k: v for k, v in read_manifest(cfg.out / "topic")["metrics"].items()
                         if k in ("val_accuracy", "val_macro_f1")})
     else:
-        info = discover_topics(cfg, corpus or [t for t, _ in rows])
+        info = discover_topics(cfg, corpus)
         topic_model = {"kind": "discovered", "path": "topics.json"}
         metrics["topics"] = info["names"]
         metrics["topic_router_agreement"] = info["router_agreement"]

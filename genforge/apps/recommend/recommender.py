@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from genforge.apps.recommend.behaviour import Behaviour
-from genforge.apps.recommend.data import Items
+from genforge.apps.recommend.data import Items, norm_id
 from genforge.errors import ArtifactError, DataError
 
 FEATURES = ["profile_cos", "max_history_cos", "cooc", "cooc_mean", "mf", "log_popularity", "genre_overlap",
@@ -72,6 +72,8 @@ class Recommender:
 
     # ---- queries --------------------------------------------------------------------------------------
     def query_for_user(self, user: str) -> Query:
+        """Ids are read as the build read them (leading zeros dropped), so "017" finds user 17."""
+        user = norm_id(user)
         if user not in self.behaviour.user_index:
             raise DataError(f"unknown user {user!r}: recommend for a new user with liked items or a text")
         hist, w = self.behaviour.history(user)
@@ -79,6 +81,8 @@ class Recommender:
         return Query(hist, w, exclude=set(hist.tolist()), factor=factor)
 
     def query_for_items(self, liked: list[str]) -> Query:
+        """Ids are read as the build read them (leading zeros dropped), so "0082" finds item 82."""
+        liked = [norm_id(i) for i in liked]
         unknown = [i for i in liked if i not in self.item_index]
         if unknown:
             raise DataError(f"unknown item id(s): {', '.join(unknown[:5])}")
@@ -234,7 +238,7 @@ class Recommender:
         if genres:
             wanted = {g.strip().lower() for g in genres}
             allowed = np.array([bool(wanted & set(g)) for g in self.items.genres])
-        q.exclude |= {self.item_index[i] for i in exclude if i in self.item_index}
+        q.exclude |= {self.item_index[i] for i in map(norm_id, exclude) if i in self.item_index}
         ranked = self.rank(q, k, use_scorer=use_scorer, allowed=allowed)
         return [{"item": self.items.ids[i], "title": self.items.titles[i], "score": round(ranked["scores"][i], 5),
                  "interest": round(ranked["interest"][i], 5) if i in ranked["interest"] else None,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from genforge.apps.recommend.config import RecServeConfig
@@ -28,17 +28,28 @@ from genforge.serve.store import Record, save
 
 
 class Filters(BaseModel):
+    """Unknown keys are rejected: a misspelt filter would otherwise be dropped and the answer go unfiltered."""
+
+    model_config = ConfigDict(extra="forbid")
     genres: list[str] = Field(default_factory=list, description="only items with one of these genres")
     exclude: list[str] = Field(default_factory=list, description="item ids never to recommend")
 
 
 class RecommendRequest(BaseModel):
+    """Unknown keys are rejected (a misspelt `filters` would silently recommend unfiltered items)."""
+
+    model_config = ConfigDict(extra="forbid")
     user: str | None = Field(None, max_length=256, description="a known user id")
     items: list[str] = Field(default_factory=list, max_length=200, description="item ids the user likes")
     text: str | None = Field(None, max_length=2000, description="free-text interests")
     k: int = Field(10, ge=1, le=100)
     filters: Filters = Field(default_factory=Filters)
     model: str | None = Field(None, description="public name or variant (default: the served recommender)")
+
+
+def query_field(body: RecommendRequest) -> str:
+    """The request field the query came from, so an error names the field the client has to fix."""
+    return "user" if body.user is not None else "items" if body.items else "text"
 
 
 def router(recommenders: dict[str, Any], public: str, experiment: Any) -> APIRouter:
@@ -54,7 +65,7 @@ def router(recommenders: dict[str, Any], public: str, experiment: Any) -> APIRou
             raise ApiError(400, "give exactly one of user, items or text", param="user")
         name = body.model or public
         if name != public and name not in recommenders:
-            raise ApiError(404, f"no recommender '{name}' (served: {', '.join([public, *recommenders])})",
+            raise ApiError(404, f"no recommender '{name}' (served: {', '.join(recommenders)})",
                            param="model", code="model_not_found")
         weights_id = None
         if name == public and experiment is not None:
@@ -72,7 +83,7 @@ def router(recommenders: dict[str, Any], public: str, experiment: Any) -> APIRou
         try:
             rows = await run_in_threadpool(answer)
         except DataError as e:
-            raise ApiError(404 if "unknown" in str(e) else 400, str(e), param="user" if body.user else "items") from None
+            raise ApiError(404 if "unknown" in str(e) else 400, str(e), param=query_field(body)) from None
         rid = f"rec-{uuid.uuid4().hex}"
         latency = time.perf_counter() - started
         if state.cfg.store:

@@ -139,6 +139,16 @@ def test_alerts_are_stored_once_with_cooldown_examples_and_ack(engine, add_items
     assert acknowledge(engine, 999, "bob") is None
 
 
+def test_alert_times_keep_their_utc_offset_when_read_back(engine, add_items):
+    """The first acknowledgement and every later read give the same UTC time (SQLite returns it naive)."""
+    add_items(engine, stream(60, 0.1, seed=3, surge={h: 0.5 for h in range(40, 46)}))
+    alert = evaluate(engine, RuleSet([Rule("surge", "ewma_z", channels=["log"])]))[0]
+    acked = acknowledge(engine, alert["id"], "alice")
+    again = list_alerts(engine)[0]
+    assert acked["acknowledged"] == again["acknowledged"] and again["acknowledged"].endswith("+00:00")
+    assert again["created"].endswith("+00:00")
+
+
 def test_watched_entity_alert_through_the_database(engine, add_items):
     rows = stream(30, 0.1, per_hour=20, entity="ACME", seed=5, surge={25: 0.9})
     add_items(engine, rows)

@@ -149,6 +149,15 @@ def test_postgresql_by_url(postgres_url, loaded_model, tmp_path, add_items):
     assert [a["window"] for a in evaluate(engine, RuleSet([Rule("s", "ewma_z")]))] == [30 * 3600]
 
 
+def test_once_reads_a_last_line_without_newline(tmp_path, engine, loaded_model):
+    """--once takes the files as they are: a last line with no newline is an item, not silently dropped."""
+    (tmp_path / "inbox").mkdir()
+    for path in (tmp_path / "news.jsonl", tmp_path / "inbox" / "more.jsonl"):
+        lines(path, [{"text": f"{path.stem} first"}], partial=json.dumps({"text": f"{path.stem} last"}))
+    sources = open_sources([f"jsonl:{tmp_path / 'news.jsonl'}", f"folder:{tmp_path / 'inbox'}"], once=True)
+    assert drain(Monitor(engine, loaded_model), sources, RuleSet())["items"] == 4
+
+
 def test_a_missing_jsonl_source_is_an_error_with_once_and_awaited_without(tmp_path):
     later = tmp_path / "later.jsonl"
     with pytest.raises(DataError, match="later.jsonl does not exist"):

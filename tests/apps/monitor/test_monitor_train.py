@@ -125,3 +125,11 @@ def test_a_rerun_on_bad_data_keeps_the_earlier_model(tmp_path, monitor_model, be
     with pytest.raises(DataError, match=message):
         train(train_cfg(**settings))
     assert read_manifest(folder, stage="app.monitor.model") == finished
+
+
+def test_more_topics_than_the_corpus_can_hold_is_refused_before_training(tmp_path, bert_dir, sentiment_csv, train_cfg):
+    """--topics beyond half the corpus would give one-text topics (router agreement 0): refused, nothing written."""
+    out = tmp_path / "model"
+    with pytest.raises(ConfigError, match="--topics 100000 needs at least 200000 texts"):
+        train(train_cfg(bert_dir, [str(sentiment_csv)], out, topics=100000))
+    assert not out.exists()

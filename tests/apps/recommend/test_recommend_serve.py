@@ -66,3 +66,36 @@ def test_recommend_route_feedback_and_ab(model_dir, tmp_path, live):
         assert set(arms) == {"rec", "other"}
         assert sum(v["impressions"] for v in arms.values()) == 15  # 4 above + 11 in the loop; refused requests are not stored
         assert sum(v["feedback"] for v in arms.values()) == 12
+
+
+def test_recommend_errors_name_the_bad_field(model_dir, tmp_path, live):
+    """A misspelt filter is a 400 (not an unfiltered answer); errors name the field and the served models once."""
+    cfg = RecServeConfig(model=model_dir, name="rec", api_key="sesame", db=f"sqlite:///{tmp_path / 'serve.db'}")
+    with live(create_recommend_app(cfg)) as (url, _):
+        client = httpx.Client(base_url=url, timeout=60, headers={"Authorization": "Bearer sesame"})
+        typo = client.post("/v1/recommend", json={"user": "u0", "filters": {"genre": ["food"]}})
+        assert typo.status_code == 400 and "genre" in typo.text
+        assert client.post("/v1/recommend", json={"user": "u0", "filter": {"genres": ["food"]}}).status_code == 400
+        empty = client.post("/v1/recommend", json={"text": " "})
+        assert empty.status_code == 400 and empty.json()["error"]["param"] == "text"
+        nope = client.post("/v1/recommend", json={"user": "u0", "model": "nope"}).json()["error"]["message"]
+        assert nope.endswith("(served: rec)")
+
+
+def test_ids_with_leading_zeros_find_what_the_build_read(tmp_path):
+    """The build reads "0003" as item 3 (catalogues and logs disagree on padding); queries must too."""
+    from genforge.apps.recommend.recommender import load
+
+    titles = [t for ts in TOPICS.values() for t in ts]
+    items = ["id,name,tags"] + [f"{n + 1},{t.title()},{'space' if n < 6 else 'food'}" for n, t in enumerate(titles)]
+    (tmp_path / "items.csv").write_text("\n".join(items) + "\n", encoding="utf-8")
+    rng = random.Random(1)
+    rows = ["user,item"] + [f"{u},{(u % 2) * 6 + n + 1}" for u in range(1, 41) for n in rng.sample(range(6), 4)]
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    model = load(build(BuildConfig(items=tmp_path / "items.csv", interactions=[tmp_path / "events.csv"],
+                                   out=tmp_path / "model", item_id_field="id", text_fields=["name", "tags"],
+                                   user_field="user", item_field="item", scorer=False, ranker_users=30,
+                                   candidates=10, neighbours=5)))
+    assert model.recommend(model.query_for_user("007"), 3) == model.recommend(model.query_for_user("7"), 3)
+    liked = model.recommend(model.query_for_items(["0001"]), 3, exclude=["0002"])
+    assert liked and {"1", "2"}.isdisjoint(r["item"] for r in liked)
