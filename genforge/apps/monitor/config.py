@@ -98,6 +98,9 @@ class MonitorRunConfig:
                     raise ConfigError("--source http needs the server: drop --no-serve")
             elif kind not in ("jsonl", "folder") or not path:
                 raise ConfigError(f"--source must be jsonl:PATH, folder:PATH or http; got {spec!r}")
+        if self.once and all(spec == "http" for spec in self.source):
+            raise ConfigError("--once drains file sources (jsonl:PATH, folder:PATH); an http source has nothing to "
+                              "read now: drop --once to serve it")
         if self.batch_size <= 0:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
         if not self.poll > 0:

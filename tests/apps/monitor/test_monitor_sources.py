@@ -61,6 +61,10 @@ def test_items_with_ids_are_idempotent_and_bad_items_named(engine, loaded_model)
         parse_item({"text": "x", "ts": "yesterday"}, "s", 0, "items[3]")
     with pytest.raises(DataError, match="non-empty string"):
         parse_item({"text": " "}, "s", 0, "here")
+    assert parse_item({"text": "x", "entity": 700, "id": 12}, "s", 0, "here").entity == "700"
+    for bad in ({"entity": {"name": "AAPL"}}, {"ticker": ["AAPL"]}, {"id": True}):
+        with pytest.raises(DataError, match="here: '(entity|id)' must be a string or a number"):
+            parse_item({"text": "x", **bad}, "s", 0, "here")
 
 
 def test_jsonl_tail_waits_for_partial_lines_and_resumes_after_restart(tmp_path, engine, loaded_model):
@@ -168,6 +172,8 @@ def test_a_missing_jsonl_source_is_an_error_with_once_and_awaited_without(tmp_pa
     result = CliRunner().invoke(app, ["app", "monitor", "run", "--model", str(tmp_path), "--source", "jsonl:nope.jsonl",
                                       "--once", "--no-serve", "--db", f"sqlite:///{tmp_path / 'm.db'}"])
     assert result.exit_code == 2 and "nope.jsonl does not exist" in result.output, result.output
+    result = CliRunner().invoke(app, ["app", "monitor", "run", "--model", str(tmp_path), "--source", "http", "--once"])
+    assert result.exit_code == 2 and result.output.startswith("error: --once drains file sources"), result.output
 
 
 def test_times_outside_the_calendar_are_bad_items():
