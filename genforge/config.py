@@ -167,6 +167,28 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
+def bad_text_in(value: Any, problem_of: Any = not_utf8) -> tuple[str, str] | None:
+    """(dotted path, problem) of the first string or key of a JSON value that `problem_of` finds fault with
+    ("messages.0.content", "lone surrogate \\ud800"; a bad key is named by its path, escaped; "" is the value
+    itself); None when there is none. JSON may spell text no UTF-8 holds, which would fail far away."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:  # a loop, not recursion: a value may nest as deeply as json.loads allows
+        where, value = stack.pop()
+        if isinstance(value, str):
+            problem = problem_of(value)
+            if problem:
+                return where, problem
+        elif isinstance(value, dict | list):
+            items = [(f"{where}.{k}" if where else str(k), v)
+                     for k, v in (value.items() if isinstance(value, dict) else enumerate(value))]
+            for path, _ in items:
+                problem = problem_of(path)  # a key
+                if problem:
+                    return path.encode("utf-8", "backslashreplace").decode(), problem
+            stack.extend(reversed(items))
+    return None
+
+
 def check_text(flag: str, text: str | None) -> None:
     """Refuse a text option that is not UTF-8 (bytes a terminal in another encoding put into argv): it would
     fail far away, in the tokenizer, as an internal error."""

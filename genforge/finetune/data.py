@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from genforge.artifacts import input_file
-from genforge.config import not_utf8
+from genforge.config import bad_text_in
 from genforge.data.readers import SkipFile, detect_encoding
 from genforge.errors import DataError
 
@@ -76,21 +76,10 @@ def read_records(path: Path, *, plain_field: str | None = None) -> Iterator[tupl
 def utf8_record(where: str, record: dict[str, Any]) -> dict[str, Any]:
     """`record`, once no string in it is a lone surrogate: JSON may spell one (`"\\ud800"`), and no UTF-8 text
     holds it, so it would fail far away (hashing the text for the split, or in the tokenizer)."""
-    for key, value in record.items():
-        problem = not_utf8_in(key) or not_utf8_in(value)
-        if problem:
-            raise DataError(f"{where}: field {key!r} is not UTF-8 text ({problem})")
+    found = bad_text_in(record)
+    if found:
+        raise DataError(f"{where}: field {found[0].split('.')[0]!r} is not UTF-8 text ({found[1]})")
     return record
-
-
-def not_utf8_in(value: Any) -> str | None:
-    """`not_utf8` of the first string in a JSON value (keys and items at any depth) that is not UTF-8 text."""
-    if isinstance(value, str):
-        return not_utf8(value)
-    items = [x for pair in value.items() for x in pair] if isinstance(value, dict) else value
-    if isinstance(items, list):
-        return next(filter(None, map(not_utf8_in, items)), None)
-    return None
 
 
 def get_field(path: Path, lineno: int, record: dict[str, Any], name: str) -> Any:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
-from genforge.config import not_utf8
+from genforge.config import bad_text_in, not_utf8
 
 SUSPECT_ESCAPE = re.compile(rb"\\u([dD][89a-fA-F]|0000)")  # how JSON spells a surrogate (\uD800-\uDFFF) or NUL
 NUL = "a NUL character (U+0000)"
@@ -44,19 +43,5 @@ def bad_json_text(body: bytes) -> tuple[str, str] | None:
         data = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack:  # a loop, not recursion: the body may nest as deeply as json.loads allows
-        where, value = stack.pop()
-        if isinstance(value, str):
-            problem = text_problem(value)
-            if problem:
-                return where or "body", problem
-        elif isinstance(value, dict | list):
-            items = [(f"{where}.{k}" if where else str(k), v)
-                     for k, v in (value.items() if isinstance(value, dict) else enumerate(value))]
-            for path, _ in items:
-                problem = text_problem(path)  # a key
-                if problem:
-                    return path.encode("utf-8", "backslashreplace").decode(), problem
-            stack.extend(reversed(items))
-    return None
+    found = bad_text_in(data, text_problem)
+    return (found[0] or "body", found[1]) if found else None
