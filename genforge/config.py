@@ -8,10 +8,12 @@ CLI flags (see `genforge.cli.add_stage_command`) and validation, so the three ne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,7 +100,7 @@ def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     unknown = [k for k in values if k.replace("-", "_") not in fields]
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs = {}
     for key, value in values.items():
         name = key.replace("-", "_")
@@ -112,6 +114,32 @@ def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     return cfg
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The declared field types of a config class, resolved once per class (annotations are strings here)."""
+    return typing.get_type_hints(cls)
+
+
+def coerce_fields(cfg: Any) -> None:
+    """Convert each field of a config dataclass, in place, to its declared type as `load_config` does (a str to
+    a Path, "3" to an int, ...), or raise a ConfigError naming the field. None is left to the config's own
+    `check()`: some fields default to None until a flag is given. Run on construction by `Config`."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is not None:
+            setattr(cfg, f.name, _coerce(f.name, value, hints[f.name]))
+
+
+class Config:
+    """Base of every stage's config dataclass: its fields are coerced on construction (`coerce_fields`), so a
+    config built from Python (`CompressConfig(model="runs/lm", ...)`, `dataclasses.replace`) holds the same
+    types as one from YAML or the CLI, not a str where later code calls Path methods."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+
+
 def usable_cpus() -> int:
     """Cores this process may use (affinity-aware, unlike os.cpu_count); here, without torch, so that flag
     checks can use it."""
@@ -119,6 +147,53 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def flag_values(cfg: Any, *names: str) -> str:
+    """The fields `names` of `cfg` as the flags that set them ("--hidden-size 256 --num-layers 4"), for messages."""
+    return " ".join(f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in names)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the kernel's MemAvailable, capped by a cgroup v2 limit (a
+    container's); None where neither can be read (not Linux)."""
+    sizes = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        sizes += [int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")]
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            sizes.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(sizes) if sizes else None
+
+
+TRAINING_BYTES_PER_PARAM = 16  # fp32 weights 4 + gradients 4 + AdamW's two moments 8
+
+
+def check_training_memory(count_params: Callable[[], int], cfg: Any, *names: str) -> None:
+    """Refuse, before allocating anything, size flags (the fields `names` of `cfg`) whose model cannot be
+    trained in the free memory.
+
+    Training in fp32 holds about 16 bytes per parameter (weights 4, gradients 4, AdamW's two moments 8),
+    activations not counted, so this is a floor; it is held against host memory, where every model is built
+    first. Without it an absurd size ends in an allocator error ("can't allocate memory") or, worse, thrashes
+    the machine. `count_params()` counts the parameters without allocating them (a build on torch's meta
+    device, `genforge.models.presets.meta_params`); it raises RuntimeError when one tensor would be too large
+    for torch even to describe, refused here too.
+    """
+    flags = flag_values(cfg, *names)
+    try:
+        params = count_params()
+    except RuntimeError as e:
+        raise ConfigError(f"{flags}: a model too large to build ({str(e).splitlines()[0]}); choose smaller sizes"
+                          ) from None
+    need, free = params * TRAINING_BYTES_PER_PARAM, available_memory()
+    if free is not None and need > free:
+        raise ConfigError(f"{flags}: a model of {params:,} parameters, whose training needs ~{need / 2**30:,.1f} GiB "
+                          f"({TRAINING_BYTES_PER_PARAM} bytes a parameter: weights, gradients, AdamW moments) but "
+                          f"{free / 2**30:,.1f} GiB of memory is free; choose smaller sizes")
 
 
 def check_threads(flag: str, threads: int) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from genforge.artifacts import MANIFEST, begin_output, write_manifest
-from genforge.config import field, from_dict, read_yaml, to_dict
+from genforge.config import Config, field, from_dict, read_yaml, to_dict
 from genforge.errors import ConfigError
 
 
@@ -82,7 +82,7 @@ STAGES: dict[str, Stage] = {
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Config):
     recipe: Path = field(None, help="Recipe YAML: a list of `steps`, each with a `stage` and its config keys",
                          argument=True)
     out: Path | None = field(None, help="Run folder (default: runs/<recipe name>)")

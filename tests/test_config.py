@@ -1,9 +1,11 @@
+import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from genforge.config import dump_yaml, field, from_dict, load_config, to_dict
+from genforge.config import Config, dump_yaml, field, from_dict, load_config, to_dict
 from genforge.errors import ConfigError
 
 
@@ -105,3 +107,67 @@ def test_nan_and_infinity_are_refused_for_every_float(tmp_path, text):
     with pytest.raises(ConfigError, match=r"^--share must be in \[0, 1\]"):  # a stage's own message says more
         from_dict(Weights, {"share": "inf"})
     assert from_dict(Weights, {"weight": [1e308, 0.0], "share": 1}).weight == [1e308, 0.0]
+
+
+def config_classes() -> list[type]:
+    """Every stage config of genforge: the dataclasses of its config modules whose fields carry genforge's
+    metadata (`genforge.config.field`), found by walking the package so a new one cannot be missed."""
+    import importlib
+
+    import genforge
+
+    root = Path(genforge.__file__).parent
+    classes = []
+    for path in sorted([*root.rglob("config.py"), root / "recipes.py"]):
+        module = importlib.import_module(".".join(path.relative_to(root.parent).with_suffix("").parts))
+        classes += [obj for obj in vars(module).values() if dataclasses.is_dataclass(obj)
+                    and obj.__module__ == module.__name__ and any("help" in f.metadata for f in dataclasses.fields(obj))]
+    return classes
+
+
+SAMPLES = {Path: ("runs/x", Path("runs/x")), int: ("3", 3), float: ("0.5", 0.5), list[Path]: (["a", "b"], [Path("a"), Path("b")])}
+
+
+@pytest.mark.parametrize("cls", config_classes(), ids=lambda c: f"{c.__module__.removeprefix('genforge.')}.{c.__name__}")
+def test_configs_built_from_python_coerce_their_fields_as_load_config_does(cls):
+    """`CompressConfig(model="runs/lm")` must hold a Path, as through YAML or the CLI: later code calls .is_dir()."""
+    assert issubclass(cls, Config), f"{cls.__name__} must derive from genforge.config.Config"
+    hints = typing.get_type_hints(cls)
+    given, expected = {}, {}
+    for f in dataclasses.fields(cls):
+        tp = next((t for t in SAMPLES if hints[f.name] in (t, t | None)), None)
+        if tp is not None:
+            given[f.name], expected[f.name] = SAMPLES[tp]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            given[f.name] = expected[f.name] = "x"  # a required str
+    cfg = cls(**given)
+    got = {name: getattr(cfg, name) for name in expected}
+    assert got == expected and all(type(got[k]) is type(v) or isinstance(got[k], Path) for k, v in expected.items())
+    number = next((name for name in given if hints[name] in (int, float)), None)
+    if number is not None:
+        with pytest.raises(ConfigError, match=f"^config key '{number}' must be (int|float), got 'many'$"):
+            cls(**{**given, number: "many"})
+
+
+def test_training_memory_is_checked_before_anything_is_allocated(monkeypatch):
+    """16 bytes a parameter against the free memory, naming the flags; a model torch cannot even describe (its
+    meta-device build overflows) is refused too; with no memory figure (not Linux) nothing is refused."""
+    from genforge import config
+
+    assert config.available_memory() > 0
+    monkeypatch.setattr(config, "available_memory", lambda: 2**30)
+    cfg = Demo(steps=3, lr=0.5)
+    config.check_training_memory(lambda: 2**30 // 16, cfg, "steps", "lr")
+    with pytest.raises(ConfigError, match=r"^--steps 3 --lr 0.5: a model of 67,108,865 parameters, whose training "
+                                          r"needs ~1.0 GiB \(16 bytes a parameter: weights, gradients, AdamW moments\) "
+                                          r"but 1.0 GiB of memory is free; choose smaller sizes$"):
+        config.check_training_memory(lambda: 2**30 // 16 + 1, cfg, "steps", "lr")
+
+    def overflow() -> int:
+        raise RuntimeError("Storage size calculation overflowed with sizes=[4, 1]\nmore")
+
+    with pytest.raises(ConfigError, match=r"^--steps 3: a model too large to build \(Storage size calculation "
+                                          r"overflowed with sizes=\[4, 1\]\); choose smaller sizes$"):
+        config.check_training_memory(overflow, cfg, "steps")
+    monkeypatch.setattr(config, "available_memory", lambda: None)
+    config.check_training_memory(lambda: 10**15, cfg, "steps")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import Config, field
 from genforge.errors import ConfigError
 
 # charswap: typos (swap, insert, delete, keyboard neighbour); homoglyph: look-alike and full-width letters;
@@ -19,7 +19,7 @@ SYNONYM_SOURCES = ("encoder", "model")
 
 
 @dataclass(kw_only=True)
-class RobustnessConfig:
+class RobustnessConfig(Config):
     """Black-box attacks on a classifier: clean vs attacked accuracy, success rate, cost, examples."""
 
     model: Path = field(None, help="classifier run folder (made by `genforge finetune classify`)")

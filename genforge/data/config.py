@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import Config, field
 from genforge.errors import ConfigError
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(Config):
     """`genforge data prepare`: raw files -> clean, PII-scrubbed, deduplicated train/val JSONL."""
 
     inputs: list[Path] = field(default_factory=list, argument=True,
@@ -56,7 +56,7 @@ class PrepareConfig:
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(Config):
     """`genforge tokenizer train`: a byte-level BPE tokenizer (HF folder) from a prepared data folder."""
 
     data: Path = field(Path("data"), help="prepared data folder (output of `genforge data prepare`)")
@@ -83,7 +83,7 @@ class TokenizerConfig:
 
 
 @dataclass
-class PackConfig:
+class PackConfig(Config):
     """`genforge data pack`: train/val.jsonl -> flat token files train.bin/val.bin (+ pack.json)."""
 
     data: Path = field(Path("data"), help="prepared data folder; train.bin, val.bin and pack.json are added to it")

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import Config, field
 from genforge.errors import ConfigError
 from genforge.finetune.config import ClassifyConfig, SftConfig
 from genforge.train.config import PretrainConfig
@@ -26,7 +26,7 @@ TASKS = ("classify", "sft", "pretrain")
 
 
 @dataclass(kw_only=True)
-class FederatedFields:
+class FederatedFields(Config):
     """How the data is split over clients, how rounds run and aggregate, privacy and where it runs."""
 
     data: Path | None = field(None, help="the training data split into --clients silos (a file; for pretrain a "
@@ -161,7 +161,7 @@ class FederatedPretrainConfig(FederatedFields, PretrainConfig):
 
 
 @dataclass(kw_only=True)
-class FederatedRecipeConfig:
+class FederatedRecipeConfig(Config):
     """A YAML recipe: `task` (classify|sft|pretrain), the centralized keys, and a `federated:` section."""
 
     recipe: Path = field(None, help="recipe YAML: `task`, the task's config keys, `federated:` keys", argument=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genforge.adversarial.config import ATTACKS
-from genforge.config import check_text, field
+from genforge.config import Config, check_text, field
 from genforge.errors import ConfigError
 from genforge.generate.config import check_sampling
 from genforge.train.config import TrainConfig
@@ -168,7 +168,7 @@ class DpoConfig(FinetuneConfig):
 
 
 @dataclass(kw_only=True)
-class AverageConfig:
+class AverageConfig(Config):
     """Weight averaging of fine-tuned models of one architecture (WiSE-FT, model soups)."""
 
     model: list[Path] = field(default_factory=list, help="a fine-tuned model folder (repeat: at least two; "
@@ -192,7 +192,7 @@ class AverageConfig:
 
 
 @dataclass(kw_only=True)
-class PredictConfig:
+class PredictConfig(Config):
     """Label texts with a fine-tuned classifier."""
 
     model: Path = field(None, help="a `genforge finetune classify` run folder")
@@ -217,7 +217,7 @@ class PredictConfig:
 
 
 @dataclass(kw_only=True)
-class ChatConfig:
+class ChatConfig(Config):
     """Interactive multi-turn chat with a (fine-tuned) causal LM in the terminal, streaming."""
 
     model: Path = field(None, help="causal LM folder (full model, merged LoRA, or a LoRA adapter run)")
@@ -237,7 +237,7 @@ class ChatConfig:
 
 
 @dataclass(kw_only=True)
-class TuneConfig:
+class TuneConfig(Config):
     """Hyper-parameter search with Optuna over a fine-tuning config (search space in YAML)."""
 
     space: Path = field(None, help="YAML: `task` (classify|sft|dpo), `base` (the fixed config keys) and "

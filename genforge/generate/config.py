@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import check_text, field
+from genforge.config import Config, check_text, field
 from genforge.errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -52,7 +52,7 @@ _DEFAULT = SamplingParams()
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Config):
     model: Path = field(None, help="local Hugging Face causal-LM folder (a genforge run folder or any HF model)")
     prompt: str | None = field(None, help="one prompt; its completion streams to the terminal")
     prompts: Path | None = field(None, help="file of prompts: one per line, or JSONL with a \"prompt\" field per line")

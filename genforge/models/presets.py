@@ -13,7 +13,9 @@ parameters that small models cannot afford; heads are 64 wide. The encoder is th
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 from genforge.errors import ConfigError
@@ -102,6 +104,26 @@ def count_params(model: Any) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     embedding = sum(m.weight.numel() for m in model.modules() if type(m).__name__ == "Embedding")
     return {"total": total, "non_embedding": total - embedding}
+
+
+def meta_params(build: Callable[..., Any], *args: Any) -> int:
+    """Parameters of the module `build(*args)` makes, built on torch's meta device: shapes only, nothing allocated."""
+    import torch
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in build(*args).parameters())
+
+
+def config_params(config: Any, objective: str) -> int:
+    """Parameters of `build_model(config, objective)` without allocating them: a one- and a two-layer copy are
+    counted on the meta device and extrapolated (the layers are alike), since even on meta an absurd
+    `num_hidden_layers` would take hours and all the memory in module objects alone."""
+    counts = []
+    for layers in (1, 2):
+        small = copy.deepcopy(config)
+        small.num_hidden_layers = layers
+        counts.append(meta_params(build_model, small, objective))
+    return counts[0] + (config.num_hidden_layers - 1) * (counts[1] - counts[0])
 
 
 def flops_per_token(model: Any, seq_len: int) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import Config, field
 from genforge.errors import ConfigError
 
 GAN_VARIANTS = ("seqgan", "gumbel")
@@ -34,7 +34,7 @@ def _non_negative(cfg: object, *names: str) -> None:
 
 
 @dataclass(kw_only=True)
-class VaeConfig:
+class VaeConfig(Config):
     """Sequence VAE on the sentences of a packed data folder (one document per sentence)."""
 
     data: Path = field(help="packed data folder (train.bin, val.bin, tokenizer/, pack.json from `data pack`)")
@@ -68,7 +68,7 @@ class VaeConfig:
 
 
 @dataclass(kw_only=True)
-class VaeSampleConfig:
+class VaeSampleConfig(Config):
     """Sentences from a trained text VAE: draws from the prior, or a path between two sentences."""
 
     model: Path = field(help="a `genforge vae train` run folder")
@@ -91,7 +91,7 @@ class VaeSampleConfig:
 
 
 @dataclass(kw_only=True)
-class GanConfig:
+class GanConfig(Config):
     """The knobs shared by the text GANs: MLE pre-training, discriminator pre-training, adversarial epochs."""
 
     out: Path = field(help="output run folder")
@@ -164,7 +164,7 @@ class OracleConfig(GanConfig):
 
 
 @dataclass(kw_only=True)
-class ImageGanConfig:
+class ImageGanConfig(Config):
     """DCGAN on a folder of images, one sub-folder per class (PNG/JPEG)."""
 
     images: Path = field(help="image folder: one sub-folder per class")

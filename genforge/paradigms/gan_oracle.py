@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from genforge.artifacts import atomic_write_text, begin_output, write_json, write_manifest
+from genforge.config import check_training_memory
+from genforge.models.presets import meta_params
 from genforge.paradigms.config import OracleConfig
 from genforge.paradigms.gan_phases import load_weights, mle_phase, plot_curves, variant_phase
 from genforge.paradigms.oracle import LENGTH, START, load_oracle, random_oracle, read_samples
@@ -64,8 +66,10 @@ def gan_oracle(cfg: OracleConfig) -> dict[str, Any]:
     """Run the benchmark; return {"rows": {name: {"nll_oracle", "nll_test", ...}}, "mle": ..., "gans": ...}."""
     torch.manual_seed(cfg.seed)
     oracle, train_rows, val_rows, test_rows, inputs = oracle_data(cfg)  # read and checked before --out is touched
-    started = begin_output(cfg.out, "gan.oracle")
     vocab = oracle.head.out_features
+    check_training_memory(lambda: meta_params(LstmGenerator, vocab, cfg.embed_size, cfg.hidden_size), cfg,
+                          "embed_size", "hidden_size")
+    started = begin_output(cfg.out, "gan.oracle")
     torch.manual_seed(cfg.seed)
     generator = LstmGenerator(vocab, cfg.embed_size, cfg.hidden_size)
     rows: dict[str, dict[str, float]] = {"random": score(generator, oracle, test_rows, cfg.eval_samples, cfg.seed)}

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from genforge.artifacts import atomic_write_text, begin_output, write_json, write_manifest
+from genforge.config import check_training_memory
+from genforge.models.presets import meta_params
 from genforge.paradigms.config import TextGanConfig
 from genforge.paradigms.gan_oracle import print_table
 from genforge.paradigms.gan_phases import mle_phase, plot_curves, variant_phase
@@ -68,6 +70,8 @@ def gan_text(cfg: TextGanConfig) -> dict[str, Any]:
     special = {"bos": start, "eos": eos, "pad": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos}
     train_rows = fixed_rows(read_sentences(cfg.data, "train", pack, cfg.seq_len), cfg.seq_len, eos)
     val_rows = fixed_rows(read_sentences(cfg.data, "val", pack, cfg.seq_len), cfg.seq_len, eos)[:cfg.eval_samples]
+    check_training_memory(lambda: meta_params(build_generator, cfg, pack, special), cfg,
+                          *(("generator",) if cfg.generator != "lstm" else ("embed_size", "hidden_size")))
     started = begin_output(cfg.out, "gan.text")  # only now, with the data read: bad data leaves an earlier run in --out whole
     reference = set(ngrams(train_rows.tolist()))
     generator = build_generator(cfg, pack, special)

@@ -22,7 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genforge.artifacts import begin_output, write_json, write_manifest
+from genforge.config import check_training_memory
 from genforge.errors import ArtifactError, DataError
+from genforge.models.presets import meta_params
 from genforge.paradigms.config import ImageGanConfig
 from genforge.paradigms.frechet import coverage, features_and_predictions, frechet_distance, train_classifier
 from genforge.paradigms.images import load_image_folder, save_grid
@@ -106,10 +108,13 @@ def gan_image(cfg: ImageGanConfig) -> dict[str, Any]:
     latest = cfg.out / "checkpoints" / "latest"
     if cfg.resume and find_checkpoint(latest) is None:
         raise ArtifactError(f"nothing to resume: {latest} does not exist; drop --resume")
+    k = len(class_names) if cfg.conditional else 0
+    check_training_memory(lambda: meta_params(generator_net, cfg.latent_size, x.shape[1], cfg.image_size, cfg.width, k)
+                          + meta_params(discriminator_net, x.shape[1], cfg.image_size, cfg.width, k),
+                          cfg, "latent_size", "width")
     started = begin_output(cfg.out, "gan.image")
     train_idx, held_idx = split(len(x), cfg.seed)
     x_train, y_train = x[train_idx], y[train_idx]
-    k = len(class_names) if cfg.conditional else 0
     torch.manual_seed(cfg.seed)
     g = generator_net(cfg.latent_size, x.shape[1], cfg.image_size, cfg.width, k)
     d = discriminator_net(x.shape[1], cfg.image_size, cfg.width, k)

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genforge.artifacts import begin_output, read_manifest, reading, write_json, write_manifest
+from genforge.config import check_training_memory
 from genforge.errors import ArtifactError, DataError
+from genforge.models.presets import meta_params
 from genforge.paradigms.config import VaeConfig
 from genforge.train.checkpoint import WEIGHTS
 from genforge.train.config import TrainConfig
@@ -194,6 +196,8 @@ def vae_train(cfg: VaeConfig) -> Any:
         raise DataError(f"tokenizer {cfg.data / 'tokenizer'} has no {missing} token: retrain it with genforge")
     train_rows = read_sentences(cfg.data, "train", pack, cfg.max_len)
     val_rows = read_sentences(cfg.data, "val", pack, cfg.max_len)[:2000]
+    check_training_memory(lambda: meta_params(TextVae, pack["vocab_size"], cfg.embed_size, cfg.hidden_size,
+                                              cfg.latent_size), cfg, "embed_size", "hidden_size", "latent_size")
     started = begin_output(cfg.out, "vae")  # only now, with the data read: bad data leaves an earlier run in --out whole
     torch.manual_seed(cfg.seed)
     model = TextVae(pack["vocab_size"], cfg.embed_size, cfg.hidden_size, cfg.latent_size)

@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 
 import torch
 
+from genforge.config import available_memory
 from genforge.errors import ConfigError
 from genforge.generate.config import SamplingParams
 from genforge.generate.decoder import Decoder
@@ -65,21 +65,6 @@ class Seq:
 def _generator(seed: int | None) -> torch.Generator:
     seed = seed if seed is not None else int(torch.randint(0, 2**62, ()).item())
     return torch.Generator().manual_seed(seed)
-
-
-def available_memory() -> int | None:
-    """Bytes this process may still allocate: the kernel's MemAvailable, capped by a cgroup v2 limit (a
-    container's); None where neither can be read (not Linux)."""
-    sizes = []
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-        sizes += [int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")]
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit.isdigit():
-            sizes.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(sizes) if sizes else None
 
 
 def check_cache_fits(runner: LlamaRunner, rows: int, columns: int) -> None:

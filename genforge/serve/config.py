@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import check_threads, field
+from genforge.config import Config, check_threads, field
 from genforge.errors import ConfigError
 from genforge.generate.config import BACKENDS, DTYPES
 
@@ -64,7 +64,7 @@ def parse_variant(spec: str) -> Variant:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(Config):
     model: Path = field(None, help="model folder to serve: a causal LM (full or LoRA adapter), a classifier "
                                    "run folder or an encoder")
     name: str | None = field(None, help="public model name of --model in the API (default: the folder's name)")
@@ -143,7 +143,7 @@ class ServeConfig:
 
 
 @dataclass
-class KeyCreateConfig:
+class KeyCreateConfig(Config):
     name: str = field(None, help="a unique name for the key (who or what uses it)", argument=True)
     rate_limit: int = field(0, help="requests per minute for this key; 0 = the server's --rate-limit")
     db: str | None = field(None, help=f"database URL (default: ${DB_ENV} or sqlite:///~/.genforge/serve.db)")
@@ -157,12 +157,12 @@ class KeyCreateConfig:
 
 
 @dataclass
-class KeyListConfig:
+class KeyListConfig(Config):
     db: str | None = field(None, help=f"database URL (default: ${DB_ENV} or sqlite:///~/.genforge/serve.db)")
 
 
 @dataclass
-class KeyRevokeConfig:
+class KeyRevokeConfig(Config):
     key: str = field(None, help="name or id of the key to revoke", argument=True)
     db: str | None = field(None, help=f"database URL (default: ${DB_ENV} or sqlite:///~/.genforge/serve.db)")
 
@@ -176,7 +176,7 @@ def _db_field():
 
 
 @dataclass
-class AbReportConfig:
+class AbReportConfig(Config):
     model: str | None = field(None, help="the experiment: the --model name its server was started with (default: "
                                          "the only experiment in the database)")
     out: Path | None = field(None, help="folder for report.json and report.png (default: print only)")
@@ -184,7 +184,7 @@ class AbReportConfig:
 
 
 @dataclass
-class AbPromoteConfig:
+class AbPromoteConfig(Config):
     variant: str = field(None, help="the variant to shift traffic to", argument=True)
     share: float = field(1.0, help="its share of traffic from now on; the others split the rest by their weights")
     model: str | None = field(None, help="the experiment (default: the only experiment in the database)")
@@ -198,7 +198,7 @@ class AbPromoteConfig:
 
 
 @dataclass
-class FeedbackExportConfig:
+class FeedbackExportConfig(Config):
     out: Path = field(None, help="folder for sft.jsonl, preference.jsonl and the manifest")
     model: str | None = field(None, help="only responses to this model name (default: all)")
     db: str | None = _db_field()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import Config, field
 from genforge.errors import ConfigError
 
 PRESETS = ("tiny", "small", "base", "custom")
@@ -20,7 +20,7 @@ ADVERSARIAL = ("none", "fgm", "pgd", "freelb", "vat")  # embedding-space trainin
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
+class TrainConfig(Config):
     """The knobs of the training loop, shared by every training command."""
 
     out: Path = field(help="output run folder (an HF model folder + checkpoints/ + logs/ when done)")
@@ -114,7 +114,7 @@ class PretrainConfig(TrainConfig):
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(Config):
     """Loss, perplexity and bits-per-byte of a model on the validation split of a packed data folder."""
 
     model: Path = field(help="Hugging Face model folder (a genforge run folder or any local checkpoint)")

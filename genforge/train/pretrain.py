@@ -9,6 +9,7 @@ model card. Under torchrun every process runs this function; only rank 0 writes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -26,10 +27,10 @@ from genforge.artifacts import (
     sha256_file,
     write_manifest,
 )
-from genforge.config import to_dict
+from genforge.config import check_training_memory, flag_values, to_dict
 from genforge.errors import ArtifactError, ConfigError, DataError
 from genforge.models.load import check_weights, detect_objective, load_model, max_positions, read_model_config
-from genforge.models.presets import build_model, count_params, model_config
+from genforge.models.presets import SIZE_KEYS, build_model, config_params, count_params, model_config
 from genforge.train import distributed
 from genforge.train.config import PretrainConfig
 from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
@@ -68,6 +69,47 @@ def check_same_tokenizer(model_path: Path, data_tokenizer: Any) -> None:
                         f"the model's tokenizer (genforge data pack --tokenizer {model_path})")
 
 
+def fresh_config(cfg: PretrainConfig, pack: dict[str, Any], special: dict[str, int]) -> Any:
+    """The HF config of the model a run from scratch builds from `cfg`'s --preset and size flags."""
+    return model_config(cfg.objective, cfg.preset, vocab_size=pack["vocab_size"], max_positions=cfg.seq_len,
+                        special_ids=special, dropout=cfg.dropout, overrides={k: getattr(cfg, k) for k in SIZE_KEYS})
+
+
+def size_flags(cfg: PretrainConfig) -> list[str]:
+    """The fields that size a fresh model: --preset and the size flags given (0 = the preset's)."""
+    return ["preset", *(k for k in SIZE_KEYS if getattr(cfg, k))]
+
+
+# config.json keys that define a model's shape; and those its --dropout sets (Llama's; BERT's)
+ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size")
+DROPOUT_KEYS = ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def check_resumed_model(cfg: PretrainConfig, saved: dict[str, Any], pack: dict[str, Any], special: dict[str, int]
+                        ) -> None:
+    """Refuse a resume whose model flags (--preset, the size flags, --model, --dropout) describe another model
+    than the checkpoint's `saved` config.json: the resumed model is rebuilt from its checkpoint, so they would
+    be silently ignored. Flags left at their defaults take the checkpoint's (`--resume --max-steps 4000`
+    alone continues any run); flags that are no part of the model (steps, time, lr schedule, evaluation,
+    seq-len within the model's positions) may change on resume."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    expected, source = {}, ""
+    if cfg.model is not None:
+        expected, source = read_model_config(cfg.model), f"--model {cfg.model}"
+    elif any(getattr(cfg, k) != defaults[k] for k in ("preset", *SIZE_KEYS)):
+        expected = fresh_config(cfg, pack, special).to_dict()
+        source = flag_values(cfg, *size_flags(cfg))
+    # config.json key -> (the value the flags give it, those flags)
+    wanted = {k: (expected[k], source) for k in ARCHITECTURE_KEYS if k in expected}
+    if cfg.dropout != defaults["dropout"]:
+        wanted.update({k: (cfg.dropout, flag_values(cfg, "dropout")) for k in DROPOUT_KEYS})
+    for key, (value, flags) in wanted.items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(f"--resume: {key} {value} (from {flags}) differs from the checkpoint's {saved[key]}; "
+                              "resume with the run's own sizes or write to a new --out")
+
+
 def prepare_model(cfg: PretrainConfig, pack: dict[str, Any], tokenizer: Any, special: dict[str, int]
                   ) -> tuple[Any, dict[str, Any] | None]:
     """The model to train and, when continuing a genforge model, that model's manifest (for lineage)."""
@@ -75,9 +117,11 @@ def prepare_model(cfg: PretrainConfig, pack: dict[str, Any], tokenizer: Any, spe
     if cfg.resume:  # the architecture comes from the checkpoint; its weights are loaded by the engine
         from transformers import AutoConfig
 
-        found = detect_objective(read_model_config(latest))
+        saved = read_model_config(latest)
+        found = detect_objective(saved)
         if found != cfg.objective:
             raise ConfigError(f"{cfg.out} holds a '{found}' run; resume it with --objective {found}")
+        check_resumed_model(cfg, saved, pack, special)
         check_weights(latest)
         torch.manual_seed(cfg.seed)
         model = build_model(AutoConfig.from_pretrained(latest), cfg.objective)
@@ -93,11 +137,9 @@ def prepare_model(cfg: PretrainConfig, pack: dict[str, Any], tokenizer: Any, spe
         check_same_tokenizer(cfg.model, tokenizer)
         base = cfg.model
     else:
+        config = fresh_config(cfg, pack, special)
+        check_training_memory(lambda: config_params(config, cfg.objective), cfg, *size_flags(cfg))
         torch.manual_seed(cfg.seed)
-        config = model_config(cfg.objective, cfg.preset, vocab_size=pack["vocab_size"], max_positions=cfg.seq_len,
-                              special_ids=special, dropout=cfg.dropout,
-                              overrides={k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads",
-                                                                     "intermediate_size")})
         model = build_model(config, cfg.objective)
         base = None
     limit = max_positions(model.config)

@@ -4,6 +4,7 @@ import torch
 from genforge.errors import ConfigError
 from genforge.models.presets import (
     build_model,
+    config_params,
     count_params,
     flops_per_token,
     model_config,
@@ -50,3 +51,14 @@ def test_flops_per_token_counts_the_output_head():
     model = build("clm", "tiny", vocab=1000)
     n = count_params(model)["non_embedding"] + 1000 * 128
     assert flops_per_token(model, 64) == 6 * n + 12 * 2 * 128 * 64
+
+
+
+def test_config_params_counts_exactly_without_allocating():
+    """A one- and a two-layer copy on the meta device, extrapolated: a billion layers cost nothing to count."""
+    for objective in ("clm", "mlm"):
+        config = model_config(objective, "tiny", vocab_size=320, max_positions=32, special_ids=SPECIAL)
+        assert config_params(config, objective) == count_params(build_model(config, objective))["total"]
+    one, two, deep = (config_params(model_config("clm", "custom", vocab_size=320, max_positions=32, special_ids=SPECIAL,
+                                                 overrides={"num_layers": n}), "clm") for n in (1, 2, 10**9))
+    assert deep == one + (10**9 - 1) * (two - one) > 10**14

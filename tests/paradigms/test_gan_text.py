@@ -48,3 +48,10 @@ def test_seq_len_is_bounded():
     TextGanConfig(data="d", out="o", seq_len=MAX_GAN_LEN).check()
     with pytest.raises(ConfigError, match=f"--seq-len must be at most {MAX_GAN_LEN}, got 100000: text GANs"):
         TextGanConfig(data="d", out="o", seq_len=100000).check()
+
+
+def test_absurd_generator_sizes_are_refused_before_the_output_is_touched(packed, tmp_path):
+    cfg = TextGanConfig(data=packed, out=tmp_path / "gan", embed_size=16, hidden_size=10**7)
+    with pytest.raises(ConfigError, match=r"^--embed-size 16 --hidden-size 10000000: a model of [\d,]+ parameters"):
+        gan_text(cfg)
+    assert not cfg.out.exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from genforge.errors import DataError
+from genforge.errors import ConfigError, DataError
 from genforge.paradigms.config import ImageGanConfig
 from genforge.paradigms.frechet import coverage, frechet_distance
 from genforge.paradigms.image_gan import (
@@ -86,3 +86,10 @@ def test_gan_image_trains_evaluates_and_resumes(tmp_path, digits):
     steps = [json.loads(line)["step"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
     assert json.loads((out / "manifest.json").read_text())["stage"] == "gan.image"
+
+
+def test_absurd_network_sizes_are_refused_before_the_output_is_touched(tmp_path, digits):
+    cfg = ImageGanConfig(images=digits, out=tmp_path / "run", image_size=16, width=10**6)
+    with pytest.raises(ConfigError, match=r"^--latent-size 100 --width 1000000: a model of [\d,]+ parameters"):
+        gan_image(cfg)
+    assert not cfg.out.exists()

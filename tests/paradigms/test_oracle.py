@@ -131,3 +131,9 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(ConfigError, match="--rollouts must be positive"):
         OracleConfig(out=tmp_path, rollouts=0).check()
+
+
+def test_absurd_generator_sizes_are_refused_before_the_output_is_touched(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--embed-size 32 --hidden-size 10000000: a model of [\d,]+ parameters"):
+        gan_oracle(tiny(tmp_path / "o", hidden_size=10**7))
+    assert not (tmp_path / "o").exists()

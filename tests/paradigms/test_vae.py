@@ -137,3 +137,21 @@ def test_bad_configs():
         VaeSampleConfig(model="m", n=100_000_000).check()
     with pytest.raises(ConfigError, match=f"--steps must be at most {MAX_SAMPLES}"):
         VaeSampleConfig(model="m", steps=MAX_SAMPLES + 1).check()
+
+
+def test_absurd_sizes_are_one_line_errors_before_the_output_is_touched(packed, tmp_path):
+    """`vae train --hidden-size 100000000000` ended in an allocator's "internal error"; the model is now counted
+    on the meta device and refused, like one whose training state exceeds the free memory."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "vae"
+    result = subprocess.run([sys.executable, "-m", "genforge.cli", "vae", "train", "--data", str(packed), "--out",
+                             str(out), "--hidden-size", "100000000000"], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: --embed-size 256 --hidden-size 100000000000 --latent-size 32: a model too "
+                                    "large to build (")
+    with pytest.raises(ConfigError, match=r"^--embed-size 16 --hidden-size 10000000 --latent-size 4: a model of "
+                                          r"[\d,]+ parameters, whose training needs ~[\d,.]+ GiB .*; choose smaller sizes$"):
+        vae_train(tiny(packed, out, hidden_size=10**7))
+    assert not out.exists()

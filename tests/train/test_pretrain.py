@@ -207,3 +207,37 @@ def test_resuming_an_interrupted_run_checks_the_tokenizer_it_started_with(tmp_pa
     with pytest.raises(DataError, match="was trained on data of another tokenizer"):
         pretrain(replace(cfg, data=other_tokenizer_data, max_steps=5, resume=True))
     assert read_manifest(pretrain(replace(cfg, max_steps=5, resume=True)))["metrics"]["steps"] == 5
+
+
+def test_resume_refuses_model_flags_other_than_the_checkpoints(tmp_path, tiny):
+    """A resumed model is rebuilt from its checkpoint, so other model flags would be silently ignored; what is
+    no part of the model (steps, lr schedule, evaluation) may change, and flags at their defaults take the run's."""
+    import re
+
+    cfg = tiny(tmp_path / "run", max_steps=3)
+    pretrain(cfg)
+    finished = read_manifest(cfg.out, "pretrain")
+    resume = replace(cfg, max_steps=5, resume=True)
+    for changes, differs in [
+        ({"preset": "custom", "hidden_size": 128, "num_layers": 4, "num_heads": 4},
+         "num_hidden_layers 4 (from --preset custom --hidden-size 128 --num-layers 4 --num-heads 4) differs from "
+         "the checkpoint's 2"),
+        ({"preset": "base"}, "hidden_size 576 (from --preset base) differs from the checkpoint's 128"),
+        ({"dropout": 0.1}, "attention_dropout 0.1 (from --dropout 0.1) differs from the checkpoint's 0.0"),
+    ]:
+        message = f"--resume: {differs}; resume with the run's own sizes or write to a new --out"
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            pretrain(replace(resume, **changes))
+    assert read_manifest(cfg.out, "pretrain") == finished
+    done = pretrain(replace(resume, preset="small", lr=5e-4, warmup_steps=1, eval_every=5))
+    assert read_manifest(done)["metrics"]["steps"] == 5
+
+
+@pytest.mark.parametrize("sizes, what", [
+    ({"num_layers": 10**9}, r"--num-layers 1000000000: a model of [\d,]+ parameters, whose training needs"),
+    ({"hidden_size": 10**11, "num_heads": 1}, r"--hidden-size 100000000000 --num-heads 1: a model too large to build"),
+])
+def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path, tiny, sizes, what):
+    with pytest.raises(ConfigError, match=rf"^--preset custom {what}.*; choose smaller sizes$"):
+        pretrain(tiny(tmp_path / "out", preset="custom", **sizes))
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genforge.config import field
+from genforge.config import Config, field
 from genforge.errors import ConfigError
 
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -21,7 +21,7 @@ SENTIMENTS = ("negative", "neutral", "positive")
 
 
 @dataclass
-class MonitorTrainConfig:
+class MonitorTrainConfig(Config):
     """Sentiment classifier (+ topic classifier or discovered topics) for the monitor, in one model folder."""
 
     sentiment_data: list[str] = field(default_factory=list, help="labelled sentiment file, as PATH or "
@@ -66,7 +66,7 @@ class MonitorTrainConfig:
 
 
 @dataclass
-class MonitorRunConfig:
+class MonitorRunConfig(Config):
     """Ingest streams, classify, store, track trends, alert, and serve the dashboard."""
 
     model: Path = field(None, help="a `genforge app monitor train` output folder")
@@ -108,7 +108,7 @@ class MonitorRunConfig:
 
 
 @dataclass
-class MonitorReportConfig:
+class MonitorReportConfig(Config):
     """A static HTML report (PNG charts, alerts with example items) from the monitor's database."""
 
     out: Path = field(None, help="the HTML file to write")
@@ -125,7 +125,7 @@ class MonitorReportConfig:
 
 
 @dataclass
-class MonitorReplayConfig:
+class MonitorReplayConfig(Config):
     """A timed JSONL stream from labelled texts, with injected negative surges of known size and start."""
 
     data: list[str] = field(default_factory=list, help="labelled sentiment file(s), as for `train` "

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field
+from genforge.config import Config, field
 from genforge.errors import ConfigError
 
 
 @dataclass(kw_only=True)
-class BuildConfig:
+class BuildConfig(Config):
     """Item text + interactions -> embeddings, ANN index, interest scorer and ranker in one folder."""
 
     items: Path = field(None, help="item catalogue (CSV, TSV, .dat tab-separated, JSONL or JSON)")
@@ -83,7 +83,7 @@ class BuildConfig:
 
 
 @dataclass(kw_only=True)
-class RecommendConfig:
+class RecommendConfig(Config):
     """Top-k items for a known user, a few liked items or a free-text description, with explanations."""
 
     model: Path = field(None, help="a `genforge app recommend build` folder")
@@ -105,7 +105,7 @@ class RecommendConfig:
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(Config):
     """Recall@k, NDCG@k, MRR@k, coverage and novelty on the held-out fold, against baselines in the same run."""
 
     model: Path = field(None, help="a `genforge app recommend build` folder built with --holdout")
@@ -128,7 +128,7 @@ class EvalConfig:
 
 
 @dataclass(kw_only=True)
-class RecServeConfig:
+class RecServeConfig(Config):
     """POST /v1/recommend on genforge's serving stack (keys, gateway, stored responses, feedback, A/B)."""
 
     model: Path = field(None, help="a `genforge app recommend build` folder")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.config import field, not_utf8
+from genforge.config import Config, field, not_utf8
 from genforge.errors import ConfigError
 
 DEFAULT_SYSTEM = ("You are a customer support assistant. Answer the customer's request helpfully, using the "
@@ -25,7 +25,7 @@ def _positive(cfg: object, *names: str) -> None:
 
 
 @dataclass
-class BuildConfig:
+class BuildConfig(Config):
     kb: list[Path] = field(default_factory=list, help="knowledge base: FAQ files (CSV/TSV/JSONL/JSON with question "
                            "and answer, optional id) and documents (Markdown, text, HTML) or folders of them "
                            "(repeatable)")
@@ -87,7 +87,7 @@ class BuildConfig:
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(Config):
     assistant: Path = field(None, help="assistant folder made by `genforge app support build`")
     val: Path = field(None, help="calibration questions (CSV/JSONL: text, label = the FAQ id, or 'oos')")
     min_inscope_accuracy: float = field(0.93, help="in-scope accuracy the hand-off thresholds must keep")
@@ -102,7 +102,7 @@ class CalibrateConfig:
 
 
 @dataclass
-class AskConfig:
+class AskConfig(Config):
     assistant: Path = field(None, help="assistant folder made by `genforge app support build`")
     question: list[str] = field(default_factory=list, help="a customer message; several make one conversation",
                                 argument=True)
@@ -126,7 +126,7 @@ class AskConfig:
 
 
 @dataclass
-class SupportServeConfig:
+class SupportServeConfig(Config):
     assistant: Path = field(None, help="assistant folder made by `genforge app support build`")
     name: str = field("support", help="model name of the assistant on /v1/chat/completions (OpenAI clients)")
     host: str = field("127.0.0.1", help="interface to listen on; a non-loopback host needs an API key")
@@ -151,7 +151,7 @@ class SupportServeConfig:
 
 
 @dataclass
-class SupportEvalConfig:
+class SupportEvalConfig(Config):
     assistant: Path = field(None, help="assistant folder made by `genforge app support build`")
     data: Path = field(None, help="test questions (CSV/JSONL: text, label = FAQ id or 'oos')")
     out: Path | None = field(None, help="write report.json and the per-question results here")
@@ -168,7 +168,7 @@ class SupportEvalConfig:
 
 
 @dataclass
-class TicketsConfig:
+class TicketsConfig(Config):
     db: str | None = field(None, help="database URL (default: $GENFORGE_DB_URL or sqlite:///~/.genforge/serve.db)")
     status: str = field("open", help="which tickets to list", choices=("open", "closed", "all"))
     close: list[int] = field(default_factory=list, help="close the ticket with this id (repeatable)")
@@ -176,7 +176,7 @@ class TicketsConfig:
 
 
 @dataclass
-class FromBitextConfig:
+class FromBitextConfig(Config):
     data: Path = field(None, help="the shared data folder (holds bitext_customer_support/ and clinc150/)")
     out: Path = field(None, help="folder for faq.csv, history.jsonl, val.csv, test.csv and oos.csv")
     max_history: int = field(0, help="most training dialogues written to history.jsonl (0 = all)")
