@@ -128,6 +128,44 @@ def oai():
 
 
 @pytest.fixture
+def blocking(monkeypatch):
+    """blocking(command, make_cfg) -> (base URL, thread, raised): a blocking server command (`genforge serve`'s
+    or an application's) run in a thread as command(make_cfg(port)) on a free port, returned once /health
+    answers; `raised` gets the exception the command ends with. The JSON logs stay off (pytest keeps its own)."""
+    import httpx
+
+    monkeypatch.setattr("genforge.serve.logs.setup_logging", lambda level: None)
+
+    def answers(url: str) -> bool:
+        try:
+            return httpx.get(url, timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def start(command, make_cfg) -> tuple[str, threading.Thread, list[Exception]]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        raised: list[Exception] = []
+
+        def main() -> None:
+            try:
+                command(make_cfg(port))
+            except Exception as e:
+                raised.append(e)
+
+        thread = threading.Thread(target=main, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while not answers(f"http://127.0.0.1:{port}/health"):
+            assert thread.is_alive() and time.monotonic() < deadline, f"the server did not start: {raised}"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}", thread, raised
+
+    return start
+
+
+@pytest.fixture
 def browser():
     """Headless Chromium driven by Selenium (Debian's chromium + chromium-driver)."""
     from selenium import webdriver

@@ -56,6 +56,8 @@ log = logging.getLogger("genforge.serve")
 access = logging.getLogger("genforge.serve.access")
 UI = Path(__file__).parent / "ui"
 PAGES = {"chat": "chat.html", "dashboard": "dashboard.html"}
+JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
+              dict: "an object", type(None): "null"}  # what a wrong-typed value was, in a 400's message
 
 
 @dataclass
@@ -184,6 +186,8 @@ def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         loc = []
     else:
         message = f"{'.'.join(loc) or 'body'}: {err['msg']}"
+        if err.get("type", "").endswith("_type") and type(err.get("input")) in JSON_TYPES:
+            message += f", not {JSON_TYPES[type(err['input'])]}"  # "true" for a boolean looks right unless said
     return JSONResponse(error_body(400, message, param=".".join(loc) or None), status_code=400)
 
 

@@ -39,8 +39,9 @@ class Engine:
     def __init__(self, decoder: Decoder, *, name: str, max_batch: int = 32, max_queue: int = 256,
                  cache_len: int = 0, max_prefill_tokens: int = 4096, prefill_chunk: int = 0, metrics: Any = None):
         self.name = name
+        self.label = f"the decoding worker of model '{name}'"  # in errors; `run_app` watches it by these three
         self.failure: Exception | None = None  # what ended the worker thread, if it died
-        self.on_failure: Callable[[Exception], None] | None = None  # told when it dies (`serve` then exits)
+        self.on_failure: Callable[[Exception], None] | None = None  # told when it dies (the server then exits)
         self.batch = SlotBatch(decoder, max_batch, cache_len, max_prefill_tokens, prefill_chunk)
         self.max_queue = max_queue
         self.metrics = metrics
@@ -80,8 +81,7 @@ class Engine:
         """Queue sequences (all or none); QueueFull when the queue lacks room for all of them."""
         with self._cond:
             if self.failure is not None:
-                raise EngineDown(f"the decoding worker of model '{self.name}' has stopped ({self.failure!r}); "
-                                 "see the server log")
+                raise EngineDown(f"{self.label} has stopped ({self.failure!r}); see the server log")
             if len(self.waiting) + len(seqs) > self.max_queue:
                 raise QueueFull(self.retry_after())
             self.waiting.extend(seqs)

@@ -1,8 +1,11 @@
 """Request bodies of the OpenAI-compatible API, validated by pydantic (FastAPI turns failures into 400s).
 
-Defaults follow OpenAI (temperature 1, top_p 1, completions max_tokens 16). A JSON null means "not
-given". Extensions in the style of vLLM: `top_k`, `repetition_penalty`, `ignore_eos`. OpenAI
-parameters genforge does not implement are refused with a 400 naming them, unless left neutral.
+Every body, the applications' included, is a `JsonBody`: JSON types are taken as sent, as OpenAI does
+("stream": "true", "n": "2" or "temperature": "0.5" is a 400 naming the field, not coerced), except that an
+integer is a number (`"temperature": 1`). Defaults follow OpenAI (temperature 1, top_p 1, completions
+max_tokens 16). A JSON null means "not given". Extensions in the style of vLLM: `top_k`,
+`repetition_penalty`, `ignore_eos`. OpenAI parameters genforge does not implement are refused with a 400
+naming them, unless left neutral.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ NEUTRAL: tuple[Any, ...] = (None, False, 0, {}, [], "none", "auto", {"type": "te
 MAX_INPUTS = 2048  # list inputs (prompts, embedding texts), as OpenAI
 
 
-class _Body(BaseModel):
+class JsonBody(BaseModel):
+    """A request body in strict mode: a value of the wrong JSON type is refused, never coerced (pydantic's lax
+    mode would read "yes" as true and "2" as 2, answering a request the client did not send)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class _Body(JsonBody):
     model_config = ConfigDict(extra="allow")  # other clients' extra fields are ignored, unsupported ones refused
 
     @model_validator(mode="before")
@@ -34,7 +44,7 @@ class _Body(BaseModel):
                 raise ApiError(400, f"'{key}' is not supported by this server", param=key, code="unsupported_parameter")
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(JsonBody):
     include_usage: bool = False
 
 
@@ -64,12 +74,12 @@ class CompletionRequest(Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
 
 
-class TextPart(BaseModel):
+class TextPart(JsonBody):
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
+class Message(JsonBody):
     """One chat turn. Its content is required text, for assistant turns too: a null content only has a meaning
     with tool calls, which this server does not take ('tools' is refused)."""
 
@@ -124,7 +134,7 @@ def as_list(value: Any, param: str) -> list[Any]:
     return items
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(JsonBody):
     """POST /v1/feedback: a rating of a stored response (thumbs or 1-5 stars), a comment, a better answer."""
 
     model_config = ConfigDict(extra="forbid")

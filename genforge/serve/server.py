@@ -1,7 +1,9 @@
 """`genforge serve` and `genforge keys`: load the models, check the exposure, run uvicorn; manage keys.
 
 `build_state(cfg)` does everything but listening (models, keys, safety checks, the A/B experiment) (tests and embedders run the app their own way);
-`serve(cfg)` adds the safety check on the host and runs uvicorn until Ctrl-C.
+`serve(cfg)` adds the safety check on the host and runs uvicorn until Ctrl-C. `run_app` is how `serve` and every
+application's server listen: a dead background worker (a model's decoding `Engine`, a `Worker` thread such as the
+monitor's poller) ends the process with an error instead of leaving it up without the worker.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from genforge.errors import ArtifactError, ConfigError
@@ -86,8 +90,6 @@ def build_state(cfg: ServeConfig, keys: Any = None) -> Any:
 
 def serve(cfg: ServeConfig) -> None:
     """`genforge serve`: the OpenAI-compatible API until interrupted."""
-    import uvicorn
-
     from genforge.serve.app import create_app
     from genforge.serve.logs import setup_logging
 
@@ -104,16 +106,54 @@ def serve(cfg: ServeConfig) -> None:
         log.info("serving", extra={"model": m.name, "kind": m.kind, "context": m.context,
                                    "backend": m.decoder.backend if m.decoder else None,
                                    "url": f"http://{cfg.host}:{cfg.port}/v1"})
-    server = uvicorn.Server(uvicorn.Config(create_app(state), host=cfg.host, port=cfg.port, log_config=None,
-                                           access_log=False, timeout_graceful_shutdown=5))
-    engines = [m.engine for m in state.models.values() if m.engine is not None]
-    for engine in engines:  # a dead decoding worker stops the server instead of leaving it up and mute
-        engine.on_failure = lambda _: setattr(server, "should_exit", True)
-    server.run()
-    failed = [e for e in engines if e.failure is not None]
-    if failed:
-        raise RuntimeError(f"the decoding worker of model '{failed[0].name}' failed ({failed[0].failure!r}); "
-                           "see the log above")
+    run_app(create_app(state), cfg.host, cfg.port)
+
+
+class Worker:
+    """A background thread a server depends on (the monitor's file poller). It watches like an `Engine`: what
+    escapes `target` is logged and kept in `failure`, and `on_failure` is told, so `run_app` stops the server
+    rather than leaving it up while nothing does the thread's work any more."""
+
+    def __init__(self, label: str, target: Callable[..., None], *args: Any):
+        self.label = label  # "the file poller of the monitor": what failed, in the server's last line
+        self.failure: Exception | None = None
+        self.on_failure: Callable[[Exception], None] | None = None
+        self._target, self._args = target, args
+        self._thread = threading.Thread(target=self._run, name="genforge-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self._target(*self._args)
+        except Exception as e:
+            log.exception("%s failed", self.label)
+            self.failure = e
+            if self.on_failure is not None:
+                self.on_failure(e)
+
+
+def run_app(app: Any, host: str, port: int, workers: Sequence[Any] = ()) -> None:
+    """Serve `app` (a `create_app` app) with uvicorn until Ctrl-C, or until a worker it depends on dies: the
+    decoding engines of its models and `workers` (anything with `label`, `failure` and `on_failure`, as `Worker`).
+    A dead worker's requests already failed (500/503); the server then stops, and this raises one line naming
+    the worker, so the process exits non-zero instead of staying up without it."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                           timeout_graceful_shutdown=5))
+    watched = [m.engine for m in app.state.genforge.models.values() if m.engine is not None] + list(workers)
+    for worker in watched:
+        worker.on_failure = lambda _: setattr(server, "should_exit", True)
+    if not any(w.failure is not None for w in watched):  # one may have died before it was watched
+        server.run()
+    failed = next((w for w in watched if w.failure is not None), None)
+    if failed is not None:
+        raise RuntimeError(f"{failed.label} failed ({failed.failure!r}); see the log above")
     if not server.started:
         raise SystemExit(3)  # uvicorn could not start (a busy port, ...): it logged why
 

@@ -46,7 +46,8 @@ def test_feedback_is_stored_and_exported(serve_cfg, live, oai, tmp_path):
         for bad in ({"response_id": first.id}, {"response_id": first.id, "rating": 6},
                     {"response_id": first.id, "thumbs": "sideways"}, {"thumbs": "up"},
                     {"response_id": first.id, "correction": " \n "}, {"response_id": first.id, "choice": -1,
-                                                                       "thumbs": "up"}):
+                                                                       "thumbs": "up"},
+                    {"response_id": first.id, "rating": "5"}):
             assert post(bad).status_code == 400, bad
         assert httpx.post(f"{url}/v1/feedback", content=b"{", timeout=30).status_code == 400
         with Session(state.keys.engine) as s:

@@ -2,7 +2,6 @@
 429 when the queue is full, request timeouts, cancellation when the client goes away, and concurrent
 requests decoding in one batch exactly as they do alone."""
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +83,25 @@ def test_bad_chat_requests_are_openai_errors(server, body, status, param):
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == status, r.text
     assert r.json()["error"]["param"].startswith(param)
+
+
+@pytest.mark.parametrize(("field", "value"), [("stream", "yes"), ("stream", "true"), ("n", "2"),
+                                            ("temperature", "0.5")])
+def test_a_value_of_the_wrong_json_type_is_refused_not_coerced(server, field, value):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2, field: value},
+                   timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == field and error["message"].startswith(f"{field}: ")
+    assert error["message"].endswith("not a string")
+
+
+def test_an_integer_is_a_number_as_for_openai(server):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2, "temperature": 1},
+                   timeout=60)
+    assert r.status_code == 200, r.text
 
 
 def test_other_routes_and_embedding_errors(server, oai):
@@ -221,35 +239,13 @@ def test_long_prompts_prefilled_in_chunks_decode_as_alone(serve_cfg, live, oai, 
     assert staged and min(staged) > 4  # long prompts joined running rows chunk by chunk
 
 
-def test_a_dead_worker_fails_its_requests_and_ends_serve_with_an_error(serve_cfg, monkeypatch):
+def test_a_dead_worker_fails_its_requests_and_ends_serve_with_an_error(serve_cfg, blocking, monkeypatch):
     def broken(self, waiting):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(SlotBatch, "admissible", broken)  # a bug outside the decode step's own error handling
-    monkeypatch.setattr("genforge.serve.logs.setup_logging", lambda level: None)  # keep pytest's log handlers
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    raised = []
-    thread = threading.Thread(target=lambda: _catch(serve, serve_cfg(port=port), raised), daemon=True)
-    thread.start()
-    wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 60)
-    r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2},
-                   timeout=30)
+    url, thread, raised = blocking(serve, lambda port: serve_cfg(port=port))
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=30)
     assert r.status_code == 500 and "failed while generating" in r.json()["error"]["message"]
     thread.join(30)
     assert not thread.is_alive() and "the decoding worker of model 'tiny' failed" in str(raised[0])
-
-
-def _catch(fn, arg, raised: list) -> None:
-    try:
-        fn(arg)
-    except Exception as e:
-        raised.append(e)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False

@@ -1,8 +1,10 @@
 """`genforge app monitor run`: follow the sources, classify and store in batches, alert, serve the dashboard.
 
 The file sources are polled on a background thread while uvicorn serves the API and the dashboard
-(POST /v1/monitor/items ingests through the same `Monitor`, one batch at a time). `--once` drains the
-file sources, evaluates the alerts and exits (replays, cron jobs, tests).
+(POST /v1/monitor/items ingests through the same `Monitor`, one batch at a time); a failed poll is retried
+at the next one, but a poller that dies ends the server with an error (`run_app`), as a dead decoding worker
+ends `genforge serve`. `--once` drains the file sources, evaluates the alerts and exits (replays, cron jobs,
+tests).
 """
 
 from __future__ import annotations
@@ -80,22 +82,19 @@ def run(cfg: MonitorRunConfig) -> dict[str, int] | None:
             return stats
         poll_forever(monitor, sources, rules, cfg.poll, threading.Event())
         return None
-    import uvicorn
-
     from genforge.apps.monitor.web import build_app
     from genforge.serve.logs import setup_logging
-    from genforge.serve.server import check_exposure
+    from genforge.serve.server import Worker, check_exposure, run_app
 
     setup_logging("info")
     app, monitor = build_app(cfg, model, rules)
     check_exposure(app.state.genforge.cfg, app.state.genforge.keys)
     stop = threading.Event()
-    poller = threading.Thread(target=poll_forever, args=(monitor, sources, rules, cfg.poll, stop), daemon=True)
+    poller = Worker("the file poller of the monitor", poll_forever, monitor, sources, rules, cfg.poll, stop)
     poller.start()
     log.info("monitor", extra={"dashboard": f"http://{cfg.host}:{cfg.port}/monitor"})
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False,
-                    timeout_graceful_shutdown=5)
+        run_app(app, cfg.host, cfg.port, [poller])
     finally:
         stop.set()
         poller.join(30)

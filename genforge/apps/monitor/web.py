@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -27,12 +27,13 @@ from genforge.apps.monitor.tables import MonitorItem, MonitorText
 from genforge.errors import DataError
 from genforge.serve.app import Authorized
 from genforge.serve.errors import ApiError
+from genforge.serve.schemas import JsonBody
 
 PAGE = Path(__file__).parent / "ui" / "monitor.html"
 MAX_ITEMS = 1000
 
 
-class ItemsRequest(BaseModel):
+class ItemsRequest(JsonBody):
     items: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_ITEMS)
 
 

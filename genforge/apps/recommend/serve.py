@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from genforge.apps.recommend.config import RecServeConfig
@@ -24,10 +24,11 @@ from genforge.apps.recommend.query import query_of
 from genforge.errors import DataError
 from genforge.serve.app import Authorized
 from genforge.serve.errors import ApiError
+from genforge.serve.schemas import JsonBody
 from genforge.serve.store import Record, save
 
 
-class Filters(BaseModel):
+class Filters(JsonBody):
     """Unknown keys are rejected: a misspelt filter would otherwise be dropped and the answer go unfiltered."""
 
     model_config = ConfigDict(extra="forbid")
@@ -35,7 +36,7 @@ class Filters(BaseModel):
     exclude: list[str] = Field(default_factory=list, description="item ids never to recommend")
 
 
-class RecommendRequest(BaseModel):
+class RecommendRequest(JsonBody):
     """Unknown keys are rejected (a misspelt `filters` would silently recommend unfiltered items)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -133,14 +134,12 @@ def create_recommend_app(cfg: RecServeConfig, keys: Any = None) -> Any:
 
 
 def serve(cfg: RecServeConfig) -> None:
-    """Serve until Ctrl-C (blocking)."""
-    import uvicorn
-
+    """Serve until Ctrl-C (blocking), as `genforge serve` does (`run_app`)."""
     from genforge.serve.config import ServeConfig
-    from genforge.serve.server import check_exposure
+    from genforge.serve.server import check_exposure, run_app
 
     app = create_recommend_app(cfg)
     state = app.state.genforge
     check_exposure(ServeConfig(model=cfg.model, host=cfg.host), state.keys)
     print(f"recommending on http://{cfg.host}:{cfg.port}/v1/recommend", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    run_app(app, cfg.host, cfg.port)

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from genforge.apps.support.service import Desk, Reply, converse
@@ -26,12 +26,12 @@ from genforge.apps.support.tables import list_tickets
 from genforge.serve import completions
 from genforge.serve.app import Authorized
 from genforge.serve.errors import ApiError
-from genforge.serve.schemas import ChatRequest
+from genforge.serve.schemas import ChatRequest, JsonBody
 
 WIDGET = Path(__file__).parent / "ui" / "widget.html"
 
 
-class SupportChat(BaseModel):
+class SupportChat(JsonBody):
     message: str = Field(min_length=1, max_length=8000)
     session_id: str | None = Field(None, max_length=64)
     stream: bool = False

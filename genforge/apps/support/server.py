@@ -2,7 +2,8 @@
 
 `make_app(cfg)` composes the serving stage (`build_state` with the assistant's chat model, or its encoder
 when it has none, as the served model; keys, safety, database) with the assistant's router; `serve` runs
-it under uvicorn. The serving stage's exposure check applies: no key, no listening beyond this machine.
+it as `genforge serve` runs its app (`run_app`: a dead decoding worker ends it with an error). The serving
+stage's exposure check applies: no key, no listening beyond this machine.
 """
 
 from __future__ import annotations
@@ -47,10 +48,8 @@ def make_app(cfg: SupportServeConfig, keys: Any = None) -> tuple[Any, Any]:
 
 def serve(cfg: SupportServeConfig) -> None:
     """Serve the assistant until interrupted (blocking)."""
-    import uvicorn
-
     from genforge.serve.logs import setup_logging
-    from genforge.serve.server import _keys, check_exposure
+    from genforge.serve.server import _keys, check_exposure, run_app
 
     scfg = serve_config(cfg)
     keys = _keys(scfg)
@@ -58,7 +57,7 @@ def serve(cfg: SupportServeConfig) -> None:
     setup_logging(cfg.log_level)
     app, _ = make_app(cfg, keys)
     log.info("serving the support assistant", extra={"model": cfg.name, "url": f"http://{cfg.host}:{cfg.port}/support"})
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    run_app(app, cfg.host, cfg.port)
 
 
 def ask(cfg: AskConfig) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -139,6 +140,25 @@ def test_report_period_is_cut_to_the_data(tmp_path, engine, add_items):
         report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="2100-01-01"))
     with pytest.raises(ConfigError, match="bad time '1e400'"):
         report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="1e400"))
+
+
+def test_a_dead_poller_ends_the_monitor_server_with_an_error(tmp_path, monitor_model, blocking, monkeypatch):
+    from genforge.apps.monitor.run import run
+
+    serving = threading.Event()
+
+    def broken(*args):  # a bug past poll_forever's retry of failed polls
+        serving.wait(60)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("genforge.apps.monitor.run.poll_forever", broken)
+    news = tmp_path / "news.jsonl"
+    news.write_text("")
+    _, thread, raised = blocking(run, lambda port: MonitorRunConfig(
+        model=monitor_model, source=[f"jsonl:{news}"], db=f"sqlite:///{tmp_path / 'm.db'}", port=port))
+    serving.set()
+    thread.join(30)
+    assert not thread.is_alive() and "the file poller of the monitor failed (RuntimeError('boom'))" in str(raised[0])
 
 
 def test_run_once_from_the_cli_then_resume_through_the_api(tmp_path, monitor_model):

@@ -78,6 +78,8 @@ def test_recommend_errors_name_the_bad_field(model_dir, tmp_path, live):
         assert client.post("/v1/recommend", json={"user": "u0", "filter": {"genres": ["food"]}}).status_code == 400
         empty = client.post("/v1/recommend", json={"text": " "})
         assert empty.status_code == 400 and empty.json()["error"]["param"] == "text"
+        as_text = client.post("/v1/recommend", json={"user": "u0", "k": "5"})  # not read as 5
+        assert as_text.status_code == 400 and as_text.json()["error"]["param"] == "k"
         nope = client.post("/v1/recommend", json={"user": "u0", "model": "nope"}).json()["error"]["message"]
         assert nope.endswith("(served: rec)")
 

@@ -40,6 +40,8 @@ def test_support_chat_json_stream_sessions_tickets_and_feedback(support_app, liv
         r = http.post("/v1/feedback", json={"response_id": first["response_id"], "thumbs": "up"})
         assert r.status_code == 200 and r.json()["response_id"] == first["response_id"]
         assert http.post("/v1/support/chat", json={"message": ""}).status_code == 400
+        as_text = http.post("/v1/support/chat", json={"message": "hi", "stream": "true"})  # not read as true
+        assert as_text.status_code == 400 and as_text.json()["error"]["param"] == "stream"
         blank = http.post("/v1/support/chat", json={"message": " \n "})
         assert blank.status_code == 400 and "message is empty" in blank.json()["error"]["message"]
         blank = http.post("/v1/chat/completions", json={"model": "support", "messages": [{"role": "user",
@@ -80,3 +82,20 @@ def test_keys_protect_the_support_routes(support_app, live):
 def test_serving_a_folder_that_is_not_an_assistant_is_a_clear_error(tmp_path):
     with pytest.raises(ArtifactError, match="not a support assistant"):
         serve_config(SupportServeConfig(assistant=tmp_path))
+
+
+def test_a_dead_decoding_worker_ends_the_support_server_with_an_error(served_dir, tmp_path, blocking, monkeypatch):
+    from genforge.apps.support.server import serve
+    from genforge.serve.batch import SlotBatch
+
+    def broken(self, waiting):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(SlotBatch, "admissible", broken)  # a bug in the served chat model's worker thread
+    url, thread, raised = blocking(serve, lambda port: SupportServeConfig(
+        assistant=served_dir, db=f"sqlite:///{tmp_path / 'serve.db'}", port=port, max_new_tokens=8))
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
+        "model": "support-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 500
+    thread.join(30)
+    assert not thread.is_alive() and "the decoding worker of model 'support-chat' failed" in str(raised[0])
