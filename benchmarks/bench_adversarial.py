@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--wise-ft", type=float, default=0.0,
                         help="also score the weight average (`finetune average`, WiSE-FT) of the normal and the "
                              "adversarial model, this weight on the adversarial one (0 = off)")
+    parser.add_argument("--correct-typos", action="store_true",
+                        help="both runs map misspelt words back to known words first (`--correct-typos`)")
     parser.add_argument("--keep", type=Path, help="keep the runs (models, logs, robustness reports) in this folder "
                                                   "instead of a temporary one")
     args = parser.parse_args()
@@ -247,7 +249,7 @@ def main() -> None:
             test_path = Path(tmp) / f"{name}_test.json"
             test_path.write_text(json.dumps(test, ensure_ascii=False), encoding="utf-8")
             base, train_cfg, attack_cfg = settings(name, train, tmp, args.quick, args.attack_examples, args.epochs)
-            train_cfg["head"] = args.head
+            train_cfg |= {"head": args.head, "correct_typos": args.correct_typos}
             common = {"base": base, "data": str(write_csv(Path(tmp) / f"{name}_train.csv", train)),
                       "val_data": str(write_csv(Path(tmp) / f"{name}_val.csv", val)), "test": str(test_path),
                       "threads": args.threads, "attack": attack_cfg}

@@ -127,6 +127,7 @@ def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
     report: dict[str, Any] = {
         "model": str(cfg.model), "data": str(cfg.data), "examples": len(examples),
         "clean_accuracy": float((clean == gold).mean()), "seed": cfg.seed,
+        "corrects_typos": model.typos is not None,  # the attacks then face the classifier behind its corrector
         "budget": {k: v for k, v in dataclasses.asdict(budget).items() if k != "seed"}, "attacks": {}}
     for name in dict.fromkeys(cfg.attack):
         own = cfg.synonym_source == "model"

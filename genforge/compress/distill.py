@@ -193,4 +193,4 @@ def make_student(cfg: CompressConfig, teacher: Subject) -> tuple[Subject, list[t
         width = student_body.config.hidden_size
         head = copy.deepcopy(head) if width == body.config.hidden_size else build_head(teacher.info["head"], width,
                                                                                        len(teacher.info["labels"]))
-    return teacher.replace(Classifier(student_body, head)), layer_map
+    return teacher.replace(Classifier(student_body, head, teacher.model.typos)), layer_map

@@ -96,5 +96,10 @@ def save_subject(subject: Subject, out: Path, compression: dict[str, Any] | None
         if head is not None:
             save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_WEIGHTS))
         write_json(out / CLASSIFIER_JSON, {**subject.info, "lora": None, "adapter": False})
+        typos = getattr(subject.model, "typos", None)
+        if typos is not None:
+            from genforge.finetune.typos import save_vocabulary
+
+            save_vocabulary(typos.counts, out)
     if compression is not None:
         write_json(out / COMPRESSION, compression)

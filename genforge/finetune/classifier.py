@@ -7,7 +7,8 @@ A classifier run folder holds, beside the usual manifest/card/logs:
 - full or merged, lstm/transformer head: the HF folder of the body (`AutoModel` loads it) + `head.safetensors`;
 - LoRA adapter: `adapter_config.json` + `adapter_model.safetensors` (peft's own files; with a linear head
   the classification layer is in the adapter too) + `head.safetensors` for the custom heads;
-- the tokenizer files.
+- the tokenizer files;
+- with `--correct-typos`: `typo_vocabulary.txt`, the training texts' words the typo corrector knows.
 `load_classifier(folder)` reads every variant.
 """
 
@@ -24,6 +25,7 @@ from genforge.errors import ArtifactError
 from genforge.finetune.heads import HEADS, Classifier, build_head
 from genforge.finetune.lora import adapter_base, load_adapted
 from genforge.finetune.model import hf_config, load_pretrained, load_tokenizer
+from genforge.finetune.typos import load_corrector
 from genforge.models.load import COMPRESSION, check_weights
 
 CLASSIFIER_JSON = "classifier.json"
@@ -120,7 +122,7 @@ def load_classifier(folder: Path) -> tuple[Classifier, Any, dict[str, Any]]:
             raise ArtifactError(f"{folder} lacks {HEAD_WEIGHTS} for its '{info['head']}' head")
         head = build_head(info["head"], config.hidden_size, len(info["labels"]))
         head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
-    return Classifier(body, head).eval(), tokenizer, info
+    return Classifier(body, head, load_corrector(folder)).eval(), tokenizer, info
 
 
 @torch.no_grad()
@@ -129,7 +131,8 @@ def predict_probs(model: Classifier, tokenizer: Any, texts: list[str], *, seq_le
                   features: str | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class probabilities [len(texts), labels]: softmax (single-label) or per-label sigmoid (multi-label).
 
-    Texts are batched by token length (less padding); rows come back in the input order. `features`
+    Texts pass the model's typo corrector if it has one, then are batched by token length (less padding);
+    rows come back in the input order. `features`
     "first" / "last" also returns the last hidden layer at the first token (encoders' [CLS]) or the last
     real token (decoders), [len(texts), hidden], as (probs, features).
     """
@@ -137,8 +140,7 @@ def predict_probs(model: Classifier, tokenizer: Any, texts: list[str], *, seq_le
 
     was_training = model.training
     model.eval()
-    ids = tokenizer(list(texts), truncation=True, max_length=seq_len)["input_ids"]
-    ids = [row or [tokenizer.pad_token_id] for row in ids]
+    ids = tokenize(model, tokenizer, texts, seq_len)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime body has no parameters
     out = np.zeros((len(texts), model_labels(model)), dtype=np.float32)
@@ -161,6 +163,14 @@ def predict_probs(model: Classifier, tokenizer: Any, texts: list[str], *, seq_le
             progress(len(rows))
     model.train(was_training)
     return out if features is None else (out, pooled)
+
+
+def tokenize(model: Classifier, tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int]]:
+    """Token ids of `texts` as `model` reads them: through its typo corrector, if any; an empty text is one pad."""
+    if model.typos is not None:
+        texts = model.typos.correct(list(texts))
+    ids = tokenizer(list(texts), truncation=True, max_length=seq_len)["input_ids"]
+    return [row or [tokenizer.pad_token_id] for row in ids]
 
 
 def model_labels(model: Classifier) -> int:

@@ -27,7 +27,13 @@ from genforge.artifacts import MANIFEST, read_manifest, write_json, write_jsonl,
 from genforge.errors import DataError
 from genforge.finetune.batches import ShuffledBatches, fit_batch_size, in_order, pad, steps_for
 from genforge.finetune.card import write_card
-from genforge.finetune.classifier import CLASSIFIER_JSON, HEAD_WEIGHTS, build_classifier, predict_probs
+from genforge.finetune.classifier import (
+    CLASSIFIER_JSON,
+    HEAD_WEIGHTS,
+    build_classifier,
+    predict_probs,
+    tokenize,
+)
 from genforge.finetune.config import ClassifyConfig
 from genforge.finetune.data import hash_split, label_set, read_labelled
 from genforge.finetune.lora import apply_lora, save_model
@@ -35,6 +41,7 @@ from genforge.finetune.metrics import plot_confusion, report
 from genforge.finetune.model import freeze, is_decoder, load_tokenizer, load_weights, trainable_params
 from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
 from genforge.finetune.teacher import distill_loss, teacher_logits, teacher_record
+from genforge.finetune.typos import TypoCorrector, save_vocabulary, word_counts
 from genforge.models.load import read_model_config
 from genforge.train.distributed import Dist
 from genforge.train.engine import train
@@ -133,6 +140,7 @@ def classify(cfg: ClassifyConfig) -> Path:
     check_seq_len(cfg, base_config)
     decoder = is_decoder(base_config)
     train_set, val_set, labels = load_data(cfg)
+    words = word_counts([t for t, _ in train_set]) if cfg.correct_typos else None  # the data's own, not copies'
     copies = augment_examples(train_set, cfg)[len(train_set):]
     train_set = train_set + copies
     cfg = fit_batch_size(cfg, len(train_set))
@@ -145,6 +153,7 @@ def classify(cfg: ClassifyConfig) -> Path:
     torch.manual_seed(cfg.seed)
     model, new_modules = build_classifier(cfg.model, head=cfg.head, labels=labels, multi_label=cfg.multi_label,
                                           pad_id=tokenizer.pad_token_id, dropout=cfg.dropout)
+    model.typos = TypoCorrector(words) if words is not None else None
     freeze(model.body, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
     if cfg.lora_r:
         model.body = apply_lora(model.body, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -156,11 +165,8 @@ def classify(cfg: ClassifyConfig) -> Path:
         write_jsonl(cfg.out / "logs" / "augmented.jsonl",
                     ({cfg.text_field: text, cfg.label_field: cfg.label_sep.join(labs)} for text, labs in copies))
 
-    def tokenize(examples: list) -> list[list[int]]:
-        ids = tokenizer([t for t, _ in examples], truncation=True, max_length=cfg.seq_len)["input_ids"]
-        return [row or [tokenizer.pad_token_id] for row in ids]
-
-    train_ids, val_ids = tokenize(train_set), tokenize(val_set)
+    train_ids, val_ids = (tokenize(model, tokenizer, [t for t, _ in examples], cfg.seq_len)
+                          for examples in (train_set, val_set))
     train_targets = encode_targets(train_set, labels, cfg.multi_label)
     val_targets = encode_targets(val_set, labels, cfg.multi_label)
     batches = ShuffledBatches(len(train_set), cfg.batch_size, cfg.grad_accum, cfg.seed,
@@ -210,6 +216,8 @@ def export(cfg: ClassifyConfig, model: Any, tokenizer: Any, labels: list[str], d
     if model.head is not None:
         save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(cfg.out / HEAD_WEIGHTS))
     tokenizer.save_pretrained(cfg.out)
+    if model.typos is not None:
+        save_vocabulary(model.typos.counts, cfg.out)
     lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets or "all-linear",
             "merged": cfg.merge} if cfg.lora_r else None
     write_json(cfg.out / CLASSIFIER_JSON, {

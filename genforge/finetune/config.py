@@ -101,6 +101,9 @@ class ClassifyConfig(FinetuneConfig):
     augment_random_ratio: float = field(0.0, help="with --augment-model: also this many random-edit copies per "
                                                   "text and recipe, so an edit the attack makes mostly to one "
                                                   "class is not learnt as a sign of that class")
+    correct_typos: bool = field(False, help="map misspelt words back to known words (English + the training "
+                                            "texts') before the model reads a text, in training and wherever "
+                                            "the classifier is used: typo attacks lose most of their force")
     teacher: list[Path] = field(default_factory=list, help="learn also from this classifier's probabilities "
                                                            "(same labels, any architecture; repeat: their mean)")
     distill_weight: float = field(0.5, help="with --teacher: share of the loss that is the distance to the "

@@ -78,12 +78,14 @@ def build_head(kind: str, hidden: int, num_labels: int, dropout: float = 0.1) ->
 
 
 class Classifier(nn.Module):
-    """body (+ head) -> logits [batch, labels]. Without a head the body is a *ForSequenceClassification."""
+    """body (+ head) -> logits [batch, labels]. Without a head the body is a *ForSequenceClassification.
+    `typos`: the word recognizer its texts pass before tokenization (`genforge.finetune.typos`), if trained so."""
 
-    def __init__(self, body: Any, head: nn.Module | None = None):
+    def __init__(self, body: Any, head: nn.Module | None = None, typos: Any = None):
         super().__init__()
         self.body = body
         self.head = head
+        self.typos = typos
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
