@@ -8,9 +8,12 @@ model, at no training cost. This is the dictionary backoff of Pruthi et al. 2019
 misspellings with robust word recognition"), with SymSpell's symmetric-delete lookup (symspellpy) over an
 English frequency list (symspellpy's 82,765 words) plus the words of the training texts.
 
-Rules, each from a measured failure on clean financial news (names and acronyms that look like English words):
-- only alphabetic ASCII words of >= 3 letters in lower or Title case that neither list knows are touched
-  (acronyms, mixed case, numbers, other scripts pass as they are);
+Rules, each from a measured failure on clean financial news and tweets (names, acronyms and link fragments
+that look like misspelt English words):
+- only alphabetic ASCII words of >= 3 letters that neither list knows are touched, in lower case, or in Title
+  case where a sentence starts (elsewhere a capital marks a name); acronyms, mixed case, numbers, other
+  scripts, words with an apostrophe, links, @handles, #tags, $tickers and a word cut off by an ellipsis (a
+  truncated post) pass as they are;
 - a candidate is one edit away (Damerau: a swap of two letters is one edit) and occurs >= 2 times in the
   training texts, so a name one letter from an English word is left alone;
 - the most probable candidate wins under an equal mixture of the general and the training texts' word
@@ -33,6 +36,8 @@ from genforge.artifacts import atomic_write_text, reading
 VOCABULARY = "typo_vocabulary.txt"  # "word<TAB>count" lines of the training texts, in a classifier folder
 ENGLISH = "frequency_dictionary_en_82_765.txt"  # symspellpy's own list: "word count" lines
 WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+TOKENS = re.compile(rf"(?P<other>https?://\S+|www\.\S+|[@#$]\w+|{WORD.pattern}(?=…|\.\.\.))|{WORD.pattern}")
+OPENERS = frozenset(" \t\"'(“‘")  # between a sentence's end and its first word
 MIN_LETTERS = 3
 MIN_COUNT = 2  # times a correction must occur in the training texts
 CACHED_WORDS = 1 << 16  # corrections remembered per model: streams repeat their words
@@ -71,8 +76,9 @@ class TypoCorrector:
     def __deepcopy__(self, memo: dict) -> TypoCorrector:
         return self  # read-only once built: a copied model (compress works on copies) shares it
 
-    def word(self, word: str) -> str:
-        if not word.isascii() or not (word.islower() or word.istitle()):
+    def word(self, word: str, sentence_start: bool = True) -> str:
+        """`word` corrected; a Title-case one only at `sentence_start` (elsewhere it is taken for a name)."""
+        if not word.isascii() or "'" in word or not (word.islower() or (word.istitle() and sentence_start)):
             return word
         found = self.recognise(word.lower())
         if found is None:
@@ -80,10 +86,20 @@ class TypoCorrector:
         return found[:1].upper() + found[1:] if word[:1].isupper() else found
 
     def __call__(self, text: str) -> str:
-        return WORD.sub(lambda m: self.word(m.group()), unicodedata.normalize("NFKC", text))
+        text = unicodedata.normalize("NFKC", text)
+        return TOKENS.sub(lambda m: m.group() if m.group("other") else
+                          self.word(m.group(), starts_sentence(text, m.start())), text)
 
     def correct(self, texts: list[str]) -> list[str]:
         return [self(t) for t in texts]
+
+
+def starts_sentence(text: str, i: int) -> bool:
+    """Whether position `i` of `text` begins the text or a sentence (after . ! ? : ; or a line break)."""
+    i -= 1
+    while i >= 0 and text[i] in OPENERS:
+        i -= 1
+    return i < 0 or text[i] in ".!?:;\n"
 
 
 def word_counts(texts: list[str]) -> dict[str, int]:

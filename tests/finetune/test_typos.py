@@ -25,12 +25,16 @@ def corrector():
     ("proft", "profit"),  # one deleted
     ("profiit", "profit"),  # one inserted
     ("profut", "profit"),  # a keyboard neighbour
-    ("Operatng", "Operating"),  # capitalisation kept
     ("ｐｒｏｆｉｔ", "profit"),  # full-width letters (NFKC)
     ("rse", "rose"),  # English alone says "use"; the training texts say "rose" is likelier here
 ])
 def test_a_typo_of_a_training_word_is_corrected(corrector, typo, meant):
     assert corrector(f"Operating {typo} in the quarter") == f"Operating {meant} in the quarter"
+
+
+def test_a_capitalised_word_is_corrected_where_a_sentence_starts(corrector):
+    assert corrector("Operatng profit fell. Operatng profit rose") == "Operating profit fell. Operating profit rose"
+    assert corrector('Nokia said: "Operatng profit rose"') == 'Nokia said: "Operating profit rose"'
 
 
 @pytest.mark.parametrize("text", [
@@ -41,6 +45,10 @@ def test_a_typo_of_a_training_word_is_corrected(corrector, typo, meant):
     "profit3 rose 13.1",  # digits
     "利润 rose",  # another script
     "fiscal profit",  # a known English word, even if the training texts lack it
+    "the Operatng unit",  # a capital inside a sentence marks a name
+    "see https://t.co/proift @proift $proift #proift",  # links, handles, tickers, tags
+    "Net sales rose and operating proi...",  # a word cut off by a truncated post (NFKC makes … three dots)
+    "the proift's share",  # a word with an apostrophe
 ])
 def test_what_is_not_a_typo_of_a_training_word_is_left_alone(corrector, text):
     assert corrector(text) == text
