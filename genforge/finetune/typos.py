@@ -76,7 +76,7 @@ class TypoCorrector:
     def __deepcopy__(self, memo: dict) -> TypoCorrector:
         return self  # read-only once built: a copied model (compress works on copies) shares it
 
-    def word(self, word: str, sentence_start: bool = True) -> str:
+    def word(self, word: str, sentence_start: bool) -> str:
         """`word` corrected; a Title-case one only at `sentence_start` (elsewhere it is taken for a name)."""
         if not word.isascii() or "'" in word or not (word.islower() or (word.istitle() and sentence_start)):
             return word
