@@ -88,6 +88,23 @@ def sha256_tree(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+def whole_lines(data: bytes) -> tuple[list[bytes], int]:
+    """The complete lines of an append-only progress file and their length in bytes. A last line without its
+    newline is what a kill mid-write leaves: it is not among them. Split at b"\\n" alone: json.dumps leaves
+    U+2028 or U+0085 inside a text, where str.splitlines would cut."""
+    size = data.rfind(b"\n") + 1
+    return data[:size].split(b"\n")[:-1], size
+
+
+def model_sha256(folder: Path) -> str:
+    """One hash over the files a model is loaded from: the top of its folder (weights, config.json, tokenizer,
+    classifier.json, ...), but the records of when and how it was made (manifest, config.yaml, card), so a
+    rerun of the same training is the same model. checkpoints/ and logs/ lie below; an adapter's base model
+    is named by its adapter_config.json, not hashed."""
+    return sha256_tree(p for p in Path(folder).iterdir()
+                       if p.is_file() and p.name not in {MANIFEST, CONFIG, "README.md"} and not p.name.startswith("."))
+
+
 def now_iso(ts: float | None = None) -> str:
     return dt.datetime.fromtimestamp(ts if ts is not None else time.time(), dt.UTC).isoformat(timespec="seconds")
 

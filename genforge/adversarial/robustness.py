@@ -5,6 +5,9 @@ over the examples the model got right, average words (Chinese: characters) and c
 the successful attacks, average queries, five adversarial examples), `robustness.png` (accuracies as
 bars), `adversarial_<attack>.jsonl` (every attacked example, e.g. to inspect or to train on) and the
 manifest (stage "robustness", parent: the classifier's manifest), written last.
+
+Attack runs are long, so they resume: each finished example is kept as soon as it is known and
+`--resume` continues an interrupted run with the same settings (see `genforge.adversarial.progress`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from genforge.adversarial.attacks import AttackResult, Budget, Victim, attack_example, build_recipe
+from genforge.adversarial.attacks import AttackResult, Budget, Recipe, Victim, attack_example, build_recipe
 from genforge.adversarial.config import RobustnessConfig
 from genforge.adversarial.neighbours import default_encoder
+from genforge.adversarial.progress import Progress, fingerprint, open_progress
 from genforge.artifacts import (
     MANIFEST,
     atomic_open,
@@ -107,6 +111,24 @@ def print_table(report: dict[str, Any]) -> None:
     Console(stderr=True).print(table)
 
 
+def attack_all(name: str, examples: list[tuple[str, int]], victim: Victim, recipe: Recipe, budget: Budget,
+               progress: Progress) -> tuple[list[AttackResult], float]:
+    """(the results of every example, the attack seconds), going on after the examples an interrupted session
+    finished; each result is kept in the partial file as soon as it is known."""
+    partial = progress.partials.get(name)
+    results, seconds = (list(partial.results), partial.seconds) if partial else ([], 0.0)
+    with progress.appending(name) as add:
+        for text, label in tqdm(examples[len(results):], desc=name, unit="text", dynamic_ncols=True,
+                                initial=len(results), total=len(examples)):
+            t0 = time.perf_counter()
+            result = attack_example(text, label, victim, recipe, budget)
+            took = time.perf_counter() - t0
+            add(result, took)
+            results.append(result)
+            seconds += took
+    return results, seconds
+
+
 def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
     """Attack `cfg.model` on `cfg.data` with each `cfg.attack` recipe; return the report (also report.json)."""
     from genforge.adversarial.perturb import input_embeddings
@@ -117,29 +139,35 @@ def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
     if info["multi_label"]:
         raise ConfigError(f"{cfg.model} is a multi-label classifier; the attacks need a single-label one")
     examples = read_examples(cfg, info["labels"])
+    names = list(dict.fromkeys(cfg.attack))
+    progress = open_progress(cfg, fingerprint(cfg, names), examples)
+    budget = Budget(cfg.max_queries, cfg.max_ratio, cfg.min_similarity, cfg.candidates, cfg.seed)
+    own = cfg.synonym_source == "model"
+    recipes = {name: build_recipe(name, budget, tokenizer=tokenizer, embeddings=input_embeddings(model) if own else None,
+                                  encoder=cfg.encoder or default_encoder())
+               for name in names if name not in progress.finished}  # a bad --encoder fails before the folder is touched
     started = begin_output(cfg.out, "robustness")
+    progress.begin()
     model.to(device())
     texts, gold = [t for t, _ in examples], np.array([y for _, y in examples])
     clean = predict_probs(model, tokenizer, texts, seq_len=info["seq_len"], multi_label=False,
                           batch_size=cfg.batch_size).argmax(1)
-    budget = Budget(cfg.max_queries, cfg.max_ratio, cfg.min_similarity, cfg.candidates, cfg.seed)
     victim = Victim(model, tokenizer, info["seq_len"], cfg.batch_size)
     report: dict[str, Any] = {
         "model": str(cfg.model), "data": str(cfg.data), "examples": len(examples),
         "clean_accuracy": float((clean == gold).mean()), "seed": cfg.seed,
         "corrects_typos": model.typos is not None,  # the attacks then face the classifier behind its corrector
         "budget": {k: v for k, v in dataclasses.asdict(budget).items() if k != "seed"}, "attacks": {}}
-    for name in dict.fromkeys(cfg.attack):
-        own = cfg.synonym_source == "model"
-        recipe = build_recipe(name, budget, tokenizer=tokenizer, embeddings=input_embeddings(model) if own else None,
-                              encoder=cfg.encoder or default_encoder())
-        t0 = time.perf_counter()
-        results = [attack_example(text, label, victim, recipe, budget)
-                   for text, label in tqdm(examples, desc=name, unit="text", dynamic_ncols=True)]
-        report["attacks"][name] = summarize(results, info["labels"], time.perf_counter() - t0)
+    for name in names:
+        if name in progress.finished:
+            report["attacks"][name] = progress.finished[name]
+            continue
+        results, seconds = attack_all(name, examples, victim, recipes[name], budget, progress)
+        report["attacks"][name] = summarize(results, info["labels"], seconds)
         write_jsonl(cfg.out / f"adversarial_{name}.jsonl",
                     (dataclasses.asdict(r) | {"label": info["labels"][r.label],
                                               "prediction": info["labels"][r.prediction]} for r in results))
+        progress.finish(name, report["attacks"][name])
     write_json(cfg.out / REPORT, report)
     plot(report, cfg.out / FIGURE)
     print_table(report)
@@ -148,4 +176,5 @@ def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
         metrics |= {f"{name}_accuracy": a["accuracy"], f"{name}_success_rate": a["success_rate"]}
     parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
     write_manifest(cfg.out, "robustness", cfg, inputs=[cfg.data], parent=parent, metrics=metrics, started=started)
+    progress.end()
     return report
