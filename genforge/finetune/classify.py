@@ -5,7 +5,8 @@ The loop is the engine's (`genforge.train.engine.train`); this module brings the
 (tokenised once, shuffled per epoch as a pure function of the step), a validation scorer (loss,
 accuracy and macro-F1 in one pass) and the export (see `genforge.finetune.classifier` for the saved
 format). The engine keeps the checkpoint with the best `--select` metric (macro-F1 by default) and
-stops early on it; the final report is computed on that checkpoint.
+stops early on it; the final report is computed on that checkpoint. Attacked copies and teacher logits,
+made before training, are kept in the run folder for `--resume` (`genforge.finetune.prepared`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genforge.adversarial.augment import augment_examples
+from genforge.adversarial.augment import augment_recipes
 from genforge.adversarial.perturb import wrap_adversarial
-from genforge.artifacts import MANIFEST, read_manifest, write_json, write_jsonl, write_manifest
+from genforge.artifacts import MANIFEST, read_manifest, write_json, write_manifest
 from genforge.errors import DataError
+from genforge.finetune import prepared
 from genforge.finetune.batches import ShuffledBatches, fit_batch_size, in_order, pad, steps_for
 from genforge.finetune.card import write_card
 from genforge.finetune.classifier import (
@@ -40,11 +42,11 @@ from genforge.finetune.lora import apply_lora, save_model
 from genforge.finetune.metrics import plot_confusion, report
 from genforge.finetune.model import freeze, is_decoder, load_tokenizer, load_weights, trainable_params
 from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
-from genforge.finetune.teacher import distill_loss, teacher_logits, teacher_record
+from genforge.finetune.teacher import check_teachers, distill_loss, teacher_record
 from genforge.finetune.typos import TypoCorrector, save_vocabulary, word_counts
 from genforge.models.load import read_model_config
 from genforge.train.distributed import Dist
-from genforge.train.engine import train
+from genforge.train.engine import checkpoint_exists, train
 from genforge.train.logs import plot_loss
 
 
@@ -141,14 +143,10 @@ def classify(cfg: ClassifyConfig) -> Path:
     decoder = is_decoder(base_config)
     train_set, val_set, labels = load_data(cfg)
     words = word_counts([t for t, _ in train_set]) if cfg.correct_typos else None  # the data's own, not copies'
-    copies = augment_examples(train_set, cfg)[len(train_set):]
-    train_set = train_set + copies
-    cfg = fit_batch_size(cfg, len(train_set))
-    teacher = teacher_logits(cfg.teacher, [t for t, _ in train_set], labels, cfg.multi_label,
-                             cfg.batch_size) if cfg.teacher else None
+    recipes = augment_recipes(train_set, cfg) if cfg.augment_attack else []
+    check_teachers(cfg.teacher, labels, cfg.multi_label)
+    preparation = prepared.check(cfg)
     tokenizer = load_tokenizer(cfg.model)
-    if cfg.epochs:
-        cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_set), cfg.batch_size, cfg.grad_accum))
 
     torch.manual_seed(cfg.seed)
     model, new_modules = build_classifier(cfg.model, head=cfg.head, labels=labels, multi_label=cfg.multi_label,
@@ -160,10 +158,18 @@ def classify(cfg: ClassifyConfig) -> Path:
                                 targets=cfg.lora_targets, task_type="SEQ_CLS" if cfg.head == "linear" else None,
                                 new_modules=new_modules)
     params = trainable_params(model)
-    started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
-    if copies:  # what the model trained on beside the data, for a person to read or a later run to reuse
-        write_jsonl(cfg.out / "logs" / "augmented.jsonl",
-                    ({cfg.text_field: text, cfg.label_field: cfg.label_sep.join(labs)} for text, labs in copies))
+    # only now, with every input read and checked: a bad one leaves an earlier run whole
+    started = prepare_output(cfg, started_by=prepared.PREPARED)
+    # The slow preparation, kept in the folder for --resume (see genforge.finetune.prepared). Loading a
+    # victim or teacher may draw random numbers (a custom head's init): forked, so that training starts from
+    # the same state whether the copies and logits were made now or read back.
+    with torch.random.fork_rng():
+        reuse = prepared.begin(cfg, preparation)
+        train_set = train_set + prepared.copies(cfg, train_set, recipes, reuse)
+        cfg = fit_batch_size(cfg, len(train_set))
+        teacher = prepared.teacher(cfg, [t for t, _ in train_set], labels, reuse)
+    if cfg.epochs:
+        cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_set), cfg.batch_size, cfg.grad_accum))
 
     train_ids, val_ids = (tokenize(model, tokenizer, [t for t, _ in examples], cfg.seq_len)
                           for examples in (train_set, val_set))
@@ -174,7 +180,9 @@ def classify(cfg: ClassifyConfig) -> Path:
     val_collate = make_collate(val_ids, val_targets, tokenizer.pad_token_id)
     objective = ClassifyObjective(cfg.multi_label, cfg.label_smoothing, cfg.distill_weight, cfg.distill_temperature)
     val_batches = functools.partial(in_order, len(val_set), cfg.batch_size, val_collate, cfg.eval_batches)
-    result = train(model, wrap_adversarial(objective, cfg), batches, cfg, cfg.out, dist=Dist(device=device()),
+    # a resumed run may have stopped before its first checkpoint: then its training starts anew
+    engine_cfg = dataclasses.replace(cfg, resume=cfg.resume and checkpoint_exists(cfg.out))
+    result = train(model, wrap_adversarial(objective, cfg), batches, engine_cfg, cfg.out, dist=Dist(device=device()),
                    score=make_scorer(model, objective, val_batches, labels), select=cfg.select)
 
     load_weights(model, best_checkpoint(cfg.out))

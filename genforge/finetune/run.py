@@ -14,19 +14,22 @@ from genforge.models.load import max_positions
 from genforge.train.engine import checkpoint_exists
 
 
-def prepare_output(cfg: FinetuneConfig) -> float:
+def prepare_output(cfg: FinetuneConfig, started_by: str | None = None) -> float:
     """Start (or, with --resume, continue) the run folder; refuse to silently mix with an unfinished run.
 
-    A finished run in the folder is redone from scratch: its checkpoints and logs go with it.
+    A finished run in the folder is redone from scratch: its checkpoints and logs go with it. A run has
+    started once it wrote a checkpoint or, for a command with work of its own before training (classify's
+    copies and teacher logits, kept for --resume), the file `started_by` (under logs/) it writes first.
     """
-    if cfg.resume and not checkpoint_exists(cfg.out):
+    begun = checkpoint_exists(cfg.out) or (started_by is not None and (cfg.out / started_by).is_file())
+    if cfg.resume and not begun:
         raise ArtifactError(f"nothing to resume: {cfg.out}/checkpoints/latest does not exist; drop --resume")
-    redo = not cfg.resume and checkpoint_exists(cfg.out)
+    redo = not cfg.resume and begun
     if redo and not (cfg.out / MANIFEST).is_file():
         raise ArtifactError(f"{cfg.out} holds an unfinished run: add --resume to continue it, or choose another --out")
     started = begin_output(cfg.out, "finetune")
     if redo:
-        shutil.rmtree(cfg.out / "checkpoints")
+        shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)
         shutil.rmtree(cfg.out / "logs", ignore_errors=True)
     return started
 

@@ -5,7 +5,8 @@ than anything fast enough to serve. Its soft labels carry what it learnt about h
 each other, which a small student learns from better than from the gold labels alone. The teacher may
 be any genforge classifier with the same labels — another architecture with its own tokenizer
 included — because it is run once, before training, over the training texts (augmented copies too):
-the student's loss then needs no teacher forward per step, only the stored logits.
+the student's loss then needs no teacher forward per step, only the stored logits (stored in the run
+folder too, so that `--resume` does not run the teacher again: see `genforge.finetune.prepared`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from genforge.errors import DataError
 EPS = 1e-6  # keeps log(p) and logit(p) finite for a teacher that is certain
 
 
+def check_teachers(teachers: list[Path], labels: list[str], multi_label: bool) -> None:
+    """Refuse a teacher that predicts other labels, from its classifier.json alone: cheap enough for
+    `classify` to check before it touches its run folder, and before any (possibly big) model is loaded."""
+    from genforge.finetune.classifier import read_info
+
+    for folder in teachers:
+        info = read_info(folder)
+        if sorted(info["labels"]) != sorted(labels) or info["multi_label"] != multi_label:
+            raise DataError(f"teacher {folder} predicts {info['labels']}{' (multi-label)' * info['multi_label']}, "
+                            f"the data has {labels}{' (multi-label)' * multi_label}: a teacher needs the same labels")
+
+
 def teacher_logits(teachers: list[Path], texts: list[str], labels: list[str], multi_label: bool,
                    batch_size: int) -> torch.Tensor:
     """[len(texts), labels] logits of the teachers' mean probabilities, columns in the order of `labels`.
@@ -31,14 +44,10 @@ def teacher_logits(teachers: list[Path], texts: list[str], labels: list[str], mu
     """
     from tqdm.auto import tqdm
 
-    from genforge.finetune.classifier import load_classifier, predict_probs, read_info
+    from genforge.finetune.classifier import load_classifier, predict_probs
     from genforge.finetune.run import device
 
-    for folder in teachers:  # every teacher's labels checked before any (possibly big) model is loaded
-        info = read_info(folder)
-        if sorted(info["labels"]) != sorted(labels) or info["multi_label"] != multi_label:
-            raise DataError(f"teacher {folder} predicts {info['labels']}{' (multi-label)' * info['multi_label']}, "
-                            f"the data has {labels}{' (multi-label)' * multi_label}: a teacher needs the same labels")
+    check_teachers(teachers, labels, multi_label)
     total = np.zeros((len(texts), len(labels)), dtype=np.float64)
     for folder in teachers:
         model, tokenizer, info = load_classifier(folder)
