@@ -55,6 +55,7 @@ class Silo:
     task: Task
     rows: list[int]  # this client's training units
     work_dir: Path
+    partition: int = 0
 
 
 @functools.lru_cache(maxsize=2)
@@ -69,7 +70,7 @@ def silo(path: str, partition: int, data: str) -> Silo:
     else:
         task = build_task(kind, cfg, None, info.get("labels"))
         rows = split(cfg.partition, task.n, cfg.clients, alpha=cfg.alpha, seed=cfg.seed, labels=task.labels)[partition]
-    return Silo(task, rows, Path(info["work_dir"]) / f"client-{partition}")
+    return Silo(task, rows, Path(info["work_dir"]) / f"client-{partition}", partition)
 
 
 @dataclass
@@ -123,6 +124,7 @@ def local_round(s: Silo, tensors: dict[str, torch.Tensor], server_round: int, mu
     """Train the silo's copy of the model from the global `tensors`; (new tensors, metrics)."""
     from genforge.adversarial.perturb import wrap_adversarial
     from genforge.finetune.run import device
+    from genforge.train.data import mix_seed
     from genforge.train.distributed import Dist
     from genforge.train.engine import train
 
@@ -134,6 +136,9 @@ def local_round(s: Silo, tensors: dict[str, torch.Tensor], server_round: int, mu
         objective = Proximal(objective, [(params[k], v.to(params[k].device)) for k, v in tensors.items()], mu)
     steps = local_steps(cfg, len(s.rows))
     batches = Offset(task.batches_for(s.rows), (server_round - 1) * steps)
+    # dropout etc. drawn from (seed, client, round), not from whatever rounds this worker process ran before:
+    # a run is reproducible and a resumed one trains its rounds exactly as an uninterrupted one would
+    torch.manual_seed(mix_seed(cfg.seed, "client-round", s.partition, server_round))
     result = train(task.model, wrap_adversarial(objective, cfg), batches, round_config(cfg, server_round, steps),
                    s.work_dir, dist=Dist(device=device()))
     return trainable(task.model), {"train-loss": float(result.train_loss), "steps": float(result.steps),

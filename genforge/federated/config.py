@@ -34,6 +34,8 @@ class FederatedFields(Config):
                                          "--client-data")
     clients: int = field(3, help="number of clients (data silos); with --partition by-file, one per --client-data")
     rounds: int = field(5, help="federated rounds (each: sampled clients train locally, the server aggregates)")
+    resume: bool = field(False, help="continue the run in --out after its last finished round (the server saves "
+                                     "its state every round); --rounds may grow, the other settings must match")
     local_steps: int = field(20, help="optimizer steps each sampled client runs per round (unless --local-epochs)")
     local_epochs: float = field(0.0, help="passes over its own data each sampled client makes per round (McMahan "
                                           "et al.'s E; a silo of n units runs E * n / batch steps, so a "

@@ -21,20 +21,38 @@ from genforge.artifacts import MANIFEST, atomic_write_text, read_manifest, write
 ROUNDS = "rounds.jsonl"
 
 
+def parse_row(line: str) -> dict[str, Any] | None:
+    """A row of rounds.jsonl; None for a line a kill cut short (its round is trained again)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("round"), int) else None
+
+
 class RoundLog:
-    def __init__(self, out: Path):
+    """rounds.jsonl and the TensorBoard scalars; a resumed run keeps the rows of rounds up to `keep` and counts
+    its seconds on from `seconds`."""
+
+    def __init__(self, out: Path, keep: int = 0, seconds: float = 0.0):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(out) / ROUNDS
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
         self.rows: list[dict[str, Any]] = []
-        self.writer = SummaryWriter(str(Path(out) / "logs"))
-        self.started = time.time()
+        if keep and self.path.is_file():
+            self.rows = [r for r in map(parse_row, self.path.read_text(encoding="utf-8").splitlines())
+                         if r is not None and r["round"] <= keep]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self.writer = SummaryWriter(str(Path(out) / "logs"), purge_step=keep + 1 if keep else None)
+        self.started = time.time() - seconds
+
+    def seconds(self) -> float:
+        return round(time.time() - self.started, 2)
 
     def write(self, server_round: int, metrics: dict[str, float], clients: list[dict[str, float]],
               counts: dict[str, int], privacy: dict[str, float] | None) -> None:
-        row = {"round": server_round, "seconds": round(time.time() - self.started, 2),
+        row = {"round": server_round, "seconds": self.seconds(),
                **{f"val_{k}": v for k, v in metrics.items()}, **counts,
                "bytes": int(sum(c.get("bytes-up", 0) + c.get("bytes-down", 0) for c in clients)),
                "clients": [{k.replace("-", "_"): (int(v) if k in ("partition-id", "examples") else v)

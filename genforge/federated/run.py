@@ -133,6 +133,7 @@ def deploy(cfg: Any, federation: Path) -> None:
 def federated(cfg: Any, kind: str) -> Path:
     """Train `kind` (classify | sft | pretrain) federatedly as `cfg` says; return the model folder."""
     from genforge.federated.partition import plot_stats, stats
+    from genforge.federated.resume import check_fresh, check_resume, clear
     from genforge.federated.tasks import build_task
 
     stage = "pretrain" if kind == "pretrain" else "finetune"  # what report.py writes: a model like any other
@@ -140,7 +141,13 @@ def federated(cfg: Any, kind: str) -> Path:
     started = time.time()
     task = build_task(kind, cfg)  # the launcher's view: label set and partition statistics
     clients, labels_of = silos(kind, cfg, task)
+    if cfg.resume:
+        started = check_resume(cfg, cfg.out, clients).get("started", started)
+    else:
+        check_fresh(cfg.out)
     begin_output(cfg.out, stage)  # only now, with the data and model read: a bad one leaves an earlier run in --out whole
+    if not cfg.resume:
+        clear(cfg.out)
     partition = stats([[None] * (c["examples"] or 0) for c in clients], labels_of)
     write_json(Path(cfg.out) / "partition.json", partition)
     plot_stats(partition, Path(cfg.out) / "logs" / "partition.png")

@@ -49,8 +49,8 @@ def secure_round(msg: Message, context: Context) -> Message:
 
 
 def run_secure(grid: Any, context: Context, cfg: Any, task: Any, evaluate: Callable[[int, dict], None],
-               sink: list, max_weight: float) -> dict[str, torch.Tensor]:
-    """Run the rounds with SecAgg+; returns the final global trainable tensors."""
+               sink: list, max_weight: float, rounds_done: int = 0) -> dict[str, torch.Tensor]:
+    """Run the rounds after `rounds_done` with SecAgg+; returns the final global trainable tensors."""
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.strategy import FedAvg
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
@@ -76,8 +76,9 @@ def run_secure(grid: Any, context: Context, cfg: Any, task: Any, evaluate: Calla
                       min_available_clients=cfg.clients, evaluate_fn=evaluate_fn,
                       initial_parameters=ndarrays_to_parameters([latest[n].numpy() for n in names]),
                       fit_metrics_aggregation_fn=fit_metrics,
-                      on_fit_config_fn=lambda server_round: {"server-round": server_round})
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout),
+                      on_fit_config_fn=lambda server_round: {"server-round": server_round + rounds_done})
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - rounds_done,
+                                                                round_timeout=cfg.round_timeout),
                            strategy=strategy)
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
         num_shares=sampled, reconstruction_threshold=max(2, int(np.ceil(cfg.secagg_threshold * sampled))),

@@ -56,15 +56,19 @@ class Guarded(Strategy):
         self.min_replies = min_replies
         self.rounds: dict[int, dict[str, int]] = {}  # per round: sampled, replied, failed, rejected
         self.first_error: str | None = None  # the first failed client's reason, for a run that gets nowhere
+        self.offset = 0  # rounds done before a resume: Flower counts from 1 again, the clients must not
+        self.aggregated_before = False  # whether a round before the resume aggregated an update
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
+        server_round += self.offset
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.rounds[server_round] = {"sampled": len(messages), "failed": 0, "rejected": 0, "used": 0}
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         replies = list(replies)
         ok = [m for m in replies if not m.has_error()]
         failed = next((m for m in replies if m.has_error()), None)
@@ -85,17 +89,17 @@ class Guarded(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                            ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
 
     def summary(self) -> None:
         self.strategy.summary()
 
     def failure(self) -> str | None:
         """Why the run trained nothing, when no round aggregated a single client update; else None."""
-        if not self.rounds or any(r.get("used") for r in self.rounds.values()):
+        if not self.rounds or self.aggregated_before or any(r.get("used") for r in self.rounds.values()):
             return None
         reason = f": the first client error was: {self.first_error}" if self.first_error else ""
         return f"no round aggregated a client update in {len(self.rounds)} round(s){reason}"
@@ -171,6 +175,7 @@ def run_server(grid: Grid, path: str, context: Context) -> None:
 
     from genforge.federated.client import read_federation
     from genforge.federated.report import RoundLog, finish
+    from genforge.federated.resume import load_round, restore_server, save_round
     from genforge.federated.tasks import build_task, load_trainable, trainable
     from genforge.finetune.run import device
 
@@ -179,15 +184,27 @@ def run_server(grid: Grid, path: str, context: Context) -> None:
     task = build_task(kind, cfg, None, info.get("labels"))
     sink: list[list[dict[str, float]]] = []
     strategy = build_strategy(cfg, sink)
-    rounds = RoundLog(cfg.out)
+    done, seconds = 0, 0.0
+    if cfg.resume:
+        saved = load_round(cfg.out)
+        done, seconds = int(saved["round"]), float(saved["seconds"])
+        load_trainable(task.model, saved["tensors"])
+        restore_server(strategy, saved, cfg)
+        strategy.offset = done
+    rounds = RoundLog(cfg.out, keep=done, seconds=seconds)
 
     def score(server_round: int, tensors: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+        server_round += done  # Flower numbers the rounds of this session from 1
+        if done and server_round == done:  # the resumed model, scored and logged as that round already
+            return {}
         load_trainable(task.model, tensors)
         task.model.to(device()).eval()
         with torch.no_grad():
             metrics = {k: float(v) for k, v in task.score().items()}
         clients = sink[-1] if server_round and sink else []
         rounds.write(server_round, metrics, clients, counts, privacy_spent(strategy))
+        if server_round:
+            save_round(cfg.out, server_round, tensors, strategy, rounds.seconds())
         return metrics
 
     if cfg.secagg:
@@ -199,13 +216,13 @@ def run_server(grid: Grid, path: str, context: Context) -> None:
             return score(server_round, tensors, counts)
 
         weight = max([c.get("examples") or 0 for c in info["clients"]] + [1])
-        final = run_secure(grid, context, cfg, task, secure_score, sink, max_weight=float(weight))
+        final = run_secure(grid, context, cfg, task, secure_score, sink, max_weight=float(weight), rounds_done=done)
     else:
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            counts = strategy.rounds.get(server_round, {})
+            counts = strategy.rounds.get(server_round + done, {})
             return MetricRecord(score(server_round, arrays.to_torch_state_dict(), counts))
 
-        result = strategy.start(grid, ArrayRecord(trainable(task.model)), num_rounds=cfg.rounds,
+        result = strategy.start(grid, ArrayRecord(trainable(task.model)), num_rounds=cfg.rounds - done,
                                 timeout=cfg.round_timeout, evaluate_fn=evaluate)
         final = result.arrays.to_torch_state_dict() if len(result.arrays) else trainable(task.model)
         failure = strategy.failure()

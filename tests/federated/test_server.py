@@ -11,6 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from genforge.errors import ConfigError
 from genforge.federated.config import FederatedClassifyConfig
 from genforge.federated.privacy import epsilon, noise_for
+from genforge.federated.resume import load_round, restore_server, save_round
 from genforge.federated.server import build_strategy
 
 
@@ -131,3 +132,54 @@ def test_a_run_where_every_client_fails_says_why():
                                  "silo.csv holds no examples"
     aggregate(strategy, [reply([1.0, 2.0]), reply([1.0, 2.0])])
     assert strategy.failure() is None  # one useful round is progress
+
+
+def three_rounds():
+    return [[reply([1.0, -2.0]), reply([3.0, 0.5])], [reply([0.5, 1.0]), reply([-1.0, 2.0])],
+            [reply([2.0, 2.0]), reply([0.0, 1.0])]]
+
+
+def one_round(strategy, server_round, arrays, replies):
+    """What Flower's loop does around one round, for the optimiser's view: configure, then aggregate."""
+    opt = strategy.strategy
+    opt.current_arrays = {"w": arrays} if hasattr(opt, "m_t") else ArrayRecord({"w": torch.from_numpy(arrays)})
+    out, _ = strategy.aggregate_train(server_round, replies)
+    return out["w"].numpy()
+
+
+@pytest.mark.parametrize("settings", [{"strategy": "fedadam", "server_lr": 0.1}, {"strategy": "fedyogi"},
+                                      {"strategy": "fedavgm", "server_momentum": 0.9}])
+def test_server_optimiser_state_survives_a_restart(tmp_path, settings):
+    straight = build_strategy(cfg(**settings))
+    w = np.zeros(2, np.float32)
+    for k, replies in enumerate(three_rounds(), 1):
+        w = one_round(straight, k, w, replies)
+
+    first = build_strategy(cfg(**settings))
+    resumed_w = one_round(first, 1, np.zeros(2, np.float32), three_rounds()[0])
+    save_round(tmp_path, 1, {"w": torch.from_numpy(resumed_w)}, first, 12.5)
+    saved = load_round(tmp_path)
+    assert saved["round"] == 1 and saved["seconds"] == 12.5 and saved["aggregated"]
+    second = build_strategy(cfg(**settings))
+    restore_server(second, saved, cfg(**settings))
+    second.offset = 1  # Flower counts this session's rounds from 1 again; FedAdam's bias correction must not
+    resumed_w = saved["tensors"]["w"].numpy()
+    for k, replies in enumerate(three_rounds()[1:], 1):
+        resumed_w = one_round(second, k, resumed_w, replies)
+    np.testing.assert_allclose(resumed_w, w, rtol=1e-6)
+
+
+def test_dp_accounting_continues_from_the_rounds_already_released(tmp_path):
+    settings = cfg(dp_noise=1.0, dp_clip=0.5, clients=2)
+    first = build_strategy(settings)
+    dp = first.strategy
+    for k in (1, 2):
+        dp.current_arrays = ArrayRecord({"w": torch.zeros(2)})
+        dp._prepare_accounting(k, [None, None])
+        first.aggregate_train(k, [reply([0.1, 0.0], 1), reply([0.0, 0.1], 1)])
+    save_round(tmp_path, 2, {"w": torch.zeros(2)}, first, 1.0)
+    second = build_strategy(settings)
+    restore_server(second, load_round(tmp_path), settings)
+    spent = second.strategy.privacy_spent()
+    assert spent.num_releases == 2
+    assert spent.epsilon == pytest.approx(epsilon(1.0, 2, sampled=2, population=2, delta=1e-5))
