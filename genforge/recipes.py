@@ -131,7 +131,12 @@ def folder_name(value: Any, where: str) -> str:
     return name
 
 
-def _finished_with_same_config(out: Path, manifest_name: str, config: Any) -> bool:
+# what a resumable stage writes first, so a step folder holding one of them has a run to continue: training
+# checkpoints, classify's kept preparation (copies, teacher logits), the monitor's training settings
+STARTED = ("checkpoints", "logs/prepared.json", "train_settings.json")
+
+
+def finished_with_same_config(out: Path, manifest_name: str, config: Any) -> bool:
     path = out / manifest_name
     if not path.is_file():
         return False
@@ -140,8 +145,10 @@ def _finished_with_same_config(out: Path, manifest_name: str, config: Any) -> bo
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
     wanted = to_dict(config)
-    for values in (saved, wanted):  # a run finished after a resume is the same run
-        values.pop("resume", None)
+    for values in (saved, wanted):
+        values.pop("resume", None)  # a run finished after a resume is the same run
+        if values.get("epochs"):  # fine-tuning records the steps it derived from --epochs
+            values.pop("max_steps", None)
     return saved == wanted
 
 
@@ -178,10 +185,10 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
         out = Path(getattr(config, "out", None) or out)
         manifest_name = "pack.json" if stage_name == "data.pack" else MANIFEST
         typer.secho(f"\n== step {name} ({stage_name}) ==", bold=True)
-        if (stage.produces or stage.out_into) and _finished_with_same_config(out, manifest_name, config):
+        if (stage.produces or stage.out_into) and finished_with_same_config(out, manifest_name, config):
             typer.echo(f"already done: {out} (delete it to redo)")
         else:
-            if "resume" in fields and out.is_dir() and not (out / MANIFEST).exists() and (out / "checkpoints").is_dir():
+            if "resume" in fields and not (out / MANIFEST).exists() and any((out / m).exists() for m in STARTED):
                 config = dataclasses.replace(config, resume=True)
                 typer.echo(f"resuming the unfinished run in {out}")
             step_start = time.time()

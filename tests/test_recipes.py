@@ -110,3 +110,16 @@ def test_names_must_be_plain_folder_names_and_only_must_name_steps(tmp_path, mon
     bad.write_text("steps:\n  - stage: eval\n  - stage: generate\n    name: replies\n")
     with pytest.raises(ConfigError, match="--only nosuchstep: .* no step of that name \\(its steps: eval, replies\\)"):
         run_recipe(load_config(RunConfig, None, {"recipe": bad, "out": tmp_path / "r", "only": ["nosuchstep"]}))
+
+
+def test_a_step_trained_by_epochs_counts_as_done_whatever_steps_it_derived(tmp_path):
+    from genforge.artifacts import write_manifest
+    from genforge.finetune.config import ClassifyConfig
+    from genforge.recipes import finished_with_same_config
+
+    asked = ClassifyConfig(model="m", data="d.csv", out=tmp_path, epochs=2, max_steps=300)
+    write_manifest(tmp_path, "finetune", ClassifyConfig(model="m", data="d.csv", out=tmp_path, epochs=2,
+                                                        max_steps=1234, resume=True), metrics={})
+    assert finished_with_same_config(tmp_path, "manifest.json", asked)
+    assert not finished_with_same_config(tmp_path, "manifest.json", ClassifyConfig(
+        model="m", data="d.csv", out=tmp_path, epochs=3))

@@ -53,6 +53,9 @@ class MonitorTrainConfig(Config):
                                             "and monitor with the compressed copy (faster on CPU)",
                                  choices=("int8", "onnx-int8"))
     classify: dict[str, Any] = field(default_factory=dict, help="extra `finetune classify` keys (YAML only)")
+    resume: bool = field(False, help="continue the interrupted training in --out: classifiers it finished are "
+                                     "kept, an unfinished one goes on from its checkpoint (the settings must "
+                                     "be the same)")
 
     def check(self) -> None:
         if self.model is None:

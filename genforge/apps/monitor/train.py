@@ -6,6 +6,9 @@ suffix). Topics come from --topic-data through a second classifier run (OUT/topi
 without topic labels, are discovered in the corpus (OUT/topics.json, topic_router.npz, topic_vocabulary.json;
 see topics.py).
 OUT/manifest.json (stage "app.monitor.model") is written last and says which topic model is in use.
+Training takes tens of minutes, so it resumes: OUT/train_settings.json, written first, holds the settings,
+and `--resume` with the same ones keeps the classifier runs that finished and continues an unfinished one
+from its checkpoint (topics, minutes of work, are discovered again).
 """
 
 from __future__ import annotations
@@ -18,18 +21,21 @@ from typing import Any
 
 from genforge.apps.monitor.config import SENTIMENTS, MonitorTrainConfig
 from genforge.artifacts import (
+    MANIFEST,
     atomic_open,
     begin_output,
     input_file,
+    read_json,
     read_manifest,
     write_json,
     write_manifest,
 )
-from genforge.config import from_dict
-from genforge.errors import ConfigError, DataError
+from genforge.config import from_dict, to_dict
+from genforge.errors import ArtifactError, ConfigError, DataError
 from genforge.finetune.data import hash_bucket, read_records
 
 MONITOR_STAGE = "app.monitor.model"
+SETTINGS = "train_settings.json"
 
 
 def parse_spec(spec: str) -> tuple[Path, dict[str, str]]:
@@ -100,13 +106,50 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+def settings(cfg: MonitorTrainConfig) -> dict[str, Any]:
+    """What a resumed training must share with the interrupted one: every setting but --resume."""
+    return json.loads(json.dumps({k: v for k, v in to_dict(cfg).items() if k != "resume"}))
+
+
+def check_resume(cfg: MonitorTrainConfig) -> None:
+    """As `finetune --resume` treats a folder: --resume needs an interrupted training with the same settings;
+    a new one refuses to mix with an interrupted one (and redoes a finished one). Reads only."""
+    path = cfg.out / SETTINGS
+    interrupted = path.is_file() and not (cfg.out / MANIFEST).is_file()
+    if not cfg.resume:
+        if interrupted:
+            raise ArtifactError(f"{cfg.out} holds an interrupted monitor training: add --resume to continue it, "
+                                "or choose another --out")
+        return
+    if not interrupted:
+        raise ArtifactError(f"nothing to resume: {cfg.out} holds no interrupted monitor training; drop --resume")
+    saved, current = read_json(path, "delete the folder to train anew, or choose another --out", kind=dict), settings(cfg)
+    for key in dict.fromkeys([*current, *saved]):
+        if saved.get(key) != current.get(key):
+            raise ConfigError(f"--resume: {key} {current.get(key)!r} differs from the interrupted training's "
+                              f"{saved.get(key)!r}; resume with the same settings or choose another --out")
+
+
+def kept(cfg: MonitorTrainConfig, out: Path) -> bool:
+    """On --resume, whether the sub-run in `out` finished before the interruption (and is kept as it is)."""
+    if cfg.resume and (out / MANIFEST).is_file():
+        print(f"kept: {out} (finished before the interruption)", file=sys.stderr)
+        return True
+    return False
+
+
 def classifier_run(cfg: MonitorTrainConfig, data: Path, out: Path) -> Path:
     from genforge.finetune.classify import classify
     from genforge.finetune.config import ClassifyConfig
+    from genforge.finetune.prepared import PREPARED
 
+    if kept(cfg, out):
+        return out
+    started = (out / "checkpoints").is_dir() or (out / PREPARED).is_file()
     values = {"model": str(cfg.model), "data": str(data), "out": str(out), "epochs": cfg.epochs,
               "max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
-              "eval_every": cfg.eval_every, "seed": cfg.seed, "select": "accuracy", **cfg.classify}
+              "eval_every": cfg.eval_every, "seed": cfg.seed, "select": "accuracy", **cfg.classify,
+              "resume": cfg.resume and started}
     return classify(from_dict(ClassifyConfig, values))
 
 
@@ -163,7 +206,10 @@ def train(cfg: MonitorTrainConfig) -> Path:
     read_model_config(cfg.model)
     if not cfg.topic_data:
         read_model_config(cfg.embedder or cfg.model)
+    check_resume(cfg)
     started = begin_output(cfg.out, MONITOR_STAGE)  # only now, with the inputs read: a bad one leaves an earlier model whole
+    if not cfg.resume:
+        write_json(cfg.out / SETTINGS, settings(cfg))
     data_dir = cfg.out / "data"
     data_dir.mkdir(exist_ok=True)
     sentiment = classifier_run(cfg, write_csv(data_dir / "sentiment.csv", rows), cfg.out / "sentiment")
@@ -176,8 +222,9 @@ def train(cfg: MonitorTrainConfig) -> Path:
 
         served = f"sentiment-{cfg.compress}"
         val = write_csv(data_dir / "sentiment_val.csv", [r for r in rows if hash_bucket(r[0]) == 8] or rows[:100])
-        compress(CompressConfig(model=sentiment, method=cfg.compress, eval_data=val, out=cfg.out / served,
-                                measure_steps=8))
+        if not kept(cfg, cfg.out / served):
+            compress(CompressConfig(model=sentiment, method=cfg.compress, eval_data=val, out=cfg.out / served,
+                                    measure_steps=8))
     if cfg.topic_data:
         classifier_run(cfg, write_csv(data_dir / "topic.csv", topic_rows), cfg.out / "topic")
         topic_model = {"kind": "classifier", "path": "topic"}

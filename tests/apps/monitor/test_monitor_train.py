@@ -133,3 +133,63 @@ def test_more_topics_than_the_corpus_can_hold_is_refused_before_training(tmp_pat
     with pytest.raises(ConfigError, match="--topics 100000 needs at least 200000 texts"):
         train(train_cfg(bert_dir, [str(sentiment_csv)], out, topics=100000))
     assert not out.exists()
+
+
+def test_an_interrupted_training_resumes_keeping_the_classifier_it_finished(tmp_path, bert_dir, sentiment_csv,
+                                                                             train_cfg, counted):
+    import dataclasses
+
+    from genforge.finetune import classify
+
+    topic_csv = tmp_path / "topics.csv"
+    topic_csv.write_text("text,label\n" + "".join(f"bank loan rates {i},banking\nchip factory orders {i},tech\n"
+                                                  for i in range(10)), encoding="utf-8")
+    out = tmp_path / "m"
+    cfg = train_cfg(bert_dir, [str(sentiment_csv)], out, topic_data=[str(topic_csv)])
+    trainings = counted(classify, "train")
+    trainings.stop_at = 2  # killed as the topic classifier starts training
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert (out / "sentiment" / "manifest.json").is_file() and not (out / "manifest.json").exists()
+    with pytest.raises(ArtifactError, match="holds an interrupted monitor training: add --resume to continue it"):
+        train(cfg)
+    with pytest.raises(ConfigError, match="--resume: lr 0.001 differs from the interrupted training's 5e-05"):
+        train(dataclasses.replace(cfg, resume=True, lr=1e-3))
+    sentiment = (out / "sentiment" / "model.safetensors").read_bytes()
+    trainings.count, trainings.stop_at = 0, None
+
+    train(dataclasses.replace(cfg, resume=True))
+    assert trainings.count == 1  # the topic classifier only: the finished sentiment one was kept
+    assert (out / "sentiment" / "model.safetensors").read_bytes() == sentiment
+    assert read_manifest(out)["topic_model"]["kind"] == "classifier"
+    with pytest.raises(ArtifactError, match="nothing to resume"):
+        train(dataclasses.replace(cfg, resume=True))
+
+
+def test_a_recipe_rerun_resumes_its_interrupted_monitor_training(tmp_path, bert_dir, sentiment_csv, counted, capsys):
+    from genforge.config import load_config
+    from genforge.finetune import classify
+    from genforge.recipes import RunConfig, run_recipe
+
+    recipe = tmp_path / "monitor.yaml"
+    recipe.write_text(f"""steps:
+  - stage: app.monitor.train
+    name: model
+    model: {bert_dir}
+    sentiment_data: [{sentiment_csv}]
+    topics: 3
+    epochs: 0
+    max_steps: 2
+    batch_size: 8
+    seq_len: 32
+    eval_every: 2
+    classify: {{warmup_steps: 1, bf16: false}}
+""", encoding="utf-8")
+    trainings = counted(classify, "train")
+    trainings.stop_at = 1  # killed as the sentiment classifier starts training
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": tmp_path / "run"}))
+    trainings.stop_at = None
+    run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": tmp_path / "run"}))
+    assert f"resuming the unfinished run in {tmp_path / 'run' / 'model'}" in capsys.readouterr().out
+    assert read_manifest(tmp_path / "run" / "model")["stage"] == "app.monitor.model"
