@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from genforge import __version__
 from genforge.config import dump_yaml, to_dict
-from genforge.errors import ArtifactError, DataError, GenforgeError
+from genforge.errors import ArtifactError, ConfigError, DataError, GenforgeError
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
@@ -200,6 +200,38 @@ def begin_output(folder: Path, stage: str) -> float:
     with contextlib.suppress(FileNotFoundError):
         (folder / MANIFEST).unlink()
     return time.time()
+
+
+SAME_SETTINGS = "resume with the same settings or choose another --out"
+
+
+def check_resume_folder(folder: Path, *, resume: bool, started: bool, marker: str) -> None:
+    """How every resumable command treats its output folder. `started`: the folder holds what the command
+    writes first when it starts a run (`marker`, named to the user). --resume needs such a run; a new run
+    refuses to mix with one that stopped midway (no manifest), and redoes a finished one."""
+    if resume and not started:
+        raise ArtifactError(f"nothing to resume: {Path(folder) / marker} does not exist; drop --resume")
+    if not resume and started and not (Path(folder) / MANIFEST).is_file():
+        raise ArtifactError(f"{folder} holds an unfinished run: add --resume to continue it, or choose another --out")
+
+
+def check_same_settings(saved: dict[str, Any], current: dict[str, Any], files: dict[str, str] | None = None) -> None:
+    """Refuse a --resume whose settings differ from those the interrupted run recorded, naming the first
+    difference. `files` names the keys that are sha256 of inputs (key -> the input, e.g. "--data a.csv")."""
+    def shown(value: Any) -> str:
+        if isinstance(value, list):
+            return ", ".join(map(str, value)) or "none"
+        return "none" if value is None else str(value)
+
+    for key in dict.fromkeys([*current, *saved]):
+        new, old = current.get(key), saved.get(key)
+        if new == old:
+            continue
+        if files and key in files:
+            why = "its sha256 differs" if new and old else "given to one run only"
+            raise ConfigError(f"--resume: {files[key]} is not the interrupted run's ({why}); {SAME_SETTINGS}")
+        raise ConfigError(f"--resume: {key} {shown(new)} differs from the interrupted run's {shown(old)}; "
+                          f"{SAME_SETTINGS}")
 
 
 def check_output_file(path: Path) -> None:

@@ -26,7 +26,8 @@ from genforge.adversarial.attacks import AttackResult
 from genforge.adversarial.config import RobustnessConfig
 from genforge.adversarial.neighbours import default_encoder
 from genforge.artifacts import (
-    MANIFEST,
+    check_resume_folder,
+    check_same_settings,
     model_sha256,
     read_json,
     reading,
@@ -34,11 +35,10 @@ from genforge.artifacts import (
     whole_lines,
     write_json,
 )
-from genforge.errors import ArtifactError, ConfigError
+from genforge.errors import ArtifactError
 
 PROGRESS = "progress.json"
 RESULT_FIELDS = [f.name for f in dataclasses.fields(AttackResult)]
-SAME = "resume with the same settings or choose another --out"
 
 
 def partial_path(out: Path, attack: str) -> Path:
@@ -54,24 +54,6 @@ def fingerprint(cfg: RobustnessConfig, attacks: list[str]) -> dict[str, Any]:
             "max_examples": cfg.max_examples, "max_queries": cfg.max_queries, "max_ratio": cfg.max_ratio,
             "min_similarity": cfg.min_similarity, "candidates": cfg.candidates, "synonym_source": cfg.synonym_source,
             "encoder": str(encoder) if encoder else None, "attack": attacks}
-
-
-def check_same(cfg: RobustnessConfig, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse a resume whose results would differ from the interrupted run's, naming the first difference."""
-    for key, value in current.items():
-        old = saved.get(key)
-        if old == value:
-            continue
-        if key == "model_sha256":
-            raise ConfigError(f"--resume: the classifier {cfg.model} is not the one the interrupted run attacked "
-                              f"(the sha256 of its files differs); {SAME}")
-        if key == "data_sha256":
-            raise ConfigError(f"--resume: the data {cfg.data} is not the interrupted run's (its sha256 differs); {SAME}")
-        raise ConfigError(f"--resume: {key} {_shown(value)} differs from the interrupted run's {_shown(old)}; {SAME}")
-
-
-def _shown(value: Any) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 @dataclass
@@ -159,18 +141,15 @@ def open_progress(cfg: RobustnessConfig, current: dict[str, Any], examples: list
     unfinished run with the same fingerprint; a new run refuses to overwrite an unfinished one, and redoes a
     finished one from scratch. Reads only, so a refused run leaves the folder as it was."""
     path = cfg.out / PROGRESS
+    check_resume_folder(cfg.out, resume=cfg.resume, started=path.is_file(), marker=PROGRESS)
     if not cfg.resume:
-        if path.is_file() and not (cfg.out / MANIFEST).is_file():
-            raise ArtifactError(f"{cfg.out} holds an unfinished run: add --resume to continue it, or choose another --out")
         return Progress(cfg.out, current)
-    if not path.is_file():
-        raise ArtifactError(f"nothing to resume: {path} does not exist (no interrupted robustness run there); "
-                            "drop --resume")
     remedy = "delete the folder to start the run anew, or choose another --out"
     saved = read_json(path, remedy, keys=("fingerprint", "finished"))
     if not (isinstance(saved["fingerprint"], dict) and isinstance(saved["finished"], dict)):
         raise ArtifactError(f"{path} is corrupt (fingerprint and finished are not JSON objects): {remedy}")
-    check_same(cfg, saved["fingerprint"], current)
+    check_same_settings(saved["fingerprint"], current, files={"model_sha256": f"the classifier {cfg.model}",
+                                                              "data_sha256": f"the data {cfg.data}"})
     finished = {name: entry for name, entry in saved["finished"].items()
                 if (cfg.out / f"adversarial_{name}.jsonl").is_file()}  # a deleted one is attacked again
     partials = {name: read_partial(partial_path(cfg.out, name), examples) for name in current["attack"]

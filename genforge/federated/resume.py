@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genforge.artifacts import MANIFEST, atomic_open
+from genforge.artifacts import atomic_open, check_resume_folder, check_same_settings
 from genforge.errors import ArtifactError, ConfigError
 
 CHECKPOINT = Path("checkpoints") / "federated.pt"
@@ -81,11 +81,10 @@ def save_round(out: Path, server_round: int, tensors: dict[str, torch.Tensor], s
 
 def load_round(out: Path) -> dict[str, Any]:
     path = Path(out) / CHECKPOINT
+    check_resume_folder(out, resume=True, started=path.is_file(), marker=str(CHECKPOINT))
     try:
         state = torch.load(path, weights_only=True)
         int(state["round"]), state["tensors"].items(), state["server"].items()
-    except FileNotFoundError:
-        raise ArtifactError(f"nothing to resume: {path} does not exist; drop --resume") from None
     except Exception as e:  # noqa: BLE001 - any damage reads as one line
         raise ArtifactError(f"{path} is damaged ({type(e).__name__}); start again without --resume") from None
     return state
@@ -104,11 +103,8 @@ def check_resume(cfg: Any, out: Path, clients: list[dict[str, Any]]) -> dict[str
         old_cfg, old_clients = before["config"], before["clients"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ArtifactError(f"{out}/federation.json is missing or damaged; start again without --resume") from None
-    new_cfg = to_dict(cfg)
-    for key in sorted(set(old_cfg) | set(new_cfg)):
-        if key not in FREE_TO_CHANGE and old_cfg.get(key) != new_cfg.get(key):
-            raise ConfigError(f"--resume: {key} {new_cfg.get(key)!r} differs from the stopped run's "
-                              f"{old_cfg.get(key)!r}; resume with the same settings or choose another --out")
+    check_same_settings({k: v for k, v in old_cfg.items() if k not in FREE_TO_CHANGE},
+                        {k: v for k, v in to_dict(cfg).items() if k not in FREE_TO_CHANGE})
     for old, new in zip(old_clients, clients, strict=False):
         if old.get("data_sha256") != new.get("data_sha256"):
             raise ConfigError(f"--resume: client {new['client']}'s data ({new['data']}) changed since the run "
@@ -122,10 +118,7 @@ def check_resume(cfg: Any, out: Path, clients: list[dict[str, Any]]) -> dict[str
 
 def check_fresh(out: Path) -> None:
     """A new run may redo a finished folder, not one whose run stopped midway (that one --resume continues)."""
-    out = Path(out)
-    if (out / CHECKPOINT).is_file() and not (out / MANIFEST).is_file():
-        raise ArtifactError(f"{out} holds a federated run that stopped after round {load_round(out)['round']}: "
-                            "add --resume to continue it, or choose another --out")
+    check_resume_folder(out, resume=False, started=(Path(out) / CHECKPOINT).is_file(), marker=str(CHECKPOINT))
 
 
 def clear(out: Path) -> None:

@@ -24,6 +24,7 @@ from genforge.adversarial.augment import Example, augment_examples
 from genforge.adversarial.neighbours import default_encoder
 from genforge.artifacts import (
     atomic_write_bytes,
+    check_same_settings,
     model_sha256,
     read_json,
     reading,
@@ -31,7 +32,7 @@ from genforge.artifacts import (
     write_json,
     write_jsonl,
 )
-from genforge.errors import ArtifactError, ConfigError
+from genforge.errors import ArtifactError
 from genforge.finetune.config import ClassifyConfig
 from genforge.finetune.data import parse_labels
 from genforge.finetune.teacher import teacher_logits
@@ -40,7 +41,6 @@ PREPARED = "logs/prepared.json"  # written first: with it, a folder holds a star
 PARTIAL = "logs/augmented.partial.jsonl"
 AUGMENTED = "logs/augmented.jsonl"
 TEACHER = "logs/teacher_logits.safetensors"
-SAME = "resume with the same settings or choose another --out"
 REDO = "delete it to make it again on --resume, or choose another --out"
 # the settings that are files or folders, compared by hash, and the flags that name them
 FILES = {"teacher_sha256": "--teacher", "data_sha256": "--data", "val_data_sha256": "--val-data",
@@ -66,37 +66,17 @@ def settings(cfg: ClassifyConfig) -> dict[str, Any]:
     return json.loads(json.dumps(found))  # as read back from the file: lists, not tuples
 
 
-def check_same(cfg: ClassifyConfig, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse a resume whose preparation would differ from the interrupted run's, naming the first difference."""
-    for key in dict.fromkeys([*current, *saved]):
-        value, old = current.get(key), saved.get(key)
-        if value == old:
-            continue
-        if key not in FILES:
-            raise ConfigError(f"--resume: {key} {_shown(value)} differs from the interrupted run's {_shown(old)}; "
-                              f"{SAME}")
-        flag = FILES[key]
-        given = _shown(getattr(cfg, flag.removeprefix("--").replace("-", "_")))
-        if not old:
-            raise ConfigError(f"--resume: {flag} {given} was not given to the interrupted run; {SAME}")
-        if not value:
-            raise ConfigError(f"--resume: the interrupted run had {flag} (now none); {SAME}")
-        raise ConfigError(f"--resume: {flag} {given} is not the interrupted run's (its sha256 differs); {SAME}")
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "none"
-    return "none" if value is None else str(value)
-
-
 def check(cfg: ClassifyConfig) -> dict[str, Any]:
     """The preparation's settings, on --resume checked against the interrupted run's record. Reads only, so
     `classify` calls it before it touches the folder: a refused resume leaves a finished run whole."""
     current, path = settings(cfg), cfg.out / PREPARED
     if cfg.resume and path.is_file():
         remedy = "delete it and run again to make the copies and teacher logits anew, or choose another --out"
-        check_same(cfg, read_json(path, remedy, kind=dict), current)
+        files = {}
+        for key, flag in FILES.items():
+            value = getattr(cfg, flag[2:].replace("-", "_"))
+            files[key] = f"{flag} {', '.join(map(str, value)) if isinstance(value, list) else value or ''}".strip()
+        check_same_settings(read_json(path, remedy, kind=dict), current, files)
     return current
 
 

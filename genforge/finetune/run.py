@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from genforge.artifacts import MANIFEST, begin_output
-from genforge.errors import ArtifactError, ConfigError
+from genforge.artifacts import begin_output, check_resume_folder
+from genforge.errors import ConfigError
 from genforge.finetune.config import FinetuneConfig
 from genforge.models.load import max_positions
 from genforge.train.engine import checkpoint_exists
@@ -22,11 +22,8 @@ def prepare_output(cfg: FinetuneConfig, started_by: str | None = None) -> float:
     copies and teacher logits, kept for --resume), the file `started_by` (under logs/) it writes first.
     """
     begun = checkpoint_exists(cfg.out) or (started_by is not None and (cfg.out / started_by).is_file())
-    if cfg.resume and not begun:
-        raise ArtifactError(f"nothing to resume: {cfg.out}/checkpoints/latest does not exist; drop --resume")
+    check_resume_folder(cfg.out, resume=cfg.resume, started=begun, marker="checkpoints/latest")
     redo = not cfg.resume and begun
-    if redo and not (cfg.out / MANIFEST).is_file():
-        raise ArtifactError(f"{cfg.out} holds an unfinished run: add --resume to continue it, or choose another --out")
     started = begin_output(cfg.out, "finetune")
     if redo:
         shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)

@@ -33,7 +33,7 @@ def test_a_damaged_or_missing_checkpoint_is_one_line(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"\x80\x02 not a checkpoint")
     with pytest.raises(ArtifactError, match="federated.pt is damaged .*start again without --resume"):
         load_round(tmp_path)
-    with pytest.raises(ArtifactError, match="damaged"):
+    with pytest.raises(ArtifactError, match="holds an unfinished run"):
         check_fresh(tmp_path)
 
 
@@ -44,7 +44,7 @@ def test_only_resume_continues_a_run_that_stopped_midway(tmp_path):
 
     strategy = build_strategy(FederatedClassifyConfig(model="m", data="d.csv", out=tmp_path, clients=2))
     save_round(tmp_path, 3, {"w": torch.zeros(2)}, strategy, 60.0)  # killed in round 4: nothing exported
-    with pytest.raises(ArtifactError, match="stopped after round 3: add --resume to continue it, or choose another"):
+    with pytest.raises(ArtifactError, match="holds an unfinished run: add --resume to continue it, or choose another"):
         check_fresh(tmp_path)
     write_manifest(tmp_path, "finetune", None, metrics={})
     check_fresh(tmp_path)  # a finished run may be redone
@@ -61,7 +61,7 @@ def test_a_stopped_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_pat
 
     stopped = tmp_path / "stopped"  # round 1 of a 2-round run and a finished 1-round run: the same state
     federated(FederatedClassifyConfig(out=stopped, rounds=1, **settings), "classify")
-    with pytest.raises(ConfigError, match="--resume: lr 0.001 differs from the stopped run's 0.003"):
+    with pytest.raises(ConfigError, match="--resume: lr 0.001 differs from the interrupted run's 0.003"):
         federated(FederatedClassifyConfig(out=stopped, rounds=2, resume=True, **{**settings, "lr": 1e-3}),
                   "classify")
     with pytest.raises(ConfigError, match="already done 1 of its rounds; give --rounds above 1"):

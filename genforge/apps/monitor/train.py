@@ -24,6 +24,8 @@ from genforge.artifacts import (
     MANIFEST,
     atomic_open,
     begin_output,
+    check_resume_folder,
+    check_same_settings,
     input_file,
     read_json,
     read_manifest,
@@ -31,7 +33,7 @@ from genforge.artifacts import (
     write_manifest,
 )
 from genforge.config import from_dict, to_dict
-from genforge.errors import ArtifactError, ConfigError, DataError
+from genforge.errors import ConfigError, DataError
 from genforge.finetune.data import hash_bucket, read_records
 
 MONITOR_STAGE = "app.monitor.model"
@@ -115,19 +117,11 @@ def check_resume(cfg: MonitorTrainConfig) -> None:
     """As `finetune --resume` treats a folder: --resume needs an interrupted training with the same settings;
     a new one refuses to mix with an interrupted one (and redoes a finished one). Reads only."""
     path = cfg.out / SETTINGS
-    interrupted = path.is_file() and not (cfg.out / MANIFEST).is_file()
-    if not cfg.resume:
-        if interrupted:
-            raise ArtifactError(f"{cfg.out} holds an interrupted monitor training: add --resume to continue it, "
-                                "or choose another --out")
-        return
-    if not interrupted:
-        raise ArtifactError(f"nothing to resume: {cfg.out} holds no interrupted monitor training; drop --resume")
-    saved, current = read_json(path, "delete the folder to train anew, or choose another --out", kind=dict), settings(cfg)
-    for key in dict.fromkeys([*current, *saved]):
-        if saved.get(key) != current.get(key):
-            raise ConfigError(f"--resume: {key} {current.get(key)!r} differs from the interrupted training's "
-                              f"{saved.get(key)!r}; resume with the same settings or choose another --out")
+    unfinished = path.is_file() and not (cfg.out / MANIFEST).is_file()  # a finished training is not continued
+    check_resume_folder(cfg.out, resume=cfg.resume, started=unfinished, marker=SETTINGS)
+    if cfg.resume:
+        check_same_settings(read_json(path, "delete the folder to train anew, or choose another --out", kind=dict),
+                            settings(cfg))
 
 
 def kept(cfg: MonitorTrainConfig, out: Path) -> bool:

@@ -151,9 +151,9 @@ def test_an_interrupted_training_resumes_keeping_the_classifier_it_finished(tmp_
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     assert (out / "sentiment" / "manifest.json").is_file() and not (out / "manifest.json").exists()
-    with pytest.raises(ArtifactError, match="holds an interrupted monitor training: add --resume to continue it"):
+    with pytest.raises(ArtifactError, match="holds an unfinished run: add --resume to continue it"):
         train(cfg)
-    with pytest.raises(ConfigError, match="--resume: lr 0.001 differs from the interrupted training's 5e-05"):
+    with pytest.raises(ConfigError, match="--resume: lr 0.001 differs from the interrupted run's 5e-05"):
         train(dataclasses.replace(cfg, resume=True, lr=1e-3))
     sentiment = (out / "sentiment" / "model.safetensors").read_bytes()
     trainings.count, trainings.stop_at = 0, None
