@@ -205,10 +205,14 @@ class PredictConfig(Config):
     out: Path | None = field(None, help="write {text, label, probs} per line here (JSONL)")
     batch_size: int = field(32, help="texts per forward pass")
     threshold: float = field(0.5, help="multi-label: probability above which a label is predicted")
+    resume: bool = field(False, help="continue the interrupted run of --out from its OUT.partial file: its "
+                                     "predictions are kept (the settings must be the same)")
 
     def check(self) -> None:
         if self.model is None:
             raise ConfigError("give the classifier folder: --model DIR")
+        if self.resume and self.out is None:
+            raise ConfigError("--resume continues an interrupted --out run: give its --out FILE")
         if not self.text and self.data is None:
             raise ConfigError("give --text TEXT (repeatable) or --data FILE")
         if self.text and self.data is not None:
