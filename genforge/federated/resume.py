@@ -83,7 +83,7 @@ def load_round(out: Path) -> dict[str, Any]:
     path = Path(out) / CHECKPOINT
     check_resume_folder(out, resume=True, started=path.is_file(), marker=str(CHECKPOINT))
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, mmap=True)  # the launcher reads the round only
         int(state["round"]), state["tensors"].items(), state["server"].items()
     except Exception as e:  # noqa: BLE001 - any damage reads as one line
         raise ArtifactError(f"{path} is damaged ({type(e).__name__}); start again without --resume") from None
