@@ -139,10 +139,12 @@ def local_round(s: Silo, tensors: dict[str, torch.Tensor], server_round: int, mu
     # dropout etc. drawn from (seed, client, round), not from whatever rounds this worker process ran before:
     # a run is reproducible and a resumed one trains its rounds exactly as an uninterrupted one would
     torch.manual_seed(mix_seed(cfg.seed, "client-round", s.partition, server_round))
-    result = train(task.model, wrap_adversarial(objective, cfg), batches, round_config(cfg, server_round, steps),
-                   s.work_dir, dist=Dist(device=device()))
+    this_round = round_config(cfg, server_round, steps)
+    result = train(task.model, wrap_adversarial(objective, cfg), batches, this_round, s.work_dir,
+                   dist=Dist(device=device()))
     return trainable(task.model), {"train-loss": float(result.train_loss), "steps": float(result.steps),
-                                   "examples": float(len(s.rows)), "seconds": float(result.seconds)}
+                                   "examples": float(len(s.rows)), "seconds": float(result.seconds),
+                                   "round": float(server_round), "lr": this_round.lr}
 
 
 app = ClientApp()

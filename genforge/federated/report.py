@@ -1,8 +1,9 @@
 """What a federated run leaves behind: rounds.jsonl, TensorBoard scalars, rounds.png, the model folder.
 
 `rounds.jsonl` holds one line per round (round 0 = the initial model): the global validation
-metrics, every participating client's metrics (loss, examples, bytes each way), how many clients
-were sampled, failed or rejected, the bytes communicated and, with DP, the privacy spent so far.
+metrics, every participating client's metrics (the round and learning rate it trained at, loss, examples,
+bytes each way), how many clients were sampled, failed or rejected, the bytes communicated and, with DP,
+the privacy spent so far.
 The run folder ends as a normal genforge model folder whose manifest lists each client's data hash
 (never the data) and the federation's settings.
 """
@@ -55,7 +56,7 @@ class RoundLog:
         row = {"round": server_round, "seconds": self.seconds(),
                **{f"val_{k}": v for k, v in metrics.items()}, **counts,
                "bytes": int(sum(c.get("bytes-up", 0) + c.get("bytes-down", 0) for c in clients)),
-               "clients": [{k.replace("-", "_"): (int(v) if k in ("partition-id", "examples") else v)
+               "clients": [{k.replace("-", "_"): (int(v) if k in ("partition-id", "examples", "round") else v)
                             for k, v in c.items()} for c in clients]}
         if privacy:
             row["privacy"] = privacy

@@ -52,6 +52,7 @@ def test_only_resume_continues_a_run_that_stopped_midway(tmp_path):
 
 def test_a_stopped_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_path, bert_dir, sentiment_rows,
                                                                          csv_file):
+    # two clients: their weighted sum is the same float whichever reply comes first, so the runs can match exactly
     files = [csv_file(f"branch{k}.csv", sentiment_rows[k::2]) for k in range(2)]
     val = csv_file("val.csv", sentiment_rows[::5])
     settings = {"model": bert_dir, "val_data": val, "clients": 2, "partition": "by-file", "client_data": files,
