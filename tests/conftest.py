@@ -166,8 +166,9 @@ def blocking(monkeypatch):
 
 
 @pytest.fixture
-def browser():
-    """Headless Chromium driven by Selenium (Debian's chromium + chromium-driver)."""
+def browser(tmp_path):
+    """Headless Chromium driven by Selenium (Debian's chromium + chromium-driver); its profile and the
+    singleton-socket folders it makes under TMPDIR live in the test's tmp_path, not /tmp."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -177,7 +178,9 @@ def browser():
     options.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    service = Service(driver_path, env={**os.environ, "TMPDIR": str(tmp_path)})
+    driver = webdriver.Chrome(service=service, options=options)
     try:
         yield driver
     finally:
