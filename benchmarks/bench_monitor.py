@@ -188,11 +188,6 @@ class GoldLabels:
                  "topic": self.gold[t][1], "topic_score": 1.0} for t in texts]
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
 def soak(model, pool: list[str], minutes: float, db: str, folder: Path) -> dict:
     """Follow a growing JSONL file into the database for `minutes`; sustained rate and memory."""
     from genforge.apps.monitor.ingest import Monitor
@@ -200,6 +195,7 @@ def soak(model, pool: list[str], minutes: float, db: str, folder: Path) -> dict:
     from genforge.apps.monitor.run import drain
     from genforge.apps.monitor.sources import JsonlTail
     from genforge.serve.db import connect
+    from genforge.serve.soak import rss_mb
 
     rng = random.Random(1)
     path = folder / "stream.jsonl"
