@@ -132,8 +132,9 @@ def folder_name(value: Any, where: str) -> str:
 
 
 # what a resumable stage writes first, so a step folder holding one of them has a run to continue: training
-# checkpoints, classify's kept preparation (copies, teacher logits), the monitor's training settings
-STARTED = ("checkpoints", "logs/prepared.json", "train_settings.json")
+# checkpoints, classify's kept preparation (copies, teacher logits), the monitor's training settings, the
+# record of `data prepare`'s partial files
+STARTED = ("checkpoints", "logs/prepared.json", "train_settings.json", "prepare.partial.json")
 
 
 def finished_with_same_config(out: Path, manifest_name: str, config: Any) -> bool:

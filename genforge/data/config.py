@@ -37,6 +37,8 @@ class PrepareConfig(Config):
     near_dup_threshold: float = field(0.8, help="estimated Jaccard similarity of 5-character shingles above which "
                                                 "a document is a near duplicate")
     workers: int | None = field(None, help="worker processes (default: all CPU cores; 1 for inputs under ~4 MB)")
+    resume: bool = field(False, help="continue the interrupted run in --out after the documents it had finished "
+                                     "(prepare.partial.json); the same inputs and settings are required")
 
     def check(self) -> None:
         if not self.inputs:

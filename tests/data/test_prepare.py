@@ -170,11 +170,12 @@ def test_interrupted_rerun_leaves_the_earlier_run_finished(tmp_path, monkeypatch
     monkeypatch.setattr(prepare_module, "scrub_pii", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, [tmp_path / "a.txt"])
-    # Nothing was written before the inputs were all read: the old run is intact and still finished.
+    # The rerun wrote only its own partial files: the old run is intact and still finished.
     assert (out / "train.jsonl").read_text() == finished
     assert read_manifest(out, "data.prepare")["metrics"]["train_docs"] == len(finished.splitlines())
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "stats.json", "train.jsonl",
-                                                     "val.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "dedup.partial.bin", "manifest.json",
+                                                     "prepare.partial.json", "stats.json", "train.jsonl",
+                                                     "train.partial.jsonl", "val.jsonl", "val.partial.jsonl"]
 
 
 def test_a_rerun_that_fails_on_bad_input_keeps_the_earlier_run(tmp_path):
@@ -222,3 +223,4 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
         assert code == 2, output
         assert "\n" not in output and output.startswith(message), output
     assert not (out / "manifest.json").exists() and not (out / "train.jsonl").exists()
+    assert not list(out.glob("*.partial*"))  # bad input leaves nothing to resume
