@@ -16,15 +16,20 @@ import numpy as np
 def report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], multi_label: bool) -> dict[str, Any]:
     """{"accuracy", "macro_f1", "per_class": {label: {precision, recall, f1, support}}}.
 
-    Single-label arrays are class ids [N]; multi-label arrays are 0/1 indicators [N, labels].
+    Single-label arrays are class ids [N]; multi-label arrays are 0/1 indicators [N, labels]. per_class lists
+    every class (one the set lacks shows support 0 and zeros); macro_f1 averages over the classes the set or
+    the predictions have: a class absent from both is not an error, and counting it as F1 = 0 would score
+    perfect predictions on a small validation set that lacks a class below 1.
     """
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     ids = None if multi_label else list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+    predicted = np.asarray(y_pred).sum(0) if multi_label else np.bincount(y_pred, minlength=len(labels))
+    present = (support > 0) | (predicted > 0)  # with neither, all predictions of the class are right
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 1.0,
         "per_class": {label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)},
     }

@@ -38,7 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genforge.artifacts import atomic_write_text, begin_output, check_output, write_json, write_manifest
+from genforge.artifacts import (
+    atomic_write_text,
+    begin_output,
+    check_output,
+    whole_lines,
+    write_json,
+    write_manifest,
+)
 from genforge.config import dump_yaml, from_dict, read_yaml
 from genforge.errors import ArtifactError, ConfigError, GenforgeError
 from genforge.finetune.config import ClassifyConfig, DpoConfig, SftConfig, TuneConfig
@@ -88,8 +95,9 @@ def read_space(path: Path) -> dict[str, Any]:
 
 def read_entry(path: Path, key: str, spec: Any) -> dict[str, Any]:
     """One search entry, checked and normalised: {choices: [...]} or {low, high, log, step} with numeric
-    bounds (ints when both bounds are ints and the range is not logarithmic; YAML's `1e-5`, a string, is
-    read as the number it means). Optuna would only refuse a bad one inside a trial, with a traceback."""
+    bounds (ints when both bounds are ints, log or not: `lora_r: {low: 4, high: 64, log: true}` must draw
+    ints, as the config takes no 4.7; YAML's `1e-5`, a string, is read as the number it means). Optuna would
+    only refuse a bad one inside a trial, with a traceback."""
     where = f"{path}: search '{key}'"
     if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
         raise ConfigError(f"{where} needs {{choices: [...]}} or {{low: X, high: Y}}")
@@ -105,7 +113,7 @@ def read_entry(path: Path, key: str, spec: Any) -> dict[str, Any]:
     if not isinstance(log, bool):
         raise ConfigError(f"{where}: log must be true or false; got {log!r}")
     low, high = (range_number(where, name, spec[name]) for name in ("low", "high"))
-    integer = isinstance(low, int) and isinstance(high, int) and not log
+    integer = isinstance(low, int) and isinstance(high, int)
     if not integer:
         low, high = float(low), float(high)
     if low > high:
@@ -164,7 +172,7 @@ def suggest(trial: Any, search: dict[str, Any]) -> dict[str, Any]:
         if "choices" in spec:
             params[key] = trial.suggest_categorical(key, spec["choices"])
         elif isinstance(spec["low"], int):
-            params[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1))
+            params[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1), log=spec["log"])
         else:
             params[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec["log"],
                                               step=spec.get("step"))
@@ -189,8 +197,7 @@ def new_val_scores(path: Path, seen: int, metric: str, maximize: bool) -> tuple[
     the new line count. The score is `metric` (without its val_ prefix) if logged, else the signed loss."""
     if not path.is_file():
         return [], seen
-    lines = path.read_text().splitlines()
-    complete = lines if path.read_text().endswith("\n") else lines[:-1]  # a line being written waits
+    complete, _ = whole_lines(path.read_bytes())  # one read: a line the engine is still writing waits
     found = []
     for line in complete[seen:]:
         record = json.loads(line)

@@ -1,13 +1,14 @@
 import json
+from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
-from genforge.config import load_config
+from genforge.config import from_dict, load_config
 from genforge.errors import ConfigError, GenforgeError
 from genforge.finetune.config import ClassifyConfig, DpoConfig, TuneConfig
-from genforge.finetune.tune import METRICS, read_space, run_trials, tune
+from genforge.finetune.tune import METRICS, new_val_scores, read_space, run_trials, suggest, tune
 
 
 def write_space(tmp_path, bert_dir, data, **extra):
@@ -165,3 +166,40 @@ def test_a_diverged_trial_fails_alone(capfd):
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     err = capfd.readouterr().err
     assert "trial 0 scored NaN (diverged)" in err and "Warning" not in err
+
+
+def test_a_log_range_over_an_int_key_draws_ints(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"task": "classify", "base": {"model": "m", "data": "d"},
+                                    "search": {"lora_r": {"low": 4, "high": 64, "log": True}}}))
+    search = read_space(path)["search"]
+    assert search["lora_r"] == {"low": 4, "high": 64, "log": True}
+    assert all(type(v) is int for v in search["lora_r"].values() if v is not True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        value = suggest(trial, search)["lora_r"]
+        assert isinstance(value, int) and 4 <= value <= 64
+        assert from_dict(ClassifyConfig, {"model": "m", "data": "d", "lora_r": value, "out": "t"}).lora_r == value
+    assert study.trials[0].distributions["lora_r"] == optuna.distributions.IntDistribution(4, 64, log=True)
+
+
+def test_a_line_the_engine_finishes_while_it_is_read_waits_for_the_next_poll(tmp_path, monkeypatch):
+    """The engine may finish its last line at any moment: a poll must judge the text it parses, not a
+    second read (which could end with the newline the first one lacked)."""
+    path, first = tmp_path / "metrics.jsonl", '{"step": 2, "kind": "val", "loss": 0.5}\n'
+    path.write_text(first + '{"step": 4, "kind": "va')
+
+    def then_the_engine_finishes(read):
+        def wrapped(self, *args, **kwargs):
+            data = read(self, *args, **kwargs)
+            if self == path:
+                with open(path, "w") as f:
+                    f.write(first + '{"step": 4, "kind": "val", "loss": 0.4}\n')
+            return data
+        return wrapped
+
+    for name in ("read_text", "read_bytes"):
+        monkeypatch.setattr(Path, name, then_the_engine_finishes(getattr(Path, name)))
+    assert new_val_scores(path, 0, "val_loss", maximize=False) == ([(2, 0.5)], 1)
+    assert new_val_scores(path, 1, "val_loss", maximize=False) == ([(4, 0.4)], 2)
