@@ -8,11 +8,14 @@ against the answer it corrects; answers to the same messages rated up and down),
 the serving database train the next model.
 
 The reference is frozen, so its log-probabilities are computed once, before training, and travel in the
-batches; only the trained model is in memory during the run. Answers are rendered and masked like SFT
-(`genforge.finetune.sft`): the chat template, loss on the answer's tokens and its closing <|im_end|>. The
-loop, checkpoints and LoRA are the engine's and fine-tuning's; the validation loss is the DPO loss of
-held-out pairs, and the summary adds how often the model ranks the chosen answer above the rejected one
-by more than the reference does (reward accuracy).
+batches; only the trained model is in memory during the run. Pairs are rendered like SFT
+(`genforge.finetune.sft`, the chat template segment by segment), but only the final answer's tokens and its
+closing <|im_end|> are scored: the prompt's earlier assistant turns (a served chat, as `feedback export`
+writes it) are context, not what was rated. The prompt is truncated once per pair, so both answers follow
+identical tokens and their difference is all the margin measures. The loop, checkpoints and LoRA are the
+engine's and fine-tuning's; the validation loss is the DPO loss of held-out pairs, and the summary adds
+how often the model ranks the chosen answer above the rejected one by more than the reference does (reward
+accuracy).
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ from genforge.finetune.run import best_checkpoint, device, prepare_output
 from genforge.finetune.sft import (
     Message,
     chat_tokenizer,
-    encode_dialogue,
     export,
     load_causal_lm,
     parse_dialogue,
     record_chat_run,
+    segments,
     trainable_lm,
 )
 from genforge.train.distributed import Dist
@@ -77,16 +80,43 @@ def read_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
+def split_answer(tokenizer: Any, messages: list[Message], answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of `messages` answered by `answer`, tokenized segment by segment as SFT does;
+    the answer is its content and closing <|im_end|>, the prompt all before it, the assistant header included."""
+    pieces = [tokenizer(text, add_special_tokens=False)["input_ids"]
+              for text, _ in segments(tokenizer, [*messages, {"role": "assistant", "content": answer}])]
+    return [i for piece in pieces[:-1] for i in piece], pieces[-1]
+
+
+def encode_pair(tokenizer: Any, messages: list[Message], chosen: str, rejected: str, max_tokens: int) -> Encoded | None:
+    """The chosen and rejected (ids, labels), at most `max_tokens` long, labelled on the final answer only.
+
+    Too long: as SFT, the prompt's oldest turns after the system message go first (it is cut at a user turn),
+    until the longer answer fits; this is done once for the pair, so both answers follow the same prompt
+    tokens (cut apart, the margin would also compare two prompts). If the answers still do not fit after
+    the latest user turn, their ends are cut. None if no answer token remains.
+    """
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    while True:
+        (prompt, chosen_ids), (_, rejected_ids) = (split_answer(tokenizer, system + rest, answer)
+                                                   for answer in (chosen, rejected))
+        later = [i for i, m in enumerate(rest) if i > 0 and m["role"] == "user"]
+        if len(prompt) + max(len(chosen_ids), len(rejected_ids)) <= max_tokens or not later:
+            break
+        rest = rest[later[0]:]
+    if len(prompt) >= max_tokens:
+        return None
+    chosen_seq, rejected_seq = (((prompt + ids)[:max_tokens], ([IGNORE] * len(prompt) + ids)[:max_tokens])
+                                for ids in (chosen_ids, rejected_ids))
+    return chosen_seq, rejected_seq
+
+
 def encode_pairs(tokenizer: Any, pairs: list[Pair], seq_len: int) -> list[Encoded]:
     """Each pair as two (ids, labels) sequences sharing the prompt; pairs with no answer token left within
     `seq_len` are dropped."""
-    out = []
-    for messages, chosen, rejected in pairs:
-        both = [encode_dialogue(tokenizer, [*messages, {"role": "assistant", "content": answer}],
-                                max_tokens=seq_len + 1) for answer in (chosen, rejected)]
-        if both[0] is not None and both[1] is not None:
-            out.append((both[0], both[1]))
-    return out
+    out = [encode_pair(tokenizer, messages, chosen, rejected, seq_len + 1) for messages, chosen, rejected in pairs]
+    return [e for e in out if e is not None]
 
 
 def sequence_logps(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,60 @@ def test_pairs_take_message_or_string_prompts_and_mask_the_prompt(tokenizer, jso
             read_pairs(jsonl("bad.jsonl", [bad]))
 
 
+CHAT = [{"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "first question about the weather today"},
+        {"role": "assistant", "content": "it is sunny and warm"}, {"role": "user", "content": "and tomorrow?"}]
+
+
+def _scored(encoded: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
+    """(prompt ids, scored ids) of one encoded answer; the scored positions must be one run at the end."""
+    ids, labels = encoded
+    first = next(k for k, lab in enumerate(labels) if lab != IGNORE)
+    assert all(lab == IGNORE for lab in labels[:first]) and labels[first:] == ids[first:]
+    return ids[:first], ids[first:]
+
+
+def test_only_the_final_answer_of_a_multi_turn_prompt_is_scored(tokenizer):
+    """A served chat's earlier assistant turns are context, not what was rated; they were scored (and
+    trained on by the RPO term) as if they were part of both answers."""
+    (chosen, rejected), = encode_pairs(tokenizer, [(CHAT, "rain", "snow")], 200)
+    for encoded, answer in [(chosen, "rain"), (rejected, "snow")]:
+        _, scored = _scored(encoded)
+        assert tokenizer.decode(scored) == f"{answer}<|im_end|>\n"
+
+
+def test_truncation_cuts_one_prompt_for_both_answers(tokenizer):
+    """Cut apart, a long chosen answer lost the first exchange and a short rejected one kept it: the margin
+    compared two prompts (and could flip sign)."""
+    long, short = "tomorrow it will rain heavily in the morning and clear up later", "rain"
+    (whole, _), = encode_pairs(tokenizer, [(CHAT, long, short)], 500)
+    (chosen, rejected), = encode_pairs(tokenizer, [(CHAT, long, short)], len(whole[0]) - 2)  # the long one is over
+    (prompt, scored), (other_prompt, _) = _scored(chosen), _scored(rejected)
+    assert prompt == other_prompt and tokenizer.decode(scored) == f"{long}<|im_end|>\n"
+    assert "Be kind." in tokenizer.decode(prompt) and "sunny" not in tokenizer.decode(prompt)
+    (chosen, rejected), = encode_pairs(tokenizer, [(CHAT, long, short)], len(prompt) + 3)  # the answers' ends go
+    (cut_prompt, scored), (other_prompt, _) = _scored(chosen), _scored(rejected)
+    assert cut_prompt == other_prompt == prompt and len(chosen[0]) == len(prompt) + 4
+    assert tokenizer.decode(scored) == tokenizer.decode(_scored(whole)[1][:4])
+
+
+def test_at_the_reference_rpo_adds_the_nll_of_the_final_answers_only(llama_dir, tokenizer):
+    lm = Wrapped(load_causal_lm(llama_dir)).eval()
+    answers = ["rain", "it will rain"]
+    examples = encode_pairs(tokenizer, [(CHAT, answers[0], "snow"), (CHAT, answers[1], "no idea")], 200)
+    with torch.no_grad():
+        batch = make_collate(examples, torch.zeros(2, 2), tokenizer.pad_token_id)([0, 1])
+        batch["ref_logps"] = sequence_logps(lm, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss, _ = DpoObjective(beta=0.5, sft_weight=2.0).loss(lm, batch)
+        nll, count = 0.0, 0  # the chosen answers' tokens, found from their text at the end of each sequence
+        for (ids, _), answer in zip((e[0] for e in examples), answers, strict=True):
+            n = len(tokenizer(f"{answer}<|im_end|>\n", add_special_tokens=False)["input_ids"])
+            logp = lm(input_ids=torch.tensor([ids]), use_cache=False).logits.float().log_softmax(-1)[0]
+            nll -= sum(logp[k - 1, ids[k]].item() for k in range(len(ids) - n, len(ids)))
+            count += n
+    assert loss.item() == pytest.approx(math.log(2) + 2.0 * nll / count, rel=1e-4)
+
+
 def test_dpo_learns_to_prefer_the_chosen_answers(tmp_path, llama_dir, jsonl):
     data = jsonl("preference.jsonl", _pairs(48))
     common = dict(model=llama_dir, data=data, max_steps=12, batch_size=4, seq_len=48, lr=2e-3, beta=0.5,
