@@ -163,6 +163,11 @@ class AdversarialObjective:
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.base.loss(model, batch)
 
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The base objective's (the engine's micro-batch weights), None if it has none."""
+        count = getattr(self.base, "count", None)
+        return count(batch) if count is not None else None
+
     def train_step(self, forward: Any, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
         """Run the method's passes, backward on the ones it trains on (x scale); return the logged loss."""
         adv = self.in_embedding_units(forward) if self.relative else self

@@ -26,7 +26,7 @@ from genforge.compress.blocks import layers_of
 from genforge.compress.config import CompressConfig
 from genforge.compress.subject import Subject
 from genforge.errors import ConfigError
-from genforge.train.objectives import IGNORE, token_cross_entropy
+from genforge.train.objectives import IGNORE, predicted_tokens, token_cross_entropy
 
 
 class DistillStudent(nn.Module):
@@ -71,6 +71,10 @@ class DistillObjective:
     multi_label: bool = False
     teacher_ids: torch.Tensor | None = None  # student token id -> teacher token id (trimmed vocabularies)
     name: str = "distill"
+
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """LM kinds average over predicted tokens (the engine's micro-batch weights); a classifier over examples."""
+        return None if self.kind == "classifier" else predicted_tokens(batch)
 
     def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         t = self.temperature

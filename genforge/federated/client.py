@@ -101,6 +101,12 @@ class Proximal:
         distance = sum(((p - a) ** 2).sum() for p, a in self.anchors)
         return loss + self.mu / 2 * distance, metrics
 
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The inner objective's (the engine's micro-batch weights; they sum to 1, so the proximal term keeps
+        its weight), None if it has none."""
+        count = getattr(self.inner, "count", None)
+        return count(batch) if count is not None else None
+
 
 def local_steps(cfg: Any, units: int) -> int:
     """Optimizer steps per round of a silo of `units` training units: --local-epochs passes, else --local-steps."""

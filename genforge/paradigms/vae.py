@@ -32,7 +32,7 @@ from genforge.train.config import TrainConfig
 from genforge.train.data import mix_seed, read_pack
 from genforge.train.engine import checkpoint_exists, train
 from genforge.train.logs import plot_loss
-from genforge.train.objectives import IGNORE
+from genforge.train.objectives import IGNORE, predicted_tokens
 
 
 class TextVae(nn.Module):
@@ -109,6 +109,9 @@ class VaeObjective:
         rec = F.cross_entropy(logits.transpose(1, 2).float(), batch["labels"], ignore_index=IGNORE,
                               reduction="none").sum(1)
         return rec, gaussian_kl(mu.float(), logvar.float()), mu
+
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return predicted_tokens(batch)  # the loss is per token
 
     def loss(self, model: TextVae, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rec, kl, _ = self.terms(model, batch, self.word_dropout if model.training else 0.0)

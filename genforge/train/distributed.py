@@ -50,7 +50,9 @@ def init_distributed() -> Dist:
         torch.set_num_threads(max(1, usable_cpus() // local_world))
     torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls where the hardware has it (GPUs)
     if world > 1 and not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # The engine's small collectives (signals, clock, loss, token counts) reduce CPU tensors: on GPUs they
+        # go through gloo, the gradients through NCCL.
+        tdist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     rank = tdist.get_rank() if world > 1 else 0
     return Dist(rank=rank, world=world, local_rank=local_rank, local_world=local_world, device=device)
 

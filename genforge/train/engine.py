@@ -246,19 +246,21 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            for micro in range(local_accum):
-                batch = to_device(batches.batch(step, dist.rank * local_accum + micro), device)
+            micro_batches = [to_device(batches.batch(step, dist.rank * local_accum + micro), device)
+                             for micro in range(local_accum)]
+            for micro, (batch, weight) in enumerate(zip(micro_batches, micro_weights(objective, micro_batches,
+                                                                                     dist.world), strict=True)):
                 with grad_sync(parallel, enabled=micro == local_accum - 1):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         if train_step is not None:  # a wrapper (adversarial) runs its passes and backward(s)
-                            loss = train_step(forward, batch, 1 / local_accum)
+                            loss = train_step(forward, batch, weight)
                         else:
                             loss, _ = loss_fn(forward, batch)
                     if train_step is None:
-                        (loss / local_accum).backward()
-                loss_sum += loss.detach()
-                n_loss += 1
+                        (loss * weight).backward()
+                loss_sum += loss.detach() * weight
                 state["tokens"] += batch["input_ids"].numel() * dist.world
+            n_loss += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
                 grad_norm = grad_norm.full_tensor()
@@ -316,6 +318,26 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     return TrainResult(steps=state["step"], tokens=state["tokens"], seconds=state["elapsed"], stop_reason=reason,
                        train_loss=state["train_loss"], best_step=state["best_step"], best=state.get("best", {}),
                        last=last_val)
+
+
+def micro_weights(objective: Any, micro_batches: list[dict[str, torch.Tensor]], world: int) -> list[float]:
+    """What each micro-batch's mean loss is multiplied by in this process's share of a step's gradient.
+
+    With `objective.count` (the tokens a loss averages over) a micro-batch weighs its share of all the step's
+    tokens, over every process; times `world`, since DDP/FSDP average the processes' gradients. The step's
+    gradient is then the token mean over the global batch, as one batch would give: a micro-batch of short SFT
+    answers no longer counts as much as one of long answers, and the logged loss matches evaluation's token
+    mean. Without `count` (classification, DPO: a mean over examples), each micro-batch weighs the same.
+    """
+    count = getattr(objective, "count", None)
+    counts = [count(batch) for batch in micro_batches] if count is not None else []
+    if not counts or any(c is None for c in counts):
+        return [1 / len(micro_batches)] * len(micro_batches)
+    local = torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in counts]).cpu()
+    total = float(all_reduce(local.sum().reshape(1)))
+    if total == 0:  # no predicted token anywhere: the losses are NaN and the run stops as diverged
+        return [1 / len(micro_batches)] * len(micro_batches)
+    return [float(c) * world / total for c in local]
 
 
 def checkpoint_exists(run_dir: Path) -> bool:

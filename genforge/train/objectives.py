@@ -2,8 +2,11 @@
 
 An objective is a small object with `loss(model, batch) -> (loss, metrics)`: batch is a dict of
 tensors, loss a scalar to minimise, metrics a dict of scalar tensors that must include "tokens" (the
-number of predicted tokens, so evaluation can weight batches correctly). The engine never asks which
-objective it runs. Pretraining objectives also say how to turn raw token windows into a batch
+number of predicted tokens, so evaluation can weight batches correctly). One whose loss is a mean over
+tokens also says, with `count(batch)`, how many it will average over before the forward pass: the engine
+then weights the micro-batches of a step by it, so a step's gradient is the mean over every predicted token
+of the global batch however it is split into micro-batches and processes (without `count`, each micro-batch
+counts the same). The engine never asks which objective it runs. Pretraining objectives also say how to turn raw token windows into a batch
 (`window_len`, `make_batch`); later stages (SFT, classification, distillation, adversarial wrappers)
 bring their own batches and reuse `loss` the same way.
 """
@@ -45,6 +48,11 @@ def embeddings(model: Any, side: str) -> torch.nn.Module | None:
     return None
 
 
+def predicted_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The `count` of a token-level loss: how many labels are not -100."""
+    return (batch["labels"] != IGNORE).sum()
+
+
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean cross-entropy over labels != -100, computed in fp32 even under bf16 autocast."""
     loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE)
@@ -62,6 +70,9 @@ class ClmObjective:
 
     def make_batch(self, windows: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         return {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
+
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return predicted_tokens(batch)
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Labels are already shifted, so the model's own (shifting, copying) loss is not used.
@@ -113,6 +124,9 @@ class MlmObjective:
                                      mask_id=self.mask_id, vocab_size=self.vocab_size,
                                      probability=self.probability, generator=generator)
         return {"input_ids": inputs, "labels": labels}
+
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return predicted_tokens(batch)
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Only the selected positions go through the output projection: with a 30k vocabulary it is half

@@ -9,8 +9,9 @@ import torch
 from genforge.models.presets import build_model, model_config
 from genforge.train.checkpoint import STATE
 from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
-from genforge.train.engine import Interrupted, decay_groups, train
-from genforge.train.objectives import ClmObjective
+from genforge.train.engine import Interrupted, decay_groups, micro_weights, train
+from genforge.train.evaluate import evaluate_loss
+from genforge.train.objectives import IGNORE, ClmObjective
 
 SPECIAL = {"pad": 0, "bos": 1, "eos": 2}
 
@@ -98,6 +99,48 @@ def test_activation_checkpointing_gives_the_same_training(tmp_path, packed, tiny
           tmp_path / "b")
     for a, b in zip(plain.parameters(), recomputed.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+class TwoExamples:
+    """Two SFT-like rows as micro-batches: one predicts 20 tokens, the other 2 (a short answer)."""
+
+    def __init__(self, batch_size):
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(3, 320, (2, 21), generator=g)
+        labels = ids.clone()
+        labels[1, :19] = IGNORE
+        self.rows, self.batch_size = (ids, labels), batch_size
+
+    def batch(self, step, micro):
+        rows = slice(micro * self.batch_size, (micro + 1) * self.batch_size)
+        return {"input_ids": self.rows[0][rows, :-1], "labels": self.rows[1][rows, 1:]}
+
+    def state_dict(self, step):
+        return {}
+
+
+def test_a_step_is_the_token_mean_however_the_batch_is_split(tmp_path, packed, tiny):
+    """One batch of 2 rows or 2 micro-batches of 1: the same gradient, so the same weights after the step, and
+    the logged loss is the evaluation's token mean (each micro-batch weighs its share of the tokens)."""
+    weights, losses = [], []
+    for batch_size, accum in ((2, 1), (1, 2)):
+        model = fresh_model()
+        cfg = tiny(tmp_path / f"b{batch_size}", batch_size=batch_size, grad_accum=accum, max_steps=1, warmup_steps=0,
+                   eval_every=0, save_every=0)
+        result = train(model, ClmObjective(), TwoExamples(batch_size), cfg, tmp_path / f"b{batch_size}")
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        losses.append(result.train_loss)
+    start = torch.cat([p.detach().flatten() for p in fresh_model().parameters()])
+    assert (weights[0] - start).abs().max() > 1e-4  # the step moved the weights
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)  # Adam's first step is ~lr * sign(gradient)
+    token_mean = evaluate_loss(fresh_model(), ClmObjective(), [TwoExamples(2).batch(0, 0)], device=torch.device("cpu"))
+    assert losses[0] == pytest.approx(token_mean["loss"], rel=1e-5) and losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_micro_batches_weigh_the_same_for_an_objective_without_count():
+    batches = [TwoExamples(1).batch(0, m) for m in range(2)]
+    assert micro_weights(ClmObjective(), batches, world=1) == [20 / 22, 2 / 22]
+    assert micro_weights(object(), batches, world=1) == [0.5, 0.5]
 
 
 def test_grad_accum_must_split_over_processes(tmp_path, packed, tiny):
