@@ -13,10 +13,13 @@ Policies: "block" answers with a refusal (finish_reason "content_filter"), "reda
 with *** (a classifier hit cannot be redacted and blocks), "flag" lets the text through and marks the
 decision for human review. PII (e-mails, phones, ID/card numbers, IPs) in outputs is always replaced by
 genforge.data.pii's typed placeholders while `redact_pii` is on, whatever the policy.
+Streams (OutputGuard) release only text no later character can change the filtering of (`Safety.ready`),
+so that what a stream sends is what the same text filtered whole gives, however it is split.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 import unicodedata
@@ -34,10 +37,12 @@ UNSAFE_LABELS = ("unsafe", "toxic", "harmful", "offensive", "abusive", "hate", "
 _DROP = frozenset(INVISIBLE) | {"\u00ad", "\u180e", "\u200e", "\u200f"}
 _LATIN = {form: k.lower() for k, v in HOMOGLYPHS.items() if k.isalpha() for form in (v, v.lower())}
 _SEP = r"[\W_]*"
+_WORD = re.compile(r"[^\W_]")  # what a word-bounded term may not touch
 _IS_CJK = re.compile(rf"[{CJK}]")
-_PII_START = re.compile(r"[\d@:]")
-PII_WINDOW = 64  # characters a PII match may span back from the end of a growing stream
-_WORD_TAIL = re.compile(r"[A-Za-z0-9._%+\-@:/]*\Z")  # an unfinished word, e-mail, URL or number
+# Every character a PII pattern of genforge.data.pii can match or look ahead at, besides digits (`\d`: any
+# Unicode digit, str.isdecimal) and a space right after a digit or ")" (phone and card numbers): anything
+# else ends every PII match, and no pattern reads past it.
+_PII_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._%+-@:()")
 
 
 def normalise(text: str) -> tuple[str, list[int]]:
@@ -48,17 +53,45 @@ def normalise(text: str) -> tuple[str, list[int]]:
             continue
         for c in unicodedata.normalize("NFKC", ch):
             low = c.lower()
-            out.append(_LATIN.get(c, _LATIN.get(low, low)))
-            where.append(i)
+            mapped = _LATIN.get(c, _LATIN.get(low, low))  # may be two characters: "İ".lower() is "i̇"
+            out.append(mapped)
+            where += [i] * len(mapped)
     return "".join(out), where
 
 
+def term_chars(term: str) -> list[str]:
+    """A term's normalised characters, without the spaces and punctuation a hit may put anywhere."""
+    return [c for c in normalise(term)[0] if not (c.isspace() or unicodedata.category(c)[0] in "PZ")]
+
+
 def term_pattern(term: str) -> str | None:
-    chars = [c for c in normalise(term)[0] if not (c.isspace() or unicodedata.category(c)[0] in "PZ")]
+    chars = term_chars(term)
     if not chars:
         return None
     body = _SEP.join(re.escape(c) for c in chars)
     return body if _IS_CJK.search("".join(chars)) else rf"(?<![^\W_]){body}(?![^\W_])"
+
+
+def pending_pattern(term: str) -> str | None:
+    """A hit of `term` begun but not decided at the end of a text (searched with endpos = that end): some of
+    its characters and any separators after them, or, for a word-bounded term, all of them (the character
+    that comes next decides). None when no such state exists (a one-character Chinese term)."""
+    chars = term_chars(term)
+    cjk = _IS_CJK.search("".join(chars)) is not None
+    if not chars or (cjk and len(chars) == 1):
+        return None
+    rest = r"(?!)" if cjk else r"\Z"  # after the whole term
+    for c in reversed(chars[1:]):
+        rest = rf"{_SEP}(?:\Z|{re.escape(c)}{rest})"
+    return rf"{re.escape(chars[0])}{rest}" if cjk else rf"(?<![^\W_]){re.escape(chars[0])}{rest}"
+
+
+def pii_barrier(text: str, i: int) -> bool:
+    """Whether text[i] ends every PII match that reaches it: no PII pattern matches it, nor reads past it."""
+    ch = text[i]
+    if ch == " ":
+        return i == 0 or not (text[i - 1].isdecimal() or text[i - 1] == ")")
+    return ch not in _PII_CHARS and not ch.isdecimal()
 
 
 def read_blocklists(paths: list[Path]) -> list[str]:
@@ -137,7 +170,10 @@ class Safety:
         listed = [(t, p) for t in terms if (p := term_pattern(t))]
         self.terms = [t for t, _ in listed]  # group i + 1 of `blocklist` is terms[i]
         self.blocklist = re.compile("|".join(f"({p})" for _, p in listed)) if listed else None
-        self.longest = max((len(t) for t in terms), default=0)
+        begun = [p for t, _ in listed if (p := pending_pattern(t))]
+        self.pending = re.compile("|".join(f"(?:{p})" for p in begun)) if begun else None
+        # the first characters of word-bounded terms, which look back at the character before them
+        self.bounded = {term_chars(t)[0] for t, p in listed if p.startswith("(?<!")}
         self.policies = policies or dict.fromkeys(ROUTES, "block")
         self.moderator = moderator
         self.redact_pii = redact_pii
@@ -179,45 +215,91 @@ class Safety:
                 action = "redact"
         return Decision(stage, action, reasons, self.refusal if action == "block" else text)
 
-    def ready(self, text: str) -> int:
-        """How much of a growing output may be released: never a part that a hit could still grow over.
+    def ready(self, text: str, start: int = 0) -> int:
+        """How much of a growing output may be released: the longest prefix `text[:cut]` that is settled,
+        i.e. no pattern (blocklist or PII) tried at a position before `cut` reads `text[cut:]`. Then the
+        checks of any longer text find before `cut` exactly the hits they find in `text[:cut]`, none across
+        it, so the filtered prefix is a prefix of the filtered whole, whatever comes after and however the
+        stream is split. `start` is a cut found settled before (a longer text stays settled there).
 
-        The last, unfinished ASCII word waits (a word-bounded term or an e-mail address may still complete
-        it), but never more than the window a hit can span: text without spaces (Chinese, a model repeating
-        itself) would otherwise be held back whole and stream only at its end.
+        What waits: PII patterns run over letters, digits, `._%+-@:()` (and a space after a digit or ")"),
+        so the last run of those (an unfinished word, e-mail, number) waits for a character outside them; a
+        blocklist term waits from its first character while the text so far could still complete it
+        (`k i l`, `炸`), or, word-bounded, while the next character could make it part of a longer word
+        (`kill` -> `killer`). Nothing else waits: Chinese streams as it comes. A run with no such end (a
+        long token without spaces) waits whole, since an e-mail address can be that long.
         """
-        window = max(PII_WINDOW if self.redact_pii else 0, 2 * self.longest)
-        cut = len(text) - len(_WORD_TAIL.search(text).group())
-        if self.redact_pii:
-            tail = max(0, len(text) - PII_WINDOW)
-            m = _PII_START.search(text, tail)
-            if m:  # from the start of the word holding the first digit/@/: of the window
-                word = max(text.rfind(c, 0, m.start()) for c in " \t\n") + 1
-                cut = min(cut, word)
-        cut = max(cut, len(text) - window)
-        if self.blocklist is not None:
-            cut = min(cut, len(text) - 2 * self.longest)
-        return max(cut, 0)
+        cut = len(text)
+        norm = where = None
+        while cut > start:
+            if self.redact_pii and not pii_barrier(text, cut - 1):
+                cut -= 1
+                continue
+            if self.pending is None:
+                return cut
+            if norm is None:  # normalised from the last character before `start` kept (a term's look-behind)
+                base = start - 1
+                while base > 0 and text[base] in _DROP:
+                    base -= 1
+                base = max(base, 0)
+                norm, where = normalise(text[base:])
+                where = [base + i for i in where]
+            pos = bisect.bisect_left(where, start)
+            m = self.pending.search(norm, pos, bisect.bisect_left(where, cut))
+            if m is None:
+                return cut
+            cut = where[m.start()]
+        return start
+
+    def separates(self, text: str, cut: int) -> bool:
+        """Whether the checks of what follows a settled `text[:cut]` never depend on what precedes `cut`, so
+        that `text[cut:]` filters on its own as it does after it. PII patterns look back one character, for
+        which a settled cut's last character (a PII barrier) is the same as the start of a text. A
+        word-bounded term looks back at the last normalised character: that must be no letter or digit, or
+        the next one (when known) must begin no such term (Chinese has no spaces to cut at).
+        """
+        if cut == 0 or not self.bounded:
+            return True
+        last = normalise(text[cut - 1])[0][-1:]
+        if text[cut - 1] not in _DROP and last and _WORD.match(last) is None:
+            return True
+        after = next((ch for ch in text[cut:] if ch not in _DROP), "")
+        first = normalise(after)[0][:1]
+        return bool(first) and first not in self.bounded
 
 
 class OutputGuard:
-    """A stream's text through the output checks: holds back what a hit could still cover, releases the
-    rest filtered (blocklist without the classifier; the classifier judges the whole text at the end)."""
+    """A stream's text through the output checks: releases the filtered text of its settled prefix (see
+    `Safety.ready`), blocklist without the classifier; the classifier judges the whole text at the end.
+
+    What is released is always a prefix of what the checks make of the whole text: the filter runs over a
+    settled prefix (never over a piece alone, whose hits could differ at its edges), and what is sent is cut
+    from that by length only because it starts with everything sent before. So that a long stream is not
+    filtered whole at every piece, the settled prefix is filtered from its last cut that `separates` on.
+    """
 
     def __init__(self, safety: Safety, route: str):
         self.safety, self.route = safety, route
         self.raw, self.sent = "", ""
+        self.cut = 0  # raw[:cut] is settled and its filtered text sent
+        self.anchor, self.anchored = 0, 0  # a cut that separates, and the length of raw[:anchor] filtered
         self.blocked = False
 
     def push(self, piece: str) -> str:
         self.raw += piece
         if self.blocked or not piece:
             return ""
-        decision = self.safety.filter(self.route, self.raw[:self.safety.ready(self.raw)], "output", classify=False)
+        cut = self.safety.ready(self.raw, self.cut)
+        if cut == self.cut:
+            return ""
+        if self.anchor < self.cut and self.safety.separates(self.raw, self.cut):
+            self.anchor, self.anchored = self.cut, len(self.sent)
+        decision = self.safety.filter(self.route, self.raw[self.anchor:cut], "output", classify=False)
         if decision.action == "block":
             self.blocked = True
             return ""
-        return self._release(decision.text)
+        self.cut = cut
+        return self._release(self.sent[:self.anchored] + decision.text)
 
     def finish(self) -> Decision:
         """The decision on the whole text; `text` is what is still to send (a block sends nothing more)."""
@@ -225,12 +307,13 @@ class OutputGuard:
         if self.blocked or decision.action == "block":
             self.blocked = True
             return Decision("output", "block", decision.reasons, "")
+        self.cut = len(self.raw)
         return Decision("output", decision.action, decision.reasons, self._release(decision.text))
 
     def _release(self, clean: str) -> str:
-        """The part of `clean` not sent yet (what was sent stays sent, even if a later hit reaches into it)."""
-        if len(clean) <= len(self.sent):
-            return ""
+        """The part of `clean` (the filtered text of a longer settled prefix) not sent yet."""
+        if not clean.startswith(self.sent):  # cannot happen for settled prefixes; never send garbled text
+            raise RuntimeError("output guard: the filtered stream no longer extends what was sent")
         out, self.sent = clean[len(self.sent):], clean
         return out
 

@@ -23,6 +23,15 @@ NEUTRAL: tuple[Any, ...] = (None, False, 0, {}, [], "none", "auto", {"type": "te
 MAX_INPUTS = 2048  # list inputs (prompts, embedding texts), as OpenAI
 
 
+def neutral(key: str, value: Any) -> bool:
+    """Whether an unsupported parameter's value asks for nothing. `logprobs` only as null or false: on
+    /v1/completions `logprobs: 0` asks for the log-probability of each sampled token (and 0 == False in
+    Python, so NEUTRAL's 0 would let it through), which genforge does not return."""
+    if key == "logprobs":
+        return value is None or value is False
+    return value in NEUTRAL or (key == "best_of" and value == 1)
+
+
 class JsonBody(BaseModel):
     """A request body in strict mode: a value of the wrong JSON type is refused, never coerced (pydantic's lax
     mode would read "yes" as true and "2" as 2, answering a request the client did not send)."""
@@ -40,7 +49,7 @@ class _Body(JsonBody):
 
     def refuse_unsupported(self) -> None:
         for key, value in (self.model_extra or {}).items():
-            if key in UNSUPPORTED and not (value in NEUTRAL or (key == "best_of" and value == 1)):
+            if key in UNSUPPORTED and not neutral(key, value):
                 raise ApiError(400, f"'{key}' is not supported by this server", param=key, code="unsupported_parameter")
 
 

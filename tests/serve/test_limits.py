@@ -42,6 +42,7 @@ BAD = [
     ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
     ({"model": "tiny", "prompt": "x", "stop": ["", "a"]}, 400, "stop"),
     ({"model": "tiny", "prompt": "x", "logprobs": 3}, 400, "logprobs"),
+    ({"model": "tiny", "prompt": "x", "logprobs": 0}, 400, "logprobs"),  # not neutral: asks for them
     ({"model": "tiny", "prompt": []}, 400, "prompt"),
     ({"model": "tiny", "prompt": [[]]}, 400, "prompt"),
     ({"model": "tiny", "prompt": [5, 99999]}, 400, "prompt"),
