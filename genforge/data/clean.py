@@ -25,8 +25,19 @@ from genforge.data.pii import KINDS
 _C1 = re.compile("[\x80-\x9f]")
 _C1_FIX = {chr(i): bytes([i]).decode("cp1252", errors="ignore") for i in range(0x80, 0xA0)}
 _LINE_BREAKS = re.compile("[\x0b\x0c\u2028\u2029]")  # besides \r, which str.replace handles
-# C0/DEL controls except \t and \n, zero-width/format characters, bidi controls, BOM, soft hyphen.
-_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+# C0/DEL controls except \t and \n, zero-width space, direction marks and bidi controls, BOM, soft hyphen,
+# and lone surrogates (a broken emoji in scraped JSON: no encoder takes them). Kept: the zero-width
+# (non-)joiners U+200C/U+200D, which spell Persian and Indic words and join emoji sequences (👨‍👩‍👧).
+_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069"
+                        "\ufeff\ud800-\udfff]")
+# Compatibility forms folded to plain characters: full-width Latin letters and digits (ＡＢＣ１２３), Latin
+# ligatures (ﬁ), half-width katakana, the ideographic and no-break spaces. Not NFKC as a whole: it would
+# also turn Chinese full-width punctuation (，！？：) into ASCII, m² into m2 and ① into 1, changing what the
+# text says and so what a model trained on it writes. (Dedup keys fold everything: dedup.normalize_for_dedup.)
+_FOLD = {cp: unicodedata.normalize("NFKC", chr(cp)) for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A),
+                                                            (0xFB00, 0xFB06), (0xFF65, 0xFF9F)) for cp in range(r[0], r[1] + 1)}
+_FOLD |= {0x3000: " ", 0x00A0: " "}
+_FOLDED = re.compile("[" + "".join(map(chr, _FOLD)) + "]")
 _TRAILING_SPACE = re.compile(r"[ \t]+(?=\n)")
 _INNER_SPACES = re.compile(r"(?<=\S) {2,}")  # leading indentation is kept: it means something in code
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -41,10 +52,13 @@ NGRAM = 10  # characters per n-gram in the repetition filter: ~2 English words, 
 
 
 def clean_text(text: str) -> str:
-    """Normalise one document: cp1252 repair, NFKC, invisible characters out, whitespace tidied."""
+    """Normalise one document: cp1252 repair, NFC with compatibility forms folded (`_FOLD`), invisible
+    characters out, whitespace tidied."""
     if _C1.search(text):
         text = _C1.sub(lambda m: _C1_FIX[m.group()], text)
-    text = unicodedata.normalize("NFKC", text)
+    if _FOLDED.search(text):
+        text = text.translate(_FOLD)
+    text = unicodedata.normalize("NFC", text)  # after folding: half-width ｶﾞ composes to ガ
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _INVISIBLE.sub("", _LINE_BREAKS.sub("\n", text))

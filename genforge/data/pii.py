@@ -4,7 +4,7 @@ One precompiled regex per kind finds candidates; candidates that carry a checksu
 validated before they are replaced, so look-alike numbers survive:
   <EMAIL>  user@example.com
   <ID>     Chinese resident ID: 18 characters, a plausible birth date, valid ISO 7064 MOD 11-2 check digit
-  <CARD>   payment card: 13-19 digits (spaces/dashes allowed), valid Luhn checksum
+  <CARD>   payment card: 13-19 digits (spaces/dashes allowed), a card issuer's prefix, valid Luhn checksum
   <PHONE>  international "+CC ..." (8-15 digits in all), North-American "(415) 555-2671" / "415-555-2671",
            Chinese mobile 1[3-9]x + 8 digits, with or without +86. A bare 10-digit number is NOT a phone.
   <IP>     IPv4 with every octet <= 255; IPv6 as validated by the `ipaddress` module.
@@ -66,9 +66,16 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+# Issuer prefixes of payment cards (Visa; Mastercard; Amex; Diners; JCB; Discover, UnionPay, RuPay; Maestro;
+# Mir): a Luhn digit alone passes one number in ten, so order and tracking numbers would be taken for cards.
+_CARD_PREFIX = re.compile(r"4|5[1-5]|2(?:2[2-9]\d|[3-6]\d\d|7[01]\d|720)|3[0-9]|6[0245]|5[06-8]|6[37]|220[0-4]")
+
+
 def _card(match: str) -> bool:
     digits = match.replace(" ", "").replace("-", "")
-    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+    if not (13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn_valid(digits)):
+        return False
+    return len(digits) == 15 if digits[:2] in ("34", "37") else True  # Amex numbers have 15 digits
 
 
 def _phone(match: str) -> bool:

@@ -14,7 +14,7 @@ must be in input order. `benchmarks/bench_data.py` compares prepare + pack with 
 
 Why memory stays bounded: the readers stream; at most `2 * workers + 2` chunks are in flight (an
 apply_async window, because `Pool.imap` would read the whole input ahead); output is appended as it
-comes. What grows is the dedup index, ~1.3 KB per *kept* document (see dedup.py), so about 1.3 GB per
+comes. What grows is the dedup index, ~1.6 KB per *kept* document (see dedup.py), so about 1.6 GB per
 million kept documents; `--no-dedup` removes it.
 
 The train/val split hashes seed + final text, so it does not depend on input order or worker count,

@@ -78,15 +78,20 @@ def find_files(inputs: Iterable[Path], exclude: Path | None = None) -> list[Path
 
 
 def _is_utf8(path: Path) -> bool:
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(SNIFF_BYTES):
-                decoder.decode(block)
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return False
-    return True
+    """Whether the file is UTF-8, allowing a stray invalid byte in text that is otherwise clearly UTF-8 (at least
+    100 well-formed multi-byte characters per bad byte: a scraped file with one damaged character). Text in a
+    legacy single-byte encoding (Latin-1's é before an ASCII letter) has no well-formed multi-byte characters,
+    so it still goes to the guesser."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    bad = good = 0
+    with open(path, "rb") as f:
+        while block := f.read(SNIFF_BYTES):
+            text = decoder.decode(block)
+            bad += text.count("\ufffd") - block.count(b"\xef\xbf\xbd")  # a real U+FFFD is no error
+            good += len(text) - len(text.encode("ascii", "ignore"))
+    text = decoder.decode(b"", final=True)
+    bad += text.count("\ufffd")
+    return bad <= 0 or good - bad >= 100 * bad
 
 
 def detect_encoding(path: Path) -> str:
@@ -102,6 +107,8 @@ def detect_encoding(path: Path) -> str:
         return "utf_8"
     from charset_normalizer import from_bytes
 
+    if len(head) == SNIFF_BYTES and b"\n" in head:  # a sample cut inside a multi-byte character fits no codec
+        head = head[:head.rindex(b"\n") + 1]
     results = from_bytes(head)
     best = results.best()
     if best is None:
@@ -115,8 +122,9 @@ def _open_text(path: Path, newline: str | None = None) -> tuple[IO[bytes], IO[st
     """(raw byte stream, decoded text stream) of a text file; the raw one tells how far reading got."""
     encoding = detect_encoding(path)
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the text wrapper
-    errors = "strict" if encoding == "utf_8" else "replace"  # a guessed encoding may meet a stray byte
-    return raw, io.TextIOWrapper(raw, encoding=encoding, errors=errors, newline=newline)
+    # A stray byte becomes U+FFFD rather than ending the file: UTF-8 may hold one (`_is_utf8`), a guessed
+    # encoding (from the first MB) may meet one further on.
+    return raw, io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline=newline)
 
 
 def _as_text(value: Any) -> str:
@@ -241,7 +249,9 @@ def _read_csv(path: Path, field: str, delimiter: str, progress: Progress, skippe
     raw, text = _open_text(path, newline="")
     done = pending = 0
     with text:
-        reader = csv.DictReader(text, delimiter=delimiter)
+        # TSV has no quoting: a field starting with '"' (a quoted review) would swallow the rows after it
+        reader = csv.DictReader(text, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else
+                                csv.QUOTE_MINIMAL)
         if reader.fieldnames is None:
             return
         if field not in reader.fieldnames:

@@ -17,11 +17,16 @@ from genforge.data.readers import split_text
 
 
 @pytest.mark.parametrize("raw, expected", [
-    ("ＡＢＣ１２３，ｆｕｌｌ-width", "ABC123,full-width"),  # NFKC
+    ("ＡＢＣ１２３，ｆｕｌｌ-width", "ABC123，full-width"),  # full-width letters and digits folded
     ("ﬁne café", "fine café"),  # ligature decomposed, accents kept
-    ("It\x96s perfect \x85 really", "It–s perfect ... really"),  # cp1252 read as Latin-1, repaired
+    ("床前明月光，疑是地上霜。举头望明月！", "床前明月光，疑是地上霜。举头望明月！"),  # Chinese punctuation kept
+    ("E = mc², 10 m², ①", "E = mc², 10 m², ①"),  # not NFKC: superscripts mean something
+    ("ｶﾞｲﾄﾞ", "ガイド"),  # half-width katakana, voiced marks composed
+    ("family 👨\u200d👩\u200d👧, Persian می\u200cخواهم", "family 👨\u200d👩\u200d👧, Persian می\u200cخواهم"),  # joiners
+    ("a broken \ud83d emoji", "a broken emoji"),  # a lone surrogate from scraped JSON
+    ("It\x96s perfect \x85 really", "It–s perfect … really"),  # cp1252 read as Latin-1, repaired
     ("a\x00b\x07c\x1bd\x7fe", "abcde"),  # control characters
-    ("zero\u200bwidth\u200d join\ufeff soft\u00adhyphen", "zerowidth join softhyphen"),
+    ("zero\u200bwidth\u200e mark\ufeff soft\u00adhyphen", "zerowidth mark softhyphen"),
     ("tab\tkept\nnewline kept", "tab\tkept\nnewline kept"),
     ("windows\r\nold mac\rline\u2028sep\x0cfeed", "windows\nold mac\nline\nsep\nfeed"),
     ("too    many   spaces", "too many spaces"),

@@ -140,11 +140,26 @@ def test_precomputed_band_keys_give_the_same_decisions():
     assert "near_dup" in expected and "exact_dup" in expected
 
 
-def test_band_choice_matches_datasketch():
+def test_band_choice_matches_datasketch_weighted_for_recall():
     from datasketch.lsh import _optimal_param
 
     for threshold, num_perm in [(0.5, 64), (0.8, 128), (0.9, 256)]:
-        assert optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+        assert optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.1, 0.9)
+    bands, rows = optimal_bands(0.8, 128)
+    assert 1 - (1 - 0.85 ** rows) ** bands > 0.95  # a pair just above the threshold is compared
+
+
+def test_near_duplicates_just_above_the_threshold_are_found():
+    rng = np.random.default_rng(0)
+    found = 0
+    for i in range(200):  # ~130 characters; one word changed: 5-shingle Jaccard ~0.85-0.9
+        words = [str(w) for w in rng.choice(WORDS, 22)]
+        copy = list(words)
+        copy[int(rng.integers(len(copy)))] = f"x{i}"
+        index = DedupIndex(threshold=0.8)
+        index.add(*doc_signature(" ".join(words)))
+        found += index.add(*doc_signature(" ".join(copy))) == "near_dup"
+    assert found >= 180  # datasketch's equal weights (9 bands x 13 rows) find ~150
 
 
 def corpus(n: int = 300) -> list[str]:

@@ -35,6 +35,8 @@ def test_each_kind_is_replaced(text, expected, kind):
     "order 4155552671 shipped",  # a 10-digit order number is not a phone
     "order 1390012345 shipped",  # 10 digits that start like a Chinese mobile
     "4111 1111 1111 1112",  # 16 digits, Luhn-invalid: not a card
+    "cancel purchase 113542617735902",  # Luhn-valid, but no card issuer's prefix: an order number
+    "ref 3782822463100050",  # an Amex prefix with 16 digits
     "ref 110105194912310021",  # 18 digits, wrong ID check digit (and Luhn-invalid)
     "999.1.1.1 and 256.0.0.1",  # octets over 255
     "release v1.2.3.4 and 1.2.3.4.5",  # glued to a letter / a five-part version

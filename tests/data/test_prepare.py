@@ -19,7 +19,7 @@ ENGLISH = ("Our support team answers every request within one business day. If y
            "will trace the parcel with the carrier.")
 CHINESE = ("我们的客服团队会在一个工作日内回复每一个请求。如果您的订单在十天后仍未送达，请将订单号和收货地址发送给我们，"
            "我们会与快递公司联系追踪包裹。")
-CHINESE_CLEAN = clean_text(CHINESE)  # NFKC: full-width "，" becomes ","
+CHINESE_CLEAN = clean_text(CHINESE)
 DOC_REASONS = ("bad_record", "empty", "too_short", "too_long", "symbol_ratio", "repetition", "exact_dup", "near_dup")
 
 

@@ -183,3 +183,29 @@ def test_utf8_file_with_one_bad_byte_is_not_utf8(tmp_path):
     path.write_bytes(("ok " * 1000).encode() + "café".encode("latin-1"))
     assert codecs.lookup(detect_encoding(path)).name != "utf-8"
     assert docs(path)[0].endswith("café")
+
+
+def test_utf8_text_with_a_stray_byte_is_read_whole(tmp_path):
+    lines = [f"这是一行普通的中文文本，编号 {i}。" for i in range(2000)]
+    data = "\n".join(lines).encode("utf-8")
+    path = tmp_path / "scraped.txt"
+    path.write_bytes(data[:50_000] + b"\xe9" + data[50_000:])  # between two characters
+    assert detect_encoding(path) == "utf_8"
+    read = docs(path, split_by="line")
+    assert len(read) == len(lines) and sum("\ufffd" in d for d in read) == 1
+
+
+def test_a_big_gb18030_file_is_detected_wherever_the_sample_ends(tmp_path):
+    text = "\n".join(f"第{i}行：今天的天气很好，我们去公园散步。" for i in range(60_000))
+    for pad in ("", "a"):  # shifts the 1 MiB sample's end into, or out of, a two-byte character
+        path = tmp_path / f"gbk{pad}.txt"
+        path.write_bytes((pad + text).encode("gb18030"))
+        assert detect_encoding(path) == "gb18030"
+        assert len(docs(path, split_by="line")) == 60_000
+
+
+def test_tsv_has_no_quoting(tmp_path):
+    path = tmp_path / "reviews.tsv"
+    path.write_text('text\tlabel\n" The structure is tight.  \t1\nSecond review.\t0\nThird "quoted" one.\t1\n',
+                    encoding="utf-8")
+    assert docs(path) == ['" The structure is tight.', "Second review.", 'Third "quoted" one.']
