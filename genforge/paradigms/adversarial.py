@@ -70,7 +70,11 @@ def adversarial_step(variant: str, generator: Any, disc: nn.Module, g_opt: torch
     beta = gumbel_beta(epoch, cfg.adv_epochs, cfg.gumbel_temperature)
     if variant == "seqgan":
         fake = sample(generator, b, length, start)
-        rewards = rollout_rewards(generator, lambda s: torch.sigmoid(disc(s)), fake, start, cfg.rollouts)
+        disc.eval()  # rewards as SeqGAN's get_reward scores them: without dropout, one sequence one reward
+        try:
+            rewards = rollout_rewards(generator, lambda s: torch.sigmoid(disc(s)), fake, start, cfg.rollouts)
+        finally:
+            disc.train()
         g_loss = policy_gradient_loss(generator, fake, rewards, start)
         extra = {"reward": rewards[:, -1].mean().item()}
     else:

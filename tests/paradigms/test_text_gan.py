@@ -112,3 +112,24 @@ def test_gumbel_temperature_schedule():
     assert gumbel_beta(100, 100, 100.0) == pytest.approx(100.0)
     assert gumbel_beta(50, 100, 100.0) == pytest.approx(10.0)
     assert all(gumbel_beta(e, 10, 50.0) < gumbel_beta(e + 1, 10, 50.0) for e in range(10))
+
+
+def test_seqgan_scores_rollouts_without_discriminator_dropout(tmp_path, monkeypatch):
+    """SeqGAN's rewards come from the discriminator with dropout off (its get_reward): scored twice, the same
+    sequences get the same reward; the discriminator trains with dropout again afterwards."""
+    from genforge.paradigms import adversarial
+    from genforge.paradigms.config import OracleConfig
+
+    torch.manual_seed(0)
+    gen, disc = LstmGenerator(V, 8, 8), CnnDiscriminator(V, L, dropout=0.5)
+    seen = []
+
+    def rewards(generator, reward, seqs, start, rollouts, rng=None):
+        seen.append((disc.training, torch.equal(reward(seqs), reward(seqs))))
+        return rollout_rewards(generator, reward, seqs, start, rollouts, rng)
+
+    monkeypatch.setattr(adversarial, "rollout_rewards", rewards)
+    cfg = OracleConfig(out=tmp_path, batch_size=4, rollouts=2, disc_steps=1, adv_epochs=1)
+    opts = [torch.optim.Adam(m.parameters(), 1e-3) for m in (gen, disc)]
+    adversarial.adversarial_step("seqgan", gen, disc, *opts, sample(gen, 8, L, 0), cfg, 0, 0)
+    assert seen == [(False, True)] and disc.training
