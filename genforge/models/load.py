@@ -97,6 +97,16 @@ def max_positions(config: dict[str, Any] | Any) -> int | None:
     return None
 
 
+
+def sentence_length(path: Path, default: int = 128) -> int:
+    """How many tokens a sentence encoder embeds: its sentence-transformers config's `max_seq_length` (MiniLM:
+    256), else `default`. Text past it would be invisible to the embedding."""
+    settings = Path(path) / "sentence_bert_config.json"
+    try:
+        return int(json.loads(settings.read_text(encoding="utf-8"))["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
 @contextlib.contextmanager
 def reading_weights(path: Path) -> Iterator[None]:
     """Turn a failed read of the safetensors file `path` (truncated, or not safetensors) into one ArtifactError."""

