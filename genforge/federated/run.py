@@ -22,7 +22,7 @@ import typer
 
 from genforge.artifacts import MANIFEST, begin_output, check_output, read_manifest, sha256_file, write_json
 from genforge.config import to_dict
-from genforge.errors import GenforgeError
+from genforge.errors import ConfigError, GenforgeError
 from genforge.federated.config import FAILURE
 
 APP_TOML = """[build-system]
@@ -48,25 +48,29 @@ federation = "{federation}"
 
 
 def silos(kind: str, cfg: Any, task: Any) -> tuple[list[dict[str, Any]], list[list[str]] | None]:
-    """Each client's size and data hash (and its labels, for the statistics), as the clients will see them."""
+    """Each client's size and data hash (and its labels, for the statistics), as the clients will see them.
+
+    The size (`examples`) is the number of training units the client reports as its weight (`len(silo.rows)`):
+    SecAgg+ needs the largest one in advance (`max_weight`: each client scales its update by its weight over it
+    before quantising), so a size the launcher cannot know refuses --secagg instead of corrupting the sum.
+    """
     from genforge.federated.partition import split
 
     if cfg.partition == "by-file":
-        from genforge.finetune.data import read_labelled
-
         rows, labels_of = [], [] if kind == "classify" else None
         for k, path in enumerate(cfg.client_data):
             row = {"client": k, "data": str(path), "data_sha256": None, "examples": None}
-            found = []
+            found: list[str] = []
             try:  # a silo the launcher cannot read is that client's problem: it fails its rounds, not the run
                 row["data_sha256"] = digest(path)
-                if labels_of is not None:
-                    found = read_labelled(path, cfg.text_field, cfg.label_field, cfg.multi_label, cfg.label_sep)
-                    row["examples"] = len(found)
+                row["examples"], found = units(kind, cfg, Path(path))
             except (GenforgeError, OSError) as e:
+                if cfg.secagg:
+                    raise ConfigError(f"--secagg weights each update by its client's size, and client {k}'s "
+                                      f"is unknown: {e}") from None
                 typer.secho(f"warning: client {k}: {e}", fg="yellow", err=True)
             if labels_of is not None:
-                labels_of.append([labs[0] for _, labs in found])
+                labels_of.append(found)
             rows.append(row)
         return rows, labels_of
     parts = split(cfg.partition, task.n, cfg.clients, alpha=cfg.alpha, seed=cfg.seed, labels=task.labels)
@@ -76,6 +80,21 @@ def silos(kind: str, cfg: Any, task: Any) -> tuple[list[dict[str, Any]], list[li
             for k, p in enumerate(parts)]
     labels_of = [[task.labels[i] for i in p] for p in parts] if task.labels is not None else None
     return rows, labels_of
+
+
+def units(kind: str, cfg: Any, path: Path) -> tuple[int, list[str]]:
+    """(training units, their first labels) of the real silo `path`, read as its client reads it
+    (`tasks.build_task(kind, cfg, path).n`: examples, dialogues or packed sequences, token windows), without
+    building the model; a silo its client cannot train on is an error here too."""
+    from genforge.federated.tasks import packed_silo, sft_examples, silo_examples
+
+    if kind == "classify":
+        train_set, _ = silo_examples(cfg, path)
+        return len(train_set), [labs[0] for _, labs in train_set]
+    if kind == "sft":
+        return len(sft_examples(cfg, path)[1]), []
+    silo = packed_silo(cfg, path)
+    return len(silo.tokens) // silo.window, []
 
 
 def digest(path: Path) -> str:

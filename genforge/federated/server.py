@@ -215,7 +215,12 @@ def run_server(grid: Grid, path: str, context: Context) -> None:
             counts = {"sampled": sampled_clients(cfg), "used": used} if server_round else {}
             return score(server_round, tensors, counts)
 
-        weight = max([c.get("examples") or 0 for c in info["clients"]] + [1])
+        # every client scales its update by its size over max_weight before quantising to +-clip: a size above it
+        # (an unknown one counted as 0, say) is clipped and wraps the modular sum, a garbage model
+        sizes = [c.get("examples") for c in info["clients"]]
+        if None in sizes:
+            fail(info, f"--secagg needs every client's size, and client {sizes.index(None)}'s is unknown")
+        weight = max(sizes + [1])
         final = run_secure(grid, context, cfg, task, secure_score, sink, max_weight=float(weight), rounds_done=done)
     else:
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:

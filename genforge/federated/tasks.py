@@ -63,18 +63,26 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
 
 # --- classification -------------------------------------------------------------------------------
 
+def silo_examples(cfg: Any, data: Path) -> tuple[list, list[str]]:
+    """A client's own silo (it may hold only some of the labels): its training examples and its labels. All of
+    it trains when the server validates on --val-data, else all but its share of the server's validation set."""
+    from genforge.finetune.data import hash_split, label_set, read_labelled
+
+    examples = read_labelled(data, cfg.text_field, cfg.label_field, cfg.multi_label, cfg.label_sep)
+    train_set = examples if cfg.val_data is not None else hash_split(examples, require_both=False)[0]
+    if not train_set:
+        raise DataError(f"{data}: all {len(examples)} examples fall in the validation share; give more data "
+                        "or --val-data")
+    return train_set, label_set(examples)
+
+
 def _labelled_sources(cfg: Any, data: Path | None) -> tuple[list, list, list[str]]:
     from genforge.finetune.classify import load_data
     from genforge.finetune.data import hash_split, label_set, read_labelled
 
-    if data is not None:  # a client's own silo (it may hold only some of the labels): all of it trains when the
-        # server validates on --val-data, else all but its share of the server's validation set (maybe none)
-        examples = read_labelled(data, cfg.text_field, cfg.label_field, cfg.multi_label, cfg.label_sep)
-        train_set = examples if cfg.val_data is not None else hash_split(examples, require_both=False)[0]
-        if not train_set:
-            raise DataError(f"{data}: all {len(examples)} examples fall in the validation share; give more data "
-                            "or --val-data")
-        return train_set, [], label_set(examples)
+    if data is not None:
+        train_set, labels = silo_examples(cfg, data)
+        return train_set, [], labels
     if cfg.partition != "by-file":
         return load_data(cfg)
     if cfg.val_data is not None:  # real silos: the server validates (and learns the labels) on its own data
@@ -149,24 +157,13 @@ def classify_task(cfg: Any, data: Path | None = None, labels: list[str] | None =
 
 # --- SFT ------------------------------------------------------------------------------------------
 
-def sft_task(cfg: Any, data: Path | None = None) -> Task:
-    from genforge.errors import ConfigError
+def sft_examples(cfg: Any, data: Path | None) -> tuple[Any, list, list]:
+    """(tokenizer, encoded training dialogues, encoded validation dialogues) of a client's silo `data`, or of the
+    configured data (the server's view: with real silos it holds only the validation set)."""
     from genforge.finetune.data import hash_split
-    from genforge.finetune.lora import apply_lora
-    from genforge.finetune.model import Wrapped, freeze, is_decoder, load_tokenizer
-    from genforge.finetune.sft import (
-        encode_all,
-        ensure_chat_template,
-        load_causal_lm,
-        make_collate,
-        read_dialogues,
-    )
-    from genforge.models.load import read_model_config
-    from genforge.train.evaluate import evaluate_loss
-    from genforge.train.objectives import ClmObjective
+    from genforge.finetune.model import load_tokenizer
+    from genforge.finetune.sft import encode_all, ensure_chat_template, read_dialogues
 
-    if not is_decoder(read_model_config(cfg.model)):
-        raise ConfigError(f"model {cfg.model} is an encoder; SFT needs a causal LM (decoder)")
     tokenizer = load_tokenizer(cfg.model)
     ensure_chat_template(tokenizer, cfg.model)
     sources = [data] if data is not None else ([cfg.data] if cfg.partition != "by-file" else cfg.client_data)
@@ -182,7 +179,21 @@ def sft_task(cfg: Any, data: Path | None = None) -> Task:
         raise DataError(f"{data or cfg.data}: no training dialogues after the hash split: give more data")
     if not val_d and data is None:  # the server validates
         raise DataError("no dialogue falls in the validation share (hash bucket 8): give --val-data")
-    train_ex, val_ex = encode_all(tokenizer, train_d, cfg), encode_all(tokenizer, val_d, cfg)
+    return tokenizer, encode_all(tokenizer, train_d, cfg), encode_all(tokenizer, val_d, cfg)
+
+
+def sft_task(cfg: Any, data: Path | None = None) -> Task:
+    from genforge.errors import ConfigError
+    from genforge.finetune.lora import apply_lora
+    from genforge.finetune.model import Wrapped, freeze, is_decoder
+    from genforge.finetune.sft import load_causal_lm, make_collate
+    from genforge.models.load import read_model_config
+    from genforge.train.evaluate import evaluate_loss
+    from genforge.train.objectives import ClmObjective
+
+    if not is_decoder(read_model_config(cfg.model)):
+        raise ConfigError(f"model {cfg.model} is an encoder; SFT needs a causal LM (decoder)")
+    tokenizer, train_ex, val_ex = sft_examples(cfg, data)
     torch.manual_seed(cfg.seed)
     lm = load_causal_lm(cfg.model, cfg.dropout)
     freeze(lm, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
@@ -235,21 +246,44 @@ class WindowSubset:
         return {"next_step": step, "seed": self.seed, "windows": len(self.rows)}
 
 
-def pretrain_task(cfg: Any, data: Path | None = None) -> Task:
+@dataclass
+class PackedSilo:
+    """A packed data folder as pretraining reads it: its token windows (`len(tokens) // window` train)."""
+
+    folder: Path
+    pack: dict[str, Any]
+    tokenizer: Any
+    special: dict[str, int]
+    objective: Any
+    window: int
+    tokens: np.ndarray
+
+
+def packed_silo(cfg: Any, data: Path | None) -> PackedSilo:
     from genforge.data.pack import packed_tokenizer
-    from genforge.train.data import eval_batches, open_tokens, read_pack
-    from genforge.train.evaluate import evaluate_loss
-    from genforge.train.pretrain import make_objective, prepare_model, special_token_ids
+    from genforge.train.data import open_tokens, read_pack
+    from genforge.train.pretrain import make_objective, special_token_ids
 
     folder = data or (cfg.data if cfg.partition != "by-file" else cfg.client_data[0])
     pack = read_pack(folder)
     tokenizer = packed_tokenizer(folder)
     special = special_token_ids(tokenizer, need_mask=cfg.objective == "mlm", where=folder / "tokenizer")
     special.setdefault("eos", pack["eos_id"])
-    model, _ = prepare_model(dataclasses.replace(cfg, resume=False), pack, tokenizer, special)
     objective = make_objective(cfg, pack, tokenizer, special)
     window = objective.window_len(cfg.seq_len)
-    tokens = open_tokens(folder / "train.bin", pack["dtype"], window)
+    return PackedSilo(folder, pack, tokenizer, special, objective, window,
+                      open_tokens(folder / "train.bin", pack["dtype"], window))
+
+
+def pretrain_task(cfg: Any, data: Path | None = None) -> Task:
+    from genforge.train.data import eval_batches, open_tokens
+    from genforge.train.evaluate import evaluate_loss
+    from genforge.train.pretrain import prepare_model
+
+    silo = packed_silo(cfg, data)
+    folder, pack, tokenizer, objective, window, tokens = (silo.folder, silo.pack, silo.tokenizer, silo.objective,
+                                                          silo.window, silo.tokens)
+    model, _ = prepare_model(dataclasses.replace(cfg, resume=False), pack, tokenizer, silo.special)
     val_folder = cfg.data if cfg.partition != "by-file" else folder
     val_tokens = open_tokens(val_folder / "val.bin", pack["dtype"], window)
 

@@ -20,6 +20,7 @@ import torch
 
 from genforge.artifacts import read_manifest
 from genforge.errors import DataError
+from genforge.train.objectives import IGNORE
 
 MakeBatch = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
 PACK_KEYS = ("dtype", "vocab_size", "eos_id", "train_tokens", "val_tokens", "train_bytes", "val_bytes")
@@ -104,17 +105,21 @@ def eval_batches(tokens: np.ndarray, window: int, stride: int, batch_size: int, 
     With stride = window - 1 for causal LM every token after the first is predicted exactly once, so
     the mean loss over all batches is the per-token NLL of the split; `max_batches` takes windows
     evenly spread over the split instead of its beginning. Masks (mlm) are seeded per batch, so every
-    evaluation scores the same positions.
+    evaluation scores the same positions. Every batch is scored whatever the number of processes (the
+    score must not depend on it); as FSDP forwards are collectives, which a process without a batch would
+    leave the others waiting in, a process short of one gets a padding batch instead: real windows, all
+    labels -100, which `evaluate_loss` runs (the collective) but adds nothing for.
     """
     starts = torch.arange(0, len(tokens) - window + 1, stride)
     if max_batches and max_batches * batch_size < len(starts):  # a sample spread over the whole split
         starts = starts[torch.linspace(0, len(starts) - 1, max_batches * batch_size).round().long()]
     n_batches = -(-len(starts) // batch_size)
-    if world > 1:  # the same number per process: FSDP forwards are collectives, and a process without
-        if n_batches < world:  # a batch would leave the others waiting in theirs
-            batch_size = -(-len(starts) // world)  # fewer windows per batch, so that every process has one
-            n_batches = -(-len(starts) // batch_size)
-        n_batches -= n_batches % world
-    for i in range(rank, n_batches, world):
-        rows = gather(tokens, starts[i * batch_size:(i + 1) * batch_size], window)
-        yield make_batch(rows, torch.Generator().manual_seed(mix_seed(seed, "eval", i)))
+    if world > 1 and n_batches < world:  # fewer windows per batch, so that every process has real work
+        batch_size = -(-len(starts) // world)
+        n_batches = -(-len(starts) // batch_size)
+    padded = -(-n_batches // world) * world  # as many on every process: batches n_batches.. are padding
+    for i in range(rank, padded, world):
+        real = i < n_batches
+        rows = gather(tokens, starts[i * batch_size:(i + 1) * batch_size] if real else starts[:batch_size], window)
+        batch = make_batch(rows, torch.Generator().manual_seed(mix_seed(seed, "eval", i)))
+        yield batch if real else {**batch, "labels": torch.full_like(batch["labels"], IGNORE)}

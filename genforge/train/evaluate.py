@@ -34,7 +34,10 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 @torch.no_grad()
 def evaluate_loss(model: Any, objective: Any, batches: Iterable[dict[str, torch.Tensor]], *,
                   device: torch.device, bf16: bool = False) -> dict[str, float]:
-    """Token-weighted mean loss over `batches` (summed over processes) and its perplexity."""
+    """Token-weighted mean loss over `batches` (summed over processes) and its perplexity.
+
+    A batch without targets (the padding `eval_batches` gives a process short of a batch) still runs
+    its forward, a collective under FSDP, but adds nothing: its mean loss is NaN, and NaN * 0 is NaN."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -43,7 +46,8 @@ def evaluate_loss(model: Any, objective: Any, batches: Iterable[dict[str, torch.
         with autocast:
             loss, metrics = objective.loss(model, to_device(batch, device))
         tokens = metrics["tokens"].to(torch.float64)
-        totals += torch.stack([loss.detach().double() * tokens, tokens])
+        summed = torch.where(tokens > 0, loss.detach().double() * tokens, 0.0)  # no host sync, unlike an `if`
+        totals += torch.stack([summed, tokens])
     all_reduce(totals)
     model.train(was_training)
     nll, tokens = totals.tolist()

@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from genforge.federated.client import round_config
-from genforge.federated.config import FederatedClassifyConfig
+from genforge.federated.config import FederatedClassifyConfig, FederatedPretrainConfig
 from genforge.federated.run import federated
 
 
@@ -36,3 +36,18 @@ def test_secure_aggregation_equals_plain_averaging_and_resumes(tmp_path, bert_di
     assert {c["round"] for c in rows[2]["clients"]} == {2} and len(rows[2]["clients"]) == 3
     round_two = round_config(config("secure", True, 2), 2, 3).lr
     assert round_two < 3e-3 and all(c["lr"] == pytest.approx(round_two) for c in rows[2]["clients"])
+
+
+@pytest.mark.slow
+def test_secure_aggregation_of_real_pretraining_silos_equals_plain_averaging(tmp_path, packed, pack_shakespeare):
+    """By-file silos of token windows, of different sizes: each client scales its update by its size over the
+    largest (max_weight, from the launcher), so the masked sum unmasks to FedAvg's weighted mean. (With the
+    size unknown, max_weight was 1: updates scaled by ~100, clipped to +-8, a garbage model.)"""
+    def run(name, secagg):
+        cfg = FederatedPretrainConfig(client_data=[packed, pack_shakespeare(30_000), packed], partition="by-file",
+                                      out=tmp_path / name, clients=3, rounds=1, local_steps=2, batch_size=4,
+                                      seq_len=32, preset="tiny", eval_batches=1, lr=3e-3, bf16=False, secagg=secagg)
+        return load_file(federated(cfg, "pretrain") / "model.safetensors")
+
+    secure, plain = run("secure", True), run("plain", False)
+    assert max((secure[k] - plain[k]).abs().max().item() for k in plain) < 1e-4

@@ -52,15 +52,37 @@ def test_pack_folder_checks(tmp_path, packed):
         open_tokens(packed / "val.bin", "uint16", 10**7)
 
 
-@pytest.mark.parametrize("max_batches, per_process", [(1, 1), (3, 1), (4, 2)])
+@pytest.mark.parametrize("max_batches, per_process", [(1, 1), (3, 2), (4, 2)])
 def test_every_process_gets_as_many_eval_batches(max_batches, per_process):
     """FSDP forwards are collectives: one process with fewer batches than another would hang them all."""
     tokens = np.arange(2_000, dtype=np.uint16)
-    keep = lambda rows, g: {"input_ids": rows}  # noqa: E731
+    keep = lambda rows, g: {"input_ids": rows, "labels": rows}  # noqa: E731
     alone = torch.cat([b["input_ids"] for b in eval_batches(tokens, 9, 8, 4, keep, max_batches=max_batches)])
     ranks = [list(eval_batches(tokens, 9, 8, 4, keep, max_batches=max_batches, rank=r, world=2)) for r in (0, 1)]
     assert [len(r) for r in ranks] == [per_process, per_process]
-    scored = torch.cat([b["input_ids"] for r in ranks for b in r])
-    assert set(map(tuple, scored.tolist())) <= set(map(tuple, alone.tolist()))
-    if max_batches == 1:  # a single batch is split between the processes, not half lost
-        assert sorted(map(tuple, scored.tolist())) == sorted(map(tuple, alone.tolist()))
+    scored = torch.cat([b["input_ids"] for r in ranks for b in r if (b["labels"] != -100).any()])
+    assert sorted(map(tuple, scored.tolist())) == sorted(map(tuple, alone.tolist()))  # none lost, none twice
+
+
+def targets(batches):
+    """The positions (token values of np.arange) a list of causal-LM batches predicts, sorted."""
+    return sorted(t for b in batches for t in b["labels"][b["labels"] != -100].tolist())
+
+
+@pytest.mark.parametrize("max_batches", [0, 5])
+def test_eval_targets_do_not_depend_on_the_process_count(max_batches):
+    """Val loss and bits-per-byte are the same for 1, 2 or 3 processes: the ranks' batches together score
+    exactly the targets one process scores (the last, short batches are not dropped), and a process short
+    of a batch gets one without targets, so that each runs as many forwards (FSDP)."""
+    from genforge.train.objectives import ClmObjective
+
+    tokens = np.arange(1_000, dtype=np.uint16)
+    make = ClmObjective().make_batch
+    alone = targets(list(eval_batches(tokens, 33, 32, 4, make, max_batches=max_batches)))
+    if not max_batches:
+        assert alone == list(range(1, 993))  # 31 windows of 32 targets: every token after the first, once
+    for world in (2, 3):
+        ranks = [list(eval_batches(tokens, 33, 32, 4, make, max_batches=max_batches, rank=r, world=world))
+                 for r in range(world)]
+        assert len({len(r) for r in ranks}) == 1  # as many forwards on every process
+        assert targets([b for r in ranks for b in r]) == alone, f"world {world}"

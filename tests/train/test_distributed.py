@@ -14,11 +14,14 @@ from genforge.train.pretrain import pretrain
 @pytest.mark.e2e
 @pytest.mark.parametrize("objective, mode", [("clm", "ddp"), ("mlm", "fsdp")])
 def test_two_processes_train_like_one(tmp_path, packed, tiny, objective, mode):
-    """torchrun with 2 CPU processes (gloo) and grad-accum 2 = one process with grad-accum 2, same seed."""
-    single = pretrain(tiny(tmp_path / "single", objective=objective, grad_accum=2, max_steps=4))
+    """torchrun with 2 CPU processes (gloo) and grad-accum 2 = one process with grad-accum 2, same seed.
+
+    Three eval batches over two processes: the odd one is scored, not dropped (the val loss must not depend
+    on the process count), and under FSDP the other process runs a padding batch in step with it."""
+    single = pretrain(tiny(tmp_path / "single", objective=objective, grad_accum=2, max_steps=4, eval_batches=3))
     flags = ["--data", packed, "--out", tmp_path / "ddp", "--objective", objective, "--preset", "tiny",
              "--grad-accum", "2", "--max-steps", "4", "--batch-size", "4", "--seq-len", "32", "--warmup-steps", "2",
-             "--eval-every", "3", "--eval-batches", "2", "--save-every", "3", "--log-every", "1", "--no-bf16",
+             "--eval-every", "3", "--eval-batches", "3", "--save-every", "3", "--log-every", "1", "--no-bf16",
              "--fsdp" if mode == "fsdp" else "--no-fsdp"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -35,5 +38,5 @@ def test_two_processes_train_like_one(tmp_path, packed, tiny, objective, mode):
     assert m_ddp["val_loss"] == pytest.approx(m_single["val_loss"], abs=1e-4)  # eval sharded over ranks
     assert m_ddp["train_loss"] == pytest.approx(m_single["train_loss"], abs=1e-4)
     # checkpoints are launch-independent: a 2-process run continues in one process
-    more = pretrain(replace(tiny(ddp, objective=objective, grad_accum=2, max_steps=5), resume=True))
+    more = pretrain(replace(tiny(ddp, objective=objective, grad_accum=2, max_steps=5, eval_batches=3), resume=True))
     assert read_manifest(more)["metrics"]["steps"] == 5

@@ -58,3 +58,21 @@ def test_eval_command_prints_json(tmp_path, packed, tiny, capsys):
     assert printed["bits_per_byte"] == pytest.approx(
         bits_per_byte(result["loss"], pack["val_tokens"], pack["val_bytes"]), abs=1e-5)
     assert printed["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-5)
+
+
+def test_ranks_together_score_what_one_process_scores(packed):
+    """Sharded evaluation: the token-weighted sums of 3 ranks (one with a padding batch, no targets, whose
+    mean loss is NaN) add up to the single-process score; the padding must count for nothing."""
+    pack = read_pack(packed)
+    tokens = open_tokens(packed / "val.bin", pack["dtype"], 33)
+    objective, model, cpu = ClmObjective(), Uniform(pack["vocab_size"]), torch.device("cpu")
+    alone = evaluate_loss(model, objective, eval_batches(tokens, 33, 32, 5, objective.make_batch), device=cpu)
+    n_batches = len(list(eval_batches(tokens, 33, 32, 5, objective.make_batch)))
+    world = 3 if n_batches % 3 else 2 if n_batches % 2 else 4  # a world that leaves a rank short of a batch
+    assert n_batches % world
+    ranks = [evaluate_loss(model, objective, eval_batches(tokens, 33, 32, 5, objective.make_batch, rank=r,
+                                                          world=world), device=cpu) for r in range(world)]
+    assert sum(r["tokens"] for r in ranks) == alone["tokens"]
+    nll = sum(r["loss"] * r["tokens"] for r in ranks if r["tokens"])
+    assert nll / alone["tokens"] == pytest.approx(alone["loss"])
+    assert not any(math.isnan(r["loss"]) for r in ranks)
