@@ -114,8 +114,9 @@ class FederatedFields(Config):
                               f"not {self.strategy}")
         if self.secagg and (self.strategy != "fedavg" or self.dp_noise):
             raise ConfigError("--secagg hides single updates, so it works with --strategy fedavg and no --dp-noise")
-        if self.secagg and int(self.clients * self.fraction_fit) < 2:
-            raise ConfigError("--secagg needs at least 2 clients sampled per round (--clients x --fraction-fit)")
+        if self.secagg and int(self.clients * self.fraction_fit) < 3:  # Flower's SecAgg+ refuses 2 shares; and
+            # with 2 clients each could subtract its own update from the sum and read the other's
+            raise ConfigError("--secagg needs at least 3 clients sampled per round (--clients x --fraction-fit)")
         if self.secagg_clip <= 0 or not 0 < self.secagg_threshold <= 1:
             raise ConfigError("--secagg-clip must be positive and --secagg-threshold in (0, 1]")
         if self.client_cpus <= 0 or self.total_cpus < 1:

@@ -33,6 +33,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, sentiment_csv, bert_dir):
     bad.write_text("task: translate\n")
     result = CliRunner().invoke(app, ["federated", "--recipe", str(bad)])
     assert result.exit_code == 2 and "needs `task: classify|sft|pretrain`" in result.output
+    result = CliRunner().invoke(app, ["federated", "classify", "--model", str(bert_dir), "--data", str(sentiment_csv),
+                                      "--out", str(tmp_path / "o"), "--clients", "2", "--secagg"])
+    assert result.exit_code == 2 and "--secagg needs at least 3 clients sampled per round" in result.output
 
 
 def test_real_silos_from_the_command_line_need_no_data_flag(tmp_path, bert_dir, sentiment_rows, csv_file, packed):
