@@ -58,6 +58,14 @@ def outputs(model: nn.Module, batch: dict[str, torch.Tensor], kind: str, hidden:
     return logits.float(), (out.hidden_states if hidden else None)
 
 
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm a pre-norm decoder (Llama) applies after its last layer, which HF's last hidden state already
+    includes; None for models without one (BERT normalises inside every layer)."""
+    body = getattr(model, "body", model)  # a genforge Classifier's transformer
+    norm = getattr(getattr(body, "base_model", body), "norm", None)
+    return norm if isinstance(norm, nn.Module) else None
+
+
 @dataclass
 class DistillObjective:
     """alpha x KL_T x T^2 + (1 - alpha) x task loss [+ hidden_weight x (1 - cos)] (see the module docstring)."""
@@ -85,12 +93,22 @@ class DistillObjective:
 
     def hidden_loss(self, model: DistillStudent, student: tuple, teacher: tuple, mask: torch.Tensor | None
                     ) -> torch.Tensor:
+        """Mean (1 - cos) over the matched pairs. In a pre-norm decoder (Llama) HF's last hidden state has the
+        final norm applied and the others do not, so a pair with one side last gets the other side through its
+        own model's final norm: states are compared like with like."""
         losses = []
+        s_norm, t_norm = final_norm(model.student), final_norm(self.teacher)
+        s_last, t_last = len(student) - 1, len(teacher) - 1
         for i, (s, t) in enumerate(self.layer_map):
-            hs = student[s]
+            hs, ht = student[s], teacher[t]
+            if s == s_last and t != t_last and t_norm is not None:
+                with torch.no_grad():
+                    ht = t_norm(ht)
+            elif t == t_last and s != s_last and s_norm is not None:
+                hs = s_norm(hs)
             if model.projections is not None:
                 hs = model.projections[i](hs)
-            cos = F.cosine_similarity(hs.float(), teacher[t].float(), dim=-1)
+            cos = F.cosine_similarity(hs.float(), ht.float(), dim=-1)
             weight = mask.to(cos.dtype) if mask is not None else torch.ones_like(cos)
             losses.append(((1 - cos) * weight).sum() / weight.sum().clamp(min=1))
         return torch.stack(losses).mean()

@@ -33,8 +33,16 @@ DECODE_BATCH, CLASSIFY_BATCH, PROMPT_TOKENS, ENCODER_TOKENS = 8, 32, 32, 128
 
 
 def size_on_disk(folder: Path) -> int:
-    """Bytes of the weight files in a model folder (safetensors, ONNX, head), not tokenizer or logs."""
-    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    """Bytes of the weight files in a model folder (safetensors, ONNX, head), not tokenizer or logs.
+
+    A LoRA adapter folder counts its base model's weights too: the model it loads as (and is compared
+    with) is the base with the adapter merged, not the adapter's few tensors alone.
+    """
+    from genforge.models.load import adapter_base
+
+    own = sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    base = adapter_base(Path(folder))
+    return own + (size_on_disk(base) if base is not None else 0)
 
 
 def parameters(model: nn.Module) -> dict[str, int]:
@@ -57,9 +65,11 @@ def parameters(model: nn.Module) -> dict[str, int]:
     for module in model.modules():  # every matmul's weights, a tied head too: each is read per token
         if isinstance(module, QLinear):
             linear_bytes += module.memory_bytes()
-            if not module.tied:
-                n = module.out_features * module.in_features + (0 if module.bias is None else module.out_features)
-                total, nonzero = total + n, nonzero + n
+            if not module.tied:  # the weights it computes with: a pruned zero stays zero through int8
+                weight = module.dequantized()
+                bias = [] if module.bias is None else [module.bias]
+                total += sum(t.numel() for t in (weight, *bias))
+                nonzero += sum(int(torch.count_nonzero(t)) for t in (weight, *bias))
         elif isinstance(module, nn.Linear):
             linear_bytes += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
     return {"params": total, "nonzero_params": nonzero, "linear_bytes": linear_bytes}

@@ -137,8 +137,14 @@ def _export(subject: Subject, path: Path) -> dict[str, Any]:
                     output: {0: "batch", 1: "length"} if output == "last_hidden_state" or subject.kind == "mlm"
                     else {0: "batch"}}
             layout = {"output": output}
-        torch.onnx.export(graph, args, str(path), input_names=names, output_names=outputs, dynamic_axes=axes,
-                          opset_version=OPSET, dynamo=False)
+        # torch.onnx.export restores the wrapper's training flag afterwards, recursively: a wrapper left in
+        # its default training mode would switch the original model's dropout on (and it is measured next)
+        graph.eval()
+        try:
+            torch.onnx.export(graph, args, str(path), input_names=names, output_names=outputs, dynamic_axes=axes,
+                              opset_version=OPSET, dynamo=False)
+        finally:
+            body.eval()
     return layout
 
 

@@ -116,6 +116,12 @@ def _kept(total: int, fraction: float, multiple: int = 1) -> int:
     return max(1, min(total, keep))
 
 
+def _ffn_multiple(width: int) -> int:
+    """What a pruned FFN width is rounded to: 32 when the width is a multiple of it (the int4 kernel's smallest
+    group: a pruned down projection stays int4-eligible, where 248 inputs would fall back to int8), else 8."""
+    return next((m for m in (32, 8) if width % m == 0), 1)
+
+
 def _heads_kept(model: nn.Module, block: Block, fraction: float) -> int:
     """KV heads to keep. A Llama config must have hidden % heads == 0 (transformers checks it), so there
     the nearest count that satisfies it is taken (more heads on a tie); BERT keeps its config's head
@@ -125,8 +131,9 @@ def _heads_kept(model: nn.Module, block: Block, fraction: float) -> int:
     config = getattr(model, "body", model).config
     if config.model_type != "llama":
         return wanted
-    valid = [k for k in range(1, total) if config.hidden_size % (k * group) == 0]
-    return min(valid, key=lambda k: (abs(k - wanted), -k)) if valid else total
+    # all `total` heads is a valid count too (a small fraction of few heads rounds to removing none, as in BERT)
+    valid = [k for k in range(1, total + 1) if config.hidden_size % (k * group) == 0]
+    return min(valid, key=lambda k: (abs(k - wanted), -k))
 
 
 def _ffn_scores(block: Block, norms: dict[str, torch.Tensor] | None, down_name: str) -> torch.Tensor:
@@ -165,7 +172,7 @@ def prune_structured(model: nn.Module, ffn_fraction: float, heads_fraction: floa
     for block in found:
         if ffn_fraction:
             scores = _ffn_scores(block, norms, names[id(block.ffn_out)])
-            ffn_keep = _kept(len(scores), ffn_fraction, multiple=8)
+            ffn_keep = _kept(len(scores), ffn_fraction, multiple=_ffn_multiple(len(scores)))
             prune_ffn(block, torch.topk(scores, ffn_keep).indices.sort().values)
         if heads_fraction:
             scores = _head_scores(block, norms, names[id(block.attn_out)])

@@ -23,9 +23,11 @@ import warnings
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SCHEMES = ("int8-dynamic", "int8", "int4")
+INT8_K_MULTIPLE = 16  # `_weight_int8pack_mm` needs in_features % 16 == 0 (QLinear pads the others)
 
 
 @functools.cache
@@ -125,8 +127,14 @@ class QLinear(nn.Module):
             self._qweight, self._scales = qweight, scales
             dtype = compute_dtype()
             self._kernel_scales = scales.to(dtype)
-            self._kernel_weight = (torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(qweight), 1)
-                                   if scheme == "int4" else qweight)
+            # `_weight_int8pack_mm` reads its inputs in blocks of 16: with in_features % 16 != 0 it returns
+            # garbage (inf, 1e18) or crashes (seen with bfloat16 activations, e.g. a pruned FFN of 248). Such
+            # a layer computes with zero-padded weights and inputs (zero columns add nothing).
+            self._pad = (-in_features) % INT8_K_MULTIPLE if scheme == "int8" else 0
+            if scheme == "int4":
+                self._kernel_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(qweight), 1)
+            else:
+                self._kernel_weight = F.pad(qweight, (0, self._pad)) if self._pad else qweight
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: str, group_size: int = 0) -> QLinear:
@@ -148,6 +156,8 @@ class QLinear(nn.Module):
             y = torch.ops.quantized.linear_dynamic(x2.float(), self._packed, False)
         else:
             x2 = x2.to(self._kernel_scales.dtype)
+            if self._pad:
+                x2 = F.pad(x2, (0, self._pad))
             if self.scheme == "int4":
                 y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self._kernel_weight, self.group_size,
                                                                self._kernel_scales)
@@ -181,7 +191,7 @@ class QLinear(nn.Module):
                        torch.empty(self.out_features)]
         else:
             tensors = [self._qweight, self._scales, self._kernel_scales]
-            tensors += [self._kernel_weight] if self.scheme == "int4" else []
+            tensors += [self._kernel_weight] if self.scheme == "int4" or self._pad else []
         tensors += [] if self.bias is None else [self.bias]
         return sum(t.numel() * t.element_size() for t in tensors)
 

@@ -150,6 +150,7 @@ def measure(cfg: CompressConfig, original: Subject, compressed: Subject) -> tupl
         examples = read_examples(cfg, original.info, cfg.eval_data)
     texts = [t for t, _ in examples] if examples else None
     for subject, folder in ((original, cfg.model), (compressed, cfg.out)):
+        subject.model.eval()  # both as served: a method must not leave the original's dropout on
         values: dict[str, Any] = {**m.parameters(subject.model), "size_bytes": m.size_on_disk(folder)}
         if cfg.eval_data is not None:
             if subject.kind == "classifier":

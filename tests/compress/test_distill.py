@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from genforge.compress.config import CompressConfig
-from genforge.compress.distill import DistillObjective, DistillStudent, evenly_spaced, fewer_layers
+from genforge.compress.distill import DistillObjective, DistillStudent, evenly_spaced, fewer_layers, outputs
 from genforge.compress.run import compress
 from genforge.compress.subject import load_subject
 from genforge.compress.vocab import trim_vocab
@@ -41,6 +41,23 @@ def test_hidden_state_matching_is_zero_for_identical_states(lm_dir):
     ids = torch.randint(6, 320, (1, 9))
     objective = DistillObjective(teacher, "clm", alpha=1.0, hidden_weight=1.0, layer_map=[(1, 1), (2, 2)])
     loss, _ = objective.loss(DistillStudent(copy.deepcopy(teacher)), {"input_ids": ids[:, :-1], "labels": ids[:, 1:]})
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_hidden_matching_compares_the_students_last_state_like_with_like(lm_dir):
+    """HF's last Llama hidden state has the final RMSNorm applied: a student that is an exact copy of the
+    teacher's layer 0 matches the teacher's (pre-norm) state 1 exactly once both are taken the same way."""
+    teacher, _ = load_model(lm_dir)
+    with torch.no_grad():
+        teacher.model.norm.weight.uniform_(0.2, 3.0)  # trained gains are not all 1 (a uniform gain keeps cosines)
+    student = fewer_layers(teacher, [0])
+    objective = DistillObjective(teacher, "clm", hidden_weight=1.0, layer_map=[(1, 1)])
+    ids = torch.randint(6, 320, (2, 9), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        _, s_hidden = outputs(student, batch, "clm", True)
+        _, t_hidden = outputs(teacher, batch, "clm", True)
+        loss = objective.hidden_loss(DistillStudent(student), s_hidden, t_hidden, batch["attention_mask"])
     assert loss.item() == pytest.approx(0.0, abs=1e-5)
 
 

@@ -3,7 +3,9 @@ import json
 import torch
 
 from genforge.compress.config import CompressConfig
+from genforge.compress.onnx import export_int8
 from genforge.compress.run import compress
+from genforge.compress.subject import Subject
 from genforge.finetune.classifier import load_classifier, predict_probs
 from genforge.generate import generate
 from genforge.generate.decoder import load_decoder
@@ -48,3 +50,24 @@ def test_onnx_int8_classifier_predicts_like_the_original(tmp_path, classifier_di
     p1 = predict_probs(m1, t1, texts, seq_len=info["seq_len"], multi_label=False)
     p2 = predict_probs(m2, t2, texts, seq_len=info["seq_len"], multi_label=False)
     assert abs(p1 - p2).max() < 0.05
+
+
+def test_export_leaves_the_original_in_eval_mode(tmp_path):
+    """torch.onnx.export restores its wrapper's training flag down into the model: the original, measured
+    next as the baseline, must not come back with dropout on (slower, and its outputs random)."""
+    from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    models = {"mlm": BertForMaskedLM(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1,
+                                                num_attention_heads=2, intermediate_size=64,
+                                                max_position_embeddings=32)),
+              "clm": LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                                  num_hidden_layers=1, num_attention_heads=2, attention_dropout=0.1,
+                                                  max_position_embeddings=32))}
+    ids = torch.randint(5, 120, (2, 8))
+    for kind, model in models.items():
+        model.eval()
+        export_int8(Subject(kind, model, None), tmp_path)
+        assert not any(m.training for m in model.modules()), kind
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import torch
 from safetensors.torch import load_file
@@ -98,3 +100,38 @@ def test_structured_pruning_scores_keep_the_important_neurons(lm_dir):
     prune_structured(model, 0.5, 0.0)
     kept = blocks(model)[0].ffn_out.weight
     assert kept.abs().sum(0)[:8].min() > kept.abs().sum(0)[8:].max()
+
+
+def test_llama_heads_fraction_keeps_the_nearest_valid_count_all_included(lm_dir):
+    model, _ = load_model(lm_dir)  # 4 heads: 10% of them rounds to removing none, as for BERT
+    assert prune_structured(model, 0.0, 0.1)["attention_heads"] == 4
+    model, _ = load_model(lm_dir)
+    assert prune_structured(model, 0.0, 0.5)["attention_heads"] == 2
+
+
+def test_pruned_then_quantised_model_stays_close_to_the_float_one(lm_dir):
+    """The default --ffn-fraction 0.3 on the tiny preset (352 neurons) used to leave 248, which the int8
+    weight-only kernel (int4's fallback) cannot take: garbage logits or a crash, so in a child process."""
+    code = """
+import copy, sys
+import torch
+from genforge.compress.prune import prune_structured
+from genforge.compress.quantize import quantize_model
+from genforge.models.load import load_model
+model, _ = load_model(sys.argv[1])
+width = prune_structured(model, 0.3, 0.0)["intermediate_size"]
+assert width % 32 == 0, width  # int4-eligible
+ids = torch.randint(6, 320, (2, 16), generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    expected = model(input_ids=ids).logits
+    for scheme in ("int4", "int8"):
+        quantized = copy.deepcopy(model)
+        layout = quantize_model(quantized, scheme, 64)
+        got = quantized(input_ids=ids).logits
+        error = ((got - expected).norm() / expected.norm()).item()  # int4 ~0.05, int8 ~0.003
+        assert error < 0.1, (scheme, error)
+        assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9, scheme
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code, str(lm_dir)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

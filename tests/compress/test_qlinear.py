@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -78,3 +81,24 @@ def test_kernel_function_equals_the_module(scheme, group):
     assert not isinstance(kernel, nn.Module)
     torch.testing.assert_close(kernel(x), q(x))
     assert q.kernel(torch.bfloat16)(x.bfloat16()).dtype == torch.bfloat16  # other dtypes: the module's own path
+
+
+def test_weight_only_int8_takes_input_widths_its_kernel_cannot():
+    """`_weight_int8pack_mm` with bfloat16 activations and in_features % 16 != 0 returned inf / 1e18 or crashed
+    (e.g. a pruned FFN of 248): the layer pads. In a child process, so a crash fails the test, not pytest."""
+    code = """
+import torch
+from torch import nn
+from genforge.compress.qlinear import QLinear
+torch.manual_seed(0)
+for k in (8, 24, 248):
+    for rows in (1, 12):
+        q = QLinear.from_linear(nn.Linear(k, 40), "int8")
+        x = torch.randn(rows, k)
+        reference = nn.functional.linear(x, q.dequantized(), q.bias)
+        error = ((q(x) - reference).norm() / reference.norm()).item()
+        assert error < 0.02, (k, rows, error)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

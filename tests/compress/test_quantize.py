@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from genforge.compress.config import CompressConfig
+from genforge.compress.measure import parameters, size_on_disk
+from genforge.compress.prune import prune_unstructured
 from genforge.compress.qlinear import QLinear
+from genforge.compress.quantize import quantize_model
 from genforge.compress.run import compress
 from genforge.errors import ArtifactError
 from genforge.finetune.classifier import load_classifier, predict_probs
@@ -146,3 +149,31 @@ def test_int8_folders_serve_like_they_generate_and_classify(tmp_path, int8_lm, i
     probs = predict_probs(model, tok, texts, seq_len=info["seq_len"], multi_label=False)
     for row, expected in zip(scored.json()["data"], probs, strict=True):
         assert [row["scores"][lab] for lab in info["labels"]] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_nonzero_count_of_a_pruned_then_quantised_model_sees_the_zeros(lm_dir):
+    model, _ = load_model(lm_dir)
+    prune_unstructured(model, 0.5)
+    before = parameters(model)
+    quantize_model(model, "int8-dynamic")
+    after = parameters(model)
+    assert after["params"] == before["params"]
+    # a pruned zero stays zero through int8; a few tiny weights round to zero too
+    assert 0.98 * before["nonzero_params"] <= after["nonzero_params"] <= before["nonzero_params"]
+
+
+def test_size_of_a_lora_adapter_folder_includes_its_base(tmp_path):
+    """An adapter folder serves as its base with the adapter merged: the original's size is not the
+    adapter's few tensors (the report said a compressed model was 38x larger than its original)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertForMaskedLM
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    BertForMaskedLM(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=32)).save_pretrained(base)
+    peft = get_peft_model(BertForMaskedLM.from_pretrained(base), LoraConfig(r=2, target_modules=["query", "value"]))
+    peft.save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    adapter_only = (adapter / "adapter_model.safetensors").stat().st_size
+    assert size_on_disk(adapter) == size_on_disk(base) + adapter_only
