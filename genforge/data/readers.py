@@ -161,6 +161,11 @@ def split_text(lines: Iterable[str], split_by: str) -> Iterator[str]:
             yield "".join(paragraph)
 
 
+_INDENT = re.compile(r"(?m)^[ \t]+")
+_HOLD_INDENT = str.maketrans(" \t", "\x00\x01")  # control characters, which HTML text does not hold
+_RELEASE_INDENT = str.maketrans("\x00\x01", " \t")
+
+
 def html_text(markup: str) -> str:
     """The visible text of an HTML page: no tags, scripts or styles; entities decoded; blocks on their own lines."""
     from bs4 import BeautifulSoup, NavigableString
@@ -171,6 +176,8 @@ def html_text(markup: str) -> str:
     for s in soup.find_all(string=True):  # collapse source whitespace as a browser does (except in <pre>)
         if type(s) is NavigableString and s.find_parent("pre") is None:
             s.replace_with(_WHITESPACE.sub(" ", s))
+        elif type(s) is NavigableString:  # a <pre> line's indentation means something (code): kept through
+            s.replace_with(_INDENT.sub(lambda m: m.group().translate(_HOLD_INDENT), s))  # the strip below
     for br in soup.find_all("br"):
         br.replace_with("\n")
     for cell in soup.find_all(["td", "th"]):
@@ -179,7 +186,7 @@ def html_text(markup: str) -> str:
         tag.insert_before("\n\n")
         tag.insert_after("\n\n")
     lines = (line.strip() for line in soup.get_text().split("\n"))
-    return "\n".join(lines)
+    return "\n".join(lines).translate(_RELEASE_INDENT)
 
 
 def _read_text(path: Path, split_by: str, progress: Progress) -> Iterator[str]:

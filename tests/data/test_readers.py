@@ -143,8 +143,7 @@ def test_html_visible_text(tmp_path):
     text = html_text(page)
     assert "Café & Bar" in text
     assert "This is bold and italic\xa0text.\nNew line in the same paragraph." in text
-    assert "keep   this\n  spacing" not in text  # lines are stripped, but inner spacing stays
-    assert "keep   this" in text
+    assert "keep   this\n  spacing" in text  # <pre> keeps its spacing and indentation (code)
     for hidden in ("Ignored title", "color: red", "do not keep", "a comment", "enable js", "<"):
         assert hidden not in text
     path = tmp_path / "page.html"
@@ -152,6 +151,11 @@ def test_html_visible_text(tmp_path):
     paragraphs = docs(path)
     assert paragraphs[:2] == ["Home", "Café & Bar"]
     assert "cell 1\tcell 2" in paragraphs
+
+
+def test_pre_blocks_keep_their_indentation():
+    text = html_text("<p>Intro  text</p><pre>def f(x):\n    if x:\n\treturn 1\n    return 0</pre><p> after </p>")
+    assert "def f(x):\n    if x:\n\treturn 1\n    return 0" in text and "Intro text" in text and "\nafter\n" in text
 
 
 def test_find_files(tmp_path):
