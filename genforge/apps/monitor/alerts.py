@@ -3,8 +3,10 @@
 
 Time is the items' own time: a window is complete once an item later than its end has arrived, so a
 replay of last month alerts exactly as the live stream would have. Each rule's "evaluated up to" mark
-lives in monitor_offsets and is committed with the alerts it produced: a restart neither repeats nor
-skips alerts. Alerts are unique per (rule, key, window) in the table (deduplication), and a rule stays
+lives in monitor_offsets and is committed with the alerts it produced and with each key's detector state
+(monitor_rule_states: baseline, windows seen, CUSUM sum), so an evaluation folds in only the windows
+completed since, and neither a restart nor evaluating every hour instead of once changes, repeats or
+skips an alert. Alerts are unique per (rule, key, window) in the table (deduplication), and a rule stays
 quiet for `cooldown` windows on a key after alerting on it.
 """
 
@@ -18,10 +20,16 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from genforge.apps.monitor.analytics import windows
+from genforge.apps.monitor.analytics import Window, windows
 from genforge.apps.monitor.channels import deliver
-from genforge.apps.monitor.rules import Rule, RuleSet, detect
-from genforge.apps.monitor.tables import MonitorAlert, MonitorItem, MonitorOffset, MonitorText
+from genforge.apps.monitor.rules import Rule, RuleSet, definition, fold, initial_state
+from genforge.apps.monitor.tables import (
+    MonitorAlert,
+    MonitorItem,
+    MonitorOffset,
+    MonitorRuleState,
+    MonitorText,
+)
 
 log = logging.getLogger("genforge.monitor")
 EXAMPLES = 5
@@ -59,24 +67,45 @@ def describe(rule: Rule, key: str, start: int, value: float, baseline: float, sc
             f"(baseline {baseline:.0%}, {stat}, n={n})")
 
 
+def saved_states(session: Session, rule: Rule) -> dict[str, MonitorRuleState]:
+    """The rule's stored detector state per key; none (deleted) when the rule's settings changed since."""
+    rows = session.scalars(select(MonitorRuleState).where(MonitorRuleState.rule == rule.name)).all()
+    if any(row.definition != definition(rule) for row in rows):
+        for row in rows:
+            session.delete(row)
+        session.flush()  # before the same keys are added again
+        return {}
+    return {row.key: row for row in rows}
+
+
 def evaluate_rule(session: Session, rule: Rule, now: int) -> list[MonitorAlert]:
-    """New alerts of one rule over the windows completed by time `now` (added to `session`, not committed)."""
+    """New alerts of one rule over the windows completed by time `now` (added to `session`, not committed).
+
+    Each key's detector state is folded forward from where the last evaluation left it (stored with the mark),
+    so evaluating hour by hour gives exactly the alerts of one evaluation over everything. Without a state (a
+    new rule, changed settings, a database from before the states) it is built from the first item on, and
+    only windows from the mark on may alert."""
     width = rule.width
     complete = now - now % width  # windows starting before this have ended
     mark = session.get(MonitorOffset, f"alerts:{rule.name}")
     done = mark.position if mark else None
     if done is not None and done >= complete:
         return []
-    lookback = (rule.warmup + int(6 * rule.halflife)) * width
-    since = None if done is None else done - lookback
+    saved = saved_states(session, rule)
+    since = min((row.position for row in saved.values()), default=None)
     series = windows(session.get_bind(), by=rule.by, width=width, since=since, until=complete,
                      keys=rule.keys or None)
-    new = []
-    for key, ws in series.items():
-        last = session.scalar(select(func.max(MonitorAlert.window)).where(MonitorAlert.rule == rule.name,
-                                                                           MonitorAlert.key == key))
-        for hit in detect(rule, ws):
-            w = ws[hit.index]
+    digest, new = definition(rule), []
+    for key in sorted(set(series) | set(saved)):
+        row, cells = saved.get(key), {w.start: w for w in series.get(key, [])}
+        start = row.position if row else min(cells)
+        pending = [cells.get(s) or Window(key, s) for s in range(start, complete, width)]
+        state = json.loads(row.state) if row else initial_state(rule)
+        hits = fold(rule, state, pending)
+        last = session.scalar(select(func.max(MonitorAlert.window)).where(
+            MonitorAlert.rule == rule.name, MonitorAlert.key == key)) if hits else None
+        for hit in hits:
+            w = pending[hit.index]
             if done is not None and w.start < done:
                 continue
             if last is not None and w.start - last <= rule.cooldown * width:
@@ -89,6 +118,11 @@ def evaluate_rule(session: Session, rule: Rule, now: int) -> list[MonitorAlert]:
                                  delivered="{}")
             session.add(alert)
             new.append(alert)
+        if row is None:
+            session.add(MonitorRuleState(rule=rule.name, key=key, definition=digest, position=complete,
+                                         state=json.dumps(state)))
+        else:
+            row.position, row.state = complete, json.dumps(state)
     session.merge(MonitorOffset(stream=f"alerts:{rule.name}", position=complete))
     return new
 

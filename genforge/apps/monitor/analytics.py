@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, func, literal, select
 from sqlalchemy.orm import Session
 
+from genforge.apps.monitor.ingest import FIRST_TIME
 from genforge.apps.monitor.tables import MonitorItem
 
 Z95 = 1.959964
@@ -100,7 +101,9 @@ def windows(engine: Engine, *, by: str, width: int, since: int | None = None, un
     `by` is "topic", "entity" (items without an entity are left out) or "all" (one series)."""
     column = {"topic": MonitorItem.topic, "entity": MonitorItem.entity}.get(by)
     key = column if column is not None else literal("all")
-    bucket = (MonitorItem.t // width) * width
+    # integer division rounds toward zero in SQLite and PostgreSQL: counted from FIRST_TIME (year 1, a multiple
+    # of every window width) the dividend is never negative, so items before 1970 fall in their own window
+    bucket = ((MonitorItem.t - FIRST_TIME) // width) * width + FIRST_TIME
     query = select(key.label("key"), bucket.label("start"), MonitorItem.sentiment, func.count()).group_by(
         key, bucket, MonitorItem.sentiment)
     if column is not None:

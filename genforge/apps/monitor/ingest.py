@@ -49,6 +49,11 @@ def digest(text: str) -> str:
     return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
 
 
+def normalise_entity(value: Any) -> str:
+    """How an entity is stored (and how a rule's watched `keys` are read): `aapl` and ` AAPL` are one ticker."""
+    return str(value).strip().upper()[:100]
+
+
 def parse_time(value: Any) -> int:
     """Epoch seconds (int/float, or a numeric string) or an ISO 8601 date/time (UTC when no zone is given),
     within the years 1 to 9999 (what dates can show); ValueError (OverflowError for inf) otherwise."""
@@ -86,7 +91,7 @@ def parse_item(record: Any, source: str, default_t: int, where: str) -> Item:
         if isinstance(value, dict | list | bool):  # its str() would become a series or a key nobody sent
             raise DataError(f"{where}: '{name}' must be a string or a number, got {type(value).__name__}")
     return Item(text=text, t=t, source=str(record.get("source") or source)[:200],
-                entity=str(entity).strip().upper()[:100] if entity else None,
+                entity=normalise_entity(entity) if entity else None,
                 ext_id=str(ext_id)[:200] if ext_id is not None else None)
 
 

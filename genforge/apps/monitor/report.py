@@ -91,6 +91,8 @@ def report(cfg: MonitorReportConfig) -> Path:
         raise DataError(f"no items in the period asked for: the database holds items from {_when(first)} to "
                         f"{_when(last)} UTC")
     width = WINDOWS[cfg.window]
+    if since is not None:  # the report shows whole windows: its charts, alert list and header all start at one
+        since = start = since - since % width
     series = windows(engine, by=cfg.by, width=width, since=since, until=end)
     rows = trend_rows(series)
     alerts = list_alerts(engine, since=since, until=end, limit=1000)

@@ -20,18 +20,23 @@ noisy) and the baseline's own excess variance (over-dispersion beyond binomial n
   "the share is `shift` times the baseline" against "it is the baseline" (Page's CUSUM for a binomial
   share, the sequentially optimal test for that shift): a window weighs by its size, and the threshold is
   in nats (the mean run between false alerts grows about as e^threshold windows);
-- volume: the same z on counts with Poisson noise (variance = baseline count);
+- volume: the same z on counts with Poisson noise (variance = baseline count), from the key's first item on
+  (the empty windows before it are no counts of 0);
 - entity_negative: a watched entity's negative share reaches `threshold` while its baseline is below it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from genforge.apps.monitor.analytics import Window, ewma
+from genforge.apps.monitor.analytics import Window
 from genforge.apps.monitor.config import WINDOWS
+from genforge.apps.monitor.ingest import normalise_entity
 from genforge.config import from_dict, read_yaml
 from genforge.errors import ConfigError
 
@@ -56,6 +61,10 @@ class Rule:
     cooldown: int = 6  # windows after an alert in which the same rule and key stay quiet
     keys: list[str] = field(default_factory=list)  # only these topics/entities (entity_negative: the watch list)
     channels: list[str] = field(default_factory=lambda: ["log"])
+
+    def __post_init__(self) -> None:
+        if self.by == "entity":  # as ingest stores them: `keys: [aapl]` must watch the items' AAPL
+            self.keys = [normalise_entity(k) for k in self.keys]
 
     @property
     def width(self) -> int:
@@ -149,24 +158,41 @@ class Hit:
     score: float
 
 
-def _share_z(rule: Rule, ws: list[Window], clip: float = 2.0) -> list[tuple[int, float, float, float]]:
-    """(index, p, baseline, z) of every window with enough items, after the warm-up.
+def initial_state(rule: Rule) -> dict[str, Any]:
+    """A key's detector memory before its first window: what `fold` carries from one evaluation to the next
+    (the alert evaluation stores it per rule and key, so the live stream never recomputes from a cut-off)."""
+    if rule.kind == "entity_negative":
+        return {"mean": 0.0, "var": 0.0}
+    if rule.kind == "volume":
+        return {"seen": 0, "mean": None, "var": 0.0}
+    return {"seen": 0, "mean": None, "var": 0.0, "binvar": 0.0, "s": 0.0}
+
+
+def definition(rule: Rule) -> str:
+    """A digest of what the detector's state depends on (not the name, channels or cooldown): a rule whose
+    digest changed starts its state over instead of carrying sums made under other settings."""
+    settings = {k: v for k, v in asdict(rule).items() if k not in ("name", "channels", "cooldown")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _share_z(rule: Rule, state: dict[str, Any], ws: list[Window],
+             clip: float = 2.0) -> list[tuple[int, float, float, float]]:
+    """(index, p, baseline, z) of every window with enough items, after the warm-up; `state` is updated.
 
     The baseline is an EWMA of the negative share whose updates are clipped to `clip` standard errors, so
     a surge barely moves it (it is still detected while it lasts, and it does not inflate the variance
     against which the next surge is measured), while a lasting change is followed within a few half-lives.
     """
     alpha = 1 - 0.5 ** (1 / rule.halflife)
-    mean: float | None = None
-    var = binvar = 0.0  # EWMA of the squared deviations, and of the binomial variance p(1-p)/n
-    out, seen = [], 0
+    out = []
     for i, w in enumerate(ws):
         if w.n < rule.min_count:
             continue
         p = w.neg_share
-        seen += 1
+        state["seen"] += 1
+        mean, var, binvar, seen = state["mean"], state["var"], state["binvar"], state["seen"]
         if mean is None:
-            mean, binvar = p, p * (1 - p) / w.n
+            state["mean"], state["binvar"] = p, p * (1 - p) / w.n
             continue
         excess = max(0.0, var - binvar)
         floor = 0.5 / w.n  # a baseline of exactly 0 still has some uncertainty
@@ -177,48 +203,63 @@ def _share_z(rule: Rule, ws: list[Window], clip: float = 2.0) -> list[tuple[int,
         if seen > rule.warmup:
             out.append((i, p, mean, z))
         diff = max(-clip * se, min(clip * se, p - mean))
-        mean += alpha * diff
-        var = (1 - alpha) * (var + alpha * diff * diff)
-        binvar += alpha * (p * (1 - p) / w.n - binvar)
+        state["mean"] = mean + alpha * diff
+        state["var"] = (1 - alpha) * (var + alpha * diff * diff)
+        state["binvar"] = binvar + alpha * (p * (1 - p) / w.n - binvar)
     return out
 
 
-def detect(rule: Rule, ws: list[Window]) -> list[Hit]:
-    """The windows of one key's series where `rule` fires (before cooldown)."""
+def fold(rule: Rule, state: dict[str, Any], ws: list[Window]) -> list[Hit]:
+    """Fold one key's next windows into its detector `state` (updated in place); the windows where `rule`
+    fires (before cooldown). Folding a series in pieces gives the hits of folding it at once, so the live
+    stream (a few windows at a time, state kept in the database) alerts exactly as a replay does."""
     hits = []
-    if rule.kind == "ewma_z":
-        for i, p, mean, z in _share_z(rule, ws):
+    if rule.kind in ("cusum", "binomial_cusum"):
+        for i, p, mean, z in _share_z(rule, state, ws):
+            if rule.kind == "cusum":
+                step = z - rule.k
+            else:
+                w = ws[i]
+                p0 = min(max(mean, 0.5 / w.n), 0.5)  # a baseline of 0 or above 1/2 would make the ratio degenerate
+                p1 = min(rule.shift * p0, 0.99)
+                step = w.negative * math.log(p1 / p0) + (w.n - w.negative) * math.log((1 - p1) / (1 - p0))
+            state["s"] = max(0.0, state["s"] + step)
+            if state["s"] >= rule.threshold:
+                hits.append(Hit(i, p, mean, state["s"]))
+                state["s"] = 0.0
+    elif rule.kind == "ewma_z":
+        for i, p, mean, z in _share_z(rule, state, ws):
             if z >= rule.threshold and p >= rule.min_ratio * mean:
                 hits.append(Hit(i, p, mean, z))
-    elif rule.kind == "cusum":
-        s = 0.0
-        for i, p, mean, z in _share_z(rule, ws):
-            s = max(0.0, s + z - rule.k)
-            if s >= rule.threshold:
-                hits.append(Hit(i, p, mean, s))
-                s = 0.0
-    elif rule.kind == "binomial_cusum":
-        s = 0.0
-        for i, p, mean, _ in _share_z(rule, ws):
-            w = ws[i]
-            p0 = min(max(mean, 0.5 / w.n), 0.5)  # a baseline of 0 or above 1/2 would make the ratio degenerate
-            p1 = min(rule.shift * p0, 0.99)
-            llr = w.negative * math.log(p1 / p0) + (w.n - w.negative) * math.log((1 - p1) / (1 - p0))
-            s = max(0.0, s + llr)
-            if s >= rule.threshold:
-                hits.append(Hit(i, p, mean, s))
-                s = 0.0
     elif rule.kind == "volume":
-        base = ewma([float(w.n) for w in ws], rule.halflife)
-        for i, (w, (mean, var)) in enumerate(zip(ws, base, strict=True)):
-            if i < rule.warmup or w.n < rule.min_count:
-                continue
-            z = (w.n - mean) / math.sqrt(max(mean, 1.0) + max(0.0, var - mean))
-            if z >= rule.threshold and w.n >= rule.min_ratio * mean:
-                hits.append(Hit(i, float(w.n), mean, z))
+        alpha = 1 - 0.5 ** (1 / rule.halflife)
+        for i, w in enumerate(ws):
+            if not state["seen"] and not w.n:
+                continue  # before the key's first item: no count of 0 was ever observed there
+            state["seen"] += 1
+            mean, var = (float(w.n) if state["mean"] is None else state["mean"]), state["var"]
+            if state["seen"] > rule.warmup and w.n >= rule.min_count:
+                z = (w.n - mean) / math.sqrt(max(mean, 1.0) + max(0.0, var - mean))
+                if z >= rule.threshold and w.n >= rule.min_ratio * mean:
+                    hits.append(Hit(i, float(w.n), mean, z))
+            if state["mean"] is not None:
+                diff = w.n - mean
+                state["var"] = (1 - alpha) * (var + alpha * diff * diff)
+                mean += alpha * diff
+            state["mean"] = mean
     else:  # entity_negative
-        base = ewma([w.neg_share if w.n >= rule.min_count else None for w in ws], rule.halflife, prior=0.0)
-        for i, (w, (mean, _)) in enumerate(zip(ws, base, strict=True)):
-            if w.n >= rule.min_count and w.neg_share >= rule.threshold and mean < rule.threshold:
+        alpha = 1 - 0.5 ** (1 / rule.halflife)
+        for i, w in enumerate(ws):
+            if w.n < rule.min_count:
+                continue
+            mean, var = state["mean"], state["var"]
+            if w.neg_share >= rule.threshold and mean < rule.threshold:
                 hits.append(Hit(i, w.neg_share, mean, w.neg_share))
+            diff = w.neg_share - mean
+            state["mean"], state["var"] = mean + alpha * diff, (1 - alpha) * (var + alpha * diff * diff)
     return hits
+
+
+def detect(rule: Rule, ws: list[Window]) -> list[Hit]:
+    """The windows of one key's whole series where `rule` fires (before cooldown)."""
+    return fold(rule, initial_state(rule), ws)

@@ -7,6 +7,9 @@
   bucket into windows with plain integer arithmetic on SQLite and PostgreSQL alike.
 - `monitor_offsets`: how far each stream has been read (file byte offsets, the last evaluated alert window),
   written in the same transaction as the items it covers, so a restart neither loses nor repeats items.
+- `monitor_rule_states` (migration `monitor_0002`): each rule's detector state per key (EWMA baseline, windows
+  seen, CUSUM sum) as of its evaluated-up-to mark, written with the alerts and the mark, so an evaluation
+  folds only the new windows in and the live stream alerts as one replay of the same items would.
 - `monitor_alerts`: fired alerts, unique per (rule, key, window), with example items and acknowledgement.
 """
 
@@ -54,6 +57,17 @@ class MonitorOffset(Base):
 
     stream: Mapped[str] = mapped_column(String(500), primary_key=True)  # "jsonl:/abs/path", "alerts:RULE", ...
     position: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class MonitorRuleState(Base):
+    __tablename__ = "monitor_rule_states"
+
+    rule: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    definition: Mapped[str] = mapped_column(String(64))  # rules.definition(): another digest means start over
+    position: Mapped[int] = mapped_column(BigInteger)  # the end of the last window folded in (epoch seconds)
+    state: Mapped[str] = mapped_column(Text)  # JSON of rules.initial_state() after folding the windows up to position
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 

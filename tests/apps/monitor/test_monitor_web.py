@@ -112,6 +112,22 @@ def test_static_report(tmp_path, engine, add_items):
     assert "No alerts in this period" in out.read_text() and "data:image/png" in out.read_text()
 
 
+def test_report_since_inside_a_window_starts_at_the_window(tmp_path, engine, add_items):
+    """Charts, alert list and header all start at the window that holds --since: an alert of that window is
+    listed next to the chart that shows it, and the header's period is the one its item count covers."""
+    from genforge.apps.monitor.tables import MonitorAlert
+
+    add_items(engine, [(h * H + i * 60, "rates", "negative" if h == 10 else "neutral", None)
+                       for h in range(12) for i in range(20)])
+    with Session(engine) as s, s.begin():
+        s.add(MonitorAlert(rule="surge", kind="binomial_cusum", by="topic", key="rates", window=10 * H, width=H,
+                           value=1.0, baseline=0.1, score=9.0, count=20, message="SURGE-IN-HOUR-10", examples="[]"))
+    out = report(MonitorReportConfig(out=tmp_path / "r.html", db=str(engine.url), since="1970-01-01T10:30"))
+    html = out.read_text()
+    assert "SURGE-IN-HOUR-10" in html and "1 alerts" in html
+    assert "1970-01-01 10:00 to 1970-01-01 11:19 UTC; 40 items" in html
+
+
 def test_report_of_a_replay_with_empty_hours(tmp_path, monitor_model, sentiment_csv):
     """replay -> run --once -> report, the documented flow, on a stream thin enough that hours are empty."""
     db = f"sqlite:///{tmp_path / 'm.db'}"
