@@ -7,9 +7,10 @@ from typing import Any
 
 import yaml
 
-from genforge.artifacts import atomic_write_text, lineage
+from genforge.artifacts import atomic_write_text
 from genforge.compress.report import rows
 from genforge.config import to_dict
+from genforge.models.card import pipeline_tag, stage_lineage_rows
 from genforge.models.load import COMPRESSION
 
 
@@ -33,7 +34,11 @@ def _usage(out: Path, kind: str, needs_genforge: bool) -> list[str]:
 def write_card(out: Path, cfg: Any, report: dict[str, Any], parent: dict[str, Any] | None) -> Path:
     out = Path(out)
     kind = report["settings"]["kind"]
-    front = {"library_name": "transformers", "tags": ["genforge", "compress", cfg.method]}
+    needs_genforge = (out / COMPRESSION).is_file()
+    # No `library_name: transformers` where plain transformers cannot load the folder (the Hub would offer
+    # a `from_pretrained` snippet that fails); the tags still say what it is.
+    front = {**({} if needs_genforge else {"library_name": "transformers"}), "pipeline_tag": pipeline_tag(kind),
+             "tags": ["genforge", "compress", cfg.method] + (["genforge-loader"] if needs_genforge else [])}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {out.resolve().name}", "",
              f"`{cfg.model}` compressed by `genforge compress --method {cfg.method}`; original and compressed "
              "measured in the same run (report.json).", "",
@@ -46,10 +51,8 @@ def write_card(out: Path, cfg: Any, report: dict[str, Any], parent: dict[str, An
               "", "![report](report.png)", ""]
     if (out / "logs" / "loss.png").is_file():
         lines += ["![training loss](logs/loss.png)", ""]
-    lines += ["## How to use", "", *_usage(out, kind, (out / COMPRESSION).is_file()), "",
-              "## Lineage", "", "| # | stage | created |", "|---|---|---|"]
-    lines += [f"| {i} | {m.get('stage', '?')} | {m.get('created', '-')} |"
-              for i, m in enumerate(lineage(parent or {}), 1)] or ["| 1 | (a model from outside genforge) | - |"]
+    lines += ["## How to use", "", *_usage(out, kind, needs_genforge), "",
+              "## Lineage", "", *stage_lineage_rows("compress", [], parent, cfg.model)]
     lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
     path = out / "README.md"
     atomic_write_text(path, "\n".join(lines))

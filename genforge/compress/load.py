@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from genforge.errors import ArtifactError
-from genforge.models.load import COMPRESSION
+from genforge.models.load import COMPRESSION, use_generation_config
 
 
 def read_compression(folder: Path) -> dict[str, Any] | None:
@@ -88,7 +88,7 @@ def load_compressed(folder: Path, auto: Any, config: Any, info: dict[str, Any] |
         "resized": lambda: load_resized(folder, build_float(auto, config)),
         "onnx": lambda: _onnx(folder, config, info),
     }
-    return loaders[info["loader"]]()
+    return use_generation_config(loaders[info["loader"]](), folder)  # a chat model's stop ids, as saved
 
 
 def _quantized(folder: Path, model: nn.Module, info: dict[str, Any]) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from genforge.artifacts import write_json
-from genforge.models.load import COMPRESSION, detect_objective, read_model_config
+from genforge.models.load import COMPRESSION, detect_objective, fit_tokenizer, read_model_config
 
 
 @dataclass
@@ -84,9 +84,11 @@ def save_subject(subject: Subject, out: Path, compression: dict[str, Any] | None
         compression = {**compression, **save_quantized(body, out, compression)}
     elif loader == "onnx":
         body.config.save_pretrained(out)
+        if getattr(body, "generation_config", None) is not None and body.can_generate():  # a chat model's stops
+            body.generation_config.save_pretrained(out)
     else:
         save_model(body, out, merge=False)
-    subject.tokenizer.save_pretrained(out)
+    fit_tokenizer(subject.tokenizer, body.config).save_pretrained(out)
     if subject.kind == "classifier":
         from safetensors.torch import save_file
 
@@ -94,7 +96,8 @@ def save_subject(subject: Subject, out: Path, compression: dict[str, Any] | None
 
         head = getattr(subject.model, "head", None)
         if head is not None:
-            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_WEIGHTS))
+            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_WEIGHTS),
+                      metadata={"format": "pt"})
         write_json(out / CLASSIFIER_JSON, {**subject.info, "lora": None, "adapter": False})
         typos = getattr(subject.model, "typos", None)
         if typos is not None:

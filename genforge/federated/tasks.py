@@ -295,10 +295,11 @@ def pretrain_task(cfg: Any, data: Path | None = None) -> Task:
         return {"loss": result["loss"], "perplexity": result["perplexity"]}
 
     def export(metrics: dict[str, Any]) -> dict[str, Any]:
+        from genforge.models.load import fit_tokenizer
         from genforge.train.checkpoint import save_weights
 
         save_weights(model, cfg.out)
-        tokenizer.save_pretrained(cfg.out)
+        fit_tokenizer(tokenizer, model.config).save_pretrained(cfg.out)
         return {"objective": cfg.objective}
 
     return Task("pretrain", cfg, model, objective, len(tokens) // window, None,

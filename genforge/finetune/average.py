@@ -27,7 +27,6 @@ from genforge.artifacts import (
     atomic_write_bytes,
     atomic_write_text,
     begin_output,
-    lineage,
     read_manifest,
     sha256_file,
     write_manifest,
@@ -135,25 +134,35 @@ def average(cfg: AverageConfig) -> Path:
         atomic_write_bytes(cfg.out / name, save(tensors, metadata={"format": "pt"}))
     ingredients = [{"path": str(f.resolve()), "weight": w, "sha256": sha256_file(f / names[0]),
                     "metrics": (p or {}).get("metrics", {})} for f, w, p in zip(folders, weights, parents, strict=True)]
-    write_card(cfg.out, ingredients, parents[0])
+    write_card(cfg.out, ingredients, parents[0], folders[0])
     write_manifest(cfg.out, "finetune.average", cfg, parent=parents[0], started=started,
                    extra={"ingredients": ingredients})
     print(f"averaged {len(folders)} models (weights {', '.join(f'{w:.3g}' for w in weights)}) -> {cfg.out}")
     return cfg.out
 
 
-def write_card(out: Path, ingredients: list[dict[str, Any]], parent: dict[str, Any] | None) -> None:
-    """README.md: what was averaged with which weights, each ingredient's recorded metrics, how to load it."""
+def write_card(out: Path, ingredients: list[dict[str, Any]], parent: dict[str, Any] | None, first: Path) -> None:
+    """README.md: what was averaged with which weights, each ingredient's recorded metrics, how to load it;
+    with the front matter (library, task, tags) and Lineage table every genforge model card has."""
+    import yaml
+
+    from genforge.models.card import pipeline_tag, stage_lineage_rows
+    from genforge.models.load import detect_objective, read_model_config
+
+    classifier = (out / "classifier.json").is_file()
+    front = {"library_name": "transformers",
+             "pipeline_tag": pipeline_tag("classifier" if classifier else detect_objective(read_model_config(out))),
+             "tags": ["genforge", "finetune", "average"]}
     keys = list(dict.fromkeys(k for i in ingredients for k, v in i["metrics"].items() if isinstance(v, int | float)))
-    lines = [f"# {out.resolve().name}", "", f"The weighted average of {len(ingredients)} fine-tuned models' weights "
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {out.resolve().name}", "",
+             f"The weighted average of {len(ingredients)} fine-tuned models' weights "
              "(WiSE-FT / model soup), made by `genforge finetune average`.", "",
              "| model | weight | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     lines += [f"| `{i['path']}` | {i['weight']:.4g} | " + " | ".join(f"{i['metrics'].get(k, '-'):.4g}"
               if isinstance(i["metrics"].get(k), int | float) else "-" for k in keys) + " |" for i in ingredients]
     lines += ["", "Metrics are each ingredient's own (validation); measure the average on your data.", "",
-              "## Lineage (the first model)", "", "| # | stage | created |", "|---|---|---|"]
-    lines += [f"| {n} | {m.get('stage', '?')} | {m.get('created', '-')} |" for n, m in enumerate(lineage(parent or {}), 1)]
-    usage = (f"genforge predict --model {out} --text 'your text'" if (out / "classifier.json").is_file()
+              "## Lineage (the first model)", "", *stage_lineage_rows("finetune.average", [], parent, first)]
+    usage = (f"genforge predict --model {out} --text 'your text'" if classifier
              else f"genforge chat --model {out}   # or transformers' from_pretrained(\"{out}\")")
     lines += ["", "## How to use", "", "```bash", usage, "```", ""]
     atomic_write_text(out / "README.md", "\n".join(lines))

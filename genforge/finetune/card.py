@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
-from genforge.artifacts import atomic_write_text, lineage
+from genforge.artifacts import atomic_write_text
 from genforge.config import to_dict
+from genforge.models.card import stage_lineage_rows
 
 
 def _fmt(value: Any) -> str:
@@ -34,15 +35,23 @@ def _usage(task: str, run_dir: Path, adapter: bool, head: str) -> list[str]:
             lines += ["A body (`AutoModel`) + `head.safetensors`: load with "
                       "`genforge.finetune.classifier.load_classifier(folder)`."]
         return lines
-    if adapter:
+    if adapter:  # peft does not read the adapter's generation_config.json: without it, replies run on
         return ["```python", "from peft import AutoPeftModelForCausalLM",
-                f'model = AutoPeftModelForCausalLM.from_pretrained("{run_dir}")', "```", "",
+                "from transformers import AutoTokenizer, GenerationConfig", "",
+                f'model = AutoPeftModelForCausalLM.from_pretrained("{run_dir}")',
+                f'tokenizer = AutoTokenizer.from_pretrained("{run_dir}")',
+                f'model.generation_config = GenerationConfig.from_pretrained("{run_dir}")  # stops at <|im_end|>',
+                'messages = [{"role": "user", "content": "Hello"}]',
+                'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+                'return_dict=True)',
+                "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=100)[0]))", "```", "",
                 f"Or: `genforge chat --model {run_dir}`."]
     return ["```bash", f"genforge chat --model {run_dir}", "```"]
 
 
 def write_card(run_dir: Path, task: str, cfg: Any, metrics: dict[str, Any], parent: dict[str, Any] | None,
-               report: dict[str, Any] | None = None) -> Path:
+               inputs: list[Path], report: dict[str, Any] | None = None) -> Path:
+    """README.md of the run; `inputs` are the data files its manifest records (hashed in the Lineage table)."""
     run_dir = Path(run_dir)
     adapter = bool(getattr(cfg, "lora_r", 0)) and not getattr(cfg, "merge", False)
     head = getattr(cfg, "head", "linear")
@@ -61,9 +70,7 @@ def write_card(run_dir: Path, task: str, cfg: Any, metrics: dict[str, Any], pare
     for png, title in (("logs/confusion.png", "confusion matrix"), ("logs/loss.png", "loss curve")):
         if (run_dir / png).is_file():
             lines += ["", f"![{title}]({png})"]
-    lines += ["", "## Lineage", "", "| # | stage | created |", "|---|---|---|"]
-    lines += [f"| {i} | {m.get('stage', '?')} | {m.get('created', '-')} |"
-              for i, m in enumerate(lineage(parent or {}), 1)] or ["| 1 | (a model from outside genforge) | - |"]
+    lines += ["", "## Lineage", "", *stage_lineage_rows("finetune", inputs, parent, cfg.model)]
     lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```",
               "", "## How to use", "", *_usage(task, run_dir, adapter, head), ""]
     path = run_dir / "README.md"

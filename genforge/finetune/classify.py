@@ -44,7 +44,7 @@ from genforge.finetune.model import freeze, is_decoder, load_tokenizer, load_wei
 from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
 from genforge.finetune.teacher import check_teachers, distill_loss, teacher_record
 from genforge.finetune.typos import TypoCorrector, save_vocabulary, word_counts
-from genforge.models.load import read_model_config
+from genforge.models.load import fit_tokenizer, read_model_config
 from genforge.train.distributed import Dist
 from genforge.train.engine import checkpoint_exists, train
 from genforge.train.logs import plot_loss
@@ -207,8 +207,8 @@ def classify(cfg: ClassifyConfig) -> Path:
                                                              "params": params["total"], "base_model": str(cfg.model)}}
     if cfg.teacher:
         extra["teachers"] = [teacher_record(t) for t in cfg.teacher]
-    write_card(cfg.out, "classify", cfg, metrics, parent, val)
     inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
+    write_card(cfg.out, "classify", cfg, metrics, parent, inputs, val)
     write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
                    extra=extra)
     print_summary(cfg.out, metrics, val)
@@ -222,8 +222,9 @@ def export(cfg: ClassifyConfig, model: Any, tokenizer: Any, labels: list[str], d
     adapter = bool(cfg.lora_r) and not cfg.merge
     save_model(model.body, cfg.out, merge=cfg.merge)
     if model.head is not None:
-        save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(cfg.out / HEAD_WEIGHTS))
-    tokenizer.save_pretrained(cfg.out)
+        save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(cfg.out / HEAD_WEIGHTS),
+                  metadata={"format": "pt"})
+    fit_tokenizer(tokenizer, model.body.config).save_pretrained(cfg.out)
     if model.typos is not None:
         save_vocabulary(model.typos.counts, cfg.out)
     lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets or "all-linear",

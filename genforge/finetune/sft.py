@@ -37,7 +37,7 @@ from genforge.finetune.model import (
     trainable_params,
 )
 from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
-from genforge.models.load import read_model_config
+from genforge.models.load import fit_tokenizer, read_model_config
 from genforge.train.distributed import Dist
 from genforge.train.engine import train
 from genforge.train.evaluate import evaluate_loss
@@ -259,22 +259,25 @@ def sft(cfg: SftConfig) -> Path:
 
 
 def export(cfg: FinetuneConfig, lm: Any, tokenizer: Any) -> None:
-    """The run folder (SFT, DPO): a causal-LM HF folder that stops at <|im_end|> (or the adapter) + the chat
-    tokenizer."""
+    """The run folder (SFT, DPO): a causal-LM HF folder (or the adapter) + the chat tokenizer, whose
+    generation_config.json stops at <|im_end|>, so plain `model.generate` ends a reply where chat does.
+
+    An adapter folder gets that file too: peft takes the base's (which stops at eos only) and does not read
+    it by itself, so the model card's usage passes it (`GenerationConfig.from_pretrained(folder)`)."""
     from genforge.data.tokenizer import IM_END
 
-    if cfg.lora_r and not cfg.merge:
-        save_model(lm, cfg.out, merge=False)
-    else:
-        if cfg.lora_r:
-            lm = lm.merge_and_unload()
-        end = tokenizer.convert_tokens_to_ids(IM_END) if IM_END in tokenizer.get_vocab() else None
-        gen = lm.generation_config
-        eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
-        if end is not None and end not in eos:  # plain `model.generate` then ends a reply where chat does
-            gen.eos_token_id = [e for e in eos if e is not None] + [end]
-        save_model(lm, cfg.out, merge=False)
-    tokenizer.save_pretrained(cfg.out)
+    config = lm.config  # the base's, for an adapter
+    if cfg.lora_r and cfg.merge:
+        lm = lm.merge_and_unload()
+    end = tokenizer.convert_tokens_to_ids(IM_END) if IM_END in tokenizer.get_vocab() else None
+    gen = lm.generation_config
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    if end is not None and end not in eos:
+        gen.eos_token_id = [e for e in eos if e is not None] + [end]
+    save_model(lm, cfg.out, merge=False)
+    if cfg.lora_r and not cfg.merge:  # peft saves the adapter alone
+        gen.save_pretrained(cfg.out)
+    fit_tokenizer(tokenizer, config).save_pretrained(cfg.out)
 
 
 def record_chat_run(cfg: FinetuneConfig, task: str, objective: str, metrics: dict[str, Any], started: float,
@@ -284,8 +287,8 @@ def record_chat_run(cfg: FinetuneConfig, task: str, objective: str, metrics: dic
     from rich.table import Table
 
     parent = read_manifest(cfg.model) if (Path(cfg.model) / MANIFEST).is_file() else None
-    write_card(cfg.out, task, cfg, metrics, parent)
     inputs = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
+    write_card(cfg.out, task, cfg, metrics, parent, inputs)
     write_manifest(cfg.out, "finetune", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
                    extra={"task": task, "objective": objective, "model": {"params": metrics["params"],
                                                                           "base_model": str(cfg.model)}})

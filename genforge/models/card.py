@@ -14,9 +14,14 @@ from typing import Any
 
 import yaml
 
-from genforge.artifacts import atomic_write_text, lineage
+from genforge.artifacts import atomic_write_text, lineage, sha256_file
 
 PIPELINES = {"clm": ("text-generation", "AutoModelForCausalLM"), "mlm": ("fill-mask", "AutoModelForMaskedLM")}
+
+
+def pipeline_tag(kind: str) -> str:
+    """The Hub's task of a model card: "clm" or "mlm" (an LM objective), else "classifier"."""
+    return PIPELINES[kind][0] if kind in PIPELINES else "text-classification"
 
 
 def _fmt(value: Any) -> str:
@@ -31,7 +36,9 @@ def _millions(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f} M ({n:,})"
 
 
-def _lineage_rows(manifest: dict[str, Any]) -> list[str]:
+def lineage_rows(manifest: dict[str, Any]) -> list[str]:
+    """The Lineage table of a card: one row per manifest from `manifest` back to the raw files, each with the
+    names and hashes of its inputs. Every model card (pretrain, finetune, compress) shows it this way."""
     rows = ["| # | stage | created | inputs (sha256, first 12) |", "|---|---|---|---|"]
     for i, m in enumerate(lineage(manifest)):
         inputs = ", ".join(f"`{Path(x['path']).name}` {x['sha256'][:12]}" for x in m.get("inputs", [])[:6])
@@ -39,6 +46,15 @@ def _lineage_rows(manifest: dict[str, Any]) -> list[str]:
         inputs += f" (+{more} more)" if more > 0 else ""
         rows.append(f"| {i} | {m.get('stage', '?')} | {m.get('created') or 'now'} | {inputs or '-'} |")
     return rows
+
+
+def stage_lineage_rows(stage: str, inputs: list[Path], parent: dict[str, Any] | None, base: Any) -> list[str]:
+    """`lineage_rows` for a stage whose manifest is not written yet (it is written last): this run's row with
+    its `inputs` hashed, then `parent`'s chain, or a row naming `base` when it came from outside genforge."""
+    preview = {"stage": stage, "inputs": [{"path": str(p), "sha256": sha256_file(p)} for p in inputs],
+               "parent": parent}
+    rows = lineage_rows(preview)
+    return rows + ([] if parent else [f"| 1 | (`{base}`, a model from outside genforge) | - | - |"])
 
 
 def render_model_card(run_dir: Path, manifest: dict[str, Any]) -> str:
@@ -71,7 +87,7 @@ def render_model_card(run_dir: Path, manifest: dict[str, Any]) -> str:
         lines.append(f"| continued from | a `{model['base_model'].get('stage')}` model created "
                      f"{model['base_model'].get('created')} |")
     lines += ["", "## Lineage", "", "Newest first; each row is the manifest of the artifact the row above was made from.",
-              "", *_lineage_rows(manifest), "", "## Training configuration", "", "```yaml",
+              "", *lineage_rows(manifest), "", "## Training configuration", "", "```yaml",
               yaml.safe_dump(manifest.get("config") or {}, sort_keys=False).strip(), "```", "",
               "## How to use", "", "```python", f"from transformers import AutoTokenizer, {auto}", "",
               f'tokenizer = AutoTokenizer.from_pretrained("{run_dir}")',

@@ -97,6 +97,35 @@ def max_positions(config: dict[str, Any] | Any) -> int | None:
     return None
 
 
+# architectures whose position ids start at pad_token_id + 1 (RoBERTa's 514 positions hold 512 tokens)
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def fit_tokenizer(tokenizer: Any, config: dict[str, Any] | Any) -> Any:
+    """`tokenizer` with `model_max_length` = the model's positions, before it is saved into a model folder.
+
+    HF pipelines and `truncation=True` cut text at `model_max_length`; left at the tokenizer's own
+    default (2048) a BERT with 256 positions crashes on a long text and a Llama runs past its context.
+    """
+    limit = max_positions(config)
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    if limit and get("model_type") in OFFSET_POSITIONS:  # positions start after the padding index
+        limit -= (get("pad_token_id") or 0) + 1
+    if limit:
+        tokenizer.model_max_length = limit
+    return tokenizer
+
+
+def use_generation_config(model: Any, folder: Path) -> Any:
+    """`model` with the `generation_config.json` of `folder` (its stop ids: a chat model's [eos, <|im_end|>]),
+    when it has one. Models genforge builds itself (compressed folders from their config, an adapter on its
+    base) would otherwise keep the defaults of the config, or the base's, and generate past a reply."""
+    if (Path(folder) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    return model
+
 
 def sentence_length(path: Path, default: int = 128) -> int:
     """How many tokens a sentence encoder embeds: its sentence-transformers config's `max_seq_length` (MiniLM:
@@ -144,7 +173,7 @@ def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
 
         check_weights(path)
         model, found = load_model(base, objective)
-        return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), found
+        return use_generation_config(PeftModel.from_pretrained(model, str(path)).merge_and_unload(), path), found
     config = read_model_config(path)
     found = "mlm" if objective == "mlm" and is_bare_encoder(config) else detect_objective(config)
     if objective and objective != found:

@@ -29,7 +29,14 @@ from genforge.artifacts import (
 )
 from genforge.config import check_training_memory, flag_values, to_dict
 from genforge.errors import ArtifactError, ConfigError, DataError
-from genforge.models.load import check_weights, detect_objective, load_model, max_positions, read_model_config
+from genforge.models.load import (
+    check_weights,
+    detect_objective,
+    fit_tokenizer,
+    load_model,
+    max_positions,
+    read_model_config,
+)
 from genforge.models.presets import SIZE_KEYS, build_model, config_params, count_params, model_config
 from genforge.train import distributed
 from genforge.train.config import PretrainConfig
@@ -226,7 +233,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
             if redo:  # a finished run is redone from scratch: its checkpoints and logs go with it
                 shutil.rmtree(cfg.out / "checkpoints")
                 shutil.rmtree(cfg.out / "logs", ignore_errors=True)
-            tokenizer.save_pretrained(cfg.out)  # from the start, so that --resume can check the data against it
+            # from the start, so that --resume can check the data against it
+            fit_tokenizer(tokenizer, model.config).save_pretrained(cfg.out)
         distributed.barrier()
         batches = WindowBatches(train_tokens, window, cfg.batch_size, cfg.grad_accum, cfg.seed, objective.make_batch)
 

@@ -17,6 +17,7 @@ def test_onnx_int8_decoder_scores_and_generates_like_the_original(tmp_path, lm_d
     out = compress(CompressConfig(model=lm_dir, method="onnx-int8", eval_data=packed, out=tmp_path / "o", **settings))
     report = json.loads((out / "report.json").read_text())
     assert (out / "model.onnx").is_file() and not (out / "model.safetensors").exists()
+    assert (out / "generation_config.json").is_file()  # its stop ids, for the loader to apply
     assert report["compressed"]["size_bytes"] < report["original"]["size_bytes"] / 2.5
     assert abs(report["compressed"]["perplexity"] / report["original"]["perplexity"] - 1) < 0.03
 

@@ -79,6 +79,7 @@ def test_structured_llama_is_a_standard_smaller_model(tmp_path, lm_dir, packed, 
     assert report["compressed"]["params"] == sum(p.numel() for p in plain.parameters())
     assert report["compressed"]["params"] < report["original"]["params"]
     assert generate(out, "ROMEO:", max_new_tokens=8, temperature=0)[0]  # fast decoder on the pruned shape
+    assert "library_name: transformers" in (out / "README.md").read_text()  # true here: a standard folder
 
 
 def test_structured_bert_heads_need_and_get_the_resizing_loader(tmp_path, classifier_dir, sentiment_csv, settings):
@@ -90,6 +91,8 @@ def test_structured_bert_heads_need_and_get_the_resizing_loader(tmp_path, classi
     found = blocks(model)
     assert all(b.heads == 2 and b.ffn_out.in_features == 96 for b in found)
     assert predict_probs(model, tokenizer, ["profits rose"], seq_len=info["seq_len"], multi_label=False).shape == (1, 2)
+    card = (out / "README.md").read_text()  # plain transformers refuses it: the card must not claim it
+    assert "library_name" not in card.split("---")[1] and "pipeline_tag: text-classification" in card
 
 
 def test_structured_pruning_scores_keep_the_important_neurons(lm_dir):

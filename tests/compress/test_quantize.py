@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from genforge.artifacts import read_manifest
 from genforge.compress.config import CompressConfig
 from genforge.compress.measure import parameters, size_on_disk
 from genforge.compress.prune import prune_unstructured
@@ -74,6 +75,32 @@ def test_quantized_folder_is_refused_by_plain_from_pretrained(int8_lm):
     assert not (int8_lm / "model.safetensors").exists()  # no random weights can be loaded from it
     with pytest.raises(OSError):
         AutoModelForCausalLM.from_pretrained(int8_lm)
+
+
+def test_a_compressed_chat_model_keeps_its_stop_ids(int8_lm, tmp_path):
+    """The loader builds a compressed model from its config: the saved generation_config.json (a chat model's
+    [eos, <|im_end|>]) must be applied, or `generate` and /v1/completions run on past a reply."""
+    import shutil
+
+    chat = shutil.copytree(int8_lm, tmp_path / "chat")
+    gen = json.loads((chat / "generation_config.json").read_text())
+    (chat / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": [2, 5]}))
+    model, _ = load_model(chat)
+    assert model.generation_config.eos_token_id == [2, 5]
+    assert set(load_decoder(chat).eos_ids) == {2, 5}
+
+
+def test_the_card_of_a_quantized_folder_does_not_claim_transformers(int8_lm, lm_dir):
+    """Plain transformers refuses the folder, so its front matter names no `library_name: transformers`; the
+    Lineage table lists the inputs with their hashes, as the pretrain card does."""
+    import yaml
+
+    card = (int8_lm / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert "library_name" not in front and front["pipeline_tag"] == "text-generation"
+    assert {"genforge", "compress", "int8"} <= set(front["tags"])
+    train_bin = read_manifest(lm_dir)["inputs"][0]
+    assert f"`train.bin` {train_bin['sha256'][:12]}" in card and "| 0 | compress |" in card
 
 
 def test_int4_lm_is_much_smaller(tmp_path, lm_dir, packed):

@@ -56,6 +56,24 @@ def test_weighted_average_is_exact_and_loads_as_a_classifier(tmp_path, classifie
     assert probs.shape == (3, 2) and not np.allclose(probs, probs_of(classifier_dir), atol=1e-6)
 
 
+def test_the_card_has_front_matter_and_the_first_models_lineage(tmp_path, classifier_dir, second_run):
+    """Like every other genforge card: YAML front matter the Hub reads, and a Lineage table with input hashes."""
+    out = average(AverageConfig(model=[classifier_dir, second_run], out=tmp_path / "avg"))
+    try:
+        from huggingface_hub import ModelCard
+
+        front = ModelCard.load(out / "README.md").data.to_dict()
+    except ImportError:
+        import yaml
+
+        front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert front["library_name"] == "transformers" and front["pipeline_tag"] == "text-classification"
+    assert {"genforge", "average"} <= set(front["tags"])
+    card = (out / "README.md").read_text()
+    inputs = read_manifest(classifier_dir)["inputs"]
+    assert f"`{inputs[0]['path'].rsplit('/', 1)[-1]}` {inputs[0]['sha256'][:12]}" in card
+
+
 def test_weight_one_gives_back_the_model(tmp_path, classifier_dir, second_run):
     """... also when the other model was fine-tuned from another base folder (provenance may differ)."""
     further = tmp_path / "further"

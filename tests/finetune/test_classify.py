@@ -41,6 +41,14 @@ def test_encoder_linear_head_is_a_standard_hf_classifier(tmp_path, bert_dir, sen
     assert ours == pytest.approx(theirs, abs=1e-5)
     assert evaluate_folder(out, [(t, ["positive"]) for t in texts])["n"] == 2
 
+    # An HF pipeline truncates a long text at the model's 256 positions (the tokenizer used to claim 2048,
+    # and BERT then failed on a text past 256 tokens).
+    from transformers import pipeline
+
+    assert tok.model_max_length == 256
+    classifier = pipeline("text-classification", model=str(out), tokenizer=str(out))
+    assert classifier(" ".join(["profits rose sharply"] * 200), truncation=True)[0]["label"] in ("negative", "positive")
+
 
 def test_an_encoder_without_sdpa_fine_tunes(tmp_path, tokenizer, save_folder, sentiment_csv):
     """MPNet (all-mpnet-base-v2) has no SDPA attention: it trains with plain attention and reloads."""
@@ -67,6 +75,10 @@ def test_decoder_multi_label_with_custom_heads(tmp_path, jsonl, llama_dir, head)
     info = json.loads((out / CLASSIFIER_JSON).read_text())
     assert info["labels"] == ["card", "refund"] and info["multi_label"] and info["decoder"]
     assert (out / "head.safetensors").is_file() and (out / "model.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(out / "head.safetensors"), "pt") as f:  # as transformers writes its own files
+        assert f.metadata() == {"format": "pt"}
     model, tokenizer, _ = load_classifier(out)
     probs = predict_probs(model, tokenizer, ["lost card 3", "refund 2 please"], seq_len=32, multi_label=True)
     assert probs.shape == (2, 2) and ((probs > 0) & (probs < 1)).all()

@@ -155,3 +155,49 @@ def test_a_dialogue_that_opens_with_an_answer_or_holds_a_lone_surrogate_is_named
                     encoding="utf-8")
     with pytest.raises(DataError, match=r"s\.jsonl:1: field 'messages' is not UTF-8 text \(lone surrogate \\ud800\)"):
         read_dialogues(path)
+
+
+def test_a_lora_adapter_stops_at_im_end_under_plain_peft(tmp_path, llama_dir, dialogues, tokenizer):
+    """peft takes the base's generation config (eos only): the adapter folder carries the chat one, and its
+    card's usage passes it, so plain peft + generate ends a reply at <|im_end|> as full SFT folders do."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+    run = sft(SftConfig(model=llama_dir, data=dialogues, out=tmp_path / "lora", lora_r=4, max_steps=2, batch_size=4,
+                        seq_len=64, warmup_steps=1, eval_every=0, log_every=1, bf16=False))
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    saved = GenerationConfig.from_pretrained(run)
+    assert saved.eos_token_id == [tokenizer.eos_token_id, end]
+    assert f'GenerationConfig.from_pretrained("{run}")' in (run / "README.md").read_text()
+
+    class EndAtThird(LogitsProcessor):  # the random model would never choose <|im_end|> by itself
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == prompt.shape[1] + 2:
+                scores[:, end] = scores.max() + 100
+            return scores
+
+    model = AutoPeftModelForCausalLM.from_pretrained(run)
+    model.generation_config = saved
+    prompt = torch.tensor([tokenizer("question 1?")["input_ids"]])
+    out = model.generate(input_ids=prompt, max_new_tokens=8, do_sample=False, min_new_tokens=0,
+                         logits_processor=LogitsProcessorList([EndAtThird()]))
+    assert out.shape[1] == prompt.shape[1] + 3 and out[0, -1] == end
+    from genforge.models.load import load_model
+
+    assert load_model(run)[0].generation_config.eos_token_id == saved.eos_token_id  # genforge's merge keeps it
+
+
+def test_model_folders_tell_the_tokenizer_their_length_and_cards_hash_the_data(tmp_path, llama_dir, dialogues):
+    """HF pipelines truncate at the tokenizer's model_max_length: it must be the model's positions, not the
+    tokenizer's default 2048. The card's Lineage lists the data files with their hashes, as pretrain's does."""
+    from transformers import AutoTokenizer
+
+    from genforge.artifacts import sha256_file
+
+    run = sft(SftConfig(model=llama_dir, data=dialogues, out=tmp_path / "full", max_steps=1, batch_size=4, seq_len=64,
+                        warmup_steps=1, eval_every=0, log_every=1, bf16=False))
+    assert AutoTokenizer.from_pretrained(run).model_max_length == 32768  # llama_dir's max_position_embeddings
+    card = (run / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| 0 | finetune |"))
+    assert f"`dialogues.jsonl` {sha256_file(dialogues)[:12]}" in row
+    assert "a model from outside genforge" in card

@@ -69,6 +69,11 @@ def test_mlm_end_to_end(tmp_path, packed, tiny):
     tokenizer = AutoTokenizer.from_pretrained(run)
     inputs = tokenizer(f"To be or not to {tokenizer.mask_token}", return_tensors="pt")
     assert model(**inputs).logits.shape[-1] == 320
+    # truncation=True cuts at the model's positions (--seq-len 32), not the tokenizer's default 2048:
+    # a longer text would index past BERT's position table
+    assert tokenizer.model_max_length == model.config.max_position_embeddings == 32
+    long = tokenizer(" ".join(["To be or not to be"] * 40), truncation=True, return_tensors="pt")
+    assert long["input_ids"].shape[1] == 32 and model(**long).logits.shape[1] == 32
     manifest = read_manifest(run, "pretrain")
     assert manifest["objective"] == "mlm" and manifest["model"]["architecture"] == "BertForMaskedLM"
     assert "fill-mask" in (run / "README.md").read_text()
