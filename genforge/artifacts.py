@@ -152,7 +152,8 @@ def write_manifest(folder: Path, stage: str, config: Any, *, inputs: Iterable[Pa
         "finished": now_iso(finished),
         "seconds": round(finished - started, 3) if started else None,
         "config": to_dict(config) if config is not None else None,
-        "inputs": [{"path": str(p), "sha256": sha256_file(p)} for p in inputs],
+        # absolute: a relative path would mean the folder the command ran in, which the manifest does not record
+        "inputs": [{"path": str(Path(p).absolute()), "sha256": sha256_file(p)} for p in inputs],
         "parent": parent,
         "metrics": metrics or {},
         **(extra or {}),

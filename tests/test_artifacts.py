@@ -1,6 +1,7 @@
 import os
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,11 @@ def test_an_out_holding_another_stage_is_refused_and_left_whole(tmp_path):
     assert not (tmp_path / "manifest.json").exists()
     (tmp_path / "manifest.json").write_text("{broken")  # too damaged to say what it was: redone as before
     begin_output(tmp_path, "feedback.export")
+
+
+def test_manifest_inputs_are_absolute_whatever_folder_the_command_ran_in(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw.txt").write_text("hello")
+    monkeypatch.chdir(tmp_path)
+    manifest = write_manifest(tmp_path / "out", "data.prepare", Cfg(), inputs=[Path("data/raw.txt")])
+    assert manifest["inputs"][0]["path"] == str(tmp_path / "data" / "raw.txt")
