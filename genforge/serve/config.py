@@ -201,6 +201,8 @@ class AbPromoteConfig(Config):
 class FeedbackExportConfig(Config):
     out: Path = field(None, help="folder for sft.jsonl, preference.jsonl and the manifest")
     model: str | None = field(None, help="only responses to this model name (default: all)")
+    pii: bool = field(True, help="replace e-mails, phones, ID/card numbers and IPs in prompts and corrections by "
+                                 "placeholders, as `data prepare` does (served answers are stored redacted)")
     db: str | None = _db_field()
 
     def check(self) -> None:

@@ -12,6 +12,10 @@
 Only chat responses that completed (status 200) are exported; completions prompts are not dialogues, and
 neither is a stored request whose messages `genforge finetune` would refuse (no user message, a turn without
 text): such rows are skipped and counted, so one of them cannot make a whole file unreadable for training.
+Answers the safety filters blocked (finish `content_filter`) are left out with their feedback: a "correction"
+of a refusal would teach the next model to say what the blocklist blocks. Prompts and corrections go through
+the data stage's PII scrubber (`--no-pii` to keep them as typed): the served answers are stored redacted, so a
+correction with an address would otherwise be "chosen" over the answer that hid it.
 """
 
 from __future__ import annotations
@@ -76,36 +80,59 @@ def chat_prompt(messages: list[Any]) -> list[dict] | None:
     return prompt if any(m["role"] == "user" for m in prompt) else None
 
 
-def build(rows: list[tuple[StoredResponse, list[Feedback]]]) -> tuple[list[dict], list[dict], int]:
-    """(SFT dialogues, preference pairs, responses skipped as no valid chat) of responses with their feedback,
-    without duplicates."""
-    sft, prefs, seen, skipped = [], [], set(), 0
+def blocked(response: StoredResponse, choice: int) -> bool:
+    """Whether the safety filters blocked that choice (the whole request, when its input was blocked)."""
+    finishes = (response.finish or "").split(",")
+    return (finishes[choice] if choice < len(finishes) else finishes[-1]) == "content_filter"
+
+
+def build(rows: list[tuple[StoredResponse, list[Feedback]]], pii: bool = True
+          ) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """(SFT dialogues, preference pairs, {"skipped": responses that are no valid chat, "blocked": feedback on
+    answers the safety filters blocked}) of responses with their feedback, without duplicates: one SFT row per
+    (prompt, correction), one pair per (prompt, chosen, rejected) whether a correction or ratings made it."""
+    from genforge.data.pii import scrub_pii
+
+    def clean(text: str) -> str:
+        return scrub_pii(text)[0] if pii else text
+
+    sft, prefs, seen, emitted = [], [], set(), set()
+    counts = {"skipped": 0, "blocked": 0}
     rated: dict[str, dict[bool, list[str]]] = defaultdict(lambda: {True: [], False: []})
     prompts: dict[str, list[dict]] = {}
+
+    def pair(key: str, chosen: str, rejected: str) -> None:
+        if chosen.strip() != rejected.strip() and (key, chosen, rejected) not in emitted:
+            emitted.add((key, chosen, rejected))
+            prefs.append({"prompt": prompts[key], "chosen": chosen, "rejected": rejected})
+
     for response, feedback in rows:
         stored, answers = _dialogue(response, feedback)
         messages = chat_prompt(stored)
         if messages is None:
-            skipped += 1
+            counts["skipped"] += 1
             continue
+        messages = [{**m, "content": clean(m["content"])} for m in messages]
         key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
         prompts[key] = messages
-        for fb in feedback:
-            fix = (fb.correction or "").strip()
+        kept = [fb for fb in feedback if not blocked(response, fb.choice)]
+        counts["blocked"] += len(feedback) - len(kept)
+        for fb in kept:
+            fix = clean((fb.correction or "").strip())
             if fix and (key, fix) not in seen:
                 seen.add((key, fix))
                 sft.append({"messages": [*messages, {"role": "assistant", "content": fix}]})
-                if fix != answers[fb.choice].strip():
-                    prefs.append({"prompt": messages, "chosen": fix, "rejected": answers[fb.choice]})
-        for choice in dict.fromkeys(fb.choice for fb in feedback):
-            verdict = next((fb.positive for fb in reversed(feedback)
+            if fix:
+                pair(key, fix, answers[fb.choice])
+        for choice in dict.fromkeys(fb.choice for fb in kept):
+            verdict = next((fb.positive for fb in reversed(kept)
                             if fb.choice == choice and fb.positive is not None), None)
             if verdict is not None and answers[choice] not in rated[key][verdict]:
                 rated[key][verdict].append(answers[choice])
     for key, by in rated.items():
-        pairs = [(up, down) for up, down in itertools.product(by[True], by[False]) if up != down]
-        prefs += [{"prompt": prompts[key], "chosen": up, "rejected": down} for up, down in pairs[:MAX_PAIRS]]
-    return sft, prefs, skipped
+        for up, down in list(itertools.product(by[True], by[False]))[:MAX_PAIRS]:
+            pair(key, up, down)
+    return sft, prefs, counts
 
 
 def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
@@ -115,21 +142,23 @@ def export(cfg: FeedbackExportConfig) -> dict[str, Any]:
     url = cfg.db or default_db_url()
     engine = connect(url, create=False)
     rows = _rows(engine, cfg.model)
-    sft, prefs, skipped = build(rows)
+    sft, prefs, dropped = build(rows, pii=cfg.pii)
     started = begin_output(cfg.out, "feedback.export")  # only now, with the database read: a bad row leaves an earlier export whole
     out = Path(cfg.out)
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "preference.jsonl", prefs)
     counts = {"responses": len(rows), "feedback": sum(len(f) for _, f in rows), "sft": len(sft),
-              "preference": len(prefs), "skipped": skipped}
+              "preference": len(prefs), **dropped}
     write_manifest(out, "feedback.export", cfg, started=started, metrics=counts,
                    extra={"database": engine.url.render_as_string(hide_password=True),
                           "outputs": {name: sha256_file(out / name) for name in ("sft.jsonl", "preference.jsonl")}})
     typer.echo(f"exported {counts['sft']} corrected answers to {out / 'sft.jsonl'} and {counts['preference']} "
                f"preference pairs to {out / 'preference.jsonl'} (from {counts['responses']} responses with feedback)")
-    if skipped:
-        typer.echo(f"skipped {skipped} responses whose request is no valid chat (a user message and text in every "
-                   "message): fine-tuning could not read them")
+    if dropped["skipped"]:
+        typer.echo(f"skipped {dropped['skipped']} responses whose request is no valid chat (a user message and text "
+                   "in every message): fine-tuning could not read them")
+    if dropped["blocked"]:
+        typer.echo(f"left out {dropped['blocked']} feedback rows on answers the safety filters blocked")
     if sft:
         typer.echo(f"fine-tune on them: genforge finetune sft --model MODEL --data {out / 'sft.jsonl'} --out DIR")
     if prefs:

@@ -43,8 +43,13 @@ def _row(key: ApiKey) -> dict[str, Any]:
             "revoked": key.revoked.isoformat(timespec="seconds") if key.revoked else None}
 
 
+RESERVED_NAMES = ("static", "anonymous")
+
+
 def create_key(engine: Engine, name: str, rate_limit: int | None = None) -> tuple[dict[str, Any], str]:
     """(the stored row, the secret key): the secret is shown once and never stored."""
+    if name.strip() in RESERVED_NAMES:  # they name the --api-key and open-server callers: rate buckets, rows
+        raise ConfigError(f"the key name {name.strip()!r} is reserved; pick another name")
     secret = KEY_PREFIX + secrets.token_urlsafe(24)
     key = ApiKey(name=name.strip(), prefix=secret[:10], digest=digest(secret), rate_limit=rate_limit or None)
     with Session(engine) as session:

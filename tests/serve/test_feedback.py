@@ -57,7 +57,8 @@ def test_feedback_is_stored_and_exported(serve_cfg, live, oai, tmp_path):
         assert rows[0].correction == "4" and rows[0].comment == "wrong" and rows[0].caller == "anonymous"
 
     counts = export(FeedbackExportConfig(out=tmp_path / "fb", db=cfg.db))
-    assert counts == {"responses": 3, "feedback": 3, "sft": 1, "preference": counts["preference"], "skipped": 0}
+    assert counts == {"responses": 3, "feedback": 3, "sft": 1, "preference": counts["preference"], "skipped": 0,
+                      "blocked": 0}
     sft = [json.loads(line) for line in (tmp_path / "fb" / "sft.jsonl").read_text().splitlines()]
     assert sft == [{"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}]
     prefs = [json.loads(line) for line in (tmp_path / "fb" / "preference.jsonl").read_text().splitlines()]
