@@ -10,6 +10,7 @@ unfinished training step is resumed, so rerunning an interrupted recipe continue
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import importlib
 import json
 import time
@@ -137,20 +138,57 @@ def folder_name(value: Any, where: str) -> str:
 STARTED = ("checkpoints", "logs/prepared.json", "train_settings.json", "prepare.partial.json")
 
 
-def finished_with_same_config(out: Path, manifest_name: str, config: Any) -> bool:
+def _finished_at(path: Path) -> dt.datetime | None:
+    """When the artifact whose manifest is `path` finished (None: not a finished artifact)."""
+    try:
+        return dt.datetime.fromisoformat(json.loads(path.read_text(encoding="utf-8"))["finished"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def redone_since(out: Path, manifest_name: str, started: dt.datetime, config: Any, tokens: bool = True
+                 ) -> Path | None:
+    """An artifact folder the step reads (any folder a config value names: its data, tokenizer, base model)
+    that finished after the step started: redone upstream since, so the step's output is stale even though
+    its config, which names inputs only by path, is unchanged. A data folder's pack.json counts only for a
+    step that reads its tokens (`tokens`; the tokenizer reads the text). Manifest times are whole seconds:
+    an input finished in the second the step started counts as older (within one run a step starts after
+    its inputs)."""
+    own = out / manifest_name
+    values = [v for k, v in to_dict(config).items() if k != "out"]
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, str) or not item or not Path(item).is_dir():
+                continue
+            for name in (MANIFEST, "pack.json") if tokens else (MANIFEST,):  # a data folder: text, tokens
+                manifest = Path(item) / name
+                if manifest != own and (finished := _finished_at(manifest)) and finished > started:
+                    return Path(item)
+    return None
+
+
+def finished_with_same_config(out: Path, manifest_name: str, config: Any, tokens: bool = True) -> bool:
+    """Whether `out` holds this step's finished artifact, made with this config from inputs not redone since."""
     path = out / manifest_name
     if not path.is_file():
         return False
     try:
-        saved = json.loads(path.read_text(encoding="utf-8")).get("config") or {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        saved = manifest.get("config") or {}
+        started = dt.datetime.fromisoformat(manifest.get("started") or manifest["finished"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
         return False
     wanted = to_dict(config)
     for values in (saved, wanted):
         values.pop("resume", None)  # a run finished after a resume is the same run
         if values.get("epochs"):  # fine-tuning records the steps it derived from --epochs
             values.pop("max_steps", None)
-    return saved == wanted
+    if saved != wanted:
+        return False
+    if (stale := redone_since(out, manifest_name, started, config, tokens)) is not None:
+        typer.echo(f"{stale} was redone after {out} was made: redoing it")
+        return False
+    return True
 
 
 def run_recipe(cfg: RunConfig) -> dict[str, Path]:
@@ -186,7 +224,8 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
         out = Path(getattr(config, "out", None) or out)
         manifest_name = "pack.json" if stage_name == "data.pack" else MANIFEST
         typer.secho(f"\n== step {name} ({stage_name}) ==", bold=True)
-        if (stage.produces or stage.out_into) and finished_with_same_config(out, manifest_name, config):
+        tokens = stage_name not in ("tokenizer.train", "data.pack")  # they read a data folder's text only
+        if (stage.produces or stage.out_into) and finished_with_same_config(out, manifest_name, config, tokens):
             typer.echo(f"already done: {out} (delete it to redo)")
         else:
             if "resume" in fields and not (out / MANIFEST).exists() and any((out / m).exists() for m in STARTED):

@@ -81,6 +81,16 @@ def test_recipe_chains_stages_with_lineage_and_skips_finished_steps(recipe, tmp_
     run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": out}))
     assert capsys.readouterr().out.count("already done") == 5  # data, tokenizer, pack, model, chat
 
+    # A changed step redoes itself and every step that reads what it made, though their configs (which name
+    # their inputs by path only) are unchanged.
+    recipe.write_text(recipe.read_text().replace("vocab_size: 400", "vocab_size: 420"), encoding="utf-8")
+    run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": out}))
+    printed = capsys.readouterr().out
+    assert printed.count("already done") == 1  # data; tokenizer, pack, model and chat are redone
+    assert f"{out / 'tokenizer'} was redone after {out / 'data'} was made: redoing it" in printed
+    vocab = len(json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
+    assert json.loads((out / "chat" / "config.json").read_text())["vocab_size"] >= vocab  # the new tokenizer's
+
 
 def test_bad_recipes_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
