@@ -50,8 +50,9 @@ def iter_batch(decoder: Decoder, prompts: Sequence[str], params: SamplingParams,
                 continue
             text = texts[row]
             piece = "" if state.finish_reason[row] == "eos" else text.push(token)
-            if text.stopped:
+            if text.stopped:  # also on the last allowed token, which decode_step already ended as "length"
                 state.finish(row, "stop")
+                state.finish_reason[row] = "stop"
             if state.finished[row]:
                 piece += text.flush()
             if piece:

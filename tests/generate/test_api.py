@@ -44,6 +44,18 @@ def test_stop_string_cuts_the_completion(decoder):
     assert "".join(stream(decoder, "First Citizen:", temperature=0, max_new_tokens=30, stop=[stop])) == cut
 
 
+def test_a_stop_string_on_the_last_allowed_token_finishes_as_stop(decoder):
+    from genforge.generate import SamplingParams
+    from genforge.generate.api import complete
+
+    greedy = SamplingParams(temperature=0)
+    five, six = (complete(decoder, ["First Citizen:"], greedy, n)[0].completion for n in (5, 6))
+    stop = six[len(five):]  # the text the sixth token adds
+    assert stop and stop not in five
+    done = complete(decoder, ["First Citizen:"], greedy, 6, stop=[stop])[0]
+    assert (done.completion, done.finish_reason) == (five, "stop")
+
+
 def test_chat_wraps_the_prompt_and_stops_at_im_end(decoder):
     assert decoder.encode("hi", chat=True) == decoder.tokenizer(
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
