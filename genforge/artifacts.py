@@ -105,8 +105,8 @@ def model_sha256(folder: Path) -> str:
                        if p.is_file() and p.name not in {MANIFEST, CONFIG, "README.md"} and not p.name.startswith("."))
 
 
-def now_iso(ts: float | None = None) -> str:
-    return dt.datetime.fromtimestamp(ts if ts is not None else time.time(), dt.UTC).isoformat(timespec="seconds")
+def now_iso(ts: float | None = None, timespec: str = "seconds") -> str:
+    return dt.datetime.fromtimestamp(ts if ts is not None else time.time(), dt.UTC).isoformat(timespec=timespec)
 
 
 def read_manifest(folder: Path, stage: str | tuple[str, ...] | None = None,
@@ -148,8 +148,9 @@ def write_manifest(folder: Path, stage: str, config: Any, *, inputs: Iterable[Pa
         "genforge_version": __version__,
         "stage": stage,
         "created": now_iso(finished),
-        "started": now_iso(started) if started else None,
-        "finished": now_iso(finished),
+        # to the millisecond: `genforge run` orders artifacts by them (an input redone after a step started)
+        "started": now_iso(started, "milliseconds") if started else None,
+        "finished": now_iso(finished, "milliseconds"),
         "seconds": round(finished - started, 3) if started else None,
         "config": to_dict(config) if config is not None else None,
         # absolute: a relative path would mean the folder the command ran in, which the manifest does not record

@@ -151,9 +151,9 @@ def redone_since(out: Path, manifest_name: str, started: dt.datetime, config: An
     """An artifact folder the step reads (any folder a config value names: its data, tokenizer, base model)
     that finished after the step started: redone upstream since, so the step's output is stale even though
     its config, which names inputs only by path, is unchanged. A data folder's pack.json counts only for a
-    step that reads its tokens (`tokens`; the tokenizer reads the text). Manifest times are whole seconds:
-    an input finished in the second the step started counts as older (within one run a step starts after
-    its inputs)."""
+    step that reads its tokens (`tokens`; the tokenizer reads the text). Manifests time runs to the
+    millisecond (older ones to the second: an input finished in the second such a step started counts as
+    older, as within one run a step starts after its inputs)."""
     own = out / manifest_name
     values = [v for k, v in to_dict(config).items() if k != "out"]
     for value in values:
