@@ -57,6 +57,12 @@ def sentiment_index(pos: int, neg: int, n: int, z: float = Z95) -> tuple[float, 
     return mean, max(-1.0, mean - half), min(1.0, mean + half)
 
 
+def ewma_step(mean: float, var: float, value: float, alpha: float) -> tuple[float, float]:
+    """One exponentially weighted update of (mean, variance) by `value` (Finch's incremental form)."""
+    diff = value - mean
+    return mean + alpha * diff, (1 - alpha) * (var + alpha * diff * diff)
+
+
 def ewma(values: list[float | None], halflife: float, prior: float | None = None) -> list[tuple[float, float]]:
     """(mean, variance) expected of each value from the values before it; None values (no data) are skipped.
     Before any data the mean is `prior` (or the first value) and the variance 0."""
@@ -69,9 +75,7 @@ def ewma(values: list[float | None], halflife: float, prior: float | None = None
         if mean is None:
             mean = v
             continue
-        diff = v - mean
-        mean += alpha * diff
-        var = (1 - alpha) * (var + alpha * diff * diff)
+        mean, var = ewma_step(mean, var, v, alpha)
     return out
 
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genforge.apps.monitor.analytics import Window
+from genforge.apps.monitor.analytics import Window, ewma_step
 from genforge.apps.monitor.config import WINDOWS
 from genforge.apps.monitor.ingest import normalise_entity
 from genforge.config import from_dict, read_yaml
@@ -243,9 +243,7 @@ def fold(rule: Rule, state: dict[str, Any], ws: list[Window]) -> list[Hit]:
                 if z >= rule.threshold and w.n >= rule.min_ratio * mean:
                     hits.append(Hit(i, float(w.n), mean, z))
             if state["mean"] is not None:
-                diff = w.n - mean
-                state["var"] = (1 - alpha) * (var + alpha * diff * diff)
-                mean += alpha * diff
+                mean, state["var"] = ewma_step(mean, var, w.n, alpha)
             state["mean"] = mean
     else:  # entity_negative
         alpha = 1 - 0.5 ** (1 / rule.halflife)
@@ -255,8 +253,7 @@ def fold(rule: Rule, state: dict[str, Any], ws: list[Window]) -> list[Hit]:
             mean, var = state["mean"], state["var"]
             if w.neg_share >= rule.threshold and mean < rule.threshold:
                 hits.append(Hit(i, w.neg_share, mean, w.neg_share))
-            diff = w.neg_share - mean
-            state["mean"], state["var"] = mean + alpha * diff, (1 - alpha) * (var + alpha * diff * diff)
+            state["mean"], state["var"] = ewma_step(mean, var, w.neg_share, alpha)
     return hits
 
 
