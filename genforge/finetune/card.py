@@ -55,9 +55,13 @@ def write_card(run_dir: Path, task: str, cfg: Any, metrics: dict[str, Any], pare
     run_dir = Path(run_dir)
     adapter = bool(getattr(cfg, "lora_r", 0)) and not getattr(cfg, "merge", False)
     head = getattr(cfg, "head", "linear")
-    front = {"library_name": "peft" if adapter else "transformers",
+    # a custom head lives in head.safetensors, which no HF loader reads: no library the Hub would offer a
+    # snippet for (it would load the body alone); the tag says what loads it
+    custom = task == "classify" and head != "linear"
+    front = {**({} if custom else {"library_name": "peft" if adapter else "transformers"}),
              "pipeline_tag": "text-classification" if task == "classify" else "text-generation",
-             "tags": ["genforge", "finetune", task] + (["lora"] if getattr(cfg, "lora_r", 0) else [])}
+             "tags": ["genforge", "finetune", task] + (["lora"] if getattr(cfg, "lora_r", 0) else [])
+             + (["genforge-loader"] if custom else [])}
     kind = f"LoRA (r={cfg.lora_r}){' merged' if cfg.merge else ' adapter'}" if cfg.lora_r else "full fine-tuning"
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {run_dir.resolve().name}", "",
              f"A `{task}` model fine-tuned by genforge from `{cfg.model}` ({kind}).", "",

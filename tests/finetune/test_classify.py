@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from genforge.artifacts import read_manifest
@@ -79,6 +80,8 @@ def test_decoder_multi_label_with_custom_heads(tmp_path, jsonl, llama_dir, head)
 
     with safe_open(str(out / "head.safetensors"), "pt") as f:  # as transformers writes its own files
         assert f.metadata() == {"format": "pt"}
+    front = yaml.safe_load((out / "README.md").read_text().split("---")[1])  # no HF library loads the head
+    assert "library_name" not in front and "genforge-loader" in front["tags"]
     model, tokenizer, _ = load_classifier(out)
     probs = predict_probs(model, tokenizer, ["lost card 3", "refund 2 please"], seq_len=32, multi_label=True)
     assert probs.shape == (2, 2) and ((probs > 0) & (probs < 1)).all()
