@@ -83,9 +83,9 @@ class Decoder:
 
     def stop_ids(self, chat: bool = False) -> tuple[int, ...]:
         ids = list(self.eos_ids)
-        if chat and CHAT_END in self.tokenizer.get_vocab():
+        if chat and CHAT_END in self.tokenizer.get_vocab():  # a chat model's generation config may list it already
             ids.append(self.tokenizer.convert_tokens_to_ids(CHAT_END))
-        return tuple(ids)
+        return tuple(dict.fromkeys(ids))
 
     def prefill(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
                 max_new_tokens: int | list[int] = 128, stop_ids: tuple[int, ...] | None = None) -> DecodeState:
