@@ -246,10 +246,11 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            micro_batches = [to_device(batches.batch(step, dist.rank * local_accum + micro), device)
-                             for micro in range(local_accum)]
-            for micro, (batch, weight) in enumerate(zip(micro_batches, micro_weights(objective, micro_batches,
-                                                                                     dist.world), strict=True)):
+            # Weights from the host batches: counting tokens on the device would sync it every step.
+            host_batches = [batches.batch(step, dist.rank * local_accum + micro) for micro in range(local_accum)]
+            weights = micro_weights(objective, host_batches, dist.world)
+            for micro, (batch, weight) in enumerate(zip(host_batches, weights, strict=True)):
+                batch = to_device(batch, device)
                 with grad_sync(parallel, enabled=micro == local_accum - 1):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         if train_step is not None:  # a wrapper (adversarial) runs its passes and backward(s)
