@@ -1,8 +1,9 @@
 """Alert evaluation: run each rule over the windows that completed since its last run, store new alerts
 (deduplicated and cooled down), then deliver them.
 
-Time is the items' own time: a window is complete once an item later than its end has arrived, so a
-replay of last month alerts exactly as the live stream would have. Each rule's "evaluated up to" mark
+Time is the items' own time: a window is complete once an item later than its end (plus the rule's
+`lateness`, the wait for slower sources) has arrived, so a replay of last month alerts exactly as the live
+stream would have. Each rule's "evaluated up to" mark
 lives in monitor_offsets and is committed with the alerts it produced and with each key's detector state
 (monitor_rule_states: baseline, windows seen, CUSUM sum), so an evaluation folds in only the windows
 completed since, and neither a restart nor evaluating every hour instead of once changes, repeats or
@@ -86,7 +87,8 @@ def evaluate_rule(session: Session, rule: Rule, now: int) -> list[MonitorAlert]:
     new rule, changed settings, a database from before the states) it is built from the first item on, and
     only windows from the mark on may alert."""
     width = rule.width
-    complete = now - now % width  # windows starting before this have ended
+    closed = now - rule.lateness  # items up to `lateness` behind the newest may still arrive
+    complete = closed - closed % width  # windows starting before this have ended
     mark = session.get(MonitorOffset, f"alerts:{rule.name}")
     done = mark.position if mark else None
     if done is not None and done >= complete:

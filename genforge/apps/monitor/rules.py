@@ -59,6 +59,7 @@ class Rule:
     halflife: float = 48.0  # EWMA half-life in windows
     warmup: int = 24  # windows with data before a key may alert
     cooldown: int = 6  # windows after an alert in which the same rule and key stay quiet
+    lateness: int = 0  # seconds a window waits after its end for items that arrive late (a slower source)
     keys: list[str] = field(default_factory=list)  # only these topics/entities (entity_negative: the watch list)
     channels: list[str] = field(default_factory=lambda: ["log"])
 
@@ -84,6 +85,8 @@ class Rule:
             raise ConfigError(f"{where}: shift must be > 1 (the surge to detect, x the baseline); got {self.shift}")
         if not self.threshold > 0 or self.halflife <= 0 or self.min_count < 1 or self.cooldown < 0:
             raise ConfigError(f"{where}: threshold and halflife must be > 0, min_count >= 1, cooldown >= 0")
+        if not 0 <= self.lateness <= 7 * 86400:
+            raise ConfigError(f"{where}: lateness must be 0 to 604800 seconds (a week); got {self.lateness}")
         bad = [c for c in self.channels if c not in CHANNELS]
         if bad:
             raise ConfigError(f"{where}: unknown channel {bad[0]!r} (channels: {', '.join(CHANNELS)})")
@@ -169,9 +172,9 @@ def initial_state(rule: Rule) -> dict[str, Any]:
 
 
 def definition(rule: Rule) -> str:
-    """A digest of what the detector's state depends on (not the name, channels or cooldown): a rule whose
-    digest changed starts its state over instead of carrying sums made under other settings."""
-    settings = {k: v for k, v in asdict(rule).items() if k not in ("name", "channels", "cooldown")}
+    """A digest of what the detector's state depends on (not the name, channels, cooldown or lateness): a rule
+    whose digest changed starts its state over instead of carrying sums made under other settings."""
+    settings = {k: v for k, v in asdict(rule).items() if k not in ("name", "channels", "cooldown", "lateness")}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -220,3 +220,6 @@ def test_rules_yaml(tmp_path):
     path.write_text("rules:\n  - {name: s, kind: zscore}\n")
     with pytest.raises(ConfigError, match="kind must be one of"):
         load_rules(path)
+    path.write_text("rules:\n  - {name: s, kind: cusum, lateness: -60}\n")
+    with pytest.raises(ConfigError, match="lateness must be 0 to 604800"):
+        load_rules(path)

@@ -62,6 +62,44 @@ def test_hourly_evaluation_with_a_restart_alerts_exactly_as_one_replay(tmp_path,
     assert {r.position for r in states} == {DAYS * 24 * H}
 
 
+def test_lateness_waits_for_a_slower_source(tmp_path, add_items):
+    """A second source whose items arrive 30 minutes after their time: evaluated as they come in, a window
+    is folded before its late items are there (the detectors' state differs from a replay's); with
+    `lateness: 1800` every window waits for them, and the live run ends in the replay's state and alerts."""
+    from genforge.apps.monitor.tables import MonitorRuleState
+
+    rows = [(t - t % H + t % H * 7, *rest) for t, *rest in hourly(4, seed=2)]  # spread over each hour
+    slow = [r for i, r in enumerate(rows) if i % 2]  # half the items come from the slow source
+    fast = [r for i, r in enumerate(rows) if not i % 2]
+
+    def states(engine):
+        with Session(engine) as s:
+            return {(r.rule, r.key, r.position): r.state for r in s.scalars(select(MonitorRuleState))}
+
+    def live_run(lateness, name):
+        ruleset = rules()
+        for rule in ruleset.rules:
+            rule.lateness = lateness
+        engine, alerts = connect(f"sqlite:///{tmp_path / name}"), []
+        for m in range(0, 4 * 24 * 60 + 1, 10):  # every 10 minutes: what arrived by then, then an evaluation
+            now = m * 60
+            arrived = [r for r in fast if now - 600 < r[0] <= now] + [r for r in slow if now - 600 < r[0] + 1800 <= now]
+            if arrived:
+                add_items(engine, arrived)
+                alerts += fired(evaluate(engine, ruleset, send=False))
+        add_items(engine, [r for r in slow if r[0] + 1800 > 4 * 24 * H])
+        replay = connect(f"sqlite:///{tmp_path / (name + '.replay')}")
+        add_items(replay, rows)
+        ruleset_replay = rules()
+        once = fired(evaluate(replay, ruleset_replay, now=max(s[2] for s in states(engine)), send=False))
+        return alerts, once, states(engine), states(replay)
+
+    alerts, once, live, replay = live_run(1800, "late.db")
+    assert once and sorted(alerts) == sorted(once) and live == replay
+    _, _, eager, replay0 = live_run(0, "eager.db")
+    assert eager != replay0  # without the wait, late items are left out of their windows
+
+
 def test_a_changed_rule_starts_its_state_over(tmp_path, add_items):
     """A rule evaluated under other settings neither keeps their CUSUM sums nor alerts again on past windows:
     from its mark on it alerts as a replay with the new settings would."""
