@@ -168,6 +168,9 @@ class DpoConfig(FinetuneConfig):
             raise ConfigError(f"--sft-weight must be a finite number >= 0, got {self.sft_weight}")
         if self.adversarial != "none":
             raise ConfigError("--adversarial applies to classification, SFT and pretraining, not to DPO")
+        if self.dropout != -1:
+            raise ConfigError("--dropout does not apply to DPO: dropout is off while it trains (as in TRL), so "
+                              "that its log-ratios to the reference measure the training, not dropout noise")
 
 
 @dataclass(kw_only=True)

@@ -15,7 +15,7 @@ writes it) are context, not what was rated. The prompt is truncated once per pai
 identical tokens and their difference is all the margin measures. The loop, checkpoints and LoRA are the
 engine's and fine-tuning's; the validation loss is the DPO loss of held-out pairs, and the summary adds
 how often the model ranks the chosen answer above the rejected one by more than the reference does (reward
-accuracy).
+accuracy). Dropout is off while DPO trains, as in TRL (`disable_dropout`, its default).
 """
 
 from __future__ import annotations
@@ -157,6 +157,23 @@ def reference_logps(model: Any, examples: list[Encoded], pad_id: int, batch_size
     return torch.cat(out)
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Switch off every dropout of `model`: nn.Dropout modules (LoRA's too) and the float probabilities that
+    attention layers copy from the config and read at forward time (Llama's `attention_dropout`).
+
+    The reference's log-probabilities are taken without dropout (eval mode); a policy trained with dropout
+    on would score its answers with noise the reference lacks, so log pi - log ref would be biased even
+    where the two are the same model (at step 0 the margins would not be 0, the loss not log 2). The
+    config is left alone: the exported model keeps its dropout for later fine-tuning.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "drop" in name and type(value) is float:
+                setattr(module, name, 0.0)
+
+
 @dataclass
 class DpoObjective:
     """The DPO loss of a batch from `make_collate`; `tokens` counts pairs, so validation averages per pair.
@@ -212,11 +229,12 @@ def dpo(cfg: DpoConfig) -> Path:
         cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_ex), cfg.batch_size, cfg.grad_accum))
 
     torch.manual_seed(cfg.seed)
-    lm = load_causal_lm(cfg.model, cfg.dropout).to(device())
+    lm = load_causal_lm(cfg.model).to(device())
     pad_id = tokenizer.pad_token_id
     train_ref = reference_logps(lm, train_ex, pad_id, cfg.batch_size)
     val_ref = reference_logps(lm, val_ex, pad_id, cfg.batch_size)
     model = trainable_lm(lm, cfg)
+    disable_dropout(model)
     params = trainable_params(model)
     started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
     objective = DpoObjective(cfg.beta, cfg.sft_weight)

@@ -1,6 +1,7 @@
 """`genforge finetune dpo`: the DPO loss and its gradient, pair reading and encoding, and a tiny run that
 learns to prefer the chosen answers (full and LoRA), fed by `genforge feedback export`'s format."""
 
+import json
 import math
 
 import pytest
@@ -195,3 +196,37 @@ def test_a_batch_bigger_than_the_data_is_cut_to_it(tmp_path, llama_dir, jsonl, c
     n = manifest["metrics"]["train_pairs"]
     assert manifest["config"]["batch_size"] == n < 24
     assert f"note: --batch-size 1000 is more than the {n} training examples; using {n}" in capsys.readouterr().err
+
+
+def _dropout_model(kind: str, vocab: int):
+    """A tiny random decoder with heavy dropout: Llama's attention dropout is a float its attention layers
+    read at forward time; GPT-2's are nn.Dropout modules (embeddings, attention, residuals)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
+                                            attention_dropout=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128, embd_pdrop=0.5,
+                                      attn_pdrop=0.5, resid_pdrop=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_dropout_is_off_so_the_first_training_loss_is_log_2(tmp_path, tokenizer, save_folder, jsonl, kind):
+    """The reference's log-probabilities are taken in eval mode; a policy training with its dropout on scored
+    the answers with noise the reference lacked, so at step 0 (policy = reference) the margins were not 0 and
+    the loss not log 2. Dropout is off during DPO (as TRL's `disable_dropout`); the exported model keeps it."""
+    base = save_folder(_dropout_model(kind, len(tokenizer)), tokenizer, tmp_path / kind)
+    out = dpo(DpoConfig(model=base, data=jsonl("p.jsonl", _pairs(24)), out=tmp_path / "run", max_steps=1, batch_size=4,
+                        seq_len=48, warmup_steps=0, eval_every=0, log_every=1, bf16=False))
+    rows = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in rows if r["kind"] == "train" and r["step"] == 1)  # the loss before the first update
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    key = "attention_dropout" if kind == "llama" else "attn_pdrop"
+    assert json.loads((out / "config.json").read_text())[key] == 0.5
+
+
+def test_dropout_flag_is_refused_for_dpo(tmp_path, llama_dir, jsonl):
+    with pytest.raises(ConfigError, match=r"^--dropout does not apply to DPO"):
+        DpoConfig(model=llama_dir, data=jsonl("p.jsonl", _pairs(4)), out=tmp_path / "x", dropout=0.1).check()
