@@ -161,12 +161,13 @@ def homophone_index(allowed: frozenset[str] | None) -> dict[str, tuple[str, ...]
 
 
 def pinyin_edits(unit: str, rng: random.Random, count: int, allowed: frozenset[str] | None = None) -> list[str]:
-    """Up to `count` characters with the same pinyin (tones ignored), then the pinyin spelled in Latin
-    letters (both common ways to dodge Chinese keyword filters: 微信 -> 威信 / weixin)."""
+    """Up to `count` - 1 characters with the same pinyin (tones ignored), then the pinyin spelled in Latin
+    letters (both common ways to dodge Chinese keyword filters: 微信 -> 威信 / weixin): `count` substitutes
+    in all, so --candidates bounds the queries per character as it does for synonyms."""
     if not IS_CJK.match(unit):
         return []
     reading = _toneless(unit)
     if not reading:
         return []
     same = [ch for ch in homophone_index(allowed).get(reading, ()) if ch != unit]
-    return rng.sample(same, min(count, len(same))) + [reading]
+    return rng.sample(same, min(count - 1, len(same))) + [reading]

@@ -55,10 +55,18 @@ def test_character_edits_are_small_and_seeded():
 
 def test_pinyin_edits_sound_the_same():
     *chars, spelled = pinyin_edits("好", random.Random(0), count=5)
-    assert spelled == "hao" and 0 < len(chars) <= 5
+    assert spelled == "hao" and len(chars) == 4  # the Latin spelling takes one of the 5
     assert all(c != "好" and lazy_pinyin(c) == ["hao"] for c in chars)
     assert set(pinyin_edits("好", random.Random(0), count=5, allowed=frozenset("好号浩天"))) == {"号", "浩", "hao"}
     assert pinyin_edits("a", random.Random(0), count=5) == []
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 12])
+def test_pinyin_edits_try_at_most_count_substitutes(count):
+    """--candidates N is every substitute tried per unit: the Latin spelling was an (N+1)-th."""
+    for unit in "好是的中国人":
+        edits = pinyin_edits(unit, random.Random(0), count=count)
+        assert 0 < len(edits) <= count and edits[-1] == lazy_pinyin(unit)[0]
 
 
 def test_victim_counts_distinct_queries(classifier_dir):
