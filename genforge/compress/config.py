@@ -87,6 +87,9 @@ class CompressConfig(TrainConfig):
             raise ConfigError("give the model to compress: --model DIR")
         if self.method is None:
             raise ConfigError(f"give the method: --method {{{','.join(METHODS)}}}")
+        if self.adversarial != "none":
+            raise ConfigError("--adversarial does not apply to compress: train the model adversarially first "
+                              "(pretrain, finetune classify or sft), then compress it")
         if not 0 < self.sparsity < 1:
             raise ConfigError(f"--sparsity must be in (0, 1), got {self.sparsity}")
         for name in ("ffn_fraction", "heads_fraction"):

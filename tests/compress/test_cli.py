@@ -42,6 +42,7 @@ def test_compress_cli_then_generate_and_predict(tmp_path, lm_dir, packed, classi
     (["--method", "prune", "--sparsity", "1.5"], "--sparsity must be in (0, 1)"),
     (["--method", "prune-structured", "--ffn-fraction", "0"], "needs --ffn-fraction or --heads-fraction"),
     (["--method", "int8", "--threads", "100000"], "--threads must be <="),
+    (["--method", "prune", "--adversarial", "fgm"], "--adversarial does not apply to compress"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     result = run("compress", "--model", tmp_path / "missing", "--out", tmp_path / "out", *args)
