@@ -31,7 +31,9 @@ def _usage(out: Path, kind: str, needs_genforge: bool) -> list[str]:
     return lines
 
 
-def write_card(out: Path, cfg: Any, report: dict[str, Any], parent: dict[str, Any] | None) -> Path:
+def write_card(out: Path, cfg: Any, report: dict[str, Any], parent: dict[str, Any] | None,
+               inputs: list[Path]) -> Path:
+    """README.md of the folder; `inputs` are the files its manifest records (hashed in the Lineage table)."""
     out = Path(out)
     kind = report["settings"]["kind"]
     needs_genforge = (out / COMPRESSION).is_file()
@@ -52,7 +54,7 @@ def write_card(out: Path, cfg: Any, report: dict[str, Any], parent: dict[str, An
     if (out / "logs" / "loss.png").is_file():
         lines += ["![training loss](logs/loss.png)", ""]
     lines += ["## How to use", "", *_usage(out, kind, needs_genforge), "",
-              "## Lineage", "", *stage_lineage_rows("compress", [], parent, cfg.model)]
+              "## Lineage", "", *stage_lineage_rows("compress", inputs, parent, cfg.model)]
     lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
     path = out / "README.md"
     atomic_write_text(path, "\n".join(lines))

@@ -23,6 +23,23 @@ from genforge.errors import ConfigError, DataError
 PAYLOAD = ("model.safetensors", "quantized.safetensors", "compression.json", "head.safetensors", "model.onnx",
            "model.onnx.data", "report.json", "report.png")
 Result = tuple[Subject, dict[str, Any] | None, dict[str, Any]]  # model, compression.json, details
+TRAINS = ("prune", "prune-structured", "distill")  # the methods that read --data (the others only check it)
+
+
+def read_files(cfg: CompressConfig, kind: str) -> list[Path]:
+    """The files this run reads, for the manifest's `inputs`. The data: a classifier's labelled files, or the
+    token files of a packed folder that training or calibration (train.bin, val.bin) and the report (val.bin)
+    read; then the model's weights, since the parent manifest says how the model was made, not which bytes
+    were compressed, and a model from outside genforge has none. Data first: the card lists the first six, and
+    a sharded model has many weight files."""
+    files = []
+    data = [(cfg.data, ("train", "val"))] if cfg.method in TRAINS else []
+    for path, splits in [*data, (cfg.eval_data, ("val",))]:
+        if path is not None:
+            files += [Path(path)] if kind == "classifier" else [Path(path) / f"{s}.bin" for s in splits]
+    files += sorted(p for p in Path(cfg.model).iterdir() if p.is_file() and (
+        p.suffix == ".safetensors" or (p.name.startswith("pytorch_model") and p.suffix == ".bin")))
+    return list(dict.fromkeys(files))  # --data and --eval-data may be the same folder
 
 
 def check_inputs(cfg: CompressConfig, kind: str) -> None:
@@ -195,8 +212,10 @@ def compress(cfg: CompressConfig) -> Path:
     extra = {"method": cfg.method, "objective": kind if kind != "classifier" else None, "task": kind,
              "model": {"architecture": type(reloaded.transformer).__name__, "params": after["params"],
                        "base_model": str(Path(cfg.model).resolve())}}
-    write_card(cfg.out, cfg, report, parent)
-    write_manifest(cfg.out, "compress", cfg, parent=parent, metrics=metrics, started=started, extra=extra)
+    inputs = read_files(cfg, kind)
+    write_card(cfg.out, cfg, report, parent, inputs)
+    write_manifest(cfg.out, "compress", cfg, inputs=inputs, parent=parent, metrics=metrics, started=started,
+                   extra=extra)
     print_report(report, f"compress --method {cfg.method} -> {cfg.out}")
     return cfg.out
 
