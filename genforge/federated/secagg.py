@@ -24,28 +24,51 @@ from flwr.clientapp import ClientApp
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
+from genforge.errors import DataError
+
 secure_app = ClientApp(mods=[secaggplus_mod])
 
 
 @secure_app.train()
 def secure_round(msg: Message, context: Context) -> Message:
     """A legacy fit message -> one local round -> a legacy fit result (masked by `secaggplus_mod`)."""
-    from genforge.federated.client import federation_path, local_round, silo
+    from genforge.federated.client import federation_path, local_round, read_federation, silo
     from genforge.federated.tasks import trainable
 
-    s = silo(federation_path(context), int(context.node_config.get("partition-id", 0)),
-             str(context.node_config.get("data-path", "")))
+    path, partition = federation_path(context), int(context.node_config.get("partition-id", 0))
+    data = str(context.node_config.get("data-path", ""))
+    s = silo(path, partition, data)
+    check_weight(read_federation(path)[2], partition, len(s.rows), data)  # before the round: nothing to waste
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     names = list(trainable(s.task.model))
     received = dict(zip(names, (torch.from_numpy(np.array(a)) for a in parameters_to_ndarrays(fitins.parameters)),
                         strict=True))
     tensors, metrics = local_round(s, received, int(fitins.config.get("server-round", 1)), 0.0)
     arrays = [tensors[n].numpy() for n in names]
-    metrics.update({"partition-id": float(context.node_config.get("partition-id", 0)),
+    metrics.update({"partition-id": float(partition),
                     "bytes-down": float(sum(a.nbytes for a in parameters_to_ndarrays(fitins.parameters))),
                     "bytes-up": float(sum(a.nbytes for a in arrays))})
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), len(s.rows), metrics)
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+def check_weight(info: dict[str, Any], partition: int, weight: int, data: str) -> None:
+    """Refuse to send an update whose weight (the client's size) is not the one the launcher recorded.
+
+    `secaggplus_mod` scales each update by its weight over max_weight (the largest recorded size) before
+    quantising, and the server sees only the masked sum, so no one downstream can catch a wrong weight: a
+    larger one (a supernode given node-local data the launcher never read) overflows the clip range and wraps
+    the modular sum, a garbage model without an error (Flower only logs a warning). Any other size means the
+    client trains on data the run's record (sizes, hashes) does not describe, so it is refused too.
+    """
+    clients = info.get("clients") or []
+    row = clients[partition] if 0 <= partition < len(clients) else {}
+    recorded = row.get("examples")
+    if weight != recorded:
+        raise DataError(f"--secagg: client {partition} ({data or row.get('data', 'no recorded data')}) has {weight} "
+                        f"examples, but the launcher recorded {'none' if recorded is None else recorded}: its update "
+                        "is refused (SecAgg+ bounds every update by the recorded sizes); give the launcher the data "
+                        "this client trains on")
 
 
 def run_secure(grid: Any, context: Context, cfg: Any, task: Any, evaluate: Callable[[int, dict], None],

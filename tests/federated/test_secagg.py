@@ -1,11 +1,12 @@
 """SecAgg+ on Flower's simulation: the masked sum unmasks to what plain FedAvg computes; a resumed run
-continues with the right round."""
+continues with the right round; a client whose size is not the recorded one refuses to send."""
 
 import json
 
 import pytest
 from safetensors.torch import load_file
 
+from genforge.errors import DataError
 from genforge.federated.client import round_config
 from genforge.federated.config import FederatedClassifyConfig, FederatedPretrainConfig
 from genforge.federated.run import federated
@@ -51,3 +52,47 @@ def test_secure_aggregation_of_real_pretraining_silos_equals_plain_averaging(tmp
 
     secure, plain = run("secure", True), run("plain", False)
     assert max((secure[k] - plain[k]).abs().max().item() for k in plain) < 1e-4
+
+
+def test_a_client_whose_size_is_not_the_recorded_one_refuses_to_send(tmp_path, bert_dir, sentiment_rows, csv_file,
+                                                                     monkeypatch):
+    """A SuperNode given node-local data (`data-path`) that is not the silo the launcher read would weigh its
+    update by a size above max_weight and wrap SecAgg+'s modular sum (a garbage model, no error): the client
+    refuses in one line, naming itself, its data and both sizes. A client of the recorded size sends as before."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from genforge.artifacts import write_json
+    from genforge.config import to_dict
+    from genforge.federated.run import silos
+    from genforge.federated.secagg import secure_round
+    from genforge.federated.tasks import build_task, trainable
+
+    cfg = FederatedClassifyConfig(model=bert_dir, out=tmp_path / "o", clients=3, partition="by-file", rounds=1,
+                                  client_data=[csv_file(f"c{k}.csv", sentiment_rows[k * 40:(k + 1) * 40])
+                                               for k in range(3)],
+                                  val_data=csv_file("val.csv", sentiment_rows[::5]), local_steps=1, batch_size=8,
+                                  seq_len=32, bf16=False, secagg=True)
+    task = build_task("classify", cfg)
+    clients, _ = silos("classify", cfg, task)
+    assert [c["examples"] for c in clients] == [40, 40, 40]  # --val-data given: every example trains
+    federation = tmp_path / "federation.json"
+    write_json(federation, {"task": "classify", "config": to_dict(cfg), "labels": task.label_set,
+                            "clients": clients, "work_dir": str(tmp_path / "clients")})
+    for key in ("_run_id", "_node_id", "_task_id"):  # what a SuperNode sets before its ClientApp runs
+        monkeypatch.setattr(TaskIdentity, key, 1)
+    fitins = FitIns(ndarrays_to_parameters([t.numpy() for t in trainable(task.model).values()]), {"server-round": 1})
+
+    def send(node_config):
+        msg = Message(compat.fitins_to_recorddict(fitins, keep_input=True), dst_node_id=1, message_type="train")
+        context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
+                          run_config={"federation": str(federation)})
+        return compat.recorddict_to_fitres(secure_round(msg, context).content, keep_input=True)
+
+    local = csv_file("local.csv", sentiment_rows)  # node-local data: all 120 rows, not the 40 of c0.csv
+    with pytest.raises(DataError, match=r"^--secagg: client 0 \(.*local\.csv\) has 120 examples, but the "
+                                        r"launcher recorded 40: its update is refused"):
+        send({"partition-id": 0, "data-path": str(local)})
+    assert send({"partition-id": 1}).num_examples == 40
