@@ -4,8 +4,9 @@ OUT/index (passages, FAISS vectors), OUT/intent (a `finetune classify` run, when
 OUT/chat (a `finetune sft` run, when a history is given), OUT/support.json (encoder, prompt settings and
 the calibrated thresholds), OUT/calibration.json, then the manifest (stage "app.support.build").
 `genforge app support calibrate` re-runs the calibration alone on a built folder.
-Calibration questions are --val, or else held out of the index: hash bucket 8 of the question variants
-of FAQ entries that keep another variant, and bucket 8 of --oos (the rest of --oos trains the classifier).
+Calibration questions are --val, or else held out of the index: hash bucket 8 of each FAQ entry's question
+variants (all but the first when every variant falls in it, so the entry stays answerable), and bucket 8 of
+--oos (the rest of --oos trains the classifier).
 """
 
 from __future__ import annotations
@@ -60,11 +61,17 @@ def check_labels(path: Path, rows: list[tuple[str, str]], entries: Collection[st
 
 
 def split_calibration(passages: list[Passage], oos: list[str]) -> tuple[list[Passage], list[tuple[str, str]], list[str]]:
-    """(indexed passages, calibration rows, oos rows for training) without a --val file."""
-    variants: dict[str, int] = {}
+    """(indexed passages, calibration rows, oos rows for training) without a --val file. An entry keeps at least
+    one variant in the index (its first, when all of them fall in the bucket): held out whole, it could never
+    be answered."""
+    variants: dict[str, list[Passage]] = {}
     for p in passages:
-        variants[p.entry] = variants.get(p.entry, 0) + (p.kind == "faq")
-    held = {p.id for p in passages if p.kind == "faq" and variants[p.entry] > 1 and hash_bucket(p.text) == VAL_BUCKET}
+        if p.kind == "faq":
+            variants.setdefault(p.entry, []).append(p)
+    held = set()
+    for group in variants.values():
+        bucket = [p.id for p in group if hash_bucket(p.text) == VAL_BUCKET]
+        held.update(bucket[1:] if len(bucket) == len(group) else bucket)
     val = [(p.text, p.entry) for p in passages if p.id in held]
     kept = [p for p in passages if p.id not in held]
     val += [(t, OOS) for t in oos if hash_bucket(t) == VAL_BUCKET]

@@ -11,6 +11,7 @@ genforge.data.readers), so GBK or Latin-1 files work.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,8 +56,10 @@ def tokens(text: str) -> list[str]:
     return out
 
 
-def read_faq(path: Path, start: int = 0) -> list[Passage]:
-    """Passages of one FAQ file (fields question, answer and optional id/intent)."""
+def read_faq(path: Path, start: int = 0, name: str | None = None) -> list[Passage]:
+    """Passages of one FAQ file (fields question, answer and optional id/intent); `name` (default the file
+    name) is what its citations call it."""
+    name = name or path.name
     passages, by_answer = [], {}
     for lineno, row in read_records(path):
         question, answer = str(row.get("question") or "").strip(), str(row.get("answer") or "").strip()
@@ -67,7 +70,7 @@ def read_faq(path: Path, start: int = 0) -> list[Passage]:
             continue
         given = str(row.get("id") or row.get("intent") or "").strip()
         entry = given or by_answer.setdefault(answer, "faq-" + hashlib.sha256(answer.encode()).hexdigest()[:10])
-        passages.append(Passage(start + len(passages), "faq", entry, question, answer, f"{path.name}:{lineno}"))
+        passages.append(Passage(start + len(passages), "faq", entry, question, answer, f"{name}:{lineno}"))
     if not passages:
         raise DataError(f"{path} holds no FAQ rows with a question and an answer")
     return passages
@@ -110,10 +113,11 @@ def chunk(text: str, size: int, overlap: int) -> list[str]:
     return chunks
 
 
-def read_document(path: Path, size: int, overlap: int, start: int = 0) -> list[Passage]:
-    text = document_text(path)
-    return [Passage(start + i, "doc", f"{path.name}#{i}", piece, piece, f"{path.name}#{i}")
-            for i, piece in enumerate(chunk(text, size, overlap))]
+def read_document(path: Path, size: int, overlap: int, start: int, name: str) -> list[Passage]:
+    """Chunk passages of one document; `name` makes their entry ids, so it tells the document apart from every
+    other one of the knowledge base."""
+    return [Passage(start + i, "doc", f"{name}#{i}", piece, piece, f"{name}#{i}")
+            for i, piece in enumerate(chunk(document_text(path), size, overlap))]
 
 
 def kb_files(paths: list[Path]) -> list[Path]:
@@ -135,14 +139,23 @@ def kb_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+def kb_root(paths: list[Path]) -> str:
+    """The folder that holds every --kb path: files are named by their path below it, so two README.md in
+    different folders are two documents (two entries), not one."""
+    return os.path.commonpath([os.path.abspath(p if p.is_dir() else p.parent) for p in map(Path, paths)])
+
+
 def ingest(paths: list[Path], chunk_chars: int = 800, overlap: int = 200) -> list[Passage]:
     """Every passage of the knowledge base, ids in order."""
     passages: list[Passage] = []
-    for path in kb_files(paths):
+    files = kb_files(paths)
+    root = kb_root(paths)
+    for path in files:
+        name = Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
         if path.suffix.lower() in FORMATS:
-            passages += read_faq(path, len(passages))
+            passages += read_faq(path, len(passages), name)
         else:
-            passages += read_document(path, chunk_chars, overlap, len(passages))
+            passages += read_document(path, chunk_chars, overlap, len(passages), name)
     if not passages:
         raise DataError("the knowledge base is empty")
     return passages

@@ -8,7 +8,8 @@ examples, else 1 - the top intent's probability). The thresholds are calibrated 
 (in-scope ones labelled with their FAQ id, out-of-scope ones 'oos'): the hand-off pair hands off the most
 out-of-scope questions among the pairs that keep the in-scope accuracy (answered and right) at the target, and the
 FAQ threshold is the lowest confidence from which the top FAQ answer is right often enough to be
-returned verbatim. Nothing is a guessed constant; calibration.json records what was chosen and why.
+returned verbatim, counted over the questions the policy would answer from the FAQ (off-topic ones that pass
+the hand-off included, as wrong). Nothing is a guessed constant; calibration.json records what was chosen and why.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ class Thresholds:
     intent: float = math.inf  # classifier intent probability from which its intent, not retrieval, picks the entry
 
     def to_dict(self) -> dict[str, float | None]:
-        return {k: (None if math.isinf(v) else round(v, 6)) for k, v in asdict(self).items()}
+        """Full floats (JSON keeps a float exactly): a threshold sits exactly at an observed value, and a rounded
+        one would move validation questions to the other side of it."""
+        return {k: (None if math.isinf(v) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Thresholds:
@@ -108,11 +111,16 @@ def calibrate(confidence: np.ndarray, oos_score: np.ndarray | None, correct: np.
     if best is None:  # nothing keeps the target: never hand off on these signals
         best = ((0.0, ceiling), -math.inf, math.inf, ceiling, 0.0, 0.0, 0.0)
     _, t_conf, t_oos, accuracy, p, r, f = best
-    faq_ok = inscope & (confidence >= t_conf) & (is_faq if is_faq is not None else True)
+    # precision over what decide() answers from the FAQ: every question past the hand-off whose top hit is a FAQ
+    # entry, off-topic ones included (their FAQ answer is wrong)
+    answered = confidence >= t_conf
+    if oos_score is not None:
+        answered &= np.asarray(oos_score) < t_oos
+    faq_ok = answered & (is_faq if is_faq is not None else True)
     t_faq = math.inf
     for t in np.sort(np.unique(confidence[faq_ok])) if faq_ok.any() else []:
         above = faq_ok & (confidence >= t)
-        if correct[above].mean() >= faq_precision:
+        if (correct & inscope)[above].mean() >= faq_precision:
             t_faq = float(t)
             break
     th = Thresholds(float(t_conf), float(t_oos), t_faq)
@@ -120,5 +128,5 @@ def calibrate(confidence: np.ndarray, oos_score: np.ndarray | None, correct: np.
               "entry_accuracy": round(ceiling, 4), "target_inscope_accuracy": round(target, 4),
               "inscope_accuracy": round(accuracy, 4), "handoff_precision": round(p, 4), "handoff_recall": round(r, 4),
               "handoff_f1": round(f, 4),
-              "faq_share": round(float((faq_ok & (confidence >= t_faq)).sum() / max(inscope.sum(), 1)), 4)}
+              "faq_share": round(float((faq_ok & inscope & (confidence >= t_faq)).sum() / max(inscope.sum(), 1)), 4)}
     return th, report

@@ -22,7 +22,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from genforge.apps.support.service import Desk, Reply, converse
-from genforge.apps.support.tables import list_tickets
+from genforge.apps.support.tables import NoSuchSession, list_tickets, open_session
 from genforge.serve import completions
 from genforge.serve.app import Authorized
 from genforge.serve.errors import ApiError
@@ -67,7 +67,8 @@ def router(desk: Desk) -> APIRouter:
     @api.post("/v1/support/chat")
     def support_chat(body: SupportChat, caller: Authorized) -> Any:
         _require_text(body.message, "message")
-        run = converse(desk, body.message, session_id=body.session_id, caller=caller.name)
+        sid = _session(desk, body.session_id, caller.name, "session_id")
+        run = converse(desk, body.message, session_id=sid, caller=caller.name)
         if not body.stream:
             return summary(_drain(run))
         return StreamingResponse(_stream(run, lambda p: _event({"delta": p}), lambda r: [_event(summary(r))]),
@@ -90,7 +91,8 @@ def router(desk: Desk) -> APIRouter:
             raise ApiError(400, "the last message must be the customer's (role 'user')", param="messages")
         _require_text(messages[-1]["content"], "messages")
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        run = converse(desk, messages[-1]["content"], session_id=body.user, caller=caller.name,
+        sid = await run_in_threadpool(_session, desk, body.user, caller.name, "user")
+        run = converse(desk, messages[-1]["content"], session_id=sid, caller=caller.name,
                        conversation=messages[:-1], response_id=rid)
         meta = {"id": rid, "created": int(time.time()), "model": desk.name}
         if not body.stream:
@@ -137,6 +139,15 @@ def _require_text(message: str, param: str) -> None:
     """An empty or blank customer message is refused: answering it would only open a ticket about nothing."""
     if not message.strip():
         raise ApiError(400, "the customer's message is empty", param=param)
+
+
+def _session(desk: Desk, session_id: str | None, caller: str, param: str) -> str:
+    """The caller's session, opened before the answer starts: another caller's id is a 404 (not a 200 stream that
+    fails half-way), the same answer as for an id that does not exist."""
+    try:
+        return open_session(desk.engine, session_id, caller)
+    except NoSuchSession as e:
+        raise ApiError(404, str(e), param=param, code="session_not_found") from None
 
 
 def _drain(run: Iterator[str]) -> Reply:

@@ -2,10 +2,13 @@
 
 `converse(desk, message, ...)` is what both the HTTP routes and `genforge app support ask` run:
 the serving stage's input moderation on the customer's message; the session's history from the
-database; the assistant's answer through the serving stage's output guard (moderation and PII
-redaction of every answer, streamed or not); a hand-off ticket when the assistant hands off; the turn
-stored as a serving `responses` row (so thumbs on /v1/feedback and `genforge feedback export` work on
-support answers like on any chat answer) with its safety decisions in the audit table.
+database (a session is its first caller's: another caller naming it is refused as unknown); the
+assistant's answer through the serving stage's output guard (moderation and PII redaction of every
+answer, streamed or not; the cited passages' text, which reaches the client and the database too, through
+the same blocklist and PII redaction; a blocked answer cites nothing); a hand-off ticket when the
+assistant hands off; the turn stored as a serving `responses` row (so thumbs on /v1/feedback and
+`genforge feedback export` work on support answers like on any chat answer) with its safety decisions in
+the audit table.
 """
 
 from __future__ import annotations
@@ -82,10 +85,12 @@ def converse(desk: Desk, message: str, *, session_id: str | None = None, caller:
             if decision.text:
                 yield decision.text
             if decision.action == "block":
-                answer.action, answer.text = "blocked", safety.refusal
+                answer.action, answer.text, answer.sources = "blocked", safety.refusal, []
                 yield "\n" + safety.refusal
             else:
                 answer.text = guard.sent
+                answer.sources = [{**c, "text": safety.filter("chat", c["text"], "output", classify=False).text}
+                                  for c in answer.sources]
     rid = response_id or f"chatcmpl-{uuid.uuid4().hex}"
     save(desk.engine, Record(id=rid, route="chat", model=desk.name, variant=desk.name, weights_id=None, user=sid,
                              caller=caller, request={"messages": dialogue, "params": {"support": answer.action}},

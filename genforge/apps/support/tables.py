@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, Float, ForeignKey, Integer, String, Text, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from genforge.errors import ConfigError
@@ -55,15 +56,27 @@ class Ticket(Base):
     closed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class NoSuchSession(ConfigError):
+    """A session id that another caller opened: its turns are that customer's, so it is refused as unknown
+    (a refusal that names the owner would tell the caller the id exists)."""
+
+
 def open_session(engine: Engine, session_id: str | None, caller: str) -> str:
-    """The id of an existing session, or of a new one (a client-chosen id is created on first use)."""
+    """The id of an existing session of `caller`, or of a new one (a client-chosen id is created on first use)."""
     sid = session_id or uuid.uuid4().hex
     if len(sid) > 64:
         raise ConfigError(f"session id too long ({len(sid)} characters; at most 64)")
     with Session(engine) as s:
-        if s.get(SupportSession, sid) is None:
+        row = s.get(SupportSession, sid)
+        if row is None:
             s.add(SupportSession(id=sid, caller=caller))
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:  # a concurrent first request created it: theirs stands
+                s.rollback()
+                row = s.get(SupportSession, sid)
+        if row is not None and row.caller != caller:
+            raise NoSuchSession(f"no such session: {sid!r}")
     return sid
 
 

@@ -3,10 +3,12 @@ assistant (its manifest is written by hand here: a real build takes longer than 
 
 import pytest
 
-from genforge.apps.support.build import build
+from genforge.apps.support.build import VAL_BUCKET, build, split_calibration
 from genforge.apps.support.config import BuildConfig
+from genforge.apps.support.ingest import Passage
 from genforge.artifacts import read_manifest, write_manifest
 from genforge.errors import DataError
+from genforge.finetune.data import hash_bucket
 
 
 @pytest.mark.parametrize("bad", ["missing val", "empty history"])
@@ -22,3 +24,15 @@ def test_a_rebuild_on_bad_input_keeps_the_earlier_assistant(company, tmp_path, b
     with pytest.raises(DataError, match=message):
         build(BuildConfig(**{**inputs, **change}, out=out))
     assert read_manifest(out, "app.support.build") == finished
+
+
+def test_holding_out_calibration_questions_keeps_every_entry_in_the_index():
+    questions = [f"how do I change my delivery address {n}" for n in range(400)]
+    held = [q for q in questions if hash_bucket(q) == VAL_BUCKET]
+    other = [q for q in questions if hash_bucket(q) != VAL_BUCKET]
+    passages = [Passage(0, "faq", "address", held[0], "A", "f:1"), Passage(1, "faq", "address", held[1], "A", "f:2"),
+                Passage(2, "faq", "refund", other[0], "B", "f:3"), Passage(3, "faq", "refund", held[2], "B", "f:4"),
+                Passage(4, "faq", "hours", held[3], "C", "f:5")]
+    kept, val, _ = split_calibration(passages, [])
+    assert [p.id for p in kept] == [0, 2, 4]  # 'address' had every variant in the bucket: its first stays
+    assert val == [(held[1], "address"), (held[2], "refund")]

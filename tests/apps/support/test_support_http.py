@@ -79,6 +79,23 @@ def test_keys_protect_the_support_routes(support_app, live):
         assert ok.status_code == 200 and http.get("/support/config").json()["key_required"] is True
 
 
+def test_another_key_cannot_read_or_join_a_session(support_app, live):
+    from genforge.serve.keys import create_key
+
+    app, state = support_app()
+    alice, bob = ({"Authorization": f"Bearer {create_key(state.keys.engine, name)[1]}"} for name in ("alice", "bob"))
+    with live(app) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
+        mine = {"message": "I forgot my password", "session_id": "s-42"}
+        assert http.post("/v1/support/chat", json=mine, headers=alice).status_code == 200
+        for stream in (False, True):  # refused before a stream starts
+            r = http.post("/v1/support/chat", json={**mine, "stream": stream}, headers=bob)
+            assert r.status_code == 404 and r.json()["error"]["message"] == "no such session: 's-42'"
+        r = http.post("/v1/chat/completions", headers=bob, json={
+            "model": "support", "user": "s-42", "messages": [{"role": "user", "content": "and then what?"}]})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "user"
+        assert http.post("/v1/support/chat", json=mine, headers=alice).status_code == 200
+
+
 def test_serving_a_folder_that_is_not_an_assistant_is_a_clear_error(tmp_path):
     with pytest.raises(ArtifactError, match="not a support assistant"):
         serve_config(SupportServeConfig(assistant=tmp_path))

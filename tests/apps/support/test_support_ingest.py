@@ -38,6 +38,18 @@ def test_documents_markdown_text_html_and_gbk(tmp_path):
     assert texts["page.html"] == "Gift cards never expire." and all(p.kind == "doc" for p in passages)
 
 
+def test_files_are_named_by_their_path_below_the_knowledge_base(tmp_path):
+    for folder, text in (("billing", "Refunds are paid back within 5 days."), ("shipping", "Parcels take 3 days.")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "README.md").write_text(text, encoding="utf-8")
+    (tmp_path / "faq.csv").write_text("question,answer\nRefund?,Five days.\n", encoding="utf-8")
+    passages = ingest([tmp_path / "faq.csv", tmp_path / "billing", tmp_path / "shipping"])
+    assert [(p.entry, p.source) for p in passages[1:]] == [("billing/README.md#0", "billing/README.md#0"),
+                                                          ("shipping/README.md#0", "shipping/README.md#0")]
+    assert passages[0].source == "faq.csv:2"
+    assert [p.entry for p in ingest([tmp_path / "billing" / "README.md"])] == ["README.md#0"]
+
+
 def test_chunks_overlap_and_end_on_boundaries():
     text = " ".join(f"Sentence number {i} says something." for i in range(40))
     pieces = chunk(text, 200, 50)

@@ -1,5 +1,6 @@
 """Answer/hand-off decisions and their calibration on validation signals."""
 
+import json
 import math
 
 import numpy as np
@@ -71,3 +72,30 @@ def test_calibration_tries_every_threshold_where_a_hand_off_example_changes_side
     conf = np.full(len(oos), 0.9)
     th, report = calibrate(conf, oos, ~is_oos, is_oos, 0.9, 0.9)
     assert th.oos == pytest.approx(0.9991) and report["handoff_f1"] > 0.9
+
+
+def test_saved_thresholds_are_the_calibrated_ones():
+    # thresholds sit exactly at observed values (float32 cosines here): rounded when saved, they would move
+    # validation questions to the other side
+    rng = np.random.default_rng(0)
+    conf = np.r_[rng.normal(0.7, 0.1, 300), rng.normal(0.45, 0.1, 30)].astype(np.float32).astype(np.float64)
+    oos = np.r_[rng.normal(0, 1, 300), rng.normal(2, 1, 30)]
+    is_oos = np.r_[np.zeros(300, bool), np.ones(30, bool)]
+    correct = ~is_oos & (rng.random(330) < 0.95)
+    th, report = calibrate(conf, oos, correct, is_oos, 0.9, 0.95)
+    saved = Thresholds.from_dict(json.loads(json.dumps(report["thresholds"])))
+    assert saved == th
+    assert [decide(c, o, "faq", saved, True) for c, o in zip(conf, oos, strict=True)] == \
+        [decide(c, o, "faq", th, True) for c, o in zip(conf, oos, strict=True)]
+
+
+def test_faq_precision_is_that_of_the_faq_answers_the_policy_gives():
+    # off-topic questions close to the FAQ pass the hand-off and get a (wrong) FAQ answer: they count
+    rng = np.random.default_rng(0)
+    conf = np.r_[rng.uniform(0.4, 1.0, 400), rng.uniform(0.6, 0.95, 60)]
+    oos = np.r_[rng.normal(0, 1, 400), rng.normal(1.5, 1, 60)]
+    correct = np.r_[rng.random(400) < conf[:400] ** 0.3, np.zeros(60, bool)]
+    is_oos = np.r_[np.zeros(400, bool), np.ones(60, bool)]
+    th, _ = calibrate(conf, oos, correct, is_oos, 0.85, 0.95)
+    faq = np.array([decide(c, o, "faq", th, True) == "faq" for c, o in zip(conf, oos, strict=True)])
+    assert (faq & is_oos).any() and correct[faq].mean() >= 0.95

@@ -7,10 +7,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from genforge.apps.support.assistant import load_assistant
+from genforge.apps.support.assistant import Answer, citations, load_assistant
+from genforge.apps.support.index import Hit
+from genforge.apps.support.ingest import Passage
 from genforge.apps.support.policy import Thresholds
 from genforge.apps.support.service import Desk, reply
-from genforge.apps.support.tables import SupportTurn, close_ticket, list_tickets
+from genforge.apps.support.tables import NoSuchSession, SupportTurn, close_ticket, list_tickets, open_session
 from genforge.artifacts import read_manifest
 from genforge.serve.db import Audit, StoredResponse, connect
 from genforge.serve.safety import Safety
@@ -112,6 +114,68 @@ def test_answers_are_redacted_and_inputs_moderated(desk):
         audit = list(s.scalars(select(Audit).order_by(Audit.id)))
     assert ("output", "redact") in [(a.stage, a.action) for a in audit]
     assert ("input", "block") in [(a.stage, a.action) for a in audit]
+
+
+class Quoting:
+    """An assistant that answers every question with one document chunk verbatim (cited), and keeps the
+    dialogues it was given."""
+
+    def __init__(self, chunk: str):
+        self.chunk, self.seen = chunk, []
+
+    def stream(self, conversation, max_new_tokens=160):
+        self.seen.append([m["content"] for m in conversation])
+        passage = Passage(0, "doc", "billing.md#0", self.chunk, self.chunk, "billing.md#0")
+        answer = Answer("faq", self.chunk, 0.9, sources=citations([Hit(passage, 0.03, 0.9, 1.0)]))
+        yield answer.text
+        return answer
+
+
+def test_a_session_is_its_first_callers_alone(tmp_path):
+    desk = Desk(Quoting("We will look into it."), connect(f"sqlite:///{tmp_path / 'serve.db'}"))
+    reply(desk, "I am alice@example.com, charged twice", session_id="s-42", caller="alice")
+    with pytest.raises(NoSuchSession, match="no such session: 's-42'"):
+        reply(desk, "hello", session_id="s-42", caller="bob")  # bob must not see alice's turns
+    assert len(desk.assistant.seen) == 1
+    reply(desk, "any news?", session_id="s-42", caller="alice")
+    assert desk.assistant.seen[-1][0] == "I am alice@example.com, charged twice"  # the owner goes on
+
+
+def test_first_requests_racing_on_a_new_session_id_all_get_it(tmp_path):
+    """Concurrent first requests with one client-chosen id: one creates the row, the others read it (the
+    losing insert used to raise IntegrityError: an HTTP 500)."""
+    import threading
+
+    engine, errors = connect(f"sqlite:///{tmp_path / 'serve.db'}"), []
+    for k in range(10):
+        barrier = threading.Barrier(6)
+
+        def first_request(sid=f"new-{k}", barrier=barrier):
+            barrier.wait()
+            try:
+                assert open_session(engine, sid, "alice") == sid
+            except Exception as e:  # noqa: BLE001 - any failure is the finding
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=first_request) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def test_citations_are_redacted_like_the_answer_and_a_blocked_answer_cites_nothing(tmp_path):
+    engine = connect(f"sqlite:///{tmp_path / 'serve.db'}")
+    chunk = "Billing questions: write to jane.doe@example.com or call +1 415 555 0134."
+    answer = reply(Desk(Quoting(chunk), engine), "how do I contact billing?").answer
+    assert answer.text == "Billing questions: write to <EMAIL> or call <PHONE>."
+    assert [c["text"] for c in answer.sources] == [answer.text]
+    with Session(engine) as s:
+        stored = s.scalars(select(SupportTurn.sources).where(SupportTurn.role == "assistant")).one()
+    assert json.loads(stored)[0]["text"] == answer.text
+    blocked = reply(Desk(Quoting(chunk), engine, Safety(["billing"])), "how do I contact billing?").answer
+    assert blocked.action == "blocked" and blocked.sources == []
 
 
 def test_sessions_and_tickets_on_postgresql(postgres_url):
