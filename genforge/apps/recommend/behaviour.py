@@ -23,10 +23,19 @@ class Behaviour:
     neighbours: sp.csr_matrix  # items x items: cosine of co-occurrence, top-k per row, zero diagonal
     user_factors: np.ndarray | None = None  # ALS factors (genforge.apps.recommend.mf), users x f
     item_factors: np.ndarray | None = None  # items x f
+    # a --holdout build: every user of the input and the weights of all their interactions, held-out ones too,
+    # so that serving excludes and profiles on everything a user did while the item-side statistics above stay
+    # the training fold's
+    all_users: dict[str, int] | None = None
+    all_weights: sp.csr_matrix | None = None
 
-    def history(self, user: str) -> tuple[np.ndarray, np.ndarray]:
-        """(item indices, weights) of a known user, heaviest first."""
-        row = self.weights[self.user_index[user]]
+    def history(self, user: str, *, everything: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(item indices, weights) of a known user, heaviest first; `everything`: from `all_weights` when the
+        build has them (what the user did, not only what the model was fitted on)."""
+        if everything and self.all_weights is not None:
+            row = self.all_weights[self.all_users[user]]
+        else:
+            row = self.weights[self.user_index[user]]
         order = np.argsort(-row.data, kind="stable")
         return row.indices[order], row.data[order]
 

@@ -7,7 +7,8 @@ interactions they did not see, as they must at serving time. Scorer and ranker u
 ranker never trusts interest scores the scorer memorised. A fifth of the ranker users are kept for
 validation: the manifest's val_ndcg@10_fast / _full say whether the scorer's re-ranking helps, and
 recommendations re-rank with it by default only when it does (`use_scorer`). Serving statistics are then
-recomputed on all training interactions.
+recomputed on all training interactions; a --holdout build also keeps the weights of all the input's
+interactions, so that a served user's history is everything they did (held-out items are not recommended back).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from genforge.apps.recommend.behaviour import build_behaviour
+from genforge.apps.recommend.behaviour import build_behaviour, interaction_weights
 from genforge.apps.recommend.config import BuildConfig
-from genforge.apps.recommend.data import Interactions, Items, read_interactions, read_items, split
+from genforge.apps.recommend.data import Interactions, Items, merged, read_interactions, read_items, split
 from genforge.apps.recommend.metrics import ndcg_at
 from genforge.apps.recommend.recommender import FEATURES, FULL_FEATURES, Recommender
 from genforge.apps.recommend.store import STAGE, build_index, genre_matrix, write_payload
@@ -123,6 +124,19 @@ def scorer_helps(gain: np.ndarray) -> bool:
     return bool(gain.mean() > gain.std(ddof=1) / np.sqrt(len(gain)))
 
 
+def assign_users(eligible: list[str], scorer: int, ranker: int) -> tuple[list[str], list[str]]:
+    """Disjoint (scorer users, ranker users): the rankers, and the validation that decides `use_scorer`, must
+    not see users whose pairs the scorer memorised. Fewer eligible users than both ask for are shared: each
+    side gets at least half of them (or all it asks for, when less), so neither starves the other."""
+    n = len(eligible)
+    if scorer + ranker > n:
+        scorer = n - min(ranker, max(n // 2, n - scorer))
+        if scorer:
+            print(f"{n} users have interactions in both ranker folds, fewer than --scorer-users + --ranker-users: "
+                  f"{scorer} train the interest scorer, {n - scorer} the rankers", flush=True)
+    return eligible[:scorer], eligible[scorer:scorer + ranker]
+
+
 def scorer_rows(model: Recommender, users: list[str], targets: dict[str, set[int]], sep: str,
                 rng: random.Random) -> list[tuple[str, int]]:
     """(pair text, label): per user up to 2 positives, 2 hard negatives (skipped candidates), 1 random."""
@@ -177,8 +191,7 @@ def build(cfg: BuildConfig) -> Path:
     eligible = sorted(u for u in targets if u in base_behaviour.user_index)
     rng = random.Random(cfg.seed)
     rng.shuffle(eligible)
-    scorer_users = eligible[:cfg.scorer_users] if cfg.scorer else []
-    ranker_users = eligible[len(scorer_users):len(scorer_users) + cfg.ranker_users] or eligible[:cfg.ranker_users]
+    scorer_users, ranker_users = assign_users(eligible, cfg.scorer_users if cfg.scorer else 0, cfg.ranker_users)
     base_model = Recommender(items, embeddings, index, base_behaviour, gm, genres, history_items=cfg.history_items,
                              rerank=cfg.rerank, candidates=cfg.candidates)
 
@@ -246,6 +259,9 @@ def build(cfg: BuildConfig) -> Path:
     metrics["use_scorer"] = use_scorer
 
     behaviour = build_behaviour(train_set, item_index, cfg.neighbours, cfg.factors, cfg.seed)
+    if cfg.holdout:
+        users, weights = interaction_weights(merged(train_set, heldout), item_index)
+        behaviour.all_users, behaviour.all_weights = {u: i for i, u in enumerate(users)}, weights
     rankers = ["ranker_fast.txt", "ranker.txt"] if cfg.scorer else ["ranker_fast.txt"]
     # a tuned encoder lives in the folder (named relative to it, so the folder can move); else the given one
     info = {"encoder": "encoder" if cfg.tune_encoder else str(encoder.resolve()),

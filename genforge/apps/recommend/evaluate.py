@@ -3,10 +3,11 @@
 The build folder must have been built with --holdout: its manifest names the inputs, which are read and
 split again here (the split is a pure function of "user:item"), so the evaluation needs nothing else.
 Users are those with held-out items who also have training items (a user with no training item is a
-cold-start user, a different question). Two rows come from the recommender: `genforge-lm` (re-ranked by the
-language-model interest scorer; when the build has one) and `genforge-fast` (the fast ranker alone);
-`default` names the one `recommend` and `serve` use (the build's validation chose it), and the goals'
-ratios and `p50`/`p95` are that one's. Latency is timed one user at a time, as a server would answer.
+cold-start user, a different question); their queries are their training interactions only (`fitted_only`),
+so the held-out items are unseen by what is scored. Two rows come from the recommender: `genforge-lm`
+(re-ranked by the language-model interest scorer; when the build has one) and `genforge-fast` (the fast
+ranker alone); `default` names the one `recommend` and `serve` use (the build's validation chose it), and
+the goals' ratios and `p50`/`p95` are that one's. Latency is timed one user at a time, as a server would answer.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     t0 = time.time()
     for n, user in enumerate(tqdm(users, desc="genforge", unit="user")):
         t = time.perf_counter()
-        ranked = model.rank(model.query_for_user(user), cfg.k, use_scorer=with_lm)
+        ranked = model.rank(model.query_for_user(user, fitted_only=True), cfg.k, use_scorer=with_lm)
         if n < cfg.latency_users:
             latency["lm" if with_lm else "fast"].append(time.perf_counter() - t)
         full.append(ranked["final"])
@@ -95,7 +96,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     seconds = time.time() - t0
     for user in users[:cfg.latency_users] if with_lm else []:
         t = time.perf_counter()
-        model.rank(model.query_for_user(user), cfg.k, use_scorer=False)
+        model.rank(model.query_for_user(user, fitted_only=True), cfg.k, use_scorer=False)
         latency["fast"].append(time.perf_counter() - t)
 
     methods = {"genforge-lm": full, "genforge-fast": fast} if with_lm else {"genforge-fast": fast}

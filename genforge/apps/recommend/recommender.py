@@ -71,13 +71,24 @@ class Recommender:
         self.item_index = self.items.index()
 
     # ---- queries --------------------------------------------------------------------------------------
-    def query_for_user(self, user: str) -> Query:
-        """Ids are read as the build read them (leading zeros dropped), so "017" finds user 17."""
+    def query_for_user(self, user: str, *, fitted_only: bool = False) -> Query:
+        """Ids are read as the build read them (leading zeros dropped), so "017" finds user 17. The history is
+        all the user's interactions in the build's input, those a --holdout build kept out of training too, so
+        none of them is recommended back; `fitted_only`: only those the build was fitted on, so that evaluation
+        ranks the held-out items as unseen."""
+        from genforge.apps.recommend.mf import fold_in
+
         user = norm_id(user)
-        if user not in self.behaviour.user_index:
+        b = self.behaviour
+        everything = not fitted_only and b.all_weights is not None
+        if user not in (b.all_users if everything else b.user_index):
             raise DataError(f"unknown user {user!r}: recommend for a new user with liked items or a text")
-        hist, w = self.behaviour.history(user)
-        factor = self.behaviour.user_factors[self.behaviour.user_index[user]]
+        hist, w = b.history(user, everything=everything)
+        fitted = b.user_index.get(user)
+        if fitted is not None and len(hist) == b.weights[fitted].nnz:
+            factor = b.user_factors[fitted]
+        else:  # interactions ALS was not fitted on: the factor is folded in from all of them
+            factor = fold_in(b.item_factors, hist, w)
         return Query(hist, w, exclude=set(hist.tolist()), factor=factor)
 
     def query_for_items(self, liked: list[str]) -> Query:
@@ -141,7 +152,9 @@ class Recommender:
 
     def candidate_items(self, q: Query, sig: dict[str, np.ndarray], allowed: np.ndarray | None) -> np.ndarray:
         """Up to `candidates` items taken in turn from three lists: nearest to the profile (ANN index), most
-        co-occurring with the history, highest MF affinity (the last two are empty without a history)."""
+        co-occurring with the history, highest MF affinity. The last two hold only what the behaviour says
+        something about: items of positive co-occurrence, and no MF list when every affinity is ~0 (a history of
+        items nobody else used); otherwise they would pad with arbitrary items in catalogue order."""
         want = self.candidates
         blocked = np.zeros(len(self.items.ids), dtype=bool)
         blocked[list(q.exclude)] = True
@@ -151,9 +164,9 @@ class Recommender:
         _, nearest = self.index.search(sig["profile"][None, :].astype(np.float32), reach)
         lists = [[int(i) for i in nearest[0] if i >= 0 and not blocked[i]]]
         for key in ("cooc", "mf"):
-            if q.factor is None and key == "mf" or not len(q.history) and key == "cooc":
+            if key == "cooc" and not len(q.history) or key == "mf" and not np.abs(sig["mf"]).max() > 1e-6:
                 continue
-            scores = np.where(blocked, -np.inf, sig[key])
+            scores = np.where(blocked | (key == "cooc") & (sig[key] <= 0), -np.inf, sig[key])
             top = np.argpartition(-scores, min(want, len(scores) - 1))[:want]
             lists.append([int(i) for i in top[np.argsort(-scores[top], kind="stable")] if np.isfinite(scores[i])])
         chosen: dict[int, None] = {}

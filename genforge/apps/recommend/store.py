@@ -2,7 +2,9 @@
 
 Files (all written atomically; manifest.json, stage "app.recommend.build", comes last):
 items.jsonl (id, title, text, genres), embeddings.npy (float32, unit rows), index.faiss (inner product),
-behaviour.npz (users x items weights, popularity, item-item neighbours, ALS factors), users.json, recommend.json
+behaviour.npz (users x items weights, popularity, item-item neighbours, ALS factors; a --holdout build adds
+the weights of all the input's interactions, held-out ones included), users.json (all_users.json: the users of
+those), recommend.json
 (what `load` needs: encoder path (`encoder`, inside the folder, after --tune-encoder), sizes, the fields
 used, and `use_scorer`: whether the build's validation found the interest scorer's re-ranking worth its
 cost), ranker_fast.txt / ranker.txt (LightGBM),
@@ -68,12 +70,16 @@ def write_payload(folder: Path, items: Items, embeddings: np.ndarray, index: Any
     atomic_write_bytes(folder / "embeddings.npy", _npy(embeddings.astype(np.float32)))
     atomic_write_bytes(folder / "index.faiss", faiss.serialize_index(index).tobytes())
     buf = io.BytesIO()
-    w, nb = behaviour.weights, behaviour.neighbours
+    w, nb, a = behaviour.weights, behaviour.neighbours, behaviour.all_weights
+    everything = {} if a is None else {"a_data": a.data, "a_indices": a.indices, "a_indptr": a.indptr,
+                                       "a_shape": np.array(a.shape)}
     np.savez(buf, w_data=w.data, w_indices=w.indices, w_indptr=w.indptr, w_shape=np.array(w.shape),
              n_data=nb.data, n_indices=nb.indices, n_indptr=nb.indptr, popularity=behaviour.popularity,
-             user_factors=behaviour.user_factors, item_factors=behaviour.item_factors)
+             user_factors=behaviour.user_factors, item_factors=behaviour.item_factors, **everything)
     atomic_write_bytes(folder / "behaviour.npz", buf.getvalue())
     write_json(folder / "users.json", behaviour.users)
+    if a is not None:
+        write_json(folder / "all_users.json", list(behaviour.all_users))
     write_json(folder / "recommend.json", info)
 
 
@@ -93,11 +99,16 @@ def read_build(folder: Path) -> tuple[dict, Items, np.ndarray, Behaviour, sp.csr
         weights = sp.csr_matrix((z["w_data"], z["w_indices"], z["w_indptr"]), shape=shape)
         neighbours = sp.csr_matrix((z["n_data"], z["n_indices"], z["n_indptr"]), shape=(shape[1], shape[1]))
         popularity, user_factors, item_factors = z["popularity"], z["user_factors"], z["item_factors"]
+        a_shape = tuple(int(n) for n in z["a_shape"]) if "a_shape" in z.files else None
+        all_weights = sp.csr_matrix((z["a_data"], z["a_indices"], z["a_indptr"]), shape=a_shape) if a_shape else None
     users = read_json(folder / "users.json", REBUILD, kind=list)
-    if not (len(embeddings) == shape[1] == len(popularity) == len(items.ids)) or shape[0] != len(users):
-        raise ArtifactError(f"{folder}: items.jsonl, embeddings.npy, behaviour.npz and users.json do not agree in "
-                            f"size (files of different builds?): {REBUILD}")
+    all_users = read_json(folder / "all_users.json", REBUILD, kind=list) if a_shape else []
+    if not (len(embeddings) == shape[1] == len(popularity) == len(items.ids)) or shape[0] != len(users) or \
+            a_shape and a_shape != (len(all_users), shape[1]):
+        raise ArtifactError(f"{folder}: items.jsonl, embeddings.npy, behaviour.npz and (all_)users.json do not agree "
+                            f"in size (files of different builds?): {REBUILD}")
     behaviour = Behaviour(users, {u: i for i, u in enumerate(users)}, weights, popularity, neighbours,
-                          user_factors, item_factors)
+                          user_factors, item_factors, {u: i for i, u in enumerate(all_users)} if a_shape else None,
+                          all_weights)
     gm, genres = genre_matrix(items)
     return info, items, embeddings, behaviour, gm, genres

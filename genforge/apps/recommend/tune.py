@@ -7,8 +7,11 @@ taste, and a new item with no interactions gets the benefit from its text alone.
 
 Loss: in-batch contrastive (InfoNCE, both directions, temperature 0.05): every other pair's item in the
 batch is a negative, as in sentence-transformers' MultipleNegativesRankingLoss (van den Oord et al. 2018;
-Henderson et al. 2017). It is an objective on genforge's training engine like every other; the tuned
-encoder is saved as OUT/encoder (an HF folder) and used for items, new items and text queries alike.
+Henderson et al. 2017), except in pairs that share an item (an item is the anchor of up to 3 pairs and the
+neighbour in others): their logits are masked, since they would teach an item, or its own neighbour, as
+unrelated (sentence-transformers avoids such false negatives with its NoDuplicatesBatchSampler). It is an
+objective on genforge's training engine like every other; the tuned encoder is saved as OUT/encoder (an HF
+folder) and used for items, new items and text queries alike.
 """
 
 from __future__ import annotations
@@ -42,14 +45,18 @@ class MeanPooled(torch.nn.Module):
 @dataclass
 class ContrastiveObjective:
     """Symmetric in-batch InfoNCE over (anchor, positive) embeddings: a batch holds the B anchors' texts
-    then their B positives' texts, embedded in one pass."""
+    then their B positives' texts, embedded in one pass, and `items` their 2B item ids; pairs sharing an item
+    are not each other's negatives."""
 
     temperature: float = 0.05
     name: str = "contrastive"
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         a, b = model(batch["input_ids"], batch["attention_mask"]).float().chunk(2)
-        logits = a @ b.T / self.temperature
+        ia, ib = batch["items"].chunk(2)
+        shared = (ia[:, None] == ia) | (ia[:, None] == ib) | (ib[:, None] == ia) | (ib[:, None] == ib)
+        shared.fill_diagonal_(False)  # symmetric: the same mask serves both directions
+        logits = (a @ b.T / self.temperature).masked_fill(shared, float("-inf"))
         target = torch.arange(len(a), device=logits.device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         return loss, {"tokens": torch.tensor(len(a))}
@@ -90,7 +97,7 @@ def tune_encoder(encoder: Path, texts: list[str], neighbours: sp.csr_matrix, out
     def collate(indices: list[int]) -> dict[str, torch.Tensor]:
         rows = [pairs[i][0] for i in indices] + [pairs[i][1] for i in indices]
         return {"input_ids": pad([ids[r] for r in rows], pad_id),
-                "attention_mask": pad([[1] * len(ids[r]) for r in rows], 0)}
+                "attention_mask": pad([[1] * len(ids[r]) for r in rows], 0), "items": torch.tensor(rows)}
 
     torch.manual_seed(seed)
     body, _ = load_pretrained(AutoModel, encoder, hf_config(encoder))

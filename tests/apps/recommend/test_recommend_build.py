@@ -1,3 +1,4 @@
+import csv
 import json
 import random
 import shutil
@@ -6,8 +7,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import genforge.apps.recommend.build as build_module
 from genforge.apps.recommend.build import build, scorer_helps
 from genforge.apps.recommend.config import BuildConfig, EvalConfig
+from genforge.apps.recommend.data import is_heldout
 from genforge.apps.recommend.evaluate import evaluate
 from genforge.apps.recommend.recommender import load
 from genforge.cli import app
@@ -109,6 +112,61 @@ def test_known_user_gets_unseen_items_of_their_taste_with_reasons(built):
     assert all(r["interest"] is None for r in fast)
 
 
+def test_a_holdout_build_serves_users_on_everything_they_did(built):
+    """`recommend`/`serve` load the default --holdout build: a user's held-out interactions are still theirs,
+    never recommended back, while evaluation's queries keep to the training fold."""
+    model = load(built / "model", scorer=False)
+    seen = {}
+    with open(built / "events.csv", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            seen.setdefault(row["user_id"], set()).add(row["item_id"])
+    for user, items in seen.items():
+        q = model.query_for_user(user)
+        assert items.isdisjoint(r["item"] for r in model.recommend(q, 5)), user
+        assert {model.items.ids[i] for i in q.history} == items
+        fitted = model.query_for_user(user, fitted_only=True)
+        assert {model.items.ids[i] for i in fitted.history} == {i for i in items if not is_heldout(user, i)}
+
+
+def test_candidates_only_from_what_the_behaviour_says(built):
+    """A liked item nobody else used has no co-occurrence and a zero MF factor: its candidates are the nearest
+    items to it, not arbitrary zero-score items in catalogue order."""
+    model = load(built / "model", scorer=False)
+    q = model.query_for_items(["c2"])
+    sig = model.signals(q)
+    _, nearest = model.index.search(sig["profile"][None, :].astype(np.float32), len(model.items.ids))
+    ann = [int(i) for i in nearest[0] if i not in q.exclude][:model.candidates]
+    assert model.candidate_items(q, sig, None).tolist() == ann
+    q = model.query_for_user("user0")
+    sig = model.signals(q)
+    sig["cooc"][sig["cooc"] > 0] = 0  # no co-occurrence: no co-occurrence list, the other two fill the candidates
+    sig["mf"][:] = 0
+    cands = model.candidate_items(q, sig, None).tolist()
+    _, nearest = model.index.search(sig["profile"][None, :].astype(np.float32), len(model.items.ids))
+    assert cands == [int(i) for i in nearest[0] if i not in q.exclude][:model.candidates]
+
+
+def test_scorer_and_ranker_users_are_disjoint_when_the_scorer_asks_for_all(tmp_path, bert_dir, monkeypatch):
+    """--scorer-users (1500 by default) above the eligible users: the rankers, and the validation that decides
+    use_scorer, must still get users whose pairs the scorer did not memorise."""
+    seen, real = {}, {name: getattr(build_module, name) for name in ("scorer_rows", "training_rows")}
+    for name in real:
+        def spy(model, users, *args, _name=name):
+            seen[_name] = list(users)
+            return real[_name](model, users, *args)
+
+        monkeypatch.setattr(build_module, name, spy)
+    write_data(tmp_path)
+    build(BuildConfig(items=tmp_path / "items.csv", interactions=[tmp_path / "events.csv"], out=tmp_path / "model",
+                      text_fields=["title", "plot"], genre_field="genre", rating_field="rating",
+                      scorer_model=bert_dir, scorer_steps=2, scorer_batch_size=8, seq_len=64, ranker_users=60,
+                      candidates=12, rerank=6, neighbours=10))
+    assert seen["scorer_rows"] and seen["training_rows"]
+    assert not set(seen["scorer_rows"]) & set(seen["training_rows"])
+    metrics = json.loads((tmp_path / "model" / "manifest.json").read_text())["metrics"]
+    assert "val_ndcg@10_full" in metrics  # enough ranker users were left to validate the scorer on
+
+
 def test_cold_start_user_from_items_and_text_and_new_item(built):
     model = load(built / "model")
     rows = model.recommend(model.query_for_items(["coo0", "coo1"]), 5)
@@ -153,8 +211,8 @@ def test_cli_recommend_and_one_line_errors(built):
     assert noeval.exit_code == 2 and "manifest" in noeval.output
 
 
-BUILD_FILES = ["recommend.json", "users.json", "items.jsonl", "embeddings.npy", "behaviour.npz", "index.faiss",
-               "ranker_fast.txt"]
+BUILD_FILES = ["recommend.json", "users.json", "all_users.json", "items.jsonl", "embeddings.npy", "behaviour.npz",
+               "index.faiss", "ranker_fast.txt"]
 
 
 @pytest.mark.parametrize("name", BUILD_FILES)

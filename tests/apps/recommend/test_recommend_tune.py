@@ -1,6 +1,8 @@
 import json
+import math
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -26,9 +28,29 @@ def test_contrastive_loss_prefers_matching_pairs():
     def identity(ids, mask):
         return ids.float()
 
-    aligned, _ = objective.loss(identity, {"input_ids": torch.cat([eye, eye]), "attention_mask": None})
-    shuffled, _ = objective.loss(identity, {"input_ids": torch.cat([eye, eye[[1, 0, 3, 2]]]), "attention_mask": None})
+    items = torch.arange(8)
+    aligned, _ = objective.loss(identity, {"input_ids": torch.cat([eye, eye]), "attention_mask": None, "items": items})
+    shuffled, _ = objective.loss(identity, {"input_ids": torch.cat([eye, eye[[1, 0, 3, 2]]]), "attention_mask": None,
+                                            "items": items})
     assert aligned < 0.01 < shuffled
+
+
+def test_pairs_sharing_an_item_are_not_each_others_negatives():
+    """An item is the anchor of up to 3 pairs and the neighbour in others: in one batch, the same item (or an
+    anchor's other neighbour) must not be taught as unrelated to it."""
+    # pairs (0, 5), (1, 5), (0, 1), (2, 7): 5 is two pairs' positive, 0 two pairs' anchor, 1 an anchor and a
+    # positive; (2, 7) shares nothing
+    items = torch.tensor([0, 1, 0, 2, 5, 5, 1, 7])
+
+    def loss(vectors):  # an "encoder" embedding item i as vectors[i]
+        return ContrastiveObjective().loss(lambda ids, mask: ids, {"input_ids": vectors[items], "attention_mask": None,
+                                                                   "items": items})[0]
+
+    eye = torch.eye(2)
+    taste = eye[[0, 0, 1, 0, 0, 0, 0, 1]]  # {0, 1, 5} and {2, 7} embed as two points: what co-interaction says
+    assert loss(taste) < 0.01  # nothing left to learn
+    # all alike: the three sharing pairs each still have (2, 7) as a negative, and (2, 7) has all three
+    assert float(loss(eye[[0] * 8])) == pytest.approx((3 * math.log(2) + math.log(4)) / 4, abs=1e-4)
 
 
 def test_build_with_a_tuned_encoder_keeps_it_in_the_folder(tmp_path):
