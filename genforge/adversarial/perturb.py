@@ -38,6 +38,7 @@ from genforge.train.objectives import IGNORE, embeddings
 VAT_XI = 0.1  # size of the power-iteration probe, as a fraction of eps (a tiny one drowns in bf16 noise)
 
 MakeDelta = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (embedding output, token mask) -> shift
+Size = float | torch.Tensor  # a radius or step; a 0-dim tensor in embedding units (--adv-relative)
 
 
 def input_embeddings(model: Any) -> torch.nn.Module:
@@ -73,7 +74,7 @@ def unit(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return g / example_norm(g)
 
 
-def project(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
+def project(delta: torch.Tensor, epsilon: Size) -> torch.Tensor:
     """Projection onto the eps-ball, per example (a delta already inside is unchanged)."""
     return delta * (epsilon / example_norm(delta)).clamp(max=1.0)
 
@@ -151,8 +152,8 @@ class AdversarialObjective:
 
     base: Any
     method: str
-    epsilon: float
-    alpha: float
+    epsilon: Size
+    alpha: Size
     steps: int
     relative: bool = False
 
@@ -179,8 +180,8 @@ class AdversarialObjective:
         if not isinstance(weight, torch.Tensor):
             raise ConfigError(f"--adv-relative needs the embedding matrix, and {type(model).__name__}'s input "
                               "embeddings have no weight; give an absolute --adv-epsilon instead")
-        with torch.no_grad():
-            norm = weight.float().norm(dim=1).mean().item()
+        with torch.no_grad():  # a tensor, not .item(): reading it back would wait for the device at every step
+            norm = weight.float().norm(dim=1).mean()
         alpha = self.alpha if self.method == "vat" else self.alpha * norm
         return replace(self, epsilon=self.epsilon * norm, alpha=alpha, relative=False)
 
@@ -212,7 +213,7 @@ def pgd(adv: AdversarialObjective, model: Any, batch: dict, scale: float) -> tup
     return clean.loss.detach(), delta
 
 
-def random_start(size: float, epsilon: float) -> MakeDelta:
+def random_start(size: Size, epsilon: Size) -> MakeDelta:
     """FreeLB's start: uniform noise on real tokens, size / sqrt(tokens x dim) per element, inside the ball."""
 
     def make(output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

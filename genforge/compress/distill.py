@@ -127,7 +127,7 @@ class DistillObjective:
             task = (F.binary_cross_entropy_with_logits(s_logits, labels) if self.multi_label
                     else F.cross_entropy(s_logits, labels))
             soft = self.soft_loss(s_logits, t_logits)
-            count = torch.tensor(labels.shape[0])
+            count = torch.tensor(labels.shape[0], device=labels.device)
         else:
             task, metrics = token_cross_entropy(s_logits, labels)
             predicted = labels != IGNORE

@@ -18,7 +18,7 @@ only BERT with fewer heads needs genforge's loader ("resized" in compression.jso
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -100,11 +100,21 @@ def keep_masks(model: nn.Module) -> list[Any]:
     A zero gradient leaves AdamW's moments at zero, so the update of a pruned weight is exactly zero and
     decoupled weight decay keeps 0 at 0. Returns the hook handles (remove them after training).
     """
-    handles = []
-    for m in block_linears(model).values():
-        mask = (m.weight != 0).to(m.weight.dtype)
-        handles.append(m.weight.register_hook(lambda grad, mask=mask: grad * mask))
-    return handles
+    return [m.weight.register_hook(zero_pruned((m.weight != 0).to(m.weight.dtype)))
+            for m in block_linears(model).values()]
+
+
+def zero_pruned(mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A gradient hook multiplying by `mask`, which follows the gradient's device: the masks are taken before the
+    engine moves the model to its device (a GPU), so the first backward copies the mask there, once."""
+    held = [mask]
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        if held[0].device != grad.device:
+            held[0] = held[0].to(grad.device)
+        return grad * held[0]
+
+    return hook
 
 
 def _kept(total: int, fraction: float, multiple: int = 1) -> int:

@@ -123,6 +123,7 @@ def train_model(cfg: CompressConfig, subject: Subject, objective: Any, task: Any
 def distill(cfg: CompressConfig, teacher: Subject) -> Result:
     from genforge.compress.distill import DistillObjective, DistillStudent, make_student
     from genforge.compress.task import read_examples, task_for
+    from genforge.finetune.run import device
 
     teacher.model.requires_grad_(False)
     student, layer_map = make_student(cfg, teacher)
@@ -141,7 +142,13 @@ def distill(cfg: CompressConfig, teacher: Subject) -> Result:
                                  layer_map, bool((teacher.info or {}).get("multi_label")), table)
     details = {"student_layers": student.transformer.config.num_hidden_layers, "layer_map": layer_map,
                "student_preset": cfg.student_preset, "vocab_size": student.transformer.config.vocab_size}
-    details["training"] = train_model(cfg, student, objective, task, DistillStudent(student.model, projections))
+    # The engine moves only the module it trains (the student) to its device; the teacher's forward takes the
+    # same batches, so it goes there too, and back to the CPU, where both models are saved and measured.
+    teacher.model.to(device())
+    try:
+        details["training"] = train_model(cfg, student, objective, task, DistillStudent(student.model, projections))
+    finally:
+        teacher.model.to("cpu")
     return student, None, details
 
 

@@ -98,6 +98,9 @@ class Proximal:
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         loss, metrics = self.inner.loss(model, batch)
+        # A silo's first round takes the anchors while its model is still on the CPU; the engine then moves
+        # the model to its device (a GPU), and the anchors follow it there, once.
+        self.anchors = [(p, a.to(p.device)) for p, a in self.anchors]
         distance = sum(((p - a) ** 2).sum() for p, a in self.anchors)
         return loss + self.mu / 2 * distance, metrics
 

@@ -41,7 +41,7 @@ from genforge.finetune.data import hash_split, label_set, read_labelled
 from genforge.finetune.lora import apply_lora, save_model
 from genforge.finetune.metrics import plot_confusion, report
 from genforge.finetune.model import freeze, is_decoder, load_tokenizer, load_weights, trainable_params
-from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
+from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output, runs_on
 from genforge.finetune.teacher import check_teachers, distill_loss, teacher_record
 from genforge.finetune.typos import TypoCorrector, save_vocabulary, word_counts
 from genforge.models.load import fit_tokenizer, read_model_config
@@ -73,7 +73,7 @@ class ClassifyObjective:
         if "teacher" in batch:
             kd = distill_loss(logits, batch["teacher"], self.multi_label, self.distill_temperature)
             loss = (1 - self.distill_weight) * loss + self.distill_weight * kd
-        return loss, {"tokens": torch.tensor(labels.shape[0]), "logits": logits.detach()}
+        return loss, {"tokens": torch.tensor(labels.shape[0], device=labels.device), "logits": logits.detach()}
 
 
 def encode_targets(examples: list[tuple[str, list[str]]], labels: list[str], multi_label: bool) -> torch.Tensor:
@@ -259,7 +259,7 @@ def evaluate_folder(folder: Path, examples: list[tuple[str, list[str]]], batch_s
     from genforge.finetune.classifier import load_classifier
 
     model, tokenizer, info = load_classifier(folder)
-    model.to(device())
+    model.to(runs_on(folder, device()))
     unknown = {lab for _, labs in examples for lab in labs} - set(info["labels"])
     if unknown:
         raise DataError(f"labels the classifier does not know: {sorted(unknown)[:5]}")

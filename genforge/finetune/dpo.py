@@ -200,7 +200,7 @@ class DpoObjective:
         if self.sft_weight:
             chosen_tokens = (batch["labels"][:len(margins)] != IGNORE).sum().clamp(min=1)
             loss = loss - self.sft_weight * logps[:len(margins)].sum() / chosen_tokens
-        return loss, {"tokens": torch.tensor(len(margins))}
+        return loss, {"tokens": torch.tensor(len(margins), device=margins.device)}
 
 
 @torch.no_grad()

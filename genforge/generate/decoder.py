@@ -192,6 +192,10 @@ def load_decoder(model: str | Path | Any, tokenizer: Any = None, dtype: str = "a
         model, _ = load_model(path, "clm")
     elif tokenizer is None:
         raise ConfigError("pass the tokenizer along with a model object: load_decoder(model, tokenizer)")
+    on = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime model has no parameters
+    if on.type != "cpu":  # the runners keep their caches, positions and masks on the CPU
+        raise ConfigError(f"the model is on {on}, and genforge generates on the CPU: pass model.cpu(), or serve "
+                          "it from a GPU with vLLM (docs/serve.md)")
     model.eval()
     torch_dtype = model.dtype if dtype == "auto" else DTYPES[dtype]
     reason = unsupported_reason(model)

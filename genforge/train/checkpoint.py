@@ -27,16 +27,27 @@ WEIGHTS = "model.safetensors"
 
 
 def rng_state() -> dict[str, Any]:
+    """The CPU generator's state and, on a GPU, the current device's (the one this process trains on).
+
+    Only the main process saves it, and every process restores it: all of them seed alike and draw alike
+    (same model, same batch shapes), so their generators agree and the main process's state is theirs too.
+    One device's state, not every visible device's, so a run resumes with fewer GPUs visible than it had."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(cuda_rng(state["cuda"]))
+
+
+def cuda_rng(saved: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The CUDA generator state to restore on this process's device. Checkpoints from before one device's state
+    was saved hold a list, one per device the main process saw; it trained on the first."""
+    return saved[0] if isinstance(saved, list) else saved
 
 
 def save_weights(model: Any, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:

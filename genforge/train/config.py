@@ -125,7 +125,7 @@ class EvalConfig(Config):
     eval_batches: int = field(0, help="batches to score (0 = the whole split)")
     mlm_probability: float = field(0.15, help="mlm models: fraction of tokens masked for scoring")
     seed: int = field(1337, help="seed of the (fixed) mlm masks")
-    bf16: bool = field(False, help="bf16 autocast (faster, slightly less exact)")
+    bf16: bool = field(False, help="bf16 autocast where the hardware has native bf16 (faster, slightly less exact)")
 
     def check(self) -> None:
         for name in ("batch_size",):

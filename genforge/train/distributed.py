@@ -33,7 +33,7 @@ class Dist:
 
 
 def init_distributed() -> Dist:
-    """Join the process group if launched by torchrun (WORLD_SIZE > 1); pick the device; set threads and TF32.
+    """Join the process group if launched by torchrun (WORLD_SIZE > 1); pick the device; set threads.
 
     Threads: all cores split between the processes of this node, unless OMP_NUM_THREADS says otherwise
     (torch's default of one thread per core is right for one process, oversubscribed for several).
@@ -48,7 +48,6 @@ def init_distributed() -> Dist:
         device = torch.device("cpu")
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, usable_cpus() // local_world))
-    torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls where the hardware has it (GPUs)
     if world > 1 and not tdist.is_initialized():
         # The engine's small collectives (signals, clock, loss, token counts) reduce CPU tensors: on GPUs they
         # go through gloo, the gradients through NCCL.

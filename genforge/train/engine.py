@@ -85,7 +85,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 def bf16_available(device: torch.device) -> bool:
     """True where bf16 autocast is native (CUDA with bf16, CPUs with AVX512-BF16 or AMX); else emulation is slow."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # torch's default counts pre-Ampere emulation
     cpu = torch.cpu
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 

@@ -45,7 +45,7 @@ def evaluate_loss(model: Any, objective: Any, batches: Iterable[dict[str, torch.
     for batch in batches:
         with autocast:
             loss, metrics = objective.loss(model, to_device(batch, device))
-        tokens = metrics["tokens"].to(torch.float64)
+        tokens = metrics["tokens"].to(loss.device, torch.float64)  # an objective may count on the host
         summed = torch.where(tokens > 0, loss.detach().double() * tokens, 0.0)  # no host sync, unlike an `if`
         totals += torch.stack([summed, tokens])
     all_reduce(totals)
@@ -62,6 +62,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     from genforge.data.pack import packed_tokenizer
     from genforge.models.load import load_model, max_positions
     from genforge.train.data import eval_batches, open_tokens, read_pack
+    from genforge.train.engine import bf16_available
     from genforge.train.objectives import ClmObjective, MlmObjective
     from genforge.train.pretrain import check_vocab, special_token_ids
 
@@ -84,7 +85,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     batches = eval_batches(tokens, window, seq_len, cfg.batch_size, objective.make_batch,
                            max_batches=cfg.eval_batches, seed=cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = evaluate_loss(model.to(device), objective, batches, device=device, bf16=cfg.bf16)
+    result = evaluate_loss(model.to(device), objective, batches, device=device,
+                           bf16=cfg.bf16 and bf16_available(device))
     out = {"loss": result["loss"], "perplexity": result["perplexity"],
            "bits_per_byte": bits_per_byte(result["loss"], pack[f"{cfg.split}_tokens"], pack[f"{cfg.split}_bytes"])}
     print(json.dumps({k: round(v, 6) for k, v in out.items()}))

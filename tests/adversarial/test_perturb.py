@@ -236,3 +236,12 @@ def test_bad_settings():
     with pytest.raises(ConfigError, match="exposes none"):
         AdversarialObjective(ClassifyObjective(False), "fgm", 1.0, 0.3, 1).train_step(
             lambda ids, mask: torch.zeros(1, 2), batch(), 1.0)
+
+
+def test_relative_sizes_stay_tensors_on_the_model_device():
+    """Reading the embedding norm back (`.item()`) would wait for the GPU at every micro-batch. Meta tensors stand
+    in for a GPU's: they cannot be read back at all."""
+    model = classifier().to("meta")
+    relative = AdversarialObjective(ClassifyObjective(False), "pgd", epsilon=0.5, alpha=0.4, steps=2, relative=True)
+    sized = relative.in_embedding_units(model)
+    assert sized.epsilon.device.type == "meta" and sized.alpha.device.type == "meta"

@@ -1,6 +1,7 @@
 import copy
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -127,3 +128,32 @@ def test_masked_lm_distillation_and_head_pruning(tmp_path, mlm_dir, packed, sett
     model, _ = load_model(out)  # BERT with fewer heads and its tied decoder, through the resizing loader
     assert model.bert.encoder.layer[0].attention.self.query.out_features == 64
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+class TableBody(torch.nn.Module):
+    """Class logits as a mean of per-token rows: runs on any device, meta included (HF models do not)."""
+
+    def __init__(self, vocab: int = 16, classes: int = 2):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab, classes)
+
+    def forward(self, input_ids, **_):
+        return SimpleNamespace(logits=self.table(input_ids).mean(1))
+
+
+class TableClassifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = TableBody(), None
+
+
+def test_a_classifier_distillation_counts_examples_where_the_labels_are():
+    """Evaluation stacks the count with the loss: both must be on the device. Meta tensors stand in for a GPU's
+    (CPU and meta tensors do not stack, as CPU and CUDA do not)."""
+    meta = torch.device("meta")
+    ids = torch.zeros(3, 4, dtype=torch.long, device=meta)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "labels": torch.zeros(3, dtype=torch.long, device=meta)}
+    objective = DistillObjective(TableClassifier().to(meta), "classifier")
+    loss, metrics = objective.loss(DistillStudent(TableClassifier().to(meta)), batch)
+    assert metrics["tokens"].device == loss.device == meta

@@ -7,7 +7,13 @@ from safetensors.torch import load_file
 
 from genforge.compress.blocks import blocks
 from genforge.compress.config import CompressConfig
-from genforge.compress.prune import block_linears, keep_masks, prune_structured, prune_unstructured
+from genforge.compress.prune import (
+    block_linears,
+    keep_masks,
+    prune_structured,
+    prune_unstructured,
+    zero_pruned,
+)
 from genforge.compress.run import compress
 from genforge.finetune.classifier import load_classifier, predict_probs
 from genforge.generate import generate
@@ -50,6 +56,13 @@ def test_masks_keep_pruned_weights_at_zero_under_training(lm_dir):
     for h in handles:
         h.remove()
     assert all((block_linears(model)[n].weight[z] == 0).all() for n, z in zeros.items())
+
+
+def test_a_mask_follows_the_gradient_to_its_device():
+    """The masks are taken on the CPU, before the engine moves the model to its device. Meta tensors stand in for
+    a GPU's: a CPU mask times a meta gradient raises, as times a CUDA one does."""
+    grad = zero_pruned(torch.tensor([1.0, 0.0, 1.0]))(torch.ones(3, device="meta"))
+    assert grad.device.type == "meta" and grad.shape == (3,)
 
 
 def test_unstructured_run_with_wanda_and_recovery(tmp_path, lm_dir, packed, settings):

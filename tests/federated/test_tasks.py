@@ -2,7 +2,7 @@
 
 import torch
 
-from genforge.federated.client import Silo, local_round
+from genforge.federated.client import Proximal, Silo, local_round
 from genforge.federated.config import FederatedPretrainConfig, FederatedSftConfig
 from genforge.federated.partition import split
 from genforge.federated.tasks import build_task, trainable
@@ -66,3 +66,17 @@ def test_a_small_silo_trains_on_all_it_has(tmp_path, bert_dir, sentiment_rows, c
     assert with_val.n == 6  # all of it trains: the server validates on --val-data
     alone = build_task("classify", FederatedClassifyConfig(**common, data=silo), data=silo)
     assert alone.n == 6  # no example falls in the validation share, and that is no error for a client
+
+
+class Sum:
+    def loss(self, model, batch):
+        return model.sum(), {}
+
+
+def test_fedprox_anchors_follow_the_model_to_its_training_device():
+    """A silo's first round takes the anchors while its model is on the CPU; the engine then moves the model to
+    its device. Meta tensors stand in for a GPU's: CPU and meta tensors do not mix, as CPU and CUDA do not."""
+    weight = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    proximal = Proximal(Sum(), [(weight, torch.ones(3))], mu=0.1)
+    loss, _ = proximal.loss(weight, {})
+    assert loss.device.type == "meta" and proximal.anchors[0][1].device.type == "meta"

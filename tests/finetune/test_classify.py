@@ -10,6 +10,7 @@ from genforge.errors import DataError
 from genforge.finetune.classifier import CLASSIFIER_JSON, load_classifier, predict_probs
 from genforge.finetune.classify import ClassifyObjective, classify, encode_targets, evaluate_folder
 from genforge.finetune.config import ClassifyConfig
+from genforge.finetune.run import runs_on
 from genforge.finetune.teacher import distill_loss, teacher_logits
 
 
@@ -155,3 +156,37 @@ def test_student_learns_from_a_teacher_with_its_own_tokenizer(tmp_path, bert_dir
     assert manifest["teachers"][0]["path"] == str(teacher) and "val_accuracy" in manifest["teachers"][0]["metrics"]
     with pytest.raises(DataError, match="a teacher needs the same labels"):
         teacher_logits([teacher], texts, ["bad", "good"], False, batch_size=4)
+
+
+class MeanTable(torch.nn.Module):
+    """Class logits as a mean of per-token rows: runs on any device, meta included (HF models do not)."""
+
+    def __init__(self, vocab: int = 16, classes: int = 2):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab, classes)
+
+    def forward(self, input_ids, attention_mask):
+        return self.table(input_ids).mean(1)
+
+
+def test_the_example_count_is_made_where_the_labels_are():
+    """Evaluation stacks the count with the loss: both must be on the device. Meta tensors stand in for a GPU's
+    (CPU and meta tensors do not stack, as CPU and CUDA do not)."""
+    meta = torch.device("meta")
+    ids = torch.zeros(3, 4, dtype=torch.long, device=meta)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(3, dtype=torch.long,
+                                                                                             device=meta)}
+    loss, metrics = ClassifyObjective(multi_label=False).loss(MeanTable().to(meta), batch)
+    assert metrics["tokens"].device == loss.device == meta
+
+
+def test_a_quantised_or_onnx_classifier_runs_on_the_cpu_whatever_the_device(tmp_path, classifier_dir):
+    """Their kernels (QLinear, ONNX Runtime) exist for the CPU only; every other classifier goes to the device
+    asked for (meta stands in for the GPU `device()` picks there)."""
+    meta = torch.device("meta")
+    for loader, where in (("quantized", "cpu"), ("onnx", "cpu"), ("resized", "meta")):
+        folder = tmp_path / loader
+        folder.mkdir()
+        (folder / "compression.json").write_text(json.dumps({"loader": loader}), encoding="utf-8")
+        assert runs_on(folder, meta).type == where
+    assert runs_on(classifier_dir, meta) == meta

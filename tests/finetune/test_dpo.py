@@ -3,6 +3,7 @@ learns to prefer the chosen answers (full and LoRA), fed by `genforge feedback e
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -230,3 +231,25 @@ def test_dropout_is_off_so_the_first_training_loss_is_log_2(tmp_path, tokenizer,
 def test_dropout_flag_is_refused_for_dpo(tmp_path, llama_dir, jsonl):
     with pytest.raises(ConfigError, match=r"^--dropout does not apply to DPO"):
         DpoConfig(model=llama_dir, data=jsonl("p.jsonl", _pairs(4)), out=tmp_path / "x", dropout=0.1).check()
+
+
+class TableLm(torch.nn.Module):
+    """Logits straight from a table: runs on any device, meta included (HF models read masks back on meta)."""
+
+    def __init__(self, vocab: int = 16):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab, vocab)
+
+    def forward(self, input_ids, **_):
+        return SimpleNamespace(logits=self.table(input_ids))
+
+
+def test_the_pair_count_is_made_where_the_margins_are():
+    """Evaluation stacks the count with the loss: both must be on the device. Meta tensors stand in for a GPU's
+    (CPU and meta tensors do not stack, as CPU and CUDA do not)."""
+    meta = torch.device("meta")
+    ids = torch.zeros(4, 5, dtype=torch.long, device=meta)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
+             "ref_logps": torch.zeros(4, device=meta)}
+    loss, metrics = DpoObjective(beta=0.1).loss(TableLm().to(meta), batch)
+    assert metrics["tokens"].device == loss.device == meta

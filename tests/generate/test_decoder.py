@@ -83,3 +83,10 @@ def test_hf_backend_matches_model_generate_for_gpt2(gpt2_dir):
 def test_fast_backend_refuses_other_architectures(gpt2_dir):
     with pytest.raises(ConfigError, match="GPT2LMHeadModel is not LlamaForCausalLM"):
         load_decoder(gpt2_dir, backend="fast")
+
+
+def test_a_model_object_off_the_cpu_is_refused_in_one_line(llama_dir, tokenizer):
+    """Generation keeps its caches and masks on the CPU; meta stands in for a GPU."""
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).to("meta")
+    with pytest.raises(ConfigError, match=r"the model is on meta, and genforge generates on the CPU: pass model.cpu\(\)"):
+        load_decoder(model, tokenizer)

@@ -1,10 +1,10 @@
-"""A damaged checkpoint fails to load as one line naming its file."""
+"""A damaged checkpoint fails to load as one line naming its file; the CUDA generator state a resume restores."""
 
 import pytest
 import torch
 
 from genforge.errors import ArtifactError
-from genforge.train.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from genforge.train.checkpoint import WEIGHTS, cuda_rng, load_checkpoint, save_checkpoint
 
 
 def test_truncated_checkpoint_weights_name_the_file(tmp_path):
@@ -23,3 +23,11 @@ def test_a_checkpoint_of_other_sizes_is_one_line(tmp_path):
     with pytest.raises(ArtifactError, match=r"does not fit the model: bias is \(64,\) there, \(32,\) here \(2 tensors "
                                             r"differ\); resume with the run's own sizes"):
         load_checkpoint(folder, torch.nn.Linear(64, 32))
+
+
+def test_a_resume_restores_one_cuda_generator_whatever_the_gpus_saved():
+    """A checkpoint holds the trained device's CUDA generator state; an older one holds every device the main
+    process saw (8 here), and restoring them all fails with fewer GPUs visible: only the trained (first) one is."""
+    per_device = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    assert cuda_rng(per_device) is per_device[0]
+    assert cuda_rng(per_device[3]) is per_device[3]

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from genforge.artifacts import read_manifest
+from genforge.train.distributed import init_distributed
 from genforge.train.pretrain import pretrain
 
 
@@ -40,3 +41,16 @@ def test_two_processes_train_like_one(tmp_path, packed, tiny, objective, mode):
     # checkpoints are launch-independent: a 2-process run continues in one process
     more = pretrain(replace(tiny(ddp, objective=objective, grad_accum=2, max_steps=5, eval_batches=3), resume=True))
     assert read_manifest(more)["metrics"]["steps"] == 5
+
+
+def test_fp32_matmuls_stay_exact(monkeypatch):
+    """`--no-bf16` promises exact fp32: setting up the process must not turn TF32 on (precision "high")."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # keep the test's thread count
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        init_distributed()
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -25,7 +25,7 @@ class Uniform(torch.nn.Module):
         self.vocab = vocab
 
     def forward(self, input_ids, **_):
-        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab))
+        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab, device=input_ids.device))
 
 
 def test_evaluation_covers_the_split_and_weights_by_tokens(packed):
@@ -76,3 +76,18 @@ def test_ranks_together_score_what_one_process_scores(packed):
     nll = sum(r["loss"] * r["tokens"] for r in ranks if r["tokens"])
     assert nll / alone["tokens"] == pytest.approx(alone["loss"])
     assert not any(math.isnan(r["loss"]) for r in ranks)
+
+
+class HostCounted:
+    """An objective counting its examples on the host, as a user's may: `torch.tensor(n)` is a CPU tensor."""
+
+    def loss(self, model, batch):
+        return model(batch["input_ids"]).logits.mean(), {"tokens": torch.tensor(batch["input_ids"].shape[0])}
+
+
+def test_a_count_made_on_the_host_joins_the_loss_on_the_device():
+    """Meta tensors stand in for a GPU's: stacking one with a CPU tensor raises, as CUDA and CPU do. They cannot
+    be read back either, so a run whose every batch was summed fails only at the final read of the totals."""
+    batches = [{"input_ids": torch.zeros(2, 4, dtype=torch.long)}] * 2
+    with pytest.raises(RuntimeError, match="Cannot copy out of meta tensor"):
+        evaluate_loss(Uniform(8), HostCounted(), batches, device=torch.device("meta"))
