@@ -7,7 +7,9 @@ parameters) pretrained for --minutes, for the size and speed goals:
 - onnx-int8 (ONNX Runtime dynamic int8, KV-cache step graph);
 and a `small` Llama trained to convergence (1000 steps), for the quality goals (a barely trained model has
 little to lose): int8 <= 2% perplexity, int4's perplexity cost; prune-structured: 30% of FFN neurons (Wanda
-scores) + recovery fine-tuning: goal within 3% perplexity and a real speed-up.
+scores) + recovery fine-tuning: goal within 3% perplexity and a real speed-up. Recovery trains on the first
+nine tenths of the training text and keeps its best checkpoint by loss on the last tenth; the perplexity is
+scored on the validation split, which recovery never sees.
 Classifier (twitter financial news sentiment; train = hash buckets 0-7 of sent_train.csv + bucket 8 for
 validation, test = sent_valid.csv): MiniLM fine-tuned as the teacher, then
 - distill: a 3-layer student with the vocabulary trimmed to the training texts: goal >= 40% smaller,
@@ -46,22 +48,46 @@ def prepare_split(text: str, out: Path, work: Path) -> None:
                           pii=False, dedup=False, workers=1))
 
 
+def shakespeare(quick: bool) -> tuple[bytes, bytes]:
+    """nanoGPT's 90/10 byte split of tiny-shakespeare (train, validation); the quick run takes a slice of each."""
+    raw = (DATA / "tinyshakespeare" / "input.txt").read_bytes()
+    cut = int(len(raw) * 0.9)
+    return (raw[:200_000], raw[cut:cut + 40_000]) if quick else (raw[:cut], raw[cut:])
+
+
+def prepare_splits(train: bytes, val: bytes, data: Path, tmp: Path) -> Path:
+    """A prepared folder (train.jsonl, val.jsonl) of the two byte strings, one document each."""
+    prepare_split(train.decode("utf-8", errors="ignore"), data, tmp)
+    prepare_split(val.decode("utf-8", errors="ignore"), tmp / f"{data.name}-val-part", tmp)
+    shutil.copy(tmp / f"{data.name}-val-part" / "train.jsonl", data / "val.jsonl")
+    return data
+
+
 def prepare_text(tmp: Path, quick: bool) -> Path:
     """A packed folder: nanoGPT's 90/10 byte split of tiny-shakespeare, BPE trained on the train part."""
     from genforge.data.config import PackConfig, TokenizerConfig
     from genforge.data.pack import pack
     from genforge.data.tokenizer import train_tokenizer
 
-    raw = (DATA / "tinyshakespeare" / "input.txt").read_bytes()
-    cut = int(len(raw) * 0.9)
-    train, val = (raw[:200_000], raw[cut:cut + 40_000]) if quick else (raw[:cut], raw[cut:])
-    data = tmp / "data"
-    prepare_split(train.decode("utf-8", errors="ignore"), data, tmp)
-    prepare_split(val.decode("utf-8", errors="ignore"), tmp / "val-part", tmp)
-    shutil.copy(tmp / "val-part" / "train.jsonl", data / "val.jsonl")
+    data = prepare_splits(*shakespeare(quick), tmp / "data", tmp)
     train_tokenizer(TokenizerConfig(data=data, out=tmp / "tok", vocab_size=512 if quick else 2048))
     pack(PackConfig(data=data, tokenizer=tmp / "tok", workers=1))
     return data
+
+
+def recovery_text(tmp: Path, quick: bool, data: Path) -> Path:
+    """What recovery fine-tuning after pruning trains on and keeps its best checkpoint by: the training text
+    with its last tenth held out as the validation split, packed with `data`'s tokenizer. The perplexity goal
+    is scored on `data`'s validation split; selecting checkpoints on that same split would flatter the pruned
+    model, so recovery never sees it."""
+    from genforge.data.config import PackConfig
+    from genforge.data.pack import pack
+
+    train, _ = shakespeare(quick)
+    cut = int(len(train) * 0.9)
+    folder = prepare_splits(train[:cut], train[cut:], tmp / "recovery-data", tmp)
+    pack(PackConfig(data=folder, tokenizer=data / "tokenizer", workers=1))
+    return folder
 
 
 def pretrain_decoder(tmp: Path, data: Path, quick: bool, minutes: float) -> Path:
@@ -214,8 +240,8 @@ def main() -> None:
             recovery = {"max_steps": 8 if quick else 300, "eval_every": 4 if quick else 100, "lr": 3e-4,
                         "warmup_steps": 2 if quick else 20, "bf16": True}
             r = run("converged small decoder: prune-structured 30% FFN (wanda) + recovery", model=small,
-                    method="prune-structured", ffn_fraction=0.3, importance="wanda", data=data, out=tmp / "pruned",
-                    **lm_eval, **recovery)
+                    method="prune-structured", ffn_fraction=0.3, importance="wanda",
+                    data=recovery_text(tmp, quick, data), out=tmp / "pruned", **lm_eval, **recovery)
             show(r, quality)
             c = r["change"]
             goal(f"30% FFN pruning within 3% perplexity ({(c['perplexity'] - 1) * 100:+.2f}%) and a real speed-up "

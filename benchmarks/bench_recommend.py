@@ -10,6 +10,9 @@ Each data set: one `build --holdout` (MiniLM item embeddings + FAISS, the intere
 same run. Printed: Recall@10, NDCG@10, MRR@10, coverage, novelty, cold-start Recall@10 (held-out items with
 < 5 training interactions), p50/p95 latency per user, and the goals:
 NDCG@10 >= 1.2x the best non-text baseline (anime); cold-start Recall@10 >= 2x popularity's; p95 < 100 ms.
+The cold-start goal, as the issue states it, cannot fail: popularity never recommends an item with < 5
+interactions, so its cold recall is 0 by construction. Cold-start Recall@10 is therefore also printed against
+TF-IDF, the baseline that can find cold items (by their text).
 
     .venv/bin/python benchmarks/bench_recommend.py            # full: about 60-90 min on 2 quiet cores
     .venv/bin/python benchmarks/bench_recommend.py --quick    # smoke: small scorer/ranker, 100 users, ~15 min here
@@ -114,8 +117,13 @@ def show(name: str, report: dict) -> None:
         print(f"NDCG@{k} genforge-fast (no LM) / best non-text: x{fast_ratio:.3f}")
     mine = report["methods"][ours][f"cold_recall@{k}"]
     verdict = f"x{cold}" if cold is not None else ("met: popularity scores 0" if mine > 0 else "not met: both 0")
-    print(f"cold-start Recall@{k}: {mine:.4f} vs popularity {pop_cold:.4f} -> {verdict} (goal >= 2x; popularity "
-          f"never recommends an item with < 5 interactions)")
+    print(f"cold-start Recall@{k}: {mine:.4f} vs popularity {pop_cold:.4f} -> {verdict} (goal >= 2x; met as "
+          f"soon as genforge finds any: popularity never recommends an item with < 5 interactions)")
+    tfidf_cold = report["methods"].get("tfidf", {}).get(f"cold_recall@{k}")
+    if tfidf_cold is not None:
+        versus = f"x{mine / tfidf_cold:.3f}" if tfidf_cold > 0 else "TF-IDF finds none"
+        print(f"cold-start Recall@{k}: {mine:.4f} vs TF-IDF {tfidf_cold:.4f} -> {versus} (the baseline that can "
+              f"find cold items, by their text)")
     lm = f"; with the LM re-rank p50 {lat['lm_p50']} ms, p95 {lat['lm_p95']} ms" if "lm_p95" in lat else ""
     print(f"latency per user ({ours}): p50 {lat['p50']} ms, p95 {lat['p95']} ms  (goal p95 < 100 ms){lm}")
 
