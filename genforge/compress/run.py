@@ -98,14 +98,47 @@ def prune(cfg: CompressConfig, subject: Subject) -> Result:
         loader = details.pop("loader")
         compression = {"loader": "resized", "method": cfg.method, **loader} if loader else None
     details["importance"] = cfg.importance
+    details["recover_distill"] = {"alpha": cfg.alpha, "temperature": cfg.temperature} if cfg.recover_distill else None
     if task is not None and cfg.recover:
         handles = keep_masks(model.model) if cfg.method == "prune" else []
         try:
-            details["recovery"] = train_model(cfg, model, task.objective, task)
+            details["recovery"] = recover(cfg, subject, model, task)
         finally:
             for h in handles:
                 h.remove()
     return model, compression, details
+
+
+def recover(cfg: CompressConfig, original: Subject, pruned: Subject, task: Any) -> dict[str, Any]:
+    """Fine-tune the pruned model on --data: with the task's own loss, or with `--recover-distill` as a student of
+    the unpruned original (Minitron, Sreenivas et al. 2024: distillation recovers far more than fine-tuning).
+
+    The original is the teacher as loaded (eval mode, frozen; compress measures it afterwards, unchanged by this).
+    Checkpoints are still selected by the task's validation loss or macro-F1 (`run_training` scores the student
+    alone when the objective is not the task's), so they compare with those of plain recovery.
+    """
+    if not cfg.recover_distill:
+        return train_model(cfg, pruned, task.objective, task)
+    from genforge.compress.distill import DistillObjective, DistillStudent
+
+    original.model.requires_grad_(False)
+    objective = DistillObjective(original.model, original.kind, cfg.temperature, cfg.alpha,
+                                 multi_label=bool((original.info or {}).get("multi_label")))
+    return train_with_teacher(cfg, pruned, objective, task, DistillStudent(pruned.model), original.model)
+
+
+def train_with_teacher(cfg: CompressConfig, student: Subject, objective: Any, task: Any, trained: torch.nn.Module,
+                       teacher: torch.nn.Module) -> dict[str, Any]:
+    """`train_model` with a teacher in the objective. The engine moves only the module it trains (the student) to
+    its device; the teacher's forward takes the same batches, so it goes there too, and back to the CPU, where
+    both models are saved and measured."""
+    from genforge.finetune.run import device
+
+    teacher.to(device())
+    try:
+        return train_model(cfg, student, objective, task, trained)
+    finally:
+        teacher.to("cpu")
 
 
 def train_model(cfg: CompressConfig, subject: Subject, objective: Any, task: Any,
@@ -123,7 +156,6 @@ def train_model(cfg: CompressConfig, subject: Subject, objective: Any, task: Any
 def distill(cfg: CompressConfig, teacher: Subject) -> Result:
     from genforge.compress.distill import DistillObjective, DistillStudent, make_student
     from genforge.compress.task import read_examples, task_for
-    from genforge.finetune.run import device
 
     teacher.model.requires_grad_(False)
     student, layer_map = make_student(cfg, teacher)
@@ -142,13 +174,8 @@ def distill(cfg: CompressConfig, teacher: Subject) -> Result:
                                  layer_map, bool((teacher.info or {}).get("multi_label")), table)
     details = {"student_layers": student.transformer.config.num_hidden_layers, "layer_map": layer_map,
                "student_preset": cfg.student_preset, "vocab_size": student.transformer.config.vocab_size}
-    # The engine moves only the module it trains (the student) to its device; the teacher's forward takes the
-    # same batches, so it goes there too, and back to the CPU, where both models are saved and measured.
-    teacher.model.to(device())
-    try:
-        details["training"] = train_model(cfg, student, objective, task, DistillStudent(student.model, projections))
-    finally:
-        teacher.model.to("cpu")
+    details["training"] = train_with_teacher(cfg, student, objective, task, DistillStudent(student.model, projections),
+                                             teacher.model)
     return student, None, details
 
 
