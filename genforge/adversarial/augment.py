@@ -102,7 +102,7 @@ def augment_examples(examples: list[Example], cfg: Any, progress: Path | None = 
     if not cfg.augment_attack:
         return examples
     from genforge.finetune.classifier import load_classifier
-    from genforge.finetune.run import device, runs_on
+    from genforge.finetune.run import runs_on
 
     recipes = augment_recipes(examples, cfg) if recipes is None else recipes
     attacked = cfg.augment_model is not None
@@ -113,7 +113,7 @@ def augment_examples(examples: list[Example], cfg: Any, progress: Path | None = 
     victim, labels = None, []
     if attacked and any(len(finished) < len(jobs) for finished in done.values()):  # loaded only if still needed
         model, tokenizer, info = load_classifier(cfg.augment_model)
-        victim, labels = Victim(model.to(runs_on(cfg.augment_model, device())), tokenizer, info["seq_len"]), info["labels"]
+        victim, labels = Victim(model.to(runs_on(cfg.augment_model)), tokenizer, info["seq_len"]), info["labels"]
     base, copies = Budget(seed=cfg.seed), []
     with open(progress, "a", encoding="utf-8") if progress else contextlib.nullcontext() as log:
         for recipe in recipes:

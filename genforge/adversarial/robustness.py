@@ -133,7 +133,7 @@ def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
     """Attack `cfg.model` on `cfg.data` with each `cfg.attack` recipe; return the report (also report.json)."""
     from genforge.adversarial.perturb import input_embeddings
     from genforge.finetune.classifier import load_classifier, predict_probs
-    from genforge.finetune.run import device, runs_on
+    from genforge.finetune.run import runs_on
 
     model, tokenizer, info = load_classifier(cfg.model)
     if info["multi_label"]:
@@ -148,7 +148,7 @@ def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
                for name in names if name not in progress.finished}  # a bad --encoder fails before the folder is touched
     started = begin_output(cfg.out, "robustness")
     progress.begin()
-    model.to(runs_on(cfg.model, device()))
+    model.to(runs_on(cfg.model))
     texts, gold = [t for t, _ in examples], np.array([y for _, y in examples])
     clean = predict_probs(model, tokenizer, texts, seq_len=info["seq_len"], multi_label=False,
                           batch_size=cfg.batch_size).argmax(1)

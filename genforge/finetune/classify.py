@@ -259,7 +259,7 @@ def evaluate_folder(folder: Path, examples: list[tuple[str, list[str]]], batch_s
     from genforge.finetune.classifier import load_classifier
 
     model, tokenizer, info = load_classifier(folder)
-    model.to(runs_on(folder, device()))
+    model.to(runs_on(folder))
     unknown = {lab for _, labs in examples for lab in labs} - set(info["labels"])
     if unknown:
         raise DataError(f"labels the classifier does not know: {sorted(unknown)[:5]}")

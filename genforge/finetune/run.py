@@ -35,13 +35,13 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def runs_on(folder: Path, preferred: torch.device) -> torch.device:
-    """Where the model saved in `folder` runs: `preferred` (usually `device()`), except the CPU for a quantised
+def runs_on(folder: Path, preferred: torch.device | None = None) -> torch.device:
+    """Where the model saved in `folder` runs: `preferred` (default `device()`), except the CPU for a quantised
     or ONNX one (genforge compress), whose kernels (QLinear, ONNX Runtime) exist for the CPU only."""
     from genforge.compress.load import read_compression
 
     loader = (read_compression(folder) or {}).get("loader")
-    return torch.device("cpu") if loader in ("quantized", "onnx") else preferred
+    return torch.device("cpu") if loader in ("quantized", "onnx") else preferred or device()
 
 
 def best_checkpoint(out: Path) -> Path:

@@ -45,14 +45,14 @@ def teacher_logits(teachers: list[Path], texts: list[str], labels: list[str], mu
     from tqdm.auto import tqdm
 
     from genforge.finetune.classifier import load_classifier, predict_probs
-    from genforge.finetune.run import device, runs_on
+    from genforge.finetune.run import runs_on
 
     check_teachers(teachers, labels, multi_label)
     total = np.zeros((len(texts), len(labels)), dtype=np.float64)
     for folder in teachers:
         model, tokenizer, info = load_classifier(folder)
         with tqdm(total=len(texts), desc=f"teacher {Path(folder).name}", unit="text", leave=False) as bar:
-            probs = predict_probs(model.to(runs_on(folder, device())), tokenizer, texts, seq_len=info["seq_len"],
+            probs = predict_probs(model.to(runs_on(folder)), tokenizer, texts, seq_len=info["seq_len"],
                                   multi_label=multi_label, batch_size=batch_size, progress=bar.update)
         total += probs[:, [info["labels"].index(label) for label in labels]]
         del model
