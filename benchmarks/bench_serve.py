@@ -6,7 +6,8 @@ greedy, fixed-length completions (EOS ignored), the same torch threads. Each ser
 the clients run here (asyncio + httpx), each client sending its requests one after another. Per level:
 aggregate tokens/s = completion tokens of all requests / wall time; TTFT = time to the first streamed
 chunk with text; latency = time to `data: [DONE]`. genforge runs with its defaults: responses stored,
-PII redaction of the streams on (text without a break is held until the break, see docs/serve.md).
+PII redaction of the streams on (a word is held until it ends, a long run without a break until it is 65
+characters long, see docs/serve.md).
 The baselines (see `baseline_app`): `hf-naive` runs `generate` per request, serialised: the reference
 issue #9 set, which leaves batching's speed-up unused. `hf-static` runs the requests that queued
 meanwhile as one left-padded batch per `generate` (static batching: a running batch takes no one in).

@@ -2,7 +2,7 @@
 
 One precompiled regex per kind finds candidates; candidates that carry a checksum or a range are
 validated before they are replaced, so look-alike numbers survive:
-  <EMAIL>  user@example.com
+  <EMAIL>  user@example.com, the part before "@" at most 64 characters (RFC 5321)
   <ID>     Chinese resident ID: 18 characters, a plausible birth date, valid ISO 7064 MOD 11-2 check digit
   <CARD>   payment card: 13-19 digits (spaces/dashes allowed), a card issuer's prefix, valid Luhn checksum
   <PHONE>  international "+CC ..." (8-15 digits in all), North-American "(415) 555-2671" / "415-555-2671",
@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 KINDS = ("EMAIL", "ID", "CARD", "PHONE", "IP")
 
-_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-                    r"(?![A-Za-z0-9-])")
+EMAIL_LOCAL_MAX = 64  # RFC 5321; the bound also caps how far a redacting stream must look ahead
+_EMAIL = re.compile(rf"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{{1,{EMAIL_LOCAL_MAX}}}"
+                    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![A-Za-z0-9-])")
 _ID = re.compile(r"[1-9](?<![0-9A-Za-z].)\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]"
                  r"(?![0-9A-Za-z])")
 _CARD = re.compile(r"\d(?<![0-9A-Za-z+-].)(?:[ -]?\d){12,18}(?![0-9A-Za-z-])")
@@ -39,8 +40,9 @@ _PHONE = re.compile(
     r")(?![0-9])"
 )
 _IPV4 = re.compile(r"\d(?<![0-9A-Za-z.].)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?!\.?\d)")
-# Ends on a hex digit, so "fe80::1:" at the end of a clause is found without its colon.
-_IPV6 = re.compile(r"(?=[0-9A-Fa-f:])(?<![0-9A-Za-z:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{1,38}[0-9A-Fa-f]"
+# Ends on a hex digit, so "fe80::1:" at the end of a clause is found without its colon. The look-ahead
+# reads at most two groups of 4 (a longer group is no IPv6 address), so a long hex word is not read whole.
+_IPV6 = re.compile(r"(?=[0-9A-Fa-f:])(?<![0-9A-Za-z:.])(?=[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:]{1,38}[0-9A-Fa-f]"
                    r"(?![0-9A-Za-z.]|:[0-9A-Fa-f:])")
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)

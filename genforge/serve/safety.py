@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from genforge.adversarial.transforms import CJK, HOMOGLYPHS, INVISIBLE
-from genforge.data.pii import scrub_pii
+from genforge.data.pii import EMAIL_LOCAL_MAX, scrub_pii
 from genforge.errors import ConfigError
 
 ACTIONS = ("block", "redact", "flag")
@@ -43,6 +43,12 @@ _IS_CJK = re.compile(rf"[{CJK}]")
 # Unicode digit, str.isdecimal) and a space right after a digit or ")" (phone and card numbers): anything
 # else ends every PII match, and no pattern reads past it.
 _PII_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._%+-@:()")
+# After an ASCII letter or digit no PII pattern may start (each one's look-behind refuses it).
+_NO_START_AFTER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+# In text without a digit, "@" or ":" the only PII patterns that can get past their first characters are the
+# e-mail's (its local part is at most EMAIL_LOCAL_MAX characters, then "@" is needed) and IPv6's look-ahead
+# (at most 4 hex digits, then ":" is needed): every attempt there reads at most this many characters.
+_NO_DIGIT_REACH = EMAIL_LOCAL_MAX + 1
 
 
 def normalise(text: str) -> tuple[str, list[int]]:
@@ -92,6 +98,29 @@ def pii_barrier(text: str, i: int) -> bool:
     if ch == " ":
         return i == 0 or not (text[i - 1].isdecimal() or text[i - 1] == ")")
     return ch not in _PII_CHARS and not ch.isdecimal()
+
+
+def pii_settled(text: str, cut: int, inside_runs: bool = True) -> int:
+    """The longest prefix `text[:c]`, c <= cut, that the PII patterns have settled: no attempt of theirs
+    starting before c reads `text[c:]`. Up to the last barrier (`pii_barrier`) that holds always; inside the
+    run of PII characters after it (`inside_runs`), while the run has no digit, "@" or ":", it holds at every
+    c that lies at least `_NO_DIGIT_REACH` characters past every position before it where a pattern may
+    start. So a long word without spaces is held until it is 65 characters long, not to its end."""
+    begin = cut
+    while begin > 0 and not pii_barrier(text, begin - 1):
+        begin -= 1
+    if not inside_runs:
+        return begin
+    end = begin
+    while end < cut and not (text[end].isdecimal() or text[end] in "@:"):
+        end += 1
+    starts = [p for p in range(begin, end) if p == begin or text[p - 1] not in _NO_START_AFTER]
+    settled = end
+    for p in reversed(starts):  # the last start before `settled` must lie a reach before it
+        if p + _NO_DIGIT_REACH <= settled:
+            return settled
+        settled = p
+    return begin
 
 
 def read_blocklists(paths: list[Path]) -> list[str]:
@@ -178,6 +207,9 @@ class Safety:
         self.moderator = moderator
         self.redact_pii = redact_pii
         self.refusal = refusal
+        # A redacted term's *** changes the text the PII patterns then read: cuts inside a run are worked out
+        # on the text as generated, so with a redacting blocklist a run waits for its end.
+        self.cuts_runs = redact_pii and not (self.blocklist and "redact" in self.policies.values())
 
     @property
     def checks_input(self) -> bool:
@@ -226,14 +258,15 @@ class Safety:
         so the last run of those (an unfinished word, e-mail, number) waits for a character outside them; a
         blocklist term waits from its first character while the text so far could still complete it
         (`k i l`, `炸`), or, word-bounded, while the next character could make it part of a longer word
-        (`kill` -> `killer`). Nothing else waits: Chinese streams as it comes. A run with no such end (a
-        long token without spaces) waits whole, since an e-mail address can be that long.
+        (`kill` -> `killer`). Nothing else waits: Chinese streams as it comes. A long run without such an end
+        (a word repeated without spaces) streams once it is 65 characters long while it has no digit, "@" or
+        ":" (`pii_settled`; not with a redacting blocklist), and otherwise waits for its end.
         """
         cut = len(text)
         norm = where = None
         while cut > start:
-            if self.redact_pii and not pii_barrier(text, cut - 1):
-                cut -= 1
+            if self.redact_pii and (settled := pii_settled(text, cut, self.cuts_runs)) < cut:
+                cut = settled
                 continue
             if self.pending is None:
                 return cut
@@ -254,10 +287,12 @@ class Safety:
     def separates(self, text: str, cut: int) -> bool:
         """Whether the checks of what follows a settled `text[:cut]` never depend on what precedes `cut`, so
         that `text[cut:]` filters on its own as it does after it. PII patterns look back one character, for
-        which a settled cut's last character (a PII barrier) is the same as the start of a text. A
+        which a cut after a PII barrier is the same as the start of a text (a cut inside a run is not). A
         word-bounded term looks back at the last normalised character: that must be no letter or digit, or
         the next one (when known) must begin no such term (Chinese has no spaces to cut at).
         """
+        if cut > 0 and self.redact_pii and not pii_barrier(text, cut - 1):
+            return False
         if cut == 0 or not self.bounded:
             return True
         last = normalise(text[cut - 1])[0][-1:]

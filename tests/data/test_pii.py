@@ -9,6 +9,7 @@ from genforge.data.pii import luhn_valid, scrub_pii, valid_cn_id
 @pytest.mark.parametrize("text, expected, kind", [
     ("mail zhang.wei+hr@example.co.uk now", "mail <EMAIL> now", "EMAIL"),
     ("邮箱li_na@corp.cn联系我", "邮箱<EMAIL>联系我", "EMAIL"),
+    ("to " + "x" * 64 + "@example.com.", "to <EMAIL>.", "EMAIL"),  # the longest local part RFC 5321 allows
     ("ID 11010519491231002X on file", "ID <ID> on file", "ID"),
     ("身份证号440304198512311233。", "身份证号<ID>。", "ID"),
     ("card 4111 1111 1111 1111 exp", "card <CARD> exp", "CARD"),
@@ -46,6 +47,8 @@ def test_each_kind_is_replaced(text, expected, kind):
     "total 1234567890123 units",  # 13 digits, Luhn-invalid
     "price +12 points, +1234567",  # too few digits for an international number
     "no at-sign here, user at example dot com",
+    "x" * 65 + "@example.com",  # a local part over RFC 5321's 64 characters is no address
+    "hash deadbeefdeadbeef:cafe::1",  # a group of more than 4 hex digits is no IPv6 address
 ])
 def test_near_misses_survive(text):
     assert scrub_pii(text) == (text, {})

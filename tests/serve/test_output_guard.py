@@ -16,7 +16,8 @@ WORDS = ["hello", "mail", "me", "at", "bob@example.com", "a.very.long.local.part
          "card", "4111 1111 1111 1111", "11010519491231002X", "ip", "192.168.1.1", "fe80::1", "v1.2.3.4", "1.2.3.4.5",
          "kill", "killer", "skill", "k i l l", "k.i.l.l", "ｋｉｌｌ", "кill", "k\u200bill", "bad", "word", "bad-word",
          "炸弹", "炸 弹", "炸\u200b弹", "炸鸡", "bomb", "bombs", "的" * 30, "a" * 40, "then", "done.", "ok,", "\n", "12345",
-         "2024", "(", ")", "-", "@", ":", "...", "“quoted”"]
+         "2024", "(", ")", "-", "@", ":", "...", "“quoted”", "VIRGILIA" * 12, "x" * 64 + "@example.com",
+         "y" * 65 + "@example.com", "a.b" * 30]
 
 
 def split(text: str, rng: random.Random) -> list[str]:
@@ -80,7 +81,7 @@ def test_a_phone_number_split_anywhere_is_redacted(size):
     assert safety.filter("chat", text, "output").text == "Call me at <PHONE> and I will tell you all about the " \
                                                          "weather in the city this week."
     check(safety, text, [text[i:i + size] for i in range(0, len(text), size)])
-    long = "write to " + "x" * 100 + "@example.com now"  # an e-mail longer than any window
+    long = "write to " + "x" * 64 + "@example.com now"  # the longest local part an e-mail may have
     check(safety, long, [long[i:i + size] for i in range(0, len(long), size)])
 
 
@@ -122,6 +123,31 @@ def test_filtering_from_a_later_cut_keeps_what_came_before_in_view(redact_pii):
     for size in range(1, 6):
         check(safety, text, [text[i:i + size] for i in range(0, len(text), size)])
     assert stream(safety, list(text))[0].count("***") == 3
+
+
+def test_a_long_word_without_spaces_streams_once_it_is_65_characters_long():
+    """The random-weights model's VIRGILIAVIRGILIA...: held until no e-mail can start in it (its local part
+    is at most 64 characters), not to its end; a digit, "@" or ":" in the run, or a redacting blocklist,
+    makes it wait whole."""
+    text = "Hello " + "VIRGILIA" * 20
+    guard = OutputGuard(Safety(), "chat")
+    sent = [guard.push(text[i:i + 4]) for i in range(0, len(text), 4)]
+    assert sent[:2] == ["", "Hello "] and sent[2:17] == [""] * 15  # each could still be an e-mail
+    assert "".join(sent[:18]) == text[:72] and "".join(sent) == text and guard.finish().text == ""
+    for held in ["Hello " + "VIRGILIA7" + "VIRGILIA" * 20, "Hello " + "VIRGILIA" * 20]:
+        redacting = Safety(["kill"], {"chat": "redact", "completions": "redact"})
+        for safety in ([Safety()] if "7" in held else []) + [redacting]:
+            guard = OutputGuard(safety, "chat")
+            assert "".join(guard.push(held[i:i + 4]) for i in range(0, len(held), 4)) == "Hello "
+
+
+def test_a_redacted_term_in_a_run_does_not_unsettle_its_cuts():
+    """A term's *** lets an e-mail start where the generated text had a letter before it: cut inside the run,
+    the stream would have sent the start of the address."""
+    safety = Safety(["微信vx"], {"chat": "redact", "completions": "redact"})
+    text = "加微信vx" + "y" * 63 + "@ex.com 谢谢"
+    assert safety.filter("chat", text, "output").text == "加***<EMAIL> 谢谢"
+    check(safety, text, list(text))
 
 
 def test_chinese_and_plain_words_still_stream_while_the_text_grows():
