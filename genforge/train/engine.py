@@ -230,7 +230,11 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     t_start = time.perf_counter() - state["elapsed"]
     t_log, tokens_log, loss_sum, n_loss = time.perf_counter(), state["tokens"], torch.zeros((), device=device), 0
     quiet = {} if dist.is_main else {"disable": True}  # the main process keeps tqdm's default: TQDM_DISABLE=1 works
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], unit="step", dynamic_ncols=True, desc="train", **quiet)
+    # A run on a clock ends at max_steps or when time is up, whichever comes first: its bar aims at the step
+    # the measured pace reaches in the time left (set at each log), so its percentage and ETA mean something.
+    bar = tqdm(total=None if budget else cfg.max_steps, initial=state["step"], unit="step", dynamic_ncols=True,
+               desc="train", **quiet)
+    paced_from = (state["step"], state["elapsed"])
     with catch_signals(stop):
         for step in range(state["step"], cfg.max_steps):
             # One tiny collective per step keeps all processes agreeing on signals, time and the LR.
@@ -287,9 +291,9 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
                     raise ConfigError(f"training diverged at step {state['step']} (loss {loss_value:.4g}, gradient "
                                       f"norm {norm_value:.4g}); lower --lr (now {cfg.lr:g}) and run again")
                 postfix = {"loss": f"{loss_value:.3f}", "tok_s": f"{record['tokens_per_s']:.0f}", "lr": f"{lr:.1e}"}
-                if budget:  # tqdm's ETA counts steps; a time-limited run ends on the clock
-                    left = max(0, int(budget - state["elapsed"]))
-                    postfix["left"] = f"{left // 60}:{left % 60:02d}"
+                if budget:
+                    pace = (state["step"] - paced_from[0]) / max(state["elapsed"] - paced_from[1], 1e-9)
+                    bar.total = min(cfg.max_steps, state["step"] + int(max(0.0, budget - state["elapsed"]) * pace))
                 bar.set_postfix(postfix)
                 t_log, tokens_log, n_loss = now, state["tokens"], 0
                 loss_sum.zero_()
@@ -303,6 +307,8 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
             if cfg.save_every and state["step"] % cfg.save_every == 0:
                 save(latest, with_state=True)
                 t_log, tokens_log = time.perf_counter(), state["tokens"]
+    if reason == "max_minutes":  # the clock ended it: the bar ends full
+        bar.total = state["step"]
     bar.close()
     if reason == "signal":
         save(latest, with_state=True)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 from dataclasses import dataclass, replace
 
@@ -197,3 +198,14 @@ def test_a_diverged_run_stops_at_the_log_step_and_saves_nothing(tmp_path, packed
     assert not (cfg.out / "checkpoints" / "latest").exists()
     rows = [json.loads(line) for line in (cfg.out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]  # the NaN record stays, for `genforge tune` to read
+
+
+def test_a_run_on_a_clock_aims_its_progress_bar_at_the_step_it_can_reach(tmp_path, packed, tiny, capsys):
+    """Not at max_steps (10**9 for "train for N minutes"), which shows 0% and an ETA of centuries."""
+    cfg, objective, batches, val = setup(packed, tiny, tmp_path / "run", max_steps=10**9, max_minutes=0.02,
+                                         log_every=1, save_every=0, eval_every=0)
+    result = train(fresh_model(), objective, batches, cfg, cfg.out, eval_data=val)
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    totals = [int(m[1]) for line in lines if line.startswith("train:") and (m := re.search(r" \d+/(\d+) \[", line))]
+    assert result.stop_reason == "max_minutes" and len(totals) >= 2
+    assert max(totals) < 10**6 and totals[-1] == result.steps  # ends full
