@@ -9,8 +9,9 @@ and a `small` Llama trained to convergence (1000 steps), for the quality goals (
 little to lose): int8 <= 2% perplexity, int4's perplexity cost; prune-structured: 30% of FFN neurons (Wanda
 scores) + recovery fine-tuning: goal within 3% perplexity and a real speed-up. Recovery trains on the first
 nine tenths of the training text and keeps its best checkpoint by loss on the last tenth; the perplexity is
-scored on the validation split, which recovery never sees. Recovery runs twice: plain fine-tuning, and
-`--recover-distill` (the unpruned original as teacher, alpha 0.5, as Minitron retrains pruned models).
+scored on the validation split, which recovery never sees. Recovery runs twice: plain fine-tuning
+(`--no-recover-distill`), and genforge's default, the unpruned original as teacher (alpha 0.5, as Minitron
+retrains pruned models).
 Classifier (twitter financial news sentiment; train = hash buckets 0-7 of sent_train.csv + bucket 8 for
 validation, test = sent_valid.csv): MiniLM fine-tuned as the teacher, then
 - distill: a 3-layer student with the vocabulary trimmed to the training texts: goal >= 40% smaller,
@@ -241,7 +242,8 @@ def main() -> None:
             recovery = {"max_steps": 8 if quick else 300, "eval_every": 4 if quick else 100, "lr": 3e-4,
                         "warmup_steps": 2 if quick else 20, "bf16": True}
             recovery_data = recovery_text(tmp, quick, data)
-            for label, kd in (("recovery", {}), ("distillation recovery", {"recover_distill": True, "alpha": 0.5})):
+            for label, kd in (("recovery", {"recover_distill": False}),
+                              ("distillation recovery", {"recover_distill": True, "alpha": 0.5})):
                 r = run(f"converged small decoder: prune-structured 30% FFN (wanda) + {label}", model=small,
                         method="prune-structured", ffn_fraction=0.3, importance="wanda", data=recovery_data,
                         out=tmp / f"pruned-{len(kd)}", **lm_eval, **recovery, **kd)

@@ -54,9 +54,9 @@ class CompressConfig(TrainConfig):
     calibration_batches: int = field(8, help="wanda: batches of --data whose activations are measured")
     recover: bool = field(True, help="prune methods: fine-tune the pruned model on --data afterwards "
                                      "(when --data is given)")
-    recover_distill: bool = field(False, help="prune methods: recover by distillation from the unpruned model "
-                                              "(Minitron): --alpha x KL x T^2 (--temperature) + (1 - alpha) x the "
-                                              "task loss")
+    recover_distill: bool = field(True, help="prune methods: recover by distillation from the unpruned model "
+                                             "(Minitron): --alpha x KL x T^2 (--temperature) + (1 - alpha) x the "
+                                             "task loss; --no-recover-distill fine-tunes on the task loss alone")
     # distillation
     student_layers: int = field(0, help="distill: the student is a copy of the teacher with this many of "
                                         "its layers, evenly spaced (0 = half)")
@@ -66,8 +66,8 @@ class CompressConfig(TrainConfig):
     num_layers: int = field(0, help="distill, custom student: transformer layers")
     num_heads: int = field(0, help="distill, custom student: attention heads")
     intermediate_size: int = field(0, help="distill, custom student: MLP width")
-    temperature: float = field(2.0, help="distill, --recover-distill: softmax temperature of the teacher and student logits")
-    alpha: float = field(0.5, help="distill, --recover-distill: weight of the KL loss (x T^2); 1 - alpha weighs the task loss")
+    temperature: float = field(2.0, help="distill, prune recovery: softmax temperature of the teacher and student logits")
+    alpha: float = field(0.5, help="distill, prune recovery: weight of the KL loss (x T^2); 1 - alpha weighs the task loss")
     hidden_weight: float = field(0.0, help="distill: weight of hidden-state matching (cosine) loss; 0 = off")
     trim_vocab: bool = field(False, help="distill a WordPiece classifier: keep only the vocabulary the "
                                          "training texts use (smaller embeddings)")
@@ -120,13 +120,7 @@ class CompressConfig(TrainConfig):
             raise ConfigError(f"--hidden-weight must be >= 0, got {self.hidden_weight}")
         if self.epochs < 0:
             raise ConfigError(f"--epochs must be >= 0, got {self.epochs}")
-        if self.recover_distill:
-            if self.method not in ("prune", "prune-structured"):
-                raise ConfigError("--recover-distill applies to --method prune and prune-structured")
-            if self.data is None or not self.recover:
-                raise ConfigError("--recover-distill distils during recovery, which trains on --data: give --data "
-                                  "(and drop --no-recover)")
-            if self.hidden_weight:
-                raise ConfigError("--hidden-weight applies to --method distill (--recover-distill matches logits)")
+        if self.hidden_weight and self.method != "distill":
+            raise ConfigError("--hidden-weight applies to --method distill (prune recovery matches logits)")
         if self.trim_vocab and self.method != "distill":
             raise ConfigError("--trim-vocab applies to --method distill")

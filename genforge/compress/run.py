@@ -98,8 +98,10 @@ def prune(cfg: CompressConfig, subject: Subject) -> Result:
         loader = details.pop("loader")
         compression = {"loader": "resized", "method": cfg.method, **loader} if loader else None
     details["importance"] = cfg.importance
-    details["recover_distill"] = {"alpha": cfg.alpha, "temperature": cfg.temperature} if cfg.recover_distill else None
-    if task is not None and cfg.recover:
+    recovers = task is not None and cfg.recover
+    distils = recovers and cfg.recover_distill
+    details["recover_distill"] = {"alpha": cfg.alpha, "temperature": cfg.temperature} if distils else None
+    if recovers:
         handles = keep_masks(model.model) if cfg.method == "prune" else []
         try:
             details["recovery"] = recover(cfg, subject, model, task)
@@ -110,8 +112,8 @@ def prune(cfg: CompressConfig, subject: Subject) -> Result:
 
 
 def recover(cfg: CompressConfig, original: Subject, pruned: Subject, task: Any) -> dict[str, Any]:
-    """Fine-tune the pruned model on --data: with the task's own loss, or with `--recover-distill` as a student of
-    the unpruned original (Minitron, Sreenivas et al. 2024: distillation recovers far more than fine-tuning).
+    """Fine-tune the pruned model on --data as a student of the unpruned original (Minitron, Sreenivas et al.
+    2024: distillation recovers far more than fine-tuning), or with `--no-recover-distill` on the task's own loss.
 
     The original is the teacher as loaded (eval mode, frozen; compress measures it afterwards, unchanged by this).
     Checkpoints are still selected by the task's validation loss or macro-F1 (`run_training` scores the student

@@ -1,4 +1,5 @@
-"""`--recover-distill`: recovery after pruning as a student of the unpruned original (Minitron)."""
+"""Recovery after pruning as a student of the unpruned original (Minitron; the default, `--no-recover-distill` for plain
+fine-tuning)."""
 
 import copy
 import json
@@ -45,10 +46,13 @@ def test_structured_run_with_distilled_recovery(tmp_path, lm_dir, packed, settin
     assert lm_score(model, task_for(cfg, load_subject(out), packed))["loss"] == pytest.approx(best, rel=1e-4)
 
 
-def test_plain_recovery_records_no_distillation(tmp_path, lm_dir, packed, settings):
-    out = compress(CompressConfig(model=lm_dir, method="prune", sparsity=0.3, data=packed, max_steps=1,
-                                  eval_every=0, out=tmp_path / "p", **settings))
-    assert json.loads((out / "report.json").read_text())["settings"]["recover_distill"] is None
+def test_recovery_distils_by_default_and_plain_recovery_records_no_distillation(tmp_path, lm_dir, packed, settings):
+    assert CompressConfig(model=lm_dir, method="prune", out=tmp_path / "x").recover_distill
+    for name, extra in (("plain", {"recover_distill": False}), ("none", {"recover": False}), ("no-data", {})):
+        data = None if name == "no-data" else packed
+        out = compress(CompressConfig(model=lm_dir, method="prune", sparsity=0.3, data=data, max_steps=1,
+                                      eval_every=0, out=tmp_path / name, **settings, **extra))
+        assert json.loads((out / "report.json").read_text())["settings"]["recover_distill"] is None, name
 
 
 def test_the_kd_term_of_a_student_equal_to_its_teacher_is_zero_with_zero_gradient(lm_dir):
@@ -82,12 +86,8 @@ def test_the_kd_term_of_a_student_equal_to_its_teacher_is_zero_with_zero_gradien
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--method", "int8", "--recover-distill"], "--recover-distill applies to --method prune and prune-structured"),
-    (["--method", "distill", "--data", "d", "--recover-distill"], "--recover-distill applies to --method prune"),
-    (["--method", "prune", "--recover-distill"], "--recover-distill distils during recovery, which trains on --data"),
-    (["--method", "prune-structured", "--data", "d", "--no-recover", "--recover-distill"], "drop --no-recover"),
-    (["--method", "prune", "--data", "d", "--recover-distill", "--hidden-weight", "1"],
-     "--hidden-weight applies to --method distill"),
+    (["--method", "prune", "--data", "d", "--hidden-weight", "1"], "--hidden-weight applies to --method distill"),
+    (["--method", "int8", "--hidden-weight", "0.5"], "--hidden-weight applies to --method distill"),
 ])
 def test_bad_recover_distill_input_is_one_line(tmp_path, args, message):
     result = CliRunner().invoke(app, ["compress", "--model", str(tmp_path / "missing"), "--out",
