@@ -172,6 +172,8 @@ def run(name: str, **kwargs) -> dict:
 
 
 def show(report: dict, quality: list[str]) -> None:
+    from genforge.compress.report import speed_words
+
     o, c, r = report["original"], report["compressed"], report["change"]
     print(f"\n-- {report['name']} ({report['seconds']:.0f} s)")
     print(f"   params            {o['params']:>14,} -> {c['params']:>14,}   x{r['params']:.3f}")
@@ -180,7 +182,7 @@ def show(report: dict, quality: list[str]) -> None:
     print(f"   linear weights MB {o['linear_bytes'] / 1e6:>14.2f} -> {c['linear_bytes'] / 1e6:>14.2f}   "
           f"{1 / r['linear_bytes']:.2f}x smaller")
     print(f"   latency p50 ms    {o['latency_ms_p50']:>14.2f} -> {c['latency_ms_p50']:>14.2f}   "
-          f"{r['speedup_p50']:.2f}x faster (batch 1; p90 {o['latency_ms_p90']:.2f} -> {c['latency_ms_p90']:.2f})")
+          f"{speed_words(r['speedup_p50'])} (batch 1; p90 {o['latency_ms_p90']:.2f} -> {c['latency_ms_p90']:.2f})")
     print(f"   throughput {o['throughput_unit']:<7}{o['throughput']:>14.1f} -> {c['throughput']:>14.1f}   "
           f"x{r['throughput']:.2f}")
     for key in quality:

@@ -79,9 +79,14 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             label = f"throughput ({original.get('throughput_unit', '')}, batch)"
         note = f"x{ratio[key]:.3f}" if key in ratio else "-"
         if key == "latency_ms_p50" and "speedup_p50" in ratio:
-            note += f" ({ratio['speedup_p50']:.2f}x faster)"
+            note += f" ({speed_words(ratio['speedup_p50'])})"
         out.append((label, _fmt(key, original.get(key)), _fmt(key, compressed.get(key)), note))
     return out
+
+
+def speed_words(speedup: float) -> str:
+    """"2.31x faster", or "1.48x slower" for a speed-up below 1 (a tiny model's int8 can lose to float32)."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
 
 
 def print_report(report: dict[str, Any], title: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from genforge.artifacts import atomic_write_text, lineage, sha256_file
+from genforge.artifacts import atomic_write_text, lineage, now_iso, sha256_file
 
 PIPELINES = {"clm": ("text-generation", "AutoModelForCausalLM"), "mlm": ("fill-mask", "AutoModelForMaskedLM")}
 
@@ -44,15 +44,15 @@ def lineage_rows(manifest: dict[str, Any]) -> list[str]:
         inputs = ", ".join(f"`{Path(x['path']).name}` {x['sha256'][:12]}" for x in m.get("inputs", [])[:6])
         more = len(m.get("inputs", [])) - 6
         inputs += f" (+{more} more)" if more > 0 else ""
-        rows.append(f"| {i} | {m.get('stage', '?')} | {m.get('created') or 'now'} | {inputs or '-'} |")
+        rows.append(f"| {i} | {m.get('stage', '?')} | {m.get('created') or '-'} | {inputs or '-'} |")
     return rows
 
 
 def stage_lineage_rows(stage: str, inputs: list[Path], parent: dict[str, Any] | None, base: Any) -> list[str]:
     """`lineage_rows` for a stage whose manifest is not written yet (it is written last): this run's row with
     its `inputs` hashed, then `parent`'s chain, or a row naming `base` when it came from outside genforge."""
-    preview = {"stage": stage, "inputs": [{"path": str(p), "sha256": sha256_file(p)} for p in inputs],
-               "parent": parent}
+    preview = {"stage": stage, "created": now_iso(), "inputs": [{"path": str(p), "sha256": sha256_file(p)}
+                                                                for p in inputs], "parent": parent}
     rows = lineage_rows(preview)
     return rows + ([] if parent else [f"| 1 | (`{base}`, a model from outside genforge) | - | - |"])
 

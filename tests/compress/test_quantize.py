@@ -204,3 +204,13 @@ def test_size_of_a_lora_adapter_folder_includes_its_base(tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
     adapter_only = (adapter / "adapter_model.safetensors").stat().st_size
     assert size_on_disk(adapter) == size_on_disk(base) + adapter_only
+
+
+def test_the_report_says_slower_when_the_compressed_model_is_slower():
+    from genforge.compress.report import rows
+
+    report = {"original": {"latency_ms_p50": 1.0}, "compressed": {"latency_ms_p50": 1.476},
+              "change": {"latency_ms_p50": 1.476, "speedup_p50": 1 / 1.476}}
+    assert [r[3] for r in rows(report) if r[0].startswith("latency p50")] == ["x1.476 (1.48x slower)"]
+    report["change"].update(latency_ms_p50=0.5, speedup_p50=2.0)
+    assert [r[3] for r in rows(report) if r[0].startswith("latency p50")] == ["x0.500 (2.00x faster)"]

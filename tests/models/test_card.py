@@ -29,3 +29,17 @@ def test_card_has_front_matter_lineage_metrics_and_usage(tmp_path):
     assert "data.prepare" in rows[1] and "`a.txt` abababababab" in rows[1]
     assert "![loss curve](logs/loss.png)" in text and "AutoModelForCausalLM.from_pretrained" in text
     assert "lr: 0.001" in text
+
+
+def test_a_stage_whose_manifest_is_not_written_yet_dates_its_own_row(tmp_path):
+    """The card is written before the manifest: its own row carries the time it is written, not "now"."""
+    from datetime import UTC, datetime
+
+    from genforge.models.card import stage_lineage_rows
+
+    (tmp_path / "train.bin").write_bytes(b"tokens")
+    before = datetime.now(UTC).replace(microsecond=0)
+    rows = stage_lineage_rows("finetune", [tmp_path / "train.bin"], None, "some/base-model")
+    created = rows[2].split("|")[3].strip()
+    assert before <= datetime.fromisoformat(created) <= datetime.now(UTC)
+    assert rows[3].startswith("| 1 | (`some/base-model`, a model from outside genforge) | - |")
