@@ -14,8 +14,8 @@ It exercises every reader and cleaning step of `genforge data prepare`:
 - duplicates: paragraphs repeated with other case/punctuation/whitespace (exact after normalisation)
   and with one word or character changed (near duplicates), inside and across files.
 
-It also writes `dialogues.jsonl`: support chats in the OpenAI `messages` format (a system prompt,
-one or two customer questions from the FAQ, answers composed from the same topic's sentences) for
+It also writes `dialogues.jsonl`: support chats in the OpenAI `messages` format (a system prompt in two of three,
+one or two customer questions from the FAQ, each answered by its own answer template) for
 the quickstart's SFT step, from a separate seed so the corpus bytes do not depend on it.
 
 Run from the repository root: `python samples/generate.py` (about 500 KB; the output is committed, so the
@@ -223,15 +223,14 @@ def dialogues(rng: random.Random, per_language: int = 300) -> str:
         f = Filler(lang, rng)
         topics = sorted(lang["questions"])
         for _ in range(per_language):
-            messages = [{"role": "system", "content": SYSTEM[code]}]
+            # a third without the system prompt, so that the model answers when a caller sends none
+            messages = [{"role": "system", "content": SYSTEM[code]}] if rng.random() < 2 / 3 else []
             for _turn in range(rng.choice([1, 1, 2])):
                 topic = rng.choice(topics)
                 opener, question = rng.choice(OPENERS[code]), rng.choice(lang["questions"][topic])
-                if opener.endswith(", ") and code == "en":
-                    question = question[0].lower() + question[1:]
-                question = opener + question
-                messages += [{"role": "user", "content": question},
-                             {"role": "assistant", "content": f.paragraph(topic, (1, 2))}]
+                asked = question[0].lower() + question[1:] if opener.endswith(", ") and code == "en" else question
+                messages += [{"role": "user", "content": opener + asked},
+                             {"role": "assistant", "content": f.fill(lang["answers"][question])}]
             lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
     rng.shuffle(lines)
     return "\n".join(lines) + "\n"
