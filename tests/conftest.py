@@ -258,6 +258,33 @@ def pack_shakespeare(tmp_path_factory, shared_data):
     return make
 
 
+@pytest.fixture(scope="session")
+def repack(tmp_path_factory):
+    """repack(data) -> a copy of the packed folder `data` packed by another BPE of the same size (trained on
+    its text in capitals): check_vocab lets it through, but its token ids mean other text."""
+    import json
+    import shutil
+
+    from genforge.data.config import PackConfig, PrepareConfig, TokenizerConfig
+    from genforge.data.pack import pack
+    from genforge.data.prepare import prepare
+    from genforge.data.tokenizer import train_tokenizer
+
+    def make(data: Path) -> Path:
+        root = tmp_path_factory.mktemp("repacked")
+        size = json.loads((data / "pack.json").read_text())["vocab_size"]
+        text = "\n\n".join(json.loads(line)["text"] for line in (data / "train.jsonl").open(encoding="utf-8"))
+        (root / "capitals.txt").write_text(text.upper(), encoding="utf-8")
+        prepare(PrepareConfig(inputs=[root / "capitals.txt"], out=root / "capitals", val_fraction=0.1, workers=1))
+        tok = train_tokenizer(TokenizerConfig(data=root / "capitals", out=root / "tok", vocab_size=size))
+        shutil.copytree(data, root / "data")
+        pack(PackConfig(data=root / "data", tokenizer=tok, workers=1))
+        assert json.loads((root / "data" / "pack.json").read_text())["vocab_size"] == size
+        return root / "data"
+
+    return make
+
+
 @pytest.fixture
 def counted(monkeypatch):
     """counted(module, name): module.name wrapped to count its calls; set `.stop_at = n` on the returned counter

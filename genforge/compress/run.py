@@ -43,8 +43,15 @@ def read_files(cfg: CompressConfig, kind: str) -> list[Path]:
 
 
 def check_inputs(cfg: CompressConfig, kind: str) -> None:
-    """Refuse data of the wrong kind for the model before any work (one line, naming the flag)."""
+    """Refuse data of the wrong kind for the model before any work (one line, naming the flag).
+
+    A language model's packed data must come from its own tokenizer (as for `pretrain --model`): with
+    another one of the same size, training would teach the wrong ids and the report would score nonsense.
+    Checked here, not where the data are read, so that it fails before an earlier run in --out is unmade.
+    """
+    from genforge.data.pack import packed_tokenizer
     from genforge.train.data import read_pack
+    from genforge.train.pretrain import check_same_tokenizer
 
     for flag, path in (("--eval-data", cfg.eval_data), ("--data", cfg.data)):
         if path is None:
@@ -55,6 +62,7 @@ def check_inputs(cfg: CompressConfig, kind: str) -> None:
             if not Path(path).is_dir():
                 raise DataError(f"{flag} {path}: a language model needs a packed data folder (`genforge data pack`)")
             read_pack(Path(path))
+            check_same_tokenizer(Path(cfg.model), packed_tokenizer(Path(path)))
     from genforge.compress.load import read_compression
 
     done = (read_compression(cfg.model) or {}).get("loader")
@@ -231,7 +239,7 @@ def compress(cfg: CompressConfig) -> Path:
     check_inputs(cfg, kind)
     if Path(cfg.out).resolve() == Path(cfg.model).resolve():
         raise ConfigError("--out must not be the --model folder: the original is measured against the result")
-    started = prepare_output(cfg)
+    started = prepare_output(cfg, stage="compress")
     for name in PAYLOAD:
         with contextlib.suppress(FileNotFoundError):
             (cfg.out / name).unlink()

@@ -11,20 +11,23 @@ from genforge.artifacts import begin_output, check_resume_folder
 from genforge.errors import ConfigError
 from genforge.finetune.config import FinetuneConfig
 from genforge.models.load import max_positions
+from genforge.train.config import TrainConfig
 from genforge.train.engine import checkpoint_exists
 
 
-def prepare_output(cfg: FinetuneConfig, started_by: str | None = None) -> float:
+def prepare_output(cfg: TrainConfig, started_by: str | None = None, stage: str = "finetune") -> float:
     """Start (or, with --resume, continue) the run folder; refuse to silently mix with an unfinished run.
 
     A finished run in the folder is redone from scratch: its checkpoints and logs go with it. A run has
     started once it wrote a checkpoint or, for a command with work of its own before training (classify's
     copies and teacher logits, kept for --resume), the file `started_by` (under logs/) it writes first.
+    `stage` is the manifest stage the command writes (compress runs here too): only a finished artifact of
+    that stage is redone, another's is refused (see `begin_output`).
     """
     begun = checkpoint_exists(cfg.out) or (started_by is not None and (cfg.out / started_by).is_file())
     check_resume_folder(cfg.out, resume=cfg.resume, started=begun, marker="checkpoints/latest")
     redo = not cfg.resume and begun
-    started = begin_output(cfg.out, "finetune")
+    started = begin_output(cfg.out, stage)
     if redo:
         shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)
         shutil.rmtree(cfg.out / "logs", ignore_errors=True)

@@ -64,9 +64,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     from genforge.train.data import eval_batches, open_tokens, read_pack
     from genforge.train.engine import bf16_available
     from genforge.train.objectives import ClmObjective, MlmObjective
-    from genforge.train.pretrain import check_vocab, special_token_ids
+    from genforge.train.pretrain import check_same_tokenizer, check_vocab, special_token_ids
 
     pack = read_pack(cfg.data)
+    # check_vocab compares sizes only: another tokenizer's ids would score as nonsense (checked before loading)
+    tokenizer = packed_tokenizer(cfg.data)
+    check_same_tokenizer(cfg.model, tokenizer)
     model, objective_name = load_model(cfg.model)
     limit = max_positions(model.config) or 1024
     seq_len = cfg.seq_len or min(limit, 1024)
@@ -76,7 +79,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     if objective_name == "clm":
         objective = ClmObjective()
     else:
-        tokenizer = packed_tokenizer(cfg.data)
         ids = special_token_ids(tokenizer, need_mask=True, where=cfg.data / "tokenizer")
         objective = MlmObjective(mask_id=ids["mask"], vocab_size=pack["vocab_size"],
                                  special_ids=sorted(set(tokenizer.all_special_ids)), probability=cfg.mlm_probability)

@@ -1,10 +1,12 @@
 """`genforge compress` end to end through the real app (in-process), the printed report, one-line errors."""
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
 
+from genforge.artifacts import read_manifest
 from genforge.cli import app
 from genforge.compress.report import build_report, change, rows
 from genforge.recipes import STAGES
@@ -82,3 +84,34 @@ def test_report_ratios_and_rows():
 def test_recipes_know_the_compress_stage():
     stage = STAGES["compress"]
     assert stage.consumes == {"model": "model", "eval_data": "data"} and stage.produces == "model"
+
+
+def test_data_of_another_tokenizer_is_refused_before_the_output_is_touched(tmp_path, lm_dir, packed, repack):
+    """Data packed by another tokenizer of the same size passes the vocabulary size check, yet would train the
+    wrong ids and score nonsense; it is refused before an earlier run in --out is unmade."""
+    out = tmp_path / "int8"
+    assert run("compress", "--model", lm_dir, "--method", "int8", "--out", out, "--measure-steps", 2).exit_code == 0
+    finished = read_manifest(out, "compress")
+    other = repack(packed)
+    for flag in ("--eval-data", "--data"):
+        result = run("compress", "--model", lm_dir, "--method", "int8", "--out", out, flag, other)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: model {lm_dir} has a different tokenizer"), lines
+    assert read_manifest(out, "compress") == finished
+
+
+def test_a_compress_run_is_redone_in_its_own_folder_only(tmp_path, lm_dir, packed):
+    """As pretrain and finetune: rerunning into the run's own --out redoes it; another command's artifact there
+    is refused, naming compress as what this command writes."""
+    out = tmp_path / "pruned"
+    args = ("--model", lm_dir, "--method", "prune", "--sparsity", 0.3, "--data", packed, "--max-steps", 2,
+            "--measure-steps", 2, "--eval-batches", 1, "--seq-len", 32, "--batch-size", 4, "--threads", 1)
+    for _ in range(2):
+        result = run("compress", *args, "--out", out)
+        assert result.exit_code == 0, result.output
+    assert read_manifest(out, "compress")["metrics"]["params"]
+    pretrained = shutil.copytree(lm_dir, tmp_path / "pretrained")
+    result = run("compress", *args, "--out", pretrained)
+    assert result.exit_code == 2
+    assert "holds a finished pretrain artifact" in result.output and "this command writes compress" in result.output

@@ -91,3 +91,26 @@ def test_a_count_made_on_the_host_joins_the_loss_on_the_device():
     batches = [{"input_ids": torch.zeros(2, 4, dtype=torch.long)}] * 2
     with pytest.raises(RuntimeError, match="Cannot copy out of meta tensor"):
         evaluate_loss(Uniform(8), HostCounted(), batches, device=torch.device("meta"))
+
+
+def test_eval_refuses_data_of_another_tokenizer_of_the_same_size(tmp_path, packed, tiny, repack):
+    """Data packed by another tokenizer with as many tokens passes the vocabulary size check, yet would score
+    as nonsense; a model folder without a tokenizer has nothing to compare and is scored as before."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from genforge.cli import app
+    from genforge.train.pretrain import pretrain
+
+    run = pretrain(tiny(tmp_path / "run", max_steps=1))
+    result = CliRunner().invoke(app, ["eval", "--model", str(run), "--data", str(repack(packed)), "--seq-len", "32"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: model {run} has a different tokenizer"), result.output
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(run / name, bare / name)
+    result = CliRunner().invoke(app, ["eval", "--model", str(bare), "--data", str(packed), "--seq-len", "32"])
+    assert result.exit_code == 0, result.output
