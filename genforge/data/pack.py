@@ -222,6 +222,9 @@ def pack(cfg) -> dict:
     """Write DIR/train.bin, DIR/val.bin, DIR/tokenizer/ and (last) DIR/pack.json; returns the pack manifest."""
     data, tok_dir = Path(cfg.data), Path(cfg.tokenizer)
     data_manifest = read_manifest(data, stage="data.prepare")
+    if tok_dir.is_file():
+        raise ArtifactError(f"{tok_dir} is a file; --tokenizer expects a folder: a `genforge tokenizer train` "
+                            "folder or a model folder holding tokenizer.json")
     if not tok_dir.is_dir():
         raise ArtifactError(f"{tok_dir} does not exist")
     tok_manifest = read_manifest(tok_dir) if (tok_dir / MANIFEST).is_file() else None

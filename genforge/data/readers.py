@@ -9,8 +9,11 @@ memory is bounded by the largest single document, not by the file. The exception
 files, which are parsed whole (they are pages and small exports, not corpora).
 
 Encodings: a file is UTF-8 if all of it decodes as UTF-8 (a cheap C-speed pass; a BOM decides first).
-Otherwise charset-normalizer guesses from the first MiB; among equally good guesses the common
-encodings win (cp1252 over cp1250, gb18030 over gbk), which is what real Latin-1 and GBK files need.
+Otherwise charset-normalizer guesses from the first MiB. Windows-1252 (Latin-1 plus curly quotes,
+dashes and €) wins whenever its reading is about as clean as the best guess: on short text the guesser's
+language-fit score is noise, and rare DOS/Mac/Baltic code pages would otherwise win ("café" as cp775's
+"cafķ"). Among other equally good guesses the common encodings win (gb18030 over gbk), which is what
+real GBK files need.
 A file with NUL bytes (and no UTF-16/32 BOM) is binary and skipped; one no encoding fits is counted
 as a decode error. Neither stops the run; a text field missing from a file's records does (DataError).
 """
@@ -36,8 +39,10 @@ _REPORT_EVERY = 1 << 16
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 # When charset-normalizer scores several encodings the same, the first of these that fits wins.
-_PREFERRED = ("utf_8", "cp1252", "gb18030", "big5", "shift_jis", "euc_kr", "cp1251", "latin_1")
+_PREFERRED = ("utf_8", "gb18030", "big5", "shift_jis", "euc_kr", "cp1251", "latin_1")
 _SUPERSET = {"ascii": "utf_8", "gb2312": "gb18030", "gbk": "gb18030"}
+# How much messier (charset-normalizer's chaos, 0-1) cp1252's reading may be than the best guess and still win.
+_CP1252_CHAOS_MARGIN = 0.1
 _RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
                    ".parquet": "parquet"}
 _HTML = {".html", ".htm", ".xhtml"}
@@ -113,6 +118,13 @@ def detect_encoding(path: Path) -> str:
     best = results.best()
     if best is None:
         raise SkipFile("decode_error")
+    # Coherence (letter frequencies) decides between equally clean readings, and on a short text it is noise:
+    # "café naïve" fits Baltic cp775's "cafķ na’ve" better. Windows-1252, the legacy encoding of most Western
+    # text, is the safer bet then; Cyrillic, Greek or CJK bytes read as cp1252 are a mess of accented letters,
+    # which charset-normalizer leaves out of its results, so their guesses stand.
+    western = next((m for m in results if "cp1252" in m.could_be_from_charset), None)
+    if western is not None and western.chaos <= best.chaos + _CP1252_CHAOS_MARGIN:
+        return "cp1252"
     tied = {_SUPERSET.get(e, e) for m in results if (m.chaos, m.coherence) == (best.chaos, best.coherence)
             for e in m.could_be_from_charset}
     return next((e for e in _PREFERRED if e in tied), _SUPERSET.get(best.encoding, best.encoding))

@@ -22,6 +22,8 @@ from genforge.data.readers import SkipFile, detect_encoding
 from genforge.errors import DataError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+RECORD_KINDS = ("csv", "tsv", "jsonl", "json")
+JSON_KINDS = ("jsonl", "json")  # the formats whose fields can hold lists, such as an SFT dialogue's messages
 
 
 def _text_stream(path: Path) -> io.TextIOWrapper:
@@ -32,11 +34,14 @@ def _text_stream(path: Path) -> io.TextIOWrapper:
     return open(path, encoding=encoding, errors="replace", newline="")  # noqa: SIM115 - caller closes
 
 
-def read_records(path: Path, *, plain_field: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a CSV/TSV/JSONL/JSON file. Other files: one record per non-blank line,
-    `{plain_field: line}`, when `plain_field` is given (prediction inputs); else a DataError."""
+def read_records(path: Path, *, plain_field: str | None = None,
+                 kinds: tuple[str, ...] = RECORD_KINDS) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a file of one of `kinds` (CSV/TSV/JSONL/JSON). Other files: one record per
+    non-blank line, `{plain_field: line}`, when `plain_field` is given (prediction inputs); else a DataError
+    naming `kinds`, so a command that reads only JSON does not suggest a CSV."""
     path = input_file(path, "data file")
     kind = FORMATS.get(path.suffix.lower())
+    kind = kind if kind in kinds else None
     with _text_stream(path) as f:
         if kind in ("csv", "tsv"):
             csv.field_size_limit(2**31 - 1)
@@ -70,7 +75,9 @@ def read_records(path: Path, *, plain_field: str | None = None) -> Iterator[tupl
                 if line.strip():
                     yield lineno, {plain_field: line.rstrip("\r\n")}
         else:
-            raise DataError(f"{path}: unsupported format '{path.suffix}'; use .csv, .tsv, .jsonl or .json")
+            suffixes = [f".{k}" for k in kinds]
+            choices = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
+            raise DataError(f"{path}: unsupported format '{path.suffix}'; use {choices}")
 
 
 def utf8_record(where: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from genforge.finetune.batches import ShuffledBatches, fit_batch_size, in_order,
 from genforge.finetune.card import write_card
 from genforge.finetune.classifier import refuse_classifier
 from genforge.finetune.config import FinetuneConfig, SftConfig
-from genforge.finetune.data import hash_split, read_records
+from genforge.finetune.data import JSON_KINDS, hash_split, read_records
 from genforge.finetune.lora import apply_lora, save_model
 from genforge.finetune.model import (
     Wrapped,
@@ -81,7 +81,7 @@ def parse_dialogue(record: dict[str, Any], where: str) -> list[Message]:
 
 def read_dialogues(path: Path, system: str | None = None) -> list[list[Message]]:
     dialogues = []
-    for lineno, record in read_records(path):
+    for lineno, record in read_records(path, kinds=JSON_KINDS):
         messages = parse_dialogue(record, f"{path}:{lineno}")
         if system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system}, *messages]

@@ -150,6 +150,17 @@ def test_cli_packs_and_errors_in_one_line(tmp_path, tokenizer):
     assert bad.output.strip() == f"error: {tmp_path / 'nope'} does not exist"
 
 
+def test_cli_names_a_tokenizer_file_given_for_its_folder(tmp_path, tokenizer):
+    from genforge.cli import app
+
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    file = tokenizer / "tokenizer.json"
+    bad = CliRunner().invoke(app, ["data", "pack", "--data", str(data), "--tokenizer", str(file)])
+    assert bad.exit_code == 2
+    assert bad.output.strip() == (f"error: {file} is a file; --tokenizer expects a folder: a `genforge tokenizer "
+                                  "train` folder or a model folder holding tokenizer.json")
+
+
 def test_corrupt_tokenizer_empty_train_and_non_utf8_text_are_one_line_errors(tmp_path, tokenizer):
     data = make_prepared(tmp_path / "data", TRAIN, VAL)
     pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))

@@ -49,6 +49,30 @@ def test_latin1_is_detected(tmp_path):
     assert docs(cp1252) == [p.strip() for p in FRENCH.split("\n\n")]
 
 
+@pytest.mark.parametrize("text", [
+    "café naïve résumé façade, this is latin-1 text long enough to pass the filters.\n",  # once Baltic cp775
+    "El niño comió una manzana muy dulce y ¡qué rico!\n",  # once DOS cp850
+    "El niño comió una manzana y ¡qué rico! Es un texto suficientemente largo.\n",  # once cp1250
+])
+def test_short_latin1_text_is_not_read_as_another_code_page(tmp_path, text):
+    path = tmp_path / "short.txt"
+    path.write_bytes(text.encode("latin-1"))
+    assert path.read_bytes().decode(detect_encoding(path)) == text
+
+
+@pytest.mark.parametrize(("codec", "text"), [
+    ("cp1251", "Съешь же ещё этих мягких французских булок, да выпей чаю.\n"),
+    ("cp1251", "Привет, как дела?\n"),
+    ("big5", "人工智慧正在改變客戶服務。我們的系統每天處理大量諮詢請求。\n"),
+    ("shift_jis", "人工知能は顧客サービスを変えています。私たちのシステムは毎日多くの問い合わせを処理します。\n"),
+    ("cp1256", "مرحبا بالعالم، هذا نص طويل بما يكفي لتجاوز المرشحات في النظام.\n"),
+])
+def test_short_non_latin_legacy_text_keeps_its_encoding(tmp_path, codec, text):
+    path = tmp_path / "short.txt"
+    path.write_bytes(text.encode(codec))
+    assert path.read_bytes().decode(detect_encoding(path)) == text
+
+
 @pytest.mark.parametrize("codec", ["utf-8-sig", "utf-16", "utf-32"])
 def test_byte_order_marks(tmp_path, codec):
     path = tmp_path / "bom.txt"

@@ -59,6 +59,14 @@ def test_bad_input_is_one_line(tmp_path, bert_dir, sentiment_csv):
         assert len(result.output.strip().splitlines()) == 1, result.output
 
 
+def test_sft_names_only_the_formats_it_reads(tmp_path, llama_dir):
+    data = tmp_path / "x.txt"
+    data.write_text("hello\n")
+    result = run("finetune", "sft", "--model", llama_dir, "--data", data, "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {data}: unsupported format '.txt'; use .jsonl or .json"
+
+
 def test_sft_merge_then_chat_and_generate(tmp_path, llama_dir, jsonl):
     data = jsonl("dialogues.jsonl", [{"conversations": [{"from": "human", "value": f"hello {i}"},
                                                         {"from": "gpt", "value": f"hi {i}!"}]} for i in range(30)])

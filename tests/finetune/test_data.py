@@ -49,8 +49,10 @@ def test_bad_files(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         list(read_records(tmp_path / "missing.csv"))
     (tmp_path / "x.txt").write_text("hello\n")
-    with pytest.raises(DataError, match="unsupported format"):
+    with pytest.raises(DataError, match=r"x\.txt: unsupported format '\.txt'; use \.csv, \.tsv, \.jsonl or \.json$"):
         list(read_records(tmp_path / "x.txt"))
+    with pytest.raises(DataError, match=r"x\.txt: unsupported format '\.txt'; use \.jsonl or \.json$"):
+        list(read_records(tmp_path / "x.txt", kinds=("jsonl", "json")))
     assert list(read_records(tmp_path / "x.txt", plain_field="text")) == [(1, {"text": "hello"})]
     (tmp_path / "short.csv").write_text("text,label\nonly-one-field\n")
     with pytest.raises(DataError, match=r"short\.csv:2: the row has a different number of fields"):

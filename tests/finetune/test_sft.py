@@ -72,6 +72,18 @@ def test_sharegpt_and_errors_name_the_line(jsonl):
             read_dialogues(path)
 
 
+@pytest.mark.parametrize("name", ["d.txt", "d.csv", "d.tsv"])
+def test_dialogues_are_read_from_json_files_only(tmp_path, name):
+    path = tmp_path / name
+    path.write_text('messages\n"[{""role"": ""user"", ""content"": ""hi""}]"\n', encoding="utf-8")
+    suffix = path.suffix.replace(".", r"\.")
+    with pytest.raises(DataError, match=rf"unsupported format '{suffix}'; use \.jsonl or \.json$"):
+        read_dialogues(path)
+    json_file = tmp_path / "d.json"  # an array of dialogues reads like JSONL
+    json_file.write_text(json.dumps([{"messages": DIALOGUE}]), encoding="utf-8")
+    assert read_dialogues(json_file) == [DIALOGUE]
+
+
 def test_packing_and_collate_shift(tokenizer):
     a = encode_dialogue(tokenizer, DIALOGUE[1:3], max_tokens=100)
     packed = pack_examples([a, a, a], max_tokens=2 * len(a[0]))
