@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from genforge.config import to_dict
 from genforge.errors import ConfigError, GenforgeError
 from genforge.train.checkpoint import STATE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from genforge.train.config import TrainConfig
@@ -172,6 +174,11 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best_val": math.inf, "best_step": -1,
                              "bad_evals": 0, "train_loss": math.nan, "best": {}}
     saved = load_checkpoint(latest, model) if cfg.resume else None  # weights before sharding
+    # A resume may change training flags (steps, lr, evaluation): the run's config.yaml then holds only the
+    # new values, so the settings each checkpoint was trained with travel in it, and changes are logged.
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "resume"}
+    changed = {k: [old, settings.get(k)] for k, old in (saved or {}).get("settings", {}).items()
+               if settings.get(k) != old}
     fsdp = cfg.fsdp and dist.world > 1
     parallel = parallelize(model, dist, fsdp)
     optimizer = make_optimizer(model, cfg)
@@ -192,11 +199,17 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     elif cfg.compile and not compile_blocks(model):  # under DDP/FSDP: per-block graphs, robust to wrappers
         forward = torch.compile(parallel)
     log = MetricsLog(run_dir / "logs", enabled=dist.is_main, resume_step=state["step"] if cfg.resume else None)
+    if changed:
+        log.write(state["step"], "resume", {"changed": changed})
+        if dist.is_main:
+            told = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            print(f"resumed at step {state['step']} with other settings: {told} (kept in logs/metrics.jsonl)",
+                  file=sys.stderr)
 
     def save(folder: Path, with_state: bool) -> None:
         model_state, optimizer_state = full_state(model, optimizer, fsdp)  # a collective under FSDP
         if dist.is_main:
-            trainer_state = {**state, "optimizer": optimizer_state, "rng": rng_state(),
+            trainer_state = {**state, "settings": settings, "optimizer": optimizer_state, "rng": rng_state(),
                              "data": batches.state_dict(state["step"]), "world": dist.world} if with_state else None
             save_checkpoint(folder, model, trainer_state, model_state)
         barrier()

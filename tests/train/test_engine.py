@@ -209,3 +209,17 @@ def test_a_run_on_a_clock_aims_its_progress_bar_at_the_step_it_can_reach(tmp_pat
     totals = [int(m[1]) for line in lines if line.startswith("train:") and (m := re.search(r" \d+/(\d+) \[", line))]
     assert result.stop_reason == "max_minutes" and len(totals) >= 2
     assert max(totals) < 10**6 and totals[-1] == result.steps  # ends full
+
+
+def test_a_resume_with_other_settings_logs_what_the_earlier_steps_used(tmp_path, packed, tiny, capsys):
+    """config.yaml ends with the last settings; the log keeps the earlier ones (the same resume keeps none)."""
+    cfg, objective, batches, val = setup(packed, tiny, tmp_path / "run", max_steps=6, eval_every=0, lr=1e-3)
+    with pytest.raises(Interrupted):
+        train(fresh_model(), objective, SignalAt(batches, step=2), cfg, cfg.out, eval_data=val)
+    assert torch.load(cfg.out / "checkpoints" / "latest" / STATE, weights_only=True)["settings"]["lr"] == 1e-3
+    capsys.readouterr()
+    train(fresh_model(), objective, batches, replace(cfg, resume=True, lr=3e-4, max_steps=8), cfg.out, eval_data=val)
+    assert "resumed at step 3 with other settings: max_steps 6 -> 8, lr 0.001 -> 0.0003" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (cfg.out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rows if r["kind"] == "resume"] == [
+        {"step": 3, "kind": "resume", "changed": {"max_steps": [6, 8], "lr": [1e-3, 3e-4]}}]
