@@ -23,7 +23,7 @@ import typer
 
 from genforge import __version__
 from genforge.config import load_config
-from genforge.errors import GenforgeError
+from genforge.errors import GenforgeError, Stopped
 
 # Each module registers its commands with `register(app)`.
 STAGE_MODULES = [
@@ -69,6 +69,9 @@ def friendly_errors(fn: Callable) -> Callable:
             typer.secho("interrupted: the output is left unfinished (no manifest); rerun with --resume to continue "
                         "(commands that resume), or without it to start over", err=True)
             raise typer.Exit(130) from None
+        except Stopped as e:
+            typer.secho(str(e), fg="yellow", err=True)
+            raise typer.Exit(e.exit_code) from None
         except GenforgeError as e:
             if os.environ.get("GENFORGE_DEBUG"):
                 raise

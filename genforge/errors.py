@@ -19,3 +19,12 @@ class DataError(GenforgeError):
 
 class ArtifactError(GenforgeError):
     """An artifact folder is missing, incomplete or of the wrong kind for this stage."""
+
+
+class Stopped(GenforgeError):
+    """A run stopped on request (Ctrl-C, SIGTERM) after saving what it needs to resume: not a failure, so the
+    CLI says so without "error:" and exits as a shell expects of a signal (128 + its number)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genforge.config import to_dict
-from genforge.errors import ConfigError, GenforgeError
+from genforge.errors import ConfigError, Stopped
 from genforge.train.checkpoint import STATE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from genforge.train.config import TrainConfig
 from genforge.train.distributed import (
@@ -44,7 +44,7 @@ from genforge.train.schedule import lr_at
 LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")  # every other selection metric: higher is better
 
 
-class Interrupted(GenforgeError):
+class Interrupted(Stopped):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
 
 
@@ -326,9 +326,9 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     if reason == "signal":
         save(latest, with_state=True)
         log.close()
-        name = signal.Signals(int(flags[0])).name
-        raise Interrupted(f"stopped by {name} at step {state['step']}: checkpoint saved in {latest}; "
-                          "continue with the same command plus --resume")
+        signum = int(flags[0])
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {state['step']}: checkpoint saved in "
+                          f"{latest}; continue with the same command plus --resume", signum)
     if evaluates and last_eval_step != state["step"]:
         last_val = evaluate(state["step"])
     save(latest, with_state=True)
