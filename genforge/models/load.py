@@ -198,7 +198,7 @@ def from_pretrained(auto: Any, path: str | Path, **kwargs: Any) -> Any:
     """
     check_weights(path)
     try:
-        with held_load_report():
+        with held_load_report(), hf_bars_off():
             try:
                 return auto.from_pretrained(str(path), attn_implementation="sdpa", local_files_only=True, **kwargs)
             except ValueError as e:
@@ -213,6 +213,22 @@ def from_pretrained(auto: Any, path: str | Path, **kwargs: Any) -> Any:
             raise
         raise ArtifactError(f"{Path(path) / 'config.json'} does not match the weights beside it (tensor shapes "
                             "differ): the folder is corrupt or mixed up; re-copy it or retrain") from None
+
+
+@contextlib.contextmanager
+def hf_bars_off() -> Iterator[None]:
+    """Silence transformers' progress bars ("Loading weights", "Writing model shards") for a block: a
+    bar per load or checkpoint of a local folder, done in a fraction of a second, is noise between
+    genforge's own bars and the text that `predict`, `generate` and `chat` print."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file, save_model
 
 from genforge.errors import ArtifactError
-from genforge.models.load import reading_weights
+from genforge.models.load import hf_bars_off, reading_weights
 
 STATE = "trainer_state.pt"
 WEIGHTS = "model.safetensors"
@@ -56,15 +56,8 @@ def save_weights(model: Any, folder: Path, state_dict: dict[str, torch.Tensor] |
     `state_dict` replaces the model's own tensors (the gathered full weights of an FSDP-sharded model).
     """
     if hasattr(model, "save_pretrained"):
-        from transformers.utils import logging as hf_logging
-
-        bar = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a "Writing model shards" bar per checkpoint is noise
-        try:
+        with hf_bars_off():
             model.save_pretrained(folder, state_dict=state_dict)
-        finally:
-            if bar:
-                hf_logging.enable_progress_bar()
     elif state_dict is not None:
         save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS))
     else:

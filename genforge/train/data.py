@@ -35,6 +35,10 @@ def mix_seed(*parts: int | str) -> int:
 def read_pack(data_dir: Path) -> dict[str, Any]:
     """The pack.json manifest of a packed data folder, after checking the token files it promises."""
     data_dir = Path(data_dir)
+    prepared = (data_dir / "manifest.json").is_file() and read_manifest(data_dir).get("stage") == "data.prepare"
+    if prepared and not (data_dir / "pack.json").is_file():
+        raise DataError(f"{data_dir} is prepared but not packed: run `genforge data pack --data {data_dir} "
+                        "--tokenizer TOK` first")
     manifest = read_manifest(data_dir, "data.pack", filename="pack.json")
     missing = [k for k in PACK_KEYS if k not in manifest]
     if missing:

@@ -266,8 +266,8 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
             # Weights from the host batches: counting tokens on the device would sync it every step.
             host_batches = [batches.batch(step, dist.rank * local_accum + micro) for micro in range(local_accum)]
             weights = micro_weights(objective, host_batches, dist.world)
-            for micro, (batch, weight) in enumerate(zip(host_batches, weights, strict=True)):
-                batch = to_device(batch, device)
+            for micro, (host_batch, weight) in enumerate(zip(host_batches, weights, strict=True)):
+                batch = to_device(host_batch, device)
                 with grad_sync(parallel, enabled=micro == local_accum - 1):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         if train_step is not None:  # a wrapper (adversarial) runs its passes and backward(s)
@@ -277,7 +277,7 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
                     if train_step is None:
                         (loss * weight).backward()
                 loss_sum += loss.detach() * weight
-                state["tokens"] += batch["input_ids"].numel() * dist.world
+                state["tokens"] += tokens_read(host_batch) * dist.world
             n_loss += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
@@ -338,6 +338,13 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     return TrainResult(steps=state["step"], tokens=state["tokens"], seconds=state["elapsed"], stop_reason=reason,
                        train_loss=state["train_loss"], best_step=state["best_step"], best=state.get("best", {}),
                        last=last_val)
+
+
+def tokens_read(batch: dict[str, Any]) -> int:
+    """Tokens a batch gives the model to read: padding (attention mask 0) is no work done, and counting it
+    would make a padded SFT or classification batch look faster than it is."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
 def micro_weights(objective: Any, micro_batches: list[dict[str, torch.Tensor]], world: int) -> list[float]:

@@ -76,6 +76,16 @@ def saved_clm(folder):
     return folder
 
 
+def test_loading_prints_no_transformers_bar_and_keeps_the_bar_setting(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    saved_clm(tmp_path)
+    capfd.readouterr()
+    load_model(tmp_path)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+
+
 def test_truncated_weights_are_one_line_errors_naming_the_file(tmp_path):
     from genforge.models.load import check_weights, reading_weights
 

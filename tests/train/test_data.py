@@ -48,6 +48,10 @@ def test_pack_folder_checks(tmp_path, packed):
     (data / "pack.json").write_text(json.dumps({**manifest, "stage": "data.prepare"}))
     with pytest.raises(ArtifactError, match="expected data.pack"):
         read_pack(data)
+    (data / "pack.json").unlink()
+    (data / "manifest.json").write_text(json.dumps({"stage": "data.prepare"}))
+    with pytest.raises(DataError, match="prepared but not packed: run `genforge data pack --data"):
+        read_pack(data)
     with pytest.raises(DataError, match="fewer than one window"):
         open_tokens(packed / "val.bin", "uint16", 10**7)
 

@@ -10,7 +10,7 @@ import torch
 from genforge.models.presets import build_model, model_config
 from genforge.train.checkpoint import STATE
 from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
-from genforge.train.engine import Interrupted, decay_groups, micro_weights, train
+from genforge.train.engine import Interrupted, decay_groups, micro_weights, tokens_read, train
 from genforge.train.evaluate import evaluate_loss
 from genforge.train.objectives import IGNORE, ClmObjective
 
@@ -142,6 +142,20 @@ def test_micro_batches_weigh_the_same_for_an_objective_without_count():
     batches = [TwoExamples(1).batch(0, m) for m in range(2)]
     assert micro_weights(ClmObjective(), batches, world=1) == [20 / 22, 2 / 22]
     assert micro_weights(object(), batches, world=1) == [0.5, 0.5]
+
+
+def test_padding_is_not_counted_as_tokens_read(tmp_path, tiny):
+    """Throughput (tok_s, tokens_per_s) counts what the model read: a padded row's padding is no work done."""
+    class Padded(TwoExamples):
+        def batch(self, step, micro):
+            batch = super().batch(step, micro)
+            mask = torch.ones_like(batch["input_ids"])
+            mask[-1, 5:] = 0  # the last row is 5 tokens and 15 of padding
+            return {**batch, "attention_mask": mask}
+
+    assert tokens_read(Padded(2).batch(0, 0)) == 25 and tokens_read(TwoExamples(2).batch(0, 0)) == 40
+    cfg = tiny(tmp_path, batch_size=2, grad_accum=1, max_steps=2, warmup_steps=0, eval_every=0, save_every=0)
+    assert train(fresh_model(), ClmObjective(), Padded(2), cfg, tmp_path).tokens == 2 * 25
 
 
 def test_grad_accum_must_split_over_processes(tmp_path, packed, tiny):
