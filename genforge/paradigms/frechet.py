@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 
 class FeatureNet(nn.Module):
@@ -38,7 +39,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, classes: int, epochs: int
     net = FeatureNet(x.shape[1], classes, x.shape[2])
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc="eval classifier", unit="epoch", dynamic_ncols=True):
         for idx in torch.randperm(len(x), generator=g).split(64):
             loss = F.cross_entropy(net(x[idx])[1], y[idx])
             optimizer.zero_grad(set_to_none=True)

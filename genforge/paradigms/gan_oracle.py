@@ -19,12 +19,21 @@ from typing import Any
 
 import torch
 
-from genforge.artifacts import atomic_write_text, begin_output, write_json, write_manifest
+from genforge.artifacts import atomic_write_text, write_json, write_manifest
 from genforge.config import check_training_memory
 from genforge.models.presets import meta_params
 from genforge.paradigms.config import OracleConfig
-from genforge.paradigms.gan_phases import load_weights, mle_phase, plot_curves, variant_phase
+from genforge.paradigms.gan_phases import (
+    MLE_MARKER,
+    WRITTEN,
+    load_weights,
+    mle_phase,
+    mle_started,
+    plot_curves,
+    variant_phase,
+)
 from genforge.paradigms.oracle import LENGTH, START, load_oracle, random_oracle, read_samples
+from genforge.paradigms.runs import begin_run, check_run_folder
 from genforge.paradigms.sequence import LstmGenerator, mean_nll, sample
 from genforge.train.data import mix_seed
 
@@ -64,12 +73,14 @@ def oracle_data(cfg: OracleConfig) -> tuple[Any, torch.Tensor, torch.Tensor, tor
 
 def gan_oracle(cfg: OracleConfig) -> dict[str, Any]:
     """Run the benchmark; return {"rows": {name: {"nll_oracle", "nll_test", ...}}, "mle": ..., "gans": ...}."""
+    check_run_folder(cfg.out, "gan.oracle", resume=cfg.resume, started=mle_started(cfg.out), marker=MLE_MARKER)
     torch.manual_seed(cfg.seed)
     oracle, train_rows, val_rows, test_rows, inputs = oracle_data(cfg)  # read and checked before --out is touched
     vocab = oracle.head.out_features
     check_training_memory(lambda: meta_params(LstmGenerator, vocab, cfg.embed_size, cfg.hidden_size), cfg,
                           "embed_size", "hidden_size")
-    started = begin_output(cfg.out, "gan.oracle")
+    started = begin_run(cfg.out, "gan.oracle", resume=cfg.resume, started=mle_started(cfg.out), marker=MLE_MARKER,
+                        written=WRITTEN)
     torch.manual_seed(cfg.seed)
     generator = LstmGenerator(vocab, cfg.embed_size, cfg.hidden_size)
     rows: dict[str, dict[str, float]] = {"random": score(generator, oracle, test_rows, cfg.eval_samples, cfg.seed)}

@@ -17,13 +17,20 @@ import torch
 from safetensors.torch import load_file
 
 from genforge.paradigms.adversarial import adversarial, pretrain_discriminator
-from genforge.paradigms.config import GanConfig
+from genforge.paradigms.config import GAN_VARIANTS, GanConfig
 from genforge.paradigms.text_gan import CnnDiscriminator
 from genforge.train.checkpoint import WEIGHTS
 from genforge.train.config import TrainConfig
 from genforge.train.data import mix_seed
 from genforge.train.engine import checkpoint_exists, train
 from genforge.train.objectives import ClmObjective
+
+MLE_MARKER = "mle/checkpoints/latest"  # a text GAN run has started once its MLE phase wrote a checkpoint
+WRITTEN = ("mle", *GAN_VARIANTS)  # the phase folders a redo of a finished run removes (see paradigms.runs)
+
+
+def mle_started(out: Path) -> bool:
+    return checkpoint_exists(Path(out) / "mle")
 
 
 @dataclass

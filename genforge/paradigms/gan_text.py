@@ -15,12 +15,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from genforge.artifacts import atomic_write_text, begin_output, write_json, write_manifest
+from genforge.artifacts import atomic_write_text, write_json, write_manifest
 from genforge.config import check_training_memory
 from genforge.models.presets import meta_params
 from genforge.paradigms.config import TextGanConfig
 from genforge.paradigms.gan_oracle import print_table
-from genforge.paradigms.gan_phases import mle_phase, plot_curves, variant_phase
+from genforge.paradigms.gan_phases import (
+    MLE_MARKER,
+    WRITTEN,
+    mle_phase,
+    mle_started,
+    plot_curves,
+    variant_phase,
+)
+from genforge.paradigms.runs import begin_run, check_run_folder
 from genforge.paradigms.sequence import LstmGenerator, mean_nll, sample
 from genforge.paradigms.vae import read_sentences
 from genforge.train.data import read_pack
@@ -62,6 +70,7 @@ def gan_text(cfg: TextGanConfig) -> dict[str, Any]:
     """MLE + each adversarial variant on the folder's sentences; return {"rows": {name: scores}, ...}."""
     from genforge.data.pack import packed_tokenizer
 
+    check_run_folder(cfg.out, "gan.text", resume=cfg.resume, started=mle_started(cfg.out), marker=MLE_MARKER)
     pack = read_pack(cfg.data)
     tokenizer = packed_tokenizer(cfg.data)
     start, eos = tokenizer.bos_token_id, pack["eos_id"]
@@ -72,7 +81,9 @@ def gan_text(cfg: TextGanConfig) -> dict[str, Any]:
     val_rows = fixed_rows(read_sentences(cfg.data, "val", pack, cfg.seq_len), cfg.seq_len, eos)[:cfg.eval_samples]
     check_training_memory(lambda: meta_params(build_generator, cfg, pack, special), cfg,
                           *(("generator",) if cfg.generator != "lstm" else ("embed_size", "hidden_size")))
-    started = begin_output(cfg.out, "gan.text")  # only now, with the data read: bad data leaves an earlier run in --out whole
+    # only now, with the data read: bad data leaves an earlier run in --out whole
+    started = begin_run(cfg.out, "gan.text", resume=cfg.resume, started=mle_started(cfg.out), marker=MLE_MARKER,
+                        written=WRITTEN)
     reference = set(ngrams(train_rows.tolist()))
     generator = build_generator(cfg, pack, special)
 

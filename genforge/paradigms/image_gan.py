@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from genforge.artifacts import begin_output, write_json, write_manifest
+from genforge.artifacts import write_json, write_manifest
 from genforge.config import check_training_memory
-from genforge.errors import ArtifactError, DataError
+from genforge.errors import DataError
 from genforge.models.presets import meta_params
 from genforge.paradigms.config import ImageGanConfig
 from genforge.paradigms.frechet import coverage, features_and_predictions, frechet_distance, train_classifier
 from genforge.paradigms.images import load_image_folder, save_grid
+from genforge.paradigms.runs import begin_run, check_run_folder
 from genforge.train.checkpoint import (
     WEIGHTS,
     find_checkpoint,
@@ -102,17 +103,18 @@ def split(n: int, seed: int, held_out: float = 0.2) -> tuple[torch.Tensor, torch
 
 def gan_image(cfg: ImageGanConfig) -> dict[str, Any]:
     """Train the DCGAN; return the evaluation {fid_classifier, fid_real_floor, coverage, ...}."""
+    latest = cfg.out / "checkpoints" / "latest"
+    started_run = find_checkpoint(latest) is not None
+    check_run_folder(cfg.out, "gan.image", resume=cfg.resume, started=started_run, marker="checkpoints/latest")
     x, y, class_names = load_image_folder(cfg.images, cfg.image_size, cfg.channels)
     if len(x) < 10:
         raise DataError(f"{cfg.images} holds {len(x)} images; need at least 10 (a GAN learns from hundreds)")
-    latest = cfg.out / "checkpoints" / "latest"
-    if cfg.resume and find_checkpoint(latest) is None:
-        raise ArtifactError(f"nothing to resume: {latest} does not exist; drop --resume")
     k = len(class_names) if cfg.conditional else 0
     check_training_memory(lambda: meta_params(generator_net, cfg.latent_size, x.shape[1], cfg.image_size, cfg.width, k)
                           + meta_params(discriminator_net, x.shape[1], cfg.image_size, cfg.width, k),
                           cfg, "latent_size", "width")
-    started = begin_output(cfg.out, "gan.image")
+    started = begin_run(cfg.out, "gan.image", resume=cfg.resume, started=started_run, marker="checkpoints/latest",
+                        written=("checkpoints", "logs"))
     train_idx, held_idx = split(len(x), cfg.seed)
     x_train, y_train = x[train_idx], y[train_idx]
     torch.manual_seed(cfg.seed)

@@ -8,9 +8,11 @@ else RGB; a palette or alpha image is converted, never rejected.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from genforge.errors import DataError
 
@@ -32,11 +34,15 @@ def load_image_folder(folder: Path, size: int, channels: int = 0) -> tuple[torch
              if f.suffix.lower() in EXTENSIONS]
     if not files:
         raise DataError(f"{folder} has no PNG/JPEG images in class sub-folders (expected {folder}/<class>/*.png)")
+    # A class without images could never be generated nor recognised: it would cap coverage below 1 and
+    # give a conditional generator a label it never saw.
+    if empty := [c for i, c in enumerate(classes) if all(label != i for _, label in files)]:
+        raise DataError(f"class folder {folder / empty[0]} holds no PNG/JPEG images: add some or remove the folder")
     images = []
-    for path, _ in files:
+    for path, _ in tqdm(files, desc="images", unit="image", dynamic_ncols=True):  # thousands of photos take minutes
         try:
             with Image.open(path) as im:
-                images.append(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+                images.append(as_rgb(im).resize((size, size), Image.Resampling.BICUBIC))
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path} is not a readable image: {e}") from None
     pixels = np.stack([np.asarray(im, dtype=np.float32) for im in images])  # (N, H, W, 3)
@@ -46,6 +52,17 @@ def load_image_folder(folder: Path, size: int, channels: int = 0) -> tuple[torch
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous() / 127.5 - 1.0
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     return x, labels, classes
+
+
+def as_rgb(image: Any) -> Any:
+    """An 8-bit RGB copy of a Pillow image. 16-bit grey PNGs open as mode I;16 (or I), whose values Pillow's
+    own conversion clips at 255, turning nearly every pixel white: they are scaled to 8 bits first."""
+    from PIL import Image
+
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float32) / 257.0
+        image = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:

@@ -88,13 +88,15 @@ def random_oracle(seed: int, vocab: int = VOCAB, size: int = SIZE) -> LstmGenera
 def read_samples(path: Path, vocab: int, length: int) -> torch.Tensor:
     """Token rows of SeqGAN's real_data.txt (space-separated ids, one sequence a line)."""
     try:
-        rows = [[int(x) for x in line.split()] for line in Path(path).read_text().splitlines() if line.strip()]
+        # (line number in the file, ids): blank lines are skipped but still counted, so errors point at the line
+        rows = [(n, [int(x) for x in line.split()]) for n, line in enumerate(Path(path).read_text().splitlines(), 1)
+                if line.strip()]
     except ValueError as e:
         raise DataError(f"{path}: not a file of space-separated token ids ({e})") from None
     if not rows:
         raise DataError(f"{path} holds no sequences: expected one line of {length} space-separated ids per "
                         "sequence (or remove the file to sample the training rows from the oracle)")
-    bad = next((i for i, r in enumerate(rows) if len(r) != length or not all(0 <= x < vocab for x in r)), None)
+    bad = next((n for n, r in rows if len(r) != length or not all(0 <= x < vocab for x in r)), None)
     if bad is not None:
-        raise DataError(f"{path} line {bad + 1}: expected {length} ids in [0, {vocab})")
-    return torch.tensor(rows, dtype=torch.long)
+        raise DataError(f"{path} line {bad}: expected {length} ids in [0, {vocab})")
+    return torch.tensor([r for _, r in rows], dtype=torch.long)

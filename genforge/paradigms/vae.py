@@ -22,17 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.artifacts import begin_output, read_manifest, reading, write_json, write_manifest
+from genforge.artifacts import read_manifest, reading, write_json, write_manifest
 from genforge.config import check_training_memory
 from genforge.errors import ArtifactError, DataError
 from genforge.models.presets import meta_params
 from genforge.paradigms.config import VaeConfig
+from genforge.paradigms.runs import begin_run, check_run_folder
 from genforge.train.checkpoint import WEIGHTS
 from genforge.train.config import TrainConfig
 from genforge.train.data import mix_seed, read_pack
 from genforge.train.engine import checkpoint_exists, train
 from genforge.train.logs import plot_loss
 from genforge.train.objectives import IGNORE, predicted_tokens
+
+MARKER = "checkpoints/latest"  # a run has started once it wrote this (see genforge.paradigms.runs)
 
 
 class TextVae(nn.Module):
@@ -189,8 +192,8 @@ def vae_train(cfg: VaeConfig) -> Any:
     from genforge.data.pack import packed_tokenizer
 
     pack = read_pack(cfg.data)
-    if cfg.resume and not checkpoint_exists(cfg.out):
-        raise ArtifactError(f"nothing to resume: {cfg.out}/checkpoints/latest does not exist; drop --resume")
+    started_run = checkpoint_exists(cfg.out)
+    check_run_folder(cfg.out, "vae", resume=cfg.resume, started=started_run, marker=MARKER)
     tokenizer = packed_tokenizer(cfg.data)
     special = {"bos": tokenizer.bos_token_id, "eos": pack["eos_id"], "pad": tokenizer.pad_token_id,
                "mask": tokenizer.mask_token_id}
@@ -201,7 +204,9 @@ def vae_train(cfg: VaeConfig) -> Any:
     val_rows = read_sentences(cfg.data, "val", pack, cfg.max_len)[:2000]
     check_training_memory(lambda: meta_params(TextVae, pack["vocab_size"], cfg.embed_size, cfg.hidden_size,
                                               cfg.latent_size), cfg, "embed_size", "hidden_size", "latent_size")
-    started = begin_output(cfg.out, "vae")  # only now, with the data read: bad data leaves an earlier run in --out whole
+    # only now, with the data read: bad data leaves an earlier run in --out whole
+    started = begin_run(cfg.out, "vae", resume=cfg.resume, started=started_run, marker=MARKER,
+                        written=("checkpoints", "logs"))
     torch.manual_seed(cfg.seed)
     model = TextVae(pack["vocab_size"], cfg.embed_size, cfg.hidden_size, cfg.latent_size)
     objective = VaeObjective(mask_id=special["mask"], word_dropout=cfg.word_dropout, free_bits=cfg.free_bits)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from genforge.artifacts import read_manifest
-from genforge.errors import ConfigError, DataError
+from genforge.errors import ArtifactError, ConfigError, DataError
 from genforge.paradigms.config import MAX_GAN_LEN, TextGanConfig
 from genforge.paradigms.gan_text import fixed_rows, gan_text, ngrams
 
@@ -55,3 +55,18 @@ def test_absurd_generator_sizes_are_refused_before_the_output_is_touched(packed,
     with pytest.raises(ConfigError, match=r"^--embed-size 16 --hidden-size 10000000: a model of [\d,]+ parameters"):
         gan_text(cfg)
     assert not cfg.out.exists()
+
+
+def test_a_redo_keeps_no_phase_of_the_earlier_run_and_resume_needs_a_run(packed, tmp_path):
+    """A redo with other --variant kept the earlier run's variant folder (and its events) in a folder whose
+    manifest no longer mentions it; --resume without a run silently started a fresh one."""
+    cfg = TextGanConfig(data=packed, out=tmp_path / "gan", variant=["seqgan"], seq_len=8, embed_size=16,
+                        hidden_size=16, batch_size=8, mle_steps=2, disc_pretrain_steps=1, adv_epochs=1, eval_every=1,
+                        eval_samples=16, rollouts=1)
+    gan_text(cfg)
+    gan_text(replace(cfg, variant=["gumbel"]))
+    assert not (cfg.out / "seqgan").exists() and (cfg.out / "gumbel" / "samples.txt").is_file()
+    assert len(list((cfg.out / "mle" / "logs").glob("events.out.tfevents.*"))) == 1
+    with pytest.raises(ArtifactError, match="nothing to resume: .*mle/checkpoints/latest does not exist"):
+        gan_text(replace(cfg, out=tmp_path / "none", resume=True))
+    assert not (tmp_path / "none").exists()

@@ -59,8 +59,9 @@ def test_frechet_distance_and_coverage():
     assert coverage(np.array([0] * 40), 4) == 0.25
 
 
-def test_image_folder(tmp_path, digits):
+def test_image_folder(tmp_path, digits, capsys):
     x, y, classes = load_image_folder(digits, 16)
+    assert "images: 100%" in capsys.readouterr().err  # a folder of photos takes minutes: a progress bar shows it
     assert x.shape[1:] == (1, 16, 16) and classes == ["0", "1", "2"] and len(x) == len(y)
     assert x.min() >= -1 and x.max() <= 1
     assert save_grid(x[:10], tmp_path / "grid.png").stat().st_size > 0
@@ -72,6 +73,39 @@ def test_image_folder(tmp_path, digits):
         load_image_folder(tmp_path / "bad" / "a", 16)
     with pytest.raises(DataError, match="is a file: give a folder"):
         load_image_folder(tmp_path / "bad" / "a" / "x.png", 16)
+
+
+def test_class_folder_without_images_is_refused(tmp_path, digits):
+    """An empty class folder counted as a class no generated image could ever be: coverage stayed below 1."""
+    import shutil
+
+    folder = shutil.copytree(digits, tmp_path / "digits")
+    (folder / "9").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*9 holds no PNG/JPEG images: add some or remove the folder"):
+        load_image_folder(folder, 16)
+
+
+def test_16_bit_png_keeps_its_grey_levels(tmp_path):
+    """Pillow's own conversion clipped 16-bit values at 255: nearly every pixel came out white."""
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "a" / "ramp.png")
+    x, _, _ = load_image_folder(tmp_path, 16)
+    assert x.shape == (1, 1, 16, 16)
+    assert x.mean().item() == pytest.approx(0.0, abs=0.05) and x.min() < -0.9 and x.max() > 0.9
+
+
+def test_a_redo_keeps_no_grid_of_the_earlier_run(tmp_path, digits):
+    """A redo with fewer epochs left the earlier run's later epoch grids (and its events) in logs/."""
+    cfg = dict(images=digits, out=tmp_path / "run", image_size=16, width=8, latent_size=16, epochs=2,
+               log_every=2, classifier_epochs=0, eval_samples=20)
+    gan_image(ImageGanConfig(**cfg))
+    gan_image(ImageGanConfig(**{**cfg, "epochs": 1}))
+    logs = {p.name for p in (cfg["out"] / "logs").iterdir()}
+    assert "epoch_001.png" in logs and "epoch_002.png" not in logs
+    assert len([n for n in logs if n.startswith("events.out.tfevents")]) == 1
 
 
 def test_gan_image_trains_evaluates_and_resumes(tmp_path, digits):

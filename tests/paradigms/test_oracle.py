@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from genforge.errors import ConfigError, DataError
+from genforge.errors import ArtifactError, ConfigError, DataError
 from genforge.paradigms.config import OracleConfig
 from genforge.paradigms.gan_oracle import gan_oracle
 from genforge.paradigms.oracle import load_oracle, random_oracle, read_samples
@@ -57,6 +57,9 @@ def test_bad_oracle_inputs(tmp_path):
         read_samples(tmp_path / "real.txt", 5000, 20)
     (tmp_path / "real.txt").write_text("\n")
     with pytest.raises(DataError, match="holds no sequences"):
+        read_samples(tmp_path / "real.txt", 5000, 20)
+    (tmp_path / "real.txt").write_text("\n" + "1 " * 20 + "\n\n1 2 3\n")  # blank lines count as lines
+    with pytest.raises(DataError, match="line 4: expected 20 ids"):
         read_samples(tmp_path / "real.txt", 5000, 20)
 
 
@@ -136,4 +139,10 @@ def test_cli_bad_input_is_one_line(tmp_path):
 def test_absurd_generator_sizes_are_refused_before_the_output_is_touched(tmp_path):
     with pytest.raises(ConfigError, match=r"^--embed-size 32 --hidden-size 10000000: a model of [\d,]+ parameters"):
         gan_oracle(tiny(tmp_path / "o", hidden_size=10**7))
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_without_a_run_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ArtifactError, match="nothing to resume: .*mle/checkpoints/latest does not exist; drop --resume"):
+        gan_oracle(tiny(tmp_path / "o", resume=True))
     assert not (tmp_path / "o").exists()

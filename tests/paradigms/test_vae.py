@@ -107,6 +107,17 @@ def test_a_rerun_on_data_without_documents_keeps_the_earlier_run(packed, no_val_
     assert read_manifest(out, "vae") == finished
 
 
+def test_a_new_run_refuses_an_unfinished_one_and_a_redo_starts_clean(packed, tmp_path):
+    """A rerun without --resume silently started over in an interrupted run's folder, and a redo of a finished
+    one kept the old TensorBoard events beside the new (TensorBoard drew both runs as one)."""
+    out = vae_train(tiny(packed, tmp_path / "vae", max_steps=4))
+    vae_train(tiny(packed, out, max_steps=4))
+    assert len(list((out / "logs").glob("events.out.tfevents.*"))) == 1
+    (out / "manifest.json").unlink()  # as an interrupted run leaves it
+    with pytest.raises(ArtifactError, match="holds an unfinished run: add --resume to continue it"):
+        vae_train(tiny(packed, out, max_steps=4))
+
+
 def damaged_runs_are_artifact_errors(run, tmp_path):
     """A copy of a finished run with one file damaged at a time: each refusal names the file."""
     for damage, message in [(lambda f: (f / "vae.json").write_text("{bad"), "vae.json is corrupt"),
