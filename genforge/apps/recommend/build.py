@@ -13,6 +13,7 @@ interactions, so that a served user's history is everything they did (held-out i
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import time
@@ -33,14 +34,18 @@ from genforge.errors import ConfigError, DataError
 RANKER_SALT = "#ranker"
 
 
-def load_data(cfg: BuildConfig) -> tuple[Items, Interactions, Interactions]:
-    """(items, training interactions, held-out interactions: empty unless --holdout)."""
+def load_data(cfg: BuildConfig) -> tuple[Items, Interactions, Interactions, int]:
+    """(items, training interactions, held-out interactions: empty unless --holdout, interaction rows dropped
+    for naming an item the catalogue lacks)."""
     items = read_items(cfg.items, cfg.item_id_field, cfg.text_fields, cfg.title_field, cfg.genre_field)
     data = read_interactions(cfg.interactions, cfg.user_field, cfg.item_field, cfg.rating_field, cfg.time_field,
                              known_items=set(items.ids))
+    if data.dropped:
+        print(f"dropped {data.dropped} of {data.dropped + len(data.users)} interaction rows: their items are not in "
+              f"{cfg.items} (check --item-id-field/--item-field if that is more than expected)", flush=True)
     if cfg.holdout:
-        return (items, *split(data))
-    return items, data, Interactions([], [], [], [])
+        return (items, *split(data), data.dropped)
+    return items, data, Interactions([], [], [], []), data.dropped
 
 
 def encode_items(items: Items, encoder: Path) -> np.ndarray:
@@ -158,16 +163,32 @@ def scorer_rows(model: Recommender, users: list[str], targets: dict[str, set[int
     return rows
 
 
+def clear_earlier_build(out: Path) -> None:
+    """Drop the optional parts an earlier build wrote in `out` (a folder with recommend.json): a scorer and full
+    ranker a --no-scorer rebuild does not make would be loaded by `--scorer`, next to a fast ranker they were
+    not boosted from. The parts every build writes are replaced."""
+    if not (out / "recommend.json").is_file():
+        return
+    for name in ("scorer", "scorer_base", "encoder"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("ranker.txt", "scorer_pairs.jsonl", "all_users.json"):
+        (out / name).unlink(missing_ok=True)
+
+
 def build(cfg: BuildConfig) -> Path:
     """Build the recommender folder; returns it."""
     import lightgbm as lgb  # noqa: F401 - fail before the slow steps when it is missing
 
-    items, train_set, heldout = load_data(cfg)
+    # the manifest names the inputs `eval` re-reads: absolute, so eval works from any directory
+    cfg = dataclasses.replace(cfg, items=Path(cfg.items).resolve(),
+                              interactions=[Path(p).resolve() for p in cfg.interactions])
+    items, train_set, heldout, dropped = load_data(cfg)
     encoder = encoder_path(cfg)
     # read before begin_output, so that --reuse may name the --out folder being rebuilt
     reused = None if cfg.tune_encoder else reused_embeddings(cfg.reuse, items, encoder)
     started = begin_output(cfg.out, STAGE)
     out = Path(cfg.out)
+    clear_earlier_build(out)
     item_index = items.index()
     base, target = split(train_set, salt=RANKER_SALT)
     if not base.users or not target.users:
@@ -196,7 +217,7 @@ def build(cfg: BuildConfig) -> Path:
                              rerank=cfg.rerank, candidates=cfg.candidates)
 
     metrics |= {"items": len(items.ids), "train_interactions": len(train_set.users),
-                "heldout_interactions": len(heldout.users), "ranker_users": len(ranker_users),
+                "heldout_interactions": len(heldout.users), "dropped_interactions": dropped, "ranker_users": len(ranker_users),
                 "scorer_users": len(scorer_users)}
     if cfg.scorer:
         from genforge.apps.recommend.scorer import Scorer, separator, train_scorer, truncated_base

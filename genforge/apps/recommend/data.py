@@ -43,6 +43,7 @@ class Interactions:
     items: list[str]
     ratings: list[float | None]
     times: list[float | None]
+    dropped: int = 0  # rows naming an item the catalogue lacks (read_interactions)
 
 
 def norm_id(value: Any) -> str:
@@ -113,6 +114,7 @@ def read_interactions(paths: list[Path], user_field: str, item_field: str, ratin
     """Interactions of one or more files; a (user, item) pair seen again takes the later row's values.
     Items missing from the catalogue are dropped (counted in the returned `dropped`)."""
     pairs: dict[tuple[str, str], tuple[float | None, float | None]] = {}
+    dropped = 0
     for path in paths:
         for lineno, record in rows(path):
             user = norm_id(get_field(path, lineno, record, user_field))
@@ -120,6 +122,7 @@ def read_interactions(paths: list[Path], user_field: str, item_field: str, ratin
             if not user or not item:
                 raise DataError(f"{path}:{lineno}: empty user or item")
             if known_items is not None and item not in known_items:
+                dropped += 1
                 continue
             rating = _number(path, lineno, rating_field, get_field(path, lineno, record, rating_field)) \
                 if rating_field else None
@@ -131,7 +134,7 @@ def read_interactions(paths: list[Path], user_field: str, item_field: str, ratin
                         f"(check --item-id-field/--item-field)")
     keys = list(pairs)
     return Interactions([u for u, _ in keys], [i for _, i in keys], [pairs[k][0] for k in keys],
-                        [pairs[k][1] for k in keys])
+                        [pairs[k][1] for k in keys], dropped)
 
 
 def is_heldout(user: str, item: str) -> bool:

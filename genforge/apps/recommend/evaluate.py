@@ -74,8 +74,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if not build_cfg.holdout:
         raise ArtifactError(f"{cfg.model} was built with --no-holdout: it has seen every interaction; rebuild "
                             "with --holdout to evaluate")
+    missing = [p for p in (build_cfg.items, *build_cfg.interactions) if not Path(p).is_file()]
+    if missing:  # builds before absolute paths were recorded name them relative to where the build ran
+        raise DataError(f"{missing[0]}, an input of the build (recorded in {Path(cfg.model) / 'manifest.json'}), "
+                        f"is not found from {Path.cwd()}: run eval where the build ran, or rebuild")
+    items, _, heldout, _ = load_data(build_cfg)
     started = begin_output(cfg.out, "app.recommend.eval")
-    items, _, heldout = load_data(build_cfg)
     model = load(cfg.model, scorer=True)  # both paths are measured; `default` is the build's choice
     users, relevant = eval_users(heldout.users, heldout.items, model.behaviour.user_index, model.item_index, cfg.users)
     if not users:

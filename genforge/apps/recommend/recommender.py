@@ -37,6 +37,10 @@ HISTORY_CAP = 100  # heaviest history items compared one by one with each candid
 WORD = re.compile(r"[a-z0-9]+")
 
 
+class UnknownGenre(DataError):
+    """A genre filter naming a genre no item has (the HTTP route answers 400 on `filters.genres`)."""
+
+
 @dataclass
 class Query:
     """One user's side of the ranking: history (item indices, weights, heaviest first) and/or a text."""
@@ -250,6 +254,10 @@ class Recommender:
         allowed = None
         if genres:
             wanted = {g.strip().lower() for g in genres}
+            unknown = sorted(wanted - set(self.genres))
+            if unknown:  # a misspelt genre would filter every item out: an empty answer, no word why
+                raise UnknownGenre(f"no item has the genre(s) {', '.join(map(repr, unknown))} (genres: "
+                                f"{', '.join(self.genres[:30])}{', ...' if len(self.genres) > 30 else ''})")
             allowed = np.array([bool(wanted & set(g)) for g in self.items.genres])
         q.exclude |= {self.item_index[i] for i in map(norm_id, exclude) if i in self.item_index}
         ranked = self.rank(q, k, use_scorer=use_scorer, allowed=allowed)

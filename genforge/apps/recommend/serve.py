@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from genforge.apps.recommend.config import RecServeConfig
 from genforge.apps.recommend.query import query_of
+from genforge.apps.recommend.recommender import UnknownGenre
 from genforge.errors import DataError
 from genforge.serve.app import Authorized
 from genforge.serve.errors import ApiError
@@ -83,6 +84,8 @@ def router(recommenders: dict[str, Any], public: str, experiment: Any) -> APIRou
 
         try:
             rows = await run_in_threadpool(answer)
+        except UnknownGenre as e:
+            raise ApiError(400, str(e), param="filters.genres") from None
         except DataError as e:
             raise ApiError(404 if "unknown" in str(e) else 400, str(e), param=query_field(body)) from None
         rid = f"rec-{uuid.uuid4().hex}"

@@ -3,8 +3,8 @@
 `load_assistant(folder)` reads a built folder (index/, intent/, chat/, support.json with the calibrated
 thresholds); `Assistant.stream(messages)` answers the last user message of a conversation, yielding
 the answer's text as it is produced and returning the `Answer` (action, confidence, cited sources).
-Multi-turn: a follow-up with (almost) no content words of its own ("and then what?", "why?") that is too
-far from the knowledge base on its own is retrieved together with the previous user message; any other
+Multi-turn: a follow-up with (almost) no content words of its own ("and then what?", "why?") that would
+be handed off on its own is retrieved together with the previous user message; any other
 message stands alone, so a new question is not dragged back to the old topic.
 Which entry answers: retrieval's top hit, unless the intent classifier (trained on the FAQ's question
 variants) names an entry with at least the calibrated probability; a classifier sees every paraphrase at
@@ -132,28 +132,36 @@ class Assistant:
         chosen = next((h for h in hits if h.passage.entry == intent), None) or self.index.hit_for(intent, vector)
         return [chosen, *rest[:len(hits) - 1]]
 
-    def retrieve(self, conversation: list[dict[str, str]]) -> tuple[str, list[Hit], np.ndarray]:
-        """(query, hits, query vector) of the last user message; a follow-up (fewer than FOLLOW_UP_TERMS content
-        terms, and too far from the knowledge base on its own) is retrieved with the previous user message."""
+    def retrieve(self, conversation: list[dict[str, str]]) -> tuple[str, list[Hit], np.ndarray, Intents | None]:
+        """(query, hits, query vector, intent signals) of the last user message; a follow-up (fewer than
+        FOLLOW_UP_TERMS content terms) that would be handed off on its own, for a low confidence or an
+        out-of-scope score (calibration often leaves the hand-off to the latter), is retrieved with the previous
+        user message."""
         users = [m["content"] for m in conversation if m["role"] == "user"]
         if not users:
             raise ConfigError("the conversation has no user message to answer")
         query = users[-1]
         vector = self.index.encoder([query])[0]
         hits = self.index.search(query, TOP_K, vector)
-        alone = hits[0].cosine if hits else -1.0
-        if len(users) > 1 and len(tokens(query)) < FOLLOW_UP_TERMS and alone < self.thresholds.handoff_confidence:
+        intents = self.intents([query], vector[None])
+        if len(users) > 1 and len(tokens(query)) < FOLLOW_UP_TERMS and self._hands_off(hits, intents):
             query = f"{users[-2]} {users[-1]}"
             vector = self.index.encoder([query])[0]
             hits = self.index.search(query, TOP_K, vector)
-        return query, hits, vector
+            intents = self.intents([query], vector[None])
+        return query, hits, vector, intents
+
+    def _hands_off(self, hits: list[Hit], intents: Intents | None) -> bool:
+        """Whether retrieval's hits and the intent signals of one query would hand it off."""
+        confidence = hits[0].cosine if hits else -1.0
+        oos = None if intents is None else float(intents.oos[0])
+        return decide(confidence, oos, hits[0].passage.kind if hits else None, self.thresholds, True) == "handoff"
 
     def stream(self, conversation: list[dict[str, str]], max_new_tokens: int = 160) -> Generator[str, None, Answer]:
         """Yield the answer's text as it comes; return the Answer (its `text` is the whole answer)."""
         started = time.perf_counter()
         with self.lock:
-            query, hits, vector = self.retrieve(conversation)
-            intents = self.intents([query], vector[None])
+            query, hits, vector, intents = self.retrieve(conversation)
         if intents is not None and hits:
             hits = self.route(hits, intents.entry[0], float(intents.prob[0]), vector)
         oos = None if intents is None else float(intents.oos[0])

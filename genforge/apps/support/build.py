@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -24,6 +25,7 @@ from genforge.apps.support.assistant import META, Assistant, load_assistant, rea
 from genforge.apps.support.config import BuildConfig, CalibrateConfig
 from genforge.apps.support.index import Encoder, build_index, load_encoder
 from genforge.apps.support.ingest import Passage, ingest, kb_files
+from genforge.apps.support.ood import FILE as OOD_FILE
 from genforge.apps.support.ood import OutOfScope, fit_intent_ood, is_current, spread
 from genforge.apps.support.policy import OOS, Thresholds, calibrate, calibrate_intent
 from genforge.artifacts import begin_output, check_output, write_json, write_manifest
@@ -33,6 +35,7 @@ from genforge.models.load import read_model_config
 
 VAL_BUCKET = 8
 INTENTS = "intents.csv"  # the intent classifier's training questions, kept in OUT/work
+INTENTS_VAL = "intents_val.csv"  # its validation questions, when the calibration questions were held out
 
 
 def read_questions(path: Path, labelled: bool = True) -> list[tuple[str, str]]:
@@ -78,21 +81,33 @@ def split_calibration(passages: list[Passage], oos: list[str]) -> tuple[list[Pas
     return kept, val, [t for t in oos if hash_bucket(t) != VAL_BUCKET]
 
 
-def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], encoder: Path) -> Path | None:
-    """An intent (+ 'oos') classifier on the FAQ question variants, when the FAQ names its entries."""
+def _write_questions(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def train_intents(cfg: BuildConfig, passages: list[Passage], oos: list[str], encoder: Path,
+                  held_out: list[tuple[str, str]] | None = None) -> Path | None:
+    """An intent (+ 'oos') classifier on the FAQ question variants, when the FAQ names its entries.
+    `held_out`: the calibration questions split_calibration took out of `passages` and `oos` (hash bucket 8,
+    the very bucket `finetune classify` would validate on, so its own split would find none); those with a
+    label the classifier learns validate it instead."""
     from genforge.finetune.classify import classify
     from genforge.finetune.config import ClassifyConfig
 
     faq = [p for p in passages if p.kind == "faq" and not p.entry.startswith("faq-")]
     if not cfg.classify or len({p.entry for p in faq}) < 2:
         return None
-    data = Path(cfg.out) / "work" / INTENTS
-    with open(data, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows([(p.text, p.entry) for p in faq] + [(t, OOS) for t in oos])
-    return classify(ClassifyConfig(model=encoder, data=data, out=Path(cfg.out) / "intent", seq_len=64,
-                                   batch_size=cfg.classify_batch, max_steps=cfg.classify_steps, lr=cfg.classify_lr,
+    rows = [(p.text, p.entry) for p in faq] + [(t, OOS) for t in oos]
+    data = _write_questions(Path(cfg.out) / "work" / INTENTS, rows)
+    learnt = {label for _, label in rows}
+    val = [(t, label) for t, label in held_out or [] if label in learnt]
+    val_data = _write_questions(Path(cfg.out) / "work" / INTENTS_VAL, val) if val else None
+    return classify(ClassifyConfig(model=encoder, data=data, val_data=val_data, out=Path(cfg.out) / "intent",
+                                   seq_len=64, batch_size=cfg.classify_batch, max_steps=cfg.classify_steps, lr=cfg.classify_lr,
                                    warmup_steps=min(30, cfg.classify_steps // 5), eval_every=0, log_every=25,
                                    seed=cfg.seed, bf16=False))
 
@@ -157,6 +172,9 @@ def recalibrate(cfg: CalibrateConfig) -> dict:
     folder = Path(cfg.assistant)
     started = time.time()
     val = read_questions(cfg.val)
+    if not any(label != OOS for _, label in val):
+        raise DataError(f"{cfg.val} holds no in-scope question (labelled with a FAQ id): the answer thresholds are "
+                        "chosen on them")
     if (folder / "intent").is_dir() and (folder / "work" / INTENTS).is_file() and not is_current(folder):
         from genforge.finetune.classifier import load_classifier
 
@@ -173,6 +191,17 @@ def recalibrate(cfg: CalibrateConfig) -> dict:
     return report
 
 
+def clear_earlier_build(out: Path) -> None:
+    """Drop what an earlier build wrote in `out` (a folder with support.json): the assistant is loaded from the
+    folders present, so a classifier or chat model the new build does not make would be used with its index."""
+    if not (out / META).is_file():
+        return
+    for name in ("index", "intent", "chat", "work"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in (META, OOD_FILE, "calibration.json", "calibrate.json", "calibrate.config.yaml"):
+        (out / name).unlink(missing_ok=True)
+
+
 def build(cfg: BuildConfig) -> Path:
     import torch
 
@@ -187,18 +216,21 @@ def build(cfg: BuildConfig) -> Path:
         check_labels(cfg.val, val, {p.entry for p in passages})
     else:
         indexed, val, oos_train = split_calibration(passages, oos)
-    if not val:
-        raise DataError("no calibration questions: give --val FILE (text, label) or FAQ entries with several "
-                        "question variants")
+    if not any(label != OOS for _, label in val):
+        where = f"{cfg.val} holds" if cfg.val else "hash bucket 8 of the FAQ's question variants holds"
+        raise DataError(f"no in-scope calibration questions: {where} none labelled with a FAQ id, and the answer "
+                        "thresholds are chosen on them; give --val FILE (text, label; label = the FAQ id or "
+                        f"'{OOS}') or FAQ entries with more question variants")
     dialogues = read_chat_inputs(cfg)
     encoder = load_encoder(cfg.encoder)
     if cfg.classify and cfg.intent_base is not None:
         read_model_config(cfg.intent_base)
     begin_output(out, "app.support.build")  # only now, with the inputs read: a bad one leaves an earlier assistant in --out whole
+    clear_earlier_build(out)
     (out / "work").mkdir(exist_ok=True)
     index = build_index([Passage(**{**p.to_dict(), "id": i}) for i, p in enumerate(indexed)], encoder)
     index.save(out / "index")
-    intent = train_intents(cfg, indexed, oos_train, cfg.intent_base or encoder.path)
+    intent = train_intents(cfg, indexed, oos_train, cfg.intent_base or encoder.path, None if cfg.val else val)
     chat = None
     if dialogues is not None:
         from genforge.apps.support.chatmodel import chat_model

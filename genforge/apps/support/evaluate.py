@@ -43,8 +43,10 @@ def evaluate_assistant(assistant: Any, rows: list[tuple[str, str]], max_new_toke
         if label != OOS:
             entries = [x.passage.entry for x in h]
             ranks.append(entries.index(label) + 1 if label in entries else None)
+    from tqdm.auto import tqdm
+
     results, latency = [], {}
-    for text, label in rows:
+    for text, label in tqdm(rows, desc="answering", unit="question", dynamic_ncols=True):
         answer = assistant.answer([{"role": "user", "content": text}], max_new_tokens)
         results.append({"text": text, "label": label, "action": answer.action, "entry": answer.entry,
                         "confidence": round(answer.confidence, 4), "oos_score": answer.oos_score,

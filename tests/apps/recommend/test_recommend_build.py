@@ -78,6 +78,7 @@ def test_build_folder(built):
     out = built / "model"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "app.recommend.build" and manifest["metrics"]["items"] == 32
+    assert manifest["metrics"]["dropped_interactions"] == 0
     assert 0 <= manifest["metrics"]["val_ndcg@10_fast"] <= 1 and 0 <= manifest["metrics"]["val_ndcg@10_full"] <= 1
     for name in ("items.jsonl", "embeddings.npy", "index.faiss", "behaviour.npz", "ranker_fast.txt", "ranker.txt",
                  "scorer/classifier.json"):
@@ -194,6 +195,27 @@ def test_eval_reports_every_method(built, tmp_path):
     assert lat["p95"] == lat["lm_p95" if report["default"] == "genforge-lm" else "fast_p95"]
 
 
+def test_eval_finds_the_inputs_of_a_build_made_with_relative_paths_from_anywhere(built, tmp_path, monkeypatch):
+    """The manifest named the inputs as given (relative), so eval from another directory died with
+    "data file items.csv does not exist"."""
+    from pathlib import Path
+
+    monkeypatch.chdir(built)
+    model = tmp_path / "model"
+    build(BuildConfig(items=Path("items.csv"), interactions=[Path("events.csv")], out=model, scorer=False,
+                      text_fields=["title", "plot"], genre_field="genre", rating_field="rating", ranker_users=60,
+                      candidates=12, neighbours=10))
+    monkeypatch.chdir(tmp_path)
+    report = evaluate(EvalConfig(model=model, out=tmp_path / "eval", k=5, baselines=["popular"], latency_users=1))
+    assert report["methods"]["genforge-fast"]["recall@5"] >= 0
+    manifest = json.loads((model / "manifest.json").read_text())  # a build that recorded relative paths
+    manifest["config"]["items"] = "items.csv"
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    old = CliRunner().invoke(app, ["app", "recommend", "eval", "--model", str(model), "--out", str(tmp_path / "e2")])
+    assert old.exit_code == 2 and "items.csv, an input of the build" in old.output and "run eval where" in old.output
+    assert not (tmp_path / "e2").exists()  # refused before the output folder is touched
+
+
 def test_cli_recommend_and_one_line_errors(built):
     runner = CliRunner()
     ok = runner.invoke(app, ["app", "recommend", "recommend", "--model", str(built / "model"), "--like",
@@ -201,6 +223,9 @@ def test_cli_recommend_and_one_line_errors(built):
     assert ok.exit_code == 0, ok.output
     bad = runner.invoke(app, ["app", "recommend", "recommend", "--model", str(built / "model"), "--user", "nobody"])
     assert bad.exit_code == 2 and "unknown user 'nobody'" in bad.output and "Traceback" not in bad.output
+    genre = runner.invoke(app, ["app", "recommend", "recommend", "--model", str(built / "model"), "--user", "user1",
+                                "--genre", "no-such-genre", "--no-scorer"])  # was an empty table, exit 0
+    assert genre.exit_code == 2 and "no item has the genre(s) 'no-such-genre'" in genre.output
     both = runner.invoke(app, ["app", "recommend", "recommend", "--model", str(built / "model"), "--user", "user1",
                                "--like", "x"])
     assert both.exit_code == 2 and "exactly one of" in both.output
@@ -254,6 +279,9 @@ def test_rebuild_in_place_reuses_the_embeddings(built, tmp_path, capsys):
                       ranker_users=60, candidates=12, neighbours=10))
     assert f"reusing the item embeddings of {model}" in capsys.readouterr().out
     assert np.array_equal(np.load(model / "embeddings.npy"), before)
+    # the earlier build's scorer and full ranker are gone: `--scorer` used to load them beside the new fast ranker
+    assert not (model / "scorer").exists() and not (model / "ranker.txt").exists()
+    assert load(model, scorer=True).scorer is None
 
 
 def test_a_cut_ranker_of_a_build_without_checksums_is_one_line(built, tmp_path):

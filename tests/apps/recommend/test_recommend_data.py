@@ -48,6 +48,7 @@ def test_interactions_later_rows_win_and_unknown_items_drop(tmp_path):
     data = read_interactions([a, b], "u", "i", "r", "t", known_items={"10", "11"})
     rows = sorted(zip(data.users, data.items, data.ratings, data.times, strict=True))
     assert rows == [("1", "10", 9.0, 200.0), ("1", "11", 4.0, 101.0)]
+    assert data.dropped == 1  # counted (the build says so and records it), not lost without a word
 
 
 def test_holdout_fold_is_the_readme_rule_and_about_a_fifth():

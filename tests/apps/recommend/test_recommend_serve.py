@@ -82,6 +82,10 @@ def test_recommend_errors_name_the_bad_field(model_dir, tmp_path, live):
         assert as_text.status_code == 400 and as_text.json()["error"]["param"] == "k"
         nope = client.post("/v1/recommend", json={"user": "u0", "model": "nope"}).json()["error"]["message"]
         assert nope.endswith("(served: rec)")
+        # a genre no item has filtered every item out: a 200 with no data and no word why
+        misspelt = client.post("/v1/recommend", json={"user": "u0", "filters": {"genres": ["fod"]}})
+        assert misspelt.status_code == 400 and misspelt.json()["error"]["param"] == "filters.genres"
+        assert misspelt.json()["error"]["message"] == "no item has the genre(s) 'fod' (genres: food, space)"
 
 
 def test_ids_with_leading_zeros_find_what_the_build_read(tmp_path):

@@ -36,3 +36,59 @@ def test_holding_out_calibration_questions_keeps_every_entry_in_the_index():
     kept, val, _ = split_calibration(passages, [])
     assert [p.id for p in kept] == [0, 2, 4]  # 'address' had every variant in the bucket: its first stays
     assert val == [(held[1], "address"), (held[2], "refund")]
+
+
+def test_a_build_without_val_trains_the_classifier_on_what_calibration_leaves(company, bert_dir, tmp_path):
+    """Without --val the calibration questions are hash bucket 8, the bucket `finetune classify` validates on:
+    the classifier used to find no validation questions and the build died ("give --val-data")."""
+    import json
+
+    out = build(BuildConfig(kb=[company / "faq.csv"], oos=company / "oos.txt", out=tmp_path / "support",
+                            intent_base=bert_dir, classify_steps=2, classify_batch=8))
+    meta = json.loads((out / "support.json").read_text(encoding="utf-8"))
+    assert meta["intent"] is True and meta["thresholds"]
+    assert (out / "work" / "intents_val.csv").read_text(encoding="utf-8").count("\n") == 1 + 3  # the bucket-8 variants
+
+
+@pytest.mark.parametrize("given", ["val of off-topic questions only", "no val, no FAQ variant in bucket 8"])
+def test_calibration_without_in_scope_questions_is_refused(tmp_path, given):
+    """Thresholds chosen on off-topic questions alone were nonsense (the FAQ answer never used, a target in-scope
+    accuracy of -0.01), built without a word: a FAQ made by `from-bitext` has no bucket-8 variant."""
+    import csv
+
+    faq = tmp_path / "faq.csv"
+    with open(faq, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([("id", "question", "answer"), *[(f"e{n % 2}", q, f"answer {n % 2}") for n, q in
+                                  enumerate(q for q in (f"question {n}" for n in range(40)) if hash_bucket(q) != 8)]])
+    oos_only = tmp_path / "val.csv"
+    oos_only.write_text("text,label\nwhat is the weather,oos\n", encoding="utf-8")
+    off_topic = tmp_path / "oos.txt"  # some in bucket 8: calibration questions without --val
+    off_topic.write_text("".join(f"off-topic question {n}\n" for n in range(40)), encoding="utf-8")
+    val = {"val of off-topic questions only": oos_only, "no val, no FAQ variant in bucket 8": None}[given]
+    with pytest.raises(DataError, match="no in-scope calibration questions"):
+        build(BuildConfig(kb=[faq], val=val, oos=off_topic, out=tmp_path / "support"))
+    assert not (tmp_path / "support").exists()
+
+
+def test_recalibrating_on_off_topic_questions_alone_is_refused(tmp_path):
+    from genforge.apps.support.build import recalibrate
+    from genforge.apps.support.config import CalibrateConfig
+
+    oos_only = tmp_path / "val.csv"
+    oos_only.write_text("text,label\nwhat is the weather,oos\n", encoding="utf-8")
+    with pytest.raises(DataError, match="holds no in-scope question"):
+        recalibrate(CalibrateConfig(assistant=tmp_path / "support", val=oos_only))
+
+
+def test_a_rebuild_into_the_same_folder_drops_what_it_no_longer_makes(assistant_dir, company, tmp_path):
+    """The earlier build's classifier and chat model used to stay and be loaded with the new index."""
+    import shutil
+
+    from genforge.apps.support.assistant import load_assistant
+
+    out = tmp_path / "support"
+    shutil.copytree(assistant_dir, out)
+    build(BuildConfig(kb=[company / "faq.csv"], val=company / "val.csv", out=out, classify=False))
+    assert not (out / "chat").exists() and not (out / "intent").exists() and not (out / "intent_ood.npz").exists()
+    assistant = load_assistant(out)
+    assert assistant.classifier is None and assistant.decoder is None and assistant.thresholds.intent == float("inf")

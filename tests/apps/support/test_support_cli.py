@@ -57,6 +57,12 @@ def test_eval_reports_retrieval_answers_handoff_and_latency(served_dir, company,
     assert len(rows) == 8 and {"action", "entry", "seconds"} <= set(json.loads(rows[0]))
 
 
+def test_eval_shows_its_progress_over_the_questions(served_dir, company, capsys):
+    """Each question is answered one at a time (generation included): minutes on a real test set, silently."""
+    evaluate(SupportEvalConfig(assistant=served_dir, data=company / "val.csv", limit=2, max_new_tokens=2, threads=1))
+    assert "answering: 100%" in capsys.readouterr().err
+
+
 def test_calibrate_recalibrates_a_built_assistant_without_retraining(assistant_dir, company, tmp_path):
     import shutil
 

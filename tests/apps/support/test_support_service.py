@@ -73,12 +73,27 @@ def test_follow_ups_are_retrieved_with_the_previous_question(assistant):
     conversation = [{"role": "user", "content": "I forgot my password"},
                     {"role": "assistant", "content": "Click 'Forgot password'."},
                     {"role": "user", "content": "and then what?"}]
-    query, hits, _ = assistant.retrieve(conversation)
+    query, hits, _, _ = assistant.retrieve(conversation)
     assert query == "I forgot my password and then what?" and hits[0].passage.entry == "password"
-    query, _, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "When will my package arrive?"}])
+    query, _, _, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "When will my package arrive?"}])
     assert query == "When will my package arrive?"  # a full new question stands alone
-    query, _, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "what is the weather on Mars"}])
+    query, _, _, _ = assistant.retrieve([*conversation[:2], {"role": "user", "content": "what is the weather on Mars"}])
     assert query == "what is the weather on Mars"  # so does an off-topic one, to be handed off
+
+
+def test_a_follow_up_the_out_of_scope_score_would_hand_off_is_retrieved_with_the_previous_question(assistant):
+    """Calibration often leaves the hand-off to the out-of-scope score (a hand-off confidence near 0): a follow-up
+    used to be merged only when its retrieval confidence was low, so "and then what?" was handed off."""
+    follow_up = "and then what?"
+    alone = float(assistant.intents([follow_up], assistant.index.encoder([follow_up])).oos[0])
+    assistant.thresholds = Thresholds(handoff_confidence=-1.0, oos=alone, faq=0.5)  # flagged by its oos score only
+    conversation = [{"role": "user", "content": "I forgot my password"},
+                    {"role": "assistant", "content": "Click 'Forgot password'."},
+                    {"role": "user", "content": follow_up}]
+    query, _, _, intents = assistant.retrieve(conversation)
+    assert query == "I forgot my password and then what?" and intents is not None
+    assistant.thresholds = Thresholds(handoff_confidence=-1.0, oos=alone + 1.0, faq=0.5)  # answerable alone
+    assert assistant.retrieve(conversation)[0] == follow_up
 
 
 def test_sessions_keep_history_and_hand_offs_open_tickets(desk):
