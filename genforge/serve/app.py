@@ -75,8 +75,9 @@ class ServerState:
 
     def model(self, name: str) -> ServedModel:
         if name not in self.models:
-            raise ApiError(404, f"model '{name}' is not served here (served: {', '.join(self.models)})",
-                           param="model", code="model_not_found")
+            served = f"served: {', '.join(self.models)}" if self.models else "this server serves no language model"
+            raise ApiError(404, f"model '{name}' is not served here ({served})", param="model",
+                           code="model_not_found")
         return self.models[name]
 
 

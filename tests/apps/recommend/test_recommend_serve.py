@@ -82,6 +82,8 @@ def test_recommend_errors_name_the_bad_field(model_dir, tmp_path, live):
         assert as_text.status_code == 400 and as_text.json()["error"]["param"] == "k"
         nope = client.post("/v1/recommend", json={"user": "u0", "model": "nope"}).json()["error"]["message"]
         assert nope.endswith("(served: rec)")
+        chat = client.post("/v1/chat/completions", json={"model": "rec", "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code == 404 and chat.json()["error"]["message"].endswith("serves no language model)")
         # a genre no item has filtered every item out: a 200 with no data and no word why
         misspelt = client.post("/v1/recommend", json={"user": "u0", "filters": {"genres": ["fod"]}})
         assert misspelt.status_code == 400 and misspelt.json()["error"]["param"] == "filters.genres"
