@@ -25,6 +25,11 @@ ENGINES = ("simulation", "deployment")
 TASKS = ("classify", "sft", "pretrain")
 
 
+def sampled_clients(cfg: FederatedFields) -> int:
+    """How many clients Flower samples per round: max(int(clients * fraction), 1)."""
+    return max(1, int(cfg.clients * cfg.fraction_fit))
+
+
 @dataclass(kw_only=True)
 class FederatedFields(Config):
     """How the data is split over clients, how rounds run and aggregate, privacy and where it runs."""
@@ -98,8 +103,10 @@ class FederatedFields(Config):
             raise ConfigError("--client-data gives real silos: use it with --partition by-file")
         if not 0 < self.fraction_fit <= 1:
             raise ConfigError(f"--fraction-fit must be in (0, 1], got {self.fraction_fit}")
-        if not 0 <= self.min_fit_clients <= self.clients:
-            raise ConfigError(f"--min-fit-clients must be in [0, --clients], got {self.min_fit_clients}")
+        sampled = sampled_clients(self)
+        if not 0 <= self.min_fit_clients <= sampled:  # more would skip every round: a run that trains nothing
+            raise ConfigError(f"--min-fit-clients must be in [0, {sampled}] (the clients sampled per round: --clients "
+                              f"x --fraction-fit), got {self.min_fit_clients}")
         if not 0 <= self.trim < 0.5:
             raise ConfigError(f"--trim must be in [0, 0.5), got {self.trim}")
         if not 0 <= self.server_momentum < 1:
@@ -121,6 +128,9 @@ class FederatedFields(Config):
             raise ConfigError("--secagg-clip must be positive and --secagg-threshold in (0, 1]")
         if self.client_cpus <= 0 or self.total_cpus < 1:
             raise ConfigError("--client-cpus must be positive and --total-cpus at least 1")
+        if self.engine == "simulation" and self.client_cpus > self.total_cpus:  # Ray could place no client
+            raise ConfigError(f"--client-cpus {self.client_cpus:g} is more than --total-cpus {self.total_cpus}: "
+                              "no client would fit in the simulation")
 
 
 def check_centralized(cfg: FederatedFields, centralized: type) -> None:
@@ -171,7 +181,7 @@ class FederatedRecipeConfig(Config):
 
     def check(self) -> None:
         if self.recipe is None:
-            raise ConfigError("give a recipe: genforge federated run RECIPE.yaml")
+            raise ConfigError("give a recipe: genforge federated --recipe RECIPE.yaml")
 
 
 CONFIGS = {"classify": FederatedClassifyConfig, "sft": FederatedSftConfig, "pretrain": FederatedPretrainConfig}

@@ -4,8 +4,9 @@
 metrics, every participating client's metrics (the round and learning rate it trained at, loss, examples,
 bytes each way), how many clients were sampled, failed or rejected, the bytes communicated and, with DP,
 the privacy spent so far.
-The run folder ends as a normal genforge model folder whose manifest lists each client's data hash
-(never the data) and the federation's settings.
+The run folder ends as a normal genforge model folder: its manifest has the lineage centralized training
+records (the server's inputs, the parent) plus each client's data hash (never the data) and the federation's
+settings, and its card is the centralized command's card followed by the federation's section.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genforge.artifacts import MANIFEST, atomic_write_text, read_manifest, write_manifest
+from genforge.artifacts import (
+    MANIFEST,
+    atomic_write_text,
+    now_iso,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 
 ROUNDS = "rounds.jsonl"
 
@@ -101,19 +109,69 @@ def plot_rounds(rows: list[dict[str, Any]], metric: str, out: Path,
     return out
 
 
-def card(cfg: Any, metrics: dict[str, Any], clients: list[dict[str, Any]]) -> str:
-    lines = [f"# Federated {metrics['task']} model", "",
+def federation_section(cfg: Any, clients: list[dict[str, Any]], privacy: dict[str, float] | None) -> list[str]:
+    """The card's account of the federation: silos, rounds, privacy, and each client's size and data hash."""
+    lines = ["## Federated training", "",
              f"Trained with Flower over {cfg.clients} clients ({cfg.partition} partition"
              + (f", alpha {cfg.alpha}" if cfg.partition in ("dirichlet", "quantity") else "") + f"), strategy "
              f"{cfg.strategy}, {cfg.rounds} rounds of "
              + (f"{cfg.local_epochs:g} local epochs" if cfg.local_epochs else f"{cfg.local_steps} local steps")
-             + ". The data never left the clients;"
-             " the lineage lists only their hashes.", "", "## Metrics", ""]
-    lines += [f"- {k}: {v}" for k, v in metrics.items() if not isinstance(v, list | dict)]
-    lines += ["", "## Clients", "", "| client | examples | data sha256 |", "|---|---|---|"]
+             + ". The data never left the clients: the lineage lists the server's own inputs, the clients' data "
+             "only by hash (below).", ""]
+    if privacy:
+        lines += [f"Client-level differential privacy: noise multiplier {cfg.dp_noise:g}, clipping norm "
+                  f"{cfg.dp_clip:g}; epsilon {privacy['epsilon']:.4g} at delta {privacy['delta']:g} after "
+                  f"{privacy['releases']} noisy rounds (Rényi DP accountant, no amplification by sampling "
+                  "claimed: an upper bound).", ""]
+    if cfg.secagg:
+        lines += ["Secure aggregation (SecAgg+): the server saw only the sum of the clients' updates.", ""]
+    lines += ["| client | examples | data sha256 |", "|---|---|---|"]
     lines += [f"| {c['client']} | {c['examples']} | `{c['data_sha256']}` |" for c in clients]
-    lines += ["", "Figures: `logs/rounds.png` (validation per round), `logs/partition.png` (data per client).", ""]
-    return "\n".join(lines)
+    lines += ["", "Figures: `logs/rounds.png` (validation per round), `logs/partition.png` (data per client); "
+              "`rounds.jsonl` has every round's numbers.", ""]
+    return lines
+
+
+def lineage_of(task: Any) -> tuple[list[Path], dict[str, Any] | None, dict[str, Any]]:
+    """(the inputs the server read, the parent manifest, the manifest's `model` record), as centralized training
+    records them. The silos are no inputs: they stay with their clients, and `federated.clients` has their hashes.
+    The server reads the data it splits (--data) and its validation data; the parent is the base model's
+    manifest or, for pretraining, the packed data's (the base model then goes in `model.base_model`)."""
+    from genforge.models.presets import count_params
+    from genforge.train.data import read_pack
+
+    cfg = task.cfg
+    base = read_manifest(cfg.model) if getattr(cfg, "model", None) and (Path(cfg.model) / MANIFEST).is_file() \
+        else None
+    if task.kind != "pretrain":
+        inputs = ([cfg.data] if cfg.partition != "by-file" else []) + ([cfg.val_data] if cfg.val_data else [])
+        params = sum(p.numel() for p in task.model.parameters())
+        return [Path(p) for p in inputs], base, {"params": params, "base_model": str(cfg.model)}
+    folder = Path(cfg.data if cfg.partition != "by-file" else cfg.client_data[0])  # where the server validates
+    inputs = ([folder / "train.bin"] if cfg.partition != "by-file" else []) + [folder / "val.bin"]
+    counts = count_params(task.model)
+    return inputs, read_pack(folder), {"architecture": type(task.model).__name__, "params": counts["total"],
+                                       "non_embedding_params": counts["non_embedding"], "base_model": base}
+
+
+def write_card(task: Any, metrics: dict[str, Any], inputs: list[Path], parent: dict[str, Any] | None,
+               extra: dict[str, Any], section: list[str]) -> None:
+    """README.md: the centralized command's card (front matter, results, lineage, configuration, how to load it)
+    followed by the federation's section."""
+    from genforge.config import to_dict
+    from genforge.finetune.card import write_card as write_finetune_card
+    from genforge.models.card import render_model_card
+
+    cfg = task.cfg
+    path = Path(cfg.out) / "README.md"
+    if task.kind == "pretrain":
+        preview = {"stage": "pretrain", "created": now_iso(), "config": to_dict(cfg), "parent": parent,
+                   "metrics": metrics, "inputs": [{"path": str(p), "sha256": sha256_file(p)} for p in inputs],
+                   **extra}
+        text = render_model_card(cfg.out, preview)
+    else:
+        text = write_finetune_card(cfg.out, task.kind, cfg, metrics, parent, inputs).read_text(encoding="utf-8")
+    atomic_write_text(path, text.rstrip("\n") + "\n\n" + "\n".join(section))
 
 
 def finish(task: Any, info: dict[str, Any], rows: list[dict[str, Any]], privacy: dict[str, float] | None) -> Path:
@@ -134,12 +192,13 @@ def finish(task: Any, info: dict[str, Any], rows: list[dict[str, Any]], privacy:
         metrics.update({"dp_epsilon": privacy["epsilon"], "dp_delta": privacy["delta"]})
     select = "accuracy" if task.kind == "classify" else "loss"
     plot_rounds(rows, select, out / "logs" / "rounds.png", info.get("baselines"))
-    atomic_write_text(out / "README.md", card(cfg, metrics, info["clients"]))
-    parent = read_manifest(cfg.model) if getattr(cfg, "model", None) and (Path(cfg.model) / MANIFEST).is_file() \
-        else None
-    write_manifest(out, "finetune" if task.kind != "pretrain" else "pretrain", cfg, parent=parent, metrics=metrics,
-                   started=info.get("started"),
-                   extra={"task": task.kind, "federated": {"engine": cfg.engine, "strategy": cfg.strategy,
-                                                           "clients": info["clients"], "privacy": privacy},
-                          **({"labels": info["labels"]} if info.get("labels") else {})})
+    inputs, parent, model = lineage_of(task)
+    extra = {"task": task.kind, "model": model,
+             **({"objective": cfg.objective} if task.kind == "pretrain" else {}),
+             "federated": {"engine": cfg.engine, "strategy": cfg.strategy, "clients": info["clients"],
+                           "privacy": privacy},
+             **({"labels": info["labels"]} if info.get("labels") else {})}
+    write_card(task, metrics, inputs, parent, extra, federation_section(cfg, info["clients"], privacy))
+    write_manifest(out, "finetune" if task.kind != "pretrain" else "pretrain", cfg, inputs=inputs, parent=parent,
+                   metrics=metrics, started=info.get("started"), extra=extra)
     return out

@@ -122,5 +122,9 @@ def check_fresh(out: Path) -> None:
 
 
 def clear(out: Path) -> None:
-    """A fresh run's start: no checkpoint of an earlier run is left to be resumed by mistake."""
+    """A fresh run's start: no checkpoint of an earlier run is left to be resumed by mistake, and no TensorBoard
+    file of it is left in logs/ to draw its curves over the new run's (as centralized training redoes a run)."""
+    import shutil
+
     (Path(out) / CHECKPOINT).unlink(missing_ok=True)
+    shutil.rmtree(Path(out) / "logs", ignore_errors=True)

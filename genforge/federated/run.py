@@ -53,15 +53,22 @@ def silos(kind: str, cfg: Any, task: Any) -> tuple[list[dict[str, Any]], list[li
     The size (`examples`) is the number of training units the client reports as its weight (`len(silo.rows)`):
     SecAgg+ needs the largest one in advance (`max_weight`: each client scales its update by its weight over it
     before quantising), so a size the launcher cannot know refuses --secagg instead of corrupting the sum.
+
+    A silo whose data is broken is that client's problem: it fails its rounds, not the run. Two mistakes are the
+    command's, not a silo's, and stop it in one line before anything runs: a --client-data path that does not
+    exist in simulation (the clients run here and read exactly that path; in deployment the silos live on the
+    SuperNodes), and a silo holding labels outside the federation's label set (its client could never train).
     """
     from genforge.federated.partition import split
 
     if cfg.partition == "by-file":
         rows, labels_of = [], [] if kind == "classify" else None
         for k, path in enumerate(cfg.client_data):
+            if cfg.engine == "simulation" and not Path(path).exists():
+                raise ConfigError(f"--client-data of client {k}: {path} does not exist")
             row = {"client": k, "data": str(path), "data_sha256": None, "examples": None}
-            found: list[str] = []
-            try:  # a silo the launcher cannot read is that client's problem: it fails its rounds, not the run
+            found: list[list[str]] = []
+            try:
                 row["data_sha256"] = digest(path)
                 row["examples"], found = units(kind, cfg, Path(path))
             except (GenforgeError, OSError) as e:
@@ -69,8 +76,13 @@ def silos(kind: str, cfg: Any, task: Any) -> tuple[list[dict[str, Any]], list[li
                     raise ConfigError(f"--secagg weights each update by its client's size, and client {k}'s "
                                       f"is unknown: {e}") from None
                 typer.secho(f"warning: client {k}: {e}", fg="yellow", err=True)
+            unknown = sorted({lab for labs in found for lab in labs} - set(task.label_set or []))
+            if task.label_set and unknown:  # with real silos, --val-data fixes the label set (the head's rows)
+                raise ConfigError(f"client {k}'s data {path} holds labels that --val-data {cfg.val_data} lacks: "
+                                  f"{unknown[:5]}; the head is built for the labels of --val-data: give one "
+                                  "with every label")
             if labels_of is not None:
-                labels_of.append(found)
+                labels_of.append([labs[0] for labs in found])
             rows.append(row)
         return rows, labels_of
     parts = split(cfg.partition, task.n, cfg.clients, alpha=cfg.alpha, seed=cfg.seed, labels=task.labels)
@@ -82,15 +94,15 @@ def silos(kind: str, cfg: Any, task: Any) -> tuple[list[dict[str, Any]], list[li
     return rows, labels_of
 
 
-def units(kind: str, cfg: Any, path: Path) -> tuple[int, list[str]]:
-    """(training units, their first labels) of the real silo `path`, read as its client reads it
+def units(kind: str, cfg: Any, path: Path) -> tuple[int, list[list[str]]]:
+    """(training units, each unit's labels) of the real silo `path`, read as its client reads it
     (`tasks.build_task(kind, cfg, path).n`: examples, dialogues or packed sequences, token windows), without
     building the model; a silo its client cannot train on is an error here too."""
     from genforge.federated.tasks import packed_silo, sft_examples, silo_examples
 
     if kind == "classify":
         train_set, _ = silo_examples(cfg, path)
-        return len(train_set), [labs[0] for _, labs in train_set]
+        return len(train_set), [labs for _, labs in train_set]
     if kind == "sft":
         return len(sft_examples(cfg, path)[1]), []
     silo = packed_silo(cfg, path)
@@ -206,8 +218,15 @@ def print_summary(out: Path, metrics: dict[str, Any]) -> None:
     table = Table(title=f"federated {metrics.get('task')} -> {out}", show_header=False)
     for key, value in metrics.items():
         if not isinstance(value, list | dict):
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            table.add_row(key, shown(value))
     Console(stderr=True).print(table)
+
+
+def shown(value: Any) -> str:
+    """A summary value: floats to 4 decimals, but a small one (DP's delta, 1e-5) in 3 significant digits, not 0."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3g}"
 
 
 def federated_classify(cfg: Any) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (
     FedAdam,
@@ -34,18 +34,20 @@ from flwr.serverapp.strategy import (
 from flwr.supercore import log
 
 from genforge.errors import DataError
-from genforge.federated.config import FAILURE
-
-
-def sampled_clients(cfg: Any) -> int:
-    """How many clients Flower samples per round: max(int(clients * fraction), 1)."""
-    return max(1, int(cfg.clients * cfg.fraction_fit))
+from genforge.federated.config import FAILURE, sampled_clients
 
 
 def finite(msg: Message) -> bool:
     """True if every array of a reply is finite (no NaN/inf)."""
     return all(np.isfinite(a.numpy()).all() for record in msg.content.array_records.values()
                for a in record.values())
+
+
+def in_dtypes(arrays: ArrayRecord, dtypes: dict[str, np.dtype]) -> ArrayRecord:
+    """`arrays` cast to the dtypes of the clients' tensors. Flower's FedAdam returns float64 (its bias-corrected
+    step is a numpy float64), which would double every later download and make a resumed run (whose checkpoint
+    holds the model's float32) start from other numbers than an uninterrupted one."""
+    return ArrayRecord({k: Array(a.numpy().astype(dtypes[k], copy=False)) for k, a in arrays.items()})
 
 
 class Guarded(Strategy):
@@ -85,7 +87,9 @@ class Guarded(Strategy):
                 server_round, len(good), self.min_replies)
             counts["used"] = 0
             return None, None
-        return self.strategy.aggregate_train(server_round, good)
+        dtypes = {k: a.numpy().dtype for k, a in good[0].content["arrays"].items()}  # aggregating may empty it
+        arrays, metrics = self.strategy.aggregate_train(server_round, good)
+        return (None if arrays is None else in_dtypes(arrays, dtypes)), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                            ) -> Iterable[Message]:

@@ -78,3 +78,13 @@ def test_a_stopped_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_pat
     assert ours["round"] == theirs["round"] == 2
     for name, tensor in theirs["tensors"].items():
         torch.testing.assert_close(ours["tensors"][name], tensor)
+
+
+def test_a_fresh_run_into_a_finished_folder_drops_the_old_tensorboard_logs(tmp_path):
+    """The old run's event file stayed in logs/, so TensorBoard drew both runs' curves over the same rounds."""
+    from genforge.federated.resume import clear
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "events.out.tfevents.1.old.0").write_bytes(b"old run")
+    clear(tmp_path)
+    assert not (tmp_path / "logs").exists()

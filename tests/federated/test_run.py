@@ -94,3 +94,65 @@ def test_secagg_refuses_a_silo_whose_size_is_unknown(finished, bert_dir, csv_fil
                                             "unknown: .*empty.csv holds no examples"):
         federated(cfg, "classify")
     assert read_manifest(finished) == before
+
+
+def by_file_cfg(tmp_path, bert_dir, files, val, **kw):
+    return FederatedClassifyConfig(model=bert_dir, partition="by-file", clients=len(files), client_data=files,
+                                   val_data=val, out=tmp_path / "o", rounds=1, local_steps=1, batch_size=8,
+                                   seq_len=32, bf16=False, **kw)
+
+
+def test_a_client_data_path_that_does_not_exist_stops_a_simulation_in_one_line(tmp_path, bert_dir, csv_file,
+                                                                                sentiment_rows):
+    """The simulated clients read exactly these paths: a typo used to print a warning, then every round's client
+    traceback, and end with exit 0 and a model trained without that silo. In deployment the silos live on the
+    SuperNodes, so there it stays a warning."""
+    from genforge.errors import ConfigError
+    from genforge.federated.run import silos
+    from genforge.federated.tasks import build_task
+
+    files = [csv_file("north.csv", sentiment_rows), tmp_path / "suoth.csv"]
+    cfg = by_file_cfg(tmp_path, bert_dir, files, csv_file("val.csv", sentiment_rows[::5]))
+    task = build_task("classify", cfg)
+    with pytest.raises(ConfigError, match=r"--client-data of client 1: .*suoth.csv does not exist"):
+        silos("classify", cfg, task)
+    deployed = by_file_cfg(tmp_path, bert_dir, files, cfg.val_data, engine="deployment")
+    clients, _ = silos("classify", deployed, task)
+    assert clients[1]["examples"] is None and clients[0]["examples"] == len(sentiment_rows)
+
+
+def test_a_silo_with_labels_the_validation_data_lacks_is_refused_before_any_round(tmp_path, bert_dir, csv_file,
+                                                                                  sentiment_rows):
+    """--val-data fixes the head's labels; a silo with another label made its client fail every round (a run of
+    tracebacks ending in 'no round aggregated a client update')."""
+    from genforge.errors import ConfigError
+    from genforge.federated.run import silos
+    from genforge.federated.tasks import build_task
+
+    files = [csv_file("a.csv", sentiment_rows), csv_file("b.csv", sentiment_rows + [("flat quarter", "neutral")])]
+    cfg = by_file_cfg(tmp_path, bert_dir, files, csv_file("val.csv", sentiment_rows[::5]))
+    with pytest.raises(ConfigError, match=r"client 1's data .*b.csv holds labels that --val-data .*val.csv lacks: "
+                                          r"\['neutral'\]"):
+        silos("classify", cfg, build_task("classify", cfg))
+
+
+def test_settings_no_simulation_could_run_are_refused(tmp_path, sentiment_csv, bert_dir):
+    """Both used to start Ray: more --min-fit-clients than are sampled skipped every round; --client-cpus above
+    --total-cpus crashed Flower's simulation with a traceback and hung."""
+    from genforge.errors import ConfigError
+
+    base = {"model": bert_dir, "data": sentiment_csv, "out": tmp_path / "o", "clients": 4}
+    with pytest.raises(ConfigError, match=r"--min-fit-clients must be in \[0, 2\] \(the clients sampled per round"):
+        FederatedClassifyConfig(**base, fraction_fit=0.5, min_fit_clients=3).check()
+    FederatedClassifyConfig(**base, fraction_fit=0.5, min_fit_clients=2).check()
+    with pytest.raises(ConfigError, match="--client-cpus 3 is more than --total-cpus 2: no client would fit"):
+        FederatedClassifyConfig(**base, client_cpus=3, total_cpus=2).check()
+    FederatedClassifyConfig(**base, client_cpus=3, total_cpus=2, engine="deployment").check()
+
+
+def test_the_summary_shows_a_small_dp_delta(tmp_path, capsys):
+    from genforge.federated.run import print_summary
+
+    print_summary(tmp_path, {"task": "classify", "val_loss": 1.08544, "dp_epsilon": 9.00996, "dp_delta": 1e-5})
+    shown = capsys.readouterr().err
+    assert "1e-05" in shown and "0.0000" not in shown and "1.0854" in shown and "9.0100" in shown

@@ -183,3 +183,12 @@ def test_dp_accounting_continues_from_the_rounds_already_released(tmp_path):
     spent = second.strategy.privacy_spent()
     assert spent.num_releases == 2
     assert spent.epsilon == pytest.approx(epsilon(1.0, 2, sampled=2, population=2, delta=1e-5))
+
+
+def test_fedadam_sends_the_model_in_the_clients_dtype():
+    """Flower's FedAdam returns float64: every download after round 1 was twice the size (rounds.jsonl's bytes
+    doubled), and a resumed run, restarting from the checkpoint's float32, started from other numbers."""
+    strategy = build_strategy(cfg(strategy="fedadam"))
+    strategy.strategy.current_arrays = {"w": np.zeros(2, np.float32)}
+    w, _ = aggregate(strategy, [reply([1.0, 2.0]), reply([0.5, 1.0])])
+    assert w.dtype == np.float32
