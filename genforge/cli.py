@@ -123,9 +123,10 @@ def add_stage_command(group: typer.Typer, name: str, config_cls: type, run: str,
         "config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
         default=typer.Option(None, "--config", "-c", help="YAML config file; command-line flags override it."))]
     annotations: dict[str, Any] = {"config": Path | None}
+    omitted = getattr(config_cls, "cli_omitted", ())  # fields the command sets itself
     for f in dataclasses.fields(config_cls):
         cli_tp = _cli_type(hints[f.name])
-        if cli_tp is None:
+        if cli_tp is None or f.name in omitted:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("argument"):

@@ -60,3 +60,18 @@ def test_genforge_help_lists_stages():
     out = subprocess.run([sys.executable, "-m", "genforge.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "data" in out.stdout
+
+
+def test_fields_a_command_sets_itself_are_not_flags():
+    """A federated round sets the engine's --max-steps itself: offered as a flag it would be taken and do nothing."""
+    @dataclass
+    class RoundConfig(EchoConfig):
+        cli_omitted = ("mode",)
+
+    app = typer.Typer()
+    add_stage_command(app, "echo", RoundConfig, run=f"{__name__}:echo_stage", help="Echo.")
+    app.command("noop")(lambda: None)
+    assert "--mode" not in CliRunner().invoke(app, ["echo", "--help"]).output
+    assert CliRunner().invoke(app, ["echo", "x.txt", "--mode", "b"]).exit_code == 2
+    from genforge.federated.config import FederatedClassifyConfig
+    assert {"max_steps", "epochs"} <= set(FederatedClassifyConfig.cli_omitted)

@@ -3,8 +3,9 @@
 Light on purpose (no torch/flwr import). Each federated command's config is the centralized one
 (`ClassifyConfig`, `SftConfig`, `PretrainConfig`) extended by `FederatedFields`, so every flag of the
 centralized command means the same thing here and a recipe switches to federated training by adding
-the federated keys, not by changing code. `--max-steps`/`--epochs` are ignored: a federated run is
-`--rounds` rounds of `--local-steps` optimizer steps on each sampled client.
+the federated keys, not by changing code. The engine settings a round sets itself (`--max-steps`,
+`--epochs`, `--warmup-steps`, ...: `cli_omitted`) are not flags here: a federated run is `--rounds` rounds of
+`--local-steps` optimizer steps on each sampled client.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from genforge.config import Config, field
 from genforge.errors import ConfigError
@@ -33,6 +35,11 @@ def sampled_clients(cfg: FederatedFields) -> int:
 @dataclass(kw_only=True)
 class FederatedFields(Config):
     """How the data is split over clients, how rounds run and aggregate, privacy and where it runs."""
+
+    # Engine settings every round sets itself (`client.round_config`): as flags they would be taken and do
+    # nothing, so the command does not offer them (a recipe's centralized keys may still carry them).
+    cli_omitted: ClassVar[tuple[str, ...]] = ("max_steps", "epochs", "max_minutes", "warmup_steps", "eval_every",
+                                              "save_every", "log_every", "patience", "compile")
 
     data: Path | None = field(None, help="the training data split into --clients silos (a file; for pretrain a "
                                          "packed folder); not needed with --partition by-file, whose silos are the "
