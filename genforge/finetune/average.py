@@ -150,9 +150,11 @@ def write_card(out: Path, ingredients: list[dict[str, Any]], parent: dict[str, A
     from genforge.models.load import detect_objective, read_model_config
 
     classifier = (out / "classifier.json").is_file()
-    front = {"library_name": "transformers",
+    # a custom head (head.safetensors) is read by genforge alone: no library the Hub would offer a snippet for
+    custom = classifier and (read_json(out / "classifier.json", ("head",)) or {}).get("head", "linear") != "linear"
+    front = {**({} if custom else {"library_name": "transformers"}),
              "pipeline_tag": pipeline_tag("classifier" if classifier else detect_objective(read_model_config(out))),
-             "tags": ["genforge", "finetune", "average"]}
+             "tags": ["genforge", "finetune", "average"] + (["genforge-loader"] if custom else [])}
     keys = list(dict.fromkeys(k for i in ingredients for k, v in i["metrics"].items() if isinstance(v, int | float)))
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {out.resolve().name}", "",
              f"The weighted average of {len(ingredients)} fine-tuned models' weights "

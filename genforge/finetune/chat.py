@@ -38,7 +38,7 @@ def prompt_ids(decoder: Any, messages: list[dict[str, str]], room: int) -> list[
     rest = messages[len(system):]
     while True:
         text = tok.apply_chat_template(system + rest, tokenize=False, add_generation_prompt=True)
-        ids = tok(text, add_special_tokens=False)["input_ids"]
+        ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]  # cut to the context below
         if decoder.context is None or len(ids) + room <= decoder.context or len(rest) <= 1:
             break
         rest = rest[2:]  # the oldest user/assistant exchange
@@ -77,6 +77,7 @@ def chat_loop(decoder: Any, cfg: ChatConfig, lines: Iterable[str], write: Callab
             continue
         problem = not_utf8(text)
         if problem:
+            write("\n")  # the error on a line of its own, not after the "you> " prompt of piped input
             raise DataError(f"your message is not UTF-8 text ({problem}); set the terminal (or the input) to UTF-8")
         messages.append({"role": "user", "content": text})
         write("assistant> ")

@@ -81,6 +81,8 @@ def refuse_classifier(folder: Path, purpose: str) -> None:
 def read_info(folder: Path) -> dict[str, Any]:
     """classifier.json, checked for the fields every reader uses (a hand-edited file fails here, in one line)."""
     path = Path(folder) / CLASSIFIER_JSON
+    if not Path(folder).is_dir():
+        raise ArtifactError(f"model folder {folder} does not exist")
     if not path.is_file():
         raise ArtifactError(f"{folder} has no {CLASSIFIER_JSON}: not a classifier "
                             "(make one with `genforge finetune classify`)")

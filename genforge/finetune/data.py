@@ -45,7 +45,10 @@ def read_records(path: Path, *, plain_field: str | None = None,
     with _text_stream(path) as f:
         if kind in ("csv", "tsv"):
             csv.field_size_limit(2**31 - 1)
-            reader = csv.DictReader(f, delimiter="," if kind == "csv" else "\t")
+            # TSV has no quoting (as `data prepare` reads it): a text that opens with '"' would otherwise
+            # swallow the rows up to the next quote into one example, silently
+            reader = csv.DictReader(f, delimiter="," if kind == "csv" else "\t",
+                                    quoting=csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE)
             for row in reader:
                 if None in row or any(v is None for v in row.values()):
                     raise DataError(f"{path}:{reader.line_num}: the row has a different number of fields "

@@ -34,7 +34,7 @@ from genforge.finetune.batches import ShuffledBatches, fit_batch_size, in_order,
 from genforge.finetune.config import DpoConfig
 from genforge.finetune.data import hash_split, read_records
 from genforge.finetune.model import load_weights, trainable_params
-from genforge.finetune.run import best_checkpoint, device, prepare_output
+from genforge.finetune.run import best_checkpoint, device, prepare_output, run_inputs
 from genforge.finetune.sft import (
     Message,
     chat_tokenizer,
@@ -83,7 +83,7 @@ def read_pairs(path: Path) -> list[Pair]:
 def split_answer(tokenizer: Any, messages: list[Message], answer: str) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of `messages` answered by `answer`, tokenized segment by segment as SFT does;
     the answer is its content and closing <|im_end|>, the prompt all before it, the assistant header included."""
-    pieces = [tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
               for text, _ in segments(tokenizer, [*messages, {"role": "assistant", "content": answer}])]
     return [i for piece in pieces[:-1] for i in piece], pieces[-1]
 
@@ -236,7 +236,7 @@ def dpo(cfg: DpoConfig) -> Path:
     model = trainable_lm(lm, cfg)
     disable_dropout(model)
     params = trainable_params(model)
-    started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
+    started = prepare_output(cfg, inputs=run_inputs(cfg))  # only now, with every input read: a bad one leaves an earlier run whole
     objective = DpoObjective(cfg.beta, cfg.sft_weight)
     val_collate = make_collate(val_ex, val_ref, pad_id)
 

@@ -8,6 +8,7 @@ update into the weights (W + B A * alpha / r) and saves an ordinary HF model fol
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ def apply_lora(model: Any, *, r: int, alpha: float, dropout: float, targets: lis
                         target_modules=list(targets) if targets else "all-linear", task_type=task_type,
                         modules_to_save=list(new_modules) or None)
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as e:  # e.g. a target name that matches no module
         raise ArtifactError(f"LoRA cannot adapt {type(model).__name__}: {str(e).splitlines()[0]} "
                             "(check --lora-targets)") from None
@@ -61,5 +64,8 @@ def load_adapted(folder: Path, load_base: Any) -> Any:
     """Base (from `load_base(base_path)`) + the adapter in `folder`, merged for fast inference."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_base(adapter_base(folder)), str(folder))
+    base = load_base(adapter_base(folder))
+    with warnings.catch_warnings():  # as in apply_lora
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        model = PeftModel.from_pretrained(base, str(folder))
     return model.merge_and_unload()

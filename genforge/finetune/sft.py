@@ -36,7 +36,7 @@ from genforge.finetune.model import (
     load_weights,
     trainable_params,
 )
-from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output
+from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output, run_inputs
 from genforge.models.load import fit_tokenizer, read_model_config
 from genforge.train.distributed import Dist
 from genforge.train.engine import train
@@ -141,7 +141,9 @@ def encode_dialogue(tokenizer: Any, messages: list[Message], *, max_tokens: int,
     while True:
         ids, labels = [], []
         for text, learned in segments(tokenizer, system + rest):
-            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            # verbose=False: the dialogue is cut to max_tokens below, so transformers' warning that a text
+            # exceeds the model's positions ("will result in indexing errors") would only alarm
+            piece = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             ids += piece
             labels += piece if (learned or train_on_prompt) else [IGNORE] * len(piece)
         later = [i for i, m in enumerate(rest) if i > 0 and m["role"] == "user"]
@@ -232,7 +234,7 @@ def sft(cfg: SftConfig) -> Path:
     torch.manual_seed(cfg.seed)
     model = trainable_lm(load_causal_lm(cfg.model, cfg.dropout), cfg)
     params = trainable_params(model)
-    started = prepare_output(cfg)  # only now, with every input read: a bad one leaves an earlier run whole
+    started = prepare_output(cfg, inputs=run_inputs(cfg))  # only now, with every input read: a bad one leaves an earlier run whole
     objective = ClmObjective()
     val_collate = make_collate(val_ex, tokenizer.pad_token_id)
 

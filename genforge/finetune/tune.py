@@ -47,7 +47,7 @@ from genforge.artifacts import (
     write_manifest,
 )
 from genforge.config import dump_yaml, from_dict, read_yaml
-from genforge.errors import ArtifactError, ConfigError, GenforgeError
+from genforge.errors import ArtifactError, ConfigError, GenforgeError, Stopped
 from genforge.finetune.config import ClassifyConfig, DpoConfig, SftConfig, TuneConfig
 from genforge.train.logs import diverged, read_metrics
 
@@ -275,8 +275,15 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
             raise ConfigError(f"trial runs report no metric '{space['metric']}' (they have: {', '.join(metrics)})")
         return float(metrics[space["metric"]])
 
-    run_trials(study, objective, cfg.trials)
+    try:
+        run_trials(study, objective, cfg.trials)
+        interrupted = False
+    except KeyboardInterrupt:  # Ctrl-C: the trials finished so far are summarised all the same
+        interrupted = True
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    again = f"rerun `genforge tune {cfg.space} --out {out}` to add trials to the study"
+    if not complete and interrupted:
+        raise Stopped(f"stopped by Ctrl-C before a trial finished; {again}", signal.SIGINT)
     if not complete:
         raise GenforgeError(f"no trial of study {out} finished; see the trial logs in {out / 'trials'}")
     best = study.best_trial
@@ -292,6 +299,9 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
                                                                   if k != "best_params"},
                    started=started, extra={"task": task, "best_params": best.params})
     _print(summary, out)
+    if interrupted:
+        raise Stopped(f"stopped by Ctrl-C: the running trial is marked failed; best.yaml and best.json hold the "
+                      f"best of the {len(complete)} finished trials; {again}", signal.SIGINT)
     return summary
 
 

@@ -152,3 +152,19 @@ def test_out_holding_another_kind_of_artifact_is_refused(tmp_path, classifier_di
     assert read_manifest(out, "finetune")
     average(AverageConfig(model=[classifier_dir, second_run], out=tmp_path / "avg"))
     average(AverageConfig(model=[classifier_dir, second_run], out=tmp_path / "avg"))  # a rerun redoes its own
+
+
+def test_a_custom_head_average_card_names_no_hf_library(tmp_path, classifier_dir):
+    """The average of two mean-head classifiers said `library_name: transformers`, whose Hub snippet loads the
+    body alone; the ingredients' own cards name no library and carry the tag `genforge-loader`."""
+    import yaml
+
+    root = classifier_dir.parent
+    runs = [classify(ClassifyConfig(model=root / "bert", data=root / "data.csv", out=tmp_path / f"mean{seed}",
+                                    head="mean", max_steps=1, batch_size=8, seq_len=32, warmup_steps=0,
+                                    eval_every=0, bf16=False, seed=seed)) for seed in (1, 2)]
+    out = average(AverageConfig(model=runs, out=tmp_path / "avg"))
+    front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert "library_name" not in front and "genforge-loader" in front["tags"]
+    assert front == yaml.safe_load((runs[0] / "README.md").read_text().split("---")[1]) | {
+        "tags": ["genforge", "finetune", "average", "genforge-loader"]}

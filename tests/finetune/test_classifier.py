@@ -35,6 +35,15 @@ def test_a_hand_edited_classifier_json_is_one_line(copied, edit, message):
     assert "\n" not in str(error.value)
 
 
+def test_a_missing_folder_is_named_as_missing(tmp_path):
+    """`genforge predict --model typo` said "typo has no classifier.json: not a classifier", as if the folder
+    existed and held another kind of model."""
+    with pytest.raises(ArtifactError, match=r"^model folder .*nowhere does not exist$"):
+        read_info(tmp_path / "nowhere")
+    with pytest.raises(ArtifactError, match=r"has no classifier.json: not a classifier"):
+        read_info(tmp_path)
+
+
 def test_truncated_weights_name_the_file(copied):
     weights = copied / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])

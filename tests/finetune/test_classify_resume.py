@@ -170,3 +170,18 @@ def test_progress_file_lines(tmp_path, bert_dir, sentiment_csv, jobs, monkeypatc
     progress.write_text("\n".join(lines[:3] + ['{"attack": "charswap", "job": 99, "copy": "x"}'] + lines[4:]) + "\n")
     with pytest.raises(ArtifactError, match=r"progress\.jsonl:4 is not a copy job of this run: delete the file"):
         augment.augment_examples(examples, cfg, progress=progress)
+
+
+def test_a_resume_on_other_data_or_head_is_refused(tmp_path, bert_dir, sentiment_csv):
+    """Without copies or teachers, a --resume on another --data (or head) continued the checkpoint silently."""
+    common = dict(model=bert_dir, out=tmp_path / "run", eval_every=0)
+    classify(tiny_cfg(data=sentiment_csv, max_steps=2, **common))
+    (tmp_path / "run" / "manifest.json").unlink()  # as if killed after its checkpoint
+    other = tmp_path / "other.csv"
+    other.write_text(sentiment_csv.read_text() + "fresh gains 9,positive\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^--resume: --data .*other\.csv is not the interrupted run's"):
+        classify(tiny_cfg(data=other, resume=True, **common))
+    with pytest.raises(ConfigError, match=r"^--resume: head mean differs from the interrupted run's linear"):
+        classify(tiny_cfg(data=sentiment_csv, resume=True, head="mean", **common))
+    assert checkpoint_exists(tmp_path / "run")
+    classify(tiny_cfg(data=sentiment_csv, resume=True, **common))

@@ -32,6 +32,15 @@ def test_read_labelled_csv_jsonl_and_latin1(tmp_path):
     assert read_labelled(tmp_path / "c.tsv", "text", "label") == [("hello", ["1"])]
 
 
+def test_tsv_quotes_are_text_not_quoting(tmp_path):
+    """A TSV text that opens with '"' (UCI's IMDB sentences do) once swallowed every row up to the next
+    quote into one example: 4 rows read as 2, silently."""
+    (tmp_path / "q.tsv").write_text('text\tlabel\n" The structure is tight.\t1\nplain\t0\n'
+                                    'a "film".\t0\nlast\t1\n', encoding="utf-8")
+    assert read_labelled(tmp_path / "q.tsv", "text", "label") == [
+        ('" The structure is tight.', ["1"]), ("plain", ["0"]), ('a "film".', ["0"]), ("last", ["1"])]
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ('{"text": "a", "label": 1}\n{"text": "b"\n', r"b\.jsonl:2 is not valid JSON"),
     ('{"text": "a", "label": 1}\n{"txt": "b", "label": 1}\n', r"b\.jsonl:2: no field 'text'"),

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 import torch
@@ -65,6 +66,18 @@ def test_lora_trains_only_the_adapter_and_the_head(bert_dir):
     with pytest.raises(ArtifactError, match="check --lora-targets"):
         apply_lora(build_classifier(bert_dir, head="linear", labels=["a", "b"], multi_label=False, pad_id=0)[0].body,
                    r=2, alpha=4, dropout=0.0, targets=["no_such_module"], task_type="SEQ_CLS")
+
+
+def test_wrapping_a_model_prints_no_deprecation_warning(llama_dir):
+    """Every LoRA run printed peft's call of transformers' deprecated `is_gradient_checkpointing` (a
+    FutureWarning the user can do nothing about)."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(llama_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_lora(lm, r=2, alpha=4, dropout=0.0, targets=[], task_type="CAUSAL_LM")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
 
 
 def test_freezing_and_dropout_override(bert_dir, llama_dir):

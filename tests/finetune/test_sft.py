@@ -1,4 +1,6 @@
+import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -54,6 +56,16 @@ def test_truncation_keeps_the_latest_turns(tokenizer):
     assert "turn 5" in text and "turn 0" not in text  # the oldest turns went first
     assert text.split("<|im_end|>\n")[1].startswith("<|im_start|>user")  # cut at a user turn
     assert encode_dialogue(tokenizer, DIALOGUE, max_tokens=3) is None  # nothing learnable fits
+
+
+def test_long_dialogues_raise_no_indexing_warning(tokenizer):
+    """Every SFT run whose dialogues exceeded the model's positions printed transformers' "Running this
+    sequence through the model will result in indexing errors", though each is cut to --seq-len."""
+    tok = copy.deepcopy(tokenizer)
+    tok.model_max_length, tok.deprecation_warnings = 8, {}
+    ids, _ = encode_dialogue(tok, DIALOGUE, max_tokens=1000)
+    assert len(ids) > 8
+    assert "sequence-length-is-longer-than-the-specified-maximum" not in tok.deprecation_warnings
 
 
 def test_sharegpt_and_errors_name_the_line(jsonl):
@@ -155,6 +167,27 @@ def test_lora_resume_continues_exactly(tmp_path, llama_dir, dialogues):
 
     a, b = load_file(straight / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_resume_on_other_inputs_is_refused(tmp_path, llama_dir, dialogues, jsonl):
+    """A --resume with another --data, --model or LoRA alpha continued the checkpoint silently (only a
+    `resume` record in metrics.jsonl said so), and the manifest named the new inputs alone."""
+    common = dict(model=llama_dir, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1, eval_every=0, bf16=False,
+                  lora_r=4, out=tmp_path / "run")
+    sft(SftConfig(data=dialogues, max_steps=2, **common))
+    (tmp_path / "run" / "manifest.json").unlink()  # as if killed after its checkpoint
+    other = jsonl("other.jsonl", [{"messages": [{"role": "user", "content": f"q {i}"},
+                                                {"role": "assistant", "content": f"a {i}"}]} for i in range(40)])
+    with pytest.raises(ConfigError, match=r"^--resume: --data .*other\.jsonl is not the interrupted run's \(its "
+                                          r"sha256 differs\); resume with the same settings or choose another --out$"):
+        sft(SftConfig(data=other, max_steps=4, resume=True, **common))
+    with pytest.raises(ConfigError, match=r"^--resume: lora_alpha 8\.0 differs from the interrupted run's 16\.0"):
+        sft(SftConfig(data=dialogues, max_steps=4, resume=True, **(common | {"lora_alpha": 8.0})))
+    with pytest.raises(ConfigError, match=r"^--resume: model .*elsewhere differs from the interrupted run's"):
+        sft(SftConfig(data=dialogues, max_steps=4, resume=True,
+                      **(common | {"model": shutil.copytree(llama_dir, tmp_path / "elsewhere")})))
+    resumed = sft(SftConfig(data=dialogues, max_steps=4, resume=True, **common))
+    assert read_manifest(resumed, "finetune")["metrics"]["steps"] == 4
 
 
 def test_a_dialogue_that_opens_with_an_answer_or_holds_a_lone_surrogate_is_named(tmp_path, jsonl):

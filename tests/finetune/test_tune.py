@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from genforge.config import from_dict, load_config
-from genforge.errors import ConfigError, GenforgeError
+from genforge.errors import ConfigError, GenforgeError, Stopped
 from genforge.finetune.config import ClassifyConfig, DpoConfig, TuneConfig
 from genforge.finetune.tune import METRICS, new_val_scores, read_space, run_trials, suggest, tune
 
@@ -203,3 +203,27 @@ def test_a_line_the_engine_finishes_while_it_is_read_waits_for_the_next_poll(tmp
         monkeypatch.setattr(Path, name, then_the_engine_finishes(getattr(Path, name)))
     assert new_val_scores(path, 0, "val_loss", maximize=False) == ([(2, 0.5)], 1)
     assert new_val_scores(path, 1, "val_loss", maximize=False) == ([(4, 0.4)], 2)
+
+
+def test_ctrl_c_summarises_the_finished_trials(tmp_path, monkeypatch):
+    """Ctrl-C during a trial wrote no best.yaml (the finished trials were summarised only after one more trial)
+    and said "rerun with --resume", a flag tune does not have."""
+    from genforge.finetune import tune as tune_module
+
+    outcomes = iter([{"val_accuracy": 0.75}, KeyboardInterrupt()])
+
+    def trial_then_ctrl_c(task, cfg, trial, metric, maximize):
+        outcome = next(outcomes)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(tune_module, "run_trial", trial_then_ctrl_c)
+    space, out = write_space(tmp_path, "m", "d.csv", pruner="none"), tmp_path / "study"
+    with pytest.raises(Stopped, match=r"^stopped by Ctrl-C: .* best of the 1 finished trials; rerun `genforge tune "
+                                      r".*space\.yaml --out .*study` to add trials to the study$") as stopped:
+        tune(TuneConfig(space=space, trials=5, out=out))
+    assert stopped.value.exit_code == 130
+    summary = json.loads((out / "best.json").read_text())
+    assert summary["best_value"] == 0.75 and summary["complete"] == 1 and summary["failed"] == 1
+    assert (out / "best.yaml").is_file()
