@@ -66,8 +66,9 @@ def friendly_errors(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            typer.secho("interrupted: the output is left unfinished (no manifest); rerun with --resume to continue "
-                        "(commands that resume), or without it to start over", err=True)
+            rerun = ("rerun with --resume to continue, or without it to start over"
+                     if "resume" in inspect.signature(wrapper).parameters else "rerun the command to start over")
+            typer.secho(f"interrupted: the output is left unfinished (no manifest); {rerun}", err=True)
             raise typer.Exit(130) from None
         except Stopped as e:
             typer.secho(str(e), fg="yellow", err=True)

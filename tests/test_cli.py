@@ -75,3 +75,21 @@ def test_fields_a_command_sets_itself_are_not_flags():
     assert CliRunner().invoke(app, ["echo", "x.txt", "--mode", "b"]).exit_code == 2
     from genforge.federated.config import FederatedClassifyConfig
     assert {"max_steps", "epochs"} <= set(FederatedClassifyConfig.cli_omitted)
+
+
+def test_ctrl_c_tells_to_resume_only_a_command_that_can():
+    @dataclass
+    class ResumableConfig(EchoConfig):
+        resume: bool = field(False, help="continue")
+
+    app = typer.Typer()
+    add_stage_command(app, "echo", EchoConfig, run=f"{__name__}:interrupted_stage", help="Echo.")
+    add_stage_command(app, "again", ResumableConfig, run=f"{__name__}:interrupted_stage", help="Again.")
+    plain, resumable = (CliRunner().invoke(app, [name, "x.txt"]) for name in ("echo", "again"))
+    assert plain.exit_code == resumable.exit_code == 130
+    assert "--resume" not in plain.output and "rerun the command to start over" in plain.output
+    assert "rerun with --resume to continue" in resumable.output
+
+
+def interrupted_stage(cfg):
+    raise KeyboardInterrupt
