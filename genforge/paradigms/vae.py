@@ -173,14 +173,20 @@ class SentenceBatches:
 def vae_metrics(model: TextVae, objective: VaeObjective, val: list[np.ndarray], special: dict[str, int]
                 ) -> dict[str, float]:
     """Negative ELBO ("loss", nats per token, the selection metric), and per sentence: -ELBO, reconstruction
-    NLL, KL; active units (Var_x E_q[z_d] > 0.01)."""
+    NLL, KL; active units (Var_x E_q[z_d] > 0.01).
+
+    The latent samples come from a fixed seed on a forked RNG: the same weights score the same (a resumed
+    run's re-evaluation agrees with the first), and evaluating does not move the training's random stream.
+    """
     rec_sum, kl_sum, tokens, mus = 0.0, 0.0, 0, []
-    for i in range(0, len(val), 256):
-        batch = collate(val[i:i + 256], special["bos"], special["eos"], special["pad"])
-        rec, kl, mu = objective.terms(model, batch, 0.0)
-        rec_sum, kl_sum = rec_sum + rec.sum().item(), kl_sum + kl.sum().item()
-        tokens += int((batch["labels"] != IGNORE).sum())
-        mus.append(mu)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for i in range(0, len(val), 256):
+            batch = collate(val[i:i + 256], special["bos"], special["eos"], special["pad"])
+            rec, kl, mu = objective.terms(model, batch, 0.0)
+            rec_sum, kl_sum = rec_sum + rec.sum().item(), kl_sum + kl.sum().item()
+            tokens += int((batch["labels"] != IGNORE).sum())
+            mus.append(mu)
     n = len(val)
     active = int((torch.cat(mus).var(0) > 0.01).sum()) if n > 1 else 0
     return {"loss": (rec_sum + kl_sum) / tokens, "neg_elbo": (rec_sum + kl_sum) / n, "rec_nll": rec_sum / n,

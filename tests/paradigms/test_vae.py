@@ -18,6 +18,7 @@ from genforge.paradigms.vae import (
     free_bits_kl,
     gaussian_kl,
     kl_weight,
+    vae_metrics,
     vae_train,
     word_dropout,
 )
@@ -73,6 +74,19 @@ def test_kl_weight_scales_the_loss():
     torch.manual_seed(1)
     high, metrics = objective.loss(model, batch_of([[5, 6, 7]], 1.0))
     assert high.item() == pytest.approx(low.item() + metrics["kl"].item() / 4, rel=1e-4)
+
+
+def test_evaluation_is_a_function_of_the_weights_and_leaves_the_random_stream_alone():
+    torch.manual_seed(0)
+    model = TextVae(20, 8, 8, 4).eval()
+    objective = VaeObjective(mask_id=3, word_dropout=0.0, free_bits=0.0)
+    val = [np.array([5, 6, 7]), np.array([8, 9]), np.array([10, 11, 12, 13])]
+    special = {"bos": 1, "eos": 2, "pad": 0}
+    state = torch.random.get_rng_state()
+    first = vae_metrics(model, objective, val, special)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(123)
+    assert vae_metrics(model, objective, val, special) == first
 
 
 def tiny(data, out, **over):
