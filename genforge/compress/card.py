@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from genforge.artifacts import atomic_write_text
-from genforge.compress.report import rows
+from genforge.compress.report import layers_note, rows
 from genforge.config import to_dict
 from genforge.models.card import pipeline_tag, stage_lineage_rows
 from genforge.models.load import COMPRESSION
@@ -46,6 +46,8 @@ def write_card(out: Path, cfg: Any, report: dict[str, Any], parent: dict[str, An
              "measured in the same run (report.json).", "",
              "| | original | compressed | compressed / original |", "|---|---|---|---|"]
     lines += [f"| {' | '.join(r)} |" for r in rows(report)]
+    note = layers_note(report)
+    lines += ["", note[0].upper() + note[1:] + "."] if note else []
     machine = report["machine"]
     lines += ["", f"Speed measured on {machine['processor']} ({machine['capability']}, VNNI "
               f"{'yes' if machine['vnni'] else 'no'}, AVX512-BF16 {'yes' if machine['avx512_bf16'] else 'no'}, AMX "

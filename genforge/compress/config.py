@@ -20,6 +20,7 @@ INT8_SCHEMES = ("dynamic", "weight-only")
 IMPORTANCE = ("magnitude", "wanda")
 STUDENT_PRESETS = ("tiny", "small", "base", "custom")
 GROUP_SIZES = (32, 64, 128, 256)
+STUDENT_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
 
 
 @dataclass(kw_only=True)
@@ -124,3 +125,23 @@ class CompressConfig(TrainConfig):
             raise ConfigError("--hidden-weight applies to --method distill (prune recovery matches logits)")
         if self.trim_vocab and self.method != "distill":
             raise ConfigError("--trim-vocab applies to --method distill")
+        self.check_student()
+
+    def check_student(self) -> None:
+        """The student flags must say one student: unused ones were silently ignored (a `--hidden-size 64`
+        without `--student-preset custom` distilled the default half-depth copy), and `presets` names its own
+        `--preset` flag, not this command's `--student-preset`."""
+        flags = {name: "--" + name.replace("_", "-") for name in STUDENT_SIZES}
+        sizes = [flag for name, flag in flags.items() if getattr(self, name)]
+        chosen = [flag for flag, on in (("--student-layers", self.student_layers),
+                                        ("--student-preset", self.student_preset)) if on]
+        if chosen and self.method != "distill":
+            raise ConfigError(f"{chosen[0]} applies to --method distill")
+        if len(chosen) == 2:
+            raise ConfigError("--student-layers (a copy of the teacher with fewer layers) and --student-preset "
+                              "(a fresh model) are two students: give one")
+        if self.student_preset == "custom" and not sizes:
+            raise ConfigError(f"--student-preset custom needs at least one of {', '.join(flags.values())}")
+        if sizes and self.student_preset != "custom":
+            fixed = f"; '{self.student_preset}' has a fixed size" if self.student_preset else ""
+            raise ConfigError(f"{sizes[0]} sizes a custom student (--method distill --student-preset custom){fixed}")

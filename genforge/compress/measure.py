@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from genforge.compress.subject import Subject
 
@@ -105,15 +107,18 @@ def lm_quality(subject: Subject, data: Path, *, seq_len: int, batch_size: int, b
             "bits_per_byte": bits_per_byte(result["loss"], pack["val_tokens"], pack["val_bytes"])}
 
 
-def classifier_quality(subject: Subject, examples: list[tuple[str, list[str]]]) -> dict[str, float]:
-    """Accuracy and macro-F1 of a classifier on labelled examples."""
+def classifier_quality(subject: Subject, examples: list[tuple[str, list[str]]], name: str = "model") -> dict[str, float]:
+    """Accuracy and macro-F1 of a classifier on labelled examples (a progress bar from 100 texts: a test
+    set of thousands takes a minute per model on a CPU)."""
     from genforge.finetune.classifier import predict_probs
     from genforge.finetune.classify import encode_targets
     from genforge.finetune.metrics import report
 
     info = subject.info
-    probs = predict_probs(subject.model, subject.tokenizer, [t for t, _ in examples], seq_len=info["seq_len"],
-                          multi_label=info["multi_label"], batch_size=CLASSIFY_BATCH)
+    with tqdm(total=len(examples), unit="text", desc=f"accuracy ({name})", file=sys.stderr,
+              disable=len(examples) < 100) as bar:
+        probs = predict_probs(subject.model, subject.tokenizer, [t for t, _ in examples], seq_len=info["seq_len"],
+                              multi_label=info["multi_label"], batch_size=CLASSIFY_BATCH, progress=bar.update)
     y_true = encode_targets(examples, info["labels"], info["multi_label"]).numpy().astype(int)
     y_pred = (probs > 0.5).astype(int) if info["multi_label"] else probs.argmax(1)
     result = report(y_true, y_pred, info["labels"], info["multi_label"])
@@ -186,15 +191,17 @@ def speed(subjects: list[Subject], inputs: dict[str, Any], steps: int, rounds: i
     """Latency p50/p90 at batch 1 and throughput at a serving batch for each model, rounds interleaved."""
     fns = [_speed_fns(s, inputs, steps) for s in subjects]
     best: list[dict[str, Any]] = [{} for _ in subjects]
-    for _ in range(rounds):
-        for i, (one, many, items, unit) in enumerate(fns):
-            single = one()
-            p50, p90 = statistics.median(single) * 1e3, float(np.percentile(single, 90)) * 1e3
-            if p50 < best[i].get("latency_ms_p50", math.inf):
-                best[i].update(latency_ms_p50=p50, latency_ms_p90=p90)
-            rate = items / statistics.median(many())
-            if rate > best[i].get("throughput", 0.0):
-                best[i].update(throughput=rate, throughput_unit=unit)
+    with tqdm(total=rounds * len(fns), unit="round", desc="speed", file=sys.stderr) as bar:  # minutes on a big model
+        for _ in range(rounds):
+            for i, (one, many, items, unit) in enumerate(fns):
+                single = one()
+                p50, p90 = statistics.median(single) * 1e3, float(np.percentile(single, 90)) * 1e3
+                if p50 < best[i].get("latency_ms_p50", math.inf):
+                    best[i].update(latency_ms_p50=p50, latency_ms_p90=p90)
+                rate = items / statistics.median(many())
+                if rate > best[i].get("throughput", 0.0):
+                    best[i].update(throughput=rate, throughput_unit=unit)
+                bar.update()
     return best
 
 

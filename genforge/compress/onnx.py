@@ -180,9 +180,9 @@ def export_int8(subject: Subject, out: Path) -> dict[str, Any]:
                              extra_options={"MatMulConstBOnly": True})
         finally:
             logging.disable(logging.NOTSET)
-    counts = parameters(subject.transformer)
+    counts = parameters(subject.transformer)  # symmetric int8 keeps a zero weight zero: pruned zeros stay zeros
     return {"loader": "onnx", "file": ONNX_FILE, "kind": subject.kind, **layout, "params": counts["params"],
-            "linear_bytes": _weight_bytes(out / ONNX_FILE)}
+            "nonzero_params": counts["nonzero_params"], "linear_bytes": _weight_bytes(out / ONNX_FILE)}
 
 
 @dataclass
@@ -244,7 +244,7 @@ class OnnxModel(nn.Module):
                          self.info["head_dim"])
 
     def parameter_counts(self) -> dict[str, int]:
-        return {"params": self.info["params"], "nonzero_params": self.info["params"],
+        return {"params": self.info["params"], "nonzero_params": self.info.get("nonzero_params", self.info["params"]),
                 "linear_bytes": self.info["linear_bytes"]}
 
 

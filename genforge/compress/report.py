@@ -89,16 +89,28 @@ def speed_words(speedup: float) -> str:
     return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
 
 
+def layers_note(report: dict[str, Any]) -> str | None:
+    """"quantised layers: int4 g64 x12, int4 g32 x2, int8 x1" for int8/int4 runs (what each layer got), else None."""
+    layers = report["settings"].get("layers")
+    return "quantised layers: " + ", ".join(f"{kind} x{n}" for kind, n in layers.items()) if layers else None
+
+
 def print_report(report: dict[str, Any], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=layers_note(report))
     for col in ("", "original", "compressed", "compressed / original"):
         table.add_column(col, justify="left" if not col else "right")
     for row in rows(report):
         table.add_row(*row)
     Console(stderr=True).print(table)
+
+
+def ratio_colour(ratio: float, lower_is_better: bool) -> str:
+    """Green when the compressed model is no worse on a metric (an unchanged accuracy too), red when worse."""
+    no_worse = ratio <= 1 if lower_is_better else ratio >= 1
+    return "#1b7837" if no_worse else "#b2182b"
 
 
 def plot_report(report: dict[str, Any], path: Path) -> Path:
@@ -123,8 +135,7 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
             label = "parameters (M)"
         bars = ax.bar(["original", "compressed"], [a / scale, b / scale], color=["#8da0cb", "#fc8d62"])
         ratio = b / a if a else float("nan")
-        better = (ratio <= 1) == lower
-        ax.set_title(f"{label}\nx{ratio:.3f}", fontsize=9, color="#1b7837" if better else "#b2182b")
+        ax.set_title(f"{label}\nx{ratio:.3f}", fontsize=9, color=ratio_colour(ratio, lower))
         ax.bar_label(bars, fmt="%.4g", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.margins(y=0.2)

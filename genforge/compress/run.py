@@ -9,6 +9,7 @@ on the same data: report.json, report.png, a printed table, the model card and t
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from genforge.compress.config import CompressConfig
 from genforge.compress.subject import Subject, kind_of, load_subject, save_subject
 from genforge.errors import ConfigError, DataError
 
-# Files a previous run may have left in --out that would change how the new folder loads.
+# Files a previous run may have left in --out that would change how the new folder loads or what it does, and that
+# this run writes only for some models (a classifier's files under an LM, a decoder's stop ids under a classifier).
 PAYLOAD = ("model.safetensors", "quantized.safetensors", "compression.json", "head.safetensors", "model.onnx",
-           "model.onnx.data", "report.json", "report.png")
+           "model.onnx.data", "classifier.json", "typo_vocabulary.txt", "generation_config.json",
+           "chat_template.jinja", "report.json", "report.png")
 Result = tuple[Subject, dict[str, Any] | None, dict[str, Any]]  # model, compression.json, details
 TRAINS = ("prune", "prune-structured", "distill")  # the methods that read --data (the others only check it)
 
@@ -43,22 +46,29 @@ def read_files(cfg: CompressConfig, kind: str) -> list[Path]:
 
 
 def check_inputs(cfg: CompressConfig, kind: str) -> None:
-    """Refuse data of the wrong kind for the model before any work (one line, naming the flag).
+    """Refuse missing data, data of the wrong kind for the model, and a classifier's labelled file that does not
+    read or has labels the classifier lacks, before any work (one line, naming the flag or file).
 
     A language model's packed data must come from its own tokenizer (as for `pretrain --model`): with
     another one of the same size, training would teach the wrong ids and the report would score nonsense.
     Checked here, not where the data are read, so that it fails before an earlier run in --out is unmade.
     """
+    from genforge.compress.task import read_examples
     from genforge.data.pack import packed_tokenizer
+    from genforge.finetune.classifier import read_info
     from genforge.train.data import read_pack
     from genforge.train.pretrain import check_same_tokenizer
 
     for flag, path in (("--eval-data", cfg.eval_data), ("--data", cfg.data)):
         if path is None:
             continue
-        if kind == "classifier" and not Path(path).is_file():
-            raise DataError(f"{flag} {path}: a classifier needs a labelled file (CSV, TSV, JSONL, JSON)")
-        if kind != "classifier":
+        if not Path(path).exists():
+            raise DataError(f"{flag} {path} does not exist")
+        if kind == "classifier":
+            if not Path(path).is_file():
+                raise DataError(f"{flag} {path}: a classifier needs a labelled file (CSV, TSV, JSONL, JSON)")
+            read_examples(cfg, read_info(cfg.model), path)  # its labels and fields, before minutes of training
+        else:
             if not Path(path).is_dir():
                 raise DataError(f"{flag} {path}: a language model needs a packed data folder (`genforge data pack`)")
             read_pack(Path(path))
@@ -78,8 +88,17 @@ def quantize(cfg: CompressConfig, subject: Subject) -> Result:
     scheme = "int4" if cfg.method == "int4" else ("int8-dynamic" if cfg.int8_scheme == "dynamic" else "int8")
     model = subject.copy()
     layout = quantize_model(model.transformer, scheme, cfg.group_size)
-    details = {"scheme": scheme, "group_size": cfg.group_size if scheme == "int4" else None}
+    details = {"scheme": scheme, "group_size": cfg.group_size if scheme == "int4" else None,
+               "layers": layer_schemes(layout["linears"])}
     return model, {"loader": "quantized", "method": cfg.method, **details, **layout}, details
+
+
+def layer_schemes(linears: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """How many linear layers got each scheme ("int4 g32", "int8", ...): with int4 a layer whose inputs the asked
+    --group-size does not divide takes a smaller group, and the head stays int8, so the asked size alone misleads."""
+    counts = Counter(f"int4 g{spec['group_size']}" if spec["scheme"] == "int4" else spec["scheme"]
+                     for spec in linears.values())
+    return dict(sorted(counts.items()))
 
 
 def _norms(cfg: CompressConfig, subject: Subject, task: Any) -> dict[str, torch.Tensor] | None:
@@ -215,7 +234,7 @@ def measure(cfg: CompressConfig, original: Subject, compressed: Subject) -> tupl
         values: dict[str, Any] = {**m.parameters(subject.model), "size_bytes": m.size_on_disk(folder)}
         if cfg.eval_data is not None:
             if subject.kind == "classifier":
-                values.update(m.classifier_quality(subject, examples))
+                values.update(m.classifier_quality(subject, examples, "original" if subject is original else "compressed"))
             else:
                 values.update(m.lm_quality(subject, cfg.eval_data, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                                            batches=cfg.eval_batches, seed=cfg.seed))

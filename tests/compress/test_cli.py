@@ -45,6 +45,13 @@ def test_compress_cli_then_generate_and_predict(tmp_path, lm_dir, packed, classi
     (["--method", "prune-structured", "--ffn-fraction", "0"], "needs --ffn-fraction or --heads-fraction"),
     (["--method", "int8", "--threads", "100000"], "--threads must be <="),
     (["--method", "prune", "--adversarial", "fgm"], "--adversarial does not apply to compress"),
+    (["--method", "distill", "--data", "d", "--hidden-size", "64"], "--hidden-size sizes a custom student"),
+    (["--method", "distill", "--data", "d", "--student-preset", "small", "--num-layers", "2"],
+     "--num-layers sizes a custom student (--method distill --student-preset custom); 'small' has a fixed size"),
+    (["--method", "distill", "--data", "d", "--student-preset", "custom"],
+     "--student-preset custom needs at least one of --hidden-size"),
+    (["--method", "distill", "--data", "d", "--student-preset", "tiny", "--student-layers", "2"], "give one"),
+    (["--method", "int8", "--student-layers", "2"], "--student-layers applies to --method distill"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     result = run("compress", "--model", tmp_path / "missing", "--out", tmp_path / "out", *args)
@@ -115,3 +122,36 @@ def test_a_compress_run_is_redone_in_its_own_folder_only(tmp_path, lm_dir, packe
     result = run("compress", *args, "--out", pretrained)
     assert result.exit_code == 2
     assert "holds a finished pretrain artifact" in result.output and "this command writes compress" in result.output
+
+
+def test_classifier_data_is_checked_before_any_training(tmp_path, classifier_dir, sentiment_csv):
+    """A labelled file with a label the classifier lacks, or without the label column, used to fail only after the
+    pruning, the recovery training and the save; it is refused first, in one line, and --out stays untouched."""
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("text,label\nprofits rose,positive\nshares fell,neutral\n", encoding="utf-8")
+    no_label = tmp_path / "nolabel.csv"
+    no_label.write_text("text,sentiment\nprofits rose,positive\n", encoding="utf-8")
+    cases = [(unknown, "labels the classifier does not know: ['neutral']"), (no_label, "label"),
+             (tmp_path / "missing.csv", "--eval-data " + str(tmp_path / "missing.csv") + " does not exist")]
+    for eval_data, message in cases:
+        out = tmp_path / "out"
+        result = run("compress", "--model", classifier_dir, "--method", "prune", "--data", sentiment_csv,
+                     "--max-steps", 2, "--batch-size", 8, "--threads", 1, "--out", out, "--eval-data", eval_data)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+        assert not out.exists()
+
+
+def test_a_rerun_with_another_kind_of_model_leaves_nothing_of_the_first(tmp_path, lm_dir, classifier_dir):
+    """A classifier's classifier.json stayed in --out when a language model was compressed there next, so the new
+    folder loaded as a classifier and the run failed after its work, leaving a broken folder."""
+    from genforge.models.load import load_model
+
+    out = tmp_path / "out"
+    for model in (classifier_dir, lm_dir):
+        result = run("compress", "--model", model, "--method", "int8", "--out", out, "--measure-steps", 2,
+                     "--threads", 1)
+        assert result.exit_code == 0, result.output
+    assert not (out / "classifier.json").exists()
+    assert type(load_model(out)[0]).__name__ == "LlamaForCausalLM"

@@ -72,3 +72,14 @@ def test_export_leaves_the_original_in_eval_mode(tmp_path):
         assert not any(m.training for m in model.modules()), kind
         with torch.no_grad():
             torch.testing.assert_close(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_onnx_int8_of_a_pruned_model_keeps_its_zeros_in_the_report(tmp_path, lm_dir, settings):
+    """The ONNX model reported every parameter as non-zero, so a pruned model's sparsity vanished from the report
+    (x1.000 and more non-zero than the original); symmetric int8 keeps a zero weight zero."""
+    sparse = compress(CompressConfig(model=lm_dir, method="prune", sparsity=0.5, out=tmp_path / "sparse", **settings))
+    out = compress(CompressConfig(model=sparse, method="onnx-int8", out=tmp_path / "onnx", **settings))
+    report = json.loads((out / "report.json").read_text())
+    original, compressed = report["original"], report["compressed"]
+    assert original["nonzero_params"] < 0.8 * original["params"]
+    assert compressed["nonzero_params"] == original["nonzero_params"]

@@ -214,3 +214,39 @@ def test_the_report_says_slower_when_the_compressed_model_is_slower():
     assert [r[3] for r in rows(report) if r[0].startswith("latency p50")] == ["x1.476 (1.48x slower)"]
     report["change"].update(latency_ms_p50=0.5, speedup_p50=2.0)
     assert [r[3] for r in rows(report) if r[0].startswith("latency p50")] == ["x0.500 (2.00x faster)"]
+
+
+def test_report_colours_an_unchanged_accuracy_as_no_worse():
+    """report.png coloured `accuracy x1.000` red (worse) while `perplexity x1.000` was green."""
+    from genforge.compress.report import ratio_colour
+
+    green, red = ratio_colour(0.5, True), ratio_colour(2.0, True)
+    assert green != red
+    assert ratio_colour(1.0, False) == green and ratio_colour(1.0, True) == green
+    assert ratio_colour(1.1, False) == green and ratio_colour(0.9, False) == red
+
+
+def test_int4_report_says_which_group_each_layer_got(tmp_path, lm_dir):
+    """An asked --group-size that does not divide a layer's inputs falls back to a smaller group (the tiny
+    preset's 352-wide down projections: 32) and the head stays int8; the report used to show only the asked size."""
+    out = compress(CompressConfig(model=lm_dir, method="int4", group_size=128, out=tmp_path / "int4",
+                                  measure_steps=2, threads=1))
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["group_size"] == 128
+    assert settings["layers"] == {"int4 g128": 12, "int4 g32": 2, "int8": 1}
+    assert "Quantised layers: int4 g128 x12, int4 g32 x2, int8 x1." in (out / "README.md").read_text()
+
+
+def test_measuring_shows_progress(capsys, lm_dir, classifier_dir, sentiment_csv):
+    """The measurement (speed rounds; accuracy over a test set of thousands) ran for a minute or more with no
+    sign of life after the last training bar."""
+    from genforge.compress.measure import classifier_quality, speed, speed_inputs
+    from genforge.compress.subject import load_subject
+    from genforge.finetune.data import read_labelled
+
+    lm = load_subject(lm_dir)
+    speed([lm], speed_inputs(lm, None, None), steps=2, rounds=2)
+    assert "speed: 100%" in capsys.readouterr().err
+    classifier = load_subject(classifier_dir)
+    classifier_quality(classifier, read_labelled(sentiment_csv, "text", "label", False), "original")
+    assert "accuracy (original): 100%" in capsys.readouterr().err
