@@ -36,7 +36,8 @@ class PrepareConfig(Config):
     dedup: bool = field(True, help="drop exact and near-duplicate documents (the first copy is kept)")
     near_dup_threshold: float = field(0.8, help="estimated Jaccard similarity of 5-character shingles above which "
                                                 "a document is a near duplicate")
-    workers: int | None = field(None, help="worker processes (default: all CPU cores; 1 for inputs under ~4 MB)")
+    workers: int | None = field(None, help="worker processes (default: one per ~4 MB of input, at most the CPU "
+                                           "cores; under ~8 MB one, in-process)")
     resume: bool = field(False, help="continue the interrupted run in --out after the documents it had finished "
                                      "(prepare.partial.json); the same inputs and settings are required")
 

@@ -274,9 +274,10 @@ def _summary(data: Path, extra: dict, metrics: dict) -> None:
     table = Table(title=f"data pack -> {data}")
     for col in ("split", "documents", "tokens", "text bytes", "bytes/token"):
         table.add_column(col, justify="right")
-    for s in SPLITS:
+    for s in SPLITS:  # bytes per text token (EOS aside), as pack.json and `tokenizer train` report it
+        text_tokens = extra[f"{s}_tokens"] - extra[f"{s}_docs"]
         table.add_row(s, f"{extra[f'{s}_docs']:,}", f"{extra[f'{s}_tokens']:,}", f"{extra[f'{s}_bytes']:,}",
-                      f"{extra[f'{s}_bytes'] / max(extra[f'{s}_tokens'], 1):.2f}")
+                      f"{extra[f'{s}_bytes'] / max(text_tokens, 1):.2f}")
     table.caption = (f"{extra['dtype']}, vocab {extra['vocab_size']:,}, {metrics['mb_per_s']:.1f} MB/s "
                      f"with {metrics['workers']} worker(s)")
     Console(stderr=True).print(table)

@@ -48,6 +48,7 @@ class PartialOutput:
         self.paths = {name: out / file for name, file in FILES.items() if name != "index" or dedup}
         self.remedy = f"delete {out / PROGRESS} to prepare anew"
         self.saved = self._saved() if resume else None
+        self.created = not out.exists()  # a folder this run makes goes again if bad input ends it
         self.files: dict[str, IO[bytes]] = {}
         self._open_files = contextlib.ExitStack()
 
@@ -129,10 +130,13 @@ class PartialOutput:
         self.close()
 
     def discard(self) -> None:
-        """Bad input ended the run: its files go, and the folder is as it was before it."""
+        """Bad input ended the run: its files go, and the folder is as it was before it (absent if it made it)."""
         self.close()
         for path in [self.out / PROGRESS, *self.paths.values()]:
             path.unlink(missing_ok=True)
+        if self.created:
+            with contextlib.suppress(OSError):  # not empty after all: leave it, the error to report is the input's
+                self.out.rmdir()
 
     def finish(self) -> None:
         """Rename the whole outputs into place. The record goes first: a kill between the renames leaves a

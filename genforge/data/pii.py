@@ -6,7 +6,9 @@ validated before they are replaced, so look-alike numbers survive:
   <ID>     Chinese resident ID: 18 characters, a plausible birth date, valid ISO 7064 MOD 11-2 check digit
   <CARD>   payment card: 13-19 digits (spaces/dashes allowed), a card issuer's prefix, valid Luhn checksum
   <PHONE>  international "+CC ..." (8-15 digits in all), North-American "(415) 555-2671" / "415-555-2671",
-           Chinese mobile 1[3-9]x + 8 digits, with or without +86. A bare 10-digit number is NOT a phone.
+           Chinese mobile 1[3-9]x + 8 digits, with or without +86; Chinese landline: area code 0xx(x) then a
+           separator or parentheses, then 7-8 digits ("0311-86911999", "(010)12345678"), as hotel and shop
+           reviews cite them. A bare 10-digit number is NOT a phone.
   <IP>     IPv4 with every octet <= 255; IPv6 as validated by the `ipaddress` module.
 Decision on version strings: a dotted quad that is a valid IPv4 ("1.2.3.4") is scrubbed, since text
 cannot tell a version from an address; one glued to a letter ("v1.2.3.4") is not.
@@ -32,11 +34,12 @@ _ID = re.compile(r"[1-9](?<![0-9A-Za-z].)\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])
                  r"(?![0-9A-Za-z])")
 _CARD = re.compile(r"\d(?<![0-9A-Za-z+-].)(?:[ -]?\d){12,18}(?![0-9A-Za-z-])")
 _PHONE = re.compile(
-    r"(?=[+(\d])(?<![0-9A-Za-z+])(?:"
+    r"(?=[+(（\d])(?<![0-9A-Za-z+])(?:"
     r"(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}"  # Chinese mobile
     r"|\+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}"  # international, +CC first
     r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # North American (415) 555-2671
     r"|\d{3}-\d{3}-\d{4}"  # North American 415-555-2671
+    r"|(?:0\d{2,3}[ -]|[(（]0\d{2,3}[)）][ -]?)[2-9]\d{6,7}"  # Chinese landline 0311-86911999, (010)12345678
     r")(?![0-9])"
 )
 _IPV4 = re.compile(r"\d(?<![0-9A-Za-z.].)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?!\.?\d)")

@@ -63,7 +63,7 @@ from genforge.data.pack import PACK_MANIFEST
 from genforge.data.partial import PROGRESS, PartialOutput
 from genforge.data.pii import KINDS, scrub_pii
 from genforge.data.readers import find_files, iter_documents
-from genforge.errors import DataError, GenforgeError
+from genforge.errors import DataError, GenforgeError, Stopped
 
 NUM_PERM = 128
 CHUNK_CHARS = 1 << 20  # ~1 MB of text per task: large enough to amortise pickling, small enough to stream
@@ -233,6 +233,9 @@ def prepare(cfg: PrepareConfig) -> dict:
     except GenforgeError:
         partial.discard()
         raise
+    except KeyboardInterrupt:  # said here: the CLI's generic line would offer a rerun without --resume, refused
+        raise Stopped(f"stopped by Ctrl-C: {out} keeps the documents done up to its last checkpoint; continue with "
+                      "the same command plus --resume", signal.SIGINT) from None
     removed += unread
     docs_out = counts["train_docs"] + counts["val_docs"]
     if counts["train_docs"] == 0:  # the inputs make no data set

@@ -62,9 +62,22 @@ class SkipFile(Exception):
         self.reason = reason
 
 
+def genforge_output(folder: Path) -> bool:
+    """Whether `folder` holds what a genforge command wrote (its manifest, or an unfinished `data prepare`): an
+    earlier run's output kept inside the corpus, whose JSON, token and weight files are no text to train on. A
+    web site's own manifest.json (no "genforge_version") is corpus."""
+    if (folder / "prepare.partial.json").is_file():
+        return True
+    try:
+        manifest = json.loads((folder / "manifest.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "genforge_version" in manifest
+
+
 def find_files(inputs: Iterable[Path], exclude: Path | None = None) -> list[Path]:
-    """Every file under `inputs` in a stable order, each once (folders recursively; hidden names and
-    the folder `exclude`, normally the output folder, skipped)."""
+    """Every file under `inputs` in a stable order, each once (folders recursively; hidden names, the folder
+    `exclude` (normally the output folder) and other genforge outputs below an input folder skipped)."""
     skip = Path(exclude).resolve() if exclude is not None else None
     found: dict[Path, Path] = {}  # resolved -> as given: a file named twice is read once
     for root in map(Path, inputs):
@@ -75,7 +88,8 @@ def find_files(inputs: Iterable[Path], exclude: Path | None = None) -> list[Path
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() != skip)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() != skip
+                                 and not genforge_output(here / d))
             for name in sorted(filenames):
                 if not name.startswith("."):
                     found.setdefault((here / name).resolve(), here / name)
@@ -139,15 +153,29 @@ def _open_text(path: Path, newline: str | None = None) -> tuple[IO[bytes], IO[st
     return raw, io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline=newline)
 
 
-def _as_text(value: Any) -> str:
-    """A record's field as text: lists (e.g. a poem's lines) are joined by newlines; null is empty."""
+def _as_text(value: Any) -> str | None:
+    """A record's field as text: lists (e.g. a poem's lines) are joined by newlines; null is empty; None for an
+    object (a nested record), whose Python repr "{'en': ...}" would otherwise go into the corpus as text."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, dict):
+        return None
     if isinstance(value, list | tuple):
-        return "\n".join(_as_text(v) for v in value)
+        parts = [_as_text(v) for v in value]
+        return None if None in parts else "\n".join(parts)
     return str(value)
+
+
+def _texts(values: Iterable[Any], skipped: Counter) -> Iterator[str]:
+    """The fields' texts; a field holding an object counts as a bad record."""
+    for value in values:
+        text = _as_text(value)
+        if text is None:
+            skipped["bad_record"] += 1
+        else:
+            yield text
 
 
 def _missing_field(path: Path, field: str, have: Iterable[str]) -> DataError:
@@ -238,7 +266,7 @@ def _read_jsonl(path: Path, field: str, progress: Progress, skipped: Counter) ->
                 skipped["bad_record"] += 1
                 continue
             first = False
-            yield _as_text(record[field])
+            yield from _texts([record[field]], skipped)
             if (pending := pending + len(line)) >= _REPORT_EVERY:
                 progress(raw.tell() - done)
                 done, pending = raw.tell(), 0
@@ -256,7 +284,7 @@ def _read_json(path: Path, field: str, skipped: Counter) -> Iterator[str]:
         if isinstance(record, str):
             yield record
         elif isinstance(record, dict) and field in record:
-            yield _as_text(record[field])
+            yield from _texts([record[field]], skipped)
         elif i == 0:
             raise _missing_field(path, field, record if isinstance(record, dict) else ())
         else:
@@ -286,7 +314,7 @@ def _read_csv(path: Path, field: str, delimiter: str, progress: Progress, skippe
                 done, pending = raw.tell(), 0
 
 
-def _read_parquet(path: Path, field: str, progress: Progress) -> Iterator[str]:
+def _read_parquet(path: Path, field: str, progress: Progress, skipped: Counter) -> Iterator[str]:
     import pyarrow.parquet as pq
     from pyarrow import ArrowException
 
@@ -299,7 +327,7 @@ def _read_parquet(path: Path, field: str, progress: Progress) -> Iterator[str]:
         raise _missing_field(path, field, names)
     size, rows = path.stat().st_size, max(pf.metadata.num_rows, 1)
     for batch in pf.iter_batches(batch_size=4096, columns=[field]):
-        yield from map(_as_text, batch.column(0).to_pylist())
+        yield from _texts(batch.column(0).to_pylist(), skipped)
         progress(size * batch.num_rows // rows)
 
 
@@ -313,7 +341,7 @@ def read_documents(path: Path, *, split_by: str = "paragraph", text_field: str =
     skipped = skipped if skipped is not None else Counter()
     kind = _RECORD_FORMATS.get(path.suffix.lower())
     if kind == "parquet":
-        return _read_parquet(path, text_field, progress)
+        return _read_parquet(path, text_field, progress, skipped)
     if kind == "jsonl":
         return _read_jsonl(path, text_field, progress, skipped)
     if kind == "json":

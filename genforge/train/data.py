@@ -59,12 +59,15 @@ def read_pack(data_dir: Path) -> dict[str, Any]:
 
 
 def open_tokens(path: Path, dtype: str, window: int) -> np.ndarray:
-    """A read-only memmap of a token file, refusing one too short for a single window."""
-    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-    if len(tokens) < window:
-        raise DataError(f"{path} has {len(tokens)} tokens, fewer than one window of {window}: "
-                        "lower --seq-len or add data")
-    return tokens
+    """A read-only memmap of a token file, refusing one too short for a single window. The length is checked
+    before mapping: numpy cannot map an empty file (the val.bin of data prepared with --val-fraction 0)."""
+    count = path.stat().st_size // np.dtype(dtype).itemsize
+    if count == 0:
+        raise DataError(f"{path} holds no tokens (`data prepare --val-fraction 0` leaves val empty): prepare and "
+                        "pack the data again so that both splits hold text")
+    if count < window:
+        raise DataError(f"{path} has {count} tokens, fewer than one window of {window}: lower --seq-len or add data")
+    return np.memmap(path, dtype=np.dtype(dtype), mode="r")
 
 
 def gather(tokens: np.ndarray, starts: torch.Tensor, window: int) -> torch.Tensor:

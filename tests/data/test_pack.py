@@ -145,6 +145,10 @@ def test_cli_packs_and_errors_in_one_line(tmp_path, tokenizer):
     ok = CliRunner().invoke(app, ["data", "pack", "--data", str(data), "--tokenizer", str(tokenizer)])
     assert ok.exit_code == 0, ok.output
     assert (data / "pack.json").is_file() and (data / "train.bin").is_file()
+    manifest = read_manifest(data, stage="data.pack", filename="pack.json")
+    # bytes/token without the EOS after each document, as pack.json and `tokenizer train` report it
+    val_row = next(line for line in ok.output.splitlines() if line.split("│")[1:2] == ["   val "])
+    assert val_row.split("│")[5].strip() == f"{manifest['val_bytes'] / (manifest['val_tokens'] - 2):.2f}"
     bad = CliRunner().invoke(app, ["data", "pack", "--data", str(tmp_path / "nope"), "--tokenizer", str(tokenizer)])
     assert bad.exit_code == 2
     assert bad.output.strip() == f"error: {tmp_path / 'nope'} does not exist"

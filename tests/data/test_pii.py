@@ -21,6 +21,8 @@ from genforge.data.pii import luhn_valid, scrub_pii, valid_cn_id
     ("手机13800138000联系", "手机<PHONE>联系", "PHONE"),
     ("tel +86 138 0013 8000 / +8613912345678", "tel <PHONE> / <PHONE>", "PHONE"),
     ("call 139-1234-5678.", "call <PHONE>.", "PHONE"),
+    ("酒店订房电话：0311-86911999。", "酒店订房电话：<PHONE>。", "PHONE"),  # a Chinese landline (ChnSentiCorp)
+    ("订房（010）62345678或(0594) 2817777", "订房<PHONE>或<PHONE>", "PHONE"),
     ("host 192.168.1.10 down", "host <IP> down", "IP"),
     ("at 10.0.0.1.", "at <IP>.", "IP"),
     ("v6 2001:db8::8a2e:370:7334 and fe80::1: up", "v6 <IP> and <IP>: up", "IP"),
@@ -42,6 +44,7 @@ def test_each_kind_is_replaced(text, expected, kind):
     "999.1.1.1 and 256.0.0.1",  # octets over 255
     "release v1.2.3.4 and 1.2.3.4.5",  # glued to a letter / a five-part version
     "meet at 12:30:45 on 2024-01-15",  # a time and a date
+    "on 2008-10-10 12345678 and 1999-2004 page 001-1234567",  # no 0xx(x) area code before 7-8 digits
     "mac 00:1A:2B:3C:4D:5E",  # a MAC address is not IPv6
     "std::vector<int> and a::b",
     "total 1234567890123 units",  # 13 digits, Luhn-invalid

@@ -12,7 +12,7 @@ from genforge.data import prepare as prepare_module
 from genforge.data.clean import clean_text
 from genforge.data.config import PrepareConfig
 from genforge.data.prepare import prepare
-from genforge.errors import DataError
+from genforge.errors import DataError, Stopped
 
 ENGLISH = ("Our support team answers every request within one business day. If your order has not arrived "
            "after ten days, please write to us with the order number and the address it was sent to, and we "
@@ -168,7 +168,7 @@ def test_interrupted_rerun_leaves_the_earlier_run_finished(tmp_path, monkeypatch
         return text, {}
 
     monkeypatch.setattr(prepare_module, "scrub_pii", dies_midway)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stopped):
         run(tmp_path, [tmp_path / "a.txt"])
     # The rerun wrote only its own partial files: the old run is intact and still finished.
     assert (out / "train.jsonl").read_text() == finished
@@ -222,5 +222,13 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
         code, output = invoke(*args)
         assert code == 2, output
         assert "\n" not in output and output.startswith(message), output
-    assert not (out / "manifest.json").exists() and not (out / "train.jsonl").exists()
-    assert not list(out.glob("*.partial*"))  # bad input leaves nothing to resume
+    assert not out.exists()  # bad input leaves nothing to resume, not even an empty folder
+
+
+def test_bad_input_leaves_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "short.txt").write_text("tiny\n\nsmall\n", encoding="utf-8")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.md").write_text("mine")
+    code, output = invoke(tmp_path / "short.txt", "--out", tmp_path / "o")
+    assert code == 2 and output.startswith("error: no documents left"), output
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["notes.md"]

@@ -11,7 +11,7 @@ from genforge.cli import app
 from genforge.data import prepare as prepare_module
 from genforge.data.config import PrepareConfig
 from genforge.data.prepare import prepare
-from genforge.errors import ConfigError
+from genforge.errors import ConfigError, Stopped
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def interrupt(tmp_path, corpus, counted, monkeypatch, at=4, **kw):
     """A run into tmp_path/resumed that Ctrl-C stops while it processes chunk `at`."""
     real = prepare_module.process_chunk
     counted(prepare_module, "process_chunk").stop_at = at
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stopped):
         run(tmp_path, corpus, "resumed", **kw)
     monkeypatch.setattr(prepare_module, "process_chunk", real)  # a worker pool can pickle only the real one
 
@@ -117,3 +117,15 @@ def test_folder_rules_from_the_command_line(tmp_path, corpus, counted, monkeypat
     result = CliRunner().invoke(app, ["data", "prepare", str(corpus), "--out", str(out), "--resume"])
     assert result.exit_code == 2 and "prepare.partial.json is corrupt" in result.output
     assert f"delete {out / 'prepare.partial.json'} to prepare anew" in result.output
+
+
+def test_ctrl_c_from_the_command_line_says_to_resume(tmp_path, corpus, counted):
+    """The generic CLI line offered a rerun without --resume, which the folder then refuses."""
+    out = tmp_path / "resumed"
+    counted(prepare_module, "process_chunk").stop_at = 3
+    result = CliRunner().invoke(app, ["data", "prepare", str(corpus), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 130
+    assert result.output.strip() == (f"stopped by Ctrl-C: {out} keeps the documents done up to its last checkpoint; "
+                                     "continue with the same command plus --resume")
+    assert (out / "prepare.partial.json").is_file()
+

@@ -111,6 +111,19 @@ def test_jsonl_records(tmp_path):
     assert skipped == {"bad_record": 3}
 
 
+def test_a_field_holding_an_object_is_a_bad_record_not_its_repr(tmp_path):
+    """A nested record ({"text": {"en": ...}}) became the text "{'en': ...}" in the corpus."""
+    rows = [{"text": "first"}, {"text": {"en": "hello", "zh": "你好"}}, {"text": ["a", {"b": 1}]}]
+    skipped = Counter()
+    (tmp_path / "a.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n", encoding="utf-8")
+    assert list(read_documents(tmp_path / "a.jsonl", skipped=skipped)) == ["first"]
+    (tmp_path / "b.json").write_text(json.dumps(rows), encoding="utf-8")
+    assert list(read_documents(tmp_path / "b.json", skipped=skipped)) == ["first"]
+    pq.write_table(pa.table({"text": [{"en": "hello"}, {"en": "world"}]}), tmp_path / "c.parquet")
+    assert list(read_documents(tmp_path / "c.parquet", skipped=skipped)) == []
+    assert skipped == {"bad_record": 6}
+
+
 def test_json_array(shared_data):
     poems = list(read_documents(shared_data / "chinese_poetry" / "misc" / "lunyu.json", text_field="paragraphs"))
     assert len(poems) > 10 and poems[0].startswith("子曰：“学而时习之")
@@ -195,6 +208,21 @@ def test_find_files(tmp_path):
     assert found == [tmp_path / "a.txt", tmp_path / "b" / "z.txt"]  # a.txt named twice, read once
     with pytest.raises(DataError, match="input not found: .*missing.txt"):
         find_files([tmp_path / "missing.txt"])
+
+
+def test_find_files_skips_earlier_genforge_outputs_inside_an_input_folder(tmp_path):
+    """`prepare corpus --out corpus/v2` after `--out corpus/v1` read v1's manifest.json as a record and failed."""
+    (tmp_path / "a.txt").write_text("a")
+    for name, files in {"v1": {"manifest.json": '{"genforge_version": "0.1.0", "stage": "data.prepare"}',
+                               "train.jsonl": "{}"},
+                        "unfinished": {"prepare.partial.json": "{}", "train.partial.jsonl": "{}"},
+                        "site": {"manifest.json": '{"name": "a web app"}', "index.html": "<p>corpus</p>"}}.items():
+        (tmp_path / name).mkdir()
+        for file, text in files.items():
+            (tmp_path / name / file).write_text(text)
+    assert find_files([tmp_path]) == [tmp_path / "a.txt", tmp_path / "site" / "index.html",
+                                      tmp_path / "site" / "manifest.json"]
+    assert find_files([tmp_path / "v1"]) == [tmp_path / "v1" / "manifest.json", tmp_path / "v1" / "train.jsonl"]
 
 
 def test_progress_covers_every_byte(tmp_path):

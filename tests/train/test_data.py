@@ -56,6 +56,13 @@ def test_pack_folder_checks(tmp_path, packed):
         open_tokens(packed / "val.bin", "uint16", 10**7)
 
 
+def test_an_empty_token_file_is_a_data_error(tmp_path):
+    """`data prepare --val-fraction 0` packs an empty val.bin, which numpy cannot map (was an internal error)."""
+    (tmp_path / "val.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="val.bin holds no tokens .*--val-fraction 0"):
+        open_tokens(tmp_path / "val.bin", "uint16", 65)
+
+
 @pytest.mark.parametrize("max_batches, per_process", [(1, 1), (3, 2), (4, 2)])
 def test_every_process_gets_as_many_eval_batches(max_batches, per_process):
     """FSDP forwards are collectives: one process with fewer batches than another would hang them all."""
