@@ -66,7 +66,7 @@ def friendly_errors(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            rerun = ("rerun with --resume to continue, or without it to start over"
+            rerun = ("rerun with --resume to continue, or give another --out to start over"
                      if "resume" in inspect.signature(wrapper).parameters else "rerun the command to start over")
             typer.secho(f"interrupted: the output is left unfinished (no manifest); {rerun}", err=True)
             raise typer.Exit(130) from None

@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import importlib
 import json
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import typer
 
 from genforge.artifacts import MANIFEST, begin_output, write_manifest
 from genforge.config import Config, field, from_dict, read_yaml, to_dict
-from genforge.errors import ConfigError
+from genforge.errors import ConfigError, Stopped
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,12 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
                 config = dataclasses.replace(config, resume=True)
                 typer.echo(f"resuming the unfinished run in {out}")
             step_start = time.time()
-            results[name] = _load(stage.run)(config)
+            try:
+                results[name] = _load(stage.run)(config)
+            except (Stopped, KeyboardInterrupt) as e:  # the step's own advice (--resume) is not this command's
+                again = f"genforge run {cfg.recipe}" + (f" --out {cfg.out}" if cfg.out else "")
+                raise Stopped(f"step '{name}' stopped: `{again}` continues (finished steps are skipped, a training "
+                              "step resumes)", e.exit_code - 128 if isinstance(e, Stopped) else signal.SIGINT) from None
             typer.echo(f"step {name} took {time.time() - step_start:.1f}s")
         if stage.produces:
             artifacts[stage.produces] = out

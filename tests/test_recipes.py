@@ -133,3 +133,17 @@ def test_a_step_trained_by_epochs_counts_as_done_whatever_steps_it_derived(tmp_p
     assert finished_with_same_config(tmp_path, "manifest.json", asked)
     assert not finished_with_same_config(tmp_path, "manifest.json", ClassifyConfig(
         model="m", data="d.csv", out=tmp_path, epochs=3))
+
+
+def test_a_step_stopped_by_ctrl_c_says_how_the_recipe_continues(recipe, tmp_path, monkeypatch):
+    """The step's own advice ("--resume") is no flag of `genforge run`: rerunning the recipe continues it."""
+    import genforge.data.prepare
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(genforge.data.prepare, "prepare", interrupted)
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 130, result.output
+    assert f"step 'data' stopped: `genforge run {recipe} --out {tmp_path / 'r'}` continues" in result.output
+    assert "--resume" not in result.output
