@@ -86,6 +86,8 @@ def render_model_card(run_dir: Path, manifest: dict[str, Any]) -> str:
     if model.get("base_model"):
         lines.append(f"| continued from | a `{model['base_model'].get('stage')}` model created "
                      f"{model['base_model'].get('created')} |")
+    elif (manifest.get("config") or {}).get("model"):  # a checkpoint from outside genforge (no manifest of its own)
+        lines.append(f"| continued from | `{manifest['config']['model']}` (from outside genforge) |")
     lines += ["", "## Lineage", "", "Newest first; each row is the manifest of the artifact the row above was made from.",
               "", *lineage_rows(manifest), "", "## Training configuration", "", "```yaml",
               yaml.safe_dump(manifest.get("config") or {}, sort_keys=False).strip(), "```", "",

@@ -43,3 +43,10 @@ def test_a_stage_whose_manifest_is_not_written_yet_dates_its_own_row(tmp_path):
     created = rows[2].split("|")[3].strip()
     assert before <= datetime.fromisoformat(created) <= datetime.now(UTC)
     assert rows[3].startswith("| 1 | (`some/base-model`, a model from outside genforge) | - |")
+
+
+def test_a_model_continued_from_outside_genforge_names_its_base(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    manifest = {"stage": "pretrain", "objective": "mlm", "parent": None, "config": {"model": "/models/minilm"},
+                "model": {"architecture": "BertForMaskedLM", "params": 22_000_000, "base_model": None}}
+    assert "| continued from | `/models/minilm` (from outside genforge) |" in write_model_card(tmp_path, manifest).read_text()
