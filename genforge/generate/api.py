@@ -68,6 +68,11 @@ def complete(decoder: Decoder, prompts: Sequence[str], params: SamplingParams, m
              on_batch: Callable[[int], None] | None = None) -> list[Completion]:
     """Completions of many prompts, in their order; batches group prompts of similar token length."""
     ids = [decoder.encode(p, chat) for p in prompts]
+    if decoder.context is not None:  # before any batch runs: the longest prompts decode last
+        over = next((i for i, p in enumerate(ids) if len(p) >= decoder.context), None)
+        if over is not None:
+            raise ConfigError(f"prompt {over + 1} ({prompts[over][:40]!r}...) has {len(ids[over])} tokens, which "
+                              f"leaves no room in the model's context of {decoder.context} tokens; shorten it")
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
     results: list[Completion | None] = [None] * len(prompts)
     for first in range(0, len(order), batch_size):
@@ -110,6 +115,9 @@ def generate(model: str | Path | Any, prompts: str | Sequence[str], *, tokenizer
     """
     params = _options(max_new_tokens, batch_size, stop, sampling)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
+    if bad is not None:
+        raise ConfigError(f"prompts must be strings; got {type(prompts[bad]).__name__} at position {bad}")
     decoder = load_decoder(model, tokenizer, dtype, backend)
     return [c.completion for c in complete(decoder, prompts, params, max_new_tokens, stop, chat, batch_size)]
 
@@ -119,6 +127,9 @@ def stream(model: str | Path | Any, prompt: str, *, tokenizer: Any = None, max_n
            **sampling: Any) -> Iterator[str]:
     """The completion of one prompt as text pieces, each yielded as soon as it is whole UTF-8 text."""
     params = _options(max_new_tokens, 1, stop, sampling)
+    if not isinstance(prompt, str):  # a list would reach the decoder as a batch of one and fail deep in torch
+        raise ConfigError(f"stream takes one prompt string, not a {type(prompt).__name__}; generate(...) takes "
+                          "several")
     decoder = load_decoder(model, tokenizer, dtype, backend)
     for _, piece in iter_batch(decoder, [prompt], params, max_new_tokens, stop, chat, watch=True):
         yield piece

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from sqlalchemy.orm import Session
 
 from genforge.errors import ConfigError
 from genforge.serve.db import AbWeights
+
+log = logging.getLogger("genforge.serve")
 
 
 def arm_weights(variants: list[Any], kinds: dict[str, str]) -> dict[str, float] | None:
@@ -41,6 +44,10 @@ def arm_weights(variants: list[Any], kinds: dict[str, str]) -> dict[str, float] 
 def shares(weights: dict[str, float]) -> dict[str, float]:
     total = sum(weights.values())
     return {k: w / total for k, w in weights.items()}
+
+
+def _split(weights: dict[str, float]) -> str:
+    return ", ".join(f"{arm} {share:.0%}" for arm, share in shares(weights).items())
 
 
 def bucket(experiment: str, user: str) -> float:
@@ -88,6 +95,11 @@ class Experiment:
         now = current(self.engine, self.name)
         if now is None or set(now[1]) != set(self.configured):
             record(self.engine, self.name, self.configured, "configured")
+        elif any(abs(shares(now[1])[arm] - share) > 1e-9 for arm, share in shares(self.configured).items()):
+            log.warning(f"A/B experiment {self.name!r} keeps the weights in the database ({_split(now[1])}), not "
+                        f"the configured ones ({_split(self.configured)}): a restart keeps a promotion; change "
+                        "them with `genforge ab promote VARIANT --share S`",
+                        extra={"model": self.name, "weights": now[1]})
 
     def in_force(self) -> tuple[int | None, dict[str, float]]:
         """(id, weights) of the newest weights row, restricted to this server's arms; the configured weights

@@ -1,6 +1,6 @@
 """`genforge ab report`: per-variant metrics of an A/B experiment, its statistics and a recommendation.
 
-Per variant, from the stored responses to the experiment's name and their feedback: impressions,
+Per variant, from the stored responses the experiment assigned and their feedback: impressions,
 feedback rate (responses rated / impressions), positive rate (rated up or 4-5 stars / rated; a response's
 latest rating counts), latency (request to last token) and completion tokens. Against the control (the
 --model arm): a z-test of the positive rates and the Bayesian probability to beat it (Beta posteriors,
@@ -39,10 +39,13 @@ DRAWS = 100_000
 
 def _load(engine: Engine, experiment: str) -> tuple[list[StoredResponse], dict[str, bool], dict[int, dict]]:
     with Session(engine) as session:
-        responses = list(session.scalars(select(StoredResponse).where(StoredResponse.model == experiment)))
+        # Only the responses the experiment assigned (they carry the weights in force): those served under
+        # the name before the experiment started, or after it ended, are no arm's impressions.
+        assigned = (StoredResponse.model == experiment, StoredResponse.weights_id.is_not(None))
+        responses = list(session.scalars(select(StoredResponse).where(*assigned)))
         verdicts: dict[str, bool] = {}
         query = (select(Feedback.response_id, Feedback.positive).join(StoredResponse)
-                 .where(StoredResponse.model == experiment, Feedback.positive.is_not(None)).order_by(Feedback.id))
+                 .where(*assigned, Feedback.positive.is_not(None)).order_by(Feedback.id))
         for rid, positive in session.execute(query):
             verdicts[rid] = bool(positive)  # the latest rating wins
         weights = {row.id: json.loads(row.weights) for row in

@@ -303,11 +303,13 @@ def create_app(state: ServerState, routers: tuple = ()) -> FastAPI:
 
     @app.get("/ui/config", include_in_schema=False)
     def ui_config() -> dict[str, Any]:
-        """What the pages need: the model to chat with (the experiment's name hides the variant)."""
+        """What the pages need: the model to chat with (the experiment's name hides the variant), and whether
+        replies can be rated (a --no-store server keeps no responses to rate)."""
         chat = [m.name for m in state.models.values() if m.kind == "lm" and m.chat]
         default = state.experiment.name if state.experiment else (chat[0] if chat else None)
         return {"model": default, "experiment": state.experiment.name if state.experiment else None,
-                "key_required": state.keys.static_key is not None or state.keys.required()}
+                "key_required": state.keys.static_key is not None or state.keys.required(),
+                "feedback": state.cfg.store}
 
     @app.get("/ui/common.js", include_in_schema=False)
     def ui_script() -> FileResponse:

@@ -155,7 +155,8 @@ async def create(request: Request, body: CompletionRequest | ChatRequest, chat: 
     body.refuse_unsupported()
     served, weights_id = await gate.route(state, body)
     if served.kind != "lm":
-        raise ApiError(400, f"model '{served.name}' is a {served.kind}; it serves "
+        article = "an" if served.kind == "encoder" else "a"
+        raise ApiError(400, f"model '{served.name}' is {article} {served.kind}, not a causal LM; it serves "
                             f"{'/v1/classify and ' if served.kind == 'classifier' else ''}/v1/embeddings",
                        param="model")
     started = time.monotonic()

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from genforge.artifacts import begin_output, sha256_file, write_jsonl, write_manifest
-from genforge.errors import DataError
+from genforge.errors import ConfigError, DataError
 from genforge.serve.config import FeedbackExportConfig, default_db_url
 from genforge.serve.db import Feedback, StoredResponse, connect
 
@@ -39,6 +39,11 @@ MAX_PAIRS = 16
 
 def _rows(engine: Any, model: str | None) -> list[tuple[StoredResponse, list[Feedback]]]:
     with Session(engine) as session:
+        if model is not None:  # a mistyped --model would read as "no feedback yet" and write empty files
+            names = list(session.scalars(select(StoredResponse.model).distinct().order_by(StoredResponse.model)))
+            if model not in names:
+                raise ConfigError(f"no stored responses to model {model!r} in the database "
+                                  f"(models: {', '.join(names) or 'none'})")
         query = (select(StoredResponse, Feedback).join(Feedback, Feedback.response_id == StoredResponse.id)
                  .where(StoredResponse.route == "chat", StoredResponse.status == 200)
                  .order_by(StoredResponse.created, Feedback.id))

@@ -96,6 +96,17 @@ class Message(JsonBody):
     content: str | list[TextPart]
     name: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, content: Any) -> Any:
+        """Name the part this server cannot read (an image, audio): pydantic's own error for the union would
+        point at `content.str` and say a string was expected, which misleads a client sending parts."""
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                raise ValueError(f"only text content parts are supported; got a part of type {kind!r}")
+        return content
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)

@@ -51,6 +51,22 @@ def check_exposure(cfg: ServeConfig, keys: Any) -> None:
                           f"{KEY_ENV}), create one with `genforge keys create NAME`, or add --insecure-open")
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a --host/--port another process listens on before the models load: uvicorn would find out only
+    after loading them, and say so in a JSON log line among the others."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT does not count
+            probe.bind(address)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port or --host, "
+                          "or stop what uses it") from None
+
+
 def warn_idle_rate_limit(cfg: ServeConfig, keys: Any) -> None:
     """--rate-limit is per API key: on a server without keys every caller is anonymous and unlimited."""
     if cfg.rate_limit and not keys.required():
@@ -100,6 +116,7 @@ def serve(cfg: ServeConfig) -> None:
         if not variant.path.is_dir():
             raise ArtifactError(f"model {variant.path} is not a folder (expected a genforge run folder or an HF "
                                 "model folder)")
+    check_port(cfg.host, cfg.port)
     setup_logging(cfg.log_level)
     state = build_state(cfg, keys)
     for m in state.models.values():

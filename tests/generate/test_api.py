@@ -86,6 +86,27 @@ def test_bad_options_are_refused(decoder, kwargs, match):
         generate(decoder, "a", **kwargs)
 
 
+def test_prompts_that_are_not_text_are_refused_in_one_line(decoder):
+    """Token ids or a list handed to stream() used to fail inside the tokenizer or torch."""
+    with pytest.raises(ConfigError, match="prompts must be strings; got int at position 1"):
+        generate(decoder, ["a", 5])
+    with pytest.raises(ConfigError, match="stream takes one prompt string, not a list"):
+        list(stream(decoder, ["a", "b"]))
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_before_any_batch_runs(decoder):
+    """Sorted by length, the longest prompt decodes last: it must not fail after hours of the others' work,
+    and the error names it."""
+    from genforge.generate.api import complete
+    from genforge.generate.config import SamplingParams
+
+    batches = []
+    prompts = ["a", "b", "word " * decoder.context, "c"]
+    with pytest.raises(ConfigError, match=r"prompt 3 \('word word .*tokens, which leaves no room"):
+        complete(decoder, prompts, SamplingParams(), 2, batch_size=1, on_batch=batches.append)
+    assert batches == []
+
+
 def test_read_prompts_text_and_jsonl(tmp_path):
     (tmp_path / "p.txt").write_text("one\n\n two \n", encoding="utf-8")
     assert read_prompts(tmp_path / "p.txt") == ["one", " two "]

@@ -178,3 +178,44 @@ def test_ab_report_checks_its_out_before_printing(ab_cfg, tmp_path, capsys):
         with pytest.raises(ConfigError, match="taken is a file"):
             run_report(AbReportConfig(db=ab_cfg.db, out=out))
         assert capsys.readouterr().out == ""
+
+
+def test_the_report_leaves_out_responses_served_before_the_experiment(ab_cfg):
+    """Serving a model alone, then adding a variant to test against it, must not count the weeks of traffic
+    and ratings from before the test in the control's rates: that traffic was never randomised."""
+    from genforge.serve.ab import Experiment
+    from genforge.serve.store import Record, add_feedback, save
+
+    engine = connect(ab_cfg.db)
+
+    def served(rid, variant, weights_id):
+        save(engine, Record(id=rid, route="chat", model="tiny", variant=variant, weights_id=weights_id, user=rid,
+                            caller="t", request={"messages": []}, texts=["x"], finish=["stop"], status=200,
+                            prompt_tokens=1, completion_tokens=1, latency=0.1, ttft=0.01))
+
+    for i in range(5):  # before the experiment: no weights in force
+        served(f"old{i}", "tiny", None)
+        add_feedback(engine, f"old{i}", "t", thumbs="down")
+    Experiment("tiny", {"tiny": 0.5, "b": 0.5}, engine).start()
+    served("new0", "tiny", 1)
+    add_feedback(engine, "new0", "t", thumbs="up")
+    served("new1", "b", 1)
+    control = next(v for v in report(engine, "tiny")["variants"] if v["variant"] == "tiny")
+    assert control["impressions"] == 1 and control["feedback"] == 1 and control["positive_rate"] == 1.0
+
+
+def test_a_restart_with_other_weights_says_it_keeps_the_databases(ab_cfg, caplog):
+    """Same arms, new weights on the command line: the database's weights stay in force (a promotion must
+    survive a restart), and the log says so instead of ignoring the flag silently."""
+    from genforge.serve.ab import Experiment, current
+
+    engine = connect(ab_cfg.db)
+    Experiment("tiny", {"tiny": 0.8, "b": 0.2}, engine).start()
+    with caplog.at_level("WARNING", logger="genforge.serve"):
+        Experiment("tiny", {"tiny": 0.8, "b": 0.2}, engine).start()
+        assert caplog.records == []
+        Experiment("tiny", {"tiny": 0.5, "b": 0.5}, engine).start()
+    assert current(engine, "tiny")[1] == {"tiny": 0.8, "b": 0.2}
+    [warning] = caplog.records
+    assert warning.getMessage().startswith("A/B experiment 'tiny' keeps the weights in the database (tiny 80%, b 20%), "
+                                           "not the configured ones (tiny 50%, b 50%)")

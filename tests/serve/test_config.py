@@ -64,3 +64,25 @@ def test_a_keys_rate_limit_is_bounded_before_the_database_overflows():
     with pytest.raises(ConfigError, match="rate_limit must be <= 1000000"):
         from_dict(KeyCreateConfig, {"name": "k1", "rate_limit": 10**20})
     assert from_dict(ServeConfig, {"model": "m", "threads": usable_cpus()}).threads == usable_cpus()
+
+
+def test_a_busy_port_is_a_one_line_error_before_the_models_load(tmp_path):
+    """Port 8000 taken by another server is a common first run: say so at once, not after loading every model
+    in a JSON log line."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from genforge.cli import app
+
+    model = tmp_path / "model"
+    model.mkdir()  # a folder, so only the port can stop serve before loading (it would fail on config.json)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--model", str(model), "--port", str(port), "--db",
+                                          f"sqlite:///{tmp_path / 'k.db'}"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: cannot listen on 127.0.0.1:{port} (Address already in use): pick "
+                                     "another --port or --host, or stop what uses it")

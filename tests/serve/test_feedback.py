@@ -166,6 +166,7 @@ def test_no_store_takes_no_feedback(serve_cfg, live, oai):
         reply = _ask(oai(url), "hi")
         r = httpx.post(f"{url}/v1/feedback", json={"response_id": reply.id, "thumbs": "up"}, timeout=30)
         assert r.status_code == 400 and "--no-store" in r.json()["error"]["message"]
+        assert httpx.get(f"{url}/ui/config", timeout=30).json()["feedback"] is False  # the chat page hides 👍/👎
         with pytest.raises(openai.BadRequestError):
             oai(url).chat.completions.create(model="tiny", messages=[], max_tokens=2)
 

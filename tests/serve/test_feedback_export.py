@@ -78,3 +78,12 @@ def test_the_callers_names_are_not_key_names(db):
     for name in ("static", " anonymous "):
         with pytest.raises(ConfigError, match="is reserved"):
             create_key(engine, name)
+
+
+def test_a_model_name_the_database_never_served_is_an_error_not_an_empty_export(db, tmp_path):
+    url, engine = db
+    add_feedback(engine, answer(engine, ["5"]), "k", thumbs="down", correction="4")
+    with pytest.raises(ConfigError, match=r"no stored responses to model 'caht' in the database \(models: chat\)"):
+        export(FeedbackExportConfig(db=url, out=tmp_path / "fb", model="caht"))
+    assert not (tmp_path / "fb").exists()
+    assert exported(url, tmp_path / "fb", model="chat")[0]["sft"] == 1

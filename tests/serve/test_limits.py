@@ -86,6 +86,26 @@ def test_bad_chat_requests_are_openai_errors(server, body, status, param):
     assert r.json()["error"]["param"].startswith(param)
 
 
+def test_a_non_text_content_part_is_named_in_the_error(server):
+    """An image part is refused by name at `content`, not as 'content.str: Input should be a valid string'."""
+    url, _ = server
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={"model": "tiny", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                     {"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "messages.0.content"
+    assert "only text content parts are supported; got a part of type 'image_url'" in error["message"]
+
+
+def test_a_completion_from_a_classifier_says_what_the_model_serves(server):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/completions", json={"model": "cls", "prompt": "x"}, timeout=60)
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == ("model 'cls' is a classifier, not a causal LM; it serves /v1/classify "
+                                            "and /v1/embeddings")
+
+
 @pytest.mark.parametrize(("field", "value"), [("stream", "yes"), ("stream", "true"), ("n", "2"),
                                             ("temperature", "0.5")])
 def test_a_value_of_the_wrong_json_type_is_refused_not_coerced(server, field, value):
