@@ -325,6 +325,9 @@ def create_app(state: ServerState, routers: tuple = ()) -> FastAPI:
     async def create_embedding(body: EmbeddingRequest, _: Authorized) -> dict[str, Any]:
         body.refuse_unsupported()
         served = state.model(body.model)
+        if getattr(served.module, "base_model", None) is None:  # an ONNX graph returns logits only
+            raise ApiError(400, f"model '{served.name}' is an ONNX Runtime graph without hidden states: embeddings "
+                                "need a PyTorch model folder (compress with int8 instead of onnx-int8)", param="model")
         longest = served.context or 512
         inputs = []
         for item in as_list(body.input, "input"):

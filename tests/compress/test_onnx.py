@@ -1,5 +1,6 @@
 import json
 
+import httpx
 import torch
 
 from genforge.compress.config import CompressConfig
@@ -38,7 +39,9 @@ def test_onnx_int8_decoder_scores_and_generates_like_the_original(tmp_path, lm_d
     served = ServeConfig(model=out, name="onnx", db=f"sqlite:///{tmp_path / 'serve.db'}", max_batch=4, cache_len=1024)
     with live(served) as (url, _):  # `genforge serve` runs the ONNX graph through the same decoder
         reply = oai(url).completions.create(model="onnx", prompt=prompts[0], max_tokens=10, temperature=0)
+        embedding = httpx.post(f"{url}/v1/embeddings", json={"model": "onnx", "input": "hi"}, timeout=60)
     assert reply.choices[0].text == texts[0]
+    assert embedding.status_code == 400 and "ONNX Runtime graph" in embedding.json()["error"]["message"]
 
 
 def test_onnx_int8_classifier_predicts_like_the_original(tmp_path, classifier_dir, sentiment_csv, settings):
