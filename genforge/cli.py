@@ -7,6 +7,7 @@ imported only when a command runs, which keeps `genforge --help` instant.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -73,6 +74,10 @@ def friendly_errors(fn: Callable) -> Callable:
         except Stopped as e:
             typer.secho(str(e), fg="yellow", err=True)
             raise typer.Exit(e.exit_code) from None
+        except BrokenPipeError:  # the reader went away (`| head`): nothing to report
+            with contextlib.suppress(OSError, ValueError):  # stdout to /dev/null: the exit's flush cannot fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, as `yes | head` reports it
         except GenforgeError as e:
             if os.environ.get("GENFORGE_DEBUG"):
                 raise

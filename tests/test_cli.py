@@ -93,3 +93,16 @@ def test_ctrl_c_tells_to_resume_only_a_command_that_can():
 
 def interrupted_stage(cfg):
     raise KeyboardInterrupt
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`genforge feedback export ... | head -1`: the reader leaving is not an error to print."""
+    app = typer.Typer()
+    add_stage_command(app, "echo", EchoConfig, run=f"{__name__}:closed_pipe_stage", help="Echo.")
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(app, ["echo", "x.txt"])
+    assert result.exit_code == 141 and "error" not in result.output
+
+
+def closed_pipe_stage(cfg):
+    raise BrokenPipeError(32, "Broken pipe")
