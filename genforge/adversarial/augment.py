@@ -132,8 +132,21 @@ def augment_examples(examples: list[Example], cfg: Any, progress: Path | None = 
                         bar.update()
                     if new != text:
                         pairs.append(((text, labs), (new, labs)))
-            copies += drop_dissimilar(recipe, base, pairs)
+            made = drop_dissimilar(recipe, base, pairs)
+            if not made:
+                warn_no_copies(recipe.name, len(examples))
+            copies += made
     return examples + copies
+
+
+def warn_no_copies(recipe: str, texts: int) -> None:
+    """Say so when a recipe left every text as it was (pinyin on English data, synonym on Chinese): the run
+    would otherwise train an unaugmented model that its flags and manifest call augmented."""
+    import typer
+
+    typer.secho(f"warning: --augment-attack {recipe} made no copies of the {texts} training texts (it found "
+                "nothing to edit in them, or every copy was dropped by the similarity constraint): the run trains "
+                "without them", fg="yellow", err=True)
 
 
 def make_copy(text: str, labs: list[str], attack: bool, victim: Victim | None, labels: list[str], recipe: Recipe,

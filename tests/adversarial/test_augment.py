@@ -39,6 +39,17 @@ def test_random_copies(tmp_path, bert_dir, sentiment_csv):
     assert augment_examples(examples, tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path / "y")) is examples
 
 
+def test_a_recipe_that_edits_nothing_says_so(tmp_path, bert_dir, sentiment_csv, capsys):
+    """pinyin finds no Chinese character in English texts: no copies, and a warning instead of silence."""
+    examples = read_labelled(sentiment_csv, "text", "label")
+    cfg = tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path, augment_attack=["pinyin", "charswap"])
+    out = augment_examples(examples, cfg)
+    assert len(out) == 60 + 30  # charswap's copies only
+    err = capsys.readouterr().err
+    assert "warning: --augment-attack pinyin made no copies of the 60 training texts" in err
+    assert "--augment-attack charswap" not in err
+
+
 def test_several_copies_per_text_differ(tmp_path, bert_dir, sentiment_csv):
     examples = read_labelled(sentiment_csv, "text", "label")
     cfg = tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path, augment_attack=["charswap"], augment_ratio=2.5)

@@ -125,6 +125,9 @@ class MonitorReportConfig(Config):
     def check(self) -> None:
         if self.out is None:
             raise ConfigError("give the report file: --out report.html")
+        if self.out.is_dir():
+            raise ConfigError(f"--out is the HTML file to write, but {self.out} is a folder: give a file such as "
+                              f"{self.out / 'report.html'}")
 
 
 @dataclass
@@ -153,6 +156,8 @@ class MonitorReplayConfig(Config):
         if not 3 <= self.days <= MAX_REPLAY_DAYS or self.per_hour < 1 or not self.entities:
             raise ConfigError(f"--days must be in 3..{MAX_REPLAY_DAYS}, --per-hour >= 1, and --entities non-empty; "
                               f"got {self.days}, {self.per_hour}, {len(self.entities)}")
+        if any(not e.strip() for e in self.entities):  # a blank entity is stored as none: its surges could never match
+            raise ConfigError(f"--entities must be names such as AAPL; got {self.entities}")
         expected = self.days * 24 * self.per_hour * len(self.entities)
         if expected > MAX_REPLAY_ITEMS:
             raise ConfigError(f"--days x 24 x --per-hour x entities = {expected:,} items; a replay holds at most "

@@ -87,7 +87,7 @@ def parse_item(record: Any, source: str, default_t: int, where: str) -> Item:
         raise DataError(f"{where}: bad timestamp {when!r} (epoch seconds or ISO 8601)") from None
     entity = record.get("entity") or record.get("ticker")
     ext_id = record.get("id")
-    for name, value in (("entity", entity), ("id", ext_id)):
+    for name, value in (("entity", entity), ("id", ext_id), ("source", record.get("source"))):
         if isinstance(value, dict | list | bool):  # its str() would become a series or a key nobody sent
             raise DataError(f"{where}: '{name}' must be a string or a number, got {type(value).__name__}")
     return Item(text=text, t=t, source=str(record.get("source") or source)[:200],

@@ -41,7 +41,7 @@ def read_lines(path: Path, position: int, limit: int, source: str,
     the file as it is now) a last line without a newline is complete too, not silently left unread."""
     size = path.stat().st_size
     if size < position:
-        log.warning("file shrank: reading it again from the start", extra={"path": str(path)})
+        log.warning("file shrank: reading %s again from the start", path, extra={"path": str(path)})
         position = 0
     items = []
     with open(path, "rb") as f:
@@ -58,7 +58,9 @@ def read_lines(path: Path, position: int, limit: int, source: str,
                 items.append(parse_item(json.loads(line.decode("utf-8", errors="replace")), source,
                                         int(time.time()), lineno_hint))
             except (json.JSONDecodeError, DataError) as e:
-                log.warning("skipped a bad line", extra={"where": lineno_hint, "error": str(e)})
+                # the place and the reason in the message itself: `--once` logs without the JSON formatter
+                log.warning("skipped a bad line at %s: %s", lineno_hint, e,
+                            extra={"where": lineno_hint, "error": str(e)})
     return items, position
 
 
@@ -131,7 +133,7 @@ class FolderWatch:
             records = data if isinstance(data, list) else [data]
             return [parse_item(r, self.path.name, mtime, f"{path}[{i}]") for i, r in enumerate(records)]
         except (json.JSONDecodeError, DataError) as e:
-            log.warning("skipped a bad file", extra={"path": str(path), "error": str(e)})
+            log.warning("skipped a bad file %s: %s", path, e, extra={"path": str(path), "error": str(e)})
             return []
 
 
@@ -150,7 +152,7 @@ def open_sources(specs: list[str], settle: float = 1.0, once: bool = False) -> l
             if not file.exists():
                 if once:
                     raise DataError(f"--source {spec}: {file} does not exist (--once reads what the file holds now)")
-                log.warning("waiting for the JSONL source to appear", extra={"path": str(file)})
+                log.warning("waiting for the JSONL source %s to appear", file, extra={"path": str(file)})
             out.append(JsonlTail(file, final=once))
         elif kind == "folder":
             folder = Path(path).expanduser()

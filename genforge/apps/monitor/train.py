@@ -132,19 +132,26 @@ def kept(cfg: MonitorTrainConfig, out: Path) -> bool:
     return False
 
 
+def classify_config(cfg: MonitorTrainConfig, data: Path, out: Path, resume: bool) -> Any:
+    """The `finetune classify` config of one classifier run (the `classify:` mapping on top); ConfigError for a
+    bad key or value, which `train` asks for before it touches --out, so a typo cannot spoil a finished model."""
+    from genforge.finetune.config import ClassifyConfig
+
+    values = {"model": str(cfg.model), "data": str(data), "out": str(out), "epochs": cfg.epochs,
+              "max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
+              "eval_every": cfg.eval_every, "seed": cfg.seed, "select": "accuracy", **cfg.classify,
+              "resume": resume}
+    return from_dict(ClassifyConfig, values, prefix="classify.")
+
+
 def classifier_run(cfg: MonitorTrainConfig, data: Path, out: Path) -> Path:
     from genforge.finetune.classify import classify
-    from genforge.finetune.config import ClassifyConfig
     from genforge.finetune.prepared import PREPARED
 
     if kept(cfg, out):
         return out
     started = (out / "checkpoints").is_dir() or (out / PREPARED).is_file()
-    values = {"model": str(cfg.model), "data": str(data), "out": str(out), "epochs": cfg.epochs,
-              "max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
-              "eval_every": cfg.eval_every, "seed": cfg.seed, "select": "accuracy", **cfg.classify,
-              "resume": cfg.resume and started}
-    return classify(from_dict(ClassifyConfig, values))
+    return classify(classify_config(cfg, data, out, cfg.resume and started))
 
 
 def discover_topics(cfg: MonitorTrainConfig, texts: list[str]) -> dict[str, Any]:
@@ -200,6 +207,7 @@ def train(cfg: MonitorTrainConfig) -> Path:
     read_model_config(cfg.model)
     if not cfg.topic_data:
         read_model_config(cfg.embedder or cfg.model)
+    classify_config(cfg, cfg.out / "data" / "sentiment.csv", cfg.out / "sentiment", resume=False)
     check_resume(cfg)
     started = begin_output(cfg.out, MONITOR_STAGE)  # only now, with the inputs read: a bad one leaves an earlier model whole
     if not cfg.resume:

@@ -31,6 +31,7 @@ from genforge.serve.schemas import JsonBody
 
 PAGE = Path(__file__).parent / "ui" / "monitor.html"
 MAX_ITEMS = 1000
+MAX_ID = 2**63 - 1
 
 
 class ItemsRequest(JsonBody):
@@ -91,7 +92,9 @@ def monitor_router(monitor: Monitor, rules: RuleSet) -> APIRouter:
 
     @router.post("/v1/monitor/alerts/{alert_id}/ack")
     async def ack_alert(alert_id: int, caller: Authorized) -> dict[str, Any]:
-        alert = await run_in_threadpool(acknowledge, monitor.engine, alert_id, caller.name)
+        # an id beyond the database's 64-bit integers names no alert (SQLite's driver would raise OverflowError)
+        in_range = 0 < alert_id <= MAX_ID
+        alert = await run_in_threadpool(acknowledge, monitor.engine, alert_id, caller.name) if in_range else None
         if alert is None:
             raise ApiError(404, f"no alert with id {alert_id}", code="alert_not_found")
         return alert

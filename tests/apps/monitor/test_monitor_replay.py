@@ -38,6 +38,7 @@ def test_replay_injects_known_surges(tmp_path):
     (["--per-hour", "100000000"], "a replay holds at most 10,000,000"),
     (["--days", "100000000"], "--days must be in 3..3660"),
     (["--base", "0"], "--base must be in (0, 1]"),
+    (["--entities", " "], "--entities must be names such as AAPL; got ['A', 'B', ' ']"),
 ])
 def test_bad_replay_settings_are_refused_before_anything_is_written(tmp_path, flags, message):
     data = tmp_path / "labelled.csv"

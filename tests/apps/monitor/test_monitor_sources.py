@@ -62,8 +62,8 @@ def test_items_with_ids_are_idempotent_and_bad_items_named(engine, loaded_model)
     with pytest.raises(DataError, match="non-empty string"):
         parse_item({"text": " "}, "s", 0, "here")
     assert parse_item({"text": "x", "entity": 700, "id": 12}, "s", 0, "here").entity == "700"
-    for bad in ({"entity": {"name": "AAPL"}}, {"ticker": ["AAPL"]}, {"id": True}):
-        with pytest.raises(DataError, match="here: '(entity|id)' must be a string or a number"):
+    for bad in ({"entity": {"name": "AAPL"}}, {"ticker": ["AAPL"]}, {"id": True}, {"source": {"x": 1}}):
+        with pytest.raises(DataError, match="here: '(entity|id|source)' must be a string or a number"):
             parse_item({"text": "x", **bad}, "s", 0, "here")
 
 
@@ -160,6 +160,20 @@ def test_once_reads_a_last_line_without_newline(tmp_path, engine, loaded_model):
         lines(path, [{"text": f"{path.stem} first"}], partial=json.dumps({"text": f"{path.stem} last"}))
     sources = open_sources([f"jsonl:{tmp_path / 'news.jsonl'}", f"folder:{tmp_path / 'inbox'}"], once=True)
     assert drain(Monitor(engine, loaded_model), sources, RuleSet())["items"] == 4
+
+
+def test_a_skipped_line_or_file_is_named_with_its_reason(tmp_path, engine, loaded_model, caplog):
+    """`--once` logs plain messages (no JSON formatter to show extras): the message itself names the place."""
+    (tmp_path / "inbox").mkdir()
+    lines(tmp_path / "news.jsonl", [{"text": "good"}], partial="not json\n")
+    (tmp_path / "inbox" / "bad.json").write_text("{oops", encoding="utf-8")
+    sources = open_sources([f"jsonl:{tmp_path / 'news.jsonl'}", f"folder:{tmp_path / 'inbox'}"], settle=0, once=True)
+    with caplog.at_level("WARNING", logger="genforge.monitor"):
+        assert drain(Monitor(engine, loaded_model), sources, RuleSet())["items"] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"skipped a bad line at {tmp_path / 'news.jsonl'}@") and "Expecting value" in m
+               for m in messages), messages
+    assert any(m.startswith(f"skipped a bad file {tmp_path / 'inbox' / 'bad.json'}: ") for m in messages), messages
 
 
 def test_a_missing_jsonl_source_is_an_error_with_once_and_awaited_without(tmp_path):

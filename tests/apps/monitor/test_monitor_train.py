@@ -12,7 +12,7 @@ from genforge.apps.monitor.model import load_monitor_model
 from genforge.apps.monitor.topics import discover, fit_router, keywords, load_router, words
 from genforge.apps.monitor.train import labelled, parse_spec, read_pairs, train
 from genforge.artifacts import read_manifest
-from genforge.errors import ArtifactError, ConfigError, DataError
+from genforge.errors import ArtifactError, ConfigError, DataError, Stopped
 
 
 def test_train_discovers_topics_and_the_model_classifies(monitor_model, loaded_model):
@@ -113,18 +113,26 @@ def test_a_damaged_topic_file_is_one_line_naming_it(tmp_path, monitor_model, nam
         load_monitor_model(folder)
 
 
-@pytest.mark.parametrize("bad", ["missing sentiment data", "empty corpus"])
-def test_a_rerun_on_bad_data_keeps_the_earlier_model(tmp_path, monitor_model, bert_dir, sentiment_csv, train_cfg, bad):
+@pytest.mark.parametrize("bad", ["missing sentiment data", "empty corpus", "classify key typo", "classify value"])
+def test_a_rerun_on_bad_input_keeps_the_earlier_model(tmp_path, monitor_model, bert_dir, sentiment_csv, train_cfg, bad):
+    """A bad input or a bad `classify:` setting is refused before --out is touched: the finished model stays
+    finished (a rerun with good settings is not refused as "an unfinished run")."""
     folder = shutil.copytree(monitor_model, tmp_path / "model")
     finished = read_manifest(folder, stage="app.monitor.model")
     empty_corpus = tmp_path / "corpus.txt"
     empty_corpus.write_text("\n", encoding="utf-8")
-    change, message = {"missing sentiment data": ({"data": [str(tmp_path / "gone.csv")]}, "gone.csv does not exist"),
-                       "empty corpus": ({"corpus": [empty_corpus]}, "corpus.txt holds no texts")}[bad]
+    change, error, message = {
+        "missing sentiment data": ({"data": [str(tmp_path / "gone.csv")]}, DataError, "gone.csv does not exist"),
+        "empty corpus": ({"corpus": [empty_corpus]}, DataError, "corpus.txt holds no texts"),
+        "classify key typo": ({"classify": {"warmup_stepz": 1}}, ConfigError, "unknown config key 'classify.warmup_stepz'"),
+        "classify value": ({"classify": {"lr": -1.0}}, ConfigError, "--lr must be in"),
+    }[bad]
     settings = {"base": bert_dir, "data": [str(sentiment_csv)], "out": folder, **change}
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(error, match=message):
         train(train_cfg(**settings))
     assert read_manifest(folder, stage="app.monitor.model") == finished
+    assert json.loads((folder / "train_settings.json").read_text()) == json.loads(
+        (monitor_model / "train_settings.json").read_text())
 
 
 def test_more_topics_than_the_corpus_can_hold_is_refused_before_training(tmp_path, bert_dir, sentiment_csv, train_cfg):
@@ -187,7 +195,7 @@ def test_a_recipe_rerun_resumes_its_interrupted_monitor_training(tmp_path, bert_
 """, encoding="utf-8")
     trainings = counted(classify, "train")
     trainings.stop_at = 1  # killed as the sentiment classifier starts training
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stopped, match="step 'model' stopped: .* continues"):  # the recipe's advice, not the step's
         run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": tmp_path / "run"}))
     trainings.stop_at = None
     run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": tmp_path / "run"}))

@@ -70,6 +70,7 @@ def test_http_items_series_alerts_and_ack(monitor_app, live, add_items):
         ack = httpx.post(f"{url}/v1/monitor/alerts/{alerts[0]['id']}/ack", headers=auth).json()
         assert ack["acknowledged_by"] == "static"
         assert httpx.post(f"{url}/v1/monitor/alerts/999/ack", headers=auth).status_code == 404
+        assert httpx.post(f"{url}/v1/monitor/alerts/{10**20}/ack", headers=auth).status_code == 404  # not a 500
         summary = httpx.get(f"{url}/v1/monitor/summary", headers=auth).json()
         assert summary["items"] == 40 * 60 + 2 and summary["duplicates"] == 1
         assert httpx.get(f"{url}/health").status_code == 200
@@ -156,6 +157,8 @@ def test_report_period_is_cut_to_the_data(tmp_path, engine, add_items):
         report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="2100-01-01"))
     with pytest.raises(ConfigError, match="bad time '1e400'"):
         report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="1e400"))
+    with pytest.raises(ConfigError, match="is a folder: give a file such as"):
+        MonitorReportConfig(out=tmp_path, db=db).check()
 
 
 def test_a_dead_poller_ends_the_monitor_server_with_an_error(tmp_path, monitor_model, blocking, monkeypatch):
