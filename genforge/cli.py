@@ -109,13 +109,16 @@ def _cli_type(tp: Any) -> Any | None:
 
 
 def _option_help(f: dataclasses.Field) -> str:
+    """The field's help for --help, escaped: the CLI renders rich markup, which would eat `[[text, label]]`."""
+    from rich.markup import escape
+
     text = f.metadata.get("help", "").rstrip(".")
     if f.metadata.get("choices"):
         text += f"; one of: {', '.join(map(str, f.metadata['choices']))}"
     if f.default is not dataclasses.MISSING and f.default is not None and f.default != []:
         default = f.default.name if isinstance(f.default, Path) else f.default
         text += f" (default: {default})"
-    return text + "."
+    return escape(text + ".")
 
 
 def add_stage_command(group: typer.Typer, name: str, config_cls: type, run: str, help: str,

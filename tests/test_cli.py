@@ -106,3 +106,16 @@ def test_a_closed_pipe_ends_quietly():
 
 def closed_pipe_stage(cfg):
     raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_help_keeps_square_brackets():
+    """--help is rendered as rich markup, which reads `[[text,label],...]` as a tag and drops it."""
+    @dataclass
+    class BracketConfig:
+        data: Path = field(Path("d.json"), help="labelled file: JSON [[text,label],...]")
+
+    app = typer.Typer(rich_markup_mode="rich")
+    add_stage_command(app, "echo", BracketConfig, run=f"{__name__}:echo_stage", help="Echo.")
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(app, ["echo", "--help"], env={"COLUMNS": "200"})
+    assert "JSON [[text,label],...]" in result.output

@@ -17,6 +17,7 @@ from genforge.errors import ConfigError
 PRESETS = ("tiny", "small", "base", "custom")
 OBJECTIVES = ("clm", "mlm")
 ADVERSARIAL = ("none", "fgm", "pgd", "freelb", "vat")  # embedding-space training, genforge.adversarial.perturb
+MAX_ADV_STEPS = 32
 
 
 @dataclass(kw_only=True)
@@ -67,6 +68,9 @@ class TrainConfig(Config):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.adv_steps > MAX_ADV_STEPS:  # each ascent step is one more forward and backward pass
+            raise ConfigError(f"--adv-steps must be at most {MAX_ADV_STEPS} (every step costs a training step; PGD and "
+                              f"FreeLB use 2-5), got {self.adv_steps}")
         non_negative = ("max_minutes", "warmup_steps", "weight_decay", "grad_clip", "eval_every",
                         "eval_batches", "save_every", "patience", "min_lr")
         for name in non_negative:

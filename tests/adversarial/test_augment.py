@@ -103,6 +103,7 @@ def test_cli_flags_and_errors(tmp_path, bert_dir, sentiment_csv):
     assert config["adversarial"] == "fgm" and config["adv_epsilon"] == 0.5 and config["augment_ratio"] == 0.2
     for args, message in [(["--adversarial", "smart"], "must be one of none, fgm, pgd, freelb, vat"),
                           (["--adv-steps", 0], "--adv-steps must be positive"),
+                          (["--adversarial", "pgd", "--adv-steps", 100000], "--adv-steps must be at most 32"),
                           (["--augment-attack", "charswap", "--augment-ratio", 21], "--augment-ratio must be in (0, 20]"),
                           (["--augment-model", tmp_path], "--augment-model needs --augment-attack"),
                           (["--augment-attack", "charswap", "--augment-random-ratio", 1],
