@@ -70,8 +70,10 @@ def read_records(path: Path, *, plain_field: str | None = None,
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+            if isinstance(data, list) and data and all(isinstance(r, list) and len(r) == 2 for r in data):
+                data = [{"text": text, "label": label} for text, label in data]  # [[text, label], ...] (FinFE's)
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise DataError(f"{path} must hold a JSON array of objects")
+                raise DataError(f"{path} must hold a JSON array of objects or of [text, label] pairs")
             yield from ((i, utf8_record(f"{path}:{i}", r)) for i, r in enumerate(data, 1))
         elif plain_field is not None:
             for lineno, line in enumerate(f, 1):

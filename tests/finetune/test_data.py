@@ -32,6 +32,15 @@ def test_read_labelled_csv_jsonl_and_latin1(tmp_path):
     assert read_labelled(tmp_path / "c.tsv", "text", "label") == [("hello", ["1"])]
 
 
+def test_a_json_array_of_text_label_pairs_reads_as_text_and_label(tmp_path):
+    """FinFE ships `[[text, label], ...]`, which `app monitor train` reads: so do classify and robustness eval."""
+    (tmp_path / "pairs.json").write_text('[["股市大涨", 2], ["亏损扩大", 0]]', encoding="utf-8")
+    assert read_labelled(tmp_path / "pairs.json", "text", "label") == [("股市大涨", ["2"]), ("亏损扩大", ["0"])]
+    (tmp_path / "bad.json").write_text('[["a", 1, 2]]', encoding="utf-8")
+    with pytest.raises(DataError, match="array of objects or of \\[text, label\\] pairs"):
+        read_labelled(tmp_path / "bad.json", "text", "label")
+
+
 def test_tsv_quotes_are_text_not_quoting(tmp_path):
     """A TSV text that opens with '"' (UCI's IMDB sentences do) once swallowed every row up to the next
     quote into one example: 4 rows read as 2, silently."""
