@@ -79,7 +79,7 @@ def report(cfg: MonitorReportConfig) -> Path:
     from genforge.serve.config import default_db_url
     from genforge.serve.db import connect
 
-    engine = connect(cfg.db or default_db_url())
+    engine = connect(cfg.db or default_db_url(), create=False)  # a mistyped --db is no new empty database
     span = data_span(engine)
     if span is None:
         raise DataError(f"the monitor database {cfg.db or default_db_url()} holds no items yet")

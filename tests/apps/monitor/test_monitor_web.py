@@ -159,6 +159,9 @@ def test_report_period_is_cut_to_the_data(tmp_path, engine, add_items):
         report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="1e400"))
     with pytest.raises(ConfigError, match="is a folder: give a file such as"):
         MonitorReportConfig(out=tmp_path, db=db).check()
+    with pytest.raises(ConfigError, match="typo.db does not exist"):
+        report(MonitorReportConfig(out=tmp_path / "r.html", db=f"sqlite:///{tmp_path / 'typo.db'}"))
+    assert not (tmp_path / "typo.db").exists()
 
 
 def test_a_dead_poller_ends_the_monitor_server_with_an_error(tmp_path, monitor_model, blocking, monkeypatch):
