@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from genforge.errors import ArtifactError
-from genforge.models.load import adapter_base
+from genforge.models.load import adapter_base, hf_bars_off
 
 
 def apply_lora(model: Any, *, r: int, alpha: float, dropout: float, targets: list[str],
@@ -46,17 +46,10 @@ def is_peft(model: Any) -> bool:
 
 def save_model(model: Any, out: Path, *, merge: bool) -> Any:
     """Save an HF model (or its LoRA adapter) into `out`; with `merge`, fold LoRA in first. Returns what was saved."""
-    from transformers.utils import logging as hf_logging
-
     if is_peft(model) and merge:
         model = model.merge_and_unload()
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with hf_bars_off():
         model.save_pretrained(out)
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
     return model
 
 

@@ -67,16 +67,13 @@ def load_pretrained(auto: Any, path: Path, config: Any) -> tuple[Any, list[str]]
     """
     from transformers.utils import logging as hf_logging
 
-    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights were newly initialised": expected for a new head
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise in predict/chat output
     try:
         model, info = from_pretrained(auto, Path(path).resolve(), config=config, dtype=torch.float32,
                                       output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
     return model, sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ())})
 
 
