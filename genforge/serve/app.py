@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from genforge import __version__
 from genforge.errors import ConfigError
@@ -144,7 +145,7 @@ class Gateway:
 
             await self.app(scope, replay, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = _route_path(scope)
             seconds = time.perf_counter() - started
             self.state.metrics.requests.labels(route, str(status[0])).inc()
             self.state.metrics.latency.labels(route).observe(seconds)
@@ -170,6 +171,23 @@ class Gateway:
             if not message.get("more_body"):
                 break
         return b"".join(chunks)
+
+
+def _route_path(scope: dict) -> str:
+    """The route template a request is counted under in the metrics: the one routing chose, else (a request
+    refused before routing, e.g. 413 or a NUL in its JSON) the one its path and method would have reached, so
+    dashboards show those refusals on /v1/chat/completions; "unmatched" only for paths no route serves (a
+    label per raw path would let any client grow the metrics without bound)."""
+    if scope.get("route") is not None:
+        return scope["route"].path
+    method_not_allowed = None  # a PARTIAL match: the path is served, by another method (routing would say 405)
+    for route in scope["app"].router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return getattr(route, "path", "unmatched")
+        if match == Match.PARTIAL and method_not_allowed is None:
+            method_not_allowed = getattr(route, "path", None)
+    return method_not_allowed or "unmatched"
 
 
 async def _send_json(send: Any, status: int, body: dict) -> None:

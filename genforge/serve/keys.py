@@ -67,17 +67,19 @@ def list_keys(engine: Engine) -> list[dict[str, Any]]:
 
 
 def revoke_key(engine: Engine, name_or_id: str) -> dict[str, Any]:
-    """Revoke by name (or numeric id); revoking twice keeps the first revocation time."""
+    """Revoke by name (or numeric id): the key's row plus `already_revoked`. Revoking twice is an idempotent
+    success that keeps the first revocation time, and `already_revoked` lets the caller say so honestly."""
     with Session(engine) as session:
         key = session.scalar(select(ApiKey).where(ApiKey.name == name_or_id))
         if key is None and name_or_id.isdigit():
             key = session.get(ApiKey, int(name_or_id))
         if key is None:
             raise ConfigError(f"no key named {name_or_id!r} (see `genforge keys list`)")
-        if key.revoked is None:
+        already_revoked = key.revoked is not None
+        if not already_revoked:
             key.revoked = utcnow()
             session.commit()
-        return _row(key)
+        return {**_row(key), "already_revoked": already_revoked}
 
 
 class Keys:

@@ -213,5 +213,8 @@ def keys_revoke(cfg: KeyRevokeConfig) -> dict[str, Any]:
     from genforge.serve.keys import revoke_key
 
     row = revoke_key(connect(cfg.db or default_db_url(), create=False), cfg.key)
-    typer.echo(f"revoked key '{row['name']}' (id {row['id']}) at {row['revoked']}")
+    if row["already_revoked"]:  # idempotent: exit 0, as the key is revoked as asked, but say nothing changed
+        typer.echo(f"key '{row['name']}' (id {row['id']}) was already revoked at {row['revoked']}; nothing changed")
+    else:
+        typer.echo(f"revoked key '{row['name']}' (id {row['id']}) at {row['revoked']}")
     return row

@@ -35,7 +35,9 @@ def test_keys_are_stored_hashed_and_revocable(tmp_path):
     assert keys.check("gf-wrong") is None and keys.check(None) is None
     with pytest.raises(ConfigError, match="already exists"):
         create_key(engine, "alice")
-    assert revoke_key(engine, "alice")["revoked"] and keys.check(secret) is None
+    first = revoke_key(engine, "alice")
+    assert first["revoked"] and not first["already_revoked"] and keys.check(secret) is None
+    assert revoke_key(engine, "1") == {**first, "already_revoked": True}  # keeps the first revocation time
     assert keys.required() and keys.check(None) is None  # revoking the last key does not open the server
     assert not Keys(connect(f"sqlite:///{tmp_path / 'empty.db'}")).required()
     with pytest.raises(ConfigError, match="no key named"):
@@ -52,8 +54,14 @@ def test_keys_cli(tmp_path):
     assert Keys(connect(db)).check(secret).name == "ci-bot"
     listed = runner.invoke(app, ["keys", "list", "--db", db])
     assert listed.exit_code == 0 and "ci-bot" in listed.stdout and secret not in listed.stdout
-    assert runner.invoke(app, ["keys", "revoke", "1", "--db", db]).exit_code == 0
+    revoked = runner.invoke(app, ["keys", "revoke", "1", "--db", db])
+    assert revoked.exit_code == 0 and revoked.stdout.startswith("revoked key 'ci-bot' (id 1) at ")
     assert Keys(connect(db)).check(secret) is None
+    when = list_keys(connect(db))[0]["revoked"]
+    again = runner.invoke(app, ["keys", "revoke", "ci-bot", "--db", db])  # idempotent, and says so
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == f"key 'ci-bot' (id 1) was already revoked at {when}; nothing changed"
+    assert list_keys(connect(db))[0]["revoked"] == when
     missing = runner.invoke(app, ["keys", "revoke", "nobody", "--db", db])
     assert missing.exit_code == 2 and missing.output.startswith("error: no key named 'nobody'")
     assert runner.invoke(app, ["keys", "create", "x", "--db", "nosuchdb://"]).exit_code == 2

@@ -141,7 +141,7 @@ def test_other_routes_and_embedding_errors(server, oai):
 
 
 def test_body_over_the_limit_is_413(serve_cfg, live):
-    with live(serve_cfg(max_body_bytes=2000)) as (url, _):
+    with live(serve_cfg(max_body_bytes=2000)) as (url, state):
         big = {"model": "tiny", "prompt": "x" * 5000}
         r = httpx.post(f"{url}/v1/completions", json=big, timeout=60)
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
@@ -150,6 +150,14 @@ def test_body_over_the_limit_is_413(serve_cfg, live):
         assert chunked.status_code == 413
         assert httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2},
                           timeout=60).status_code == 200
+        lone_surrogate = b'{"model": "tiny", "prompt": "\\ud800"}'
+        assert httpx.post(f"{url}/v1/completions", content=lone_surrogate, timeout=60).status_code == 400
+        assert httpx.post(f"{url}/v1/nowhere", json=big, timeout=60).status_code == 413
+        refused = state.metrics.registry.get_sample_value  # refused before routing, counted on the route they asked
+        assert refused("genforge_requests_total", {"route": "/v1/completions", "code": "413"}) == 2
+        assert refused("genforge_requests_total", {"route": "/v1/completions", "code": "400"}) == 1
+        assert refused("genforge_requests_total", {"route": "unmatched", "code": "413"}) == 1
+        assert refused("genforge_request_seconds_count", {"route": "/v1/completions"}) == 4
 
 
 def test_full_queue_answers_429_with_retry_after(long_cfg, oai, live):
