@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ class Rule:
 
     def check(self) -> None:
         where = f"alert rule '{self.name}'"
+        refuse_non_finite_keys(where, self)
         if self.kind not in KINDS:
             raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
         if self.by not in ("topic", "entity", "all"):
@@ -92,11 +93,23 @@ class Rule:
             raise ConfigError(f"{where}: unknown channel {bad[0]!r} (channels: {', '.join(CHANNELS)})")
 
 
+def refuse_non_finite_keys(where: str, settings: Any) -> None:
+    """Refuse a YAML .inf or .nan in a float setting, naming the rule (or channel) and the YAML key: the
+    generic check after `check()` would name a command-line flag the user never wrote."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {f.name} must be a finite number; got {value}")
+
+
 @dataclass
 class WebhookChannel:
     url: str
     timeout: float = 10.0
     headers: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        refuse_non_finite_keys("channels.webhook", self)
 
 
 @dataclass
@@ -110,6 +123,9 @@ class EmailChannel:
     starttls: bool = False
     ssl: bool = False
     timeout: float = 10.0
+
+    def check(self) -> None:
+        refuse_non_finite_keys("channels.email", self)
 
 
 @dataclass
@@ -147,7 +163,11 @@ DEFAULT_RULES = [
 def load_rules(path: Path | None) -> RuleSet:
     if path is None:
         return RuleSet(rules=list(DEFAULT_RULES))
-    rules = from_dict(RuleSet, read_yaml(path))
+    values = read_yaml(path)  # its errors name the file already
+    try:
+        rules = from_dict(RuleSet, values)
+    except ConfigError as e:  # a bad rule or channel: say which file holds it
+        raise ConfigError(f"{path}: {e}") from None
     if not rules.rules:
         raise ConfigError(f"{path}: no rules (give a list `rules`)")
     return rules

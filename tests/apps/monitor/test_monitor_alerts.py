@@ -223,3 +223,19 @@ def test_rules_yaml(tmp_path):
     path.write_text("rules:\n  - {name: s, kind: cusum, lateness: -60}\n")
     with pytest.raises(ConfigError, match="lateness must be 0 to 604800"):
         load_rules(path)
+
+
+@pytest.mark.parametrize(("yaml", "message"), [
+    ("rules:\n  - {name: surge, kind: ewma_z, threshold: .inf}\n",
+     "alert rule 'surge': threshold must be a finite number; got inf"),
+    ("rules:\n  - {name: surge, kind: binomial_cusum, shift: .nan}\n",
+     "alert rule 'surge': shift must be a finite number; got nan"),
+    ("rules:\n  - {name: s, kind: cusum, channels: [webhook]}\nchannels:\n  webhook: {url: 'http://h/x', timeout: .inf}\n",
+     "channels.webhook: timeout must be a finite number; got inf"),
+])
+def test_non_finite_rule_values_name_the_file_rule_and_key_not_a_flag(tmp_path, yaml, message):
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml)
+    with pytest.raises(ConfigError) as raised:
+        load_rules(path)
+    assert str(raised.value) == f"{path}: {message}"
