@@ -230,12 +230,12 @@ def build(cfg: BuildConfig) -> Path:
     (out / "work").mkdir(exist_ok=True)
     index = build_index([Passage(**{**p.to_dict(), "id": i}) for i, p in enumerate(indexed)], encoder)
     index.save(out / "index")
-    intent = train_intents(cfg, indexed, oos_train, cfg.intent_base or encoder.path, None if cfg.val else val)
-    chat = None
-    if dialogues is not None:
-        from genforge.apps.support.chatmodel import chat_model
+    if dialogues is not None:  # before any training: SFT's own checks would come only after the intent classifier
+        from genforge.apps.support.chatmodel import chat_model, prepare_chat  # and the pretraining
 
-        chat = chat_model(cfg, dialogues, index, indexed, out / "work")
+        prepare_chat(cfg, dialogues, index, indexed, out / "work")
+    intent = train_intents(cfg, indexed, oos_train, cfg.intent_base or encoder.path, None if cfg.val else val)
+    chat = None if dialogues is None else chat_model(cfg, out / "work")
     meta = {"encoder": str(encoder.path), "system": cfg.system, "prompt_passages": cfg.prompt_passages,
             "passage_chars": cfg.passage_chars, "thresholds": {}, "chat": chat is not None,
             "intent": intent is not None}

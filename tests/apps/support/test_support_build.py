@@ -92,3 +92,67 @@ def test_a_rebuild_into_the_same_folder_drops_what_it_no_longer_makes(assistant_
     assert not (out / "chat").exists() and not (out / "intent").exists() and not (out / "intent_ood.npz").exists()
     assistant = load_assistant(out)
     assert assistant.classifier is None and assistant.decoder is None and assistant.thresholds.intent == float("inf")
+
+
+def _shortest_working_seq_len(message: str) -> int:
+    import re
+
+    return int(re.search(r"use --seq-len (\d+) or more", message).group(1))
+
+
+@pytest.mark.parametrize("base", ["--model", "pretrained here"])
+def test_a_seq_len_too_short_for_the_sft_dialogues_is_refused_before_any_training(company, llama_dir, tmp_path,
+                                                                                  base):
+    """The grounded system prompt (passages) filled --seq-len: SFT found no answer token to learn only after the
+    intent classifier and the pretraining had run. Now refused once the SFT's tokenizer exists (--model's, or the
+    small decoder's, trained first), naming the shortest --seq-len that works."""
+    from genforge.errors import ConfigError
+
+    out = tmp_path / "support"
+    model = {"--model": {"model": llama_dir}, "pretrained here": {"vocab_size": 300, "pretrain_minutes": 0.01}}[base]
+    with pytest.raises(ConfigError, match=r"^--seq-len 16 leaves no SFT dialogue an answer token .* use --seq-len "
+                                          r"\d+ or more"):
+        build(BuildConfig(kb=[company / "faq.csv"], val=company / "val.csv", history=company / "history.jsonl",
+                          out=out, seq_len=16, classify_steps=2, sft_steps=2, **model))
+    assert not (out / "intent").exists() and not (out / "work" / "lm").exists() and not (out / "chat").exists()
+
+
+def test_the_shortest_seq_len_named_is_the_one_sft_accepts(company, llama_dir, tmp_path):
+    """The --seq-len the error names is exact: `finetune sft`'s own encoding keeps an answer token of both of its
+    splits at it, and of one split not at one less."""
+    from genforge.apps.support.chatmodel import SFT_DATA, check_sft_fits, prepare_chat
+    from genforge.apps.support.index import build_index, load_encoder
+    from genforge.apps.support.ingest import ingest
+    from genforge.errors import ConfigError
+    from genforge.finetune.config import SftConfig
+    from genforge.finetune.data import hash_split
+    from genforge.finetune.model import load_tokenizer
+    from genforge.finetune.sft import encode_all, read_dialogues
+
+    cfg = BuildConfig(kb=[company / "faq.csv"], history=company / "history.jsonl", out=tmp_path, model=llama_dir,
+                      seq_len=16)
+    passages = ingest(cfg.kb, cfg.chunk_chars, cfg.overlap)
+    with pytest.raises(ConfigError) as refused:
+        prepare_chat(cfg, read_dialogues(cfg.history), build_index(passages, load_encoder(None)), passages, tmp_path)
+    need, data, tokenizer = _shortest_working_seq_len(str(refused.value)), tmp_path / SFT_DATA, load_tokenizer(llama_dir)
+    check_sft_fits(tokenizer, data, BuildConfig(kb=cfg.kb, history=cfg.history, out=tmp_path, seq_len=need))
+    splits = hash_split(read_dialogues(data), text_of=lambda d: "\n".join(m["content"] for m in d))
+    for split in splits:
+        encode_all(tokenizer, split, SftConfig(model=llama_dir, data=data, out=tmp_path / "chat", seq_len=need))
+    with pytest.raises(DataError, match="keeps an assistant token"):
+        for split in splits:
+            encode_all(tokenizer, split, SftConfig(model=llama_dir, data=data, out=tmp_path / "chat", seq_len=need - 1))
+
+
+def test_a_history_too_small_for_the_sft_split_is_refused_before_any_training(company, llama_dir, tmp_path):
+    """One dialogue leaves the SFT's hash split an empty side: refused before the intent classifier, in the build's
+    words (`finetune sft`'s said "give --val-data", a flag the build does not have, after all the training)."""
+    history = tmp_path / "history.jsonl"
+    history.write_text((company / "history.jsonl").read_text(encoding="utf-8").splitlines()[0] + "\n",
+                       encoding="utf-8")
+    out = tmp_path / "support"
+    with pytest.raises(DataError, match=r"history.jsonl: the chat model's SFT validates on hash bucket 8 .* the 1 "
+                                        r"given leave its (training|validation) set empty; give more dialogues"):
+        build(BuildConfig(kb=[company / "faq.csv"], val=company / "val.csv", history=history, out=out,
+                          model=llama_dir, classify_steps=2, sft_steps=2))
+    assert not (out / "intent").exists() and not (out / "chat").exists()
