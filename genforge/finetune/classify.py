@@ -41,7 +41,15 @@ from genforge.finetune.data import hash_split, label_set, read_labelled
 from genforge.finetune.lora import apply_lora, save_model
 from genforge.finetune.metrics import plot_confusion, report
 from genforge.finetune.model import freeze, is_decoder, load_tokenizer, load_weights, trainable_params
-from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output, run_inputs, runs_on
+from genforge.finetune.run import (
+    best_checkpoint,
+    check_run_folder,
+    check_seq_len,
+    device,
+    prepare_output,
+    run_inputs,
+    runs_on,
+)
 from genforge.finetune.teacher import check_teachers, distill_loss, teacher_record
 from genforge.finetune.typos import TypoCorrector, save_vocabulary, word_counts
 from genforge.models.load import fit_tokenizer, read_model_config
@@ -141,6 +149,8 @@ def classify(cfg: ClassifyConfig) -> Path:
     base_config = read_model_config(cfg.model)
     check_seq_len(cfg, base_config)
     decoder = is_decoder(base_config)
+    inputs = run_inputs(cfg)
+    check_run_folder(cfg, prepared.PREPARED, inputs)  # before the data are read and tokenised: minutes
     train_set, val_set, labels = load_data(cfg)
     words = word_counts([t for t, _ in train_set]) if cfg.correct_typos else None  # the data's own, not copies'
     recipes = augment_recipes(train_set, cfg) if cfg.augment_attack else []
@@ -159,7 +169,7 @@ def classify(cfg: ClassifyConfig) -> Path:
                                 new_modules=new_modules)
     params = trainable_params(model)
     # only now, with every input read and checked: a bad one leaves an earlier run whole
-    started = prepare_output(cfg, started_by=prepared.PREPARED, inputs=run_inputs(cfg))
+    started = prepare_output(cfg, started_by=prepared.PREPARED, inputs=inputs)
     # The slow preparation, kept in the folder for --resume (see genforge.finetune.prepared). Loading a
     # victim or teacher may draw random numbers (a custom head's init): forked, so that training starts from
     # the same state whether the copies and logits were made now or read back.

@@ -34,7 +34,7 @@ from genforge.finetune.batches import ShuffledBatches, fit_batch_size, in_order,
 from genforge.finetune.config import DpoConfig
 from genforge.finetune.data import hash_split, read_records
 from genforge.finetune.model import load_weights, trainable_params
-from genforge.finetune.run import best_checkpoint, device, prepare_output, run_inputs
+from genforge.finetune.run import best_checkpoint, check_run_folder, device, prepare_output, run_inputs
 from genforge.finetune.sft import (
     Message,
     chat_tokenizer,
@@ -214,6 +214,8 @@ def reward_accuracy(model: Any, objective: DpoObjective, batches: Any) -> float:
 def dpo(cfg: DpoConfig) -> Path:
     """Train a causal LM on preference pairs with DPO; return the run folder (a chat model or LoRA adapter)."""
     tokenizer = chat_tokenizer(cfg, "DPO", "a `genforge finetune sft` run")
+    inputs = run_inputs(cfg)
+    check_run_folder(cfg, inputs=inputs)  # before the data are read and tokenised: minutes
     pairs = read_pairs(cfg.data)
     if cfg.val_data is not None:
         train_pairs, val_pairs = pairs, read_pairs(cfg.val_data)
@@ -236,7 +238,7 @@ def dpo(cfg: DpoConfig) -> Path:
     model = trainable_lm(lm, cfg)
     disable_dropout(model)
     params = trainable_params(model)
-    started = prepare_output(cfg, inputs=run_inputs(cfg))  # only now, with every input read: a bad one leaves an earlier run whole
+    started = prepare_output(cfg, inputs=inputs)  # only now, with every input read: a bad one leaves an earlier run whole
     objective = DpoObjective(cfg.beta, cfg.sft_weight)
     val_collate = make_collate(val_ex, val_ref, pad_id)
 

@@ -11,8 +11,10 @@ import torch
 
 from genforge.artifacts import (
     begin_output,
+    check_output,
     check_resume_folder,
     check_same_settings,
+    input_file,
     read_json,
     sha256_file,
     write_json,
@@ -34,10 +36,28 @@ INPUT_FILES = {"data_sha256": "--data", "val_data_sha256": "--val-data"}
 
 def run_inputs(cfg: FinetuneConfig) -> dict[str, Any]:
     """The inputs a resumed fine-tuning run must share with the interrupted one (see IDENTITY)."""
-    found = {"model": str(Path(cfg.model).resolve()), "data_sha256": sha256_file(cfg.data),
-             "val_data_sha256": sha256_file(cfg.val_data) if cfg.val_data else None}
+    found = {"model": str(Path(cfg.model).resolve()), "data_sha256": sha256_file(input_file(cfg.data, "data file")),
+             "val_data_sha256": sha256_file(input_file(cfg.val_data, "data file")) if cfg.val_data else None}
     found |= {key: getattr(cfg, key) for key in IDENTITY if hasattr(cfg, key)}
     return json.loads(json.dumps(found))  # as read back from the file: lists, not tuples
+
+
+def check_run_folder(cfg: TrainConfig, started_by: str | None = None, inputs: dict[str, Any] | None = None,
+                     stage: str = "finetune") -> bool:
+    """Refuse, reading only, an output folder the run cannot use: another stage's artifact, a --resume with
+    nothing to resume or with other inputs than the interrupted run's (`inputs`, see `run_inputs`), a new run
+    into an unfinished one. Commands call it first, before their data are read and tokenised (minutes on real
+    data); `prepare_output` again. True when the folder holds a started run (`started_by`: see there)."""
+    check_output(cfg.out, stage)
+    begun = checkpoint_exists(cfg.out) or (started_by is not None and (cfg.out / started_by).is_file())
+    check_resume_folder(cfg.out, resume=cfg.resume, started=begun, marker="checkpoints/latest")
+    record = cfg.out / RUN_INPUTS
+    if inputs is not None and cfg.resume and record.is_file():
+        saved = read_json(record, "delete it to resume without this check, or choose another --out", kind=dict)
+        files = {key: f"{flag} {getattr(cfg, flag[2:].replace('-', '_')) or ''}".strip()
+                 for key, flag in INPUT_FILES.items()}
+        check_same_settings(saved, inputs, files)
+    return begun
 
 
 def prepare_output(cfg: TrainConfig, started_by: str | None = None, stage: str = "finetune",
@@ -51,21 +71,14 @@ def prepare_output(cfg: TrainConfig, started_by: str | None = None, stage: str =
     that stage is redone, another's is refused (see `begin_output`). `inputs` (`run_inputs`) are recorded in
     logs/inputs.json, and a --resume whose inputs differ from the recorded ones is refused, naming the first.
     """
-    begun = checkpoint_exists(cfg.out) or (started_by is not None and (cfg.out / started_by).is_file())
-    check_resume_folder(cfg.out, resume=cfg.resume, started=begun, marker="checkpoints/latest")
-    record = cfg.out / RUN_INPUTS
-    if inputs is not None and cfg.resume and record.is_file():  # before the folder is touched
-        saved = read_json(record, "delete it to resume without this check, or choose another --out", kind=dict)
-        files = {key: f"{flag} {getattr(cfg, flag[2:].replace('-', '_')) or ''}".strip()
-                 for key, flag in INPUT_FILES.items()}
-        check_same_settings(saved, inputs, files)
+    begun = check_run_folder(cfg, started_by, inputs, stage)  # before the folder is touched
     redo = not cfg.resume and begun
     started = begin_output(cfg.out, stage)
     if redo:
         shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)
         shutil.rmtree(cfg.out / "logs", ignore_errors=True)
     if inputs is not None:
-        write_json(record, inputs)
+        write_json(cfg.out / RUN_INPUTS, inputs)
     return started
 
 

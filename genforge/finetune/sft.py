@@ -36,7 +36,14 @@ from genforge.finetune.model import (
     load_weights,
     trainable_params,
 )
-from genforge.finetune.run import best_checkpoint, check_seq_len, device, prepare_output, run_inputs
+from genforge.finetune.run import (
+    best_checkpoint,
+    check_run_folder,
+    check_seq_len,
+    device,
+    prepare_output,
+    run_inputs,
+)
 from genforge.models.load import fit_tokenizer, read_model_config
 from genforge.train.distributed import Dist
 from genforge.train.engine import train
@@ -221,6 +228,8 @@ def trainable_lm(lm: Any, cfg: FinetuneConfig) -> Wrapped:
 def sft(cfg: SftConfig) -> Path:
     """Fine-tune a causal LM on dialogues; return the run folder (a chat model or a LoRA adapter)."""
     tokenizer = chat_tokenizer(cfg, "SFT", "the model the classifier was fine-tuned from")
+    inputs = run_inputs(cfg)
+    check_run_folder(cfg, inputs=inputs)  # before the data are read and tokenised: minutes
     dialogues = read_dialogues(cfg.data, cfg.system)
     if cfg.val_data is not None:
         train_set, val_set = dialogues, read_dialogues(cfg.val_data, cfg.system)
@@ -234,7 +243,7 @@ def sft(cfg: SftConfig) -> Path:
     torch.manual_seed(cfg.seed)
     model = trainable_lm(load_causal_lm(cfg.model, cfg.dropout), cfg)
     params = trainable_params(model)
-    started = prepare_output(cfg, inputs=run_inputs(cfg))  # only now, with every input read: a bad one leaves an earlier run whole
+    started = prepare_output(cfg, inputs=inputs)  # only now, with every input read: a bad one leaves an earlier run whole
     objective = ClmObjective()
     val_collate = make_collate(val_ex, tokenizer.pad_token_id)
 
