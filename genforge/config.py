@@ -25,9 +25,12 @@ C = TypeVar("C")
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", choices: tuple | None = None,
-          argument: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with the CLI/YAML metadata genforge uses (help text, allowed values)."""
-    metadata = {"help": help, "choices": choices, "argument": argument}
+          argument: bool = False, default_factory: Any = dataclasses.MISSING, needs: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with the CLI/YAML metadata genforge uses (help text, allowed values).
+
+    `needs` = (other field, *values): the field has no effect unless the other field takes one of `values`
+    (none listed: unless it differs from its default), so setting it alone is refused (`check_needs`)."""
+    metadata = {"help": help, "choices": choices, "argument": argument, "needs": needs}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -288,12 +291,50 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def default_of(cfg: Any, name: str) -> Any:
+    """The declared default of field `name` of a config dataclass (a default_factory's product)."""
+    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def given_keys(cfg: Any, written: Any = (), flags: Any = ()) -> set[str]:
+    """The fields of `cfg` a user chose: every command-line flag in `flags`, and each key `written` in a file
+    (a YAML config, a recipe step) whose value is not the default. A saved config.yaml lists every field, most
+    at their defaults: such a key says nothing about what the user asked for."""
+    return set(flags) | {k for k in written if getattr(cfg, k) != default_of(cfg, k)}
+
+
+def check_needs(cfg: Any, given: set[str], flags: Any = ()) -> None:
+    """Refuse a given field (`given_keys`) that has no effect because the field its `needs` metadata names is
+    not set as it needs ("--adv-epsilon has no effect without --adversarial fgm|pgd|freelb|vat"): silently
+    ignored, it would leave the user believing a run was trained as it was not. A file's key is let through
+    when a command-line flag in `flags` sets the field it needs: `--config saved.yaml --adversarial none`
+    asks for the saved run without adversarial training, its adv_epsilon moot."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for name, f in fields.items():
+        if name not in given or not f.metadata.get("needs"):
+            continue
+        needed, *values = f.metadata["needs"]
+        if needed in flags and name not in flags:
+            continue
+        value = getattr(cfg, needed)
+        met = value in values if values else value != default_of(cfg, needed)
+        if met:
+            continue
+        shown = values or fields[needed].metadata.get("choices") or ()
+        wanted = f" {'|'.join(map(str, shown))}" if shown else ""
+        raise ConfigError(f"--{name.replace('_', '-')} has no effect without --{needed.replace('_', '-')}{wanted}")
+
+
 def load_config(cls: type[C], path: Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """The resolved config of a stage: dataclass defaults < YAML file < CLI overrides (None = not given)."""
-    values = read_yaml(path) if path else {}
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_dict(cls, values)
+    """The resolved config of a stage: dataclass defaults < YAML file < CLI overrides (None = not given).
+    A flag or key that has no effect with the others is refused (`check_needs`)."""
+    written = read_yaml(path) if path else {}
+    written = {k.replace("-", "_"): v for k, v in written.items()}
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cfg = from_dict(cls, written | flags)
+    check_needs(cfg, given_keys(cfg, written, flags), flags)
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -119,3 +119,19 @@ def test_help_keeps_square_brackets():
     app.command("noop")(lambda: None)
     result = CliRunner().invoke(app, ["echo", "--help"], env={"COLUMNS": "200"})
     assert "JSON [[text,label],...]" in result.output
+
+
+def test_a_flag_that_has_no_effect_is_one_line_and_nonzero(tmp_path):
+    """`--adv-epsilon` without `--adversarial` (and `--augment-ratio` without `--augment-attack`) trained a
+    plain model without a word."""
+    from genforge.cli import app
+
+    common = ["finetune", "classify", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.csv"),
+              "--out", str(tmp_path / "o")]
+    for flags, message in [(["--adv-epsilon", "0.5"], "--adv-epsilon has no effect without --adversarial "
+                                                      "fgm|pgd|freelb|vat"),
+                           (["--augment-ratio", "2"], "--augment-ratio has no effect without --augment-attack "
+                                                      "charswap|homoglyph|invisible|synonym|pinyin")]:
+        result = CliRunner().invoke(app, common + flags)
+        assert result.exit_code == 2 and result.output == f"error: {message}\n"
+    assert not (tmp_path / "o").exists()

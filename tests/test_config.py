@@ -1,4 +1,5 @@
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,3 +172,72 @@ def test_training_memory_is_checked_before_anything_is_allocated(monkeypatch):
         config.check_training_memory(overflow, cfg, "steps")
     monkeypatch.setattr(config, "available_memory", lambda: None)
     config.check_training_memory(lambda: 10**15, cfg, "steps")
+
+
+# ---- flags that have no effect without another (`needs`) ---------------------------------------------------
+
+FINETUNE_INPUTS = {"model": "m", "data": "d.csv", "out": "o"}
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"adv_epsilon": 0.5}, "--adv-epsilon has no effect without --adversarial fgm|pgd|freelb|vat"),
+    ({"adv_steps": 3, "adversarial": "fgm"}, "--adv-steps has no effect without --adversarial pgd|freelb|vat"),
+    ({"adv_relative": True}, "--adv-relative has no effect without --adversarial fgm|pgd|freelb|vat"),
+    ({"augment_ratio": 2.0},
+     "--augment-ratio has no effect without --augment-attack charswap|homoglyph|invisible|synonym|pinyin"),
+    ({"augment_random_ratio": 0.0, "augment_attack": ["charswap"]},
+     "--augment-random-ratio has no effect without --augment-model"),
+    ({"distill_temperature": 3.0}, "--distill-temperature has no effect without --teacher"),
+    ({"lora_alpha": 16.0}, "--lora-alpha has no effect without --lora-r"),  # the default, but given as a flag
+])
+def test_a_flag_without_the_flag_it_needs_is_refused(flags, message):
+    """Such flags were silently ignored: a run the user believed adversarial (or augmented, or distilled)
+    trained as a plain one."""
+    from genforge.finetune.config import ClassifyConfig
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        load_config(ClassifyConfig, None, FINETUNE_INPUTS | flags)
+
+
+def test_a_flag_with_the_flag_it_needs_is_taken():
+    from genforge.finetune.config import ClassifyConfig, SftConfig
+
+    cfg = load_config(ClassifyConfig, None, FINETUNE_INPUTS | {"adversarial": "pgd", "adv_steps": 3,
+                                                               "augment_attack": ["charswap"], "augment_ratio": 2.0})
+    assert (cfg.adv_steps, cfg.augment_ratio) == (3, 2.0)
+    assert load_config(SftConfig, None, FINETUNE_INPUTS | {"adversarial": "fgm", "adv_epsilon": 0.5}).adv_epsilon == 0.5
+
+
+def test_pretraining_refuses_adversarial_flags_without_a_method():
+    from genforge.train.config import PretrainConfig
+
+    with pytest.raises(ConfigError, match=r"^--adv-alpha has no effect without --adversarial pgd\|freelb\|vat$"):
+        load_config(PretrainConfig, None, {"data": "d", "out": "o", "adv_alpha": 0.1})
+    assert load_config(PretrainConfig, None, {"data": "d", "out": "o", "adversarial": "vat", "adv_alpha": 0.1}).adv_alpha == 0.1
+
+
+def test_a_saved_config_reloads_and_a_written_key_counts_when_not_the_default(tmp_path):
+    """A run's saved config.yaml lists every field, most at their defaults (adv_epsilon: 1.0 beside adversarial:
+    none): reloaded with --config it must not trip the check, nor when a flag switches off what it needs. A key
+    written with another value than its default is a choice, refused as a flag would be."""
+    from genforge.finetune.config import ClassifyConfig
+
+    saved = tmp_path / "config.yaml"
+    for flags in ({}, {"adversarial": "pgd", "adv_epsilon": 0.5, "lora_r": 8, "lora_alpha": 32.0}):
+        saved.write_text(dump_yaml(load_config(ClassifyConfig, None, FINETUNE_INPUTS | flags)))
+        assert to_dict(load_config(ClassifyConfig, saved, {"max_steps": 7})) == to_dict(
+            load_config(ClassifyConfig, None, FINETUNE_INPUTS | flags | {"max_steps": 7}))
+    # the command line switching the saved run's adversarial training off makes its adv_epsilon moot
+    assert load_config(ClassifyConfig, saved, {"adversarial": "none"}).adversarial == "none"
+    with pytest.raises(ConfigError, match="^--adv-epsilon has no effect without --adversarial"):
+        load_config(ClassifyConfig, saved, {"adversarial": "none", "adv_epsilon": 0.7})
+    lora_off = tmp_path / "lora-off.yaml"  # written in the same file as the switch, the key is a contradiction
+    lora_off.write_text(saved.read_text().replace("lora_r: 8", "lora_r: 0"))
+    with pytest.raises(ConfigError, match="^--lora-alpha has no effect without --lora-r"):
+        load_config(ClassifyConfig, lora_off)
+    written = tmp_path / "mine.yaml"
+    written.write_text("model: m\ndata: d.csv\nout: o\naugment_ratio: 2\n")
+    with pytest.raises(ConfigError, match="^--augment-ratio has no effect without --augment-attack"):
+        load_config(ClassifyConfig, written)
+    written.write_text("model: m\ndata: d.csv\nout: o\naugment_ratio: 0.5\n")  # the default: no choice made
+    assert load_config(ClassifyConfig, written).augment_ratio == 0.5

@@ -43,10 +43,12 @@ class FinetuneConfig(TrainConfig):
     freeze_layers: int = field(0, help="freeze the first N transformer layers")
     freeze_embeddings: bool = field(False, help="freeze the token/position embeddings")
     lora_r: int = field(0, help="LoRA rank (0 = full fine-tuning)")
-    lora_alpha: float = field(16.0, help="LoRA scaling alpha (the update is scaled by alpha / r)")
-    lora_dropout: float = field(0.05, help="dropout on the LoRA branch")
+    lora_alpha: float = field(16.0, help="LoRA scaling alpha (the update is scaled by alpha / r)",
+                              needs=("lora_r",))
+    lora_dropout: float = field(0.05, help="dropout on the LoRA branch", needs=("lora_r",))
     lora_targets: list[str] = field(default_factory=list, help="module names to adapt (repeatable, e.g. "
-                                                               "q_proj); default: every linear layer")
+                                                               "q_proj); default: every linear layer",
+                                     needs=("lora_r",))
     merge: bool = field(False, help="LoRA: save the merged full model instead of the adapter")
 
     def check(self) -> None:
@@ -95,20 +97,25 @@ class ClassifyConfig(FinetuneConfig):
                                       help="add attacked copies of training texts made by this attack recipe "
                                            "(repeatable; see `genforge robustness eval`)")
     augment_ratio: float = field(0.5, help="attacked copies per training text, per recipe: 0.5 = half the texts "
-                                           "get one, 3 = every text gets three (differently seeded)")
+                                           "get one, 3 = every text gets three (differently seeded)",
+                                 needs=("augment_attack",))
     augment_model: Path | None = field(None, help="make the copies by attacking this classifier (e.g. a first "
-                                                  "run on the same data); default: random edits of the recipe")
+                                                  "run on the same data); default: random edits of the recipe",
+                                          needs=("augment_attack",))
     augment_random_ratio: float = field(0.0, help="with --augment-model: also this many random-edit copies per "
                                                   "text and recipe, so an edit the attack makes mostly to one "
-                                                  "class is not learnt as a sign of that class")
+                                                  "class is not learnt as a sign of that class",
+                                        needs=("augment_model",))
     correct_typos: bool = field(False, help="map misspelt words back to known words (English + the training "
                                             "texts') before the model reads a text, in training and wherever "
                                             "the classifier is used: typo attacks lose most of their force")
     teacher: list[Path] = field(default_factory=list, help="learn also from this classifier's probabilities "
                                                            "(same labels, any architecture; repeat: their mean)")
     distill_weight: float = field(0.5, help="with --teacher: share of the loss that is the distance to the "
-                                            "teacher (the rest is the gold labels' cross-entropy)")
-    distill_temperature: float = field(2.0, help="with --teacher: softening temperature of both distributions")
+                                            "teacher (the rest is the gold labels' cross-entropy)",
+                                  needs=("teacher",))
+    distill_temperature: float = field(2.0, help="with --teacher: softening temperature of both distributions",
+                                       needs=("teacher",))
 
     def check(self) -> None:
         super().check()

@@ -18,6 +18,9 @@ PRESETS = ("tiny", "small", "base", "custom")
 OBJECTIVES = ("clm", "mlm")
 ADVERSARIAL = ("none", "fgm", "pgd", "freelb", "vat")  # embedding-space training, genforge.adversarial.perturb
 MAX_ADV_STEPS = 32
+# the methods each --adv-* flag acts in (fgm takes one step of size --adv-epsilon; vat's --adv-alpha weighs its loss)
+WITH_EPSILON = ("adversarial", "fgm", "pgd", "freelb", "vat")
+WITH_ALPHA_AND_STEPS = ("adversarial", "pgd", "freelb", "vat")
 
 
 @dataclass(kw_only=True)
@@ -54,14 +57,14 @@ class TrainConfig(Config):
                                           "(Madry 2018), freelb (Zhu 2020) or vat (KL smoothness, no labels "
                                           "needed)", choices=ADVERSARIAL)
     adv_epsilon: float = field(1.0, help="radius of the perturbation: L2 norm over each example's token "
-                                         "embeddings")
+                                         "embeddings", needs=WITH_EPSILON)
     adv_alpha: float = field(0.3, help="pgd/freelb: ascent step size (freelb: also the random start's size); "
-                                       "vat: weight of the smoothness loss")
-    adv_steps: int = field(2, help="pgd/freelb: ascent steps; vat: power iterations")
+                                       "vat: weight of the smoothness loss", needs=WITH_ALPHA_AND_STEPS)
+    adv_steps: int = field(2, help="pgd/freelb: ascent steps; vat: power iterations", needs=WITH_ALPHA_AND_STEPS)
     adv_relative: bool = field(False, help="measure --adv-epsilon (and the pgd/freelb step --adv-alpha) in units "
                                            "of the model's mean token-embedding norm, so one setting fits a "
                                            "pretrained model and one trained from scratch (its embeddings are "
-                                           "~3x smaller)")
+                                           "~3x smaller)", needs=WITH_EPSILON)
 
     def check(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "seq_len")
