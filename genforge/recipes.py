@@ -22,7 +22,7 @@ from typing import Any
 import typer
 
 from genforge.artifacts import MANIFEST, begin_output, write_manifest
-from genforge.config import Config, field, from_dict, read_yaml, to_dict
+from genforge.config import Config, check_needs, field, from_dict, given_keys, read_yaml, to_dict
 from genforge.errors import ConfigError, Stopped
 
 
@@ -34,7 +34,7 @@ class Stage:
     run: str  # "module:function"
     consumes: dict[str, str]  # config field -> artifact kind it is wired from
     produces: str | None = None  # artifact kind its `out` folder becomes (None: writes no folder)
-    out_into: str | None = None  # writes into the folder of this kind instead of its own (data.pack)
+    out_into: str | None = None  # writes into the folder this config field names, not its own (data.pack: data)
 
 
 STAGES: dict[str, Stage] = {
@@ -192,6 +192,74 @@ def finished_with_same_config(out: Path, manifest_name: str, config: Any, tokens
     return True
 
 
+@dataclass(frozen=True)
+class PlannedStep:
+    """A step of a recipe with its config checked and its inputs wired, before any step runs."""
+
+    name: str
+    stage: str
+    config: Any | None  # None: a step --only leaves out
+    out: Path
+
+
+def plan_steps(steps: list[tuple[str, str, dict[str, Any]]], run_dir: Path, only: list[str]) -> list[PlannedStep]:
+    """Every step's config, wired to the folders the earlier steps will write, checked before the first step
+    runs: a bad key in the last step must not wait for the first ones to train. Only what a config checks by
+    itself is checked here (keys, types, choices, ranges, flags without effect); whether an input folder
+    holds what the step needs is the stage's own check when it runs, once the earlier steps made it."""
+    artifacts: dict[str, Path] = {}
+    planned = []
+    for name, stage_name, written in steps:
+        stage = STAGES[stage_name]
+        config_cls = _load(stage.config)
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        written = {k.replace("-", "_"): v for k, v in written.items()}
+        values = dict(written)
+        for key, kind in stage.consumes.items():
+            if key not in values and kind in artifacts:
+                values[key] = str(artifacts[kind])
+        out = run_dir / name
+        if "out" in fields and stage.produces:  # eval/generate print their results instead
+            values.setdefault("out", str(out))
+        config = None
+        if not only or name in only:
+            try:
+                config = from_dict(config_cls, values)
+                check_needs(config, given_keys(config, written))
+            except ConfigError as e:
+                raise ConfigError(f"step '{name}': {e}") from None
+            out = Path(getattr(config, stage.out_into or "out", None) or out)
+        else:
+            out = Path(values.get("out", out))
+        if stage.produces:
+            artifacts[stage.produces] = out
+        planned.append(PlannedStep(name, stage_name, config, out))
+    return planned
+
+
+def run_step(step: PlannedStep, again: str) -> None:
+    """Run one planned step, unless its folder holds its finished artifact; resume its unfinished run.
+    `again` is the command that continues the recipe, told when the step is stopped."""
+    stage, config = STAGES[step.stage], step.config
+    typer.secho(f"\n== step {step.name} ({step.stage}) ==", bold=True)
+    manifest_name = "pack.json" if step.stage == "data.pack" else MANIFEST
+    tokens = step.stage not in ("tokenizer.train", "data.pack")  # they read a data folder's text only
+    if (stage.produces or stage.out_into) and finished_with_same_config(step.out, manifest_name, config, tokens):
+        typer.echo(f"already done: {step.out} (delete it to redo)")
+        return
+    if (hasattr(config, "resume") and not (step.out / MANIFEST).exists()
+            and any((step.out / m).exists() for m in STARTED)):
+        config = dataclasses.replace(config, resume=True)
+        typer.echo(f"resuming the unfinished run in {step.out}")
+    step_start = time.time()
+    try:
+        _load(stage.run)(config)
+    except (Stopped, KeyboardInterrupt) as e:  # the step's own advice (--resume) is not this command's
+        raise Stopped(f"step '{step.name}' stopped: `{again}` continues (finished steps are skipped, a training "
+                      "step resumes)", e.exit_code - 128 if isinstance(e, Stopped) else signal.SIGINT) from None
+    typer.echo(f"step {step.name} took {time.time() - step_start:.1f}s")
+
+
 def run_recipe(cfg: RunConfig) -> dict[str, Path]:
     """Run every step of a recipe; returns the artifact folder of each kind it produced."""
     recipe = read_yaml(cfg.recipe)
@@ -200,48 +268,15 @@ def run_recipe(cfg: RunConfig) -> dict[str, Path]:
         raise ConfigError(f"--only {unknown[0]}: {cfg.recipe} has no step of that name "
                           f"(its steps: {', '.join(name for name, _, _ in steps)})")
     run_dir = cfg.out or Path("runs") / folder_name(recipe.get("name") or cfg.recipe.stem, f"recipe {cfg.recipe}")
+    planned = plan_steps(steps, run_dir, cfg.only)  # before the run folder or any step's output exists
     started = begin_output(run_dir, "run")
+    again = f"genforge run {cfg.recipe}" + (f" --out {cfg.out}" if cfg.out else "")
     artifacts: dict[str, Path] = {}
-    results: dict[str, Any] = {}
-    for name, stage_name, values in steps:
-        stage = STAGES[stage_name]
-        config_cls = _load(stage.config)
-        fields = {f.name for f in dataclasses.fields(config_cls)}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        for key, kind in stage.consumes.items():
-            if key not in values and kind in artifacts:
-                values[key] = str(artifacts[kind])
-        out = artifacts[stage.out_into] if stage.out_into else run_dir / name
-        if "out" in fields and stage.produces:  # eval/generate print their results instead
-            values.setdefault("out", str(out))
-        if cfg.only and name not in cfg.only:
-            if stage.produces:
-                artifacts[stage.produces] = Path(values.get("out", out))
-            continue
-        try:
-            config = from_dict(config_cls, values)
-        except ConfigError as e:
-            raise ConfigError(f"step '{name}': {e}") from None
-        out = Path(getattr(config, "out", None) or out)
-        manifest_name = "pack.json" if stage_name == "data.pack" else MANIFEST
-        typer.secho(f"\n== step {name} ({stage_name}) ==", bold=True)
-        tokens = stage_name not in ("tokenizer.train", "data.pack")  # they read a data folder's text only
-        if (stage.produces or stage.out_into) and finished_with_same_config(out, manifest_name, config, tokens):
-            typer.echo(f"already done: {out} (delete it to redo)")
-        else:
-            if "resume" in fields and not (out / MANIFEST).exists() and any((out / m).exists() for m in STARTED):
-                config = dataclasses.replace(config, resume=True)
-                typer.echo(f"resuming the unfinished run in {out}")
-            step_start = time.time()
-            try:
-                results[name] = _load(stage.run)(config)
-            except (Stopped, KeyboardInterrupt) as e:  # the step's own advice (--resume) is not this command's
-                again = f"genforge run {cfg.recipe}" + (f" --out {cfg.out}" if cfg.out else "")
-                raise Stopped(f"step '{name}' stopped: `{again}` continues (finished steps are skipped, a training "
-                              "step resumes)", e.exit_code - 128 if isinstance(e, Stopped) else signal.SIGINT) from None
-            typer.echo(f"step {name} took {time.time() - step_start:.1f}s")
-        if stage.produces:
-            artifacts[stage.produces] = out
+    for step in planned:
+        if step.config is not None:
+            run_step(step, again)
+        if STAGES[step.stage].produces:
+            artifacts[STAGES[step.stage].produces] = step.out
     write_manifest(run_dir, "run", cfg, started=started,
                    extra={"recipe": to_dict(recipe), "artifacts": {k: str(v) for k, v in artifacts.items()}})
     typer.secho(f"\nrun finished: {run_dir}", fg="green")

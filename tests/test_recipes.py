@@ -147,3 +147,48 @@ def test_a_step_stopped_by_ctrl_c_says_how_the_recipe_continues(recipe, tmp_path
     assert result.exit_code == 130, result.output
     assert f"step 'data' stopped: `genforge run {recipe} --out {tmp_path / 'r'}` continues" in result.output
     assert "--resume" not in result.output
+
+
+@pytest.mark.parametrize(("last_step", "message"), [
+    ("    colour: red\n", "step 'replies': unknown config key 'colour'"),
+    ("    top_p: 2\n", r"step 'replies': top_p must be in \(0, 1\]"),
+])
+def test_every_step_is_checked_before_the_first_runs(recipe, tmp_path, last_step, message):
+    """A bad key or value in the last step failed only when that step was reached, after the earlier ones had
+    prepared data and trained models."""
+    recipe.write_text(recipe.read_text() + last_step, encoding="utf-8")  # into the last step, `replies`
+    with pytest.raises(ConfigError, match=message):
+        run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": tmp_path / "run"}))
+    assert not (tmp_path / "run").exists()  # no step started
+
+
+def test_a_step_key_without_the_key_it_needs_is_refused_and_defaults_pass(recipe, tmp_path):
+    """Recipes get the flags' check (`check_needs`): `adv_epsilon` without `adversarial` is refused, in a later
+    step before the first runs; a key written at its default is no choice."""
+    text = recipe.read_text()
+    recipe.write_text(text.replace("    name: chat\n", "    name: chat\n    adv_epsilon: 0.5\n"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="^step 'chat': --adv-epsilon has no effect without --adversarial "):
+        run_recipe(load_config(RunConfig, None, {"recipe": recipe, "out": tmp_path / "run"}))
+    assert not (tmp_path / "run").exists()
+
+    from genforge.config import read_yaml
+    from genforge.recipes import _parse_steps, plan_steps
+
+    recipe.write_text(text.replace("    name: chat\n", "    name: chat\n    adv_epsilon: 1.0\n"), encoding="utf-8")
+    planned = plan_steps(_parse_steps(read_yaml(recipe), recipe), tmp_path / "run", only=[])
+    chat = next(step for step in planned if step.name == "chat")
+    assert chat.config.model == tmp_path / "run" / "model"  # wired to the folder the pretrain step will write
+
+
+def test_a_pack_step_writes_into_its_own_data_folder(tmp_path):
+    """A recipe whose `data.pack` step names its data folder itself (no `data.prepare` step before it) ended in
+    `internal error KeyError: 'data'`: the folder it writes into was looked up among the earlier steps' only."""
+    from genforge.config import read_yaml
+    from genforge.recipes import _parse_steps, plan_steps
+
+    recipe = tmp_path / "pack.yaml"
+    recipe.write_text(f"steps:\n  - stage: data.pack\n    data: {tmp_path / 'data'}\n    tokenizer: {tmp_path / 'tok'}\n")
+    (step,) = plan_steps(_parse_steps(read_yaml(recipe), recipe), tmp_path / "run", only=[])
+    assert step.out == tmp_path / "data"
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.output.strip().endswith(f"error: {tmp_path / 'data'} does not exist")
