@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from genforge.errors import ArtifactError
-from genforge.models.load import COMPRESSION, use_generation_config
+from genforge.models.load import COMPRESSION, load_state, use_generation_config
 
 
 def read_compression(folder: Path) -> dict[str, Any] | None:
@@ -66,15 +66,7 @@ def load_resized(folder: Path, model: nn.Module) -> nn.Module:
             parent, _, child = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
             setattr(owner, child, nn.Linear(saved[1], saved[0], bias=module.bias is not None))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    groups: dict[int, list[str]] = {}  # tied weights are saved under one of their names
-    for name, p in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(p), []).append(name)
-    tied = {n for names in groups.values() for n in names if any(m in tensors for m in names)}
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise ArtifactError(f"{path} does not fit the model (missing {sorted(missing)[:3]}, "
-                            f"unexpected {sorted(unexpected)[:3]})")
+    load_state(model, tensors, str(path))
     return model.eval()
 
 

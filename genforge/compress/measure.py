@@ -80,27 +80,14 @@ def parameters(model: nn.Module) -> dict[str, int]:
 def lm_quality(subject: Subject, data: Path, *, seq_len: int, batch_size: int, batches: int,
                seed: int) -> dict[str, float]:
     """Loss, perplexity and bits per byte of an LM on the validation split of a packed data folder."""
-    from genforge.data.pack import packed_tokenizer
-    from genforge.models.load import max_positions
-    from genforge.train.data import eval_batches, open_tokens, read_pack
+    from genforge.compress.task import lm_objective
+    from genforge.train.data import eval_batches, open_tokens
     from genforge.train.evaluate import bits_per_byte, evaluate_loss
-    from genforge.train.objectives import ClmObjective, MlmObjective
-    from genforge.train.pretrain import check_vocab, special_token_ids
 
-    pack = read_pack(data)
-    model = subject.model
-    check_vocab(model.config.vocab_size, pack, "to compress")
-    seq_len = min(seq_len, max_positions(model.config) or seq_len)
-    if subject.kind == "clm":
-        objective = ClmObjective()
-    else:
-        tokenizer = packed_tokenizer(data)
-        ids = special_token_ids(tokenizer, need_mask=True, where=data / "tokenizer")
-        objective = MlmObjective(mask_id=ids["mask"], vocab_size=pack["vocab_size"],
-                                 special_ids=sorted(set(tokenizer.all_special_ids)))
+    pack, objective, seq_len = lm_objective(subject, data, seq_len, "to compress")
     window = objective.window_len(seq_len)
     tokens = open_tokens(data / "val.bin", pack["dtype"], window)
-    result = evaluate_loss(model, objective, eval_batches(tokens, window, seq_len, batch_size, objective.make_batch,
+    result = evaluate_loss(subject.model, objective, eval_batches(tokens, window, seq_len, batch_size, objective.make_batch,
                                                           max_batches=batches, seed=seed),
                            device=torch.device("cpu"))
     return {"loss": result["loss"], "perplexity": result["perplexity"],

@@ -39,24 +39,31 @@ class TaskData:
         return [self.batches.batch(step, 0) for step in range(batches)]
 
 
-def lm_task(cfg: CompressConfig, subject: Subject, data: Path) -> TaskData:
-    """Token windows of a packed data folder: causal LM (next token) or masked LM objective."""
+def lm_objective(subject: Subject, data: Path, seq_len: int, model_name: Path | str) -> tuple[dict[str, Any], Any, int]:
+    """(pack.json, objective, sequence length) for an LM on a packed data folder: the model's own objective
+    (causal, or masked with the folder's tokenizer's special ids), at most its position limit."""
     from genforge.data.pack import packed_tokenizer
     from genforge.models.load import max_positions
-    from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
+    from genforge.train.data import read_pack
     from genforge.train.objectives import ClmObjective, MlmObjective
     from genforge.train.pretrain import check_vocab, special_token_ids
 
     pack = read_pack(data)
-    check_vocab(subject.model.config.vocab_size, pack, cfg.model)
-    seq_len = min(cfg.seq_len, max_positions(subject.model.config) or cfg.seq_len)
+    check_vocab(subject.model.config.vocab_size, pack, model_name)
+    seq_len = min(seq_len, max_positions(subject.model.config) or seq_len)
     if subject.kind == "clm":
-        objective: Any = ClmObjective()
-    else:
-        tokenizer = packed_tokenizer(data)
-        ids = special_token_ids(tokenizer, need_mask=True, where=data / "tokenizer")
-        objective = MlmObjective(mask_id=ids["mask"], vocab_size=pack["vocab_size"],
-                                 special_ids=sorted(set(tokenizer.all_special_ids)))
+        return pack, ClmObjective(), seq_len
+    tokenizer = packed_tokenizer(data)
+    ids = special_token_ids(tokenizer, need_mask=True, where=data / "tokenizer")
+    return pack, MlmObjective(mask_id=ids["mask"], vocab_size=pack["vocab_size"],
+                              special_ids=sorted(set(tokenizer.all_special_ids))), seq_len
+
+
+def lm_task(cfg: CompressConfig, subject: Subject, data: Path) -> TaskData:
+    """Token windows of a packed data folder: causal LM (next token) or masked LM objective."""
+    from genforge.train.data import WindowBatches, eval_batches, open_tokens
+
+    pack, objective, seq_len = lm_objective(subject, data, cfg.seq_len, cfg.model)
     window = objective.window_len(seq_len)
     train_tokens = open_tokens(data / "train.bin", pack["dtype"], window)
     val_tokens = open_tokens(data / "val.bin", pack["dtype"], window)

@@ -215,6 +215,21 @@ def from_pretrained(auto: Any, path: str | Path, **kwargs: Any) -> Any:
                             "differ): the folder is corrupt or mixed up; re-copy it or retrain") from None
 
 
+def load_state(model: Any, tensors: dict[str, Any], where: str) -> None:
+    """Load saved `tensors` into `model`, or a one-line ArtifactError naming what does not fit. Tied weights are
+    saved under one of their names (safetensors keeps one copy), so a name missing from the file counts as
+    loaded when a name tied to it is there."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    tied_elsewhere = {n for names in groups.values() for n in names if any(m in tensors for m in names)}
+    missing = [k for k in missing if k not in tied_elsewhere]
+    if missing or unexpected:
+        raise ArtifactError(f"{where} does not fit the model (missing {sorted(missing)[:3]}, "
+                            f"unexpected {sorted(unexpected)[:3]})")
+
+
 @contextlib.contextmanager
 def hf_bars_off() -> Iterator[None]:
     """Silence transformers' progress bars ("Loading weights", "Writing model shards") for a block: a

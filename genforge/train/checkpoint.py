@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file, save_model
 
 from genforge.errors import ArtifactError
-from genforge.models.load import hf_bars_off, reading_weights
+from genforge.models.load import hf_bars_off, load_state, reading_weights
 
 STATE = "trainer_state.pt"
 WEIGHTS = "model.safetensors"
@@ -115,13 +115,5 @@ def load_checkpoint(folder: Path, model: Any) -> dict[str, Any]:
         raise ArtifactError(f"checkpoint {found} does not fit the model: {changed[0]} is {tuple(tensors[changed[0]].shape)}"
                             f" there, {tuple(shapes[changed[0]])} here ({len(changed)} tensors differ); resume with "
                             "the run's own sizes (its config.yaml)")
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    groups: dict[int, list[str]] = {}  # tied weights are saved under one of their names
-    for name, p in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(p), []).append(name)
-    tied_elsewhere = {n for names in groups.values() for n in names if any(m in tensors for m in names)}
-    missing = [k for k in missing if k not in tied_elsewhere]
-    if missing or unexpected:
-        raise ArtifactError(f"checkpoint {found} does not fit the model (missing {sorted(missing)[:3]}, "
-                            f"unexpected {sorted(unexpected)[:3]})")
+    load_state(model, tensors, f"checkpoint {found}")
     return state
