@@ -304,26 +304,39 @@ def given_keys(cfg: Any, written: Any = (), flags: Any = ()) -> set[str]:
     return set(flags) | {k for k in written if getattr(cfg, k) != default_of(cfg, k)}
 
 
+def needs_met(cfg: Any, f: dataclasses.Field) -> bool:
+    """Whether field `f` of `cfg` has an effect: its `needs` metadata (other field, *values) is satisfied."""
+    if not f.metadata.get("needs"):
+        return True
+    needed, *values = f.metadata["needs"]
+    value = getattr(cfg, needed)
+    return value in values if values else value != default_of(cfg, needed)
+
+
 def check_needs(cfg: Any, given: set[str], flags: Any = ()) -> None:
     """Refuse a given field (`given_keys`) that has no effect because the field its `needs` metadata names is
     not set as it needs ("--adv-epsilon has no effect without --adversarial fgm|pgd|freelb|vat"): silently
     ignored, it would leave the user believing a run was trained as it was not. A file's key is let through
     when a command-line flag in `flags` sets the field it needs: `--config saved.yaml --adversarial none`
-    asks for the saved run without adversarial training, its adv_epsilon moot."""
+    asks for the saved run without adversarial training, its adv_epsilon moot (`without_moot` resets it)."""
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for name, f in fields.items():
-        if name not in given or not f.metadata.get("needs"):
+        if name not in given or needs_met(cfg, f):
             continue
         needed, *values = f.metadata["needs"]
         if needed in flags and name not in flags:
             continue
-        value = getattr(cfg, needed)
-        met = value in values if values else value != default_of(cfg, needed)
-        if met:
-            continue
         shown = values or fields[needed].metadata.get("choices") or ()
         wanted = f" {'|'.join(map(str, shown))}" if shown else ""
         raise ConfigError(f"--{name.replace('_', '-')} has no effect without --{needed.replace('_', '-')}{wanted}")
+
+
+def without_moot(cfg: C) -> C:
+    """`cfg` with every field that has no effect (`needs_met`) back at its default: the config a run saves
+    then says what it did, and reloads with `--config` without tripping `check_needs`."""
+    moot = {f.name: default_of(cfg, f.name) for f in dataclasses.fields(cfg)
+            if not needs_met(cfg, f) and getattr(cfg, f.name) != default_of(cfg, f.name)}
+    return dataclasses.replace(cfg, **moot) if moot else cfg
 
 
 def load_config(cls: type[C], path: Path | None = None, overrides: dict[str, Any] | None = None) -> C:
@@ -334,7 +347,7 @@ def load_config(cls: type[C], path: Path | None = None, overrides: dict[str, Any
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     cfg = from_dict(cls, written | flags)
     check_needs(cfg, given_keys(cfg, written, flags), flags)
-    return cfg
+    return without_moot(cfg)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -227,8 +227,13 @@ def test_a_saved_config_reloads_and_a_written_key_counts_when_not_the_default(tm
         saved.write_text(dump_yaml(load_config(ClassifyConfig, None, FINETUNE_INPUTS | flags)))
         assert to_dict(load_config(ClassifyConfig, saved, {"max_steps": 7})) == to_dict(
             load_config(ClassifyConfig, None, FINETUNE_INPUTS | flags | {"max_steps": 7}))
-    # the command line switching the saved run's adversarial training off makes its adv_epsilon moot
-    assert load_config(ClassifyConfig, saved, {"adversarial": "none"}).adversarial == "none"
+    # the command line switching the saved run's adversarial training off makes its adv_epsilon moot: the config
+    # says so (back at its default), so the new run's own saved config reloads in turn
+    off = load_config(ClassifyConfig, saved, {"adversarial": "none"})
+    assert off.adversarial == "none" and off.adv_epsilon == 1.0 and off.lora_alpha == 32.0
+    saved.write_text(dump_yaml(off))
+    assert to_dict(load_config(ClassifyConfig, saved)) == to_dict(off)
+    saved.write_text(dump_yaml(load_config(ClassifyConfig, None, FINETUNE_INPUTS | flags)))
     with pytest.raises(ConfigError, match="^--adv-epsilon has no effect without --adversarial"):
         load_config(ClassifyConfig, saved, {"adversarial": "none", "adv_epsilon": 0.7})
     lora_off = tmp_path / "lora-off.yaml"  # written in the same file as the switch, the key is a contradiction

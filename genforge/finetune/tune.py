@@ -28,6 +28,7 @@ killed tuner left "running" are marked failed first. best.yaml is the best trial
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from genforge.artifacts import (
     write_json,
     write_manifest,
 )
-from genforge.config import dump_yaml, from_dict, read_yaml
+from genforge.config import check_needs, dump_yaml, from_dict, given_keys, read_yaml, without_moot
 from genforge.errors import ArtifactError, ConfigError, GenforgeError, Stopped
 from genforge.finetune.config import ClassifyConfig, DpoConfig, SftConfig, TuneConfig
 from genforge.train.logs import diverged, read_metrics
@@ -163,6 +164,12 @@ def check_trial_configs(path: Path, config_cls: type, base: dict[str, Any], sear
                 from_dict(config_cls, {**base, **first, key: value, "out": "trial"})
             except ConfigError as e:
                 raise ConfigError(f"{path}: base with search '{key}' = {value!r}: {e}") from None
+    try:  # a base setting whose `needs` neither the base nor the search can meet would be moot in every trial
+        cfg = from_dict(config_cls, {**base, **first, "out": "trial"})
+        moot_somewhere = {f.name for f in dataclasses.fields(cfg) if (f.metadata.get("needs") or ("",))[0] in search}
+        check_needs(cfg, given_keys(cfg, base, search) - moot_somewhere)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def suggest(trial: Any, search: dict[str, Any]) -> dict[str, Any]:
@@ -269,7 +276,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
 
     def objective(trial: Any) -> float:
         values = {**space["base"], **suggest(trial, space["search"]), "out": out / "trials" / f"{trial.number:04d}"}
-        trial_cfg = from_dict(config_cls, values)
+        trial_cfg = without_moot(from_dict(config_cls, values))
         metrics = run_trial(task, trial_cfg, trial, space["metric"], maximize)
         if metrics.get(space["metric"]) is None:
             raise ConfigError(f"trial runs report no metric '{space['metric']}' (they have: {', '.join(metrics)})")
@@ -287,7 +294,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     if not complete:
         raise GenforgeError(f"no trial of study {out} finished; see the trial logs in {out / 'trials'}")
     best = study.best_trial
-    best_cfg = from_dict(config_cls, {**space["base"], **best.params, "out": out / "best"})
+    best_cfg = without_moot(from_dict(config_cls, {**space["base"], **best.params, "out": out / "best"}))
     atomic_write_text(out / "best.yaml", dump_yaml(best_cfg))
     plot_trials(study, space["metric"], out / "trials.png")
     summary = {"best_trial": best.number, "best_value": best.value, "best_params": best.params,

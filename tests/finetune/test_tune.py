@@ -227,3 +227,15 @@ def test_ctrl_c_summarises_the_finished_trials(tmp_path, monkeypatch):
     summary = json.loads((out / "best.json").read_text())
     assert summary["best_value"] == 0.75 and summary["complete"] == 1 and summary["failed"] == 1
     assert (out / "best.yaml").is_file()
+
+
+def test_a_base_setting_no_trial_can_use_is_refused_and_a_searched_switch_lets_it_through(tmp_path):
+    """`lora_alpha` in the base with no `lora_r` anywhere would be moot in every trial: named before any
+    trial. Searching `lora_r` (0 included) makes it a setting some trials use."""
+    path = tmp_path / "s.yaml"
+    base = {"model": "m", "data": "d", "lora_alpha": 32.0}
+    path.write_text(yaml.safe_dump({"task": "classify", "base": base, "search": {"lr": {"choices": [1e-3]}}}))
+    with pytest.raises(ConfigError, match="--lora-alpha has no effect without --lora-r"):
+        read_space(path)
+    path.write_text(yaml.safe_dump({"task": "classify", "base": base, "search": {"lora_r": {"choices": [0, 8]}}}))
+    assert read_space(path)["base"]["lora_alpha"] == 32.0
