@@ -32,7 +32,7 @@ from genforge.artifacts import (
     write_json,
     write_manifest,
 )
-from genforge.config import from_dict, to_dict
+from genforge.config import check_needs, from_dict, given_keys, to_dict
 from genforge.errors import ConfigError, DataError
 from genforge.finetune.data import hash_bucket, read_records
 
@@ -141,7 +141,12 @@ def classify_config(cfg: MonitorTrainConfig, data: Path, out: Path, resume: bool
               "max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
               "eval_every": cfg.eval_every, "seed": cfg.seed, "select": "accuracy", **cfg.classify,
               "resume": resume}
-    return from_dict(ClassifyConfig, values, prefix="classify.")
+    classify = from_dict(ClassifyConfig, values, prefix="classify.")
+    try:
+        check_needs(classify, given_keys(classify, cfg.classify))
+    except ConfigError as e:  # named as the user wrote it: a key of the `classify:` mapping
+        raise ConfigError(f"classify: {e}") from None
+    return classify
 
 
 def classifier_run(cfg: MonitorTrainConfig, data: Path, out: Path) -> Path:

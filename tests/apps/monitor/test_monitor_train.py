@@ -113,7 +113,8 @@ def test_a_damaged_topic_file_is_one_line_naming_it(tmp_path, monitor_model, nam
         load_monitor_model(folder)
 
 
-@pytest.mark.parametrize("bad", ["missing sentiment data", "empty corpus", "classify key typo", "classify value"])
+@pytest.mark.parametrize("bad", ["missing sentiment data", "empty corpus", "classify key typo", "classify value",
+                                 "classify moot key"])
 def test_a_rerun_on_bad_input_keeps_the_earlier_model(tmp_path, monitor_model, bert_dir, sentiment_csv, train_cfg, bad):
     """A bad input or a bad `classify:` setting is refused before --out is touched: the finished model stays
     finished (a rerun with good settings is not refused as "an unfinished run")."""
@@ -126,6 +127,8 @@ def test_a_rerun_on_bad_input_keeps_the_earlier_model(tmp_path, monitor_model, b
         "empty corpus": ({"corpus": [empty_corpus]}, DataError, "corpus.txt holds no texts"),
         "classify key typo": ({"classify": {"warmup_stepz": 1}}, ConfigError, "unknown config key 'classify.warmup_stepz'"),
         "classify value": ({"classify": {"lr": -1.0}}, ConfigError, "--lr must be in"),
+        "classify moot key": ({"classify": {"adv_epsilon": 0.5}}, ConfigError,
+                              "classify: --adv-epsilon has no effect without --adversarial"),
     }[bad]
     settings = {"base": bert_dir, "data": [str(sentiment_csv)], "out": folder, **change}
     with pytest.raises(error, match=message):
