@@ -32,7 +32,7 @@ from genforge.train.checkpoint import WEIGHTS
 from genforge.train.config import TrainConfig
 from genforge.train.data import mix_seed, read_pack
 from genforge.train.engine import checkpoint_exists, train
-from genforge.train.logs import plot_loss
+from genforge.train.logs import plot_loss, run_settings
 from genforge.train.objectives import IGNORE, predicted_tokens
 
 MARKER = "checkpoints/latest"  # a run has started once it wrote this (see genforge.paradigms.runs)
@@ -136,7 +136,11 @@ def read_sentences(data: Any, split: str, pack: dict[str, Any], max_len: int) ->
 
 
 def collate(sentences: list[np.ndarray], bos: int, eos: int, pad: int) -> dict[str, torch.Tensor]:
-    """Encoder input (padded), lengths, decoder input (BOS + tokens) and labels (tokens + EOS, -100 pad)."""
+    """Encoder input (padded), lengths, decoder input (BOS + tokens) and labels (tokens + EOS, -100 pad).
+
+    `attention_mask` (1 on the encoder input's real tokens) is what the engine counts as tokens read: without it
+    the padding to the longest sentence counted too, and tokens_per_s overstated the throughput.
+    """
     width = max(len(s) for s in sentences) + 1
     ids = torch.full((len(sentences), width - 1), pad, dtype=torch.long)
     dec = torch.full((len(sentences), width), pad, dtype=torch.long)
@@ -145,8 +149,9 @@ def collate(sentences: list[np.ndarray], bos: int, eos: int, pad: int) -> dict[s
         t = torch.from_numpy(s)
         ids[i, :len(s)], dec[i, 0], dec[i, 1:len(s) + 1] = t, bos, t
         labels[i, :len(s)], labels[i, len(s)] = t, eos
-    return {"input_ids": ids, "lengths": torch.tensor([max(1, len(s)) for s in sentences]),
-            "decoder_input": dec, "labels": labels}
+    real = torch.tensor([len(s) for s in sentences])
+    return {"input_ids": ids, "attention_mask": (torch.arange(width - 1) < real[:, None]).long(),
+            "lengths": real.clamp(min=1), "decoder_input": dec, "labels": labels}
 
 
 @dataclass
@@ -221,7 +226,8 @@ def vae_train(cfg: VaeConfig) -> Any:
                             weight_decay=0.0, grad_clip=5.0, eval_every=cfg.eval_every, save_every=cfg.save_every,
                             log_every=min(10, cfg.eval_every), seed=cfg.seed, bf16=False, resume=cfg.resume)
     result = train(model, objective, SentenceBatches(train_rows, cfg, special), train_cfg, cfg.out,
-                   score=lambda: vae_metrics(model, objective, val_rows, special), select="loss")
+                   score=lambda: vae_metrics(model, objective, val_rows, special), select="loss",
+                   settings=run_settings(cfg))
     shutil.copy2(cfg.out / "checkpoints" / "best" / WEIGHTS, cfg.out / WEIGHTS)
     tokenizer.save_pretrained(cfg.out / "tokenizer")
     write_json(cfg.out / "vae.json", {"vocab_size": pack["vocab_size"], "embed_size": cfg.embed_size,

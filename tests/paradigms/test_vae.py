@@ -65,6 +65,16 @@ def test_collate_and_word_dropout():
     assert (rates[:, 1:] == 3).float().mean().item() == pytest.approx(0.3, abs=0.02)
 
 
+def test_padding_is_not_counted_as_tokens_read():
+    """The engine counted every padded position of a VAE batch (it had no attention_mask), so tokens_per_s
+    overstated the throughput by the padding to each batch's longest sentence."""
+    from genforge.train.engine import tokens_read
+
+    b = batch_of([[5, 6, 7], [8]])
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert tokens_read(b) == 4
+
+
 def test_kl_weight_scales_the_loss():
     torch.manual_seed(0)
     model = TextVae(20, 8, 8, 4)
@@ -98,7 +108,10 @@ def tiny(data, out, **over):
 def test_vae_trains_resumes_and_samples(packed, tmp_path):
     out = tmp_path / "vae"
     vae_train(tiny(packed, out, max_steps=4))
-    vae_train(tiny(packed, out, resume=True))
+    vae_train(tiny(packed, out, resume=True, word_dropout=0.1))
+    resumed = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()
+               if '"resume"' in line]  # the VAE's own settings are compared like the engine's
+    assert resumed[0]["changed"]["max_steps"] == [4, 8] and resumed[0]["changed"]["word_dropout"][1] == 0.1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "vae" and manifest["metrics"]["steps"] == 8
     metrics = manifest["metrics"]
@@ -111,6 +124,21 @@ def test_vae_trains_resumes_and_samples(packed, tmp_path):
     with pytest.raises(ArtifactError):
         vae_train(tiny(packed, tmp_path / "none", resume=True))
     damaged_runs_are_artifact_errors(out, tmp_path)
+
+
+def test_logged_throughput_counts_the_sentences_tokens(packed, tmp_path):
+    """metrics.jsonl's `tokens` (and so tokens_per_s) is the sentences' tokens, not batch size x padded width."""
+    from genforge.paradigms.vae import SentenceBatches, read_sentences
+    from genforge.train.data import read_pack
+
+    cfg = tiny(packed, tmp_path / "vae", max_len=64, max_steps=2, eval_every=2, save_every=2)
+    vae_train(cfg)
+    rows = read_sentences(packed, "train", read_pack(packed), cfg.max_len)
+    batches = SentenceBatches(rows, cfg, {"bos": 1, "eos": 2, "pad": 0})
+    real = sum(int(batches.batch(step, 0)["lengths"].sum()) for step in range(2))
+    padded = sum(batches.batch(step, 0)["input_ids"].numel() for step in range(2))
+    logged = [json.loads(line) for line in (cfg.out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in logged if r["kind"] == "train"] == [real] and real < padded
 
 
 def test_a_rerun_on_data_without_documents_keeps_the_earlier_run(packed, no_val_documents, tmp_path):
