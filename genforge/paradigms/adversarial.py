@@ -4,8 +4,8 @@ MLE pre-training runs in the one engine (it is a plain loss -> step loop); this 
 generator step (SeqGAN policy gradient or RelGAN Gumbel) with `disc_steps` discriminator steps, which
 the engine's one-optimiser step cannot express. It keeps the engine's conventions: metrics.jsonl +
 TensorBoard (`MetricsLog`), checkpoints/latest written atomically with both networks, both
-optimisers, the RNG state and the epoch, so `--resume` continues exactly; checkpoints/best by the
-`select` metric of `evaluate()` (lower is better).
+optimisers, the RNG state, the epoch and the settings, so `--resume` continues exactly and says which
+settings changed; checkpoints/best by the `select` metric of `evaluate()` (lower is better).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genforge.paradigms.config import GanConfig
+from genforge.paradigms.runs import restore_optimizer
 from genforge.paradigms.sequence import rollout_rewards, sample
 from genforge.paradigms.text_gan import (
     discriminator_loss,
@@ -38,7 +39,7 @@ from genforge.train.checkpoint import (
     set_rng_state,
 )
 from genforge.train.data import mix_seed
-from genforge.train.logs import MetricsLog
+from genforge.train.logs import MetricsLog, note_resume, run_settings
 
 
 def real_batch(real: torch.Tensor, batch_size: int, seed: int, *key: Any) -> torch.Tensor:
@@ -115,18 +116,20 @@ def adversarial(variant: str, generator: Any, disc: nn.Module, real: torch.Tenso
     g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.gen_lr, betas=(0.9, 0.999))
     d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=(0.9, 0.999))
     state: dict[str, Any] = {"epoch": 0, "best_val": math.inf, "best": {}, "elapsed": 0.0}
-    resuming = cfg.resume and find_checkpoint(latest) is not None
-    if resuming:
-        saved = load_checkpoint(latest, both)
-        g_opt.load_state_dict(saved["g_opt"])
-        d_opt.load_state_dict(saved["d_opt"])
+    settings = run_settings(cfg)
+    saved = load_checkpoint(latest, both) if cfg.resume and find_checkpoint(latest) is not None else None
+    if saved is not None:
+        restore_optimizer(g_opt, saved["g_opt"], lr=cfg.gen_lr)
+        restore_optimizer(d_opt, saved["d_opt"], lr=cfg.disc_lr)
         set_rng_state(saved["rng"])
         state.update({k: saved[k] for k in state})
-    log = MetricsLog(run_dir / "logs", resume_step=state["epoch"] if resuming else None)
+    log = MetricsLog(run_dir / "logs", resume_step=state["epoch"] if saved is not None else None)
+    if saved is not None:
+        note_resume(log, state["epoch"], saved, settings, f"{variant} epoch {state['epoch']}")
 
     def save(folder: Path, with_state: bool) -> None:
-        trainer = {**state, "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "rng": rng_state(),
-                   "step": state["epoch"]} if with_state else None
+        trainer = {**state, "settings": settings, "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(),
+                   "rng": rng_state(), "step": state["epoch"]} if with_state else None
         save_checkpoint(folder, both, trainer)
 
     def check(epoch: int) -> dict[str, float]:

@@ -6,7 +6,8 @@ the non-saturating GAN loss computed from logits (`BCEWithLogits`: stable, no si
 (2e-4, betas 0.5/0.999), batch 64; conditional on the class optionally (one-hot appended to z, and as
 constant maps to the discriminator's input). Losses go to metrics.jsonl/TensorBoard every
 `log_every` steps, a grid of fixed-noise samples to logs/ every epoch, checkpoints/latest every epoch
-(both networks, both optimisers, RNG, epoch: `--resume` continues exactly). At the end a classifier
+(both networks, both optimisers, RNG, epoch and the settings: `--resume` continues exactly, and says which
+flags it was given other values of). At the end a classifier
 trained on the real images scores the generator (genforge.paradigms.frechet).
 """
 
@@ -28,7 +29,7 @@ from genforge.models.presets import meta_params
 from genforge.paradigms.config import ImageGanConfig
 from genforge.paradigms.frechet import coverage, features_and_predictions, frechet_distance, train_classifier
 from genforge.paradigms.images import load_image_folder, save_grid
-from genforge.paradigms.runs import begin_run, check_run_folder
+from genforge.paradigms.runs import begin_run, check_run_folder, restore_optimizer
 from genforge.train.checkpoint import (
     WEIGHTS,
     find_checkpoint,
@@ -38,7 +39,7 @@ from genforge.train.checkpoint import (
     set_rng_state,
 )
 from genforge.train.data import mix_seed
-from genforge.train.logs import MetricsLog
+from genforge.train.logs import MetricsLog, note_resume, run_settings
 
 
 def generator_net(latent: int, channels: int, size: int, width: int, classes: int = 0) -> nn.Sequential:
@@ -126,13 +127,16 @@ def gan_image(cfg: ImageGanConfig) -> dict[str, Any]:
     g_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     state = {"epoch": 0, "step": 0, "elapsed": 0.0}
-    if cfg.resume:
-        saved = load_checkpoint(latest, both)
-        g_opt.load_state_dict(saved["g_opt"])
-        d_opt.load_state_dict(saved["d_opt"])
+    settings = run_settings(cfg)
+    saved = load_checkpoint(latest, both) if cfg.resume else None
+    if saved is not None:
+        restore_optimizer(g_opt, saved["g_opt"], lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        restore_optimizer(d_opt, saved["d_opt"], lr=cfg.lr, betas=(cfg.beta1, 0.999))
         set_rng_state(saved["rng"])
         state.update({key: saved[key] for key in state})
     log = MetricsLog(cfg.out / "logs", resume_step=state["step"] if cfg.resume else None)
+    if saved is not None:
+        note_resume(log, state["step"], saved, settings, f"epoch {state['epoch']} (step {state['step']})")
     fixed = torch.randn(64, cfg.latent_size, generator=torch.Generator().manual_seed(cfg.seed))
     fixed_labels = torch.arange(64) % max(1, k) if k else None
     t0 = time.perf_counter() - state["elapsed"]
@@ -161,8 +165,8 @@ def gan_image(cfg: ImageGanConfig) -> dict[str, Any]:
         with torch.no_grad():
             save_grid(generate(g, fixed, fixed_labels, k), cfg.out / "logs" / f"epoch_{epoch + 1:03d}.png")
         g.train()
-        save_checkpoint(latest, both, {**state, "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(),
-                                       "rng": rng_state()})
+        save_checkpoint(latest, both, {**state, "settings": settings, "g_opt": g_opt.state_dict(),
+                                       "d_opt": d_opt.state_dict(), "rng": rng_state()})
         bar.update(1)
     bar.close()
     log.close()

@@ -4,14 +4,23 @@ A run has started once it wrote its first checkpoint (`marker`). `--resume` need
 refuses a folder holding one that stopped midway (mixing the two would leave the old run's TensorBoard
 events, epoch grids and variant folders beside the new ones), and redoes a finished one from scratch: what
 the old run wrote (`written`) goes, so the folder holds one run only.
+
+The adversarial loops (gan image, the text GANs' variants) run outside the engine, so they keep its resume
+conventions: each checkpoint carries the settings it was trained with (`genforge.train.logs.run_settings`), a
+resume with other settings says what changed (`note_resume`), and the optimisers train on with this run's flags,
+not the ones saved in their state (`restore_optimizer`).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from genforge.artifacts import begin_output, check_output, check_resume_folder
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_run_folder(out: Path, stage: str, *, resume: bool, started: bool, marker: str) -> None:
@@ -36,3 +45,11 @@ def begin_run(out: Path, stage: str, *, resume: bool, started: bool, marker: str
             else:
                 path.unlink(missing_ok=True)
     return begun
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], **flags: Any) -> None:
+    """Load an optimiser's saved moments but keep this run's `flags` (lr, betas): torch's `load_state_dict` also
+    brings back the saved hyperparameters, which would silently ignore an --lr given with --resume."""
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        group.update(flags)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +23,6 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from genforge.config import to_dict
 from genforge.errors import ConfigError, Stopped
 from genforge.train.checkpoint import STATE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from genforge.train.config import TrainConfig
@@ -38,7 +36,7 @@ from genforge.train.distributed import (
     parallelize,
 )
 from genforge.train.evaluate import evaluate_loss, to_device
-from genforge.train.logs import MetricsLog, diverged
+from genforge.train.logs import MetricsLog, diverged, note_resume, run_settings
 from genforge.train.schedule import lr_at
 
 LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")  # every other selection metric: higher is better
@@ -143,7 +141,8 @@ def catch_signals(flag: StopFlag) -> Iterator[None]:
 def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainConfig, run_dir: Path, *,
           eval_data: Callable[[], Iterable[dict[str, torch.Tensor]]] | None = None,
           score: Callable[[], dict[str, float]] | None = None, select: str = "loss",
-          tokens_per_byte: float | None = None, dist: Dist | None = None) -> TrainResult:
+          tokens_per_byte: float | None = None, dist: Dist | None = None,
+          settings: dict[str, Any] | None = None) -> TrainResult:
     """Train `model` in place; write checkpoints/{latest,best} and logs/ under `run_dir` (main process only).
 
     Each evaluation measures the objective's loss on `eval_data()` and/or the metrics `score()` returns
@@ -154,7 +153,8 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     `cfg.grad_accum` micro-batches make one optimizer step whatever the process count: each of the
     `dist.world` processes runs `grad_accum / world` of them (their union is the single-process batch).
     `tokens_per_byte` (tokens / UTF-8 bytes of the validation text) turns val loss into bits per byte.
-    Raises `Interrupted` after saving checkpoints/latest when stopped by SIGINT/SIGTERM, and a ConfigError when
+    `settings`: the command's own settings beside `cfg`'s (the VAE's word dropout), saved in each checkpoint and
+    compared on resume like the engine's. Raises `Interrupted` after saving checkpoints/latest when stopped by SIGINT/SIGTERM, and a ConfigError when
     a logged training loss or gradient norm is NaN/inf (nothing is exported from a diverged run).
     """
     dist = dist or Dist()
@@ -174,11 +174,7 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best_val": math.inf, "best_step": -1,
                              "bad_evals": 0, "train_loss": math.nan, "best": {}}
     saved = load_checkpoint(latest, model) if cfg.resume else None  # weights before sharding
-    # A resume may change training flags (steps, lr, evaluation): the run's config.yaml then holds only the
-    # new values, so the settings each checkpoint was trained with travel in it, and changes are logged.
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "resume"}
-    changed = {k: [old, settings.get(k)] for k, old in (saved or {}).get("settings", {}).items()
-               if settings.get(k) != old}
+    settings = {**run_settings(cfg), **(settings or {})}  # travel in each checkpoint; a resume says what changed
     fsdp = cfg.fsdp and dist.world > 1
     parallel = parallelize(model, dist, fsdp)
     optimizer = make_optimizer(model, cfg)
@@ -199,12 +195,8 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
     elif cfg.compile and not compile_blocks(model):  # under DDP/FSDP: per-block graphs, robust to wrappers
         forward = torch.compile(parallel)
     log = MetricsLog(run_dir / "logs", enabled=dist.is_main, resume_step=state["step"] if cfg.resume else None)
-    if changed:
-        log.write(state["step"], "resume", {"changed": changed})
-        if dist.is_main:
-            told = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-            print(f"resumed at step {state['step']} with other settings: {told} (kept in logs/metrics.jsonl)",
-                  file=sys.stderr)
+    if saved is not None and dist.is_main:
+        note_resume(log, state["step"], saved, settings, f"step {state['step']}")
 
     def save(folder: Path, with_state: bool) -> None:
         model_state, optimizer_state = full_state(model, optimizer, fsdp)  # a collective under FSDP

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,26 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def run_settings(cfg: Any) -> dict[str, Any]:
+    """The settings a checkpoint is trained with: the command's config but --resume. A resume may change them
+    (steps, lr, evaluation) and the run's config.yaml then holds only the new values, so each checkpoint keeps
+    its own, and `note_resume` says what changed."""
+    from genforge.config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k != "resume"}
+
+
+def note_resume(log: MetricsLog, step: int, saved: dict[str, Any], settings: dict[str, Any], where: str) -> None:
+    """Say which settings differ from those `saved` (a checkpoint's trainer state) was trained with: one stderr
+    line and a `resume` record at `step` in metrics.jsonl. `where`: "step 300", "epoch 3". Main process only."""
+    changed = {k: [old, settings.get(k)] for k, old in saved.get("settings", {}).items() if settings.get(k) != old}
+    if not changed:
+        return
+    log.write(step, "resume", {"changed": changed})
+    told = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+    print(f"resumed at {where} with other settings: {told} (kept in logs/metrics.jsonl)", file=sys.stderr)
 
 
 def diverged(record: dict[str, Any]) -> bool:

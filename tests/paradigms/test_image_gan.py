@@ -1,6 +1,7 @@
 """Image GAN: DCGAN shapes and losses (signs, gradients only where they belong), evaluation, image folder, resume."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,6 +121,25 @@ def test_gan_image_trains_evaluates_and_resumes(tmp_path, digits):
     steps = [json.loads(line)["step"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
     assert json.loads((out / "manifest.json").read_text())["stage"] == "gan.image"
+
+
+def test_a_resume_with_other_settings_says_so_and_trains_with_them(tmp_path, digits, capsys):
+    """A resume with another --batch-size or --lr carried on without a word, and Adam's load_state_dict
+    brought back the saved learning rate: --lr given with --resume was silently ignored."""
+    cfg = dict(images=digits, out=tmp_path / "run", image_size=16, width=8, latent_size=16, epochs=1,
+               batch_size=64, log_every=2, classifier_epochs=0, eval_samples=20)
+    gan_image(ImageGanConfig(**cfg))
+    capsys.readouterr()
+    gan_image(ImageGanConfig(**{**cfg, "epochs": 2, "batch_size": 32, "lr": 1e-3, "resume": True}))
+    told = re.search(r"resumed at epoch 1 \(step (\d+)\) with other settings: epochs 1 -> 2, batch_size 64 -> 32, "
+                     r"lr 0.0002 -> 0.001 \(kept in logs/metrics.jsonl\)", capsys.readouterr().err)
+    assert told
+    records = [json.loads(line) for line in (cfg["out"] / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": int(told[1]), "kind": "resume", "changed": {"epochs": [1, 2], "batch_size": [64, 32],
+                                                               "lr": [0.0002, 0.001]}} in records
+    state = torch.load(cfg["out"] / "checkpoints" / "latest" / "trainer_state.pt", weights_only=True)
+    assert {g["lr"] for name in ("g_opt", "d_opt") for g in state[name]["param_groups"]} == {1e-3}
+    assert state["settings"]["batch_size"] == 32
 
 
 def test_absurd_network_sizes_are_refused_before_the_output_is_touched(tmp_path, digits):

@@ -133,3 +133,30 @@ def test_seqgan_scores_rollouts_without_discriminator_dropout(tmp_path, monkeypa
     opts = [torch.optim.Adam(m.parameters(), 1e-3) for m in (gen, disc)]
     adversarial.adversarial_step("seqgan", gen, disc, *opts, sample(gen, 8, L, 0), cfg, 0, 0)
     assert seen == [(False, True)] and disc.training
+
+
+def test_an_adversarial_resume_with_other_settings_says_so_and_trains_with_them(nets, tmp_path, capsys):
+    """The text GANs' adversarial phase resumed with another --gen-lr (or any other setting) without a word,
+    and kept training at the learning rate saved in the optimiser's state."""
+    import json
+
+    from genforge.paradigms.adversarial import adversarial
+    from genforge.paradigms.config import OracleConfig
+
+    generator, disc = nets
+    real = torch.randint(0, V, (32, L), generator=torch.Generator().manual_seed(0))
+    cfg = OracleConfig(out=tmp_path, adv_epochs=1, eval_every=1, batch_size=4, gen_lr=1e-3)
+
+    def score():
+        return {"nll_sum": 1.0}
+
+    adversarial("gumbel", generator, disc, real, cfg, tmp_path / "gumbel", 0, score, "nll_sum")
+    capsys.readouterr()
+    cfg = OracleConfig(out=tmp_path, adv_epochs=2, eval_every=1, batch_size=4, gen_lr=2e-3, resume=True)
+    adversarial("gumbel", generator, disc, real, cfg, tmp_path / "gumbel", 0, score, "nll_sum")
+    assert ("resumed at gumbel epoch 1 with other settings: adv_epochs 1 -> 2, gen_lr 0.001 -> 0.002 (kept in "
+            "logs/metrics.jsonl)") in capsys.readouterr().err
+    records = [json.loads(line) for line in (tmp_path / "gumbel" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": 1, "kind": "resume", "changed": {"adv_epochs": [1, 2], "gen_lr": [1e-3, 2e-3]}} in records
+    state = torch.load(tmp_path / "gumbel" / "checkpoints" / "latest" / "trainer_state.pt", weights_only=True)
+    assert [g["lr"] for g in state["g_opt"]["param_groups"]] == [2e-3]
