@@ -90,6 +90,15 @@ def load_round(out: Path) -> dict[str, Any]:
     return state
 
 
+def renumbered_rounds(done: int, rounds: int) -> str:
+    """The line a resumed ServerApp logs first. Flower 1.42 numbers a session's rounds from 1 and takes no start
+    round (`Strategy.start` and SecAgg+'s `DefaultWorkflow` loop over `range(1, num_rounds + 1)`), so its own
+    "[ROUND k/n]" lines restart while everything genforge writes counts on from the checkpoint."""
+    return (f"resuming after round {done} of {rounds}: Flower counts this session's rounds from 1 again, so its "
+            f"round k is round {done} + k of the run (its round 1 is round {done + 1}); rounds.jsonl, the "
+            "checkpoints and the clients use the run's numbers")
+
+
 def check_resume(cfg: Any, out: Path, clients: list[dict[str, Any]]) -> dict[str, Any]:
     """The stopped run's federation.json; refuses a resume whose settings or silos differ from that run's."""
     import json

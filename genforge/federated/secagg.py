@@ -14,6 +14,7 @@ the individual updates and is refused with --secagg.
 from __future__ import annotations
 
 from collections.abc import Callable
+from logging import INFO
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore import log
 
 from genforge.errors import DataError
 
@@ -90,6 +92,11 @@ def run_secure(grid: Any, context: Context, cfg: Any, task: Any, evaluate: Calla
         metrics = evaluate(server_round, tensors)
         return float(metrics.get("loss", 0.0)), metrics
 
+    def fit_config(server_round: int) -> dict:
+        if rounds_done:  # under Flower's "[ROUND k]" line, which restarts at 1 after a resume
+            log(INFO, "Flower's round %d is round %d of the run", server_round, server_round + rounds_done)
+        return {"server-round": server_round + rounds_done}
+
     def fit_metrics(results: list[tuple[int, dict]]) -> dict:
         sink.append([dict(m) for _, m in results])
         return {"clients": len(results)}
@@ -99,7 +106,7 @@ def run_secure(grid: Any, context: Context, cfg: Any, task: Any, evaluate: Calla
                       min_available_clients=cfg.clients, evaluate_fn=evaluate_fn,
                       initial_parameters=ndarrays_to_parameters([latest[n].numpy() for n in names]),
                       fit_metrics_aggregation_fn=fit_metrics,
-                      on_fit_config_fn=lambda server_round: {"server-round": server_round + rounds_done})
+                      on_fit_config_fn=fit_config)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - rounds_done,
                                                                 round_timeout=cfg.round_timeout),
                            strategy=strategy)

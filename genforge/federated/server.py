@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class Guarded(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
+        if self.offset:  # under Flower's "[ROUND k/n]" line, which restarts at 1 after a resume
+            log(INFO, "Flower's round %d is round %d of the run", server_round, server_round + self.offset)
         server_round += self.offset
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.rounds[server_round] = {"sampled": len(messages), "failed": 0, "rejected": 0, "used": 0}
@@ -179,7 +181,7 @@ def run_server(grid: Grid, path: str, context: Context) -> None:
 
     from genforge.federated.client import read_federation
     from genforge.federated.report import RoundLog, finish
-    from genforge.federated.resume import load_round, restore_server, save_round
+    from genforge.federated.resume import load_round, renumbered_rounds, restore_server, save_round
     from genforge.federated.tasks import build_task, load_trainable, trainable
     from genforge.finetune.run import device
 
@@ -195,6 +197,7 @@ def run_server(grid: Grid, path: str, context: Context) -> None:
         load_trainable(task.model, saved["tensors"])
         restore_server(strategy, saved, cfg)
         strategy.offset = done
+        log(INFO, "%s", renumbered_rounds(done, cfg.rounds))
     rounds = RoundLog(cfg.out, keep=done, seconds=seconds)
 
     def score(server_round: int, tensors: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:

@@ -192,3 +192,33 @@ def test_fedadam_sends_the_model_in_the_clients_dtype():
     strategy.strategy.current_arrays = {"w": np.zeros(2, np.float32)}
     w, _ = aggregate(strategy, [reply([1.0, 2.0]), reply([0.5, 1.0])])
     assert w.dtype == np.float32
+
+
+class AnsweringGrid:
+    """Two connected nodes that reply to every train message with the arrays they were sent."""
+
+    def get_node_ids(self):
+        return [1, 2]
+
+    def send_and_receive(self, messages, timeout=None):
+        return [Message(RecordDict({"arrays": m.content["arrays"], "metrics": reply([0.0]).content["metrics"]}), reply_to=m)
+                for m in messages]
+
+
+def test_a_resumed_session_says_which_round_of_the_run_each_flower_round_is(caplog):
+    """After --resume, Flower's own log numbered the rounds from 1 again ("[ROUND 1/2]" for the run's round 4)
+    and nothing in the log said which round of the run that was."""
+    from genforge.federated.resume import renumbered_rounds
+
+    strategy = build_strategy(cfg(clients=2))
+    strategy.offset = 3  # as run_server sets it after restoring round 3
+    with caplog.at_level("INFO", logger="flwr"):
+        strategy.start(AnsweringGrid(), ArrayRecord({"w": torch.zeros(2)}), num_rounds=2)
+    lines = [r.getMessage() for r in caplog.records]
+    for flower_round, run_round in ((1, 4), (2, 5)):
+        at = lines.index(f"[ROUND {flower_round}/2]")
+        assert f"Flower's round {flower_round} is round {run_round} of the run" in lines[at + 1:at + 3]
+    assert sorted(strategy.rounds) == [4, 5]
+    assert renumbered_rounds(3, 5) == ("resuming after round 3 of 5: Flower counts this session's rounds from 1 "
+                                       "again, so its round k is round 3 + k of the run (its round 1 is round 4); "
+                                       "rounds.jsonl, the checkpoints and the clients use the run's numbers")
