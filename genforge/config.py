@@ -113,7 +113,7 @@ def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     if missing:
         raise ConfigError(f"config key '{prefix}{missing[0]}' is required")
     cfg = cls(**kwargs)
-    validate(cfg)
+    validate(cfg, prefix)
     return cfg
 
 
@@ -206,9 +206,10 @@ def check_threads(flag: str, threads: int) -> None:
         raise ConfigError(f"{flag} must be <= {usable_cpus()}, the CPUs this process may use; got {threads}")
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: Any, prefix: str = "") -> None:
     """Check `choices` metadata, let the dataclass check itself (a `check()` method, if any), then refuse
-    NaN and infinity in any float field (`refuse_non_finite`); after `check()`, whose messages say more."""
+    NaN and infinity in any float field (`refuse_non_finite`); after `check()`, whose messages say more.
+    `prefix`: where a nested config sits in its file ("channels.webhook."), named instead of a flag."""
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
@@ -221,16 +222,18 @@ def validate(cfg: Any) -> None:
     if callable(check):
         check()
     for f in dataclasses.fields(cfg):
-        refuse_non_finite(f.name, getattr(cfg, f.name))
+        refuse_non_finite(f.name, getattr(cfg, f.name), prefix)
 
 
 # YAML's .nan/.inf and the CLI's "nan"/"inf" are floats; NaN passes every range check written as `x < 0`
 # and ends as a NaN model, infinity as a crash far away (int(inf)). No setting means anything at either.
-def refuse_non_finite(name: str, value: Any) -> None:
-    """Refuse a float (or a list of floats) that is NaN or infinite, naming the flag."""
+def refuse_non_finite(name: str, value: Any, prefix: str = "") -> None:
+    """Refuse a float (or a list of floats) that is NaN or infinite, naming the flag (or, for a config nested
+    in a file under `prefix`, the key: it has no flag)."""
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+            where = f"config key '{prefix}{name}'" if prefix else f"--{name.replace('_', '-')}"
+            raise ConfigError(f"{where} must be a finite number, got {v}")
 
 
 # Bytes that were not UTF-8 in argv or stdin reach Python as surrogate escapes (U+DC80-U+DCFF), a JSON body may

@@ -108,6 +108,13 @@ def test_nan_and_infinity_are_refused_for_every_float(tmp_path, text):
     with pytest.raises(ConfigError, match=r"^--share must be in \[0, 1\]"):  # a stage's own message says more
         from_dict(Weights, {"share": "inf"})
     assert from_dict(Weights, {"weight": [1e308, 0.0], "share": 1}).weight == [1e308, 0.0]
+    with pytest.raises(ConfigError, match=r"^config key 'part\.weight' must be a finite number"):
+        from_dict(Nested, {"part": {"weight": [text.replace(".", "")]}})  # a nested key has no flag to name
+
+
+@dataclass
+class Nested:
+    part: Weights = field(default_factory=Weights)
 
 
 def config_classes() -> list[type]:
