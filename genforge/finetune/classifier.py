@@ -24,7 +24,7 @@ import torch
 from genforge.errors import ArtifactError
 from genforge.finetune.heads import HEADS, Classifier, build_head
 from genforge.finetune.lora import adapter_base, load_adapted
-from genforge.finetune.model import hf_config, load_pretrained, load_tokenizer
+from genforge.finetune.model import hf_config, is_decoder, load_pretrained, load_tokenizer
 from genforge.finetune.typos import load_corrector
 from genforge.models.load import COMPRESSION, check_weights
 
@@ -34,11 +34,17 @@ HEAD_WEIGHTS = "head.safetensors"
 
 def classification_config(path: Path, labels: list[str], multi_label: bool, pad_id: int | None,
                           dropout: float = -1.0) -> Any:
-    """The base model's HF config turned into a classification config (labels, problem type, pad id)."""
+    """The base model's HF config turned into a classification config (labels, problem type, pad id).
+
+    A decoder's `*ForSequenceClassification` reads the last token that is not `config.pad_token_id`, so that
+    id must be the one batches are padded with (the tokenizer's, `pad_id`): a base whose config names
+    another (a foreign checkpoint whose tokenizer pads with eos) would otherwise pool a pad position, and a
+    text's prediction would depend on the longest text of its batch. An encoder keeps its own (RoBERTa
+    counts its positions from it)."""
     config = hf_config(path, dropout=dropout, num_labels=len(labels), id2label=dict(enumerate(labels)),
                        label2id={lab: i for i, lab in enumerate(labels)},
                        problem_type="multi_label_classification" if multi_label else "single_label_classification")
-    if getattr(config, "pad_token_id", None) is None:  # decoders find their last token by the pad id
+    if pad_id is not None and (getattr(config, "pad_token_id", None) is None or is_decoder(config.to_dict())):
         config.pad_token_id = pad_id
     return config
 

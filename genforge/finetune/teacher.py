@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from genforge.artifacts import MANIFEST, read_manifest
 from genforge.errors import DataError
 
-EPS = 1e-6  # keeps log(p) and logit(p) finite for a teacher that is certain
+EPS = 1e-6  # keeps logit(p) finite for a teacher that is certain: float32 probabilities cannot tell 1 - p below it
+TINY = float(np.finfo(np.float32).tiny)  # keeps log(p) finite for a probability float32 rounded to 0
 
 
 def check_teachers(teachers: list[Path], labels: list[str], multi_label: bool) -> None:
@@ -48,16 +49,30 @@ def teacher_logits(teachers: list[Path], texts: list[str], labels: list[str], mu
     from genforge.finetune.run import runs_on
 
     check_teachers(teachers, labels, multi_label)
-    total = np.zeros((len(texts), len(labels)), dtype=np.float64)
+    probs = []
     for folder in teachers:
         model, tokenizer, info = load_classifier(folder)
         with tqdm(total=len(texts), desc=f"teacher {Path(folder).name}", unit="text", leave=False) as bar:
-            probs = predict_probs(model.to(runs_on(folder)), tokenizer, texts, seq_len=info["seq_len"],
+            found = predict_probs(model.to(runs_on(folder)), tokenizer, texts, seq_len=info["seq_len"],
                                   multi_label=multi_label, batch_size=batch_size, progress=bar.update)
-        total += probs[:, [info["labels"].index(label) for label in labels]]
+        probs.append(found[:, [info["labels"].index(label) for label in labels]])
         del model
-    mean = torch.from_numpy(total / len(teachers)).float().clamp(EPS, 1 - EPS)
-    return torch.logit(mean) if multi_label else mean.log()
+    return mean_logits(probs, multi_label)
+
+
+def mean_logits(probs: list[np.ndarray], multi_label: bool) -> torch.Tensor:
+    """Logits of the mean of several teachers' probabilities: log-probabilities (single-label), log-odds
+    (multi-label).
+
+    Single-label log-probabilities are floored at TINY only: the small probabilities are what the student
+    learns from a teacher (their ratios, softened by T), and a floor as high as EPS raised a certain
+    teacher's (e^-20 ~ 2e-9 per class) to 1e-6, so at T = 2 the 76 other classes of a 77-class teacher
+    carried 7% of the target instead of 0.3%, spread evenly.
+    """
+    mean = torch.from_numpy(np.mean(np.stack(probs), axis=0, dtype=np.float64))
+    if multi_label:
+        return torch.logit(mean.clamp(EPS, 1 - EPS)).float()
+    return mean.clamp(min=TINY).log().float()
 
 
 def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, multi_label: bool, temperature: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from genforge.finetune.classifier import CLASSIFIER_JSON, load_classifier, predi
 from genforge.finetune.classify import ClassifyObjective, classify, encode_targets, evaluate_folder
 from genforge.finetune.config import ClassifyConfig
 from genforge.finetune.run import runs_on
-from genforge.finetune.teacher import distill_loss, teacher_logits
+from genforge.finetune.teacher import distill_loss, mean_logits, teacher_logits
 
 
 def tiny_cfg(**overrides) -> ClassifyConfig:
@@ -139,6 +140,45 @@ def test_distill_loss_is_zero_only_where_the_student_agrees_with_the_teacher():
     # single-label: a KL, so zero at agreement, also up to a constant per row (log-probs stand for logits)
     assert distill_loss(teacher, teacher.log_softmax(-1), False, 3.0) == pytest.approx(0.0, abs=1e-6)
     assert distill_loss(torch.zeros_like(teacher), teacher, False, 1.0) > 0
+
+
+def test_a_confident_teachers_small_probabilities_reach_the_student():
+    """The target was softmax(log(max(p, 1e-6)) / T): a teacher 20 nats sure (p ~ 2e-9 per other class) gave
+    the 76 other classes of 77 7% of the mass at T = 2 instead of Hinton's softmax(z / T)'s 0.34%."""
+    z = torch.zeros(3, 77)
+    z[:, 0] = torch.tensor([5.0, 20.0, 200.0])  # 200: the other classes' float32 probabilities are 0
+    z[:, 1] = 2.0  # the ratios among the small probabilities are the teacher's knowledge
+    target = mean_logits([z.softmax(-1).numpy()], multi_label=False)
+    for t in (1.0, 2.0, 4.0):
+        assert torch.allclose((target / t).softmax(-1), (z / t).softmax(-1), atol=1e-6)
+    student = torch.zeros(3, 77, requires_grad=True)
+    loss = distill_loss(student, target, False, 2.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+    z2 = torch.randn(3, 77) * 3  # an ensemble teaches its mean probabilities
+    mean = (z.softmax(-1) + z2.softmax(-1)) / 2
+    assert torch.allclose(mean_logits([z.softmax(-1).numpy(), z2.softmax(-1).numpy()], False).softmax(-1), mean,
+                          atol=1e-6)
+
+
+def test_a_decoder_pools_its_last_token_whatever_pad_id_its_config_names(tmp_path, llama_dir):
+    """A base whose config.json names another pad id than the one its tokenizer pads with: the linear head
+    pooled a pad position, so a text's prediction depended on the longest text of its batch (a class's
+    probability moved by up to 0.2 on a random Llama)."""
+    from genforge.finetune.classifier import build_classifier
+    from genforge.finetune.model import load_tokenizer
+
+    base = shutil.copytree(llama_dir, tmp_path / "llama")
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps(config | {"pad_token_id": 5}))
+    tokenizer = load_tokenizer(base)
+    assert tokenizer.pad_token_id != 5
+    model, _ = build_classifier(base, head="linear", labels=["a", "b", "c"], multi_label=False,
+                                pad_id=tokenizer.pad_token_id)
+    short, long = "profits rose", "shares dropped sharply after weak results and a long warning about the year"
+    alone = predict_probs(model, tokenizer, [short], seq_len=64, multi_label=False)
+    beside_long = predict_probs(model, tokenizer, [short, long], seq_len=64, multi_label=False)
+    assert alone[0] == pytest.approx(beside_long[0], abs=1e-5)
 
 
 def test_student_learns_from_a_teacher_with_its_own_tokenizer(tmp_path, bert_dir, llama_dir, sentiment_csv):
