@@ -82,7 +82,8 @@ def read_pairs(path: Path) -> list[Pair]:
 
 def split_answer(tokenizer: Any, messages: list[Message], answer: str) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of `messages` answered by `answer`, tokenized segment by segment as SFT does;
-    the answer is its content and closing <|im_end|>, the prompt all before it, the assistant header included."""
+    the answer is its content, closing <|im_end|> and the newline after it, the prompt all before it, the
+    assistant header included."""
     pieces = [tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
               for text, _ in segments(tokenizer, [*messages, {"role": "assistant", "content": answer}])]
     return [i for piece in pieces[:-1] for i in piece], pieces[-1]

@@ -5,7 +5,7 @@ same one `genforge chat` and `generate --chat` use, so training and generation s
 Which tokens are learned is decided per message: the template is applied to growing prefixes of the
 dialogue, and the text each message adds is its segment; an assistant segment is split into its
 header (`<|im_start|>assistant\\n`, the generation prompt: not learned) and its content with the
-closing `<|im_end|>` (learned, so the model learns to stop). The loop, objective (causal LM with
+closing `<|im_end|>` and the newline after it (learned, so the model learns to stop). The loop, objective (causal LM with
 labels -100 on unlearned tokens) and checkpoints are the engine's.
 """
 
@@ -164,8 +164,9 @@ def encode_dialogue(tokenizer: Any, messages: list[Message], *, max_tokens: int,
 def pack_examples(examples: list[tuple[list[int], list[int]]], max_tokens: int) -> list[tuple[list[int], list[int]]]:
     """Greedy packing, in order: consecutive dialogues share a sequence while they fit in `max_tokens`.
 
-    Attention is not blocked between packed dialogues (the common, cheap form of packing); the chat
-    template's <|im_start|>/<|im_end|> markers separate them.
+    Packed dialogues are not isolated (the common, cheap form of packing): attention is not blocked between
+    them, only the chat template's <|im_start|>/<|im_end|> markers separate them, and position ids run on
+    across them, so a dialogue's loss packed differs from its loss alone.
     """
     packed: list[tuple[list[int], list[int]]] = []
     for ids, labels in examples:
