@@ -257,7 +257,8 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
 
             # Weights from the host batches: counting tokens on the device would sync it every step.
             host_batches = [batches.batch(step, dist.rank * local_accum + micro) for micro in range(local_accum)]
-            weights = micro_weights(objective, host_batches, dist.world)
+            weights, step_tokens = weigh_micro_batches(objective, host_batches, dist.world)
+            state["tokens"] += step_tokens
             for micro, (host_batch, weight) in enumerate(zip(host_batches, weights, strict=True)):
                 batch = to_device(host_batch, device)
                 with grad_sync(parallel, enabled=micro == local_accum - 1):
@@ -269,7 +270,6 @@ def train(model: torch.nn.Module, objective: Any, batches: Batches, cfg: TrainCo
                     if train_step is None:
                         (loss * weight).backward()
                 loss_sum += loss.detach() * weight
-                state["tokens"] += tokens_read(host_batch) * dist.world
             n_loss += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
@@ -339,24 +339,28 @@ def tokens_read(batch: dict[str, Any]) -> int:
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
-def micro_weights(objective: Any, micro_batches: list[dict[str, torch.Tensor]], world: int) -> list[float]:
-    """What each micro-batch's mean loss is multiplied by in this process's share of a step's gradient.
+def weigh_micro_batches(objective: Any, micro_batches: list[dict[str, torch.Tensor]], world: int
+                        ) -> tuple[list[float], int]:
+    """(what each micro-batch's mean loss is multiplied by in this process's share of a step's gradient,
+    the tokens all processes read in the step), from one all-reduce of this process's counts.
 
     With `objective.count` (the tokens a loss averages over) a micro-batch weighs its share of all the step's
     tokens, over every process; times `world`, since DDP/FSDP average the processes' gradients. The step's
     gradient is then the token mean over the global batch, as one batch would give: a micro-batch of short SFT
     answers no longer counts as much as one of long answers, and the logged loss matches evaluation's token
     mean. Without `count` (classification, DPO: a mean over examples), each micro-batch weighs the same.
+    The tokens read are summed over the processes, not this one's times `world`: padded batches differ by process.
     """
     count = getattr(objective, "count", None)
     counts = [count(batch) for batch in micro_batches] if count is not None else []
-    if not counts or any(c is None for c in counts):
-        return [1 / len(micro_batches)] * len(micro_batches)
-    local = torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in counts]).cpu()
-    total = float(all_reduce(local.sum().reshape(1)))
-    if total == 0:  # no predicted token anywhere: the losses are NaN and the run stops as diverged
-        return [1 / len(micro_batches)] * len(micro_batches)
-    return [float(c) * world / total for c in local]
+    counted = bool(counts) and all(c is not None for c in counts)
+    local = torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in counts]).cpu() if counted else None
+    read = sum(tokens_read(batch) for batch in micro_batches)
+    totals = all_reduce(torch.tensor([float(local.sum()) if counted else 0.0, read], dtype=torch.float64))
+    total, tokens = float(totals[0]), int(totals[1])
+    if not counted or total == 0:  # no predicted token anywhere: the losses are NaN and the run stops as diverged
+        return [1 / len(micro_batches)] * len(micro_batches), tokens
+    return [float(c) * world / total for c in local], tokens
 
 
 def checkpoint_exists(run_dir: Path) -> bool:

@@ -2,6 +2,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from genforge.models.presets import build_model, model_config
 from genforge.train.checkpoint import STATE
 from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
-from genforge.train.engine import Interrupted, decay_groups, micro_weights, tokens_read, train
+from genforge.train.engine import Interrupted, decay_groups, tokens_read, train, weigh_micro_batches
 from genforge.train.evaluate import evaluate_loss
 from genforge.train.objectives import IGNORE, ClmObjective
 
@@ -140,8 +142,8 @@ def test_a_step_is_the_token_mean_however_the_batch_is_split(tmp_path, packed, t
 
 def test_micro_batches_weigh_the_same_for_an_objective_without_count():
     batches = [TwoExamples(1).batch(0, m) for m in range(2)]
-    assert micro_weights(ClmObjective(), batches, world=1) == [20 / 22, 2 / 22]
-    assert micro_weights(object(), batches, world=1) == [0.5, 0.5]
+    assert weigh_micro_batches(ClmObjective(), batches, world=1) == ([20 / 22, 2 / 22], 40)
+    assert weigh_micro_batches(object(), batches, world=1) == ([0.5, 0.5], 40)
 
 
 def test_padding_is_not_counted_as_tokens_read(tmp_path, tiny):
@@ -156,6 +158,52 @@ def test_padding_is_not_counted_as_tokens_read(tmp_path, tiny):
     assert tokens_read(Padded(2).batch(0, 0)) == 25 and tokens_read(TwoExamples(2).batch(0, 0)) == 40
     cfg = tiny(tmp_path, batch_size=2, grad_accum=1, max_steps=2, warmup_steps=0, eval_every=0, save_every=0)
     assert train(fresh_model(), ClmObjective(), Padded(2), cfg, tmp_path).tokens == 2 * 25
+
+
+# One step of a padded batch whose rows split unevenly over the processes: rank 0 reads 20 + 2 tokens, rank 1 20 + 9.
+PADDED_STEP = """
+import json, sys, torch
+from genforge.models.presets import build_model, model_config
+from genforge.train.config import TrainConfig
+from genforge.train.distributed import close, init_distributed
+from genforge.train.engine import train
+from genforge.train.objectives import ClmObjective
+
+class Padded:
+    def batch(self, step, micro):
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(3, 320, (4, 20), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 2:] = 0
+        mask[3, 9:] = 0
+        rows = slice(micro, micro + 1)
+        return {"input_ids": ids[rows], "attention_mask": mask[rows],
+                "labels": torch.where(mask == 1, ids, -100)[rows]}
+
+    def state_dict(self, step):
+        return {}
+
+dist = init_distributed()
+torch.manual_seed(0)
+model = build_model(model_config("clm", "tiny", vocab_size=320, max_positions=32, special_ids={}), "clm")
+cfg = TrainConfig(out=sys.argv[1], max_steps=1, batch_size=1, grad_accum=4, seq_len=20, warmup_steps=0,
+                  eval_every=0, save_every=0, log_every=1, bf16=False)
+result = train(model, ClmObjective(), Padded(), cfg, cfg.out, dist=dist)
+print(json.dumps({"tokens": result.tokens}))
+close()
+"""
+
+
+@pytest.mark.slow  # two torchrun processes: about 20 s of interpreter and torch start-up
+def test_tokens_read_are_summed_over_processes_of_unequal_padding(tmp_path):
+    """Throughput under DDP counts each process's own tokens: rank 0's count times the processes was 44, not 51."""
+    script = tmp_path / "padded_step.py"
+    script.write_text(PADDED_STEP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["tokens"] == 20 + 2 + 20 + 9
 
 
 def test_grad_accum_must_split_over_processes(tmp_path, packed, tiny):
