@@ -4,8 +4,9 @@ Real sequences are the folder's documents cut or padded (with EOS) to `seq_len` 
 after BOS. The generator is an LSTM or a fresh genforge decoder preset (Llama); it is MLE-pre-trained
 by the engine, then each variant trains a copy adversarially. Without an oracle, quality is measured
 as the share of generated 4-grams that occur in the training text (`ngram_miss` = 1 - that share,
-lower is better, a cheap stand-in for Texygen's BLEU) and diversity as the generator's NLL of the
-validation sentences (`nll_val`) and the distinct-4-gram ratio of its samples.
+lower is better, a cheap stand-in for Texygen's BLEU; 4-grams of the text up to EOS, not of the EOS
+padding) and diversity as the generator's NLL of the validation sentences (`nll_val`) and the
+distinct-4-gram ratio of its samples.
 """
 
 from __future__ import annotations
@@ -46,13 +47,24 @@ def ngrams(rows: list[list[int]], n: int = 4) -> list[tuple[int, ...]]:
     return [tuple(r[i:i + n]) for r in rows for i in range(len(r) - n + 1)]
 
 
-def text_scores(generator: Any, val_rows: torch.Tensor, reference: set, n: int, start: int, seed: int
+def until_eos(rows: list[list[int]], eos: int) -> list[list[int]]:
+    """Each fixed-length row up to its first EOS (kept: how a text ends is part of it), without the EOS padding.
+
+    The padding is not text: its 4-grams (EOS EOS EOS EOS, ...) occur in every short training row, so counting
+    them let a generator that stops after two random words score an ngram_miss near 0.
+    """
+    return [r[:r.index(eos) + 1] if eos in r else r for r in rows]
+
+
+def text_scores(generator: Any, val_rows: torch.Tensor, reference: set, n: int, start: int, eos: int, seed: int
                 ) -> dict[str, float]:
+    """ngram_miss and distinct_4 of `n` samples' text (up to EOS; `reference`: the training texts' 4-grams), and
+    nll_val, the NLL per token of the validation texts (up to EOS, as the 4-grams)."""
     samples = sample(generator, n, val_rows.shape[1], start, generator=torch.Generator().manual_seed(seed)).tolist()
-    grams = ngrams(samples)
+    grams = ngrams(until_eos(samples, eos))
     return {"ngram_miss": 1.0 - sum(g in reference for g in grams) / max(1, len(grams)),
             "distinct_4": len(set(grams)) / max(1, len(grams)),
-            "nll_val": mean_nll(generator, val_rows, start)}
+            "nll_val": mean_nll(generator, val_rows, start, eos=eos)}
 
 
 def build_generator(cfg: TextGanConfig, pack: dict[str, Any], special: dict[str, int]) -> Any:
@@ -84,11 +96,11 @@ def gan_text(cfg: TextGanConfig) -> dict[str, Any]:
     # only now, with the data read: bad data leaves an earlier run in --out whole
     started = begin_run(cfg.out, "gan.text", resume=cfg.resume, started=mle_started(cfg.out), marker=MLE_MARKER,
                         written=WRITTEN)
-    reference = set(ngrams(train_rows.tolist()))
+    reference = set(ngrams(until_eos(train_rows.tolist(), eos)))
     generator = build_generator(cfg, pack, special)
 
     def evaluate(g: Any) -> dict[str, float]:
-        return text_scores(g, val_rows, reference, cfg.eval_samples, start, cfg.seed)
+        return text_scores(g, val_rows, reference, cfg.eval_samples, start, eos, cfg.seed)
 
     mle = mle_phase(generator, train_rows, val_rows, cfg, start, cfg.out / "mle")
     rows = {"mle": evaluate(generator)}

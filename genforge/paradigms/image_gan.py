@@ -189,7 +189,13 @@ def gan_image(cfg: ImageGanConfig) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate(g: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_held: torch.Tensor,
              y_held: torch.Tensor, classes: int, k: int, cfg: ImageGanConfig) -> dict[str, Any]:
-    """Classifier-space Fréchet distance of generated vs held-out real images, the real-vs-real floor, coverage."""
+    """Classifier-space Fréchet distance of generated vs held-out real images, the real-vs-real floor, coverage.
+
+    The floor scores as many real training images as the distance scores generated ones, against the same held-out
+    images: a Fréchet distance estimated from n samples is biased upwards by about 1/n, so with --eval-samples below
+    the held-out count a floor from as many training images as held-out ones sat far under what a perfect generator
+    scores.
+    """
     with torch.enable_grad():
         net = train_classifier(x_train, y_train, classes, cfg.classifier_epochs, cfg.seed)
     n = len(x_held)
@@ -199,10 +205,12 @@ def evaluate(g: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_held:
     fake = torch.cat([generate(g, z, lab, k) for z, lab in zip(
         torch.randn(cfg.eval_samples, cfg.latent_size, generator=gen).split(256),
         labels.split(256) if k else [None] * math.ceil(cfg.eval_samples / 256), strict=True)])
+    scored = min(n, len(fake))  # generated (and, for the floor, real training) images each distance scores
     f_held, p_held = features_and_predictions(net, x_held)
-    f_train, _ = features_and_predictions(net, x_train[torch.randperm(len(x_train), generator=gen)[:n]])
+    f_train, _ = features_and_predictions(net, x_train[torch.randperm(len(x_train), generator=gen)[:scored]])
     f_fake, p_fake = features_and_predictions(net, fake)
-    metrics = {"fid_classifier": frechet_distance(f_fake[:n], f_held), "fid_real_floor": frechet_distance(f_train, f_held),
+    metrics = {"fid_classifier": frechet_distance(f_fake[:scored], f_held),
+               "fid_real_floor": frechet_distance(f_train, f_held),
                "classifier_accuracy": float((p_held == y_held.numpy()).mean()),
                "coverage": coverage(p_fake, classes), "real_images": len(x_train) + n, "held_out": n}
     if k:

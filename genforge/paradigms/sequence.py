@@ -72,18 +72,27 @@ def token_log_probs(model: Any, seqs: torch.Tensor, start: int, temperature: flo
 
 
 @torch.no_grad()
-def mean_nll(model: Any, seqs: torch.Tensor, start: int, *, temperature: float = 1.0,
+def mean_nll(model: Any, seqs: torch.Tensor, start: int, *, temperature: float = 1.0, eos: int | None = None,
              batch_size: int = 500) -> float:
-    """Mean negative log-likelihood per token (nats) of `seqs` under `model`: NLL-oracle and NLL-test."""
+    """Mean negative log-likelihood per token (nats) of `seqs` under `model`: NLL-oracle and NLL-test.
+
+    With `eos` (text rows padded with EOS to a fixed length) only each row's tokens up to its first EOS count:
+    the padding after it is not text, and its near-certain EOS-after-EOS predictions diluted the mean.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total = 0.0
+    total, tokens = 0.0, 0
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i:i + batch_size].to(device)
-        total -= token_log_probs(model, chunk, start, temperature).double().sum().item()
+        counted = torch.ones_like(chunk, dtype=torch.bool)
+        if eos is not None:
+            is_eos = (chunk == eos).long()
+            counted = (is_eos.cumsum(1) - is_eos) == 0  # no EOS before this position
+        total -= (token_log_probs(model, chunk, start, temperature).double() * counted).sum().item()
+        tokens += int(counted.sum())
     model.train(was_training)
-    return total / seqs.numel()
+    return total / tokens
 
 
 @torch.no_grad()
