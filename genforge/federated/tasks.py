@@ -186,7 +186,7 @@ def sft_task(cfg: Any, data: Path | None = None) -> Task:
     from genforge.errors import ConfigError
     from genforge.finetune.lora import apply_lora
     from genforge.finetune.model import Wrapped, freeze, is_decoder
-    from genforge.finetune.sft import load_causal_lm, make_collate
+    from genforge.finetune.sft import load_causal_lm, make_collate, takes_position_ids
     from genforge.models.load import read_model_config
     from genforge.train.evaluate import evaluate_loss
     from genforge.train.objectives import ClmObjective
@@ -196,14 +196,15 @@ def sft_task(cfg: Any, data: Path | None = None) -> Task:
     tokenizer, train_ex, val_ex = sft_examples(cfg, data)
     torch.manual_seed(cfg.seed)
     lm = load_causal_lm(cfg.model, cfg.dropout)
+    positions = takes_position_ids(lm)
     freeze(lm, layers=cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
     if cfg.lora_r:
         lm = apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets,
                         task_type="CAUSAL_LM")
     model = Wrapped(lm)
     objective = ClmObjective()
-    train_collate = make_collate(train_ex, tokenizer.pad_token_id)
-    val_collate = make_collate(val_ex, tokenizer.pad_token_id)
+    train_collate = make_collate(train_ex, tokenizer.pad_token_id, positions)
+    val_collate = make_collate(val_ex, tokenizer.pad_token_id, positions)
 
     def score() -> dict[str, float]:
         device = next(model.parameters()).device

@@ -12,6 +12,7 @@ labels -100 on unlearned tokens) and checkpoints are the engine's.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -161,41 +162,60 @@ def encode_dialogue(tokenizer: Any, messages: list[Message], *, max_tokens: int,
     return (ids, labels) if any(lab != IGNORE for lab in labels[1:]) else None
 
 
-def pack_examples(examples: list[tuple[list[int], list[int]]], max_tokens: int) -> list[tuple[list[int], list[int]]]:
+Example = tuple[list[int], list[int], list[int]]  # token ids, labels, position ids
+
+
+def pack_examples(examples: list[tuple[list[int], list[int]]], max_tokens: int) -> list[Example]:
     """Greedy packing, in order: consecutive dialogues share a sequence while they fit in `max_tokens`.
 
-    Packed dialogues are not isolated (the common, cheap form of packing): attention is not blocked between
-    them, only the chat template's <|im_start|>/<|im_end|> markers separate them, and position ids run on
-    across them, so a dialogue's loss packed differs from its loss alone.
+    Packed dialogues are isolated: each one's position ids restart at 0, and from that restart the model's
+    attention builds a block-diagonal causal mask (transformers' packed-sequence format, `make_collate`), so a
+    dialogue reads neither the dialogues before it nor their positions, and its loss packed is its loss alone.
     """
-    packed: list[tuple[list[int], list[int]]] = []
+    packed: list[Example] = []
     for ids, labels in examples:
         if packed and len(packed[-1][0]) + len(ids) <= max_tokens:
-            packed[-1] = (packed[-1][0] + ids, packed[-1][1] + labels)
+            packed[-1] = (packed[-1][0] + ids, packed[-1][1] + labels, packed[-1][2] + list(range(len(ids))))
         else:
-            packed.append((list(ids), list(labels)))
+            packed.append((list(ids), list(labels), list(range(len(ids)))))
     return packed
 
 
-def make_collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> Any:
-    """Shifted causal-LM batches: inputs = ids[:-1], labels = labels[1:], padding masked and unlearned."""
+def make_collate(examples: list[Example], pad_id: int, positions: bool = True) -> Any:
+    """Shifted causal-LM batches: inputs = ids[:-1], labels = labels[1:], padding masked and unlearned.
+
+    With `positions` the batch carries `position_ids` (restarting at each packed dialogue; padding counts
+    from 0 too), which `ClmObjective` passes instead of the attention mask: a causal model needs no mask for
+    right padding, and transformers isolates packed sequences only when it has no 2-D mask. The mask stays in
+    the batch for counting tokens. Without `positions` (a model whose forward takes no position ids) packed
+    dialogues attend to the ones before them."""
 
     def collate(rows: list[int]) -> dict[str, torch.Tensor]:
         ids = pad([examples[i][0] for i in rows], pad_id)
         labels = pad([examples[i][1] for i in rows], IGNORE)
         mask = pad([[1] * len(examples[i][0]) for i in rows], 0)
-        return {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "labels": labels[:, 1:]}
+        batch = {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "labels": labels[:, 1:]}
+        if positions:
+            batch["position_ids"] = pad([examples[i][2] for i in rows], 0)[:, :-1]
+        return batch
 
     return collate
 
 
-def encode_all(tokenizer: Any, dialogues: list[list[Message]], cfg: SftConfig) -> list[tuple[list[int], list[int]]]:
+def encode_all(tokenizer: Any, dialogues: list[list[Message]], cfg: SftConfig) -> list[Example]:
     out = [encode_dialogue(tokenizer, d, max_tokens=cfg.seq_len + 1, train_on_prompt=cfg.train_on_prompt)
            for d in dialogues]
     out = [e for e in out if e is not None]
     if not out:
         raise DataError(f"no dialogue of {cfg.data} keeps an assistant token within --seq-len {cfg.seq_len}")
-    return pack_examples(out, cfg.seq_len + 1) if cfg.pack else out
+    if cfg.pack:
+        return pack_examples(out, cfg.seq_len + 1)
+    return [(ids, labels, list(range(len(ids)))) for ids, labels in out]
+
+
+def takes_position_ids(model: Any) -> bool:
+    """Whether a Hugging Face model's forward accepts `position_ids` (most decoders; not ALiBi ones like BLOOM)."""
+    return "position_ids" in inspect.signature(model.forward).parameters
 
 
 def load_causal_lm(path: Path, dropout: float = -1.0) -> Any:
@@ -242,18 +262,20 @@ def sft(cfg: SftConfig) -> Path:
         cfg = dataclasses.replace(cfg, max_steps=steps_for(cfg.epochs, len(train_ex), cfg.batch_size, cfg.grad_accum))
 
     torch.manual_seed(cfg.seed)
-    model = trainable_lm(load_causal_lm(cfg.model, cfg.dropout), cfg)
+    lm = load_causal_lm(cfg.model, cfg.dropout)
+    positions = takes_position_ids(lm)
+    model = trainable_lm(lm, cfg)
     params = trainable_params(model)
     started = prepare_output(cfg, inputs=inputs)  # only now, with every input read: a bad one leaves an earlier run whole
     objective = ClmObjective()
-    val_collate = make_collate(val_ex, tokenizer.pad_token_id)
+    val_collate = make_collate(val_ex, tokenizer.pad_token_id, positions)
 
     def eval_data():
         return in_order(len(val_ex), cfg.batch_size, val_collate, cfg.eval_batches)
 
     before = evaluate_loss(model.to(device()), objective, eval_data(), device=device())["loss"]
     batches = ShuffledBatches(len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.seed,
-                              make_collate(train_ex, tokenizer.pad_token_id))
+                              make_collate(train_ex, tokenizer.pad_token_id, positions))
     result = train(model, wrap_adversarial(objective, cfg), batches, cfg, cfg.out, eval_data=eval_data,
                    dist=Dist(device=device()))
 

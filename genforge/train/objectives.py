@@ -75,9 +75,15 @@ class ClmObjective:
         return predicted_tokens(batch)
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # Labels are already shifted, so the model's own (shifting, copying) loss is not used.
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       use_cache=False).logits
+        # Labels are already shifted, so the model's own (shifting, copying) loss is not used. A batch with
+        # position_ids holds packed sequences, right-padded: from the restarts of the positions transformers
+        # builds a block-diagonal causal mask (its packed-sequence format), which it does only when given no
+        # 2-D mask; a causal model needs none for right padding.
+        if "position_ids" in batch:
+            inputs = {"position_ids": batch["position_ids"]}
+        else:
+            inputs = {"attention_mask": batch.get("attention_mask")}
+        logits = model(input_ids=batch["input_ids"], use_cache=False, **inputs).logits
         return token_cross_entropy(logits, batch["labels"])
 
 

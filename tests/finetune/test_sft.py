@@ -102,10 +102,32 @@ def test_packing_and_collate_shift(tokenizer):
     assert [len(p[0]) for p in packed] == [2 * len(a[0]), len(a[0])]
     batch = make_collate(packed, tokenizer.pad_token_id)([0, 1])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
-    ids, labels = packed[0]
+    ids, labels, positions = packed[0]
     assert batch["input_ids"][0].tolist() == ids[:-1] and batch["labels"][0].tolist() == labels[1:]
+    assert positions == [*range(len(a[0])), *range(len(a[0]))]  # they restart with each packed dialogue
+    assert batch["position_ids"][0].tolist() == positions[:-1]
     assert (batch["labels"][1, len(a[0]) - 1:] == IGNORE).all()  # padding is never learned
     assert batch["attention_mask"][1].sum() == len(a[0])  # its real tokens, as inputs
+
+
+def test_a_packed_dialogue_reads_only_itself(tokenizer, llama_dir):
+    """Packed dialogues attended to the ones before them and their positions ran on, so a dialogue's loss
+    packed (6.337) was not its loss alone (6.386). Now the two are equal: each reads only itself."""
+    from genforge.finetune.sft import load_causal_lm
+    from genforge.train.objectives import ClmObjective
+
+    a = encode_dialogue(tokenizer, DIALOGUE[1:3], max_tokens=100)
+    b = encode_dialogue(tokenizer, DIALOGUE[3:], max_tokens=100)
+    model = load_causal_lm(llama_dir).eval()
+    packed = pack_examples([a, b], max_tokens=200)
+    alone = [(ids, labels, list(range(len(ids)))) for ids, labels in (a, b)]
+    with torch.no_grad():
+        loss_packed, _ = ClmObjective().loss(model, make_collate(packed, tokenizer.pad_token_id)([0]))
+        loss_alone, _ = ClmObjective().loss(model, make_collate(alone, tokenizer.pad_token_id)([0, 1]))
+    assert len(packed) == 1 and loss_packed.item() == pytest.approx(loss_alone.item(), abs=1e-5)
+    assert loss_packed.item() != pytest.approx(  # the check can tell: without isolation the losses differ
+        ClmObjective().loss(model, make_collate(packed, tokenizer.pad_token_id, positions=False)([0]))[0].item(),
+        abs=1e-3)
 
 
 @pytest.fixture
