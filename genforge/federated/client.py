@@ -96,19 +96,57 @@ class Proximal:
     mu: float
     name: str = "fedprox"
 
+    def term(self) -> torch.Tensor:
+        """mu/2 ||w - w_global||^2 over the trainable weights.
+
+        A silo's first round takes the anchors while its model is still on the CPU; the engine then moves the
+        model to its device (a GPU), and the anchors follow it there, once."""
+        self.anchors = [(p, a.to(p.device)) for p, a in self.anchors]
+        return self.mu / 2 * sum(((p - a) ** 2).sum() for p, a in self.anchors)
+
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         loss, metrics = self.inner.loss(model, batch)
-        # A silo's first round takes the anchors while its model is still on the CPU; the engine then moves
-        # the model to its device (a GPU), and the anchors follow it there, once.
-        self.anchors = [(p, a.to(p.device)) for p, a in self.anchors]
-        distance = sum(((p - a) ** 2).sum() for p, a in self.anchors)
-        return loss + self.mu / 2 * distance, metrics
+        return loss + self.term(), metrics
 
     def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The inner objective's (the engine's micro-batch weights; they sum to 1, so the proximal term keeps
         its weight), None if it has none."""
         count = getattr(self.inner, "count", None)
         return count(batch) if count is not None else None
+
+
+@dataclass
+class SteppedProximal(Proximal):
+    """FedProx around an objective that runs its own passes and backwards (adversarial training).
+
+    The proximal term goes in once per micro-batch, after the inner step: inside the inner objective's loss it
+    would be back-propagated once per pass (FGM and PGD train on a clean and a perturbed pass), pulling towards
+    the global weights with 2 mu instead of mu."""
+
+    def train_step(self, forward: Any, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        loss = self.inner.train_step(forward, batch, scale)
+        term = self.term()
+        (term * scale).backward()
+        return loss + term.detach()
+
+
+def proximal(objective: Any, anchors: list[tuple[torch.nn.Parameter, torch.Tensor]], mu: float) -> Proximal:
+    """FedProx around `objective`, the stepping kind when the objective runs its own backward passes."""
+    kind = SteppedProximal if hasattr(objective, "train_step") else Proximal
+    return kind(objective, anchors, mu)
+
+
+def round_objective(objective: Any, cfg: Any, model: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                    mu: float) -> Any:
+    """The objective a round trains: the task's, adversarial as `cfg` says, then FedProx's pull to `tensors`
+    (the global trainable weights) when mu > 0, on the outside so it counts once per micro-batch."""
+    from genforge.adversarial.perturb import wrap_adversarial
+
+    objective = wrap_adversarial(objective, cfg)
+    if mu > 0:
+        params = dict(model.named_parameters())
+        objective = proximal(objective, [(params[k], v.to(params[k].device)) for k, v in tensors.items()], mu)
+    return objective
 
 
 def local_steps(cfg: Any, units: int) -> int:
@@ -131,7 +169,6 @@ def round_config(cfg: Any, server_round: int, steps: int) -> Any:
 def local_round(s: Silo, tensors: dict[str, torch.Tensor], server_round: int, mu: float
                 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Train the silo's copy of the model from the global `tensors`; (new tensors, metrics)."""
-    from genforge.adversarial.perturb import wrap_adversarial
     from genforge.finetune.run import device
     from genforge.train.data import mix_seed
     from genforge.train.distributed import Dist
@@ -139,18 +176,14 @@ def local_round(s: Silo, tensors: dict[str, torch.Tensor], server_round: int, mu
 
     task, cfg = s.task, s.task.cfg
     load_trainable(task.model, tensors)
-    objective = task.objective
-    if mu > 0:
-        params = dict(task.model.named_parameters())
-        objective = Proximal(objective, [(params[k], v.to(params[k].device)) for k, v in tensors.items()], mu)
+    objective = round_objective(task.objective, cfg, task.model, tensors, mu)
     steps = local_steps(cfg, len(s.rows))
     batches = Offset(task.batches_for(s.rows), (server_round - 1) * steps)
     # dropout etc. drawn from (seed, client, round), not from whatever rounds this worker process ran before:
     # a run is reproducible and a resumed one trains its rounds exactly as an uninterrupted one would
     torch.manual_seed(mix_seed(cfg.seed, "client-round", s.partition, server_round))
     this_round = round_config(cfg, server_round, steps)
-    result = train(task.model, wrap_adversarial(objective, cfg), batches, this_round, s.work_dir,
-                   dist=Dist(device=device()))
+    result = train(task.model, objective, batches, this_round, s.work_dir, dist=Dist(device=device()))
     return trainable(task.model), {"train-loss": float(result.train_loss), "steps": float(result.steps),
                                    "examples": float(len(s.rows)), "seconds": float(result.seconds),
                                    "round": float(server_round), "lr": this_round.lr}

@@ -121,10 +121,11 @@ def aggregate_metrics(sink: list[list[dict[str, float]]]) -> Any:
     def aggregate(contents: list[RecordDict], weight_key: str) -> MetricRecord:
         rows = client_rows(contents)
         sink.append(rows)
-        weights = [r.get("examples", 1.0) for r in rows]
-        total = sum(weights) or 1.0
-        loss = sum(w * r["train-loss"] for w, r in zip(weights, rows, strict=True)
-                   if math.isfinite(r["train-loss"])) / total
+        # the example-weighted mean over the clients whose loss is finite: a NaN loss is left out of the
+        # weights too, or it would pull the mean towards 0
+        finite_rows = [r for r in rows if math.isfinite(r["train-loss"])]
+        total = sum(r.get("examples", 1.0) for r in finite_rows)
+        loss = sum(r.get("examples", 1.0) * r["train-loss"] for r in finite_rows) / total if total else math.nan
         return MetricRecord({"train-loss": loss, "clients": float(len(rows)),
                              "bytes-up": sum(r["bytes-up"] for r in rows),
                              "bytes-down": sum(r["bytes-down"] for r in rows)})

@@ -44,6 +44,19 @@ def test_fedavg_is_the_weighted_mean():
     assert w == pytest.approx([3, 6]) and metrics["clients"] == 2
 
 
+def test_the_round_train_loss_is_the_example_weighted_mean_of_the_finite_client_losses():
+    """A client whose loss was NaN was left out of the sum but not of the weights: (1*1 + 2*2) / 4 = 1.25, not 5/3."""
+    def with_loss(loss, examples):
+        message = reply([1.0], examples)
+        message.content["metrics"]["train-loss"] = loss
+        return message
+
+    _, metrics = aggregate(build_strategy(cfg()), [with_loss(1.0, 1), with_loss(math.nan, 1), with_loss(2.0, 2)])
+    assert metrics["train-loss"] == pytest.approx(5 / 3)
+    _, metrics = aggregate(build_strategy(cfg()), [with_loss(math.nan, 1), with_loss(math.nan, 2)])
+    assert math.isnan(metrics["train-loss"])  # no client loss to average, rather than a loss of 0
+
+
 def test_fedavgm_keeps_moving_along_past_averages():
     strategy = build_strategy(cfg(strategy="fedavgm", server_momentum=0.9))
     strategy.strategy.current_arrays = ArrayRecord({"w": torch.zeros(2)})  # what the first configure_train keeps

@@ -1,8 +1,10 @@
 """One client's round on the engine, without Flower: pretraining, SFT with LoRA, FedProx's pull."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-from genforge.federated.client import Proximal, Silo, local_round
+from genforge.federated.client import Proximal, Silo, local_round, round_objective
 from genforge.federated.config import FederatedPretrainConfig, FederatedSftConfig
 from genforge.federated.partition import split
 from genforge.federated.tasks import build_task, trainable
@@ -80,3 +82,61 @@ def test_fedprox_anchors_follow_the_model_to_its_training_device():
     proximal = Proximal(Sum(), [(weight, torch.ones(3))], mu=0.1)
     loss, _ = proximal.loss(weight, {})
     assert loss.device.type == "meta" and proximal.anchors[0][1].device.type == "meta"
+
+
+class TinyClassifier(torch.nn.Module):
+    """Embeddings (which adversarial training perturbs), a frozen layer and a trainable head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.frozen, self.head = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+        self.frozen.requires_grad_(False)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(self.frozen(self.embed(input_ids)).mean(1))
+
+
+class CrossEntropy:
+    name = "ce"
+
+    def loss(self, model, batch):
+        return F.cross_entropy(model(batch["input_ids"]), batch["labels"]), {}
+
+
+def step_gradients(objective, model, batch):
+    """The gradient one engine micro-batch of weight 1 leaves on the trainable weights."""
+    model.zero_grad()
+    if hasattr(objective, "train_step"):
+        objective.train_step(model, batch, 1.0)
+    else:
+        objective.loss(model, batch)[0].backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("adversarial", ["none", "fgm", "pgd", "vat"])
+def test_fedprox_pulls_with_mu_once_per_step_under_adversarial_training(adversarial):
+    """FedProx's term mu/2 ||w - w_global||^2 has gradient mu (w - w_global). Inside the adversarial objective it was
+    back-propagated on every pass that trains: FGM and PGD (a clean and a perturbed pass) pulled with 2 mu."""
+    from genforge.federated.config import FederatedClassifyConfig
+
+    cfg = FederatedClassifyConfig(model="m", data="d.csv", out="o", adversarial=adversarial, adv_epsilon=0.1,
+                                  adv_alpha=0.05, adv_steps=2)
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    batch = {"input_ids": torch.randint(0, 10, (5, 6)), "labels": torch.randint(0, 3, (5,))}
+    global_weights = trainable(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    mu = 0.5
+    torch.manual_seed(1)
+    pulled = step_gradients(round_objective(CrossEntropy(), cfg, model, global_weights, mu), model, batch)
+    torch.manual_seed(1)  # VAT's random direction: the same draw in both steps
+    free = step_gradients(round_objective(CrossEntropy(), cfg, model, global_weights, 0.0), model, batch)
+    params = dict(model.named_parameters())
+    assert set(pulled) == {"embed.weight", "head.weight", "head.bias"}  # the frozen layer has no anchor
+    for name, grad in pulled.items():
+        torch.testing.assert_close(grad - free[name], mu * (params[name] - global_weights[name]).detach())
