@@ -24,6 +24,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
+from flwr.server.strategy import FedAvg
 from flwr.supercore import log
 
 from genforge.errors import DataError
@@ -73,11 +74,29 @@ def check_weight(info: dict[str, Any], partition: int, weight: int, data: str) -
                         "this client trains on")
 
 
+class InDtypes(FedAvg):
+    """Flower's legacy FedAvg whose aggregate keeps the clients' dtypes (`dtypes`, in the arrays' order).
+
+    SecAgg+ dequantises the unmasked sum to float64 and the aggregate becomes the next round's model: every
+    download after round 1 was twice the size (and rounds.jsonl's bytes with it), for no precision the clients
+    keep (they load it into their float32 weights; the quantisation step is ~4e-6)."""
+
+    def __init__(self, dtypes: list[np.dtype], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dtypes = dtypes
+
+    def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+        parameters, metrics = super().aggregate_fit(server_round, results, failures)
+        if parameters is None:
+            return None, metrics
+        arrays = [a.astype(d, copy=False) for a, d in zip(parameters_to_ndarrays(parameters), self.dtypes, strict=True)]
+        return ndarrays_to_parameters(arrays), metrics
+
+
 def run_secure(grid: Any, context: Context, cfg: Any, task: Any, evaluate: Callable[[int, dict], None],
                sink: list, max_weight: float, rounds_done: int = 0) -> dict[str, torch.Tensor]:
     """Run the rounds after `rounds_done` with SecAgg+; returns the final global trainable tensors."""
     from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.strategy import FedAvg
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
     from genforge.federated.server import sampled_clients
@@ -102,11 +121,11 @@ def run_secure(grid: Any, context: Context, cfg: Any, task: Any, evaluate: Calla
         return {"clients": len(results)}
 
     sampled = sampled_clients(cfg)
-    strategy = FedAvg(fraction_fit=cfg.fraction_fit, fraction_evaluate=0.0, min_fit_clients=sampled,
-                      min_available_clients=cfg.clients, evaluate_fn=evaluate_fn,
-                      initial_parameters=ndarrays_to_parameters([latest[n].numpy() for n in names]),
-                      fit_metrics_aggregation_fn=fit_metrics,
-                      on_fit_config_fn=fit_config)
+    strategy = InDtypes([latest[n].numpy().dtype for n in names], fraction_fit=cfg.fraction_fit,
+                        fraction_evaluate=0.0, min_fit_clients=sampled, min_available_clients=cfg.clients,
+                        evaluate_fn=evaluate_fn,
+                        initial_parameters=ndarrays_to_parameters([latest[n].numpy() for n in names]),
+                        fit_metrics_aggregation_fn=fit_metrics, on_fit_config_fn=fit_config)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - rounds_done,
                                                                 round_timeout=cfg.round_timeout),
                            strategy=strategy)

@@ -54,6 +54,24 @@ def test_secure_aggregation_of_real_pretraining_silos_equals_plain_averaging(tmp
     assert max((secure[k] - plain[k]).abs().max().item() for k in plain) < 1e-4
 
 
+def test_the_secure_aggregate_goes_back_to_the_clients_in_their_dtype():
+    """SecAgg+ dequantises the unmasked sum to float64, and Flower's FedAvg kept it: from round 2 on every client
+    downloaded the model at twice its size (rounds.jsonl: bytes_down 261136 after 130568, a tiny BERT's head)."""
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from genforge.federated.secagg import InDtypes
+
+    unmasked = [np.array([0.1, -2.5, 3e-6]), np.array([[1.0, 2.0]])]  # what SecAggPlusWorkflow hands every result
+    result = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(unmasked), 40, {})
+    strategy = InDtypes([np.dtype(np.float32), np.dtype(np.float16)], fraction_evaluate=0.0)
+    parameters, _ = strategy.aggregate_fit(1, [(None, result), (None, result)], [])
+    aggregate = parameters_to_ndarrays(parameters)
+    assert [a.dtype for a in aggregate] == [np.float32, np.float16]
+    for got, want in zip(aggregate, unmasked, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
 def test_a_client_whose_size_is_not_the_recorded_one_refuses_to_send(tmp_path, bert_dir, sentiment_rows, csv_file,
                                                                      monkeypatch):
     """A SuperNode given node-local data (`data-path`) that is not the silo the launcher read would weigh its
