@@ -52,6 +52,19 @@ def test_normalize_ignores_case_punctuation_and_whitespace():
     assert normalize_for_dedup("Straße") == normalize_for_dedup("STRASSE")
 
 
+def test_normalize_keeps_combining_vowel_signs():
+    # Hindi "he goes to the market every morning" / "she ...": only vowel signs (combining marks) differ.
+    he = "वह रोज़ सुबह बाज़ार जाता है और दूध लाता है"
+    she = "वह रोज़ सुबह बाज़ार जाती है और दूध लाती है"
+    assert normalize_for_dedup(he) != normalize_for_dedup(she)
+    assert normalize_for_dedup(he) == "वहरोज़सुबहबाज़ारजाताहैऔरदूधलाताहै"
+    assert normalize_for_dedup("ไปตลาด ซื้อผลไม้") == "ไปตลาดซื้อผลไม้"  # Thai vowel and tone marks stay
+    assert normalize_for_dedup("I love it ❤️!") == normalize_for_dedup("i love it ❤")  # emoji + its selector go
+    index = DedupIndex()
+    assert add(index, he) is None
+    assert add(index, she) is None
+
+
 def test_exact_and_normalised_duplicates():
     index = DedupIndex()
     assert add(index, ENGLISH) is None
