@@ -31,8 +31,8 @@ class PrepareConfig(Config):
                                              "of the characters")
     max_ngram_repeat: float = field(0.3, help="drop documents where repeated 10-character n-grams make up more "
                                               "than this share of all n-grams")
-    pii: bool = field(True, help="replace e-mails, phones, Chinese ID and card numbers, IPs by <EMAIL> <PHONE> "
-                                 "<ID> <CARD> <IP>")
+    pii: bool = field(True, help="replace e-mails, phones, Chinese ID, IBAN and card numbers, IPs by <EMAIL> "
+                                 "<PHONE> <ID> <IBAN> <CARD> <IP>")
     dedup: bool = field(True, help="drop exact and near-duplicate documents (the first copy is kept)")
     near_dup_threshold: float = field(0.8, help="estimated Jaccard similarity of 5-character shingles above which "
                                                 "a document is a near duplicate")

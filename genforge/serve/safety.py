@@ -40,8 +40,9 @@ _SEP = r"[\W_]*"
 _WORD = re.compile(r"[^\W_]")  # what a word-bounded term may not touch
 _IS_CJK = re.compile(rf"[{CJK}]")
 # Every character a PII pattern of genforge.data.pii can match or look ahead at, besides digits (`\d`: any
-# Unicode digit, str.isdecimal) and a space right after a digit or ")" (phone and card numbers): anything
-# else ends every PII match, and no pattern reads past it.
+# Unicode digit, str.isdecimal) and a space right after a digit or ")" (phone and card numbers) or an upper-case
+# ASCII letter (an IBAN's groups: "GB82 WEST 1234 ..."): anything else ends every PII match, and no pattern
+# reads past it.
 _PII_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._%+-@:()")
 # After an ASCII letter or digit no PII pattern may start (each one's look-behind refuses it).
 _NO_START_AFTER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
@@ -96,7 +97,7 @@ def pii_barrier(text: str, i: int) -> bool:
     """Whether text[i] ends every PII match that reaches it: no PII pattern matches it, nor reads past it."""
     ch = text[i]
     if ch == " ":
-        return i == 0 or not (text[i - 1].isdecimal() or text[i - 1] == ")")
+        return i == 0 or not (text[i - 1].isdecimal() or text[i - 1] == ")" or "A" <= text[i - 1] <= "Z")
     return ch not in _PII_CHARS and not ch.isdecimal()
 
 

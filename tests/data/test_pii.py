@@ -1,9 +1,10 @@
 import pytest
 
-from genforge.data.pii import luhn_valid, scrub_pii, valid_cn_id
+from genforge.data.pii import luhn_valid, scrub_pii, valid_cn_id, valid_iban
 
 # Test numbers: Visa/Mastercard/Amex test cards (Luhn-valid), the GB 11643 example ID 11010519491231002X,
-# Ofcom's drama range (+44 20 7946 0xxx) and the 555-01xx / 555-2671 fictional North-American numbers.
+# Ofcom's drama range (+44 20 7946 0xxx) and the 555-01xx / 555-2671 fictional North-American numbers; the
+# IBANs are the example numbers of their countries' banks and of the IBAN registry.
 
 
 @pytest.mark.parametrize("text, expected, kind", [
@@ -23,6 +24,11 @@ from genforge.data.pii import luhn_valid, scrub_pii, valid_cn_id
     ("call 139-1234-5678.", "call <PHONE>.", "PHONE"),
     ("酒店订房电话：0311-86911999。", "酒店订房电话：<PHONE>。", "PHONE"),  # a Chinese landline (ChnSentiCorp)
     ("订房（010）62345678或(0594) 2817777", "订房<PHONE>或<PHONE>", "PHONE"),
+    ("pay DE89 3704 0044 0532 0130 00 EUR", "pay <IBAN> EUR", "IBAN"),  # a word after the number stays
+    ("IBAN: GB82WEST12345698765432.", "IBAN: <IBAN>.", "IBAN"),
+    ("à FR14 2004 1010 0505 0001 3M02 606 et", "à <IBAN> et", "IBAN"),
+    ("BE68 5390 0754 7034 BANK", "<IBAN> BANK", "IBAN"),  # a 4-letter word read as a group is given back
+    ("账户NL91ABNA0417164300转账", "账户<IBAN>转账", "IBAN"),
     ("host 192.168.1.10 down", "host <IP> down", "IP"),
     ("at 10.0.0.1.", "at <IP>.", "IP"),
     ("v6 2001:db8::8a2e:370:7334 and fe80::1: up", "v6 <IP> and <IP>: up", "IP"),
@@ -52,6 +58,10 @@ def test_each_kind_is_replaced(text, expected, kind):
     "no at-sign here, user at example dot com",
     "x" * 65 + "@example.com",  # a local part over RFC 5321's 64 characters is no address
     "hash deadbeefdeadbeef:cafe::1",  # a group of more than 4 hex digits is no IPv6 address
+    "DE89 3704 0044 0532 0130 01",  # wrong check digits
+    "DE89 3704 0044 0532 0130 00BANK",  # glued to a word: not where the country's IBAN ends
+    "part AB12 3456 7890 1234 5678",  # no such country
+    "model XK20ABCD1234EFGH5678",  # a country's shape, but not its length
 ])
 def test_near_misses_survive(text):
     assert scrub_pii(text) == (text, {})
@@ -73,6 +83,8 @@ def test_checksums():
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     assert valid_cn_id("11010519491231002X") and valid_cn_id("11010519491231002x")
     assert not valid_cn_id("110105194912310021") and not valid_cn_id("11010519491231002")
+    assert valid_iban("GB82WEST12345698765432") and valid_iban("CH9300762011623852957")
+    assert not valid_iban("GB82WEST12345698765433") and not valid_iban("GB82WEST1234569876543")
 
 
 def test_real_text_has_few_false_positives(shared_data):

@@ -17,7 +17,8 @@ WORDS = ["hello", "mail", "me", "at", "bob@example.com", "a.very.long.local.part
          "kill", "killer", "skill", "k i l l", "k.i.l.l", "ｋｉｌｌ", "кill", "k\u200bill", "bad", "word", "bad-word",
          "炸弹", "炸 弹", "炸\u200b弹", "炸鸡", "bomb", "bombs", "的" * 30, "a" * 40, "then", "done.", "ok,", "\n", "12345",
          "2024", "(", ")", "-", "@", ":", "...", "“quoted”", "VIRGILIA" * 12, "x" * 64 + "@example.com",
-         "y" * 65 + "@example.com", "a.b" * 30]
+         "y" * 65 + "@example.com", "a.b" * 30, "GB82 WEST 1234 5698 7654 32", "DE89 3704 0044 0532 0130 00",
+         "NL91ABNA0417164300", "BE68 5390 0754 7034 BANK", "IBAN", "EUR", "A B C D"]
 
 
 def split(text: str, rng: random.Random) -> list[str]:
