@@ -2,8 +2,8 @@
 confidence intervals, and exponentially weighted baselines.
 
 - negative share k/n with its Wilson score interval (honest at small n and near 0 or 1, unlike p +- 1.96 se);
-- sentiment index = (positive - negative) / n, the mean of per-item scores +1/0/-1, with a normal
-  interval from the scores' sample variance;
+- sentiment index = (positive - negative) / n, the mean of per-item scores +1/0/-1, with Agresti and
+  Min's adjusted Wald interval (also honest at small n and when every item agrees);
 - baselines: EWMA mean and variance of a series (half-life in windows), each value computed from the
   windows *before* it, so a window is always compared with what was expected of it.
 Windows are aligned on epoch multiples of their width (UTC minutes, hours, days).
@@ -48,13 +48,19 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def sentiment_index(pos: int, neg: int, n: int, z: float = Z95) -> tuple[float, float, float]:
-    """(index, low, high) of the mean item score (+1 positive, 0 neutral, -1 negative)."""
+    """(index, low, high) of the mean item score (+1 positive, 0 neutral, -1 negative).
+
+    The index is a difference of two shares of one sample (as in matched pairs), so the interval is Agresti
+    and Min's (2005): the Wald interval after adding half an item to each of the four cells of the pairs'
+    table (positive + 1/2, negative + 1/2, neutral + 1, n + 2). The plain Wald interval collapses to a point
+    when every item agrees (all positive: [1, 1] at any n) and covered 27% at n = 3, 65% at n = 10 of a
+    90%-positive topic; this one 97-98% there and about 95% at large n."""
     if n == 0:
         return 0.0, -1.0, 1.0
-    mean = (pos - neg) / n
-    var = max(0.0, (pos + neg) / n - mean * mean) * n / max(1, n - 1)
-    half = z * math.sqrt(var / n)
-    return mean, max(-1.0, mean - half), min(1.0, mean + half)
+    m, b, c = n + 2, pos + 0.5, neg + 0.5
+    centre = (b - c) / m
+    half = z * math.sqrt(max(0.0, (b + c) / m - centre * centre) / m)
+    return (pos - neg) / n, max(-1.0, centre - half), min(1.0, centre + half)
 
 
 def ewma_step(mean: float, var: float, value: float, alpha: float) -> tuple[float, float]:

@@ -22,7 +22,8 @@ noisy) and the baseline's own excess variance (over-dispersion beyond binomial n
   in nats (the mean run between false alerts grows about as e^threshold windows);
 - volume: the same z on counts with Poisson noise (variance = baseline count), from the key's first item on
   (the empty windows before it are no counts of 0);
-- entity_negative: a watched entity's negative share reaches `threshold` while its baseline is below it.
+- entity_negative: a watched entity's negative share reaches `threshold` while its baseline (from its first
+  window on) is below it.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def initial_state(rule: Rule) -> dict[str, Any]:
     """A key's detector memory before its first window: what `fold` carries from one evaluation to the next
     (the alert evaluation stores it per rule and key, so the live stream never recomputes from a cut-off)."""
     if rule.kind == "entity_negative":
-        return {"mean": 0.0, "var": 0.0}
+        return {"mean": None, "var": 0.0}
     if rule.kind == "volume":
         return {"seen": 0, "mean": None, "var": 0.0}
     return {"seen": 0, "mean": None, "var": 0.0, "binvar": 0.0, "s": 0.0}
@@ -243,8 +244,12 @@ def fold(rule: Rule, state: dict[str, Any], ws: list[Window]) -> list[Hit]:
                 step = z - rule.k
             else:
                 w = ws[i]
-                p0 = min(max(mean, 0.5 / w.n), 0.5)  # a baseline of 0 or above 1/2 would make the ratio degenerate
-                p1 = min(rule.shift * p0, 0.99)
+                # p0 kept off 0 and 1 (the ratio would be degenerate); the surge p1 at most half way from p0 to 1,
+                # so p1 > p0 at every baseline and the sum drifts down (by n KL(p0 || p1)) while the share stays
+                # at its baseline. (Capping p0 at 1/2 instead made a topic usually over ~55% negative alert
+                # every few windows: the test was then "0.75 against 0.5" on a share above both.)
+                p0 = min(max(mean, 0.5 / w.n), 1 - 0.5 / w.n)
+                p1 = min(rule.shift * p0, (1 + p0) / 2)
                 step = w.negative * math.log(p1 / p0) + (w.n - w.negative) * math.log((1 - p1) / (1 - p0))
             state["s"] = max(0.0, state["s"] + step)
             if state["s"] >= rule.threshold:
@@ -274,6 +279,9 @@ def fold(rule: Rule, state: dict[str, Any], ws: list[Window]) -> list[Hit]:
             if w.n < rule.min_count:
                 continue
             mean, var = state["mean"], state["var"]
+            if mean is None:  # the first window is the baseline, as in every EWMA here (a start at 0 took
+                state["mean"] = w.neg_share  # ~2.6 half-lives to reach a steadily negative entity's share and
+                continue  # alerted all the while)
             if w.neg_share >= rule.threshold and mean < rule.threshold:
                 hits.append(Hit(i, w.neg_share, mean, w.neg_share))
             state["mean"], state["var"] = ewma_step(mean, var, w.neg_share, alpha)

@@ -45,9 +45,31 @@ def test_intervals_and_ewma():
     assert lo < 0.1 < hi and math.isclose(lo, 0.0552, abs_tol=1e-3) and math.isclose(hi, 0.1744, abs_tol=1e-3)
     assert wilson(0, 0) == (0.0, 1.0)
     idx, ilo, ihi = sentiment_index(30, 10, 100)
-    assert idx == 0.2 and ilo < 0.2 < ihi and math.isclose(ihi - idx, 1.96 * math.sqrt((0.4 - 0.04) / 99), rel_tol=1e-3)
+    centre = (30.5 - 10.5) / 102  # Agresti-Min: half an item added to each cell of the matched-pairs table
+    half = 1.959964 * math.sqrt((41 / 102 - centre * centre) / 102)
+    assert idx == 0.2 and (ilo, ihi) == pytest.approx((centre - half, centre + half))
     out = ewma([1.0, None, 1.0, 3.0], halflife=1)
     assert out[0] == (1.0, 0.0) and out[2] == (1.0, 0.0) and out[3][0] == 1.0 and ewma([5.0], 1, prior=0)[0] == (0, 0)
+
+
+def exact_coverage(n, shares):
+    """P(the index interval holds the true index) over every outcome of n items with these shares."""
+    truth, total = shares[0] - shares[2], 0.0
+    for pos in range(n + 1):
+        for neg in range(n - pos + 1):
+            prob = math.comb(n, pos) * math.comb(n - pos, neg) * shares[0] ** pos * shares[2] ** neg \
+                * shares[1] ** (n - pos - neg)
+            _, lo, hi = sentiment_index(pos, neg, n)
+            total += prob * (lo <= truth <= hi)
+    return total
+
+
+@pytest.mark.parametrize("n", [3, 10, 30])
+def test_sentiment_index_interval_holds_its_level_near_the_ends(n):
+    """A 90%-positive topic: the plain Wald interval covered 0.27 (n=3), 0.65 (n=10), 0.88 (n=30) of the time
+    (it is [1, 1] whenever every item is positive); the interval must cover about 95%."""
+    assert exact_coverage(n, (0.9, 0.05, 0.05)) >= 0.94
+    assert sentiment_index(n, 0, n)[1] < 1.0  # all positive: still uncertain
 
 
 def test_windows_count_per_topic_and_fill_gaps(engine, add_items):
@@ -100,6 +122,30 @@ def test_binomial_cusum_sums_log_likelihood_ratios():
     assert [h.index for h in detect(rule, [*quiet, surge, Window("x", 31 * H, n=40, negative=12)])] == [31]
     with pytest.raises(ConfigError, match="shift must be > 1"):
         Rule("b", "binomial_cusum", shift=1.0).check()
+
+
+def binomial_windows(hours, share, seed, surge=None):
+    """Hourly windows of 40 items, each negative with probability `share` (or surge[h])."""
+    rng = random.Random(seed)
+    return [Window("x", h * H, n=40, negative=sum(rng.random() < (surge or {}).get(h, share) for _ in range(40)))
+            for h in range(hours)]
+
+
+@pytest.mark.parametrize("share", [0.6, 0.7, 0.8])
+def test_binomial_cusum_is_quiet_on_a_steadily_negative_topic(share):
+    """A topic usually over half negative: the sum must drift down at its baseline (it tested "0.75 against
+    0.5" there, and a steady 0.7 share fired ~136 times in two weeks); a surge on it is still found."""
+    rule = Rule("b", "binomial_cusum", threshold=4.5, shift=1.5)
+    assert detect(rule, binomial_windows(24 * 14, share, seed=7)) == []
+    surged = binomial_windows(24 * 4, share, seed=8, surge={h: 0.97 for h in range(72, 78)})
+    assert any(72 <= h.index < 78 for h in detect(rule, surged))
+
+
+def test_watched_entity_baseline_starts_at_its_first_window():
+    """An entity steadily over the threshold is not "turning negative": a baseline that started at 0 took
+    ~2.6 half-lives to reach its share and fired all the while (112 windows of 240)."""
+    rule = Rule("w", "entity_negative", by="entity", keys=["ACME"], threshold=0.5)
+    assert detect(rule, binomial_windows(24 * 10, 0.6, seed=9)) == []
 
 
 def test_volume_and_watched_entity_rules():
