@@ -139,10 +139,20 @@ def kl_weights(batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Te
     return torch.ones(logits.shape[:2], device=logits.device)
 
 
-def smooth_kl(target: torch.Tensor, logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean KL(softmax(target) || softmax(logits)) over the weighted positions, in fp32."""
-    p_log, q_log = F.log_softmax(target.float(), -1), F.log_softmax(logits.float(), -1)
-    kl = (p_log.exp() * (p_log - q_log)).sum(-1)
+def smooth_kl(target: torch.Tensor, logits: torch.Tensor, weights: torch.Tensor,
+              multi_label: bool = False) -> torch.Tensor:
+    """Mean KL(p(target) || p(logits)) over the weighted positions, in fp32. p is the softmax over the last
+    dimension or, for a multi-label classifier, a product of independent sigmoids: its KL is the sum of the
+    labels' Bernoulli KLs (a softmax over sigmoid logits would miss a shift of every label alike, and is
+    constant for one label)."""
+    target, logits = target.float(), logits.float()
+    if multi_label:
+        p = torch.sigmoid(target)
+        kl = (p * (F.logsigmoid(target) - F.logsigmoid(logits))
+              + (1 - p) * (F.logsigmoid(-target) - F.logsigmoid(-logits))).sum(-1)
+    else:
+        p_log, q_log = F.log_softmax(target, -1), F.log_softmax(logits, -1)
+        kl = (p_log.exp() * (p_log - q_log)).sum(-1)
     return (kl * weights).sum() / weights.sum().clamp_min(1)
 
 
@@ -241,13 +251,13 @@ def vat(adv: AdversarialObjective, model: Any, batch: dict, scale: float) -> tup
     # One backward covers the clean and the perturbed graphs: only the last forward goes through DDP.
     clean = adv.run(plain(model), batch, zero(requires_grad=False), logits=True)
     target = clean.logits.detach()
-    weights = kl_weights(batch, target)
+    weights, multi_label = kl_weights(batch, target), bool(getattr(adv.base, "multi_label", False))
     direction = torch.randn_like(clean.delta)
     for _ in range(adv.steps):  # power iteration towards the most sensitive direction
         probe = adv.run(plain(model), batch, leaf(VAT_XI * adv.epsilon * unit(direction, clean.mask)), logits=True)
-        (direction,) = torch.autograd.grad(smooth_kl(target, probe.logits, weights), probe.delta)
+        (direction,) = torch.autograd.grad(smooth_kl(target, probe.logits, weights, multi_label), probe.delta)
     r = adv.epsilon * unit(direction, clean.mask)
-    smooth = smooth_kl(target, adv.run(model, batch, fixed(r), logits=True).logits, weights)
+    smooth = smooth_kl(target, adv.run(model, batch, fixed(r), logits=True).logits, weights, multi_label)
     ((clean.loss + adv.alpha * smooth) * scale).backward()
     return clean.loss.detach(), r
 

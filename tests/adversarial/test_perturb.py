@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from genforge.adversarial.perturb import (
+    VAT_XI,
     AdversarialObjective,
     example_norm,
     freelb,
@@ -169,6 +170,42 @@ def test_vat_adds_a_smoothness_gradient():
     model.zero_grad(set_to_none=True)
     AdversarialObjective(ClassifyObjective(False), "vat", epsilon=1.0, alpha=1.0, steps=1).train_step(model, b, 1.0)
     assert any(not torch.allclose(g, clean[n], atol=1e-6) for n, g in grads(model).items())
+
+
+def test_vat_on_a_multi_label_classifier_uses_the_bernoulli_kl():
+    """A multi-label classifier predicts independent sigmoids: KL(p(e) || p(e + r)) is the sum of the labels'
+    Bernoulli KLs. A softmax over its logits is blind to a shift of every label alike (it was used, and the
+    smoothness gradient was off by ~50%). Reference: VAT written out on `inputs_embeds` with that KL."""
+    model, b = classifier(), batch()
+    b["labels"] = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    eps, alpha = 0.8, 1.5
+    torch.manual_seed(7)
+    AdversarialObjective(ClassifyObjective(True), "vat", epsilon=eps, alpha=alpha, steps=2).train_step(model, b, 0.5)
+    got = grads(model)
+
+    model.zero_grad(set_to_none=True)
+    mask = mask_of(b)
+
+    def logits(delta: torch.Tensor) -> torch.Tensor:
+        embeds = model.body.get_input_embeddings()(b["input_ids"]) + delta
+        return model.body(inputs_embeds=embeds, attention_mask=b["attention_mask"]).logits
+
+    def bernoulli_kl(target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        p, q = torch.sigmoid(target), torch.sigmoid(other)
+        return (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(-1).mean()
+
+    def unit_of(g: torch.Tensor) -> torch.Tensor:
+        return g * mask / (g * mask).flatten(1).norm(dim=1).view(-1, 1, 1)
+
+    torch.manual_seed(7)
+    clean = logits(torch.zeros(3, 6, 16))
+    direction = torch.randn(3, 6, 16)
+    for _ in range(2):
+        probe = (VAT_XI * eps * unit_of(direction)).requires_grad_(True)
+        (direction,) = torch.autograd.grad(bernoulli_kl(clean.detach(), logits(probe)), probe)
+    smooth = bernoulli_kl(clean.detach(), logits(eps * unit_of(direction)))
+    ((F.binary_cross_entropy_with_logits(clean, b["labels"]) + alpha * smooth) * 0.5).backward()
+    assert_close(got, grads(model), atol=1e-6)
 
 
 def test_kl_positions():
