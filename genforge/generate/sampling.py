@@ -52,8 +52,13 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
 
 def apply_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """Divide by the temperature; greedy rows (0) are left as they are (they take the argmax anyway)."""
-    return logits / torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    """Divide by the temperature; greedy rows (0) are left as they are (they take the argmax anyway).
+
+    Each row is first shifted so that its largest logit is 0, which leaves the softmax as it is: a tiny
+    temperature (1e-39 is a valid request) then sends the other logits to -inf instead of the largest one to
+    +inf, where the softmax would be NaN and the draw would return the last token of the vocabulary."""
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    return shifted / torch.where(temperature > 0, temperature, torch.ones_like(temperature))
 
 
 def apply_top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -76,9 +81,13 @@ def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row from `probs` [B, vocab], by inverse CDF with one uniform from each row's generator."""
-    u = torch.cat([torch.rand(1, generator=g) for g in generators])
-    cdf = probs.cumsum(dim=-1)
+    """One token per row from `probs` [B, vocab], by inverse CDF with one uniform from each row's generator.
+
+    The CDF and the uniforms are float64: a float32 running sum cannot grow by less than half its rounding
+    step (3e-8 once it passes 0.5), so tokens less likely than that could never be drawn and the others'
+    shares drifted (a total variation of ~2e-4 from the softmax over a 32k vocabulary)."""
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+    cdf = probs.double().cumsum(dim=-1)
     idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
     return idx[:, 0].clamp(max=probs.shape[-1] - 1)
 

@@ -8,6 +8,7 @@ from genforge.generate.sampling import (
     apply_temperature,
     apply_top_k,
     apply_top_p,
+    draw,
     new_sampler,
     next_tokens,
 )
@@ -89,3 +90,27 @@ def test_penalty_applies_to_prompt_and_generated_tokens():
 def test_absurd_sampling_values_are_refused(bad):
     with pytest.raises(ConfigError):
         SamplingParams(**bad)
+
+
+def test_a_tiny_temperature_samples_the_argmax_not_a_nan_draw():
+    """1e-39 is a valid temperature (a float32 subnormal): dividing the raw logits by it overflowed the largest
+    to +inf, the softmax was NaN and every draw returned the vocabulary's last (here least likely) token."""
+    logits = torch.tensor([[3.0, 2.5, -1.0, 5.0, 0.1, -7.0]])
+    for top_p in (1.0, 0.9):
+        for seed in range(5):
+            sampler = new_sampler([SamplingParams(temperature=1e-39, top_p=top_p, seed=seed)], [[1]], 6)
+            assert next_tokens(logits, sampler).item() == 3
+    assert not apply_temperature(logits, torch.tensor([[1e-39]])).softmax(-1).isnan().any()
+
+
+def test_draw_resolves_probabilities_below_float32_rounding():
+    """A float32 CDF and uniform (24 bits) cannot tell apart intervals narrower than ~6e-8 past half the mass:
+    such tokens were never drawn (or drawn as often as a neighbour twice their size). Weights are built so that
+    seed 78's uniform falls in the middle of token 2's interval, 2.9e-8 wide: it must be the token drawn."""
+    u = torch.rand(1, generator=torch.Generator().manual_seed(78), dtype=torch.float64).item()
+    width = 2.9e-8
+    before = (u * (0.75 + width) - 0.5 - width / 2) / (1 - u)  # puts 0.5 + before + width / 2 at u * total
+    probs = torch.tensor([[0.5, before, width, 0.25]])
+    cdf = probs.double().cumsum(-1)[0]
+    assert cdf[1] <= u * cdf[-1] < cdf[2]
+    assert draw(probs, [torch.Generator().manual_seed(78)]).item() == 2
