@@ -25,7 +25,9 @@ def decode(model: TextVae, z: torch.Tensor, special: dict[str, int], max_len: in
         logits, state = model.decode(z, inputs, state)
         last = logits[:, -1].float()
         if temperature:
-            token = torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=generator)
+            # shifted to a top logit of 0 first: a tiny temperature then sends the others to -inf, not the top to inf
+            shifted = last - last.amax(-1, keepdim=True)
+            token = torch.multinomial(torch.softmax(shifted / temperature, -1), 1, generator=generator)
         else:
             token = last.argmax(-1, keepdim=True)
         out.append(token)

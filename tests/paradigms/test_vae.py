@@ -208,3 +208,15 @@ def test_absurd_sizes_are_one_line_errors_before_the_output_is_touched(packed, t
                                           r"[\d,]+ parameters, whose training needs ~[\d,.]+ GiB .*; choose smaller sizes$"):
         vae_train(tiny(packed, out, hidden_size=10**7))
     assert not out.exists()
+
+
+def test_a_tiny_temperature_decodes_like_greedy():
+    """1e-39 is a valid temperature: the top logit divided by it overflowed to inf and the softmax to NaN,
+    so multinomial failed with a traceback."""
+    from genforge.paradigms.vae_sample import decode
+
+    torch.manual_seed(0)
+    model = TextVae(20, 8, 8, 4).eval()
+    z, special = torch.randn(3, 4), {"bos": 1, "eos": 2, "pad": 0}
+    with torch.no_grad():
+        assert decode(model, z, special, 6, temperature=1e-39) == decode(model, z, special, 6)
