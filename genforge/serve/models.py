@@ -94,7 +94,9 @@ def _load_encoder(path: Path) -> Any:
 
 
 def embed(served: ServedModel, inputs: list[list[int]]) -> list[list[float]]:
-    """Mean-pooled last hidden states of token-id inputs (blocking: call it from a worker thread)."""
+    """Mean-pooled last hidden states of token-id inputs, scaled to unit length (blocking: call it from a worker
+    thread). Unit length as OpenAI's embeddings and sentence-transformers' encoders (MiniLM) have: clients rank
+    by dot product, which is then the cosine similarity."""
     import torch
 
     base = served.module.base_model
@@ -111,7 +113,8 @@ def embed(served: ServedModel, inputs: list[list[int]]) -> list[list[float]]:
                 mask[row, :len(seq)] = 1
             states = base(input_ids=ids, attention_mask=mask).last_hidden_state.float()
             weights = mask[..., None].to(states.dtype)
-            out += ((states * weights).sum(1) / weights.sum(1)).tolist()
+            pooled = (states * weights).sum(1) / weights.sum(1)
+            out += torch.nn.functional.normalize(pooled, dim=-1).tolist()
     return out
 
 

@@ -105,6 +105,7 @@ def test_embeddings_float_and_base64(server, oai):
     c = oai(url)
     out = c.embeddings.create(model="tiny", input=["hello world", "a much longer sentence about kings"])
     assert len(out.data) == 2 and len(out.data[0].embedding) == 64 and out.usage.prompt_tokens > 0
+    assert [np.linalg.norm(d.embedding) for d in out.data] == pytest.approx([1.0, 1.0], abs=1e-5)  # as OpenAI's
     raw = httpx.post(f"{url}/v1/embeddings", json={"model": "tiny", "input": "hello world",
                                                     "encoding_format": "float"}, timeout=60).json()
     assert raw["data"][0]["embedding"] == pytest.approx(out.data[0].embedding, rel=1e-4, abs=1e-6)  # batched with padding vs alone
