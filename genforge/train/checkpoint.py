@@ -81,6 +81,10 @@ def save_checkpoint(folder: Path, model: Any, state: dict[str, Any] | None = Non
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)
+        # what killed saves left under other process ids: half-written temp folders, and old checkpoints
+        # this one supersedes (each as large as the model; find_checkpoint must not pick a stale one)
+        for leftover in [*folder.parent.glob(f".{folder.name}.tmp-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

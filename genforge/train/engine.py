@@ -24,7 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from genforge.errors import ConfigError, Stopped
-from genforge.train.checkpoint import STATE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from genforge.train.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from genforge.train.config import TrainConfig
 from genforge.train.distributed import (
     Dist,
@@ -364,4 +370,6 @@ def weigh_micro_batches(objective: Any, micro_batches: list[dict[str, torch.Tens
 
 
 def checkpoint_exists(run_dir: Path) -> bool:
-    return (Path(run_dir) / "checkpoints" / "latest" / STATE).is_file()
+    """Whether the run holds a checkpoint to resume, counting the one a kill between save_checkpoint's two
+    renames leaves under its temporary name (load_checkpoint resumes that one)."""
+    return find_checkpoint(Path(run_dir) / "checkpoints" / "latest") is not None

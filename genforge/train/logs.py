@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genforge.artifacts import atomic_write_text
+
 METRICS = "metrics.jsonl"
 
 
@@ -24,7 +26,8 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        # atomically: a kill mid-rewrite must not leave the record of the steps before the checkpoint empty
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.path.parent), purge_step=resume_step)

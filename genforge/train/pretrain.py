@@ -39,6 +39,7 @@ from genforge.models.load import (
 )
 from genforge.models.presets import SIZE_KEYS, build_model, config_params, count_params, model_config
 from genforge.train import distributed
+from genforge.train.checkpoint import find_checkpoint
 from genforge.train.config import PretrainConfig
 from genforge.train.data import WindowBatches, eval_batches, open_tokens, read_pack
 from genforge.train.engine import TrainResult, checkpoint_exists, train
@@ -120,10 +121,10 @@ def check_resumed_model(cfg: PretrainConfig, saved: dict[str, Any], pack: dict[s
 def prepare_model(cfg: PretrainConfig, pack: dict[str, Any], tokenizer: Any, special: dict[str, int]
                   ) -> tuple[Any, dict[str, Any] | None]:
     """The model to train and, when continuing a genforge model, that model's manifest (for lineage)."""
-    latest = cfg.out / "checkpoints" / "latest"
     if cfg.resume:  # the architecture comes from the checkpoint; its weights are loaded by the engine
         from transformers import AutoConfig
 
+        latest = find_checkpoint(cfg.out / "checkpoints" / "latest")  # checked by pretrain(): not None
         saved = read_model_config(latest)
         found = detect_objective(saved)
         if found != cfg.objective:

@@ -31,3 +31,17 @@ def test_a_resume_restores_one_cuda_generator_whatever_the_gpus_saved():
     per_device = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
     assert cuda_rng(per_device) is per_device[0]
     assert cuda_rng(per_device[3]) is per_device[3]
+
+
+def test_a_save_removes_what_killed_saves_of_other_processes_left(tmp_path):
+    """A kill mid-save leaves `.latest.tmp-PID` (a half-written checkpoint, as large as the model) and a kill
+    between the renames `.latest.old-PID`; their names hold the dead process's id, so only a sweep at the next
+    successful save removes them. Left, they fill the disk run after run, and an old one could be resumed."""
+    folder = tmp_path / "latest"
+    save_checkpoint(folder, torch.nn.Linear(8, 8), {"step": 1})
+    (tmp_path / ".latest.tmp-999999").mkdir()
+    (tmp_path / ".latest.tmp-999999" / WEIGHTS).write_bytes(b"half")
+    save_checkpoint(tmp_path / ".latest.old-999998", torch.nn.Linear(8, 8), {"step": 0})
+    save_checkpoint(folder, torch.nn.Linear(8, 8), {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+    assert load_checkpoint(folder, torch.nn.Linear(8, 8))["step"] == 2

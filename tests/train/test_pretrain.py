@@ -246,3 +246,16 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path, tiny, s
     with pytest.raises(ConfigError, match=rf"^--preset custom {what}.*; choose smaller sizes$"):
         pretrain(tiny(tmp_path / "out", preset="custom", **sizes))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_kill_between_the_checkpoint_renames_is_resumed_not_restarted(tmp_path, tiny):
+    """save_checkpoint moves the old checkpoint aside, then renames the new one in: a kill between the two
+    leaves only `.latest.old-PID`. That run is unfinished and resumable, not a folder to start afresh in."""
+    cfg = tiny(tmp_path / "run", max_steps=3)
+    pretrain(cfg)
+    (cfg.out / "manifest.json").unlink()  # killed before its export: no manifest
+    latest = cfg.out / "checkpoints" / "latest"
+    latest.rename(latest.with_name(".latest.old-12345"))
+    with pytest.raises(ArtifactError, match="holds an unfinished run: add --resume"):
+        pretrain(replace(cfg, max_steps=5))
+    assert read_manifest(pretrain(replace(cfg, max_steps=5, resume=True)))["metrics"]["steps"] == 5
