@@ -103,6 +103,7 @@ def augment_examples(examples: list[Example], cfg: Any, progress: Path | None = 
         return examples
     from genforge.finetune.classifier import load_classifier
     from genforge.finetune.run import runs_on
+    from genforge.models.load import check_finished_run
 
     recipes = augment_recipes(examples, cfg) if recipes is None else recipes
     attacked = cfg.augment_model is not None
@@ -112,6 +113,7 @@ def augment_examples(examples: list[Example], cfg: Any, progress: Path | None = 
     done = finished_jobs(progress, [r.name for r in recipes], len(jobs)) if progress else {r.name: {} for r in recipes}
     victim, labels = None, []
     if attacked and any(len(finished) < len(jobs) for finished in done.values()):  # loaded only if still needed
+        check_finished_run(cfg.augment_model)
         model, tokenizer, info = load_classifier(cfg.augment_model)
         victim, labels = Victim(model.to(runs_on(cfg.augment_model)), tokenizer, info["seq_len"]), info["labels"]
     base, copies = Budget(seed=cfg.seed), []

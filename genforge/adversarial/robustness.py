@@ -134,7 +134,9 @@ def robustness_eval(cfg: RobustnessConfig) -> dict[str, Any]:
     from genforge.adversarial.perturb import input_embeddings
     from genforge.finetune.classifier import load_classifier, predict_probs
     from genforge.finetune.run import runs_on
+    from genforge.models.load import check_finished_run
 
+    check_finished_run(cfg.model)
     model, tokenizer, info = load_classifier(cfg.model)
     if info["multi_label"]:
         raise ConfigError(f"{cfg.model} is a multi-label classifier; the attacks need a single-label one")

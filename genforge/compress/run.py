@@ -19,6 +19,7 @@ from genforge.artifacts import MANIFEST, read_manifest, write_manifest
 from genforge.compress.config import CompressConfig
 from genforge.compress.subject import Subject, kind_of, load_subject, save_subject
 from genforge.errors import ConfigError, DataError
+from genforge.models.load import check_finished_run
 
 # Files a previous run may have left in --out that would change how the new folder loads or what it does, and that
 # this run writes only for some models (a classifier's files under an LM, a decoder's stop ids under a classifier).
@@ -254,6 +255,7 @@ def compress(cfg: CompressConfig) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    check_finished_run(cfg.model)
     kind = kind_of(cfg.model)
     check_inputs(cfg, kind)
     if Path(cfg.out).resolve() == Path(cfg.model).resolve():

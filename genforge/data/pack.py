@@ -30,6 +30,7 @@ import numpy as np
 from genforge.artifacts import CONFIG, MANIFEST, atomic_open, read_manifest, sha256_tree, write_manifest
 from genforge.data.tokenizer import EOS, iter_texts, parse_text
 from genforge.errors import ArtifactError, DataError
+from genforge.models.load import check_finished_run
 
 PACK_MANIFEST = "pack.json"
 SPLITS = ("train", "val")
@@ -227,6 +228,8 @@ def pack(cfg) -> dict:
                             "folder or a model folder holding tokenizer.json")
     if not tok_dir.is_dir():
         raise ArtifactError(f"{tok_dir} does not exist")
+    # a killed `tokenizer train` redo may hold the new tokenizer_config.json beside the old tokenizer.json
+    check_finished_run(tok_dir, "tokenizer")
     tok_manifest = read_manifest(tok_dir) if (tok_dir / MANIFEST).is_file() else None
     tokenizer_file = tok_dir / "tokenizer.json"
     if not tokenizer_file.is_file():

@@ -31,6 +31,7 @@ from genforge.errors import ArtifactError, DataError
 from genforge.finetune.classifier import load_classifier, predict_probs
 from genforge.finetune.config import PredictConfig
 from genforge.finetune.data import get_field, read_records
+from genforge.models.load import check_finished_run
 
 # Texts per predict_probs call of a --out run: a kill loses at most one chunk (a few seconds of work), and
 # memory holds one chunk's rows, not the file's.
@@ -156,6 +157,7 @@ def predict(cfg: PredictConfig) -> list[dict[str, Any]] | Path:
     if cfg.out is not None:  # before the model loads and predicts, not after
         check_output_file(cfg.out)
         check_partial(cfg)
+    check_finished_run(cfg.model)
     model, tokenizer, info = load_classifier(cfg.model)
     texts = list(cfg.text) if cfg.text else read_texts(cfg.data, cfg.text_field)
     if cfg.out is not None:

@@ -175,12 +175,19 @@ def load_decoder(model: str | Path | Any, tokenizer: Any = None, dtype: str = "a
     Llama forward when the architecture allows and the model's own forward otherwise.
     """
     from genforge.finetune.classifier import refuse_classifier
-    from genforge.models.load import detect_objective, load_model, max_positions, read_model_config
+    from genforge.models.load import (
+        check_finished_run,
+        detect_objective,
+        load_model,
+        max_positions,
+        read_model_config,
+    )
 
     if isinstance(model, Decoder):
         return model
     if isinstance(model, str | Path):
         path = Path(model)
+        check_finished_run(path)
         refuse_classifier(path, f"it labels texts (`genforge predict --model {path}`); generation needs a causal "
                                 "LM such as a `genforge pretrain` or `finetune sft` run")
         config = read_model_config(path)

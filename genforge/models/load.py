@@ -159,6 +159,19 @@ def check_weights(folder: Path) -> None:
             pass
 
 
+def check_finished_run(folder: Path, what: str = "model") -> None:
+    """Refuse a genforge run folder without its manifest.json: it holds checkpoints/ or a config.yaml (what only
+    genforge writes there), so a genforge command was stopped or killed in it before its end, and its top-level
+    weights are an earlier run's or half-copied. Other Hugging Face folders have no manifest and load as they
+    are. Called on the models a command is given (not in load_model: a command reloads its own output before
+    writing its manifest)."""
+    folder = Path(folder)
+    marks = [name for name in ("checkpoints", "config.yaml") if (folder / name).exists()]
+    if marks and not (folder / "manifest.json").is_file():
+        raise ArtifactError(f"{what} {folder} is an unfinished genforge run ({marks[0]} but no manifest.json): "
+                            "finish it (its command again, with --resume if it resumes), or give a finished model")
+
+
 def load_model(path: Path, objective: str | None = None) -> tuple[Any, str]:
     """(model in fp32 with SDPA attention, objective) from a local HF folder; refuses a mismatch.
 

@@ -60,7 +60,7 @@ def evaluate_loss(model: Any, objective: Any, batches: Iterable[dict[str, torch.
 def evaluate(cfg: EvalConfig) -> dict[str, float]:
     """Score a model folder on a packed split; print and return {"loss", "perplexity", "bits_per_byte"}."""
     from genforge.data.pack import packed_tokenizer
-    from genforge.models.load import load_model, max_positions
+    from genforge.models.load import check_finished_run, load_model, max_positions
     from genforge.train.data import eval_batches, open_tokens, read_pack
     from genforge.train.engine import bf16_available
     from genforge.train.objectives import ClmObjective, MlmObjective
@@ -69,6 +69,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, float]:
     pack = read_pack(cfg.data)
     # check_vocab compares sizes only: another tokenizer's ids would score as nonsense (checked before loading)
     tokenizer = packed_tokenizer(cfg.data)
+    check_finished_run(cfg.model)
     check_same_tokenizer(cfg.model, tokenizer)
     model, objective_name = load_model(cfg.model)
     limit = max_positions(model.config) or 1024

@@ -151,3 +151,15 @@ def test_partial_lines_keep_texts_with_unicode_line_breaks(tmp_path):
             add(r, 0.5)
     partial = read_partial(partial_path(tmp_path, "charswap"), [(t, 1) for t in texts])
     assert partial.results == results and partial.seconds == 1.5
+
+
+def test_an_unfinished_classifier_run_is_refused(tmp_path, classifier_dir, sentiment_csv):
+    """A classifier run killed before its end (checkpoints/, no manifest) held an earlier run's or half-copied
+    weights: attacking them made a report about a model that does not exist."""
+    import shutil
+
+    killed = shutil.copytree(classifier_dir, tmp_path / "killed")
+    (killed / MANIFEST).unlink()
+    (killed / "checkpoints").mkdir(exist_ok=True)
+    with pytest.raises(ArtifactError, match="is an unfinished genforge run"):
+        robustness.robustness_eval(config(killed, sentiment_csv, tmp_path / "out"))

@@ -138,6 +138,19 @@ def test_refuses_wrong_folders(tmp_path, tokenizer):
         pack(PackConfig(data=data, tokenizer=broken))
 
 
+def test_a_killed_tokenizer_run_is_refused_not_packed(tmp_path, tokenizer):
+    """`tokenizer train` into a finished folder removes its manifest, then rewrites the files one by one: killed
+    midway, the folder mixes the new run's files with the old's (config.yaml of the old run left). Pack must
+    refuse it, not copy that mix beside the tokens."""
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    killed = tmp_path / "killed_tok"
+    shutil.copytree(tokenizer, killed)
+    (killed / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="tokenizer .*killed_tok is an unfinished genforge run"):
+        pack(PackConfig(data=data, tokenizer=killed))
+    assert not (data / "pack.json").exists()
+
+
 def test_cli_packs_and_errors_in_one_line(tmp_path, tokenizer):
     from genforge.cli import app
 

@@ -160,3 +160,17 @@ def test_cli_refusals_are_one_line(tmp_path, classifier_dir, data):
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_classify_run_killed_before_its_manifest_is_refused(tmp_path, classifier_dir, data):
+    """A classify run killed while exporting (or a redo killed before it) leaves weights at its top but no
+    manifest.json: predict must refuse it in one line, not label texts with those weights."""
+    import shutil
+
+    killed = tmp_path / "killed"
+    shutil.copytree(classifier_dir, killed)
+    (killed / "manifest.json").unlink()
+    result = CliRunner().invoke(app, ["predict", "--model", str(killed), "--data", str(data)])
+    assert result.exit_code == 2, result.output
+    assert "is an unfinished genforge run" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

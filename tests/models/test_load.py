@@ -4,6 +4,7 @@ import pytest
 
 from genforge.errors import ArtifactError
 from genforge.models.load import (
+    check_finished_run,
     detect_objective,
     is_bare_encoder,
     load_model,
@@ -126,3 +127,26 @@ def test_sentence_length_is_what_the_encoder_was_trained_to_embed(tmp_path):
     assert sentence_length(tmp_path) == 128  # no sentence-transformers config
     (tmp_path / "sentence_bert_config.json").write_text("{broken", encoding="utf-8")
     assert sentence_length(tmp_path, default=64) == 64
+
+
+def test_a_genforge_run_killed_before_its_manifest_is_refused_not_loaded(tmp_path):
+    """A pretrain/finetune run folder killed after its first checkpoint, or a redo of a finished run killed
+    before it (checkpoints/ gone, the old config.yaml left), holds config.json and an earlier or half-copied
+    model.safetensors at its top, but no manifest: eval/generate/predict/compress must refuse it, not use
+    those weights. A plain HF folder (neither mark) still loads."""
+    from genforge.generate.decoder import load_decoder
+
+    cfg = model_config("clm", "tiny", vocab_size=300, max_positions=64, special_ids={"pad": 0})
+    run = tmp_path / "run"
+    build_model(cfg, "clm").save_pretrained(run)
+    check_finished_run(run)
+    (run / "checkpoints" / "latest").mkdir(parents=True)
+    with pytest.raises(ArtifactError, match="is an unfinished genforge run .checkpoints but no manifest.json.*--resume"):
+        load_decoder(run)
+    (run / "checkpoints" / "latest").rmdir()
+    (run / "checkpoints").rmdir()
+    (run / "config.yaml").write_text("max_steps: 3\n")
+    with pytest.raises(ArtifactError, match="is an unfinished genforge run .config.yaml but no manifest.json"):
+        check_finished_run(run)
+    (run / "manifest.json").write_text('{"stage": "pretrain"}')
+    check_finished_run(run)
