@@ -27,16 +27,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from genforge import __version__
 from genforge.errors import ConfigError
 from genforge.serve import completions
 from genforge.serve.config import ServeConfig
-from genforge.serve.errors import ApiError, error_body
+from genforge.serve.errors import ApiError, database_unavailable, error_body
 from genforge.serve.keys import Caller, Keys, RateLimiter
 from genforge.serve.logs import REQUEST_ID, request_id
 from genforge.serve.metrics import Metrics
@@ -123,7 +125,11 @@ class Gateway:
             await send(message)
 
         try:
-            body = await self._body(headers, receive)
+            try:
+                body = await self._body(headers, receive)
+            except ClientDisconnect:  # gone before its body arrived: nothing to answer, and no bad JSON either
+                status[0] = 499
+                return
             if body is None:
                 limit = self.state.cfg.max_body_bytes
                 await _send_json(send_with_id, 413, error_body(413, f"request body over {limit} bytes",
@@ -154,7 +160,8 @@ class Gateway:
             REQUEST_ID.reset(token)
 
     async def _body(self, headers: dict[str, str], receive: Any) -> bytes | None:
-        """The whole request body, or None when it is over the limit (read no further than that)."""
+        """The whole request body, or None when it is over the limit (read no further than that); ClientDisconnect
+        when the client leaves before sending all of it (what arrived would read as a truncated, bad JSON body)."""
         limit = self.state.cfg.max_body_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -162,6 +169,8 @@ class Gateway:
         chunks, size = [], 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect
             if message["type"] != "http.request":
                 break
             chunks.append(message.get("body", b""))
@@ -248,6 +257,12 @@ def create_app(state: ServerState, routers: tuple = ()) -> FastAPI:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+        error = database_unavailable(exc)
+        log.warning(error.message)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:

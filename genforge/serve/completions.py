@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from genforge.generate.config import SamplingParams
@@ -30,7 +31,7 @@ from genforge.generate.detokenize import TextStream, decode
 from genforge.serve import gate
 from genforge.serve.batch import Seq
 from genforge.serve.engine import EngineDown, QueueFull
-from genforge.serve.errors import ApiError, error_body
+from genforge.serve.errors import ApiError, database_unavailable, error_body
 from genforge.serve.models import ServedModel
 from genforge.serve.safety import Decision, OutputGuard
 from genforge.serve.schemas import ChatRequest, CompletionRequest, as_list
@@ -191,7 +192,7 @@ async def create(request: Request, body: CompletionRequest | ChatRequest, chat: 
         return await gate.refuse(run, body, chat, headers)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(run, meta, chat, include_usage), media_type="text/event-stream",
+        return gate.ClosingStream(_sse(run, meta, chat, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", **headers})
     if not await run.collect():
         await run.save(499)
@@ -382,6 +383,10 @@ async def _sse(run: Run, meta: dict[str, Any], chat: bool, include_usage: bool) 
         run.texts = sent
         await run.save(200)
         yield "data: [DONE]\n\n"
+    except OperationalError as e:  # the response could not be stored: the client learns it cannot rate it
+        error = database_unavailable(e)
+        log.warning(error.message)
+        yield gate.sse_event(error.body())
     finally:
         run.cancel()
         if not run.saved:

@@ -34,3 +34,14 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def _encodable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+DATABASE_RETRY_SECONDS = 1
+
+
+def database_unavailable(exc: Exception) -> ApiError:
+    """The 503 for a database that is busy (SQLite still locked by another process after its busy_timeout) or
+    unreachable (PostgreSQL down): temporary, so the client is told to retry, and no bug (no 500, no traceback)."""
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    return ApiError(503, f"the database is busy or unreachable ({reason}); retry shortly", code="database_unavailable",
+                    headers={"Retry-After": str(DATABASE_RETRY_SECONDS)})

@@ -17,6 +17,21 @@ from genforge.serve.schemas import as_list
 if TYPE_CHECKING:
     from genforge.serve.completions import Choice, Run
 
+class ClosingStream(StreamingResponse):
+    """A streaming response that closes its event generator however the response ends.
+
+    Under an ASGI server older than spec 2.4 (uvicorn 0.49) Starlette cancels the sending task when the
+    client disconnects. A generator paused at a `yield` then never ran its `finally` (unless the garbage
+    collector happened to close it), so a dropped stream's sequence was not cancelled nor its response
+    stored: 1-3 of 64 streams dropped at once went missing from the database."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 SEVERITY = ("allow", "flag", "redact", "block")
 VARIANT_HEADER = "X-Genforge-Variant"
 

@@ -45,11 +45,18 @@ def load_served(variant: Variant, cfg: ServeConfig, metrics: Any = None) -> Serv
     """Load one served folder with the settings of `cfg` (dtype, backend, batch and queue sizes)."""
     from genforge.finetune.classifier import CLASSIFIER_JSON, load_classifier
     from genforge.finetune.model import load_tokenizer
-    from genforge.models.load import detect_objective, load_model, max_positions, read_model_config
+    from genforge.models.load import (
+        check_finished_run,
+        detect_objective,
+        load_model,
+        max_positions,
+        read_model_config,
+    )
 
     path = variant.path
     if not path.is_dir():
         raise ArtifactError(f"model {path} is not a folder (expected a genforge run folder or HF model folder)")
+    check_finished_run(path)
     common = {"name": variant.name, "path": path, "weight": variant.weight}
     if (path / CLASSIFIER_JSON).is_file():
         classifier, tokenizer, info = load_classifier(path)

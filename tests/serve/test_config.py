@@ -60,6 +60,22 @@ def test_a_missing_model_folder_is_a_one_line_error(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_killed_training_run_is_not_served(tmp_path, llama_dir):
+    """A run killed before its end (checkpoints/, no manifest) holds an earlier run's or half-copied weights."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from genforge.cli import app
+
+    killed = shutil.copytree(llama_dir, tmp_path / "killed")
+    (killed / "checkpoints").mkdir()
+    (killed / "manifest.json").unlink(missing_ok=True)
+    result = CliRunner().invoke(app, ["serve", "--model", str(killed), "--db", f"sqlite:///{tmp_path / 'k.db'}"])
+    error = result.output.strip().splitlines()[-1]  # after the JSON log line "loading model"
+    assert result.exit_code != 0 and error.startswith("error: model ") and "is an unfinished genforge run" in error
+
+
 def test_a_keys_rate_limit_is_bounded_before_the_database_overflows():
     with pytest.raises(ConfigError, match="rate_limit must be <= 1000000"):
         from_dict(KeyCreateConfig, {"name": "k1", "rate_limit": 10**20})

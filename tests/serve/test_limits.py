@@ -2,6 +2,8 @@
 429 when the queue is full, request timeouts, cancellation when the client goes away, and concurrent
 requests decoding in one batch exactly as they do alone."""
 
+import socket
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -212,6 +214,45 @@ def test_a_client_that_gives_up_cancels_its_request(long_cfg, live):
         assert gave_up.is_set()
         wait_for(lambda: seq.finish_reason is not None)
         assert seq.finish_reason == "cancelled" and len(seq.tokens) < 30000
+
+
+def test_a_client_gone_before_its_body_arrived_is_a_499_not_a_bad_json_400(serve_cfg, live):
+    """A client that closes its connection halfway through sending its body (cancelled at once) left no bad JSON:
+    the access log and metrics counted such requests as 400s, a false alarm on the error rate under load."""
+    with live(serve_cfg()) as (url, state):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"model\": ")
+
+        def count(code: str) -> float:
+            return state.metrics.registry.get_sample_value(
+                "genforge_requests_total", {"route": "/v1/chat/completions", "code": code}) or 0
+
+        wait_for(lambda: count("499") or count("400"))
+        assert (count("499"), count("400")) == (1, 0)
+
+
+def test_a_database_locked_past_its_busy_timeout_is_a_503_to_retry_not_a_500(serve_cfg, live, tmp_path):
+    """Another process holding SQLite's write lock longer than busy_timeout (5 s) made every request that writes a
+    500 with a traceback; it is a temporary condition: 503 with Retry-After, and an error event in a stream."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    with live(serve_cfg()) as (url, _):
+        holder = sqlite3.connect(tmp_path / "serve.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                plain = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=60)
+                stream = pool.submit(lambda: httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": True},
+                                                        timeout=60).text)
+                answer, events = plain.result(), stream.result()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+        assert answer.json()["error"]["code"] == "database_unavailable"
+        assert '"code": "database_unavailable"' in events and "[DONE]" not in events
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
 
 
 def test_request_timeout_ends_generation(long_cfg, oai, live):

@@ -201,3 +201,32 @@ def test_run_once_from_the_cli_then_resume_through_the_api(tmp_path, monitor_mod
         assert s.scalar(select(func.count()).select_from(MonitorText)) == 3
     with pytest.raises(ConfigError, match="bad time 'last week'"):
         report(MonitorReportConfig(out=tmp_path / "r.html", db=db, since="last week"))
+
+
+def test_concurrent_item_batches_store_each_item_once(monitor_app, live):
+    """16 clients post overlapping batches at once (the same texts from several sources, retried ids): every
+    item is stored once, every repeat of an id is counted as repeated, every repeated text as a duplicate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import func
+
+    from genforge.apps.monitor.tables import MonitorText
+
+    app, monitor = monitor_app
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def batch(client: int) -> list[dict]:  # ids 0-39 of one source, each sent by two clients; 8 distinct texts
+        return [{"text": f"Story {n % 8}", "ts": n, "source": "wire", "id": str(n)}
+                for n in range(client * 5 % 40, client * 5 % 40 + 5)] + [{"text": f"story {client % 8}", "ts": client}]
+
+    with live(app) as (url, _), ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda c: httpx.post(f"{url}/v1/monitor/items", json={"items": batch(c)},
+                                                     headers=auth, timeout=60), range(16)))
+    assert [r.status_code for r in answers] == [200] * 16, [r.text for r in answers if r.status_code != 200]
+    stats = {k: sum(r.json()[k] for r in answers) for k in ("items", "classified", "duplicates", "repeated")}
+    assert stats == {"items": 40 + 16, "classified": 8, "duplicates": 40 + 16 - 8, "repeated": 40}
+    with Session(monitor.engine) as s:
+        assert s.scalar(select(func.count()).select_from(MonitorItem)) == 56
+        assert s.scalar(select(func.count()).where(MonitorItem.duplicate)) == 48
+        assert s.scalar(select(func.count(func.distinct(MonitorItem.ext_id))).where(MonitorItem.source == "wire")) == 40
+        assert s.scalar(select(func.sum(MonitorText.seen))) == 56
