@@ -67,7 +67,7 @@ def test_mixed_formats_end_to_end(tmp_path):
     assert {r["source"] for r in outputs(out)["train"]} >= {str(src / "sub" / "gbk.txt"), str(src / "rows.parquet")}
     assert stats == json.loads((out / "stats.json").read_text(encoding="utf-8"))
     assert stats["removed"]["too_short"] == 1 and stats["removed"]["binary"] == 1
-    assert stats["pii"] == {"EMAIL": 1, "ID": 0, "CARD": 1, "PHONE": 0, "IP": 0}
+    assert stats["pii"] == {"EMAIL": 1, "ID": 0, "IBAN": 0, "CARD": 1, "PHONE": 0, "IP": 0}
     assert stats["docs_in"] == stats["docs_out"] + sum(stats["removed"][r] for r in DOC_REASONS)
     assert stats["docs_out"] == stats["train_docs"] == len(got)
     assert stats["bytes_in"] == sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
