@@ -162,7 +162,7 @@ def sft_examples(cfg: Any, data: Path | None) -> tuple[Any, list, list]:
     configured data (the server's view: with real silos it holds only the validation set)."""
     from genforge.finetune.data import hash_split
     from genforge.finetune.model import load_tokenizer
-    from genforge.finetune.sft import encode_all, ensure_chat_template, read_dialogues
+    from genforge.finetune.sft import dialogue_text, encode_all, ensure_chat_template, read_dialogues
 
     tokenizer = load_tokenizer(cfg.model)
     ensure_chat_template(tokenizer, cfg.model)
@@ -171,7 +171,7 @@ def sft_examples(cfg: Any, data: Path | None) -> tuple[Any, list, list]:
     for path in sources:  # with --val-data every dialogue trains; else each source's hash share validates
         dialogues = read_dialogues(path, cfg.system)
         tr, va = (dialogues, []) if cfg.val_data is not None else \
-            hash_split(dialogues, text_of=lambda d: "\n".join(m["content"] for m in d), require_both=False)
+            hash_split(dialogues, text_of=dialogue_text, require_both=False)
         train_d, val_d = train_d + tr, val_d + va
     if cfg.val_data is not None:
         val_d = read_dialogues(cfg.val_data, cfg.system)

@@ -162,6 +162,12 @@ def encode_dialogue(tokenizer: Any, messages: list[Message], *, max_tokens: int,
     return (ids, labels) if any(lab != IGNORE for lab in labels[1:]) else None
 
 
+def dialogue_text(dialogue: list[Message]) -> str:
+    """A dialogue's messages as one text: what its hash split bucket is computed from (SFT, federated SFT and
+    the support app's checks must agree on it)."""
+    return "\n".join(m["content"] for m in dialogue)
+
+
 Example = tuple[list[int], list[int], list[int]]  # token ids, labels, position ids
 
 
@@ -255,7 +261,7 @@ def sft(cfg: SftConfig) -> Path:
     if cfg.val_data is not None:
         train_set, val_set = dialogues, read_dialogues(cfg.val_data, cfg.system)
     else:
-        train_set, val_set = hash_split(dialogues, text_of=lambda d: "\n".join(m["content"] for m in d))
+        train_set, val_set = hash_split(dialogues, text_of=dialogue_text)
     train_ex, val_ex = encode_all(tokenizer, train_set, cfg), encode_all(tokenizer, val_set, cfg)
     cfg = fit_batch_size(cfg, len(train_ex))
     if cfg.epochs:

@@ -81,13 +81,13 @@ def prepare_chat(cfg: BuildConfig, dialogues: list[list[dict[str, str]]], index:
     corpus and tokenizer; then check, with the tokenizer the SFT will use, what `finetune sft` would refuse
     only after the minutes of training before it: --model itself, and --seq-len (`check_sft_fits`)."""
     from genforge.finetune.model import load_tokenizer
-    from genforge.finetune.sft import chat_tokenizer, ensure_chat_template
+    from genforge.finetune.sft import chat_tokenizer, dialogue_text, ensure_chat_template
 
     data = work / SFT_DATA
     data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n"
                             for d in grounded_dialogues(dialogues, index, cfg)), encoding="utf-8")
     if cfg.model is None:
-        texts = ["\n".join(m["content"] for m in d) for d in dialogues]
+        texts = [dialogue_text(d) for d in dialogues]
         texts += [f"{p.text}\n{p.answer}" if p.kind == "faq" else p.text for p in passages]
         folder = train_small_tokenizer(work, texts, cfg)
         tokenizer = load_tokenizer(folder)
@@ -103,10 +103,10 @@ def check_sft_fits(tokenizer: Any, data: Path, cfg: BuildConfig) -> None:
     or a --seq-len in which no dialogue of its training (or validation) split keeps an answer token, the
     grounded system prompt (passages included) filling it. Split and encoded as `finetune sft` does."""
     from genforge.finetune.data import hash_split
-    from genforge.finetune.sft import read_dialogues
+    from genforge.finetune.sft import dialogue_text, read_dialogues
 
     dialogues = read_dialogues(data)
-    train, val = hash_split(dialogues, text_of=lambda d: "\n".join(m["content"] for m in d), require_both=False)
+    train, val = hash_split(dialogues, text_of=dialogue_text, require_both=False)
     if not train or not val:
         raise DataError(f"{cfg.history}: the chat model's SFT validates on hash bucket 8 of the dialogues, and the "
                         f"{len(dialogues)} given leave its {'training' if not train else 'validation'} set empty; "
