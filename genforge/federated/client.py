@@ -178,7 +178,7 @@ def local_round(s: Silo, tensors: dict[str, torch.Tensor], server_round: int, mu
     load_trainable(task.model, tensors)
     objective = round_objective(task.objective, cfg, task.model, tensors, mu)
     steps = local_steps(cfg, len(s.rows))
-    batches = Offset(task.batches_for(s.rows), (server_round - 1) * steps)
+    batches = Offset(task.batches_for(s.rows, s.partition), (server_round - 1) * steps)
     # dropout etc. drawn from (seed, client, round), not from whatever rounds this worker process ran before:
     # a run is reproducible and a resumed one trains its rounds exactly as an uninterrupted one would
     torch.manual_seed(mix_seed(cfg.seed, "client-round", s.partition, server_round))

@@ -34,15 +34,24 @@ class Task:
     objective: Any
     n: int  # training units in this process's data
     labels: list[str] | None  # one label per unit (label-skew partitions), None when unlabelled
-    batches_for: Callable[[list[int]], Any]  # unit indices -> engine batches
+    # (unit indices, client id) -> engine batches; the order depends on the client, see `client_seed`
+    batches_for: Callable[[list[int], int], Any]
     score: Callable[[], dict[str, float]]  # global validation metrics of self.model
     export: Callable[[dict[str, Any]], dict[str, Any]]  # write the payload to cfg.out; returns final metrics
     select: str = "loss"
     label_set: list[str] | None = None  # classification: the federation's labels, in head order
 
 
-def subset_batches(rows: list[int], cfg: Any, collate: Callable[[list[int]], dict]) -> ShuffledBatches:
-    return ShuffledBatches(len(rows), cfg.batch_size, cfg.grad_accum, cfg.seed,
+def client_seed(seed: int, client: int) -> int:
+    """The seed of client `client`'s data order: two silos given the same data (or the same rows) must not read
+    the same batches in the same order, while each client's order stays a function of (run seed, client id), so
+    a rerun or a resumed run reads what an uninterrupted one would."""
+    return mix_seed(seed, "client-data", client)
+
+
+def subset_batches(rows: list[int], cfg: Any, collate: Callable[[list[int]], dict], client: int
+                   ) -> ShuffledBatches:
+    return ShuffledBatches(len(rows), cfg.batch_size, cfg.grad_accum, client_seed(cfg.seed, client),
                            lambda picked: collate([rows[i] for i in picked]))
 
 
@@ -151,7 +160,7 @@ def classify_task(cfg: Any, data: Path | None = None, labels: list[str] | None =
 
     return Task("classify", cfg, model, objective, len(train_set),
                 [labs[0] for _, labs in train_set] if not cfg.multi_label else None,
-                lambda rows: subset_batches(rows, cfg, train_collate),
+                lambda rows, client: subset_batches(rows, cfg, train_collate, client),
                 make_scorer(model, objective, val_batches, labels), export, select=cfg.select, label_set=labels)
 
 
@@ -219,14 +228,16 @@ def sft_task(cfg: Any, data: Path | None = None) -> Task:
         return {"val_sequences": len(val_ex)}
 
     return Task("sft", cfg, model, objective, len(train_ex), None,
-                lambda rows: subset_batches(rows, cfg, train_collate), score, export)
+                lambda rows, client: subset_batches(rows, cfg, train_collate, client), score, export)
 
 
 # --- pretraining ----------------------------------------------------------------------------------
 
 @dataclass
 class WindowSubset:
-    """Random windows among a silo's non-overlapping windows `rows` of a token file; pure in the step."""
+    """Random windows among a silo's non-overlapping windows `rows` of a token file; pure in the step.
+
+    `seed` is the client's (`client_seed`), so silos on the same token folder draw different windows."""
 
     tokens: np.ndarray
     rows: list[int]
@@ -304,8 +315,9 @@ def pretrain_task(cfg: Any, data: Path | None = None) -> Task:
         return {"objective": cfg.objective}
 
     return Task("pretrain", cfg, model, objective, len(tokens) // window, None,
-                lambda rows: WindowSubset(tokens, rows, window, cfg.batch_size, cfg.grad_accum, cfg.seed,
-                                          objective.make_batch), score, export)
+                lambda rows, client: WindowSubset(tokens, rows, window, cfg.batch_size, cfg.grad_accum,
+                                                    client_seed(cfg.seed, client), objective.make_batch),
+                score, export)
 
 
 def build_task(kind: str, cfg: Any, data: Path | None = None, labels: list[str] | None = None) -> Task:

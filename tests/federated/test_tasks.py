@@ -31,6 +31,22 @@ def test_pretrain_round_trains_the_silo_and_fedprox_pulls_towards_the_global_mod
     assert 0 < distance(pulled, start) < distance(free, start)
 
 
+def test_two_clients_on_the_same_token_folder_read_different_windows_each_reproducibly(tmp_path, packed):
+    """Silos given the same packed folder used to draw the same windows in the same order (seed without client)."""
+    cfg = FederatedPretrainConfig(data=packed, out=tmp_path / "o", preset="tiny", batch_size=4, seq_len=32,
+                                  bf16=False, clients=2, partition="by-file", client_data=[packed, packed])
+    task = build_task("pretrain", cfg, packed)
+    rows = list(range(task.n))
+
+    def order(client):
+        batches = task.batches_for(rows, client)
+        return [batches.batch(step, 0)["input_ids"] for step in range(3)]
+
+    first, second, again = order(0), order(1), order(1)
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(second, again, strict=True))
+
+
 def test_local_epochs_give_each_silo_steps_in_proportion_to_its_size(tmp_path, packed):
     from genforge.federated.client import local_steps
 
