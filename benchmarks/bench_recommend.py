@@ -97,13 +97,15 @@ def run(name: str, work: Path, quick: bool, tune_encoder: bool = False) -> dict:
 
 
 def show(name: str, report: dict) -> None:
+    from genforge.apps.recommend.evaluate import cell
+
     k = report["k"]
     cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", "coverage", "novelty", f"cold_recall@{k}"]
     print(f"\n== {name}: {report['users']} held-out users, {report['cold_items']} cold items "
           f"(build {report['build_seconds']}s) ==")
     print(f"{'method':<15}" + "".join(f"{c:>16}" for c in cols))
     for method, m in report["methods"].items():
-        print(f"{method:<15}" + "".join(f"{m[c]:>16.4f}" for c in cols))
+        print(f"{method:<15}" + "".join(f"{cell(m[c]):>16}" for c in cols))
     lat = report["latency_ms"]
     ours = report["default"]
     print(f"default path (chosen by the build's validation): {ours}")
@@ -116,11 +118,14 @@ def show(name: str, report: dict) -> None:
     if ours != "genforge-fast" and fast_ratio:
         print(f"NDCG@{k} genforge-fast (no LM) / best non-text: x{fast_ratio:.3f}")
     mine = report["methods"][ours][f"cold_recall@{k}"]
-    verdict = f"x{cold}" if cold is not None else ("met: popularity scores 0" if mine > 0 else "not met: both 0")
-    print(f"cold-start Recall@{k}: {mine:.4f} vs popularity {pop_cold:.4f} -> {verdict} (goal >= 2x; met as "
-          f"soon as genforge finds any: popularity never recommends an item with < 5 interactions)")
+    if mine is None:  # undefined, not 0: no held-out user has a cold item
+        print(f"cold-start Recall@{k}: n/a (no held-out user has a cold item)")
+    elif pop_cold is not None:
+        verdict = f"x{cold}" if cold is not None else ("met: popularity scores 0" if mine > 0 else "not met: both 0")
+        print(f"cold-start Recall@{k}: {mine:.4f} vs popularity {pop_cold:.4f} -> {verdict} (goal >= 2x; met as "
+              f"soon as genforge finds any: popularity never recommends an item with < 5 interactions)")
     tfidf_cold = report["methods"].get("tfidf", {}).get(f"cold_recall@{k}")
-    if tfidf_cold is not None:
+    if mine is not None and tfidf_cold is not None:
         versus = f"x{mine / tfidf_cold:.3f}" if tfidf_cold > 0 else "TF-IDF finds none"
         print(f"cold-start Recall@{k}: {mine:.4f} vs TF-IDF {tfidf_cold:.4f} -> {versus} (the baseline that can "
               f"find cold items, by their text)")

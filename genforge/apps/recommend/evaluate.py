@@ -119,7 +119,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if best:
         report["ndcg_vs_best_non_text"] = {"baseline": best, "ratio": _ratio(table[ours][f"ndcg@{cfg.k}"],
                                                                                table[best][f"ndcg@{cfg.k}"])}
-    if "popular" in table:
+    if "popular" in table and table[ours].get(f"cold_recall@{cfg.k}") is not None:  # undefined without cold users
         report["cold_recall_vs_popular"] = _ratio(table[ours][f"cold_recall@{cfg.k}"],
                                                   table["popular"][f"cold_recall@{cfg.k}"])
     out = Path(cfg.out)
@@ -146,6 +146,11 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b > 0 else None
 
 
+def cell(value: float | None) -> str:
+    """A metric for a table: None (undefined, as cold-start recall without cold users) shows as n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     k = report["k"]
     cols = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", "coverage", "novelty", f"cold_recall@{k}"]
@@ -153,7 +158,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"`recommend` and `serve` use {report['default']} (chosen by the build's validation).", "",
              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, m in report["methods"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(m.get(c)) for c in cols) + " |")
     lines += ["", f"latency per user (ms): {json.dumps(report['latency_ms'])}"]
     if "ndcg_vs_best_non_text" in report:
         r = report["ndcg_vs_best_non_text"]
@@ -169,7 +174,8 @@ def plot(table: dict[str, dict[str, float]], k: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"cold_recall@{k}"]
+    keys = [c for c in (f"recall@{k}", f"ndcg@{k}", f"mrr@{k}", f"cold_recall@{k}")
+            if all(m.get(c) is not None for m in table.values())]  # an undefined metric has no bar
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(table)
     for j, (name, m) in enumerate(table.items()):
@@ -193,9 +199,9 @@ def print_table(report: dict[str, Any]) -> None:
     for c in cols:
         table.add_column(c)
     for name, m in report["methods"].items():
-        table.add_row(name, *(f"{m[c]:.4f}" for c in cols))
+        table.add_row(name, *(cell(m.get(c)) for c in cols))
     console = Console(stderr=True)
     console.print(table)
     console.print(f"default: {report['default']}; latency ms: {report['latency_ms']}; NDCG vs best non-text: "
                   f"{report.get('ndcg_vs_best_non_text')}; cold recall vs popular: "
-                  f"{_times(report.get('cold_recall_vs_popular'))}")
+                  f"{_times(report['cold_recall_vs_popular']) if 'cold_recall_vs_popular' in report else 'n/a'}")

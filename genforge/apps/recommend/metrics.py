@@ -6,7 +6,8 @@
 - coverage: distinct recommended items over all users / catalogue size;
 - novelty: mean self-information -log2(p(i)) of recommended items, p(i) = (training users of i + 1) /
   (users + 1): recommending the long tail scores high.
-Per-user values are averaged over users (each user counts once).
+Per-user values are averaged over users (each user counts once). Cold-start Recall@k averages over the users
+having a cold held-out item; with none it is undefined, so None (JSON null, shown "n/a"), never 0.
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ def novelty(lists: list[list], popularity: np.ndarray, users: int, k: int) -> fl
 
 
 def summary(lists: list[list], relevant: list[set], *, k: int, catalogue: int, popularity: np.ndarray,
-            users: int, cold: set | None = None) -> dict[str, float]:
-    """All metrics of one method; `cold` adds Recall@k on the cold-start held-out items (users having any)."""
+            users: int, cold: set | None = None) -> dict[str, float | None]:
+    """All metrics of one method; `cold` adds Recall@k on the cold-start held-out items (users having any),
+    None when no user has one: a split without cold users says nothing about cold-start quality."""
     out = {f"recall@{k}": float(np.mean([recall_at(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
            f"ndcg@{k}": float(np.mean([ndcg_at(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
            f"mrr@{k}": float(np.mean([mrr_at(r, rel, k) for r, rel in zip(lists, relevant, strict=True)])),
            "coverage": coverage(lists, catalogue, k), "novelty": novelty(lists, popularity, users, k)}
     if cold is not None:
         pairs = [(r, rel & cold) for r, rel in zip(lists, relevant, strict=True) if rel & cold]
-        out[f"cold_recall@{k}"] = float(np.mean([recall_at(r, rel, k) for r, rel in pairs])) if pairs else 0.0
+        out[f"cold_recall@{k}"] = float(np.mean([recall_at(r, rel, k) for r, rel in pairs])) if pairs else None
         out["cold_users"] = len(pairs)
     return out

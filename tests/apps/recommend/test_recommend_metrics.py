@@ -31,3 +31,21 @@ def test_coverage_novelty_and_summary():
     out = summary(lists, [{1}, {3}], k=2, catalogue=4, popularity=popularity, users=3, cold={2, 3})
     assert out["recall@2"] == pytest.approx(0.5) and out["mrr@2"] == pytest.approx(0.25)
     assert out["cold_users"] == 1 and out["cold_recall@2"] == 0.0  # user 2's cold item 3 is not in its list
+
+
+def test_cold_recall_without_cold_users_is_undefined_not_zero(capsys):
+    """A split where no held-out item is cold used to report cold_recall@k = 0.0, as if every method failed."""
+    import json
+
+    from genforge.apps.recommend.evaluate import markdown, print_table
+
+    lists, popularity = [[0, 1], [1, 2]], np.array([3.0, 1.0, 9.0, 9.0])
+    out = summary(lists, [{1}, {3}], k=2, catalogue=4, popularity=popularity, users=3, cold={0})
+    assert out["cold_users"] == 0 and out["cold_recall@2"] is None
+    report = {"users": 2, "k": 2, "cold_items": 1, "methods": {"genforge-fast": out}, "default": "genforge-fast",
+              "latency_ms": {"p50": 1.0, "p95": 2.0}}
+    assert json.loads(json.dumps(report, allow_nan=False))["methods"]["genforge-fast"]["cold_recall@2"] is None
+    row = next(line for line in markdown(report).splitlines() if line.startswith("| genforge-fast"))
+    assert row.endswith("| n/a |")
+    print_table(report)
+    assert "n/a" in capsys.readouterr().err
