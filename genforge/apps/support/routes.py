@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
@@ -26,6 +27,7 @@ from genforge.apps.support.tables import NoSuchSession, list_tickets, open_sessi
 from genforge.serve import completions
 from genforge.serve.app import Authorized
 from genforge.serve.errors import ApiError
+from genforge.serve.gate import ClosingStream
 from genforge.serve.schemas import ChatRequest, JsonBody
 
 WIDGET = Path(__file__).parent / "ui" / "widget.html"
@@ -48,16 +50,39 @@ def summary(r: Reply) -> dict[str, Any]:
 
 
 def _stream(run: Iterator[str], frame: Any, end: Any) -> Iterator[str]:
-    """SSE of a converse() run (a sync generator: Starlette iterates it in its thread pool)."""
-    while True:
-        try:
-            piece = next(run)
-        except StopIteration as done:
-            yield from end(done.value)
-            yield "data: [DONE]\n\n"
-            return
-        if piece:
-            yield frame(piece)
+    """SSE of a converse() run; closed early, it closes the run (which stores the turn as far as it went)."""
+    try:
+        while True:
+            try:
+                piece = next(run)
+            except StopIteration as done:
+                yield from end(done.value)
+                yield "data: [DONE]\n\n"
+                return
+            if piece:
+                yield frame(piece)
+    finally:
+        run.close()
+
+
+async def _closing(events: Iterator[str]) -> AsyncIterator[str]:
+    """`events` (a sync generator) stepped in the thread pool, and closed there however the response ends.
+
+    Starlette wraps a sync iterator in an async one whose closing leaves the sync generator open: a stream the
+    client dropped was closed (its turn stored, the model's lock freed) only when garbage collected. As the
+    body of a `ClosingStream`, this one is closed as soon as the response ends; the close is shielded, as a
+    client that leaves while a piece is being made cancels the step that made it."""
+    done = object()
+    try:
+        while (event := await run_in_threadpool(next, events, done)) is not done:
+            yield event
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(events.close)
+
+
+def _sse(events: Iterator[str]) -> ClosingStream:
+    return ClosingStream(_closing(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def router(desk: Desk) -> APIRouter:
@@ -71,8 +96,7 @@ def router(desk: Desk) -> APIRouter:
         run = converse(desk, body.message, session_id=sid, caller=caller.name)
         if not body.stream:
             return summary(_drain(run))
-        return StreamingResponse(_stream(run, lambda p: _event({"delta": p}), lambda r: [_event(summary(r))]),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _sse(_stream(run, lambda p: _event({"delta": p}), lambda r: [_event(summary(r))]))
 
     @api.get("/v1/support/tickets")
     def tickets(_: Authorized, status: str = "open", limit: int = 50) -> dict[str, Any]:
@@ -111,8 +135,7 @@ def router(desk: Desk) -> APIRouter:
             return [_event({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                             "genforge": summary(r)})]
 
-        return StreamingResponse(_stream(run, frame, end), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return _sse(_stream(run, frame, end))
 
     @api.get("/v1/models")
     def models(request: Request, _: Authorized) -> dict[str, Any]:

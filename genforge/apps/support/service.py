@@ -13,6 +13,7 @@ the audit table.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Generator
@@ -43,13 +44,31 @@ class Reply:
     decisions: list = field(default_factory=list)
 
 
+@dataclass
+class Turn:
+    """One turn as it goes: what the caller has been sent so far, and the answer once the assistant gave it."""
+
+    session_id: str
+    response_id: str
+    caller: str
+    message: str
+    dialogue: list[dict[str, str]]
+    decisions: list
+    started: float
+    first: float | None = None  # when the assistant's first piece came
+    sent: list[str] = field(default_factory=list)
+    answer: Answer | None = None
+
+
 def converse(desk: Desk, message: str, *, session_id: str | None = None, caller: str = "anonymous",
              conversation: list[dict[str, str]] | None = None,
              response_id: str | None = None) -> Generator[str, None, Reply]:
     """Yield the answer's text as it is released; return the Reply. `conversation` (OpenAI clients send the
-    whole dialogue) replaces the stored session history."""
+    whole dialogue) replaces the stored session history.
+
+    Closed before its end (a client that leaves a stream: the routes close it at once), the turn is stored as
+    far as it went: status 499, what the client was sent, and the hand-off's ticket if one was opened."""
     started = time.monotonic()
-    first: list[float] = []
     safety, decisions = desk.safety, []
     sid = open_session(desk.engine, session_id, caller)
     if safety.checks_input:
@@ -58,47 +77,80 @@ def converse(desk: Desk, message: str, *, session_id: str | None = None, caller:
         if decision.action == "redact":
             message = decision.text
     past = history(desk.engine, sid) if conversation is None else [m for m in conversation if m["role"] != "system"]
-    dialogue = [*past, {"role": "user", "content": message}]
-    if decisions and decisions[0].action == "block":
-        answer = Answer("blocked", safety.refusal, reason="input moderation")
-        yield answer.text
-    else:
-        guard = OutputGuard(safety, "chat") if safety.checks_output else None
-        run = desk.assistant.stream(dialogue, desk.max_new_tokens)
+    turn = Turn(sid, response_id or f"chatcmpl-{uuid.uuid4().hex}", caller, message,
+                [*past, {"role": "user", "content": message}], decisions, started)
+    pieces = _answer(desk, turn)
+    try:
+        for piece in pieces:
+            turn.sent.append(piece)
+            yield piece
+    except GeneratorExit:
+        pieces.close()
+        _store(desk, turn, 499)
+        raise
+    _store(desk, turn, 200)
+    return Reply(sid, turn.response_id, turn.answer, decisions)
+
+
+def _answer(desk: Desk, turn: Turn) -> Generator[str, None, None]:
+    """The answer's pieces through the safety checks; `turn.answer` is set as soon as the assistant has answered
+    (before the hand-off message or the guard's last words are yielded)."""
+    safety, message, dialogue = desk.safety, turn.message, turn.dialogue
+    if turn.decisions and turn.decisions[0].action == "block":
+        turn.answer = Answer("blocked", safety.refusal, reason="input moderation")
+        yield turn.answer.text
+        return
+    guard = OutputGuard(safety, "chat") if safety.checks_output else None
+    run = desk.assistant.stream(dialogue, desk.max_new_tokens)
+    try:
         while True:
             try:
                 piece = next(run)
             except StopIteration as end:
-                answer = end.value
+                answer = turn.answer = end.value
                 break
             piece = guard.push(piece) if guard else piece
             if piece:
-                first = first or [time.monotonic()]
+                turn.first = turn.first or time.monotonic()
                 yield piece
-        if answer.action == "handoff":
-            answer.ticket = open_ticket(desk.engine, sid, message, answer.reason, dialogue)
-            answer.text = HANDOFF.format(ticket=answer.ticket)
-            yield answer.text  # our own words: nothing to moderate
-        elif guard is not None:
-            decision = guard.finish()
-            decisions.append(decision)
-            if decision.text:
-                yield decision.text
-            if decision.action == "block":
-                answer.action, answer.text, answer.sources = "blocked", safety.refusal, []
-                yield "\n" + safety.refusal
-            else:
-                answer.text = guard.sent
-                answer.sources = [{**c, "text": safety.filter("chat", c["text"], "output", classify=False).text}
-                                  for c in answer.sources]
-    rid = response_id or f"chatcmpl-{uuid.uuid4().hex}"
-    save(desk.engine, Record(id=rid, route="chat", model=desk.name, variant=desk.name, weights_id=None, user=sid,
-                             caller=caller, request={"messages": dialogue, "params": {"support": answer.action}},
-                             texts=[answer.text], finish=["stop" if answer.action != "blocked" else "content_filter"],
-                             status=200, prompt_tokens=0, completion_tokens=0, latency=time.monotonic() - started,
-                             ttft=first[0] - started if first else None, decisions=decisions))
-    add_turns(desk.engine, sid, message, answer, rid)
-    return Reply(sid, rid, answer, decisions)
+    finally:
+        run.close()  # closed mid-answer, the assistant's run frees the model's lock now, not when collected
+    if answer.action == "handoff":
+        answer.ticket = open_ticket(desk.engine, turn.session_id, message, answer.reason, dialogue)
+        answer.text = HANDOFF.format(ticket=answer.ticket)
+        yield answer.text  # our own words: nothing to moderate
+    elif guard is not None:
+        decision = guard.finish()
+        turn.decisions.append(decision)
+        if decision.text:
+            yield decision.text
+        if decision.action == "block":
+            answer.action, answer.text, answer.sources = "blocked", safety.refusal, []
+            yield "\n" + safety.refusal
+        else:
+            answer.text = guard.sent
+            answer.sources = [{**c, "text": safety.filter("chat", c["text"], "output", classify=False).text}
+                              for c in answer.sources]
+
+
+def _store(desk: Desk, turn: Turn, status: int) -> None:
+    """The turn as a serving `responses` row (with its safety decisions) and as the session's two turns. A turn
+    cut short (499) keeps what the client was sent, under the assistant's action if it had answered (a hand-off
+    keeps its ticket), else "cancelled"."""
+    if status == 200:
+        answer = turn.answer
+        finish = "stop" if answer.action != "blocked" else "content_filter"
+    else:
+        sent = "".join(turn.sent)
+        answer = dataclasses.replace(turn.answer, text=sent) if turn.answer else Answer("cancelled", sent)
+        finish = "cancelled"
+    save(desk.engine, Record(id=turn.response_id, route="chat", model=desk.name, variant=desk.name, weights_id=None,
+                             user=turn.session_id, caller=turn.caller,
+                             request={"messages": turn.dialogue, "params": {"support": answer.action}},
+                             texts=[answer.text], finish=[finish], status=status, prompt_tokens=0,
+                             completion_tokens=0, latency=time.monotonic() - turn.started,
+                             ttft=turn.first - turn.started if turn.first else None, decisions=turn.decisions))
+    add_turns(desk.engine, turn.session_id, turn.message, answer, turn.response_id)
 
 
 def reply(desk: Desk, message: str, **kwargs: Any) -> Reply:

@@ -37,7 +37,7 @@ class SupportTurn(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     role: Mapped[str] = mapped_column(String(16))  # "user" | "assistant"
     content: Mapped[str] = mapped_column(Text)
-    action: Mapped[str | None] = mapped_column(String(16), nullable=True)  # faq | generate | handoff | blocked
+    action: Mapped[str | None] = mapped_column(String(16), nullable=True)  # faq | generate | handoff | blocked | cancelled
     confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     sources: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of cited passages
     response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # responses.id (feedback)
