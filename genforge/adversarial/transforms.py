@@ -140,7 +140,8 @@ def invisible_edits(word: str, rng: random.Random) -> list[str]:
 
 
 @functools.cache
-def _toneless(ch: str) -> str:
+def toneless(ch: str) -> str:
+    """`ch`'s common reading in Latin letters without tones ('' when pypinyin has none)."""
     from pypinyin import lazy_pinyin
 
     reading = lazy_pinyin(ch)[0]
@@ -155,7 +156,7 @@ def homophone_index(allowed: frozenset[str] | None) -> dict[str, tuple[str, ...]
     chars = allowed if allowed else {chr(c) for c in pinyin_dict if 0x4E00 <= c <= 0x9FFF}
     index: dict[str, list[str]] = {}
     for ch in sorted(chars):
-        if IS_CJK.match(ch) and (reading := _toneless(ch)):
+        if IS_CJK.match(ch) and (reading := toneless(ch)):
             index.setdefault(reading, []).append(ch)
     return {k: tuple(v) for k, v in index.items()}
 
@@ -166,7 +167,7 @@ def pinyin_edits(unit: str, rng: random.Random, count: int, allowed: frozenset[s
     in all, so --candidates bounds the queries per character as it does for synonyms."""
     if not IS_CJK.match(unit):
         return []
-    reading = _toneless(unit)
+    reading = toneless(unit)
     if not reading:
         return []
     same = [ch for ch in homophone_index(allowed).get(reading, ()) if ch != unit]

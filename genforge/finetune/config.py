@@ -107,7 +107,8 @@ class ClassifyConfig(FinetuneConfig):
                                                   "class is not learnt as a sign of that class",
                                         needs=("augment_model",))
     correct_typos: bool = field(False, help="map misspelt words back to known words (English + the training "
-                                            "texts') before the model reads a text, in training and wherever "
+                                            "texts'; Chinese same-sound characters and pinyin from their "
+                                            "context) before the model reads a text, in training and wherever "
                                             "the classifier is used: typo attacks lose most of their force")
     teacher: list[Path] = field(default_factory=list, help="learn also from this classifier's probabilities "
                                                            "(same labels, any architecture; repeat: their mean)")

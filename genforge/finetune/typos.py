@@ -18,8 +18,11 @@ that look like misspelt English words):
   training texts, so a name one letter from an English word is left alone;
 - the most probable candidate wins under an equal mixture of the general and the training texts' word
   frequencies (a financial `rse` is `rose`, not `use`).
-Texts are NFKC-normalised first (full-width letters -> ASCII). The training texts' word counts are saved
-with the classifier (`typo_vocabulary.txt`), so it corrects the same way wherever it is loaded.
+Texts are NFKC-normalised first (full-width letters -> ASCII) and lose their invisible format characters
+(zero-width spaces and joiners, bidi marks, soft hyphens: Unicode category Cf), which split a word for the
+tokenizer without showing on screen; Chinese text is read through `homophones.HomophoneReader` (same-sound
+characters). The training texts' word counts (and Chinese character and pair counts) are saved with the
+classifier (`typo_vocabulary.txt`), so it corrects the same way wherever it is loaded.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 from genforge.artifacts import atomic_write_text, reading
+from genforge.finetune.homophones import CJK_RUN, HomophoneReader, cjk_counts
 
 VOCABULARY = "typo_vocabulary.txt"  # "word<TAB>count" lines of the training texts, in a classifier folder
 ENGLISH = "frequency_dictionary_en_82_765.txt"  # symspellpy's own list: "word count" lines
@@ -54,11 +58,12 @@ class TypoCorrector:
         self.lookup.load_dictionary(str(importlib.resources.files("symspellpy") / ENGLISH), 0, 1)
         self.english = dict(self.lookup.words)
         for word, count in counts.items():
-            if word not in self.english:
+            if word not in self.english and not CJK_RUN.search(word):
                 self.lookup.create_dictionary_entry(word, count)
         self.english_total = sum(self.english.values()) or 1
         self.domain_total = sum(counts.values()) or 1
         self.recognise = functools.lru_cache(CACHED_WORDS)(self._recognise)
+        self.homophones = HomophoneReader(counts)
 
     def _probability(self, word: str) -> float:
         return (self.english.get(word, 0) / self.english_total + self.counts.get(word, 0) / self.domain_total) / 2
@@ -86,7 +91,7 @@ class TypoCorrector:
         return found[:1].upper() + found[1:] if word[:1].isupper() else found
 
     def __call__(self, text: str) -> str:
-        text = unicodedata.normalize("NFKC", text)
+        text = self.homophones(without_format_characters(unicodedata.normalize("NFKC", text)))
         return TOKENS.sub(lambda m: m.group() if m.group("other") else
                           self.word(m.group(), starts_sentence(text, m.start())), text)
 
@@ -102,9 +107,19 @@ def starts_sentence(text: str, i: int) -> bool:
     return i < 0 or text[i] in ".!?:;\n"
 
 
+def without_format_characters(text: str) -> str:
+    return text if text.isascii() else "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
 def word_counts(texts: list[str]) -> dict[str, int]:
-    """Lower-case word -> count over `texts` (NFKC-normalised, as the corrector reads them)."""
-    return dict(Counter(w.lower() for t in texts for w in WORD.findall(unicodedata.normalize("NFKC", t))))
+    """Lower-case word -> count over `texts`, and Chinese character and pair -> count, as the corrector reads
+    them (NFKC-normalised, without format characters)."""
+    counts: Counter = Counter()
+    for text in texts:
+        text = without_format_characters(unicodedata.normalize("NFKC", text))
+        counts.update(w.lower() for w in WORD.findall(CJK_RUN.sub(" ", text)))
+        counts.update(cjk_counts(text))
+    return dict(counts)
 
 
 def save_vocabulary(counts: dict[str, int], folder: Path) -> None:
