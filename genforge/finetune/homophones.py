@@ -29,13 +29,13 @@ CJK_RUN = re.compile(f"[{CJK}]+")
 START, END = "^", "$"  # the edges of a run of characters, in pair counts
 # A clause: characters and the lower-case Latin runs glued to them (not the tail of `Shanghai` or `iPhone`).
 STRETCH = re.compile(f"(?:[{CJK}]|(?<![A-Za-z])[a-z]++(?![A-Za-z0-9]))+")
+UNIT = re.compile(f"[{CJK}]|[a-z]+")  # a clause's positions: a character, or a Latin run to split into syllables
 CHANGE_COST = 8.0  # nats a written character must be improbable by before it is read as a homophone
 CANDIDATES = 12  # homophones tried per character: the most frequent in the training texts
 MIN_COUNT = 2  # times a character must occur in the training texts to be a candidate
 SMOOTHING = 1.0  # weight of the unigram estimate in each character's next-character distribution
 LONGEST_SYLLABLE = 6  # "zhuang"
 CACHED_CLAUSES = 1 << 16  # an attack re-reads the same clauses many times
-CACHED_PAIRS = 1 << 18
 
 
 def cjk_counts(text: str) -> Counter:
@@ -79,7 +79,6 @@ class HomophoneReader:
         # no edges: no Chinese text, or a vocabulary counted before this reader existed (it read text as written)
         self.chars = self.chars | {START: runs, END: runs} if runs else {}
         self.read = functools.lru_cache(CACHED_CLAUSES)(self._read)
-        self.bigram = functools.lru_cache(CACHED_PAIRS)(self._bigram)  # a clause's lattice re-asks its pairs
 
     @functools.cached_property
     def by_reading(self) -> dict[str, tuple[str, ...]]:
@@ -110,7 +109,7 @@ class HomophoneReader:
         scores = [0.0]
         back: list[list[int]] = []
         for prev, here in itertools.pairwise(lattice):
-            step = [max(((scores[i] + self.bigram(p, ch), i) for i, (p, _) in enumerate(prev))) for ch, _ in here]
+            step = [max(((scores[i] + self._bigram(p, ch), i) for i, (p, _) in enumerate(prev))) for ch, _ in here]
             back.append([i for _, i in step])
             scores = [s - cost for (s, _), (_, cost) in zip(step, here, strict=True)]
         best, out = 0, []
@@ -122,7 +121,7 @@ class HomophoneReader:
     def _read(self, clause: str) -> str:
         """One clause read back; Latin runs that are not pinyin split it and stay as they are."""
         pieces, positions = [], []
-        for m in re.finditer(f"[{CJK}]|[a-z]+", clause):
+        for m in UNIT.finditer(clause):
             unit = m.group()
             if IS_CJK.match(unit):
                 positions.append((unit, toneless(unit)))
