@@ -104,10 +104,13 @@ def test_surge_rules_fire_on_a_doubling_and_not_on_noise(rule):
     # the goal is at most one false alert a day over all topics (the replay: 0.5 a day over 5 topics);
     # one topic's quiet week may hold one or two
     assert len(detect(rule, series(quiet))) <= 2
-    surged = series(stream(24 * 4, 0.15, seed=2, surge={h: 0.30 for h in range(72, 78)}))
-    hits = [h.index for h in detect(rule, surged)]
-    assert any(72 <= i <= 76 for i in hits)  # found within the surge's first hours
-    assert len([i for i in hits if not 72 <= i < 80]) <= 4  # at most one false alert a day
+    found = 0
+    for seed in range(2, 7):  # a single surge is missed now and then (ewma_z finds ~90% of them)
+        surged = series(stream(24 * 4, 0.15, seed=seed, surge={h: 0.30 for h in range(72, 78)}))
+        hits = [h.index for h in detect(rule, surged)]
+        found += any(72 <= i <= 76 for i in hits)  # found within the surge's first hours
+        assert len([i for i in hits if not 72 <= i < 80]) <= 4  # at most one false alert a day
+    assert found >= 4
 
 
 def test_binomial_cusum_sums_log_likelihood_ratios():
