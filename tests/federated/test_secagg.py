@@ -72,21 +72,15 @@ def test_the_secure_aggregate_goes_back_to_the_clients_in_their_dtype():
         np.testing.assert_allclose(got, want, rtol=1e-3)
 
 
-def test_a_client_whose_size_is_not_the_recorded_one_refuses_to_send(tmp_path, bert_dir, sentiment_rows, csv_file,
-                                                                     monkeypatch):
-    """A SuperNode given node-local data (`data-path`) that is not the silo the launcher read would weigh its
-    update by a size above max_weight and wrap SecAgg+'s modular sum (a garbage model, no error): the client
-    refuses in one line, naming itself, its data and both sizes. A client of the recorded size sends as before."""
-    from flwr.app import Context, Message, RecordDict
-    from flwr.common import FitIns, ndarrays_to_parameters
-    from flwr.compat.common import recorddict_compat as compat
+def federation_of_three(tmp_path, bert_dir, sentiment_rows, csv_file, monkeypatch):
+    """federation.json of three by-file clients of 40 examples, and the task, as the launcher writes them for
+    SuperNodes (with the task identity a SuperNode sets before its ClientApp runs)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     from genforge.artifacts import write_json
     from genforge.config import to_dict
     from genforge.federated.run import silos
-    from genforge.federated.secagg import secure_round
-    from genforge.federated.tasks import build_task, trainable
+    from genforge.federated.tasks import build_task
 
     cfg = FederatedClassifyConfig(model=bert_dir, out=tmp_path / "o", clients=3, partition="by-file", rounds=1,
                                   client_data=[csv_file(f"c{k}.csv", sentiment_rows[k * 40:(k + 1) * 40])
@@ -99,8 +93,24 @@ def test_a_client_whose_size_is_not_the_recorded_one_refuses_to_send(tmp_path, b
     federation = tmp_path / "federation.json"
     write_json(federation, {"task": "classify", "config": to_dict(cfg), "labels": task.label_set,
                             "clients": clients, "work_dir": str(tmp_path / "clients")})
-    for key in ("_run_id", "_node_id", "_task_id"):  # what a SuperNode sets before its ClientApp runs
+    for key in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, key, 1)
+    return federation, task
+
+
+def test_a_client_whose_size_is_not_the_recorded_one_refuses_to_send(tmp_path, bert_dir, sentiment_rows, csv_file,
+                                                                     monkeypatch):
+    """A SuperNode given node-local data (`data-path`) that is not the silo the launcher read would weigh its
+    update by a size above max_weight and wrap SecAgg+'s modular sum (a garbage model, no error): the client
+    refuses in one line, naming itself, its data and both sizes. A client of the recorded size sends as before."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    from genforge.federated.secagg import secure_round
+    from genforge.federated.tasks import trainable
+
+    federation, task = federation_of_three(tmp_path, bert_dir, sentiment_rows, csv_file, monkeypatch)
     fitins = FitIns(ndarrays_to_parameters([t.numpy() for t in trainable(task.model).values()]), {"server-round": 1})
 
     def send(node_config):
@@ -114,3 +124,41 @@ def test_a_client_whose_size_is_not_the_recorded_one_refuses_to_send(tmp_path, b
                                         r"launcher recorded 40: its update is refused"):
         send({"partition-id": 0, "data-path": str(local)})
     assert send({"partition-id": 1}).num_examples == 40
+
+
+def test_a_secure_clients_bytes_are_what_it_sends(tmp_path, bert_dir, sentiment_rows, csv_file, monkeypatch):
+    """bytes-up counted the float32 tensors, but `secaggplus_mod` sends them quantised and masked as int64 (with
+    the weight factor, as .npy): the bytes of the masked vector the mod sends, here through the protocol's first
+    three stages between two clients. bytes-down is what came (the serialised tensors)."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+    from flwr.compat.common import recorddict_compat as compat
+
+    from genforge.federated.secagg import secure_app
+    from genforge.federated.tasks import trainable
+
+    federation, task = federation_of_three(tmp_path, bert_dir, sentiment_rows, csv_file, monkeypatch)
+    tensors = [t.numpy() for t in trainable(task.model).values()]
+    fitins = FitIns(ndarrays_to_parameters(tensors), {"server-round": 1})
+    contexts = {nid: Context(run_id=1, node_id=nid, node_config={"partition-id": nid - 1}, state=RecordDict(),
+                             run_config={"federation": str(federation)}) for nid in (1, 2)}
+
+    def stage(nid, config, content=None):  # one of SecAggPlusWorkflow's messages to node `nid`, and its reply
+        content = content or RecordDict()
+        content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(config)
+        return secure_app(Message(content, dst_node_id=nid, message_type="train"), contexts[nid]).content
+
+    setup = {Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 2, Key.SHARE_NUMBER: 2, Key.THRESHOLD: 2,
+             Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 2**22, Key.MOD_RANGE: 2**32, Key.MAX_WEIGHT: 40.0}
+    keys = {str(nid): [r[Key.PUBLIC_KEY_1], r[Key.PUBLIC_KEY_2]]
+            for nid, r in ((nid, stage(nid, dict(setup)).config_records[RECORD_KEY_CONFIGS]) for nid in contexts)}
+    shares = {nid: stage(nid, {Key.STAGE: Stage.SHARE_KEYS, **keys}).config_records[RECORD_KEY_CONFIGS]
+              for nid in contexts}
+    reply = stage(1, {Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: shares[2][Key.CIPHERTEXT_LIST],
+                      Key.SOURCE_LIST: [2]}, compat.fitins_to_recorddict(fitins, keep_input=True))
+    sent = reply.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+    metrics = compat.recorddict_to_fitres(reply, keep_input=True).metrics
+    assert metrics["bytes-up"] == sum(map(len, sent))
+    assert metrics["bytes-up"] > 2 * sum(t.nbytes for t in tensors)  # int64 for float32
+    assert metrics["bytes-down"] == sum(map(len, fitins.parameters.tensors))
