@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,39 +50,54 @@ def summary(r: Reply) -> dict[str, Any]:
 
 
 def _stream(run: Iterator[str], frame: Any, end: Any) -> Iterator[str]:
-    """SSE of a converse() run; closed early, it closes the run (which stores the turn as far as it went)."""
-    try:
-        while True:
-            try:
-                piece = next(run)
-            except StopIteration as done:
-                yield from end(done.value)
-                yield "data: [DONE]\n\n"
-                return
-            if piece:
-                yield frame(piece)
-    finally:
-        run.close()
+    """SSE of a converse() run (`ClosingEvents` closes the run)."""
+    while True:
+        try:
+            piece = next(run)
+        except StopIteration as done:
+            yield from end(done.value)
+            yield "data: [DONE]\n\n"
+            return
+        if piece:
+            yield frame(piece)
 
 
-async def _closing(events: Iterator[str]) -> AsyncIterator[str]:
-    """`events` (a sync generator) stepped in the thread pool, and closed there however the response ends.
+class ClosingEvents:
+    """The SSE events of a converse() run, each made in the thread pool, and the run closed there however the
+    response ends (which stores the turn as far as it went).
 
     Starlette wraps a sync iterator in an async one whose closing leaves the sync generator open: a stream the
     client dropped was closed (its turn stored, the model's lock freed) only when garbage collected. As the
     body of a `ClosingStream`, this one is closed as soon as the response ends; the close is shielded, as a
-    client that leaves while a piece is being made cancels the step that made it."""
-    done = object()
-    try:
-        while (event := await run_in_threadpool(next, events, done)) is not done:
-            yield event
-    finally:
+    client that leaves while a piece is being made cancels the step that made it. It is a class, not an async
+    generator: one closed before its first step (a client gone while the response's start was sent) runs none
+    of its code, its `finally` included, and the customer's message was lost."""
+
+    def __init__(self, run: Iterator[str], frame: Any, end: Any):
+        self.run = run
+        self.events = _stream(run, frame, end)
+
+    def __aiter__(self) -> ClosingEvents:
+        return self
+
+    async def __anext__(self) -> str:
+        event = await run_in_threadpool(next, self.events, None)
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(events.close)
+            await run_in_threadpool(self.close)
+
+    def close(self) -> None:
+        self.events.close()
+        self.run.close()  # stores the turn, even when no piece was asked for (converse's run starts primed)
 
 
-def _sse(events: Iterator[str]) -> ClosingStream:
-    return ClosingStream(_closing(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+def _sse(run: Iterator[str], frame: Any, end: Any) -> ClosingStream:
+    return ClosingStream(ClosingEvents(run, frame, end), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache"})
 
 
 def router(desk: Desk) -> APIRouter:
@@ -96,7 +111,7 @@ def router(desk: Desk) -> APIRouter:
         run = converse(desk, body.message, session_id=sid, caller=caller.name)
         if not body.stream:
             return summary(_drain(run))
-        return _sse(_stream(run, lambda p: _event({"delta": p}), lambda r: [_event(summary(r))]))
+        return _sse(run, lambda p: _event({"delta": p}), lambda r: [_event(summary(r))])
 
     @api.get("/v1/support/tickets")
     def tickets(_: Authorized, status: str = "open", limit: int = 50) -> dict[str, Any]:
@@ -116,8 +131,8 @@ def router(desk: Desk) -> APIRouter:
         _require_text(messages[-1]["content"], "messages")
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         sid = await run_in_threadpool(_session, desk, body.user, caller.name, "user")
-        run = converse(desk, messages[-1]["content"], session_id=sid, caller=caller.name,
-                       conversation=messages[:-1], response_id=rid)
+        run = await run_in_threadpool(converse, desk, messages[-1]["content"], session_id=sid, caller=caller.name,
+                                      conversation=messages[:-1], response_id=rid)
         meta = {"id": rid, "created": int(time.time()), "model": desk.name}
         if not body.stream:
             r = await run_in_threadpool(_drain, run)
@@ -135,7 +150,7 @@ def router(desk: Desk) -> APIRouter:
             return [_event({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                             "genforge": summary(r)})]
 
-        return _sse(_stream(run, frame, end))
+        return _sse(run, frame, end)
 
     @api.get("/v1/models")
     def models(request: Request, _: Authorized) -> dict[str, Any]:

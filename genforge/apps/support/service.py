@@ -63,11 +63,14 @@ class Turn:
 def converse(desk: Desk, message: str, *, session_id: str | None = None, caller: str = "anonymous",
              conversation: list[dict[str, str]] | None = None,
              response_id: str | None = None) -> Generator[str, None, Reply]:
-    """Yield the answer's text as it is released; return the Reply. `conversation` (OpenAI clients send the
-    whole dialogue) replaces the stored session history.
+    """Begin a turn and return its run, which yields the answer's text as it is released and returns the Reply.
+    `conversation` (OpenAI clients send the whole dialogue) replaces the stored session history.
 
-    Closed before its end (a client that leaves a stream: the routes close it at once), the turn is stored as
-    far as it went: status 499, what the client was sent, and the hand-off's ticket if one was opened."""
+    The turn begins here (the session, input moderation, the history); the answer begins at the run's first
+    step. Closed before its end (a client that leaves a stream: the routes close it at once), the run stores the
+    turn as far as it went: status 499, what the client was sent, and the hand-off's ticket if one was opened.
+    Closed before its first step (a client gone before the first piece was asked for), it stores the customer's
+    message with nothing sent, and no answer is made."""
     started = time.monotonic()
     safety, decisions = desk.safety, []
     sid = open_session(desk.engine, session_id, caller)
@@ -79,8 +82,17 @@ def converse(desk: Desk, message: str, *, session_id: str | None = None, caller:
     past = history(desk.engine, sid) if conversation is None else [m for m in conversation if m["role"] != "system"]
     turn = Turn(sid, response_id or f"chatcmpl-{uuid.uuid4().hex}", caller, message,
                 [*past, {"role": "user", "content": message}], decisions, started)
+    run = _run(desk, turn)
+    next(run)  # to its first yield: a generator closed before its first step runs none of its code (nor stores)
+    return run
+
+
+def _run(desk: Desk, turn: Turn) -> Generator[str, None, Reply]:
+    """converse()'s run: its first step (taken by converse) stops before the answer starts; the turn is stored
+    from there on, however the run ends."""
     pieces = _answer(desk, turn)
     try:
+        yield ""
         for piece in pieces:
             turn.sent.append(piece)
             yield piece
@@ -89,7 +101,7 @@ def converse(desk: Desk, message: str, *, session_id: str | None = None, caller:
         _store(desk, turn, 499)
         raise
     _store(desk, turn, 200)
-    return Reply(sid, turn.response_id, turn.answer, decisions)
+    return Reply(turn.session_id, turn.response_id, turn.answer, turn.decisions)
 
 
 def _answer(desk: Desk, turn: Turn) -> Generator[str, None, None]:
