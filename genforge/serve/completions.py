@@ -192,8 +192,8 @@ async def create(request: Request, body: CompletionRequest | ChatRequest, chat: 
         return await gate.refuse(run, body, chat, headers)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return gate.ClosingStream(_sse(run, meta, chat, include_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", **headers})
+        return gate.ClosingStream(EventStream(run, meta, chat, include_usage), media_type="text/event-stream",
+                                  headers={"Cache-Control": "no-cache", **headers})
     if not await run.collect():
         await run.save(499)
         return JSONResponse(error_body(499, "client closed the request"), status_code=499)
@@ -260,7 +260,7 @@ class Run:
             await run_in_threadpool(save, state.keys.engine, self.record(status, finish), state.cfg.store)
 
     def save_now(self, status: int) -> None:
-        """`save` without awaiting, for a stream ended by its client (its generator may not await any more)."""
+        """`save` without awaiting, for a stream ended by its client (its close may run in a cancelled task)."""
         if not self.saved:
             self.saved = True
             state = self.request.app.state.genforge
@@ -335,60 +335,81 @@ class Run:
                                       "seconds": round(time.monotonic() - self.started, 3)})
 
 
-async def _sse(run: Run, meta: dict[str, Any], chat: bool, include_usage: bool) -> AsyncIterator[str]:
+class EventStream:
     """Server-sent events: a chunk per released piece, a final chunk per choice, optional usage, [DONE].
 
     The response is stored before [DONE], so a client may send feedback on it as soon as the stream ends.
-    """
-    obj = "chat.completion.chunk" if chat else "text_completion"
-    usage = {"usage": None} if include_usage else {}
+    As the body of a `ClosingStream` it is closed however the response ends, and its close cancels the
+    sequences and stores the response with status 499 unless it was stored already. It is a class, not an
+    async generator: one closed before its first step (a client gone while the response's start was sent)
+    runs none of its code, its `finally` included, so its sequences decoded on to max_tokens and the request
+    never reached the database."""
 
-    def chunk(index: int, text: str, finish: str | None = None) -> str:
-        choice = {"index": index, "delta": {"content": text} if text or not finish else {}} if chat else \
-                 {"index": index, "text": text}
-        return gate.sse_event({**meta, "object": obj, "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
-                       **usage})
+    def __init__(self, run: Run, meta: dict[str, Any], chat: bool, include_usage: bool):
+        self.run = run
+        self.sent = [""] * len(run.choices)  # the text sent of each choice: what a 499 row stores
+        self.events = self._events(meta, chat, include_usage)
 
-    sent = [""] * len(run.choices)
-    try:
-        if chat:
-            for i in range(len(run.choices)):
-                yield gate.sse_event({**meta, "object": obj, "choices": [{"index": i, "delta": {"role": "assistant",
-                              "content": ""}, "logprobs": None, "finish_reason": None}], **usage})
-        closed: set[int] = set()
-        while True:
-            pieces = run.pull()
-            failure = run.failure()
-            if failure:
-                status, message = FAILURES[failure]
-                run.texts = sent
-                await run.save(status)
-                yield gate.sse_event(error_body(status, message, code=failure))
-                return
-            for i, (ch, piece) in enumerate(zip(run.choices, pieces, strict=True)):
-                piece = await gate.guarded(run, ch, piece)
-                if piece:
-                    sent[i] += piece
-                    yield chunk(i, piece)
-                if ch.finish and i not in closed:
-                    closed.add(i)
-                    yield chunk(i, "", ch.finish)
-            if run.done():
-                break
-            if not await run.wait():
-                return
-        if include_usage:
-            yield gate.sse_event({**meta, "object": obj, "choices": [], "usage": run.usage()})
-        run.finish()
-        run.texts = sent
-        await run.save(200)
-        yield "data: [DONE]\n\n"
-    except OperationalError as e:  # the response could not be stored: the client learns it cannot rate it
-        error = database_unavailable(e)
-        log.warning(error.message)
-        yield gate.sse_event(error.body())
-    finally:
-        run.cancel()
-        if not run.saved:
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self.events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self.events.aclose()
+        finally:
+            self.run.cancel()
+            if not self.run.saved:
+                self.run.texts = self.sent
+                self.run.save_now(499)
+
+    async def _events(self, meta: dict[str, Any], chat: bool, include_usage: bool) -> AsyncIterator[str]:
+        run, sent = self.run, self.sent
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        usage = {"usage": None} if include_usage else {}
+
+        def chunk(index: int, text: str, finish: str | None = None) -> str:
+            choice = {"index": index, "delta": {"content": text} if text or not finish else {}} if chat else \
+                     {"index": index, "text": text}
+            return gate.sse_event({**meta, "object": obj, "choices": [{**choice, "logprobs": None,
+                                                                        "finish_reason": finish}], **usage})
+
+        try:
+            if chat:
+                for i in range(len(run.choices)):
+                    yield gate.sse_event({**meta, "object": obj, "choices": [{"index": i, "delta": {
+                        "role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}], **usage})
+            closed: set[int] = set()
+            while True:
+                pieces = run.pull()
+                failure = run.failure()
+                if failure:
+                    status, message = FAILURES[failure]
+                    run.texts = sent
+                    await run.save(status)
+                    yield gate.sse_event(error_body(status, message, code=failure))
+                    return
+                for i, (ch, piece) in enumerate(zip(run.choices, pieces, strict=True)):
+                    piece = await gate.guarded(run, ch, piece)
+                    if piece:
+                        sent[i] += piece
+                        yield chunk(i, piece)
+                    if ch.finish and i not in closed:
+                        closed.add(i)
+                        yield chunk(i, "", ch.finish)
+                if run.done():
+                    break
+                if not await run.wait():
+                    return
+            if include_usage:
+                yield gate.sse_event({**meta, "object": obj, "choices": [], "usage": run.usage()})
+            run.finish()
             run.texts = sent
-            run.save_now(499)
+            await run.save(200)
+            yield "data: [DONE]\n\n"
+        except OperationalError as e:  # the response could not be stored: the client learns it cannot rate it
+            error = database_unavailable(e)
+            log.warning(error.message)
+            yield gate.sse_event(error.body())

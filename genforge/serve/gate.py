@@ -23,7 +23,10 @@ class ClosingStream(StreamingResponse):
     Under an ASGI server older than spec 2.4 (uvicorn 0.49) Starlette cancels the sending task when the
     client disconnects. A generator paused at a `yield` then never ran its `finally` (unless the garbage
     collector happened to close it), so a dropped stream's sequence was not cancelled nor its response
-    stored: 1-3 of 64 streams dropped at once went missing from the database."""
+    stored: 1-3 of 64 streams dropped at once went missing from the database.
+    A body whose cleanup must run even when the client left before the first event (under any ASGI spec the
+    response's start can be the send that fails) does it in its own `aclose`, as completions.EventStream does:
+    closing an async generator that never started runs none of its code, its `finally` included."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
