@@ -6,7 +6,7 @@ A tokenizer reads 头诉 as something unrelated to 投诉, and one such characte
 label flips a classifier (`genforge robustness eval --attack pinyin`). Reading every clause as the most
 probable characters *with the readings it shows* undoes most of them: a character-bigram model of the
 training texts scores the candidates (each character's homophones among the training texts' characters),
-a Viterbi pass picks the best sequence, and changing a written character costs CHANGE_COST nats, so text
+a Viterbi pass (`lattice.best_path`) picks the best sequence, and changing a written character costs CHANGE_COST nats, so text
 that the bigrams already explain stays as it is. A run of lower-case Latin letters glued to Chinese
 characters (`我要tou诉`), or standing between punctuation in a Chinese text (`一直定这家,zan`), that splits
 into pinyin syllables is read as characters.
@@ -18,12 +18,12 @@ The counts are the training texts' characters and character pairs, saved with th
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import re
 from collections import Counter
 
 from genforge.adversarial.transforms import CJK, IS_CJK, homophone_index, toneless
+from genforge.finetune.lattice import best_path
 
 CJK_RUN = re.compile(f"[{CJK}]+")
 START, END = "^", "$"  # the edges of a run of characters, in pair counts
@@ -104,19 +104,9 @@ class HomophoneReader:
                       if ch != written]
 
     def _decode(self, positions: list[tuple[str | None, str]]) -> str:
-        """Viterbi over the positions' candidates: the best-scoring characters under the bigram model."""
-        lattice = [[(START, 0.0)]] + [self._candidates(w, r) or [(w or r, 0.0)] for w, r in positions] + [[(END, 0.0)]]
-        scores = [0.0]
-        back: list[list[int]] = []
-        for prev, here in itertools.pairwise(lattice):
-            step = [max(((scores[i] + self._bigram(p, ch), i) for i, (p, _) in enumerate(prev))) for ch, _ in here]
-            back.append([i for _, i in step])
-            scores = [s - cost for (s, _), (_, cost) in zip(step, here, strict=True)]
-        best, out = 0, []
-        for column, pointers in zip(reversed(lattice[:-1]), reversed(back), strict=True):
-            best = pointers[best]
-            out.append(column[best][0])
-        return "".join(reversed(out[:-1]))
+        """The best-scoring characters for the positions under the bigram model."""
+        columns = [self._candidates(w, r) or [(w or r, 0.0)] for w, r in positions]
+        return "".join(best_path(columns, self._bigram, START, END))
 
     def _read(self, clause: str) -> str:
         """One clause read back; Latin runs that are not pinyin split it and stay as they are."""

@@ -18,7 +18,8 @@ def reader():
 def test_counts_are_characters_and_adjacent_pairs():
     assert cjk_counts("投诉,投") == {"投": 2, "诉": 1, "投诉": 1, "^投": 2, "诉$": 1, "投$": 1}  # edges too
     counts = word_counts(["Good 投诉 app"])
-    assert counts == {"good": 1, "app": 1, "投": 1, "诉": 1, "投诉": 1, "^投": 1, "诉$": 1}  # English words stay
+    assert counts == {"good": 1, "app": 1, "投": 1, "诉": 1, "投诉": 1, "^投": 1, "诉$": 1,  # English words stay,
+                      "^ good": 1, "good $": 1, "^ app": 1, "app $": 1}  # Chinese breaks their sentences
 
 
 @pytest.mark.parametrize("latin,syllables", [("tousu", ["tou", "su"]), ("xiao", ["xiao"]), ("zhuang", ["zhuang"]),

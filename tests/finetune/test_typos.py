@@ -41,7 +41,7 @@ def test_a_capitalised_word_is_corrected_where_a_sentence_starts(corrector):
     "PROFT rose",  # acronym-like upper case: left
     "proFit rose",  # mixed case
     "Nokai profit",  # a name one edit from an English word the training texts hardly use
-    "ro profit",  # fewer than three letters
+    "Operating profits rose",  # a final s added or dropped is no typo worth reading back
     "profit3 rose 13.1",  # digits
     "利润 rose",  # another script
     "fiscal profit",  # a known English word, even if the training texts lack it
@@ -49,14 +49,31 @@ def test_a_capitalised_word_is_corrected_where_a_sentence_starts(corrector):
     "see https://t.co/proift @proift $proift #proift",  # links, handles, tickers, tags
     "Net sales rose and operating proi...",  # a word cut off by a truncated post (NFKC makes … three dots)
     "the proift's share",  # a word with an apostrophe
+    "送的大杯grande, call 177xxxx0056",  # glued to Chinese or digits: a brand name, a code
 ])
 def test_what_is_not_a_typo_of_a_training_word_is_left_alone(corrector, text):
     assert corrector(text) == text
 
 
+@pytest.mark.parametrize("typo,meant", [
+    ("Net sales rose nd operating profit rose", "Net sales rose and operating profit rose"),  # a listed rare word
+    ("Sales fell , the sue of capacity fell", "Sales fell , the use of capacity fell"),  # a common one, out of place
+    ("Operating profit rsoe to EUR 13.1 mn", "Operating profit rose to EUR 13.1 mn"),
+    ("Nokia said profit fel", "Nokia said profit fell"),  # short words too
+])
+def test_a_typo_that_makes_another_word_is_read_in_context(corrector, typo, meant):
+    assert corrector(typo) == meant
+
+
 def test_word_counts_are_lower_case_and_skip_numbers():
     assert word_counts(["Profit rose 13.1 %, profit's up", "ＰＲＯＦＩＴ"]) == {
-        "profit": 2, "rose": 1, "profit's": 1, "up": 1}
+        "profit": 2, "rose": 1, "profit's": 1, "up": 1,
+        "^ profit": 2, "profit rose": 1, "rose profit's": 1, "profit's up": 1, "up $": 1, "profit $": 1}  # 13.1 ends none
+
+
+def test_a_vocabulary_without_word_pairs_still_reads_typos():
+    words = {k: v for k, v in word_counts(NEWS).items() if " " not in k}  # as saved before pairs were counted
+    assert TypoCorrector(words)("Operating porfit rsoe") == "Operating profit rose"
 
 
 def test_a_classifier_trained_with_it_reads_typos_as_the_words_meant(tmp_path, bert_dir, sentiment_csv):
