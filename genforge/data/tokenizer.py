@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from genforge.artifacts import begin_output, check_output, read_manifest, write_manifest
+from genforge.artifacts import CONFIG, atomic_write_text, begin_output, check_output, read_manifest, write_manifest
+from genforge.config import dump_yaml
 from genforge.errors import ConfigError, DataError
 
 # Fixed ids 0..5, in this order (the artifact contract shared by every stage).
@@ -155,6 +156,9 @@ def train_tokenizer(cfg) -> Path:
     if not val:  # a prepare run with val_fraction 0
         val, measured_on = list(iter_texts(train_path, 1000)), "train.jsonl"
     begin_output(cfg.out, "tokenizer")  # only now, with the data read: bad data leaves an earlier tokenizer in --out whole
+    # the config before the tokenizer files: a first run killed before its manifest then reads as an unfinished
+    # genforge run (refused by `data pack`), not as a complete Hugging Face tokenizer folder
+    atomic_write_text(Path(cfg.out) / CONFIG, dump_yaml(cfg))
     hf.save_pretrained(str(cfg.out))
     metrics = {
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),

@@ -151,6 +151,24 @@ def test_a_killed_tokenizer_run_is_refused_not_packed(tmp_path, tokenizer):
     assert not (data / "pack.json").exists()
 
 
+def test_a_first_tokenizer_run_killed_before_its_manifest_is_refused(tmp_path, monkeypatch):
+    """A first `tokenizer train` killed after writing the tokenizer files but before its manifest left a folder
+    that looked like any Hugging Face tokenizer folder, and `data pack` took it. Its config is now written
+    first, so the folder reads as an unfinished genforge run."""
+    import genforge.data.tokenizer as tokenizer_module
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    monkeypatch.setattr(tokenizer_module, "write_manifest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(TokenizerConfig(data=data, out=tmp_path / "tok", vocab_size=400))
+    assert (tmp_path / "tok" / "tokenizer.json").is_file()
+    with pytest.raises(ArtifactError, match="tokenizer .*tok is an unfinished genforge run"):
+        pack(PackConfig(data=data, tokenizer=tmp_path / "tok"))
+
+
 def test_cli_packs_and_errors_in_one_line(tmp_path, tokenizer):
     from genforge.cli import app
 
