@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import zipfile
@@ -32,10 +33,13 @@ CONFIG = "config.yaml"
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file next to `path`; on success it replaces `path` in one rename, on error it vanishes."""
+    """Open a temp file next to `path`; on success it replaces `path` in one rename, on error it vanishes.
+
+    A killed writer cannot remove its temp file (`.NAME.PID.XXXXXXXX.tmp`, hidden); the next successful write
+    of the same path removes those whose process is gone (model-sized ones included)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     binary = "b" in mode
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
@@ -48,6 +52,28 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _remove_dead_temps(path)
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Remove the temp files of `path` left by writers that no longer run (see `atomic_open`)."""
+    own = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")  # not those of NAME.suffix
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            found = own.fullmatch(entry.name)
+            if found and not _running(int(found.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # it does, under another user
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -35,6 +35,24 @@ def test_atomic_open_leaves_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temp file left behind
 
 
+def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    """A killed writer leaves its hidden temp file (it can be as large as a model's weights). The next write of
+    the same path removes those of writers that no longer run, and keeps a running writer's and another
+    file's."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = tmp_path / f".model.safetensors.{gone.stdout.strip()}.k3j_9x0a.tmp"
+    running = tmp_path / f".model.safetensors.{os.getppid()}.ab12cd34.tmp"
+    other = tmp_path / f".model.safetensors.json.{gone.stdout.strip()}.k3j_9x0a.tmp"
+    for leftover in (dead, running, other):
+        leftover.write_bytes(b"half-written")
+    atomic_write_text(tmp_path / "model.safetensors", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.safetensors", running.name, other.name])
+
+
 def test_manifest_records_inputs_parent_and_config(tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text("hello")
