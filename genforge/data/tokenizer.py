@@ -14,7 +14,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from genforge.artifacts import CONFIG, atomic_write_text, begin_output, check_output, read_manifest, write_manifest
+from genforge.artifacts import (
+    CONFIG,
+    atomic_write_text,
+    begin_output,
+    check_output,
+    read_manifest,
+    write_manifest,
+)
 from genforge.config import dump_yaml
 from genforge.errors import ConfigError, DataError
 
