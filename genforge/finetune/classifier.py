@@ -57,13 +57,53 @@ def _auto(head: str) -> Any:
 
 def build_classifier(path: Path, *, head: str, labels: list[str], multi_label: bool, pad_id: int | None,
                      dropout: float = -1.0) -> tuple[Classifier, list[str]]:
-    """(a fresh classifier on the pretrained body at `path`, the body's newly initialised modules)."""
+    """(a classifier on the pretrained body at `path`, its newly initialised modules).
+
+    A base that is itself a classifier keeps its head only for the same labels in the same order (training
+    goes on); for other labels, or another number of them, the head is new and only the body is reused."""
     config = classification_config(path, labels, multi_label, pad_id, dropout)
-    body, new_modules = load_pretrained(_auto(head), path, config)
+    known = base_labels(path)
+    same_labels = known == labels
     if head == "linear":
+        if same_labels or known is None:
+            body, new_modules = load_pretrained(_auto(head), path, config)
+        else:
+            body, new_modules = with_new_head(path, config)
         return Classifier(body), new_modules
+    body, new_modules = load_pretrained(_auto(head), path, config)
     head_module = build_head(head, config.hidden_size, len(labels), dropout if dropout >= 0 else 0.1)
+    saved_head = Path(path) / HEAD_WEIGHTS  # only a genforge classifier with a custom head has one
+    if same_labels and saved_head.is_file() and read_info(path)["head"] == head:
+        from safetensors.torch import load_file
+
+        head_module.load_state_dict(load_file(str(saved_head)))
     return Classifier(body, head_module), new_modules
+
+
+def base_labels(path: Path) -> list[str] | None:
+    """The labels of a base that is a classifier (genforge's, or any `*ForSequenceClassification` folder) in
+    the order of its outputs; None for a base without a classification head."""
+    if (Path(path) / CLASSIFIER_JSON).is_file():
+        return read_info(path)["labels"]
+    config = hf_config(path)
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+        return None
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+def with_new_head(path: Path, config: Any) -> tuple[Any, list[str]]:
+    """A `*ForSequenceClassification` with a freshly initialised head on the body of the classifier at `path`
+    (loading it whole would keep, or fail on, a head made for other labels)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    body, _ = load_pretrained(AutoModel, path, config)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation=body.config._attn_implementation)
+    missing, _ = model.base_model.load_state_dict(body.state_dict(), strict=False)
+    if missing:
+        raise ArtifactError(f"model {path}: its body lacks {missing[0]}, which a classifier of its kind needs")
+    new = [name for name, module in model.named_children()
+           if name != model.base_model_prefix and any(True for _ in module.parameters())]
+    return model.float(), new
 
 
 # What every reader of classifier.json relies on: (key, check, what the check wants).

@@ -53,6 +53,38 @@ def test_encoder_linear_head_is_a_standard_hf_classifier(tmp_path, bert_dir, sen
     assert classifier(" ".join(["profits rose sharply"] * 200), truncation=True)[0]["label"] in ("negative", "positive")
 
 
+def test_a_classifier_base_keeps_its_head_only_for_the_same_labels(tmp_path, bert_dir, sentiment_csv):
+    """Fine-tuning a classifier further: on the same labels its head goes on training; on other labels (another
+    number of them failed as "config.json does not match the weights": a corrupt folder) the body is reused
+    under a new head."""
+    from genforge.finetune.classifier import build_classifier
+
+    linear = classify(tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path / "linear"))
+    three = tmp_path / "three.csv"
+    rows = sentiment_csv.read_text().splitlines()
+    three.write_text("\n".join(rows + [f"{r.rsplit(',', 1)[0]} again,neutral" for r in rows[1:21]]) + "\n")
+    out = classify(tiny_cfg(model=linear, data=three, out=tmp_path / "three"))
+    assert read_manifest(out, "finetune")["labels"] == ["negative", "neutral", "positive"]
+
+    old = load_classifier(linear)[0].body
+    same, new_same = build_classifier(linear, head="linear", labels=["negative", "positive"], multi_label=False,
+                                      pad_id=0)
+    other, new_other = build_classifier(linear, head="linear", labels=["bad", "good"], multi_label=False, pad_id=0)
+    assert new_same == [] and torch.equal(same.body.classifier.weight, old.classifier.weight)
+    assert new_other == ["classifier"] and not torch.equal(other.body.classifier.weight, old.classifier.weight)
+    assert torch.equal(other.body.bert.pooler.dense.weight, old.bert.pooler.dense.weight)
+
+    mean = classify(tiny_cfg(model=bert_dir, data=sentiment_csv, out=tmp_path / "mean", head="mean"))
+    saved = load_classifier(mean)[0].head
+    kept = build_classifier(mean, head="mean", labels=["negative", "positive"], multi_label=False, pad_id=0)[0]
+    fresh = build_classifier(mean, head="mean", labels=["bad", "good"], multi_label=False, pad_id=0)[0]
+    assert same_weights(kept.head, saved) and not same_weights(fresh.head, saved)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
 def test_an_encoder_without_sdpa_fine_tunes(tmp_path, tokenizer, save_folder, sentiment_csv):
     """MPNet (all-mpnet-base-v2) has no SDPA attention: it trains with plain attention and reloads."""
     from transformers import MPNetConfig, MPNetModel
