@@ -102,7 +102,7 @@ def with_new_head(path: Path, config: Any) -> tuple[Any, list[str]]:
     if missing:
         raise ArtifactError(f"model {path}: its body lacks {missing[0]}, which a classifier of its kind needs")
     new = [name for name, module in model.named_children()
-           if name != model.base_model_prefix and any(True for _ in module.parameters())]
+           if name != model.base_model_prefix and next(module.parameters(), None) is not None]
     return model.float(), new
 
 
