@@ -56,7 +56,10 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
 
 
 def _remove_dead_temps(path: Path) -> None:
-    """Remove the temp files of `path` left by writers that no longer run (see `atomic_open`)."""
+    """Remove the temp files of `path` left by writers that no longer run (see `atomic_open`). POSIX only:
+    elsewhere os.kill(pid, 0) is no mere question."""
+    if os.name != "posix":
+        return
     own = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")  # not those of NAME.suffix
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
