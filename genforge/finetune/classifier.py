@@ -62,22 +62,27 @@ def build_classifier(path: Path, *, head: str, labels: list[str], multi_label: b
     A base that is itself a classifier keeps its head only for the same labels in the same order (training
     goes on); for other labels, or another number of them, the head is new and only the body is reused."""
     config = classification_config(path, labels, multi_label, pad_id, dropout)
-    known = base_labels(path)
-    same_labels = known == labels
+    body, new_modules = load_body(path, head, config)
     if head == "linear":
-        if same_labels or known is None:
-            body, new_modules = load_pretrained(_auto(head), path, config)
-        else:
-            body, new_modules = with_new_head(path, config)
         return Classifier(body), new_modules
-    body, new_modules = load_pretrained(_auto(head), path, config)
     head_module = build_head(head, config.hidden_size, len(labels), dropout if dropout >= 0 else 0.1)
     saved_head = Path(path) / HEAD_WEIGHTS  # only a genforge classifier with a custom head has one
-    if same_labels and saved_head.is_file() and read_info(path)["head"] == head:
+    if saved_head.is_file() and base_labels(path) == labels and read_info(path)["head"] == head:
         from safetensors.torch import load_file
 
         head_module.load_state_dict(load_file(str(saved_head)))
     return Classifier(body, head_module), new_modules
+
+
+def load_body(path: Path, head: str, config: Any) -> tuple[Any, list[str]]:
+    """(the model `head` needs from `path` under the classification `config`, its newly initialised modules):
+    for the linear head a `*ForSequenceClassification`, whose head is new unless `path` is a classifier of
+    the same labels; for the other heads the body alone (`AutoModel`)."""
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    known = base_labels(path)
+    if head == "linear" and known is not None and known != labels:
+        return with_new_head(path, config)
+    return load_pretrained(_auto(head), path, config)
 
 
 def base_labels(path: Path) -> list[str] | None:
@@ -155,15 +160,14 @@ def load_classifier(folder: Path) -> tuple[Classifier, Any, dict[str, Any]]:
     tokenizer = load_tokenizer(folder)
     base = adapter_base(folder)
     config = classification_config(base or folder, info["labels"], info["multi_label"], tokenizer.pad_token_id)
-    auto = _auto(info["head"])
     if (folder / COMPRESSION).is_file():  # quantised, head-pruned or ONNX (genforge compress)
         from genforge.compress.load import load_compressed
 
-        body = load_compressed(folder, auto, config)
+        body = load_compressed(folder, _auto(info["head"]), config)
     elif base is None:
-        body, _ = load_pretrained(auto, folder, config)
-    else:
-        body = load_adapted(folder, lambda p: load_pretrained(auto, p, config)[0])
+        body, _ = load_body(folder, info["head"], config)
+    else:  # the adapter's base as it was trained on (a classifier of other labels gets its new head back)
+        body = load_adapted(folder, lambda p: load_body(p, info["head"], config)[0])
     head = None
     if info["head"] != "linear":
         if not (folder / HEAD_WEIGHTS).is_file():

@@ -65,6 +65,8 @@ def test_a_classifier_base_keeps_its_head_only_for_the_same_labels(tmp_path, ber
     three.write_text("\n".join(rows + [f"{r.rsplit(',', 1)[0]} again,neutral" for r in rows[1:21]]) + "\n")
     out = classify(tiny_cfg(model=linear, data=three, out=tmp_path / "three"))
     assert read_manifest(out, "finetune")["labels"] == ["negative", "neutral", "positive"]
+    adapter = classify(tiny_cfg(model=linear, data=three, out=tmp_path / "three-lora", lora_r=4))
+    assert evaluate_folder(adapter, [("profits rose", ["neutral"])])["n"] == 1  # its base reloads with a new head
 
     old = load_classifier(linear)[0].body
     same, new_same = build_classifier(linear, head="linear", labels=["negative", "positive"], multi_label=False,
