@@ -166,25 +166,30 @@ def blocking(monkeypatch):
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser():
     """Headless Chromium driven by Selenium (Debian's chromium + chromium-driver); its profile and the
-    singleton-socket folders it makes under TMPDIR live in the test's tmp_path, not /tmp."""
+    singleton-socket folders it makes under TMPDIR live in a short-named folder of its own, removed after
+    (a socket path may not exceed 107 bytes: under pytest-xdist's longer tmp_path Chromium exited at start)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     driver_path = shutil.which("chromedriver")
     assert driver_path and shutil.which("chromium"), "apt-get install -y chromium chromium-driver (.ci/run does)"
+    home = Path(tempfile.mkdtemp(prefix="gf-chromium-"))
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    service = Service(driver_path, env={**os.environ, "TMPDIR": str(tmp_path)})
-    driver = webdriver.Chrome(service=service, options=options)
+    options.add_argument(f"--user-data-dir={home / 'profile'}")
+    service = Service(driver_path, env={**os.environ, "TMPDIR": str(home)})
     try:
-        yield driver
+        driver = webdriver.Chrome(service=service, options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _pg_bin() -> Path:
