@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 import zipfile
@@ -52,21 +53,24 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _remove_dead_temps(path)
+    remove_dead_temps(path)
 
 
-def _remove_dead_temps(path: Path) -> None:
-    """Remove the temp files of `path` left by writers that no longer run (see `atomic_open`). POSIX only:
-    elsewhere os.kill(pid, 0) is no mere question."""
+def remove_dead_temps(path: Path) -> None:
+    """Remove the temp files and folders of `path` (`.NAME.PID.tmp`, `.NAME.PID.XXXXXXXX.tmp`) left by writers
+    that no longer run. POSIX only: elsewhere os.kill(pid, 0) is no mere question."""
     if os.name != "posix":
         return
-    own = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")  # not those of NAME.suffix
+    own = re.compile(rf"\.{re.escape(path.name)}\.(\d+)(?:\.[a-z0-9_]{{8}})?\.tmp")  # not those of NAME.suffix
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
             found = own.fullmatch(entry.name)
             if found and not _running(int(found.group(1))):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
 
 def _running(pid: int) -> bool:

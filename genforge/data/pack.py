@@ -27,7 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from genforge.artifacts import CONFIG, MANIFEST, atomic_open, read_manifest, sha256_tree, write_manifest
+from genforge.artifacts import (
+    CONFIG,
+    MANIFEST,
+    atomic_open,
+    read_manifest,
+    remove_dead_temps,
+    sha256_tree,
+    write_manifest,
+)
 from genforge.data.tokenizer import EOS, iter_texts, parse_text
 from genforge.errors import ArtifactError, DataError
 from genforge.models.load import check_finished_run
@@ -217,6 +225,7 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remove_dead_temps(dst)  # a killed pack's copy
 
 
 def pack(cfg) -> dict:

@@ -169,6 +169,24 @@ def test_a_first_tokenizer_run_killed_before_its_manifest_is_refused(tmp_path, m
         pack(PackConfig(data=data, tokenizer=tmp_path / "tok"))
 
 
+def test_the_tokenizer_copy_of_a_killed_pack_is_removed_by_the_next(tmp_path, tokenizer):
+    """A killed pack leaves its half-copied tokenizer folder (`.tokenizer.PID.tmp`); the next pack into the
+    same folder removes it, and keeps a running pack's."""
+    import os
+    import subprocess
+    import sys
+
+    data = make_prepared(tmp_path / "data", TRAIN, VAL)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dead, running = data / f".tokenizer.{gone}.tmp", data / f".tokenizer.{os.getppid()}.tmp"
+    for leftover in (dead, running):
+        leftover.mkdir()
+        (leftover / "tokenizer.json").write_text("{half")
+    pack(PackConfig(data=data, tokenizer=tokenizer, workers=1))
+    assert not dead.exists() and running.is_dir() and (data / "tokenizer" / "tokenizer.json").is_file()
+
+
 def test_cli_packs_and_errors_in_one_line(tmp_path, tokenizer):
     from genforge.cli import app
 
