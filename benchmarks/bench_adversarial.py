@@ -83,24 +83,6 @@ def write_csv(path: Path, rows: list) -> Path:
     return path
 
 
-def scratch_base(texts: list[str], folder: Path, vocab: int, seq_len: int) -> Path:
-    """A fresh small BERT on a byte-level BPE trained on `texts`: the base of the Chinese runs."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from genforge.data.tokenizer import build_bpe, wrap_for_transformers
-    from genforge.models.presets import build_model, model_config
-
-    hf_logging.disable_progress_bar()
-    tokenizer = wrap_for_transformers(build_bpe(iter(texts), vocab, show_progress=False))
-    torch.manual_seed(0)
-    config = model_config("mlm", "small", vocab_size=len(tokenizer), max_positions=seq_len,
-                          special_ids={"pad": tokenizer.pad_token_id}, dropout=0.1)
-    build_model(config, "mlm").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def child(spec: dict) -> dict:
     """One run in its own process: train, score the test split, attack a sample of it."""
     import torch
@@ -150,8 +132,11 @@ def settings(name: str, train: list, tmp: str, quick: bool, attack_examples: int
         # 2e-4: at 5e-5 a 6-layer MiniLM is still under-fitted after 3 epochs (bench_finetune: 0.76 vs 0.82)
         train_cfg = {"lr": 2e-4, "epochs": 2.0, "warmup_steps": 30}
     else:
+        from genforge.models.presets import fresh_encoder
+
         seq_len = 64
-        base = str(scratch_base([t for t, _ in train], Path(tmp) / "zh_base", 2000 if quick else 8000, seq_len))
+        base = str(fresh_encoder([t for t, _ in train], Path(tmp) / "zh_base", vocab_size=2000 if quick else 8000,
+                                  max_positions=seq_len))
         train_cfg = {"lr": 5e-4, "epochs": 5.0, "warmup_steps": 100}
     if epochs:
         train_cfg["epochs"] = epochs

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from genforge.errors import ConfigError
@@ -136,3 +137,29 @@ def flops_per_token(model: Any, seq_len: int) -> float:
     cfg = model.config
     n = count_params(model)["non_embedding"] + cfg.vocab_size * cfg.hidden_size
     return 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+
+
+def fresh_encoder(texts: list[str], folder: Path, *, vocab_size: int = 8000, max_positions: int = 64,
+                  preset: str = "small", seed: int = 0) -> Path:
+    """A fresh BERT (`preset`) on a byte-level BPE trained on `texts`, saved as an HF folder (written beside
+    `folder`, then renamed): the base for text in a script the available pre-trained encoders barely cover,
+    such as Chinese for MiniLM (183 of the 2,400 characters in FinFE's training texts)."""
+    import shutil
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from genforge.data.tokenizer import build_bpe, wrap_for_transformers
+
+    hf_logging.disable_progress_bar()
+    tokenizer = wrap_for_transformers(build_bpe(iter(texts), vocab_size, show_progress=False))
+    torch.manual_seed(seed)
+    config = model_config("mlm", preset, vocab_size=len(tokenizer), max_positions=max_positions,
+                          special_ids={"pad": tokenizer.pad_token_id}, dropout=0.1)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_model(config, "mlm").save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder

@@ -53,6 +53,14 @@ class MonitorTrainConfig(Config):
                                             "and monitor with the compressed copy (faster on CPU)",
                                  choices=("int8", "onnx-int8"))
     classify: dict[str, Any] = field(default_factory=dict, help="extra `finetune classify` keys (YAML only)")
+    zh_model: str | None = field(None, help="base of a second sentiment classifier for the Chinese texts (routed "
+                                            "by script, in training and at run time): a local HF folder, or "
+                                            "`scratch` for a small BERT on a BPE of the Chinese training texts, "
+                                            "for a --model whose vocabulary lacks Chinese, as MiniLM's does "
+                                            "(default: --model classifies every text)")
+    zh_classify: dict[str, Any] = field(default_factory=dict, help="`finetune classify` keys of the Chinese "
+                                        "classifier over `classify` (YAML only; a scratch base wants e.g. "
+                                        "{lr: 5.0e-4, epochs: 5})")
     resume: bool = field(False, help="continue the interrupted training in --out: classifiers it finished are "
                                      "kept, an unfinished one goes on from its checkpoint (the settings must "
                                      "be the same)")
@@ -66,6 +74,8 @@ class MonitorTrainConfig(Config):
             raise ConfigError("give labelled sentiment data: --sentiment-data FILE[#RAW=LABEL,...]")
         if self.topics < 2:
             raise ConfigError(f"--topics must be >= 2, got {self.topics}")
+        if self.zh_classify and not self.zh_model:
+            raise ConfigError("zh_classify configures the Chinese classifier: give its base too (--zh-model)")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 OUT/sentiment/ is a classifier run (negative/neutral/positive) fine-tuned on every --sentiment-data file
 at once (English and Chinese may be mixed; each file's raw labels are mapped by its `#RAW=LABEL,...`
-suffix). Topics come from --topic-data through a second classifier run (OUT/topic/), or, for users
+suffix). With --zh-model the Chinese texts train a second one, OUT/sentiment-zh/, on that base (`scratch`:
+OUT/zh-base/, a fresh small BERT on a BPE of those texts), and run time routes each text by its script. Topics come from --topic-data through a second classifier run (OUT/topic/), or, for users
 without topic labels, are discovered in the corpus (OUT/topics.json, topic_router.npz, topic_vocabulary.json;
 see topics.py).
 OUT/manifest.json (stage "app.monitor.model") is written last and says which topic model is in use.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,14 @@ from genforge.finetune.data import hash_bucket, read_records
 
 MONITOR_STAGE = "app.monitor.model"
 SETTINGS = "train_settings.json"
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def is_chinese(text: str) -> bool:
+    """Whether `text` is mostly Chinese: a character carries about a word, so it weighs as four Latin letters
+    (`AAPL 跌停` is Chinese; a tweet quoting one 哈 is not)."""
+    han = len(HAN.findall(text))
+    return han > 0 and 4 * han >= sum(ch.isalpha() for ch in text) - han
 
 
 def parse_spec(spec: str) -> tuple[Path, dict[str, str]]:
@@ -132,31 +142,51 @@ def kept(cfg: MonitorTrainConfig, out: Path) -> bool:
     return False
 
 
-def classify_config(cfg: MonitorTrainConfig, data: Path, out: Path, resume: bool) -> Any:
-    """The `finetune classify` config of one classifier run (the `classify:` mapping on top); ConfigError for a
-    bad key or value, which `train` asks for before it touches --out, so a typo cannot spoil a finished model."""
+def classify_config(cfg: MonitorTrainConfig, data: Path, out: Path, resume: bool, chinese: bool = False) -> Any:
+    """The `finetune classify` config of one classifier run (the `classify:` mapping on top, and `zh_classify:`
+    for the Chinese one); ConfigError for a bad key or value, which `train` asks for before it touches --out, so
+    a typo cannot spoil a finished model."""
     from genforge.finetune.config import ClassifyConfig
 
-    values = {"model": str(cfg.model), "data": str(data), "out": str(out), "epochs": cfg.epochs,
+    given = {**cfg.classify, **(cfg.zh_classify if chinese else {})}
+    base = (cfg.out / "zh-base" if cfg.zh_model == "scratch" else Path(cfg.zh_model)) if chinese else cfg.model
+    values = {"model": str(base), "data": str(data), "out": str(out), "epochs": cfg.epochs,
               "max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr,
-              "eval_every": cfg.eval_every, "seed": cfg.seed, "select": "accuracy", **cfg.classify,
-              "resume": resume}
-    classify = from_dict(ClassifyConfig, values, prefix="classify.")
+              "eval_every": cfg.eval_every, "seed": cfg.seed, "select": "accuracy", **given, "resume": resume}
+    key = "zh_classify" if chinese else "classify"
+    classify = from_dict(ClassifyConfig, values, prefix=f"{key}.")
     try:
-        check_needs(classify, given_keys(classify, cfg.classify))
+        check_needs(classify, given_keys(classify, given))
     except ConfigError as e:  # named as the user wrote it: a key of the `classify:` mapping
-        raise ConfigError(f"classify: {e}") from None
+        raise ConfigError(f"{key}: {e}") from None
     return classify
 
 
-def classifier_run(cfg: MonitorTrainConfig, data: Path, out: Path) -> Path:
+def classifier_run(cfg: MonitorTrainConfig, data: Path, out: Path, chinese: bool = False) -> Path:
     from genforge.finetune.classify import classify
     from genforge.finetune.prepared import PREPARED
 
     if kept(cfg, out):
         return out
     started = (out / "checkpoints").is_dir() or (out / PREPARED).is_file()
-    return classify(classify_config(cfg, data, out, cfg.resume and started))
+    return classify(classify_config(cfg, data, out, cfg.resume and started, chinese))
+
+
+def sentiment_run(cfg: MonitorTrainConfig, rows: list[tuple[str, str]], name: str, chinese: bool) -> tuple[str, dict]:
+    """Train the sentiment classifier OUT/`name` on `rows` (and its compressed copy with --compress): the folder
+    name the monitor classifies with, and its validation metrics."""
+    run = classifier_run(cfg, write_csv(cfg.out / "data" / f"{name}.csv", rows), cfg.out / name, chinese)
+    metrics = {k: v for k, v in read_manifest(run)["metrics"].items() if k in ("val_accuracy", "val_macro_f1")}
+    if not cfg.compress:
+        return name, metrics
+    from genforge.compress.config import CompressConfig
+    from genforge.compress.run import compress
+
+    served = f"{name}-{cfg.compress}"
+    val = write_csv(cfg.out / "data" / f"{name}_val.csv", [r for r in rows if hash_bucket(r[0]) == 8] or rows[:100])
+    if not kept(cfg, cfg.out / served):
+        compress(CompressConfig(model=run, method=cfg.compress, eval_data=val, out=cfg.out / served, measure_steps=8))
+    return served, metrics
 
 
 def discover_topics(cfg: MonitorTrainConfig, texts: list[str]) -> dict[str, Any]:
@@ -205,33 +235,41 @@ def train(cfg: MonitorTrainConfig) -> Path:
     from genforge.models.load import read_model_config
 
     rows = labelled(cfg.sentiment_data, cfg.holdout, SENTIMENTS)
-    if len({lab for _, lab in rows}) < 2:
-        raise DataError("the sentiment data holds fewer than two of negative/neutral/positive")
+    parts = {"sentiment": rows}
+    if cfg.zh_model:
+        parts = {"sentiment": [r for r in rows if not is_chinese(r[0])],
+                 "sentiment-zh": [r for r in rows if is_chinese(r[0])]}
+    for name, part in parts.items():
+        if len({lab for _, lab in part}) < 2:
+            what = {"sentiment": "the sentiment data", "sentiment-zh": "the Chinese sentiment texts"}[name]
+            if cfg.zh_model:  # two classifiers: say which one lacks labels, and why the texts were split
+                what = ("the sentiment texts that are not Chinese" if name == "sentiment" else what) + \
+                       " (--zh-model trains a classifier on the Chinese texts, --model one on the others)"
+            raise DataError(f"{what}: fewer than two of negative/neutral/positive")
     topic_rows = labelled(cfg.topic_data, cfg.holdout, None) if cfg.topic_data else []
     corpus = [] if cfg.topic_data else topic_corpus(cfg, rows, [t for p in cfg.corpus for t in read_texts(p, "text")])
     read_model_config(cfg.model)
+    if cfg.zh_model and cfg.zh_model != "scratch":
+        read_model_config(Path(cfg.zh_model))
     if not cfg.topic_data:
         read_model_config(cfg.embedder or cfg.model)
-    classify_config(cfg, cfg.out / "data" / "sentiment.csv", cfg.out / "sentiment", resume=False)
+    for name in parts:
+        classify_config(cfg, cfg.out / "data" / f"{name}.csv", cfg.out / name, False, name == "sentiment-zh")
     check_resume(cfg)
     started = begin_output(cfg.out, MONITOR_STAGE)  # only now, with the inputs read: a bad one leaves an earlier model whole
     if not cfg.resume:
         write_json(cfg.out / SETTINGS, settings(cfg))
     data_dir = cfg.out / "data"
     data_dir.mkdir(exist_ok=True)
-    sentiment = classifier_run(cfg, write_csv(data_dir / "sentiment.csv", rows), cfg.out / "sentiment")
-    metrics = {"sentiment_" + k: v for k, v in read_manifest(sentiment)["metrics"].items()
-               if k in ("val_accuracy", "val_macro_f1")}
-    served = "sentiment"
-    if cfg.compress:
-        from genforge.compress.config import CompressConfig
-        from genforge.compress.run import compress
+    served, metrics = {}, {}
+    for name, part in parts.items():
+        chinese = name == "sentiment-zh"
+        if chinese and cfg.zh_model == "scratch" and not (cfg.resume and (cfg.out / "zh-base" / "config.json").is_file()):
+            from genforge.models.presets import fresh_encoder
 
-        served = f"sentiment-{cfg.compress}"
-        val = write_csv(data_dir / "sentiment_val.csv", [r for r in rows if hash_bucket(r[0]) == 8] or rows[:100])
-        if not kept(cfg, cfg.out / served):
-            compress(CompressConfig(model=sentiment, method=cfg.compress, eval_data=val, out=cfg.out / served,
-                                    measure_steps=8))
+            fresh_encoder([t for t, _ in part], cfg.out / "zh-base", max_positions=512, seed=cfg.seed)
+        served[name], run_metrics = sentiment_run(cfg, part, name, chinese)
+        metrics.update({f"{name.replace('-', '_')}_{k}": v for k, v in run_metrics.items()})
     if cfg.topic_data:
         classifier_run(cfg, write_csv(data_dir / "topic.csv", topic_rows), cfg.out / "topic")
         topic_model = {"kind": "classifier", "path": "topic"}
@@ -249,5 +287,6 @@ def train(cfg: MonitorTrainConfig) -> Path:
         table.add_row(k, ", ".join(v) if isinstance(v, list) else f"{v:.4f}")
     Console(stderr=True).print(table)
     write_manifest(cfg.out, MONITOR_STAGE, cfg, started=started, metrics=metrics,
-                   extra={"sentiment": served, "topic_model": topic_model, "examples": len(rows)})
+                   extra={"sentiment": served["sentiment"], "sentiment_zh": served.get("sentiment-zh"),
+                          "topic_model": topic_model, "examples": len(rows)})
     return cfg.out

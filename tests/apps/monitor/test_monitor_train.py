@@ -99,6 +99,45 @@ def test_compressed_sentiment_model_and_encoder_topics(tmp_path, bert_dir, senti
     assert [r["sentiment"] in ("negative", "neutral", "positive") and r["topic"] in names for r in out] == [True] * 2
 
 
+def test_chinese_texts_get_a_classifier_of_their_own_on_a_scratch_base(tmp_path, bert_dir, sentiment_csv, train_cfg):
+    """--zh-model scratch: the Chinese texts train OUT/sentiment-zh/ on a fresh BERT over their own BPE (MiniLM's
+    vocabulary lacks most Chinese characters), the others OUT/sentiment/; run time routes each text by script."""
+    from genforge.finetune.classifier import predict_probs
+
+    zh_news = {"negative": "股价大跌 亏损严重", "neutral": "公司将于周一召开董事会", "positive": "业绩大涨 创新高"}
+    zh_csv = tmp_path / "zh.csv"
+    zh_csv.write_text("text,label\n" + "".join(f"{t}{i},{lab}\n" for lab, t in zh_news.items() for i in range(8)),
+                      encoding="utf-8")
+    folder = train(train_cfg(bert_dir, [str(sentiment_csv), str(zh_csv)], tmp_path / "m", zh_model="scratch",
+                             zh_classify={"lr": 1e-3}))
+    manifest = read_manifest(folder)
+    assert manifest["sentiment_zh"] == "sentiment-zh" and "sentiment_zh_val_accuracy" in manifest["metrics"]
+    assert (folder / "zh-base" / "config.json").is_file()
+    assert read_manifest(folder / "sentiment-zh")["config"]["lr"] == 1e-3
+    assert "股价" in (folder / "data" / "sentiment-zh.csv").read_text(encoding="utf-8")
+    assert "股价" not in (folder / "data" / "sentiment.csv").read_text(encoding="utf-8")
+    model = load_monitor_model(folder)
+    texts = ["shares jump after record profit", "AAPL 股价大跌", "bank cuts jobs"]
+    out = model.classify(texts)
+    for (clf, tok, info), i in ((model.sentiment, 0), (model.sentiment_zh, 1), (model.sentiment, 2)):
+        direct = predict_probs(clf, tok, [texts[i]], seq_len=info["seq_len"], multi_label=False)[0]
+        assert [out[i]["probs"][lab] for lab in info["labels"]] == pytest.approx(direct.tolist(), abs=1e-4)
+    clf, tok, info = model.sentiment  # the English classifier would have said otherwise
+    english = predict_probs(clf, tok, [texts[1]], seq_len=info["seq_len"], multi_label=False)[0]
+    assert [out[1]["probs"][lab] for lab in info["labels"]] != pytest.approx(english.tolist(), abs=1e-3)
+    with pytest.raises(DataError, match="Chinese sentiment texts"):
+        train(train_cfg(bert_dir, [str(sentiment_csv)], tmp_path / "m2", zh_model="scratch"))
+    with pytest.raises(ConfigError, match="zh_classify"):
+        train_cfg(bert_dir, [str(sentiment_csv)], tmp_path / "m3", zh_classify={"lr": 1e-3}).check()
+
+
+def test_a_text_is_chinese_when_its_characters_outweigh_its_latin_words():
+    from genforge.apps.monitor.train import is_chinese
+
+    assert is_chinese("AAPL 跌停") and is_chinese("紫金矿业也是，40个点的前一天清了仓")
+    assert not is_chinese("Tesla stock falls 5% today 哈") and not is_chinese("shares jump") and not is_chinese("")
+
+
 @pytest.mark.parametrize("name,content", [("topics.json", b"{\"names\": ["), ("topics.json", b"[]"),
                                           ("topic_vocabulary.json", b"[1, 2]"), ("topic_router.npz", b"PK\x03\x04"),
                                           ("topic_router.npz", None)])
