@@ -143,7 +143,7 @@ def fresh_encoder(texts: list[str], folder: Path, *, vocab_size: int = 8000, max
                   preset: str = "small", seed: int = 0) -> Path:
     """A fresh BERT (`preset`) on a byte-level BPE trained on `texts`, saved as an HF folder (written beside
     `folder`, then renamed): the base for text in a script the available pre-trained encoders barely cover,
-    such as Chinese for MiniLM (183 of the 2,400 characters in FinFE's training texts)."""
+    such as Chinese for MiniLM (it knows 183 of the Chinese characters in FinFE's training texts)."""
     import shutil
 
     import torch

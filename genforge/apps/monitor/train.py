@@ -3,9 +3,9 @@
 OUT/sentiment/ is a classifier run (negative/neutral/positive) fine-tuned on every --sentiment-data file
 at once (English and Chinese may be mixed; each file's raw labels are mapped by its `#RAW=LABEL,...`
 suffix). With --zh-model the Chinese texts train a second one, OUT/sentiment-zh/, on that base (`scratch`:
-OUT/zh-base/, a fresh small BERT on a BPE of those texts), and run time routes each text by its script. Topics come from --topic-data through a second classifier run (OUT/topic/), or, for users
-without topic labels, are discovered in the corpus (OUT/topics.json, topic_router.npz, topic_vocabulary.json;
-see topics.py).
+OUT/zh-base/, a fresh small BERT on a BPE of those texts), and run time routes each text by its script.
+Topics come from --topic-data through a second classifier run (OUT/topic/), or, for users without topic
+labels, are discovered in the corpus (OUT/topics.json, topic_router.npz, topic_vocabulary.json; see topics.py).
 OUT/manifest.json (stage "app.monitor.model") is written last and says which topic model is in use.
 Training takes tens of minutes, so it resumes: OUT/train_settings.json, written first, holds the settings,
 and `--resume` with the same ones keeps the classifier runs that finished and continues an unfinished one
@@ -239,13 +239,12 @@ def train(cfg: MonitorTrainConfig) -> Path:
     if cfg.zh_model:
         parts = {"sentiment": [r for r in rows if not is_chinese(r[0])],
                  "sentiment-zh": [r for r in rows if is_chinese(r[0])]}
+    what = {"sentiment": "the sentiment texts that are not Chinese" if cfg.zh_model else "the sentiment data",
+            "sentiment-zh": "the Chinese sentiment texts"}
+    why = " (--zh-model trains a classifier on the Chinese texts, --model one on the others)" if cfg.zh_model else ""
     for name, part in parts.items():
         if len({lab for _, lab in part}) < 2:
-            what = {"sentiment": "the sentiment data", "sentiment-zh": "the Chinese sentiment texts"}[name]
-            if cfg.zh_model:  # two classifiers: say which one lacks labels, and why the texts were split
-                what = ("the sentiment texts that are not Chinese" if name == "sentiment" else what) + \
-                       " (--zh-model trains a classifier on the Chinese texts, --model one on the others)"
-            raise DataError(f"{what}: fewer than two of negative/neutral/positive")
+            raise DataError(f"{what[name]}{why}: fewer than two of negative/neutral/positive")
     topic_rows = labelled(cfg.topic_data, cfg.holdout, None) if cfg.topic_data else []
     corpus = [] if cfg.topic_data else topic_corpus(cfg, rows, [t for p in cfg.corpus for t in read_texts(p, "text")])
     read_model_config(cfg.model)
@@ -264,7 +263,8 @@ def train(cfg: MonitorTrainConfig) -> Path:
     served, metrics = {}, {}
     for name, part in parts.items():
         chinese = name == "sentiment-zh"
-        if chinese and cfg.zh_model == "scratch" and not (cfg.resume and (cfg.out / "zh-base" / "config.json").is_file()):
+        built = cfg.resume and (cfg.out / "zh-base" / "config.json").is_file()  # renamed into place when whole
+        if chinese and cfg.zh_model == "scratch" and not built:
             from genforge.models.presets import fresh_encoder
 
             fresh_encoder([t for t, _ in part], cfg.out / "zh-base", max_positions=512, seed=cfg.seed)
