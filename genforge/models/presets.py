@@ -147,18 +147,18 @@ def fresh_encoder(texts: list[str], folder: Path, *, vocab_size: int = 8000, max
     import shutil
 
     import torch
-    from transformers.utils import logging as hf_logging
 
     from genforge.data.tokenizer import build_bpe, wrap_for_transformers
+    from genforge.models.load import hf_bars_off
 
-    hf_logging.disable_progress_bar()
     tokenizer = wrap_for_transformers(build_bpe(iter(texts), vocab_size, show_progress=False))
     torch.manual_seed(seed)
     config = model_config("mlm", preset, vocab_size=len(tokenizer), max_positions=max_positions,
                           special_ids={"pad": tokenizer.pad_token_id}, dropout=0.1)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_model(config, "mlm").save_pretrained(tmp)
+    with hf_bars_off():
+        build_model(config, "mlm").save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
