@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genforge.adversarial.transforms import CJK
 from genforge.apps.monitor.config import SENTIMENTS, MonitorTrainConfig
 from genforge.artifacts import (
     MANIFEST,
@@ -40,7 +41,7 @@ from genforge.finetune.data import hash_bucket, read_records
 
 MONITOR_STAGE = "app.monitor.model"
 SETTINGS = "train_settings.json"
-HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+HAN = re.compile(f"[{CJK}]")
 
 
 def is_chinese(text: str) -> bool:
