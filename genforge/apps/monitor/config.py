@@ -89,7 +89,9 @@ class MonitorRunConfig(Config):
                                                          "(POST /v1/monitor/items); repeatable")
     db: str | None = field(None, help="database URL (default: $GENFORGE_DB_URL or sqlite:///~/.genforge/serve.db)")
     rules: Path | None = field(None, help="alert rules YAML (default: the built-in negative-surge rules)")
-    batch_size: int = field(64, help="items classified per forward pass and stored per transaction")
+    batch_size: int = field(64, help="texts per forward pass of the classifiers")
+    chunk: int = field(512, help="items read from the file sources and stored per transaction; their new texts "
+                                 "are classified together, sorted by length into --batch-size passes (less padding)")
     poll: float = field(1.0, help="seconds between looks at the file sources")
     once: bool = field(False, help="ingest what the file sources hold now, evaluate alerts, and exit")
     serve: bool = field(True, help="serve the dashboard and the HTTP API (needed for --source http)")
@@ -114,8 +116,9 @@ class MonitorRunConfig(Config):
         if self.once and all(spec == "http" for spec in self.source):
             raise ConfigError("--once drains file sources (jsonl:PATH, folder:PATH); an http source has nothing to "
                               "read now: drop --once to serve it")
-        if self.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+        for name, value in (("--batch-size", self.batch_size), ("--chunk", self.chunk)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
         if not self.poll > 0:
             raise ConfigError(f"--poll must be > 0 seconds, got {self.poll}")
 

@@ -97,11 +97,16 @@ def parse_item(record: Any, source: str, default_t: int, where: str) -> Item:
 
 @dataclass
 class Monitor:
-    """What ingest needs at run time; one batch is classified and written at a time (the lock)."""
+    """What ingest needs at run time; one batch is classified and written at a time (the lock).
+
+    The file sources are read `chunk` items per transaction, and a chunk's new texts are classified in one
+    call, which sorts them by length into forward passes of `batch_size`: passes over texts in arrival order
+    pad each to the longest of a mixed batch, half the ingest rate on tweets and news sentences."""
 
     engine: Engine
     model: Any  # MonitorModel (or anything with classify(texts, batch_size))
     batch_size: int = 64
+    chunk: int = 512
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ingest(self, items: list[Item], offsets: dict[str, int] | None = None) -> dict[str, int]:

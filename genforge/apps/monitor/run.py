@@ -30,7 +30,7 @@ def drain(monitor: Monitor, sources: list[JsonlTail | FolderWatch], rules: RuleS
     while busy:
         busy = False
         for source in sources:
-            items, offsets = source.read(monitor.engine, monitor.batch_size)
+            items, offsets = source.read(monitor.engine, monitor.chunk)
             if not offsets:
                 continue
             stats = monitor.ingest(items, offsets)
@@ -74,7 +74,7 @@ def run(cfg: MonitorRunConfig) -> dict[str, int] | None:
     sources = open_sources(cfg.source, settle=0.0 if cfg.once else min(1.0, cfg.poll), once=cfg.once)
     model = load_monitor_model(cfg.model)
     if cfg.once or not cfg.serve:
-        monitor = Monitor(connect(cfg.db or default_db_url()), model, cfg.batch_size)
+        monitor = Monitor(connect(cfg.db or default_db_url()), model, cfg.batch_size, cfg.chunk)
         if cfg.once:
             with tqdm(unit="item", desc="ingest", file=sys.stderr) as bar:
                 stats = drain(monitor, sources, rules, bar.update)

@@ -121,7 +121,7 @@ def build_app(cfg: MonitorRunConfig, model: Any, rules: RuleSet) -> tuple[FastAP
     serve_cfg = ServeConfig(model=sentiment, name="sentiment", db=cfg.db, host=cfg.host,
                             port=cfg.port, api_key=cfg.api_key, threads=cfg.threads, store=False)
     state = build_state(serve_cfg)
-    monitor = Monitor(state.keys.engine, model, cfg.batch_size)
+    monitor = Monitor(state.keys.engine, model, cfg.batch_size, cfg.chunk)
     app = create_app(state)
     app.include_router(monitor_router(monitor, rules))
     return app, monitor

@@ -71,13 +71,13 @@ def test_jsonl_tail_waits_for_partial_lines_and_resumes_after_restart(tmp_path, 
     path = tmp_path / "news.jsonl"
     lines(path, [{"text": f"news number {i}", "ts": 1000 + i, "entity": "ACME"} for i in range(5)],
           partial='{"text": "half wri')
-    first = Monitor(engine, loaded_model, batch_size=2)
+    first = Monitor(engine, loaded_model, chunk=2)
     stats = drain(first, [JsonlTail(path)], RuleSet())
     assert stats["items"] == 5 and counts(engine)[0] == 5
     with open(path, "a", encoding="utf-8") as f:
         f.write('tten", "ts": 2000}\nnot json\n\n')
     lines(path, [{"text": "news number 7", "ts": 2001}])
-    restarted = Monitor(engine, loaded_model, batch_size=2)  # a new process: only the database carries over
+    restarted = Monitor(engine, loaded_model, chunk=2)  # a new process: only the database carries over
     assert drain(restarted, [JsonlTail(path)], RuleSet())["items"] == 2  # the bad line is skipped
     assert drain(restarted, [JsonlTail(path)], RuleSet())["items"] == 0
     assert read_offset(engine, JsonlTail(path).stream) == path.stat().st_size
@@ -100,11 +100,28 @@ def test_a_failed_batch_leaves_neither_items_nor_offset(tmp_path, engine, loaded
             return loaded_model.classify(texts, batch_size)
 
     with pytest.raises(KeyboardInterrupt):
-        drain(Monitor(engine, Dies(), batch_size=4), [JsonlTail(path)], RuleSet())
+        drain(Monitor(engine, Dies(), chunk=4), [JsonlTail(path)], RuleSet())
     assert counts(engine)[0] == 4
-    drain(Monitor(engine, loaded_model, batch_size=4), [JsonlTail(path)], RuleSet())
+    drain(Monitor(engine, loaded_model, chunk=4), [JsonlTail(path)], RuleSet())
     with Session(engine) as s:
         assert sorted(s.scalars(select(MonitorItem.t))) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_chunk_of_the_stream_is_classified_in_one_call_and_stored_in_one_transaction(tmp_path, engine,
+                                                                                        loaded_model):
+    """The model sorts one call's texts by length into forward passes (less padding than arrival order), so a
+    chunk's new texts go to it together, `batch_size` texts per pass."""
+    path = tmp_path / "news.jsonl"
+    lines(path, [{"text": f"story {i} " + "word " * (i % 4), "ts": i} for i in range(10)])
+    calls = []
+
+    class Counted:
+        def classify(self, texts, batch_size=64):
+            calls.append((len(texts), batch_size))
+            return loaded_model.classify(texts, batch_size)
+
+    assert drain(Monitor(engine, Counted(), batch_size=2, chunk=6), [JsonlTail(path)], RuleSet())["items"] == 10
+    assert calls == [(6, 2), (4, 2)]
 
 
 def test_folder_picks_up_new_files_and_skips_partial_ones(tmp_path, engine, loaded_model):
