@@ -101,7 +101,8 @@ def test_compressed_sentiment_model_and_encoder_topics(tmp_path, bert_dir, senti
 
 def test_chinese_texts_get_a_classifier_of_their_own_on_a_scratch_base(tmp_path, bert_dir, sentiment_csv, train_cfg):
     """--zh-model scratch: the Chinese texts train OUT/sentiment-zh/ on a fresh BERT over their own BPE (MiniLM's
-    vocabulary lacks most Chinese characters), the others OUT/sentiment/; run time routes each text by script."""
+    vocabulary lacks most Chinese characters), the others OUT/sentiment/; run time routes each text by script.
+    With --compress both are compressed, and the monitor serves the copies."""
     from genforge.finetune.classifier import predict_probs
 
     zh_news = {"negative": "股价大跌 亏损严重", "neutral": "公司将于周一召开董事会", "positive": "业绩大涨 创新高"}
@@ -109,9 +110,11 @@ def test_chinese_texts_get_a_classifier_of_their_own_on_a_scratch_base(tmp_path,
     zh_csv.write_text("text,label\n" + "".join(f"{t}{i},{lab}\n" for lab, t in zh_news.items() for i in range(8)),
                       encoding="utf-8")
     folder = train(train_cfg(bert_dir, [str(sentiment_csv), str(zh_csv)], tmp_path / "m", zh_model="scratch",
-                             zh_classify={"lr": 1e-3}))
+                             zh_classify={"lr": 1e-3}, compress="int8"))
     manifest = read_manifest(folder)
-    assert manifest["sentiment_zh"] == "sentiment-zh" and "sentiment_zh_val_accuracy" in manifest["metrics"]
+    assert manifest["sentiment_zh"] == "sentiment-zh-int8" and "sentiment_zh_val_accuracy" in manifest["metrics"]
+    assert manifest["sentiment"] == "sentiment-int8"
+    assert read_manifest(folder / "sentiment-zh-int8")["parent"]["stage"] == "finetune"
     assert (folder / "zh-base" / "config.json").is_file()
     assert read_manifest(folder / "sentiment-zh")["config"]["lr"] == 1e-3
     assert "股价" in (folder / "data" / "sentiment-zh.csv").read_text(encoding="utf-8")
