@@ -97,7 +97,7 @@ def parse_item(record: Any, source: str, default_t: int, where: str) -> Item:
 
 @dataclass
 class Monitor:
-    """What ingest needs at run time; one batch is classified and written at a time (the lock).
+    """What ingest needs at run time; one chunk (or POST) is classified and written at a time (the lock).
 
     The file sources are read `chunk` items per transaction, and a chunk's new texts are classified in one
     call, which sorts them by length into forward passes of `batch_size`: passes over texts in arrival order

@@ -107,8 +107,7 @@ def test_a_failed_batch_leaves_neither_items_nor_offset(tmp_path, engine, loaded
         assert sorted(s.scalars(select(MonitorItem.t))) == [0, 1, 2, 3, 4, 5]
 
 
-def test_a_chunk_of_the_stream_is_classified_in_one_call_and_stored_in_one_transaction(tmp_path, engine,
-                                                                                        loaded_model):
+def test_a_chunk_of_the_stream_is_classified_in_one_call(tmp_path, engine, loaded_model):
     """The model sorts one call's texts by length into forward passes (less padding than arrival order), so a
     chunk's new texts go to it together, `batch_size` texts per pass."""
     path = tmp_path / "news.jsonl"
