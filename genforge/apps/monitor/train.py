@@ -264,11 +264,11 @@ def train(cfg: MonitorTrainConfig) -> Path:
     served, metrics = {}, {}
     for name, part in parts.items():
         chinese = name == "sentiment-zh"
-        built = cfg.resume and (cfg.out / "zh-base" / "config.json").is_file()  # renamed into place when whole
-        if chinese and cfg.zh_model == "scratch" and not built:
+        base = cfg.out / "zh-base"  # renamed into place when whole: with its config.json it is kept on --resume
+        if chinese and cfg.zh_model == "scratch" and not (cfg.resume and (base / "config.json").is_file()):
             from genforge.models.presets import fresh_encoder
 
-            fresh_encoder([t for t, _ in part], cfg.out / "zh-base", max_positions=512, seed=cfg.seed)
+            fresh_encoder([t for t, _ in part], base, max_positions=512, seed=cfg.seed)
         served[name], run_metrics = sentiment_run(cfg, part, name, chinese)
         metrics.update({f"{name.replace('-', '_')}_{k}": v for k, v in run_metrics.items()})
     if cfg.topic_data:
