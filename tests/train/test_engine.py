@@ -189,7 +189,8 @@ model = build_model(model_config("clm", "tiny", vocab_size=320, max_positions=32
 cfg = TrainConfig(out=sys.argv[1], max_steps=1, batch_size=1, grad_accum=4, seq_len=20, warmup_steps=0,
                   eval_every=0, save_every=0, log_every=1, bf16=False)
 result = train(model, ClmObjective(), Padded(), cfg, cfg.out, dist=dist)
-print(json.dumps({"tokens": result.tokens}))
+if dist.is_main:  # one line: two ranks printing at once could interleave on the shared stdout
+    print(json.dumps({"tokens": result.tokens}), flush=True)
 close()
 """
 
