@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny training, 3-day replay, 30 s soak")
     parser.add_argument("--model", type=Path, help="a trained `genforge app monitor train` folder (skip training)")
     parser.add_argument("--train-minutes", type=float, default=40.0, help="time limit of the sentiment training")
-    parser.add_argument("--compress", choices=("int8", "onnx-int8"), default=None,
+    parser.add_argument("--compress", choices=("int8", "onnx-int8", "bf16"), default=None,
                         help="monitor with a compressed copy of the sentiment classifier (faster on CPU)")
     parser.add_argument("--out", type=Path, default=None, help="train the model into this folder (kept)")
     parser.add_argument("--days", type=int, default=14, help="simulated days of the alert replay")

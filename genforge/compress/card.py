@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from genforge.artifacts import atomic_write_text
+from genforge.compress.load import read_compression
 from genforge.compress.report import layers_note, rows
 from genforge.config import to_dict
 from genforge.models.card import pipeline_tag, stage_lineage_rows
@@ -36,7 +37,8 @@ def write_card(out: Path, cfg: Any, report: dict[str, Any], parent: dict[str, An
     """README.md of the folder; `inputs` are the files its manifest records (hashed in the Lineage table)."""
     out = Path(out)
     kind = report["settings"]["kind"]
-    needs_genforge = (out / COMPRESSION).is_file()
+    # a bfloat16 folder is standard (its compression.json only says "keep bfloat16" to genforge's loaders)
+    needs_genforge = (read_compression(out) or {}).get("loader") not in (None, "bfloat16")
     # No `library_name: transformers` where plain transformers cannot load the folder (the Hub would offer
     # a `from_pretrained` snippet that fails); the tags still say what it is.
     front = {**({} if needs_genforge else {"library_name": "transformers"}), "pipeline_tag": pipeline_tag(kind),

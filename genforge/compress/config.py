@@ -1,4 +1,4 @@
-"""Config of `genforge compress`: one command, six methods, a before/after report.
+"""Config of `genforge compress`: one command, seven methods, a before/after report.
 
 Light on purpose (no torch import): the CLI builds its flags from this dataclass. It extends the
 engine's `TrainConfig` because two methods train: distillation, and the optional recovery
@@ -15,7 +15,7 @@ from genforge.config import check_threads, field
 from genforge.errors import ConfigError
 from genforge.train.config import TrainConfig
 
-METHODS = ("int8", "int4", "onnx-int8", "prune", "prune-structured", "distill")
+METHODS = ("int8", "int4", "onnx-int8", "bf16", "prune", "prune-structured", "distill")
 INT8_SCHEMES = ("dynamic", "weight-only")
 IMPORTANCE = ("magnitude", "wanda")
 STUDENT_PRESETS = ("tiny", "small", "base", "custom")
@@ -29,7 +29,7 @@ class CompressConfig(TrainConfig):
 
     model: Path = field(None, help="model to compress: a causal LM, a masked LM or a classifier run folder")
     method: str = field(None, help="int8 / int4 = quantised linear layers; onnx-int8 = ONNX Runtime int8; "
-                                   "prune = unstructured sparsity; prune-structured = remove FFN neurons "
+                                   "bf16 = bfloat16 weights and compute (fast where the CPU has AMX); prune = unstructured sparsity; prune-structured = remove FFN neurons "
                                    "and attention heads; distill = train a smaller student", choices=METHODS)
     eval_data: Path | None = field(None, help="quality data for the report: a packed data folder (LMs: "
                                               "perplexity, bits per byte) or a labelled file (classifiers: "

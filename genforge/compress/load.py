@@ -5,7 +5,8 @@ A folder needs this when its `compression.json` names a loader:
 - "quantized": `QLinear` layers and an int8 embedding table (quantize.py);
 - "resized": linear layers smaller than the config implies (BERT with pruned attention heads: its
   config ties the head size to hidden / heads, so fewer heads cannot be said in config.json);
-- "onnx": an ONNX Runtime graph instead of PyTorch weights (onnx.py).
+- "onnx": an ONNX Runtime graph instead of PyTorch weights (onnx.py);
+- "bfloat16": a standard HF folder of bfloat16 weights, kept in bfloat16 (the normal paths load float32).
 Folders that compress to a standard config (unstructured or Llama structured pruning, distilled
 students) have no compression.json and load like any other model.
 """
@@ -21,7 +22,9 @@ import torch
 from torch import nn
 
 from genforge.errors import ArtifactError
-from genforge.models.load import COMPRESSION, load_state, use_generation_config
+from genforge.models.load import COMPRESSION, from_pretrained, load_state, use_generation_config
+
+LOADERS = ("quantized", "resized", "onnx", "bfloat16")
 
 
 def read_compression(folder: Path) -> dict[str, Any] | None:
@@ -33,8 +36,8 @@ def read_compression(folder: Path) -> dict[str, Any] | None:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path} is corrupt: {e}") from None
-    if not isinstance(info, dict) or info.get("loader") not in ("quantized", "resized", "onnx"):
-        raise ArtifactError(f"{path} names no loader genforge knows (quantized, resized, onnx)")
+    if not isinstance(info, dict) or info.get("loader") not in LOADERS:
+        raise ArtifactError(f"{path} names no loader genforge knows ({', '.join(LOADERS)})")
     return info
 
 
@@ -79,6 +82,7 @@ def load_compressed(folder: Path, auto: Any, config: Any, info: dict[str, Any] |
         "quantized": lambda: _quantized(folder, build_float(auto, config), info),
         "resized": lambda: load_resized(folder, build_float(auto, config)),
         "onnx": lambda: _onnx(folder, config, info),
+        "bfloat16": lambda: from_pretrained(auto, folder, config=config, dtype=torch.bfloat16).eval(),
     }
     return use_generation_config(loaders[info["loader"]](), folder)  # a chat model's stop ids, as saved
 

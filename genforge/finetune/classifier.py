@@ -172,7 +172,7 @@ def load_classifier(folder: Path) -> tuple[Classifier, Any, dict[str, Any]]:
     if info["head"] != "linear":
         if not (folder / HEAD_WEIGHTS).is_file():
             raise ArtifactError(f"{folder} lacks {HEAD_WEIGHTS} for its '{info['head']}' head")
-        head = build_head(info["head"], config.hidden_size, len(info["labels"]))
+        head = build_head(info["head"], config.hidden_size, len(info["labels"])).to(body.dtype)  # bf16 copies
         head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
     return Classifier(body, head, load_corrector(folder)).eval(), tokenizer, info
 

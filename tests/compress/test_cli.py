@@ -73,7 +73,7 @@ def test_a_quantised_model_is_not_quantised_again(tmp_path, lm_dir):
     first = tmp_path / "int8"
     assert run("compress", "--model", lm_dir, "--method", "int8", "--out", first, "--measure-steps", 2).exit_code == 0
     result = run("compress", "--model", first, "--method", "int4", "--out", tmp_path / "again")
-    assert result.exit_code == 2 and "already quantised (quantized)" in result.output
+    assert result.exit_code == 2 and "already compressed (quantized)" in result.output
 
 
 def test_report_ratios_and_rows():

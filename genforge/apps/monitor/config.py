@@ -51,7 +51,7 @@ class MonitorTrainConfig(Config):
                                              "second transformer pass per item)", choices=("router", "encoder"))
     compress: str | None = field(None, help="also compress the sentiment classifier with `genforge compress` "
                                             "and monitor with the compressed copy (faster on CPU)",
-                                 choices=("int8", "onnx-int8"))
+                                 choices=("int8", "onnx-int8", "bf16"))
     classify: dict[str, Any] = field(default_factory=dict, help="extra `finetune classify` keys (YAML only)")
     zh_model: str | None = field(None, help="base of a second sentiment classifier for the Chinese texts (routed "
                                             "by script, in training and at run time): a local HF folder, or "
