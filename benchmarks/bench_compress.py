@@ -5,6 +5,7 @@ parameters) pretrained for --minutes, for the size and speed goals:
 - int8 (dynamic, fbgemm) and int4 (weight-only, group 64): goals int8 >= 3.5x smaller linear weights,
   >= 2.5x faster decoding at batch 1; int4 >= 6x smaller;
 - onnx-int8 (ONNX Runtime dynamic int8, KV-cache step graph);
+- bf16 (bfloat16 weights and compute: fast where the CPU has AMX or AVX512-BF16);
 and a `small` Llama trained to convergence (1000 steps), for the quality goals (a barely trained model has
 little to lose): int8 <= 2% perplexity, int4's perplexity cost; prune-structured: 30% of FFN neurons (Wanda
 scores) + recovery fine-tuning: goal within 3% perplexity and a real speed-up. Recovery trains on the first
@@ -16,7 +17,7 @@ Classifier (twitter financial news sentiment; train = hash buckets 0-7 of sent_t
 validation, test = sent_valid.csv): MiniLM fine-tuned as the teacher, then
 - distill: a 3-layer student with the vocabulary trimmed to the training texts: goal >= 40% smaller,
   >= 1.6x faster, >= 97% of the teacher's accuracy;
-- int8 and onnx-int8 of the teacher.
+- int8, onnx-int8 and bf16 of the teacher.
 Each row prints original -> compressed and the ratio; `report.json` of every run holds all figures.
 Speed depends on the CPU's instruction set (VNNI, AMX, AVX512-BF16) and the thread count: both are printed.
 
@@ -228,6 +229,7 @@ def main() -> None:
             int4_memory = 1 / r["change"]["linear_bytes"]
             show(run("decoder onnx-int8 (ONNX Runtime)", model=lm, method="onnx-int8", out=tmp / "onnx", **lm_eval),
                  quality)
+            show(run("decoder bf16", model=lm, method="bf16", out=tmp / "bf16", **lm_eval), quality)
             # Quality costs on a converged model: a barely trained one has little for quantisation or pruning to lose.
             small = converged_decoder(tmp, data, quick)
             r = run("converged small decoder: int8 (dynamic)", model=small, method="int8", out=tmp / "small-int8",
@@ -270,6 +272,7 @@ def main() -> None:
             goal(f"student keeps >= 97% of the teacher's accuracy ({c['accuracy'] * 100:.1f}%)", c["accuracy"] >= 0.97)
             show(run("classifier int8 (dynamic)", model=teacher, method="int8", out=tmp / "cls-int8", **cls_eval), quality)
             show(run("classifier onnx-int8", model=teacher, method="onnx-int8", out=tmp / "cls-onnx", **cls_eval), quality)
+            show(run("classifier bf16", model=teacher, method="bf16", out=tmp / "cls-bf16", **cls_eval), quality)
     print("\nreferences: PyTorch dynamic int8 on BERT-base 2.4x smaller, 1.8x faster, F1 unchanged; DistilBERT 40% "
           "smaller, 60% faster, 97% of the teacher's GLUE score; Wanda 50% on LLaMA-2-7B: perplexity 5.12 -> 6.42")
 

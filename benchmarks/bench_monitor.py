@@ -231,8 +231,10 @@ def soak(model, pool: list[str], minutes: float, db: str, folder: Path) -> dict:
         n += drain(monitor, [tail], rules)["items"]
         samples.append((time.perf_counter() - t0, n, rss_mb()))
     seconds = time.perf_counter() - t0
+    fifths = [next(s for s in samples if s[0] >= seconds * k / 5) for k in range(5)] + [samples[-1]]
     return {"items": n, "seconds": seconds, "rate": n / seconds, "rss_start": samples[0][2], "rss_end": samples[-1][2],
-            "rss_max": max(s[2] for s in samples), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "rss_max": max(s[2] for s in samples), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_trace": [(round(s[0] / 60, 1), round(s[2])) for s in fifths]}  # a leak grows on; a warm-up levels off
 
 
 def main() -> None:
@@ -321,7 +323,8 @@ def main() -> None:
         s = soak(model, [t for t, _, _ in pool], args.minutes, f"sqlite:///{tmp / 'soak.db'}", tmp)
         console.print(f"3. sustained ingest (JSONL -> classify -> SQLite, 30% duplicates): {s['items']} items in "
                       f"{s['seconds']:.0f} s = {s['rate']:.0f} items/s; RSS {s['rss_start']:.0f} MB at start, "
-                      f"{s['rss_end']:.0f} MB at end (max {s['rss_max']:.0f} MB)")
+                      f"{s['rss_end']:.0f} MB at end (max {s['rss_max']:.0f} MB); RSS by minute: "
+                      + ", ".join(f"{m} min {mb} MB" for m, mb in s["rss_trace"]))
         console.print(f"  end-to-end / classification-only speed: x{s['rate'] / speed['sentiment+topic']:.2f}")
 
 

@@ -170,8 +170,9 @@ def load_decoder(model: str | Path | Any, tokenizer: Any = None, dtype: str = "a
                  backend: str = "auto") -> Decoder:
     """A Decoder from a local HF model folder, an HF model object (pass its tokenizer) or a Decoder.
 
-    dtype "auto" keeps the model's dtype (float32 for a folder: on this CPU it decodes faster than
-    bfloat16 and is the only choice that matches HF's greedy tokens). backend "auto" takes the fast
+    dtype "auto" keeps the model's dtype: float32 for a folder (batch-1 decoding is faster in it than in
+    bfloat16 on CPUs, and it is the only choice that matches HF's greedy tokens), bfloat16 for a
+    `compress --method bf16` copy (faster at batch 8 on a CPU with AMX). backend "auto" takes the fast
     Llama forward when the architecture allows and the model's own forward otherwise.
     """
     from genforge.finetune.classifier import refuse_classifier
