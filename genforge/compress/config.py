@@ -29,7 +29,8 @@ class CompressConfig(TrainConfig):
 
     model: Path = field(None, help="model to compress: a causal LM, a masked LM or a classifier run folder")
     method: str = field(None, help="int8 / int4 = quantised linear layers; onnx-int8 = ONNX Runtime int8; "
-                                   "bf16 = bfloat16 weights and compute (fast where the CPU has AMX); prune = unstructured sparsity; prune-structured = remove FFN neurons "
+                                   "bf16 = bfloat16 weights and compute (fast where the CPU has AMX); "
+                                   "prune = unstructured sparsity; prune-structured = remove FFN neurons "
                                    "and attention heads; distill = train a smaller student", choices=METHODS)
     eval_data: Path | None = field(None, help="quality data for the report: a packed data folder (LMs: "
                                               "perplexity, bits per byte) or a labelled file (classifiers: "
